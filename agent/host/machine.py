@@ -1,0 +1,180 @@
+"""One QEMU guest's life: launch, wait for it, talk QMP, shut it down.
+
+Concepts: a ``Machine`` moves through one ``State`` enum (CREATED -> RUNNING -> STOPPED,
+or FAILED) guarded by a transition table.  QEMU's stdout/stderr go to ``qemu.log``, the
+serial console to ``console.log``.  Every wait is bounded and names what it waited for;
+a QEMU that dies early raises ``LaunchError`` with its exit code, argv and log tail.
+Shutdown is graceful first (the guest powers off, else QMP ``quit``), then SIGKILL, each
+with a timeout, and always runs in ``finally`` through the context manager.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import LaunchError, WaitTimeout
+from .qemu_argv import GuestSpec, build_argv
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+TRANSITIONS = {
+    State.CREATED: {State.RUNNING, State.FAILED},
+    State.RUNNING: {State.STOPPED, State.FAILED},
+    State.STOPPED: set(),
+    State.FAILED: {State.STOPPED},
+}
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Machine:
+    def __init__(self, spec: GuestSpec, qemu_log: Path, name: str = "vm0"):
+        self.spec = spec
+        self.qemu_log = qemu_log
+        self.argv = build_argv(spec)
+        self.state = State.CREATED
+        self.log = log.getChild(name)
+        self._proc: subprocess.Popen | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self.launched_at = 0.0
+        self.exitcode: int | None = None
+
+    def _to(self, new: State) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"machine cannot go from {self.state.value} to {new.value}")
+        self.log.debug("state %s -> %s", self.state.value, new.value)
+        self.state = new
+
+    # --- launch -------------------------------------------------------------------------
+    def launch(self, qmp_timeout: float = 20.0) -> None:
+        self.log.info("launching: %s", " ".join(self.argv))
+        self.spec.console_log.touch()
+        with open(self.qemu_log, "w") as out:
+            try:
+                self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                              stdout=out, stderr=subprocess.STDOUT)
+            except OSError as err:
+                self._to(State.FAILED)
+                raise LaunchError(f"cannot start QEMU: {err}", argv=self.argv,
+                                  returncode=None) from err
+        self.launched_at = time.monotonic()
+        self._to(State.RUNNING)
+        self._connect_qmp(qmp_timeout)
+
+    def _died(self, what: str) -> LaunchError:
+        self.exitcode = self._proc.poll() if self._proc else None
+        self._to(State.FAILED)
+        return LaunchError(f"QEMU exited while {what}", argv=self.argv,
+                           returncode=self.exitcode, log=self.qemu_log,
+                           log_tail=tail(self.qemu_log) or tail(self.spec.console_log))
+
+    def _connect_qmp(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise self._died("waiting for its QMP socket")
+            if self.spec.qmp_socket.exists():
+                qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
+                try:
+                    qmp.connect(negotiate=True)
+                    self._qmp = qmp
+                    return
+                except Exception as err:  # qemu.qmp raises several kinds while QEMU starts
+                    self.log.debug("QMP not ready yet: %s", err)
+                    qmp.close()
+            if time.monotonic() > deadline:
+                raise WaitTimeout("QEMU's QMP socket", timeout, str(self.spec.qmp_socket))
+            time.sleep(0.05)
+
+    # --- while running ------------------------------------------------------------------
+    def qmp(self, command: str, **args):
+        if self._qmp is None:
+            raise RuntimeError("QMP is not connected")
+        self.log.debug("--> %s %s", command, args)
+        reply = self._qmp.cmd(command, **args)
+        self.log.debug("<-- %s", reply)
+        return reply
+
+    def hmp(self, command_line: str) -> str:
+        return self.qmp("human-monitor-command", **{"command-line": command_line})
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait_console(self, pattern: str, timeout: float, what: str) -> re.Match:
+        """Wait until the serial console shows ``pattern``; returns the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self.spec.console_log.read_text(errors="replace"))
+            if match:
+                return match
+            failed = re.search(r"MSIXLAB-INIT-FAILED: .*|Kernel panic.*",
+                               self.spec.console_log.read_text(errors="replace"))
+            if failed:
+                raise LaunchError(f"guest failed while waiting for {what}: {failed.group(0)}",
+                                  argv=self.argv, returncode=None, log=self.spec.console_log,
+                                  log_tail=tail(self.spec.console_log))
+            if not self.is_running():
+                raise self._died(f"waiting for {what}")
+            if time.monotonic() > deadline:
+                raise WaitTimeout(what, timeout, f"console {self.spec.console_log}:\n"
+                                  + tail(self.spec.console_log, 10))
+            time.sleep(0.05)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        try:
+            self.exitcode = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.exitcode
+
+    # --- shutdown -----------------------------------------------------------------------
+    def shutdown(self, grace: float = 10.0, quit_timeout: float = 5.0) -> None:
+        """Let the guest power off within ``grace``; else QMP quit; else kill."""
+        if self._proc is None or self.state is State.STOPPED:
+            return
+        if self.wait_exit(grace) is None:
+            self.log.warning("guest did not power off within %g s: sending QMP quit", grace)
+            try:
+                self.qmp("quit")
+            except Exception as err:
+                self.log.warning("QMP quit failed: %s", err)
+            if self.wait_exit(quit_timeout) is None:
+                self.log.warning("QEMU ignored quit for %g s: killing it", quit_timeout)
+                self._proc.kill()
+                self.exitcode = self._proc.wait(timeout=10)
+        if self._qmp is not None:
+            try:
+                self._qmp.close()
+            except Exception:
+                pass
+            self._qmp = None
+        if self.state is State.RUNNING or self.state is State.FAILED:
+            self._to(State.STOPPED)
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown(grace=0.5 if exc[0] else 10.0)

@@ -1,0 +1,24 @@
+"""The image side of msixlab's exception tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MsixlabError(Exception):
+    """Root of every error msixlab raises on purpose."""
+
+
+class ImageError(MsixlabError):
+    """Building or finding an image failed; ``step`` names where, ``log`` keeps the output."""
+
+    def __init__(self, message: str, *, step: str, log: Path | None = None):
+        super().__init__(message)
+        self.step = step
+        self.log = log
+
+    def __str__(self) -> str:
+        text = f"image step '{self.step}' failed: {super().__str__()}"
+        if self.log is not None:
+            text += f" (log kept at {self.log})"
+        return text

@@ -1,0 +1,122 @@
+"""A built image rootfs and what it offers: its QEMU and its kernels.
+
+Concepts: QEMU runs straight from the rootfs on the host, without chroot, through the
+rootfs's own dynamic loader and libraries (the host's QEMU is too old for vfio-user).
+Kernels are found from dpkg's database: the flavor ``default`` is the kernel that
+``linux-image-amd64`` depends on; any other installed kernel is ``lts``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .errors import ImageError
+
+LIBDIR = "usr/lib/x86_64-linux-gnu"
+LOADER = "usr/lib64/ld-linux-x86-64.so.2"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    flavor: str
+    version: str
+    image: Path       # bootable bzImage
+    headers: Path     # build tree for out-of-tree modules
+    modules: Path     # /lib/modules/VERSION
+
+    def as_json(self) -> dict:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+
+def _dpkg_packages(status: str) -> dict[str, dict[str, str]]:
+    packages = {}
+    for stanza in status.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" ")
+        )
+        if "Package" in fields and "installed" in fields.get("Status", ""):
+            packages[fields["Package"]] = fields
+    return packages
+
+
+class Image:
+    """An image rootfs on disk (built, or being inspected at the end of a build)."""
+
+    def __init__(self, rootfs: Path):
+        self.rootfs = Path(rootfs)
+
+    def __repr__(self) -> str:
+        return f"Image({str(self.rootfs)!r})"
+
+    # --- QEMU -------------------------------------------------------------------------
+    def qemu_command(self) -> list[str]:
+        """The argv prefix that runs the image's QEMU on this host."""
+        root = self.rootfs
+        return [
+            str(root / LOADER), "--library-path", str(root / LIBDIR),
+            str(root / "usr/bin/qemu-system-x86_64"),
+            "-L", str(root / "usr/share/qemu"), "-L", str(root / "usr/share/seabios"),
+        ]
+
+    def _qemu_output(self, *args: str) -> str:
+        argv = self.qemu_command() + list(args)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise ImageError(f"running the image's QEMU ({' '.join(argv)}) failed: {err}",
+                             step="inspect") from err
+        return done.stdout
+
+    @cached_property
+    def qemu_version(self) -> str:
+        match = re.search(r"version (\d+\.\d+\.\d+)", self._qemu_output("--version"))
+        if not match:
+            raise ImageError("cannot read the QEMU version", step="inspect")
+        return match.group(1)
+
+    @cached_property
+    def has_vfio_user_pci(self) -> bool:
+        return '"vfio-user-pci"' in self._qemu_output("-device", "help")
+
+    # --- kernels ----------------------------------------------------------------------
+    @cached_property
+    def kernels(self) -> list[Kernel]:
+        status = (self.rootfs / "var/lib/dpkg/status").read_text(errors="replace")
+        packages = _dpkg_packages(status)
+        meta = packages.get("linux-image-amd64", {}).get("Depends", "")
+        default = re.search(r"linux-image-([0-9][^\s,]*)", meta)
+        default_version = default.group(1) if default else None
+        kernels = []
+        for name in sorted(packages):
+            match = re.fullmatch(r"linux-image-([0-9].*-amd64)(-unsigned)?", name)
+            if not match:
+                continue
+            version = match.group(1)
+            flavor = "default" if version == default_version else "lts"
+            kernels.append(Kernel(
+                flavor=flavor, version=version,
+                image=self.rootfs / "boot" / f"vmlinuz-{version}",
+                headers=self.rootfs / "usr/src" / f"linux-headers-{version}",
+                modules=self.rootfs / "lib/modules" / version,
+            ))
+        return sorted(kernels, key=lambda k: k.flavor)
+
+    def kernel(self, flavor: str) -> Kernel:
+        for kernel in self.kernels:
+            if kernel.flavor == flavor:
+                return kernel
+        have = ", ".join(f"{k.flavor} ({k.version})" for k in self.kernels) or "none"
+        raise ImageError(f"no kernel of flavor '{flavor}' in {self.rootfs} (have: {have})",
+                         step="kernel")
+
+    def summary(self) -> dict:
+        return {
+            "rootfs": str(self.rootfs),
+            "qemu": {"version": self.qemu_version, "vfio_user_pci": self.has_vfio_user_pci,
+                     "command": self.qemu_command()},
+            "kernels": [k.as_json() for k in self.kernels],
+        }

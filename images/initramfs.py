@@ -1,0 +1,126 @@
+"""The guest's initramfs: busybox, the few modules that reach the root, and /init.
+
+Concepts: the initramfs is a gzip'd ``newc`` cpio archive written here in Python (no cpio
+tool needed).  It holds the image's static busybox, the 9p and overlay modules of one
+kernel with their dependencies (decompressed, so busybox's insmod loads them on any
+kernel), and ``guest/init``.  /init mounts the image rootfs over 9p read-only under a
+tmpfs overlay, mounts the project checkout at /opt/msixlab, and switches root to
+``guest/stage2`` (run from the checkout, so editing it needs no rebuild).
+Archives are cached per kernel under ``<cache>/initramfs/`` keyed by a hash of their
+inputs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import stat
+from pathlib import Path
+
+from .cache import cache_dir
+from .image import Image, Kernel
+
+HERE = Path(__file__).resolve().parent
+INIT = HERE / "guest" / "init"
+ROOT_MODULES = ("9pnet_virtio", "9p", "overlay")
+
+
+class Cpio:
+    """A minimal ``newc`` archive writer."""
+
+    def __init__(self) -> None:
+        self._out = io.BytesIO()
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        fields = [self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1],
+                  len(name) + 1, 0]
+        self._ino += 1
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self._out.write(header + name.encode() + b"\0")
+        self._pad()
+        self._out.write(data)
+        self._pad()
+
+    def _pad(self) -> None:
+        self._out.write(b"\0" * (-self._out.tell() % 4))
+
+    def directory(self, name: str) -> None:
+        self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | perm, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def char_device(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self._out.getvalue()
+
+
+def module_closure(kernel: Kernel, names: tuple[str, ...] = ROOT_MODULES) -> list[str]:
+    """Paths (relative to the modules dir) of ``names`` and their dependencies, in load order."""
+    deps: dict[str, list[str]] = {}
+    for line in (kernel.modules / "modules.dep").read_text().splitlines():
+        path, _, rest = line.partition(":")
+        deps[path] = rest.split()
+    by_name = {Path(p).name.split(".ko")[0].replace("-", "_"): p for p in deps}
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        for dep in reversed(deps.get(path, [])):
+            visit(dep)
+        if path not in order:
+            order.append(path)
+
+    for name in names:
+        if name not in by_name:
+            raise FileNotFoundError(f"module {name} not found for kernel {kernel.version}")
+        visit(by_name[name])
+    return order
+
+
+def _module_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.suffix == ".xz" else data
+
+
+def build(image: Image, kernel: Kernel) -> bytes:
+    """The initramfs for ``kernel`` as gzip'd cpio bytes."""
+    archive = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "mnt", "newroot", "lib", "lib/modules"):
+        archive.directory(d)
+    archive.char_device("dev/console", 5, 1)
+    archive.char_device("dev/null", 1, 3)
+    archive.file("bin/busybox", (image.rootfs / "usr/bin/busybox").read_bytes(), 0o755)
+    archive.symlink("bin/sh", "busybox")
+    order = []
+    for rel in module_closure(kernel):
+        name = Path(rel).name.split(".ko")[0] + ".ko"
+        archive.file(f"lib/modules/{name}", _module_bytes(kernel.modules / rel))
+        order.append(name)
+    archive.file("lib/modules/load-order", ("\n".join(order) + "\n").encode())
+    archive.file("init", INIT.read_bytes(), 0o755)
+    return gzip.compress(archive.finish(), compresslevel=6, mtime=0)
+
+
+def ensure(image: Image, kernel: Kernel, root: Path | None = None) -> Path:
+    """Path of the cached initramfs for ``kernel``, built first if needed."""
+    key = hashlib.sha256()
+    for part in (Path(__file__).read_bytes(), INIT.read_bytes(), kernel.version.encode(),
+                 str(image.rootfs).encode()):
+        key.update(part + b"\0")
+    out = (root or cache_dir()) / "initramfs" / f"{kernel.version}-{key.hexdigest()[:12]}.cpio.gz"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(build(image, kernel))
+        os.replace(tmp, out)
+    return out
