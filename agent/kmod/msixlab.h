@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * msixlab guest driver: shared definitions.
+ *
+ * Concepts:
+ *  - struct msixlab_dev: one bound 1234:11e9 function, its mapped BARs, its
+ *    misc device /dev/msixlab<N>, and the vectors indexed by MSI-X index.
+ *  - struct msixlab_vec: one allocated MSI-X index, its Linux IRQ and the
+ *    handler's per-CPU counters.
+ *  - struct msixlab_grp: vectors allocated by one request (group 0 is the
+ *    enable-time vector at index 0).
+ *  - ml->lock serialises every control operation; the interrupt handler
+ *    only touches the vector's counters and the raise wait queue.
+ */
+#ifndef _MSIXLAB_H
+#define _MSIXLAB_H
+
+#include <linux/atomic.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/msi_api.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/wait.h>
+
+#include "msixlab_uapi.h"
+
+#define MSIXLAB_VENDOR_ID	0x1234
+#define MSIXLAB_DEVICE_ID	0x11e9
+
+/* BAR0 register map */
+#define MSIXLAB_REG_ICS		0x20	/* write v: raise MSI-X vector v */
+
+struct msixlab_dev;
+struct msixlab_grp;
+
+struct msixlab_vec {
+	struct msixlab_dev *ml;
+	struct msixlab_grp *grp;
+	struct msi_map map;		/* index and Linux IRQ */
+	bool dynamic;			/* from pci_msix_alloc_irq_at() */
+	u64 __percpu *counts;
+	atomic64_t total;
+	int last_cpu;			/* written by the handler */
+	u64 last_ns;			/* ktime of the last interrupt */
+	char name[32];			/* request_irq() name */
+};
+
+struct msixlab_grp {
+	struct list_head node;		/* in ml->groups, ascending id */
+	u32 id;
+	u32 count;
+	u32 min, max, start, cpu, flags;
+};
+
+struct msixlab_dev {
+	struct pci_dev *pdev;
+	struct kref ref;		/* the binding + one per open file */
+	struct mutex lock;		/* control operations */
+	bool gone;			/* unbound: ioctls fail with ENODEV */
+	int id;				/* N of /dev/msixlab<N> */
+	char name[16];
+	struct miscdevice misc;
+
+	void __iomem *bar[PCI_STD_NUM_BARS];
+	void __iomem *regs;		/* BAR0 */
+	void __iomem *table;		/* MSI-X table */
+	void __iomem *pba;		/* MSI-X PBA */
+	u32 table_size;
+	u32 table_bar, table_offset;
+	u32 pba_bar, pba_offset;
+	bool can_alloc_dyn;
+
+	struct msixlab_vec **vecs;	/* [table_size], NULL = free */
+	struct list_head groups;
+	struct msixlab_grp grp0;
+	u32 next_group;
+	u32 nr_vectors;
+	wait_queue_head_t raise_wq;
+};
+
+/* msixlab_group.c */
+int msixlab_grp0_setup(struct msixlab_dev *ml);
+void msixlab_grp0_teardown(struct msixlab_dev *ml);
+int msixlab_grp_alloc(struct msixlab_dev *ml, struct msixlab_group *req);
+int msixlab_grp_free(struct msixlab_dev *ml, u32 id);
+void msixlab_grp_free_all(struct msixlab_dev *ml);
+int msixlab_grp_get(struct msixlab_dev *ml, struct msixlab_group *req);
+void msixlab_indices(struct msixlab_dev *ml, struct msixlab_grp *grp,
+		     __u64 *words);
+
+/* msixlab_route.c */
+int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v);
+int msixlab_read_entry(struct msixlab_dev *ml, struct msixlab_entry *e);
+int msixlab_read_pba(struct msixlab_dev *ml, struct msixlab_pba *p);
+int msixlab_raise(struct msixlab_dev *ml, struct msixlab_raise *r);
+
+#endif /* _MSIXLAB_H */

@@ -1,0 +1,362 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * msixlab: guest driver for the msixlab test NIC (PCI 1234:11e9).
+ *
+ * Concepts:
+ *  - probe: enable the device, bus mastering (without it QEMU drops the
+ *    MSI-X writes), map BAR0 and the BARs holding the MSI-X table and PBA,
+ *    enable MSI-X with one vector (group 0), register /dev/msixlab<N>.
+ *  - remove (unbind, module unload): deregister the misc device, then free
+ *    every group while holding the control lock, so an ioctl on a file that
+ *    is still open finds the device gone (ENODEV) instead of freed memory.
+ *  - The control interface is one dispatch table from ioctl number to
+ *    handler; every handler runs under ml->lock.
+ */
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/interrupt.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+
+#include "msixlab.h"
+
+static DEFINE_IDA(msixlab_ida);
+
+static void msixlab_dev_release(struct kref *ref)
+{
+	struct msixlab_dev *ml = container_of(ref, struct msixlab_dev, ref);
+
+	kfree(ml->vecs);
+	kfree(ml);
+}
+
+/* ---- control interface ---- */
+
+static int msixlab_ioc_info(struct msixlab_dev *ml, void *arg)
+{
+	struct msixlab_info *info = arg;
+	struct pci_dev *pdev = ml->pdev;
+	struct msixlab_grp *grp;
+
+	info->version = MSIXLAB_UAPI_VERSION;
+	info->bdf = pci_domain_nr(pdev->bus) << 16 | pdev->bus->number << 8 |
+		    pdev->devfn;
+	info->vendor = pdev->vendor;
+	info->device = pdev->device;
+	info->table_size = ml->table_size;
+	info->table_bar = ml->table_bar;
+	info->table_offset = ml->table_offset;
+	info->pba_bar = ml->pba_bar;
+	info->pba_offset = ml->pba_offset;
+	info->can_alloc_dyn = ml->can_alloc_dyn;
+	info->nr_cpu_ids = nr_cpu_ids;
+	info->nr_groups = 0;
+	list_for_each_entry(grp, &ml->groups, node)
+		info->nr_groups++;
+	info->nr_vectors = ml->nr_vectors;
+	info->next_group = ml->next_group;
+	msixlab_indices(ml, NULL, info->allocated);
+	return 0;
+}
+
+static int msixlab_ioc_alloc(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_grp_alloc(ml, arg);
+}
+
+static int msixlab_ioc_free(struct msixlab_dev *ml, void *arg)
+{
+	struct msixlab_free *req = arg;
+	int ret;
+
+	ret = msixlab_grp_free(ml, req->id);
+	if (ret < 0)
+		return ret;
+	req->count = ret;
+	return 0;
+}
+
+static int msixlab_ioc_get(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_grp_get(ml, arg);
+}
+
+static int msixlab_ioc_vector(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_vector_info(ml, arg);
+}
+
+static int msixlab_ioc_raise(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_raise(ml, arg);
+}
+
+static int msixlab_ioc_pba(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_read_pba(ml, arg);
+}
+
+static int msixlab_ioc_entry(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_read_entry(ml, arg);
+}
+
+static const struct {
+	unsigned int cmd;
+	int (*fn)(struct msixlab_dev *ml, void *arg);
+} msixlab_iocs[] = {
+	{ MSIXLAB_IOC_INFO,		msixlab_ioc_info },
+	{ MSIXLAB_IOC_ALLOC_GROUP,	msixlab_ioc_alloc },
+	{ MSIXLAB_IOC_FREE_GROUP,	msixlab_ioc_free },
+	{ MSIXLAB_IOC_GET_GROUP,	msixlab_ioc_get },
+	{ MSIXLAB_IOC_VECTOR,		msixlab_ioc_vector },
+	{ MSIXLAB_IOC_RAISE,		msixlab_ioc_raise },
+	{ MSIXLAB_IOC_READ_PBA,		msixlab_ioc_pba },
+	{ MSIXLAB_IOC_READ_ENTRY,	msixlab_ioc_entry },
+};
+
+static long msixlab_ioctl(struct file *file, unsigned int cmd,
+			  unsigned long arg)
+{
+	struct msixlab_dev *ml = file->private_data;
+	void __user *uarg = (void __user *)arg;
+	size_t size = _IOC_SIZE(cmd);
+	int (*fn)(struct msixlab_dev *ml, void *arg) = NULL;
+	void *buf;
+	long ret;
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(msixlab_iocs); i++)
+		if (msixlab_iocs[i].cmd == cmd)
+			fn = msixlab_iocs[i].fn;
+	if (!fn)
+		return -ENOTTY;
+
+	buf = kzalloc(size, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	if ((_IOC_DIR(cmd) & _IOC_WRITE) && copy_from_user(buf, uarg, size)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+
+	mutex_lock(&ml->lock);
+	ret = ml->gone ? -ENODEV : fn(ml, buf);
+	mutex_unlock(&ml->lock);
+
+	if (!ret && (_IOC_DIR(cmd) & _IOC_READ) &&
+	    copy_to_user(uarg, buf, size))
+		ret = -EFAULT;
+out_free:
+	kfree(buf);
+	return ret;
+}
+
+static int msixlab_open(struct inode *inode, struct file *file)
+{
+	/* misc_open() set private_data to our miscdevice, under misc_mtx */
+	struct msixlab_dev *ml = container_of(file->private_data,
+					      struct msixlab_dev, misc);
+
+	kref_get(&ml->ref);
+	file->private_data = ml;
+	return 0;
+}
+
+static int msixlab_release(struct inode *inode, struct file *file)
+{
+	struct msixlab_dev *ml = file->private_data;
+
+	kref_put(&ml->ref, msixlab_dev_release);
+	return 0;
+}
+
+static const struct file_operations msixlab_fops = {
+	.owner		= THIS_MODULE,
+	.open		= msixlab_open,
+	.release	= msixlab_release,
+	.unlocked_ioctl	= msixlab_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.llseek		= noop_llseek,
+};
+
+/* ---- PCI binding ---- */
+
+static int msixlab_map_bar(struct msixlab_dev *ml, u32 bar)
+{
+	struct pci_dev *pdev = ml->pdev;
+	void __iomem *base;
+
+	if (bar >= PCI_STD_NUM_BARS ||
+	    !(pci_resource_flags(pdev, bar) & IORESOURCE_MEM))
+		return -ENODEV;
+	if (ml->bar[bar])
+		return 0;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+	base = pcim_iomap_region(pdev, bar, KBUILD_MODNAME);
+	if (IS_ERR(base))
+		return PTR_ERR(base);
+#else
+	if (pcim_iomap_regions(pdev, BIT(bar), KBUILD_MODNAME))
+		return -EBUSY;
+	base = pcim_iomap_table(pdev)[bar];
+#endif
+	ml->bar[bar] = base;
+	return 0;
+}
+
+/* Locate the table and PBA (BIR + offset) and map their BARs. */
+static int msixlab_map(struct msixlab_dev *ml)
+{
+	struct pci_dev *pdev = ml->pdev;
+	u32 table, pba;
+	int ret;
+
+	ret = pci_msix_vec_count(pdev);
+	if (ret < 0)
+		return ret;
+	ml->table_size = ret;
+
+	pci_read_config_dword(pdev, pdev->msix_cap + PCI_MSIX_TABLE, &table);
+	pci_read_config_dword(pdev, pdev->msix_cap + PCI_MSIX_PBA, &pba);
+	ml->table_bar = table & PCI_MSIX_TABLE_BIR;
+	ml->table_offset = table & PCI_MSIX_TABLE_OFFSET;
+	ml->pba_bar = pba & PCI_MSIX_PBA_BIR;
+	ml->pba_offset = pba & PCI_MSIX_PBA_OFFSET;
+
+	ret = msixlab_map_bar(ml, 0);
+	if (!ret)
+		ret = msixlab_map_bar(ml, ml->table_bar);
+	if (!ret)
+		ret = msixlab_map_bar(ml, ml->pba_bar);
+	if (ret)
+		return ret;
+
+	if (ml->table_offset + ml->table_size * PCI_MSIX_ENTRY_SIZE >
+	    pci_resource_len(pdev, ml->table_bar) ||
+	    ml->pba_offset + DIV_ROUND_UP(ml->table_size, 64) * 8 >
+	    pci_resource_len(pdev, ml->pba_bar))
+		return -ENODEV;
+
+	ml->regs = ml->bar[0];
+	ml->table = ml->bar[ml->table_bar] + ml->table_offset;
+	ml->pba = ml->bar[ml->pba_bar] + ml->pba_offset;
+	return 0;
+}
+
+static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct msixlab_dev *ml;
+	int ret;
+
+	if (!pdev->msix_cap)
+		return -ENODEV;
+
+	ml = kzalloc(sizeof(*ml), GFP_KERNEL);
+	if (!ml)
+		return -ENOMEM;
+	ml->pdev = pdev;
+	kref_init(&ml->ref);
+	mutex_init(&ml->lock);
+	INIT_LIST_HEAD(&ml->groups);
+	init_waitqueue_head(&ml->raise_wq);
+	ml->next_group = 1;
+
+	ret = pcim_enable_device(pdev);
+	if (ret)
+		goto err_put;
+	pci_set_master(pdev);
+
+	ret = msixlab_map(ml);
+	if (ret)
+		goto err_put;
+
+	ml->vecs = kcalloc(ml->table_size, sizeof(*ml->vecs), GFP_KERNEL);
+	if (!ml->vecs) {
+		ret = -ENOMEM;
+		goto err_put;
+	}
+
+	ml->id = ida_alloc(&msixlab_ida, GFP_KERNEL);
+	if (ml->id < 0) {
+		ret = ml->id;
+		goto err_put;
+	}
+	snprintf(ml->name, sizeof(ml->name), "msixlab%d", ml->id);
+
+	ret = pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSIX);
+	if (ret < 0)
+		goto err_ida;
+	ml->can_alloc_dyn = pci_msix_can_alloc_dyn(pdev);
+
+	ret = msixlab_grp0_setup(ml);
+	if (ret)
+		goto err_vectors;
+
+	ml->misc.minor = MISC_DYNAMIC_MINOR;
+	ml->misc.name = ml->name;
+	ml->misc.fops = &msixlab_fops;
+	ml->misc.parent = &pdev->dev;
+	ml->misc.mode = 0600;
+	ret = misc_register(&ml->misc);
+	if (ret)
+		goto err_grp0;
+
+	pci_set_drvdata(pdev, ml);
+	dev_info(&pdev->dev,
+		 "%s: %u MSI-X entries, table BAR%u+%#x, PBA BAR%u+%#x, dynamic allocation %s\n",
+		 ml->name, ml->table_size, ml->table_bar, ml->table_offset,
+		 ml->pba_bar, ml->pba_offset,
+		 ml->can_alloc_dyn ? "supported" : "not supported");
+	return 0;
+
+err_grp0:
+	msixlab_grp0_teardown(ml);
+err_vectors:
+	pci_free_irq_vectors(pdev);
+err_ida:
+	ida_free(&msixlab_ida, ml->id);
+err_put:
+	kref_put(&ml->ref, msixlab_dev_release);
+	return ret;
+}
+
+static void msixlab_remove(struct pci_dev *pdev)
+{
+	struct msixlab_dev *ml = pci_get_drvdata(pdev);
+	u32 vectors;
+
+	misc_deregister(&ml->misc);
+
+	mutex_lock(&ml->lock);
+	ml->gone = true;
+	vectors = ml->nr_vectors;
+	msixlab_grp_free_all(ml);
+	msixlab_grp0_teardown(ml);
+	mutex_unlock(&ml->lock);
+
+	pci_free_irq_vectors(pdev);
+	ida_free(&msixlab_ida, ml->id);
+	dev_info(&pdev->dev, "%s: removed, freed %u vectors\n", ml->name,
+		 vectors);
+	kref_put(&ml->ref, msixlab_dev_release);
+}
+
+static const struct pci_device_id msixlab_ids[] = {
+	{ PCI_DEVICE(MSIXLAB_VENDOR_ID, MSIXLAB_DEVICE_ID) },
+	{ }
+};
+MODULE_DEVICE_TABLE(pci, msixlab_ids);
+
+static struct pci_driver msixlab_driver = {
+	.name		= KBUILD_MODNAME,
+	.id_table	= msixlab_ids,
+	.probe		= msixlab_probe,
+	.remove		= msixlab_remove,
+};
+module_pci_driver(msixlab_driver);
+
+MODULE_DESCRIPTION("msixlab dynamic MSI-X test driver");
+MODULE_LICENSE("GPL");
