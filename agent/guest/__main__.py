@@ -1,0 +1,82 @@
+"""``python3 -m agent.guest --port PATH | --stdio``: the guest agent's entry point.
+
+Concepts: the only I/O of the agent.  It opens the virtio-serial port (or uses
+stdin/stdout with ``--stdio``), writes the hello event, then feeds every chunk it reads
+to a ``protocol.Session`` and writes back what the session returns, until ``shutdown``.
+On a virtio-serial port a read of 0 bytes means the host end is not connected (yet, or
+any more): the agent waits and reads again; on stdin it means the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from .commands import Agent
+from .protocol import Session, encode
+
+log = logging.getLogger("agent.guest")
+
+RECONNECT_POLL_S = 0.2
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def serve(agent: Agent, read_fd: int, write_fd: int, eof_ends: bool) -> int:
+    session = Session(agent.commands())
+    _write_all(write_fd, encode(agent.hello()))
+    while not session.stopped:
+        data = os.read(read_fd, 1 << 16)
+        if not data:
+            if eof_ends:
+                log.info("end of input")
+                break
+            time.sleep(RECONNECT_POLL_S)
+            continue
+        out = session.receive_data(data)
+        if out:
+            try:
+                _write_all(write_fd, out)
+            except OSError as err:
+                log.error("cannot send a reply: %s", err)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m agent.guest",
+                                     description="msixlab guest agent (JSON lines)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="virtio-serial port, e.g. "
+                       "/dev/virtio-ports/org.msixlab.agent")
+    where.add_argument("--stdio", action="store_true", help="serve stdin/stdout")
+    parser.add_argument("--device", help="driver device (default: first /dev/msixlab<N>)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="trace requests")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="msixlab-agent: %(levelname)s %(name)s: %(message)s")
+
+    agent = Agent(args.device)
+    if agent.device_error:
+        log.warning("%s", agent.device_error)
+    if args.stdio:
+        return serve(agent, sys.stdin.fileno(), sys.stdout.fileno(), eof_ends=True)
+    try:
+        fd = os.open(args.port, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        log.error("cannot open %s: %s", args.port, err.strerror)
+        return 1
+    try:
+        return serve(agent, fd, fd, eof_ends=False)
+    finally:
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""What the rest of the guest kernel shows about the device's interrupts.
+
+Concepts: ``parse_interrupts`` turns /proc/interrupts text into rows (per-CPU counts,
+chip, hwirq = MSI-X index for per-device MSI-X domains, handler, action names);
+``device_rows`` keeps the rows of one device (chip names it by BDF, or an action is one
+of the driver's).  ``irq_sysfs`` collects /sys/kernel/irq/N, /proc/irq/N and the
+device's msi_irqs/N entry for one IRQ.  ``run_tool`` runs a guest program (lspci, dmesg)
+as an argv list with a timeout.  All take a root directory so tests can use a tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+from typing import Any
+
+from .errors import GuestError
+
+_HWIRQ = re.compile(r"^(\d+)-(\S+)$")
+
+
+def parse_interrupts(text: str) -> dict[str, Any]:
+    """Parse /proc/interrupts: {"cpus": ["CPU0", ...], "rows": [...], "other": [...]}.
+
+    Numbered rows give {"irq", "counts", "chip", "hwirq", "handler", "actions"};
+    named rows (NMI, LOC, ERR ...) give {"name", "counts", "description"}.
+    """
+    lines = text.splitlines()
+    if not lines or not lines[0].split() or not lines[0].split()[0].startswith("CPU"):
+        raise ValueError("not /proc/interrupts text: no CPU header line")
+    cpus = lines[0].split()
+    rows, other = [], []
+    for line in lines[1:]:
+        head, sep, rest = line.partition(":")
+        if not sep or not head.strip():
+            continue
+        tokens = rest.split()
+        counts = []
+        while tokens and len(counts) < len(cpus) and tokens[0].isdigit():
+            counts.append(int(tokens.pop(0)))
+        name = head.strip()
+        if not name.isdigit():
+            other.append({"name": name, "counts": counts, "description": " ".join(tokens)})
+            continue
+        row: dict[str, Any] = {"irq": int(name), "counts": counts, "chip": None,
+                               "hwirq": None, "handler": None, "actions": []}
+        if tokens:
+            row["chip"] = tokens.pop(0)
+        if tokens and (match := _HWIRQ.match(tokens[0])):
+            tokens.pop(0)
+            row["hwirq"], row["handler"] = int(match.group(1)), match.group(2)
+        actions = " ".join(tokens)
+        row["actions"] = [a.strip() for a in actions.split(",") if a.strip()]
+        rows.append(row)
+    return {"cpus": cpus, "rows": rows, "other": other}
+
+
+def device_rows(parsed: dict[str, Any], bdf: str | None,
+                action_prefix: str = "msixlab") -> list[dict[str, Any]]:
+    """The rows of one device: chip ends with its BDF, or an action is the driver's."""
+    out = []
+    for row in parsed["rows"]:
+        chip = row["chip"] or ""
+        by_chip = bdf is not None and "MSI" in chip and chip.endswith(bdf)
+        by_action = any(a.startswith(action_prefix) for a in row["actions"])
+        if by_chip or by_action:
+            out.append(row)
+    return out
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"<{errno.errorcode.get(err.errno, err.errno)}>"
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    """'0-2,5' (cpu list) -> [0, 1, 2, 5]."""
+    if text is None or text.startswith("<"):
+        return None
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, Any]:
+    sys_dir = os.path.join(root, "sys/kernel/irq", str(irq))
+    proc_dir = os.path.join(root, "proc/irq", str(irq))
+    if not os.path.isdir(sys_dir) and not os.path.isdir(proc_dir):
+        raise GuestError(errno.ENOENT, f"irq_sysfs: IRQ {irq} does not exist "
+                         f"(no {sys_dir} or {proc_dir})", argument="irq")
+    sys = {name: _read(os.path.join(sys_dir, name))
+           for name in ("chip_name", "hwirq", "name", "type", "wakeup", "actions",
+                        "per_cpu_count")}
+    per_cpu = sys["per_cpu_count"]
+    out: dict[str, Any] = {
+        "irq": irq,
+        "sys": {**sys,
+                "hwirq": int(sys["hwirq"]) if (sys["hwirq"] or "").isdigit() else sys["hwirq"],
+                "per_cpu_count": [int(x) for x in per_cpu.split(",")]
+                if per_cpu and not per_cpu.startswith("<") else per_cpu},
+        "proc": {
+            "smp_affinity_list": _int_list(_read(os.path.join(proc_dir, "smp_affinity_list"))),
+            "effective_affinity_list":
+                _int_list(_read(os.path.join(proc_dir, "effective_affinity_list"))),
+            "node": _read(os.path.join(proc_dir, "node")),
+        },
+    }
+    if bdf is not None:
+        msi = os.path.join(root, "sys/bus/pci/devices", bdf, "msi_irqs", str(irq))
+        out["msi_irqs"] = _read(msi)   # "msix" while allocated, None once freed
+    return out
+
+
+def run_tool(argv: list[str], timeout: float = 10.0) -> dict[str, Any]:
+    """Run a guest program; a missing program or a timeout is a GuestError."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=timeout, check=False)
+    except FileNotFoundError as err:
+        raise GuestError(errno.ENOENT, f"{argv[0]}: not installed in the guest") from err
+    except subprocess.TimeoutExpired as err:
+        raise GuestError(errno.ETIMEDOUT, f"{' '.join(argv)}: no exit within {timeout} s") from err
+    return {"argv": argv, "returncode": proc.returncode, "stdout": proc.stdout,
+            "stderr": proc.stderr}
