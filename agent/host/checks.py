@@ -1,0 +1,256 @@
+"""Checks: judging whether the three views of a vector agree.
+
+Concepts owned here:
+- A check is a small named function that takes records or snapshots (routing.py) and
+  returns one CheckResult for one vector index: pass, fail (with evidence: what was
+  seen against what was expected) or skip (with the reason it does not apply).
+- Record checks judge one snapshot: the message the guest caches, the table the guest
+  reads and QEMU's table agree (cached_msg_matches_table); the message targets a CPU
+  in the effective affinity (destination_matches_affinity).
+- Scenario checks judge a before/after pair of snapshots around a known number of
+  device-side raises: counted once on the target CPU (raise_counted_once_on_cpu); a
+  freed entry is masked, cleared and delivers nothing (freed_entry_masked_and_cleared);
+  a raise before allocation is held pending and delivered once after it
+  (pending_delivered_after_alloc).
+
+Checks never raise on bad views; they fail or skip and say why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.host.routing import (
+    MSG_FIELDS,
+    CheckResult,
+    DestMode,
+    MsiFormat,
+    RoutingRecord,
+    Snapshot,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """Builds the results of one check on one index."""
+
+    name: str
+    index: int
+
+    def passed(self) -> CheckResult:
+        return self._result(Verdict.PASS, "", {})
+
+    def failed(self, summary: str, **evidence: Any) -> CheckResult:
+        return self._result(Verdict.FAIL, summary, evidence)
+
+    def skipped(self, reason: str) -> CheckResult:
+        return self._result(Verdict.SKIP, reason, {})
+
+    def verdict(self, problems: list[str], **evidence: Any) -> CheckResult:
+        """Fail naming every problem (with the evidence), or pass when there are none."""
+        if problems:
+            return self.failed("; ".join(problems), **evidence)
+        return self.passed()
+
+    def _result(self, verdict: Verdict, summary: str, evidence: dict) -> CheckResult:
+        result = CheckResult(self.name, self.index, verdict, summary, evidence)
+        level = logging.WARNING if verdict is Verdict.FAIL else logging.DEBUG
+        log.log(level, "%s[%d]: %s %s", self.name, self.index, verdict, summary)
+        return result
+
+
+def _deltas(before: Sequence[int], after: Sequence[int]) -> list[int]:
+    """Per-CPU count increase; a CPU missing from one side counts as zero."""
+    width = max(len(before), len(after))
+    pad = lambda counts: list(counts) + [0] * (width - len(counts))  # noqa: E731
+    return [a - b for a, b in zip(pad(after), pad(before))]
+
+
+def _nonzero(deltas: Sequence[int]) -> dict[str, int]:
+    return {str(cpu): n for cpu, n in enumerate(deltas) if n}
+
+
+def target_cpu(record: RoutingRecord) -> int | None:
+    """The CPU the vector should fire on: the decoded destination, else the single
+    effective CPU (remappable messages carry no destination)."""
+    if record.decoded is not None and record.decoded.cpu is not None:
+        return record.decoded.cpu
+    if record.guest is not None and len(record.guest.affinity.effective) == 1:
+        return record.guest.affinity.effective[0]
+    return None
+
+
+def stray_counts(before: Snapshot, after: Snapshot, exclude: int) -> dict[str, int]:
+    """Count increases on other vectors that kept their irq between the snapshots."""
+    stray = {}
+    for rec in after.allocated():
+        old = before.get(rec.index)
+        if rec.index == exclude or old is None or old.guest is None or old.irq != rec.irq:
+            continue
+        grew = sum(_deltas(old.guest.counts, rec.guest.counts))
+        if grew:
+            stray[str(rec.index)] = grew
+    return stray
+
+
+# --- record checks -------------------------------------------------------------------
+
+def cached_msg_matches_table(record: RoutingRecord) -> CheckResult:
+    """The guest's cached message == QEMU's table entry == the guest's live table read
+    (address_lo, address_hi, data)."""
+    judge = _Judge("cached_msg_matches_table", record.index)
+    if record.guest is None:
+        return judge.skipped("no guest vector at this index")
+    if record.qemu is None:
+        return judge.skipped("no QEMU table view")
+    views = {"guest_cached": record.guest.msg, "guest_table": record.guest.table.message,
+             "qemu_table": record.qemu.message}
+    differing = [name for name in MSG_FIELDS
+                 if len({getattr(msg, name) for msg in views.values()}) > 1]
+    if not differing:
+        return judge.passed()
+    return judge.failed(f"{', '.join(differing)} differ between the views",
+                        fields=differing, **{k: v.to_hex() for k, v in views.items()})
+
+
+def destination_matches_affinity(record: RoutingRecord) -> CheckResult:
+    """The decoded destination APIC ID names a CPU in the effective affinity."""
+    judge = _Judge("destination_matches_affinity", record.index)
+    if record.guest is None or record.decoded is None:
+        return judge.skipped("no guest vector at this index")
+    decoded, affinity = record.decoded, record.guest.affinity
+    if decoded.format is MsiFormat.REMAPPABLE:
+        return judge.skipped("remappable message: the destination is in the IRTE")
+    evidence = {"message": record.guest.msg.to_hex(), "effective": list(affinity.effective),
+                "requested": list(affinity.requested)}
+    if decoded.format is MsiFormat.NOT_MSI:
+        return judge.failed("the guest's cached message is not an MSI address", **evidence)
+    if decoded.dest_mode is DestMode.LOGICAL:
+        return judge.skipped("logical destination mode: no single APIC ID to map")
+    evidence |= {"dest_apic_id": decoded.dest_apic_id, "cpu": decoded.cpu}
+    if decoded.cpu is None:
+        return judge.failed(f"APIC ID {decoded.dest_apic_id} maps to no CPU", **evidence)
+    if decoded.cpu not in affinity.effective:
+        return judge.failed(f"destination CPU {decoded.cpu} not in effective affinity "
+                            f"{list(affinity.effective)}", **evidence)
+    return judge.passed()
+
+
+RECORD_CHECKS = (cached_msg_matches_table, destination_matches_affinity)
+
+
+def record_checks(snapshot: Snapshot) -> list[CheckResult]:
+    """Run every record check on every allocated vector of the snapshot."""
+    return [check(record) for record in snapshot.allocated() for check in RECORD_CHECKS]
+
+
+# --- scenario checks -------------------------------------------------------------------
+
+def _device_deltas(before: RoutingRecord, after: RoutingRecord) -> dict[str, int] | None:
+    if before.device is None or after.device is None:
+        return None
+    return {"raised": after.device.raised - before.device.raised,
+            "delivered": after.device.delivered - before.device.delivered}
+
+
+def raise_counted_once_on_cpu(before: Snapshot, after: Snapshot, index: int,
+                              raises: int) -> CheckResult:
+    """`raises` device-side raises of `index` between the snapshots were each counted
+    exactly once, on the target CPU, on no other CPU and no other vector, and the device
+    delivered every one."""
+    judge = _Judge("raise_counted_once_on_cpu", index)
+    old, new = before.get(index), after.get(index)
+    if old is None or new is None or old.guest is None or new.guest is None:
+        return judge.skipped("vector not allocated in both snapshots")
+    cpu = target_cpu(new)
+    if cpu is None:
+        return judge.skipped("cannot name the target CPU")
+    problems = []
+    if old.irq != new.irq:
+        problems.append(f"irq changed from {old.irq} to {new.irq}")
+    deltas = _nonzero(_deltas(old.guest.counts, new.guest.counts))
+    if deltas != ({str(cpu): raises} if raises else {}):
+        problems.append(f"counts grew by {deltas}, expected {{{cpu}: {raises}}}")
+    device = _device_deltas(old, new)
+    if device is None:
+        problems.append("no device view")
+    elif device != {"raised": raises, "delivered": raises}:
+        problems.append(f"device {device}, expected raised = delivered = {raises}")
+    stray = stray_counts(before, after, index)
+    if stray:
+        problems.append(f"other vectors counted {stray}")
+    return judge.verdict(problems, cpu=cpu, raises=raises, count_deltas=deltas,
+                         device_deltas=device, stray=stray)
+
+
+def freed_entry_masked_and_cleared(before: Snapshot, after: Snapshot, index: int,
+                                   raises: int) -> CheckResult:
+    """`index` was freed before `before`: QEMU's entry is masked with address and data
+    zero, and the `raises` between the snapshots reached the device but no guest
+    vector (device raised grows, delivered does not, no guest count grows)."""
+    judge = _Judge("freed_entry_masked_and_cleared", index)
+    old, new = before.get(index), after.get(index)
+    if new is None or new.qemu is None:
+        return judge.skipped("no QEMU table view of the entry")
+    problems = []
+    if new.guest is not None:
+        problems.append(f"the guest still has a vector here (irq {new.irq})")
+    if not new.qemu.masked:
+        problems.append(f"entry not masked (ctrl {new.qemu.ctrl:#x})")
+    if not new.qemu.cleared:
+        problems.append("address/data not cleared")
+    device = None if old is None else _device_deltas(old, new)
+    if device is None:
+        problems.append("no device view in both snapshots")
+    elif device != {"raised": raises, "delivered": 0}:
+        problems.append(f"device {device}, expected raised {raises}, delivered 0")
+    stray = stray_counts(before, after, index)
+    if stray:
+        problems.append(f"guest vectors counted {stray}")
+    return judge.verdict(problems, qemu_table=new.qemu.to_hex(), raises=raises,
+                         device_deltas=device, stray=stray,
+                         device=None if new.device is None else new.device.to_dict())
+
+
+def pending_delivered_after_alloc(pending: Snapshot, after: Snapshot, index: int,
+                                  pba_pending: Collection[int] | None) -> CheckResult:
+    """A raise of unallocated `index` before `pending` left it pending in the device and
+    (when `pba_pending`, the guest's PBA read as pending indices, is given) in the PBA;
+    after allocation (`after`) it was delivered exactly once, on the target CPU, and the
+    pending state cleared."""
+    judge = _Judge("pending_delivered_after_alloc", index)
+    old, new = pending.get(index), after.get(index)
+    if old is None or new is None or old.device is None or new.device is None:
+        return judge.skipped("no device view of the vector in both snapshots")
+    if new.guest is None:
+        return judge.failed("not allocated in the guest after allocation",
+                            device=new.device.to_dict())
+    problems = []
+    if old.guest is not None:
+        problems.append(f"already allocated before (irq {old.irq})")
+    if not old.device.pending:
+        problems.append("device not pending before allocation")
+    if pba_pending is not None and index not in pba_pending:
+        problems.append("PBA bit not set before allocation")
+    if new.device.pending:
+        problems.append("device still pending after allocation")
+    delivered = new.device.delivered - old.device.delivered
+    if delivered != 1:
+        problems.append(f"device delivered {delivered} times, expected once")
+    cpu = target_cpu(new)
+    counts = _nonzero(new.guest.counts)
+    if counts != {str(cpu): 1}:
+        problems.append(f"guest counted {counts}, expected {{{cpu}: 1}}")
+    stray = stray_counts(pending, after, index)
+    if stray:
+        problems.append(f"other vectors counted {stray}")
+    return judge.verdict(
+        problems, cpu=cpu, counts=counts, delivered=delivered, stray=stray,
+        pba_checked=pba_pending is not None,
+        device_before=old.device.to_dict(), device_after=new.device.to_dict())

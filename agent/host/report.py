@@ -1,0 +1,269 @@
+"""Report: the routing records and verdicts as a file, a terminal table and an exit code.
+
+Concepts owned here:
+- routing.json: a versioned document (schema "msixlab.routing", version SCHEMA_VERSION)
+  holding the run's metadata, the APIC map, every routing record with its checks, and
+  a checks summary; written atomically, read back into a Snapshot (docs/routing.md).
+- The terminal table: one row per vector, rendered with `rich` on a console the caller
+  passes in, failures listed under it.
+- The verdict contract: 0 every check passed, 1 a check failed (named), 125 nothing
+  could be judged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agent.host.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, HostError
+from agent.host.routing import (
+    ApicMap,
+    CheckResult,
+    DestMode,
+    MsiFormat,
+    RoutingRecord,
+    Snapshot,
+    Verdict,
+    record_from_dict,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "msixlab.routing"
+SCHEMA_VERSION = 1
+
+EXIT_CANNOT_JUDGE = EXIT_INFRA  # the contract's 125: nothing could be judged
+
+_SHORT_NAMES = {
+    "cached_msg_matches_table": "msg",
+    "destination_matches_affinity": "dest",
+    "raise_counted_once_on_cpu": "raise",
+    "freed_entry_masked_and_cleared": "freed",
+    "pending_delivered_after_alloc": "pending",
+}
+_VERDICT_STYLE = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.SKIP: "dim"}
+
+
+class ReportError(HostError, ValueError):
+    """routing.json could not be read: wrong schema, version or shape."""
+
+
+# --- the verdict contract --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int
+    failed: tuple[str, ...]  # "name[index]" of each failed check
+    message: str
+
+
+def judge_exit(results: Iterable[CheckResult]) -> ExitStatus:
+    """0 if every judged check passed, 1 naming the failures, 125 if none was judged
+    (no results, or every one skipped). Pure; exit_status() also logs the outcome."""
+    results = list(results)
+    failed = tuple(f"{r.name}[{r.index}]" for r in results if r.verdict is Verdict.FAIL)
+    passed = sum(r.verdict is Verdict.PASS for r in results)
+    if failed:
+        return ExitStatus(EXIT_FAIL, failed,
+                          f"{len(failed)} check(s) failed: " + ", ".join(failed))
+    if passed:
+        return ExitStatus(EXIT_PASS, (), f"all {passed} judged check(s) passed")
+    return ExitStatus(EXIT_CANNOT_JUDGE, (),
+                      f"no check could judge ({len(results)} result(s), all skipped)")
+
+
+def exit_status(results: Iterable[CheckResult]) -> ExitStatus:
+    """judge_exit(), logged: failures and 'cannot judge' at ERROR, success at INFO."""
+    status = judge_exit(results)
+    log.log(logging.INFO if status.code == EXIT_PASS else logging.ERROR, "%s",
+            status.message)
+    return status
+
+
+# --- routing.json ----------------------------------------------------------------------
+
+def checks_summary(results: Iterable[CheckResult]) -> dict[str, Any]:
+    results = list(results)
+    totals = Counter(str(r.verdict) for r in results)
+    by_check: dict[str, Counter] = {}
+    for result in results:
+        by_check.setdefault(result.name, Counter())[str(result.verdict)] += 1
+    return {
+        "total": len(results),
+        **{str(v): totals.get(str(v), 0) for v in Verdict},
+        "by_check": {name: {str(v): c.get(str(v), 0) for v in Verdict}
+                     for name, c in sorted(by_check.items())},
+        "failed": [{"name": r.name, "index": r.index, "summary": r.summary}
+                   for r in results if r.verdict is Verdict.FAIL],
+        "exit_code": judge_exit(results).code,
+    }
+
+
+def routing_document(snapshot: Snapshot, metadata: Mapping[str, Any],
+                     apic_map: ApicMap | None = None) -> dict[str, Any]:
+    """The routing.json document for a snapshot whose records carry their checks."""
+    return {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "metadata": dict(metadata),
+        "apic_map": (apic_map or ApicMap.identity()).to_dict(),
+        "records": [record.to_dict() for record in snapshot.records],
+        "checks": checks_summary(snapshot.results()),
+    }
+
+
+def write_routing_json(path: Path, snapshot: Snapshot, metadata: Mapping[str, Any],
+                       apic_map: ApicMap | None = None) -> Path:
+    """Write routing.json atomically (temporary file, then rename); return its path."""
+    path = Path(path)
+    text = json.dumps(routing_document(snapshot, metadata, apic_map), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    log.info("wrote %s (%d records)", path, len(snapshot.records))
+    return path
+
+
+def snapshot_from_document(document: Mapping[str, Any]) -> tuple[ApicMap, Snapshot]:
+    """Read a routing.json document back: its APIC map and its records."""
+    if document.get("schema") != SCHEMA:
+        raise ReportError(f"not a {SCHEMA} document: schema {document.get('schema')!r}")
+    if document.get("version") != SCHEMA_VERSION:
+        raise ReportError(f"unsupported {SCHEMA} version {document.get('version')!r}, "
+                          f"this reader knows {SCHEMA_VERSION}")
+    raw_map = document.get("apic_map")
+    try:
+        apic_map = ApicMap.identity() if raw_map is None else ApicMap.from_apic_ids(
+            {int(cpu): apic for cpu, apic in raw_map.items()})
+        records = tuple(record_from_dict(r, apic_map) for r in document["records"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ReportError(f"malformed {SCHEMA} document: {err}") from err
+    return apic_map, Snapshot(records)
+
+
+def read_routing_json(path: Path) -> tuple[ApicMap, Snapshot]:
+    with open(path, encoding="utf-8") as src:
+        try:
+            document = json.load(src)
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{path}: not JSON: {err}") from err
+    return snapshot_from_document(document)
+
+
+# --- the terminal table ----------------------------------------------------------------
+
+def _opt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _cpus(cpus: Iterable[int]) -> str:
+    return ",".join(str(cpu) for cpu in cpus) or "-"
+
+
+def _message_cell(record: RoutingRecord) -> str:
+    if record.guest is not None:
+        msg, suffix = record.guest.msg, ""
+    elif record.qemu is not None:
+        msg = record.qemu.message
+        suffix = " masked" if record.qemu.masked else " UNMASKED"
+    else:
+        return "-"
+    high = f"{msg.address_hi:08x}:" if msg.address_hi else ""
+    return f"{high}{msg.address_lo:08x}/{msg.data:04x}{suffix}"
+
+
+def _decoded_cell(record: RoutingRecord) -> str:
+    decoded = record.decoded
+    if decoded is None:
+        return "-"
+    if decoded.format is MsiFormat.REMAPPABLE:
+        return f"IRTE {decoded.remap_handle}"
+    if decoded.format is MsiFormat.NOT_MSI:
+        return "none"
+    flags = ("L" if decoded.dest_mode is DestMode.LOGICAL else "") + \
+            ("RH" if decoded.redirection_hint else "")
+    return f"apic {decoded.dest_apic_id} vec {decoded.vector:#04x}" + \
+           (f" {flags}" if flags else "")
+
+
+def _counts_cell(record: RoutingRecord) -> str:
+    if record.guest is None:
+        return "-"
+    per_cpu = " ".join(f"{cpu}:{n}" for cpu, n in enumerate(record.guest.counts) if n)
+    return f"{record.guest.total}" + (f" ({per_cpu})" if per_cpu else "")
+
+
+def _device_cell(record: RoutingRecord) -> str:
+    device = record.device
+    if device is None:
+        return "-"
+    flags = ("E" if device.eventfd else "-") + ("P" if device.pending else "-")
+    return f"{device.raised}/{device.delivered} {flags}"
+
+
+def _checks_cell(record: RoutingRecord) -> Text:
+    text = Text()
+    for result in record.checks:
+        if text:
+            text.append(" ")
+        label = _SHORT_NAMES.get(result.name, result.name)
+        text.append(f"{label}:{result.verdict}", style=_VERDICT_STYLE[result.verdict])
+    return text
+
+
+def _shown(record: RoutingRecord) -> bool:
+    device = record.device
+    return (record.allocated or bool(record.checks) or device is None
+            or device.eventfd or device.pending or device.raised > 0)
+
+
+def routing_table(snapshot: Snapshot, show_all: bool = False,
+                  title: str | None = "MSI-X routing") -> Table:
+    """One row per vector; quiet never-used entries are left out unless show_all."""
+    table = Table(title=title)
+    for header, justify in (("idx", "right"), ("grp", "right"), ("irq", "right"),
+                            ("address/data", "left"), ("decoded", "left"),
+                            ("cpu", "right"), ("effective", "left"), ("counts", "left"),
+                            ("device r/d ep", "left"), ("checks", "left")):
+        table.add_column(header, justify=justify)
+    for record in snapshot.records:
+        if not (show_all or _shown(record)):
+            continue
+        effective = record.guest.affinity.effective if record.guest else ()
+        table.add_row(
+            str(record.index), _opt(record.group), _opt(record.irq),
+            _message_cell(record), _decoded_cell(record),
+            _opt(record.decoded.cpu if record.decoded else None), _cpus(effective),
+            _counts_cell(record), _device_cell(record), _checks_cell(record))
+    return table
+
+
+def render(console: Console, snapshot: Snapshot, show_all: bool = False) -> ExitStatus:
+    """Print the table, each failure's summary, and the verdict line; return the
+    exit status."""
+    console.print(routing_table(snapshot, show_all))
+    results = snapshot.results()
+    for result in results:
+        if result.verdict is Verdict.FAIL:
+            console.print(Text(f"FAIL {result.name}[{result.index}]: {result.summary}",
+                               style="red"))
+    status = exit_status(results)
+    style = {EXIT_PASS: "bold green", EXIT_FAIL: "bold red"}.get(status.code, "bold yellow")
+    console.print(Text(f"exit {status.code}: {status.message}", style=style))
+    return status

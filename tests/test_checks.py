@@ -1,0 +1,318 @@
+"""Unit tests for agent.host.checks: every check on good data and on broken data."""
+
+import pytest
+
+from agent.host.checks import (
+    cached_msg_matches_table,
+    destination_matches_affinity,
+    freed_entry_masked_and_cleared,
+    pending_delivered_after_alloc,
+    raise_counted_once_on_cpu,
+    record_checks,
+    target_cpu,
+)
+from agent.host.routing import ApicMap, Verdict, build_snapshot
+
+NCPUS = 2
+
+
+def addr(apic, logical=False):
+    return 0xFEE00000 | apic << 12 | logical << 2
+
+
+def vec(index, cpu=1, counts=None, raised=0, delivered=None, irq=None, pending=False):
+    """Raw views of an allocated vector whose message targets `cpu` (identity APIC map)."""
+    msg = {"address_lo": addr(cpu), "address_hi": 0, "data": 0x20 + index}
+    return {
+        "index": index,
+        "guest": {"group": 0, "index": index, "irq": irq or 40 + index, "msg": dict(msg),
+                  "table": {**msg, "ctrl": 0},
+                  "affinity": {"requested": list(range(NCPUS)), "effective": [cpu]},
+                  "counts": list(counts or [0] * NCPUS)},
+        "qemu": {**msg, "ctrl": 0},
+        "device": {"index": index, "eventfd": True, "raised": raised,
+                   "delivered": raised if delivered is None else delivered,
+                   "pending": pending},
+    }
+
+
+def free(index, raised=0, delivered=0, pending=False, eventfd=False):
+    """Raw views of a freed (or never allocated) entry, as Linux leaves it."""
+    return {"index": index, "guest": None,
+            "qemu": {"address_lo": 0, "address_hi": 0, "data": 0, "ctrl": 1},
+            "device": {"index": index, "eventfd": eventfd, "raised": raised,
+                       "delivered": delivered, "pending": pending}}
+
+
+def snap(*vectors, apic_map=None):
+    return build_snapshot(
+        guest=[v["guest"] for v in vectors if v["guest"] is not None],
+        qemu={v["index"]: v["qemu"] for v in vectors if v["qemu"] is not None},
+        device=[v["device"] for v in vectors if v["device"] is not None],
+        apic_map=apic_map)
+
+
+def assert_fails(result, *words, **evidence):
+    assert result.verdict is Verdict.FAIL, result
+    for word in words:
+        assert word in result.summary, result.summary
+    for key, value in evidence.items():
+        assert result.evidence[key] == value, result.evidence
+
+
+# --- cached_msg_matches_table ----------------------------------------------------
+
+def test_cached_msg_matches_table_passes():
+    result = cached_msg_matches_table(snap(vec(1)).get(1))
+    assert result.verdict is Verdict.PASS
+    assert result.name == "cached_msg_matches_table" and result.index == 1
+
+
+@pytest.mark.parametrize("view,field", [
+    ("qemu", "data"), ("qemu", "address_lo"), ("qemu", "address_hi"),
+    ("table", "data"), ("msg", "address_lo"),
+])
+def test_cached_msg_matches_table_fails_on_any_differing_field(view, field):
+    v = vec(1)
+    target = v["qemu"] if view == "qemu" else v["guest"][view]
+    target[field] ^= 0x10
+    result = cached_msg_matches_table(snap(v).get(1))
+    assert_fails(result, field, fields=[field])
+    assert set(result.evidence) >= {"guest_cached", "guest_table", "qemu_table"}
+
+
+def test_cached_msg_matches_table_ignores_ctrl():
+    v = vec(1)
+    v["qemu"]["ctrl"] = 1  # masking is judged elsewhere
+    assert cached_msg_matches_table(snap(v).get(1)).verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("vector", [free(1), {**vec(1), "qemu": None}])
+def test_cached_msg_matches_table_skips_without_views(vector):
+    assert cached_msg_matches_table(snap(vector).get(1)).verdict is Verdict.SKIP
+
+
+# --- destination_matches_affinity ------------------------------------------------
+
+def test_destination_matches_affinity_passes():
+    assert destination_matches_affinity(snap(vec(1, cpu=1)).get(1)).verdict is Verdict.PASS
+
+
+def test_destination_matches_affinity_uses_apic_map():
+    v = vec(1, cpu=4)  # message names APIC ID 4
+    v["guest"]["affinity"]["effective"] = [2]
+    record = snap(v, apic_map=ApicMap.from_apic_ids([0, 2, 4, 6])).get(1)
+    assert destination_matches_affinity(record).verdict is Verdict.PASS
+
+
+def test_destination_matches_affinity_fails_on_other_cpu():
+    v = vec(1, cpu=1)
+    v["guest"]["affinity"]["effective"] = [0]
+    result = destination_matches_affinity(snap(v).get(1))
+    assert_fails(result, "CPU 1 not in effective", cpu=1, effective=[0], dest_apic_id=1)
+
+
+def test_destination_matches_affinity_fails_on_unknown_apic():
+    record = snap(vec(1, cpu=3), apic_map=ApicMap.from_apic_ids([0, 1])).get(1)
+    assert_fails(destination_matches_affinity(record), "APIC ID 3 maps to no CPU", cpu=None)
+
+
+def test_destination_matches_affinity_fails_on_non_msi_message():
+    v = vec(1)
+    v["guest"]["msg"]["address_lo"] = 0
+    assert_fails(destination_matches_affinity(snap(v).get(1)), "not an MSI address")
+
+
+@pytest.mark.parametrize("address_lo", [addr(1, logical=True), 0xFEE00000 | 1 << 4])
+def test_destination_matches_affinity_skips_logical_and_remappable(address_lo):
+    v = vec(1)
+    v["guest"]["msg"]["address_lo"] = address_lo
+    assert destination_matches_affinity(snap(v).get(1)).verdict is Verdict.SKIP
+
+
+def test_destination_matches_affinity_skips_freed():
+    assert destination_matches_affinity(snap(free(1)).get(1)).verdict is Verdict.SKIP
+
+
+def test_record_checks_run_on_allocated_only():
+    results = record_checks(snap(vec(0, cpu=0), vec(1), free(2)))
+    assert [(r.name, r.index) for r in results] == [
+        ("cached_msg_matches_table", 0), ("destination_matches_affinity", 0),
+        ("cached_msg_matches_table", 1), ("destination_matches_affinity", 1)]
+    assert all(r.verdict is Verdict.PASS for r in results)
+
+
+def test_target_cpu_falls_back_to_single_effective_cpu():
+    v = vec(1, cpu=1)
+    v["guest"]["msg"]["address_lo"] = 0xFEE00000 | 1 << 4  # remappable
+    assert target_cpu(snap(v).get(1)) == 1
+    v["guest"]["affinity"]["effective"] = [0, 1]
+    assert target_cpu(snap(v).get(1)) is None
+
+
+# --- raise_counted_once_on_cpu -----------------------------------------------------
+
+RAISES = 3
+
+
+def raise_pair(**after_overrides):
+    """Vector 1 on CPU 1 and vector 0 on CPU 0, before and after 3 raises of vector 1."""
+    before = snap(vec(0, cpu=0, counts=[7, 0], raised=7), vec(1, counts=[0, 5], raised=5))
+    after_kw = {"counts": [0, 5 + RAISES], "raised": 5 + RAISES, **after_overrides}
+    after = snap(vec(0, cpu=0, counts=[7, 0], raised=7), vec(1, **after_kw))
+    return before, after
+
+
+def test_raise_counted_once_on_cpu_passes():
+    result = raise_counted_once_on_cpu(*raise_pair(), 1, RAISES)
+    assert result.verdict is Verdict.PASS, result
+
+
+def test_raise_counted_once_on_cpu_passes_with_zero_raises():
+    before, _ = raise_pair()
+    assert raise_counted_once_on_cpu(before, before, 1, 0).verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("overrides,words,evidence", [
+    ({"counts": [RAISES, 5]}, ["counts grew by"], {"count_deltas": {"0": RAISES}}),
+    ({"counts": [1, 5 + RAISES]}, ["counts grew by"], {"count_deltas": {"0": 1, "1": 3}}),
+    ({"counts": [0, 5 + 2 * RAISES]}, ["counts grew by"], {"count_deltas": {"1": 6}}),
+    ({"counts": [0, 5 + 1]}, ["counts grew by"], {"count_deltas": {"1": 1}}),
+    ({"delivered": 5 + 1}, ["device"], {"device_deltas": {"raised": 3, "delivered": 1}}),
+    ({"raised": 5 + 1, "delivered": 5 + RAISES}, ["device"],
+     {"device_deltas": {"raised": 1, "delivered": 3}}),
+    ({"irq": 99}, ["irq changed from 41 to 99"], {}),
+])
+def test_raise_counted_once_on_cpu_fails(overrides, words, evidence):
+    result = raise_counted_once_on_cpu(*raise_pair(**overrides), 1, RAISES)
+    assert_fails(result, *words, **evidence)
+
+
+def test_raise_counted_once_on_cpu_fails_on_stray_count_elsewhere():
+    before, _ = raise_pair()
+    after = snap(vec(0, cpu=0, counts=[8, 0], raised=7),
+                 vec(1, counts=[0, 5 + RAISES], raised=5 + RAISES))
+    assert_fails(raise_counted_once_on_cpu(before, after, 1, RAISES), "other vectors",
+                 stray={"0": 1})
+
+
+def test_raise_counted_once_on_cpu_fails_without_device_view():
+    before, after = raise_pair()
+    v = vec(1, counts=[0, 5 + RAISES])
+    v["device"] = None
+    after = snap(vec(0, cpu=0, counts=[7, 0], raised=7), v)
+    assert_fails(raise_counted_once_on_cpu(before, after, 1, RAISES), "no device view")
+
+
+def test_raise_counted_once_on_cpu_skips_unallocated():
+    before = snap(free(1))
+    assert raise_counted_once_on_cpu(before, before, 1, 1).verdict is Verdict.SKIP
+
+
+# --- freed_entry_masked_and_cleared -----------------------------------------------
+
+def freed_pair(raised_after=2, delivered_after=0, **entry):
+    before = snap(vec(0, cpu=0, counts=[4, 0]), free(1, raised=6, delivered=6))
+    after_entry = free(1, raised=6 + raised_after, delivered=6 + delivered_after)
+    for key, value in entry.items():
+        if key == "guest":
+            after_entry["guest"] = value
+        else:
+            after_entry["qemu"][key] = value
+    return before, snap(vec(0, cpu=0, counts=[4, 0]), after_entry)
+
+
+def test_freed_entry_masked_and_cleared_passes():
+    result = freed_entry_masked_and_cleared(*freed_pair(), 1, 2)
+    assert result.verdict is Verdict.PASS, result
+
+
+@pytest.mark.parametrize("pair,words", [
+    (dict(ctrl=0), ["not masked"]),
+    (dict(address_lo=0xFEE01000), ["not cleared"]),
+    (dict(data=0x21), ["not cleared"]),
+    (dict(address_hi=0x100), ["not cleared"]),
+    (dict(delivered_after=2), ["delivered 0"]),
+    (dict(raised_after=1), ["expected raised 2"]),
+])
+def test_freed_entry_masked_and_cleared_fails(pair, words):
+    result = freed_entry_masked_and_cleared(*freed_pair(**pair), 1, 2)
+    assert_fails(result, *words)
+    assert "qemu_table" in result.evidence and "device_deltas" in result.evidence
+
+
+def test_freed_entry_fails_when_guest_still_has_vector():
+    before = snap(vec(0, cpu=0), vec(1, raised=6))
+    after_views = vec(1, raised=8, delivered=6)
+    after_views["qemu"] = {"address_lo": 0, "address_hi": 0, "data": 0, "ctrl": 1}
+    after = snap(vec(0, cpu=0), after_views)
+    assert_fails(freed_entry_masked_and_cleared(before, after, 1, 2),
+                 "still has a vector here (irq 41)")
+
+
+def test_freed_entry_fails_when_raise_lands_on_another_vector():
+    before = snap(vec(0, cpu=0, counts=[4, 0]), free(1, raised=6, delivered=6))
+    after = snap(vec(0, cpu=0, counts=[5, 0]), free(1, raised=8, delivered=6))
+    assert_fails(freed_entry_masked_and_cleared(before, after, 1, 2), "guest vectors counted",
+                 stray={"0": 1})
+
+
+def test_freed_entry_skips_without_qemu_view():
+    entry = free(1)
+    entry["qemu"] = None
+    assert freed_entry_masked_and_cleared(snap(entry), snap(entry), 1, 0).verdict \
+        is Verdict.SKIP
+
+
+# --- pending_delivered_after_alloc -------------------------------------------------
+
+def pending_pair(pending_before=True, pending_after=False, delivered_after=1,
+                 counts_after=(0, 1)):
+    before = snap(vec(0, cpu=0, counts=[4, 0]), free(1, raised=2, pending=pending_before))
+    after = snap(vec(0, cpu=0, counts=[4, 0]),
+                 vec(1, counts=list(counts_after), raised=2, delivered=delivered_after,
+                     pending=pending_after))
+    return before, after
+
+
+def test_pending_delivered_after_alloc_passes():
+    result = pending_delivered_after_alloc(*pending_pair(), 1, {1, 5})
+    assert result.verdict is Verdict.PASS, result
+
+
+def test_pending_delivered_after_alloc_passes_without_pba_read():
+    assert pending_delivered_after_alloc(*pending_pair(), 1, None).verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("pair,pba,words", [
+    (dict(pending_before=False), {1}, ["device not pending before"]),
+    (dict(), {0, 2}, ["PBA bit not set"]),
+    (dict(pending_after=True), {1}, ["still pending after"]),
+    (dict(delivered_after=0, counts_after=(0, 0)), {1}, ["delivered 0 times",
+                                                        "guest counted {}"]),
+    (dict(delivered_after=2, counts_after=(0, 2)), {1}, ["delivered 2 times"]),
+    (dict(counts_after=(1, 0)), {1}, ["guest counted {'0': 1}, expected {1: 1}"]),
+])
+def test_pending_delivered_after_alloc_fails(pair, pba, words):
+    result = pending_delivered_after_alloc(*pending_pair(**pair), 1, pba)
+    assert_fails(result, *words)
+    assert {"device_before", "device_after", "counts"} <= set(result.evidence)
+
+
+def test_pending_delivered_after_alloc_fails_when_not_allocated_after():
+    before, _ = pending_pair()
+    after = snap(vec(0, cpu=0, counts=[4, 0]), free(1, raised=2, delivered=1))
+    assert_fails(pending_delivered_after_alloc(before, after, 1, {1}), "not allocated")
+
+
+def test_pending_delivered_after_alloc_fails_when_already_allocated_before():
+    _, after = pending_pair()
+    before = snap(vec(0, cpu=0, counts=[4, 0]), vec(1, raised=2, delivered=0, pending=True))
+    assert_fails(pending_delivered_after_alloc(before, after, 1, {1}), "already allocated")
+
+
+def test_pending_delivered_after_alloc_skips_without_device_view():
+    entry = free(1)
+    entry["device"] = None
+    assert pending_delivered_after_alloc(snap(entry), snap(entry), 1, None).verdict \
+        is Verdict.SKIP
