@@ -45,8 +45,8 @@ fi
 	exit 1
 }
 
-for f in Kbuild Makefile msixlab.h msixlab_uapi.h msixlab_*.c; do
-	cp "$src/$f" "$outdir/"
+for f in "$src"/Kbuild "$src"/Makefile "$src"/*.h "$src"/*.c; do
+	cp "$f" "$outdir/"
 done
 rm -f "$outdir/msixlab.ko"
 
