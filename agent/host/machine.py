@@ -118,6 +118,10 @@ class Machine:
     def hmp(self, command_line: str) -> str:
         return self.qmp("human-monitor-command", **{"command-line": command_line})
 
+    def elapsed(self) -> float:
+        """Seconds since QEMU was launched."""
+        return time.monotonic() - self.launched_at
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -137,6 +141,10 @@ class Machine:
                                   log_tail=tail(self.spec.console_log))
             if not self.is_running():
                 raise self._died(f"waiting for {what}")
+            if "internal error" in tail(self.qemu_log, 200):   # e.g. KVM emulation failure
+                raise LaunchError(f"QEMU reported an internal error while waiting for {what}",
+                                  argv=self.argv, returncode=None, log=self.qemu_log,
+                                  log_tail=tail(self.qemu_log))
             if time.monotonic() > deadline:
                 raise WaitTimeout(what, timeout, f"console {self.spec.console_log}:\n"
                                   + tail(self.spec.console_log, 10))

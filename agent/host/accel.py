@@ -1,0 +1,77 @@
+"""Which accelerator runs the guest, and why.
+
+Concepts: TCG is the default.  KVM is opt-in (``MSIXLAB_ACCEL=kvm`` or ``--accel kvm``)
+and must prove itself: nested KVM on these machines dies in the kernel decompressor, so
+before KVM is used a short probe boot must reach the guest's ready marker under it.
+``auto`` tries that probe and falls back to TCG.  The probe's verdict is cached per QEMU
+and kernel so it runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from images.cache import cache_dir
+from images.image import Image
+
+from .errors import HostError
+
+log = logging.getLogger(__name__)
+CHOICES = ("tcg", "kvm", "auto")
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: str
+    reason: str
+
+
+def kvm_device_usable() -> tuple[bool, str]:
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not readable and writable by this user"
+    return True, "/dev/kvm is present"
+
+
+def _probe_file(image: Image, flavor: str) -> Path:
+    return cache_dir() / "kvm-probe" / f"{image.qemu_version}-{image.kernel(flavor).version}.json"
+
+
+def probe_kvm(image: Image, flavor: str, timeout: float = 30.0) -> tuple[bool, str]:
+    """Boot the guest once under KVM; True if it reaches the ready marker."""
+    from .boot import boot_ready   # late: boot imports this module's users
+    cached = _probe_file(image, flavor)
+    if cached.is_file():
+        verdict = json.loads(cached.read_text())
+        return verdict["ok"], verdict["reason"] + " (cached probe)"
+    ok, why = kvm_device_usable()
+    if ok:
+        try:
+            result = boot_ready(image, flavor, accel="kvm", timeout=timeout, keep=False)
+            why = f"a probe boot under KVM reached ready in {result.ready_seconds:.1f} s"
+        except Exception as err:   # any failure means KVM did not prove itself
+            ok, why = False, f"a probe boot under KVM failed: {str(err).splitlines()[0]}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"ok": ok, "reason": why}))
+    return ok, why
+
+
+def choose(requested: str | None, image: Image | None, flavor: str = "default") -> AccelChoice:
+    requested = (requested or os.environ.get("MSIXLAB_ACCEL") or "tcg").lower()
+    if requested not in CHOICES:
+        raise HostError(f"unknown accelerator {requested!r}: choose one of {', '.join(CHOICES)}")
+    if requested == "tcg":
+        return AccelChoice("tcg", "TCG is the default; KVM is opt-in (MSIXLAB_ACCEL=kvm or auto)")
+    if image is None:
+        return AccelChoice("tcg", "no image built yet, so KVM cannot be probed")
+    ok, why = probe_kvm(image, flavor)
+    if ok:
+        return AccelChoice("kvm", why)
+    if requested == "kvm":
+        raise HostError(f"KVM was requested but did not prove itself: {why}")
+    return AccelChoice("tcg", f"auto: {why}; using TCG")

@@ -1,0 +1,111 @@
+"""Host-only tests of the image recipe: mirror discovery, cache lock, cpio writer, argv."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from images import recipe
+from images.cache import exclusive
+from images.errors import ImageError
+from images.initramfs import Cpio
+from images.mirror import configured_uris, debian_mirror
+
+DEB822 = """\
+Types: deb
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def apt_dir(tmp_path: Path, *, sources: str = "", lst: str = "", deb822: str = "") -> Path:
+    (tmp_path / "sources.list.d").mkdir()
+    if sources:
+        (tmp_path / "sources.list").write_text(sources)
+    if deb822:
+        (tmp_path / "sources.list.d" / "debian.sources").write_text(deb822)
+    if lst:
+        (tmp_path / "sources.list.d" / "extra.list").write_text(lst)
+    return tmp_path
+
+
+def test_mirror_from_deb822_skips_security(tmp_path):
+    d = apt_dir(tmp_path, deb822=DEB822.replace("mirror.example/debian\n", "mirror.example/debian/\n"))
+    assert debian_mirror(d, environ={}) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_list_with_options(tmp_path):
+    d = apt_dir(tmp_path, sources="# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n")
+    assert configured_uris(d) == ["http://m.example/debian"]
+    assert debian_mirror(d, environ={}) == "http://m.example/debian"
+
+
+def test_mirror_skips_disabled_and_non_debian(tmp_path):
+    d = apt_dir(tmp_path, deb822="Types: deb\nURIs: http://x.example/debian\nEnabled: no\n\n"
+                                 "Types: deb\nURIs: https://vendor.example/apt\n")
+    with pytest.raises(ImageError, match="MSIXLAB_MIRROR"):
+        debian_mirror(d, environ={})
+
+
+def test_mirror_env_override_wins(tmp_path):
+    d = apt_dir(tmp_path, deb822=DEB822)
+    assert debian_mirror(d, environ={"MSIXLAB_MIRROR": "http://local.example/debian/"}) == \
+        "http://local.example/debian"
+
+
+def test_mmdebstrap_argv_uses_given_mirror_and_both_suites(tmp_path):
+    argv = recipe.mmdebstrap_argv("http://m.example/debian", tmp_path / "rootfs")
+    assert argv[0] == "mmdebstrap"
+    assert "deb http://m.example/debian trixie main" in argv
+    assert "deb http://m.example/debian trixie-backports main" in argv
+    assert any("qemu-system-x86" in a and "linux-headers-amd64" in a for a in argv)
+    assert 'APT::Default-Release "trixie-backports"' in " ".join(argv)
+    assert str(tmp_path / "rootfs") in argv
+
+
+def test_recipe_hash_follows_recipe_text(tmp_path, monkeypatch):
+    original = recipe.recipe_hash()
+    copy = tmp_path / "recipe.py"
+    copy.write_text((recipe.HERE / "recipe.py").read_text() + "\n# changed\n")
+    monkeypatch.setattr(recipe, "HERE", tmp_path)
+    assert recipe.recipe_hash() != original
+
+
+def test_lock_excludes_a_second_holder(tmp_path):
+    lock = tmp_path / "x.lock"
+    with exclusive(lock, timeout=1, what="first"):
+        with pytest.raises(ImageError, match="waiting for the lock"):
+            with exclusive(lock, timeout=0.2, what="second"):
+                pass
+    with exclusive(lock, timeout=0.2, what="after release"):
+        pass
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio tool needed to read the archive back")
+def test_cpio_archive_reads_back_with_cpio_tool(tmp_path):
+    archive = Cpio()
+    archive.directory("bin")
+    archive.file("bin/hello", b"#!/bin/sh\necho hi\n", 0o755)
+    archive.symlink("bin/sh", "hello")
+    archive.file("odd-size", b"x" * 5)
+    data = archive.finish()
+    listing = subprocess.run(["cpio", "-itv"], input=data, capture_output=True, check=True).stdout.decode()
+    names = [line.split()[-1] if "->" not in line else line.split()[-3] for line in listing.splitlines()]
+    assert names == ["bin", "bin/hello", "bin/sh", "odd-size"]
+    assert "-rwxr-xr-x" in listing and "bin/sh -> hello" in listing
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-id"], input=data, cwd=out, capture_output=True, check=True)
+    assert (out / "bin/hello").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (out / "odd-size").read_bytes() == b"xxxxx"
+    assert gzip.decompress(gzip.compress(data)) == data

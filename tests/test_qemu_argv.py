@@ -1,0 +1,61 @@
+"""The QEMU argv builder: escaping, the shared-memory backend vfio-user needs, devices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.host.qemu_argv import GuestSpec, Share, build_argv, escape, kernel_cmdline
+
+
+def spec(**kw) -> GuestSpec:
+    base = dict(qemu=["qemu"], kernel=Path("/k/vmlinuz"), initramfs=Path("/k/initrd"),
+                console_log=Path("/r/console.log"), qmp_socket=Path("/run/x/qmp.sock"),
+                shares=(Share("rootfs", Path("/img,1/rootfs")),))
+    base.update(kw)
+    return GuestSpec(**base)
+
+
+def option_after(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_escape_doubles_commas():
+    assert escape("/a,b,,c") == "/a,,b,,,,c"
+
+
+def test_memory_is_shared_memfd_and_tcg_is_default():
+    argv = build_argv(spec(memory_mb=512))
+    assert "memory-backend-memfd,id=mem0,size=512M,share=on" in option_after(argv, "-object")
+    assert option_after(argv, "-machine") == ["q35,memory-backend=mem0"]
+    assert option_after(argv, "-accel") == ["tcg,thread=multi"]
+    assert "-no-reboot" in argv and "-nodefaults" in argv
+
+
+def test_share_path_with_comma_is_escaped():
+    fsdev = option_after(build_argv(spec()), "-fsdev")
+    assert fsdev == ["local,id=fs_rootfs,path=/img,,1/rootfs,security_model=none,readonly=on"]
+
+
+def test_nics_sit_behind_root_ports_as_json():
+    argv = build_argv(spec(nic_sockets=(Path("/run/x/nic0.sock"), Path("/run/x/nic1.sock"))))
+    devices = option_after(argv, "-device")
+    nics = [json.loads(d) for d in devices if d.startswith("{")]
+    assert [n["bus"] for n in nics] == ["rp0", "rp1"]
+    assert nics[1]["socket"] == {"type": "unix", "path": "/run/x/nic1.sock"}
+    assert "pcie-root-port,id=rp1,chassis=2,slot=2" in devices
+
+
+def test_agent_port_and_kmod_reach_the_guest():
+    s = spec(agent_socket=Path("/run/x/agent.sock"), kmod="/opt/kmod/msixlab.ko", mode="agent")
+    argv = build_argv(s)
+    assert any("name=org.msixlab.agent" in d for d in option_after(argv, "-device"))
+    assert "msixlab.mode=agent" in kernel_cmdline(s).split()
+    assert "msixlab.kmod=/opt/kmod/msixlab.ko" in option_after(argv, "-append")[0].split()
+
+
+def test_unknown_accelerator_is_refused_by_name():
+    with pytest.raises(ValueError, match="'hvf'"):
+        build_argv(spec(accel="hvf"))
