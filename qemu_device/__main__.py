@@ -1,0 +1,6 @@
+"""python -m qemu_device ..."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+# Concepts: the command line. `serve` runs the device server and prints one JSON ready
+# line once both sockets listen; `ctl` sends one control request and prints the reply
+# (a table for state, JSON lines for subscribe); `log` prints an event log readably.
+# This is the only module that prints.
+"""qemu-device command line: serve, ctl, log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+
+from .errors import ConfigurationError
+
+SHARED = "shared"
+
+
+def _int(text: str) -> int:
+    return int(text, 0)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qemu-device",
+                                description="vfio-user server emulating a PCIe NIC with MSI-X")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the device server")
+    s.add_argument("--socket", required=True, help="vfio-user socket path to listen on")
+    s.add_argument("--vectors", type=_int, default=64, help="MSI-X vectors (1..2048)")
+    s.add_argument("--control", help="control socket path (JSON lines)")
+    s.add_argument("--log", help="event log path (JSON lines, appended)")
+    s.add_argument("--msix-layout", choices=["own", SHARED], default="own",
+                   help="own: table in BAR2, PBA in BAR4 (default); shared: both in BAR0")
+    s.add_argument("--table-bar", type=int, help="MSI-X table BIR (overrides the layout)")
+    s.add_argument("--table-offset", type=_int, help="MSI-X table offset in its BAR")
+    s.add_argument("--pba-bar", type=int, help="PBA BIR (overrides the layout)")
+    s.add_argument("--pba-offset", type=_int, help="PBA offset in its BAR")
+    s.add_argument("--log-level", default=os.environ.get("QEMU_DEVICE_LOG_LEVEL", "WARNING"))
+    c = sub.add_parser("ctl", help="send a control request")
+    c.add_argument("--control", required=True, help="control socket path")
+    c.add_argument("--json", action="store_true", help="print raw JSON replies")
+    c.add_argument("--timeout", type=float, default=10.0)
+    c.add_argument("request", nargs="+",
+                   help="state | raise V [V...] | reset_counters | subscribe [KIND...] | "
+                        "fault KIND [key=value...] | faults | clear_faults [ID] | ping")
+    lg = sub.add_parser("log", help="print an event log readably")
+    lg.add_argument("path")
+    lg.add_argument("--kind", action="append", help="only these event kinds")
+    return p
+
+
+def _layout(args):
+    from .device.msix import MsixLayout
+    from .device.nic import shared_layout
+    base = shared_layout(args.vectors) if args.msix_layout == SHARED else MsixLayout(args.vectors)
+    over = {k: v for k, v in (("table_bar", args.table_bar), ("table_offset", args.table_offset),
+                              ("pba_bar", args.pba_bar), ("pba_offset", args.pba_offset))
+            if v is not None}
+    return MsixLayout(**{**base.__dict__, **over})
+
+
+def cmd_serve(args) -> int:
+    from .device.nic import Device
+    from .server import Server
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        device = Device(_layout(args))
+    except ConfigurationError as err:
+        print(f"qemu-device: {err}", file=sys.stderr)
+        return 2
+    server = Server(device, args.socket, args.control, args.log)
+    server.install_signal_handlers()
+    server.bind()
+    print(json.dumps({"event": "ready", "socket": args.socket, "control": args.control,
+                      "pid": os.getpid()}), flush=True)
+    server.serve_forever()
+    return 0
+
+
+def _parse_request(words: list[str]) -> dict:
+    cmd, rest = words[0], words[1:]
+    req: dict = {"id": 1, "cmd": cmd}
+    if cmd == "raise":
+        req["vectors"] = [_int(w) for w in rest]
+    elif cmd == "subscribe" and rest:
+        req["events"] = rest
+    elif cmd == "fault":
+        req["kind"] = rest[0] if rest else ""
+        for kv in rest[1:]:
+            k, _, v = kv.partition("=")
+            try:
+                req[k] = _int(v)
+            except ValueError:
+                req[k] = v
+    elif cmd == "clear_faults" and rest:
+        req["fault"] = _int(rest[0])
+    return req
+
+
+def cmd_ctl(args) -> int:
+    req = _parse_request(args.request)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(args.timeout)
+        s.connect(args.control)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        f = s.makefile("rb")
+        if req["cmd"] == "subscribe":
+            s.settimeout(None)
+            try:
+                for line in f:
+                    print(line.decode().rstrip(), flush=True)
+            except KeyboardInterrupt:
+                pass
+            return 0
+        line = f.readline()
+    if not line:
+        print("qemu-device: no reply", file=sys.stderr)
+        return 1
+    reply = json.loads(line)
+    if args.json or not reply.get("ok") or req["cmd"] != "state":
+        print(json.dumps(reply, indent=None if args.json else 2))
+    else:
+        _print_state(reply["result"])
+    return 0 if reply.get("ok") else 1
+
+
+def _print_state(st: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console()
+    m = st["msix"]
+    con.print(f"[bold]MSI-X[/] {m['table_size']} vectors, enabled={m['enabled']} "
+              f"function_mask={m['function_mask']} table=BAR{m['table_bar']}+"
+              f"{m['table_offset']:#x} pba=BAR{m['pba_bar']}+{m['pba_offset']:#x}")
+    con.print(f"client_connected={st.get('client_connected')} bus_master={st['bus_master']} "
+              f"dma_maps={len(st['dma_maps'])} resets={st['resets']} errors={st['errors']}")
+    t = Table("vector", "eventfd", "raised", "delivered", "pending", "dropped")
+    for v in st["vectors"]:
+        if v["eventfd"] or v["raised"] or v["pending"]:
+            t.add_row(str(v["index"]), "yes" if v["eventfd"] else "-", str(v["raised"]),
+                      str(v["delivered"]), "PENDING" if v["pending"] else "-",
+                      str(v["dropped"]))
+    con.print(t)
+    if st.get("faults"):
+        con.print(f"faults: {st['faults']}")
+
+
+def cmd_log(args) -> int:
+    from rich.console import Console
+    from .eventlog import format_event, read_log
+    con = Console(highlight=False)
+    t0 = None
+    for ev in read_log(args.path):
+        if t0 is None and isinstance(ev.get("mono"), (int, float)):
+            t0 = ev["mono"]
+        if args.kind and ev.get("event") not in args.kind:
+            continue
+        rel, kind, details = format_event(ev, t0)
+        con.print(f"{rel} [bold]{kind:<16}[/] {details}", markup=True, soft_wrap=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return {"serve": cmd_serve, "ctl": cmd_ctl, "log": cmd_log}[args.command](args)
+    except (OSError, ConfigurationError) as err:
+        print(f"qemu-device: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

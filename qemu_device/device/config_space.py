@@ -1,0 +1,152 @@
+# Concepts: the 4 KiB PCIe configuration space of the NIC. Three parallel byte arrays:
+# the current values, a read-write mask and a write-1-to-clear mask; a write changes only
+# RW bits and clears RW1C bits where it writes 1s; everything else is read-only. BAR
+# registers are RW only in the bits above their size (so sizing with all-ones works).
+# Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, no
+# extended capabilities. Writes touching MSI-X Message Control notify a listener, since
+# that is how the server learns enable and function mask (QEMU emulates the rest).
+"""PCI configuration space with RO/RW/RW1C masks."""
+
+from __future__ import annotations
+
+import errno
+from typing import Callable
+
+from ..errors import DeviceError
+
+CONFIG_SIZE = 4096
+
+VENDOR_ID = 0x1234
+DEVICE_ID = 0x11E9
+CLASS_CODE = 0x020000          # network controller, Ethernet
+REVISION = 0x01
+SUBSYS_VENDOR_ID = 0x1234
+SUBSYS_ID = 0x0001
+
+PCI_COMMAND = 0x04
+PCI_STATUS = 0x06
+PCI_BASE_ADDRESS_0 = 0x10
+PCI_ROM_ADDRESS = 0x30
+PCI_CAPABILITY_LIST = 0x34
+PCI_INTERRUPT_LINE = 0x3C
+PCI_INTERRUPT_PIN = 0x3D
+
+PCI_COMMAND_RW = 0x0547        # IO, MEM, MASTER, PARITY, SERR, INTX_DISABLE
+PCI_COMMAND_MASTER = 0x4
+PCI_STATUS_CAP_LIST = 0x0010
+PCI_STATUS_RW1C = 0xF900
+
+PCI_CAP_ID_EXP = 0x10
+PCI_CAP_ID_MSIX = 0x11
+PCIE_CAP = 0x40
+MSIX_CAP = 0x80
+MSIX_FLAGS = MSIX_CAP + 2
+MSIX_TABLE = MSIX_CAP + 4
+MSIX_PBA = MSIX_CAP + 8
+PCI_MSIX_FLAGS_ENABLE = 0x8000
+PCI_MSIX_FLAGS_MASKALL = 0x4000
+
+# (offset, width, initial value, RW mask, RW1C mask) of the PCIe capability body.
+_PCIE_REGS = (
+    (PCIE_CAP + 0x00, 1, PCI_CAP_ID_EXP, 0, 0),
+    (PCIE_CAP + 0x01, 1, MSIX_CAP, 0, 0),              # next capability
+    (PCIE_CAP + 0x02, 2, 0x0002, 0, 0),                # version 2, Endpoint
+    (PCIE_CAP + 0x04, 4, 0x00008000, 0, 0),            # DevCap: RBER, MPS 128, no FLR
+    (PCIE_CAP + 0x08, 2, 0x2810, 0x7FFF, 0),           # DevCtl (bit 15 FLR not RW)
+    (PCIE_CAP + 0x0A, 2, 0x0000, 0, 0x000F),           # DevSta error bits RW1C
+    (PCIE_CAP + 0x0C, 4, 0x00000011, 0, 0),            # LnkCap: x1, 2.5 GT/s
+    (PCIE_CAP + 0x10, 2, 0x0000, 0x03CB, 0),           # LnkCtl
+    (PCIE_CAP + 0x12, 2, 0x0011, 0, 0),                # LnkSta: x1, 2.5 GT/s
+    (PCIE_CAP + 0x24, 4, 0x00000000, 0, 0),            # DevCap2
+    (PCIE_CAP + 0x28, 2, 0x0000, 0, 0),                # DevCtl2
+    (PCIE_CAP + 0x2C, 4, 0x00000002, 0, 0),            # LnkCap2: 2.5 GT/s
+    (PCIE_CAP + 0x30, 2, 0x0001, 0x000F, 0),           # LnkCtl2: target speed
+)
+
+MsixControlListener = Callable[[bool, bool], None]
+
+
+class ConfigSpace:
+    """The device's config space; `bar_sizes[i]` is 0 for an absent BAR."""
+
+    def __init__(self, bar_sizes: list[int], msix_vectors: int, table_bir: int,
+                 table_offset: int, pba_bir: int, pba_offset: int) -> None:
+        self.bar_sizes = list(bar_sizes)
+        self._msix = (msix_vectors, table_bir, table_offset, pba_bir, pba_offset)
+        self.msix_listener: MsixControlListener | None = None
+        self.data = bytearray(CONFIG_SIZE)
+        self.rw = bytearray(CONFIG_SIZE)
+        self.rw1c = bytearray(CONFIG_SIZE)
+        self.reset()
+
+    # -- construction -------------------------------------------------------------------
+    def _set(self, off: int, width: int, value: int, rw: int = 0, rw1c: int = 0) -> None:
+        self.data[off:off + width] = value.to_bytes(width, "little")
+        self.rw[off:off + width] = rw.to_bytes(width, "little")
+        self.rw1c[off:off + width] = rw1c.to_bytes(width, "little")
+
+    def reset(self) -> None:
+        """Back to power-on values (a device reset)."""
+        self.data[:] = bytes(CONFIG_SIZE)
+        self.rw[:] = bytes(CONFIG_SIZE)
+        self.rw1c[:] = bytes(CONFIG_SIZE)
+        s = self._set
+        s(0x00, 2, VENDOR_ID)
+        s(0x02, 2, DEVICE_ID)
+        s(PCI_COMMAND, 2, 0, PCI_COMMAND_RW)
+        s(PCI_STATUS, 2, PCI_STATUS_CAP_LIST, 0, PCI_STATUS_RW1C)
+        s(0x08, 4, (CLASS_CODE << 8) | REVISION)
+        s(0x0C, 1, 0, 0xFF)                               # cache line size
+        for i, size in enumerate(self.bar_sizes):
+            mask = (~(size - 1) & 0xFFFFFFF0) if size else 0   # 32-bit memory BAR
+            s(PCI_BASE_ADDRESS_0 + 4 * i, 4, 0, mask)
+        s(0x2C, 2, SUBSYS_VENDOR_ID)
+        s(0x2E, 2, SUBSYS_ID)
+        s(PCI_ROM_ADDRESS, 4, 0)                          # no ROM: sizing reads 0
+        s(PCI_CAPABILITY_LIST, 1, PCIE_CAP)
+        s(PCI_INTERRUPT_LINE, 1, 0xFF, 0xFF)
+        s(PCI_INTERRUPT_PIN, 1, 0)                        # no INTx
+        for off, width, value, rw, rw1c in _PCIE_REGS:
+            s(off, width, value, rw, rw1c)
+        n, tbir, toff, pbir, poff = self._msix
+        s(MSIX_CAP, 1, PCI_CAP_ID_MSIX)
+        s(MSIX_CAP + 1, 1, 0)
+        s(MSIX_FLAGS, 2, n - 1, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
+        s(MSIX_TABLE, 4, toff | tbir)
+        s(MSIX_PBA, 4, poff | pbir)
+
+    # -- access -----------------------------------------------------------------------
+    @staticmethod
+    def check(offset: int, count: int) -> None:
+        if count == 0 or offset >= CONFIG_SIZE or offset + count > CONFIG_SIZE:
+            raise DeviceError(f"config access {offset:#x}+{count} out of range",
+                              errno=errno.EINVAL)
+
+    def read(self, offset: int, count: int) -> bytes:
+        self.check(offset, count)
+        return bytes(self.data[offset:offset + count])
+
+    def write(self, offset: int, value: bytes) -> None:
+        count = len(value)
+        self.check(offset, count)
+        end = offset + count
+        old = int.from_bytes(self.data[offset:end], "little")
+        new = int.from_bytes(value, "little")
+        rw = int.from_bytes(self.rw[offset:end], "little")
+        rw1c = int.from_bytes(self.rw1c[offset:end], "little")
+        result = ((old & ~rw) | (new & rw)) & ~(new & rw1c)
+        self.data[offset:end] = result.to_bytes(count, "little")
+        if offset < MSIX_FLAGS + 2 and end > MSIX_FLAGS and self.msix_listener:
+            self.msix_listener(*self.msix_control())
+
+    def word(self, offset: int) -> int:
+        return int.from_bytes(self.data[offset:offset + 2], "little")
+
+    def msix_control(self) -> tuple[bool, bool]:
+        """(enabled, function masked) from Message Control."""
+        flags = self.word(MSIX_FLAGS)
+        return bool(flags & PCI_MSIX_FLAGS_ENABLE), bool(flags & PCI_MSIX_FLAGS_MASKALL)
+
+    @property
+    def bus_master(self) -> bool:
+        return bool(self.word(PCI_COMMAND) & PCI_COMMAND_MASTER)

@@ -1,0 +1,162 @@
+# Concepts: the DMA map, i.e. the client's guest memory as the device may reach it. Each
+# DMA_MAP adds a range [iova, iova+size) with READ/WRITE permissions and, when the client
+# sent an fd (memfd-backed guest RAM), an mmap of that fd at the given offset; the fd is
+# closed right after mmap (the mapping keeps the memory). Ranges never overlap (EEXIST);
+# an unmap must match a map exactly or be "unmap all". read()/write() translate an IOVA
+# range that may span adjacent maps, honour permissions and never touch bytes outside
+# the mapped file (fstat-checked at map time, so no SIGBUS).
+"""DMA regions: map, unmap, bounds-checked access."""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import mmap
+import os
+import stat
+from dataclasses import dataclass
+
+from ..errors import DeviceError
+from ..protocol import PAGE_SIZE, DmaMapFlags
+
+log = logging.getLogger(__name__)
+
+_READ = int(DmaMapFlags.VFIO_DMA_MAP_FLAG_READ)
+_WRITE = int(DmaMapFlags.VFIO_DMA_MAP_FLAG_WRITE)
+MAX_DMA_MAPS = 65535
+_IOVA_LIMIT = 1 << 64
+
+
+@dataclass
+class DmaRegion:
+    iova: int
+    size: int
+    flags: int
+    fd_offset: int
+    mem: mmap.mmap | None
+
+    @property
+    def end(self) -> int:
+        return self.iova + self.size
+
+    def to_json(self) -> dict:
+        return {"iova": self.iova, "size": self.size, "flags": self.flags,
+                "offset": self.fd_offset, "mapped": self.mem is not None}
+
+
+class DmaMap:
+    """All DMA regions of the current client, sorted by IOVA."""
+
+    def __init__(self) -> None:
+        self._regions: list[DmaRegion] = []
+        self._starts: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def regions(self) -> list[DmaRegion]:
+        return list(self._regions)
+
+    def add(self, iova: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRegion:
+        """Add a map. Takes ownership of fd (closed here, whatever happens)."""
+        try:
+            self._check_new(iova, size, flags, offset, fd)
+            mem = self._mmap(fd, size, flags, offset) if fd is not None else None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        region = DmaRegion(iova, size, flags, offset, mem)
+        i = bisect.bisect_left(self._starts, iova)
+        self._starts.insert(i, iova)
+        self._regions.insert(i, region)
+        return region
+
+    def _check_new(self, iova, size, flags, offset, fd) -> None:
+        if size == 0 or iova + size > _IOVA_LIMIT:
+            raise DeviceError(f"bad DMA range {iova:#x}+{size:#x}", errno=errno.EINVAL)
+        if flags & ~(_READ | _WRITE) or not flags & (_READ | _WRITE):
+            raise DeviceError(f"bad DMA map flags {flags:#x}", errno=errno.EINVAL)
+        if len(self._regions) >= MAX_DMA_MAPS:
+            raise DeviceError("too many DMA maps", errno=errno.ENOSPC)
+        if fd is None and offset:
+            raise DeviceError("offset without an fd", errno=errno.EINVAL)
+        if fd is not None and (offset % PAGE_SIZE or size % PAGE_SIZE):
+            raise DeviceError(f"unaligned DMA map offset {offset:#x} size {size:#x}",
+                              errno=errno.EINVAL)
+        i = bisect.bisect_right(self._starts, iova)
+        for r in self._regions[max(i - 1, 0):i + 1]:
+            if r.iova < iova + size and iova < r.end:
+                raise DeviceError(f"DMA map {iova:#x}+{size:#x} overlaps "
+                                  f"{r.iova:#x}+{r.size:#x}", errno=errno.EEXIST)
+
+    @staticmethod
+    def _mmap(fd: int, size: int, flags: int, offset: int) -> mmap.mmap:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DeviceError("DMA map fd is not a memory file", errno=errno.EINVAL)
+        if offset + size > st.st_size:
+            raise DeviceError(f"DMA map {offset:#x}+{size:#x} beyond the file "
+                              f"({st.st_size:#x} bytes)", errno=errno.EINVAL)
+        prot = (mmap.PROT_READ if flags & _READ else 0) | (
+            mmap.PROT_WRITE if flags & _WRITE else 0)
+        try:
+            return mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=offset)
+        except OSError as err:
+            raise DeviceError(f"mmap of DMA fd failed: {err}",
+                              errno=err.errno or errno.EINVAL) from err
+
+    def remove(self, iova: int, size: int) -> DmaRegion:
+        i = bisect.bisect_left(self._starts, iova)
+        if i == len(self._starts) or self._starts[i] != iova or self._regions[i].size != size:
+            raise DeviceError(f"no DMA map {iova:#x}+{size:#x}", errno=errno.ENOENT)
+        region = self._regions.pop(i)
+        del self._starts[i]
+        self._release(region)
+        return region
+
+    def clear(self) -> int:
+        n = len(self._regions)
+        for r in self._regions:
+            self._release(r)
+        self._regions.clear()
+        self._starts.clear()
+        return n
+
+    @staticmethod
+    def _release(region: DmaRegion) -> None:
+        if region.mem is not None:
+            region.mem.close()
+            region.mem = None
+
+    # -- access ---------------------------------------------------------------------
+    def _pieces(self, iova: int, length: int, need: int):
+        """(region, start-in-region, n) pieces covering [iova, iova+length)."""
+        pos, end = iova, iova + length
+        i = bisect.bisect_right(self._starts, iova) - 1
+        while pos < end:
+            if i < 0 or i >= len(self._regions):
+                raise DeviceError(f"DMA {iova:#x}+{length} not mapped", errno=errno.EFAULT)
+            r = self._regions[i]
+            if not r.iova <= pos < r.end:
+                raise DeviceError(f"DMA {pos:#x} not mapped", errno=errno.EFAULT)
+            if r.mem is None:
+                raise DeviceError(f"DMA {pos:#x} mapped without fd", errno=errno.EFAULT)
+            if not r.flags & need:
+                raise DeviceError(f"DMA {pos:#x} lacks permission {need}",
+                                  errno=errno.EPERM)
+            n = min(end, r.end) - pos
+            yield r, pos - r.iova, n
+            pos += n
+            i += 1
+
+    def read(self, iova: int, length: int) -> bytes:
+        pieces = list(self._pieces(iova, length, _READ))
+        return b"".join(r.mem[o:o + n] for r, o, n in pieces)
+
+    def write(self, iova: int, data: bytes) -> None:
+        pieces = list(self._pieces(iova, len(data), _WRITE))
+        pos = 0
+        for r, o, n in pieces:
+            r.mem[o:o + n] = data[pos:pos + n]
+            pos += n

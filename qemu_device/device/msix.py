@@ -1,0 +1,267 @@
+# Concepts: MSI-X on the device side. MsixLayout says where the table and the PBA live
+# (BAR index and offset) and checks QEMU's rules (8-byte aligned offsets, no overlap,
+# inside the BAR). MsixState holds, per vector: the eventfd QEMU gave us (or none), the
+# raised and delivered counters and the pending bit (the PBA). A raise is delivered (one
+# eventfd write) only when the vector has an eventfd, MSI-X is enabled and the function
+# is not masked; otherwise the PBA bit is set, and the pending interrupt is delivered
+# exactly once when that becomes true (eventfd assigned, enable, unmask). Per-vector mask
+# bits live only in QEMU's copy of the table (QEMU never forwards table accesses or
+# per-vector masking), so the server's table copy is informational and is not consulted.
+"""MSI-X table, PBA and interrupt state."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ConfigurationError, DeviceError
+from ..faults import FaultKind, FaultTable
+
+log = logging.getLogger(__name__)
+
+MAX_VECTORS = 2048
+ENTRY_SIZE = 16
+PCI_MSIX_ENTRY_CTRL_MASKBIT = 1
+
+
+def pba_size(vectors: int) -> int:
+    """Bytes of PBA QEMU expects: ALIGN_UP(N, 64) / 8."""
+    return (vectors + 63) // 64 * 8
+
+
+@dataclass(frozen=True)
+class MsixLayout:
+    vectors: int = 64
+    table_bar: int = 2
+    table_offset: int = 0
+    pba_bar: int = 4
+    pba_offset: int = 0
+
+    @property
+    def table_size(self) -> int:
+        return self.vectors * ENTRY_SIZE
+
+    @property
+    def pba_size(self) -> int:
+        return pba_size(self.vectors)
+
+    def extents(self) -> list[tuple[int, int, int, str]]:
+        """(bar, start, end, what) of the table and the PBA."""
+        return [(self.table_bar, self.table_offset, self.table_offset + self.table_size,
+                 "table"),
+                (self.pba_bar, self.pba_offset, self.pba_offset + self.pba_size, "pba")]
+
+    def validate(self, reserved: dict[int, int] | None = None) -> None:
+        """Check the rules QEMU enforces; `reserved` maps a BAR to bytes used at its start
+        by other contents (the register block of BAR0)."""
+        if not 1 <= self.vectors <= MAX_VECTORS:
+            raise ConfigurationError(f"vectors must be 1..{MAX_VECTORS}, not {self.vectors}")
+        for bar, start, end, what in self.extents():
+            if not 0 <= bar <= 5:
+                raise ConfigurationError(f"MSI-X {what} BIR {bar} is not a BAR (0..5)")
+            if start % 8 or start < 0:
+                raise ConfigurationError(f"MSI-X {what} offset {start:#x} not 8-byte aligned")
+            if end > 1 << 28:
+                raise ConfigurationError(f"MSI-X {what} ends at {end:#x}, too far")
+            used = (reserved or {}).get(bar, 0)
+            if start < used:
+                raise ConfigurationError(
+                    f"MSI-X {what} at BAR{bar}+{start:#x} overlaps the registers "
+                    f"(BAR{bar}+0..{used:#x})")
+        (tb, ts, te, _), (pb, ps, pe, _) = self.extents()
+        if tb == pb and ts < pe and ps < te:
+            raise ConfigurationError("MSI-X table and PBA overlap")
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    PENDING = "pending"
+    DROPPED = "dropped"
+    DELAYED = "delayed"
+    OUT_OF_RANGE = "out_of_range"
+
+
+EventSink = Callable[[dict], None]
+Scheduler = Callable[[float, Callable[[], None]], None]
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError as err:
+        log.warning("closing fd %d: %s", fd, err)
+
+
+class MsixState:
+    """Per-vector eventfds, counters and pending bits; function enable/mask."""
+
+    def __init__(self, layout: MsixLayout, faults: FaultTable | None = None) -> None:
+        self.layout = layout
+        n = layout.vectors
+        self.n = n
+        self.eventfds: list[int | None] = [None] * n
+        self.raised = [0] * n
+        self.delivered = [0] * n
+        self.dropped = [0] * n
+        self.pending = bytearray(layout.pba_size)   # the PBA, bit i = vector i
+        self.table = bytearray(layout.table_size)
+        self.enabled = False
+        self.function_mask = False
+        self.errors = {"raise_out_of_range": 0, "eventfd_write_failed": 0}
+        self.faults = faults or FaultTable()
+        self.sink: EventSink | None = None
+        self.scheduler: Scheduler | None = None
+        self.signal: Callable[[int], None] = lambda fd: os.eventfd_write(fd, 1)
+        self.reset_table()
+
+    # -- events -------------------------------------------------------------------------
+    def _emit(self, kind: str, vector: int, **extra) -> None:
+        if self.sink is not None:
+            self.sink({"event": kind, "vector": vector, **extra})
+
+    # -- raising ------------------------------------------------------------------------
+    def raise_vector(self, v: int, source: str = "control") -> Outcome:
+        """A device interrupt on vector v."""
+        if not 0 <= v < self.n:
+            self.errors["raise_out_of_range"] += 1
+            self._emit("raise_out_of_range", v, source=source)
+            return Outcome.OUT_OF_RANGE
+        self.raised[v] += 1
+        if self.faults.any_raise:
+            fault = self.faults.on_raise(v)
+            if fault is not None:
+                return self._apply_fault(v, fault, source)
+        return self._deliver_or_pend(v, source)
+
+    def _apply_fault(self, v: int, fault, source: str) -> Outcome:
+        if fault.kind is FaultKind.DROP_RAISE or self.scheduler is None:
+            self.dropped[v] += 1
+            self._emit("raise_dropped", v, source=source, fault=fault.id)
+            return Outcome.DROPPED
+        self._emit("raise_delayed", v, source=source, fault=fault.id,
+                   delay_ms=fault.delay_ms)
+        self.scheduler(fault.delay_ms / 1000.0,
+                       lambda: self._deliver_or_pend(v, source + "+delay"))
+        return Outcome.DELAYED
+
+    def deliverable(self, v: int) -> bool:
+        return self.enabled and not self.function_mask and self.eventfds[v] is not None
+
+    def _deliver_or_pend(self, v: int, source: str) -> Outcome:
+        fd = self.eventfds[v]
+        if fd is not None and self.enabled and not self.function_mask:
+            if self._signal(v, fd):
+                self._emit("deliver", v, source=source)
+                return Outcome.DELIVERED
+        self.pending[v >> 3] |= 1 << (v & 7)
+        self._emit("pend", v, source=source)
+        return Outcome.PENDING
+
+    def _signal(self, v: int, fd: int) -> bool:
+        try:
+            self.signal(fd)
+        except OSError as err:
+            self.errors["eventfd_write_failed"] += 1
+            log.warning("eventfd write for vector %d (fd %d): %s", v, fd, err)
+            return False
+        self.delivered[v] += 1
+        return True
+
+    def is_pending(self, v: int) -> bool:
+        return bool(self.pending[v >> 3] & (1 << (v & 7)))
+
+    def flush_pending(self) -> list[int]:
+        """Deliver every pending vector that can be delivered now; return them."""
+        if not (self.enabled and not self.function_mask) or not any(self.pending):
+            return []
+        done = []
+        for v in range(self.n):
+            if self.is_pending(v) and self.eventfds[v] is not None:
+                if self._signal(v, self.eventfds[v]):
+                    self.pending[v >> 3] &= ~(1 << (v & 7))
+                    self._emit("deliver_pending", v)
+                    done.append(v)
+        return done
+
+    # -- eventfds (SET_IRQS) ----------------------------------------------------------
+    def check_range(self, start: int, count: int) -> None:
+        if start + count > self.n or count < 0 or start < 0:
+            raise DeviceError(f"MSI-X vectors {start}+{count} beyond {self.n}",
+                              errno=errno.EINVAL)
+
+    def assign(self, start: int, fds: list[int]) -> None:
+        """Give vectors start.. the eventfds fds (ownership moves here); old ones close."""
+        self.check_range(start, len(fds))
+        for i, fd in enumerate(fds):
+            old = self.eventfds[start + i]
+            self.eventfds[start + i] = fd
+            if old is not None and old != fd:
+                _close(old)
+            self._emit("eventfd_assign", start + i)
+        self.flush_pending()
+
+    def deassign(self, start: int, count: int) -> None:
+        self.check_range(start, count)
+        for v in range(start, start + count):
+            old = self.eventfds[v]
+            if old is not None:
+                self.eventfds[v] = None
+                _close(old)
+                self._emit("eventfd_deassign", v)
+
+    def deassign_all(self) -> None:
+        self.deassign(0, self.n)
+
+    def trigger(self, start: int, count: int, which: bytes | None = None) -> None:
+        """Client-side trigger (SET_IRQS DATA_NONE/BOOL|TRIGGER): raise those vectors."""
+        self.check_range(start, count)
+        for i in range(count):
+            if which is None or which[i]:
+                self.raise_vector(start + i, source="set_irqs")
+
+    # -- function enable / mask (config writes) ---------------------------------------
+    def set_control(self, enabled: bool, function_mask: bool) -> None:
+        changed = (enabled, function_mask) != (self.enabled, self.function_mask)
+        self.enabled, self.function_mask = enabled, function_mask
+        if changed:
+            self._emit("msix_control", -1, enabled=enabled, function_mask=function_mask)
+            self.flush_pending()
+
+    # -- table and PBA as BAR contents --------------------------------------------------
+    def reset_table(self) -> None:
+        self.table[:] = bytes(len(self.table))
+        for v in range(self.n):
+            self.table[v * ENTRY_SIZE + 12] = PCI_MSIX_ENTRY_CTRL_MASKBIT
+
+    def read_table(self, offset: int, count: int) -> bytes:
+        return bytes(self.table[offset:offset + count])
+
+    def write_table(self, offset: int, data: bytes) -> None:
+        self.table[offset:offset + len(data)] = data
+
+    def read_pba(self, offset: int, count: int) -> bytes:
+        return bytes(self.pending[offset:offset + count])
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Device reset: MSI-X off, nothing pending, table masked. Eventfds and the
+        observation counters stay (QEMU re-sends IRQ setup around a reset itself)."""
+        self.pending[:] = bytes(len(self.pending))
+        self.enabled = self.function_mask = False
+        self.reset_table()
+
+    def reset_counters(self) -> None:
+        self.raised = [0] * self.n
+        self.delivered = [0] * self.n
+        self.dropped = [0] * self.n
+        for k in self.errors:
+            self.errors[k] = 0
+
+    def vector_state(self, v: int) -> dict:
+        return {"index": v, "eventfd": self.eventfds[v] is not None,
+                "raised": self.raised[v], "delivered": self.delivered[v],
+                "pending": self.is_pending(v), "dropped": self.dropped[v]}

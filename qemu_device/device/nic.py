@@ -1,0 +1,192 @@
+# Concepts: the whole emulated NIC as vfio-user sees it: nine VFIO PCI regions (BAR0..5,
+# ROM, config, VGA) with their sizes and access functions, five IRQ indexes of which only
+# MSI-X has vectors, device reset, and what happens when a client goes away. Each memory
+# BAR is a list of areas (register block, MSI-X table, PBA); BAR sizes are the smallest
+# power of two (>= 4 KiB) that holds the areas. The parts live in sibling modules:
+# config_space, registers, msix, dma.
+"""The emulated NIC: regions, IRQ indexes, reset, disconnect."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ConfigurationError, DeviceError
+from ..faults import FaultTable
+from ..protocol import (MAX_DATA_XFER_SIZE, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+                        IrqIndex, IrqInfoFlags, RegionIndex, RegionInfoFlags)
+from .config_space import CONFIG_SIZE, ConfigSpace
+from .dma import DmaMap
+from .msix import MsixLayout, MsixState
+from .registers import REG_BLOCK_SIZE, NicRegisters
+
+log = logging.getLogger(__name__)
+
+MIN_BAR_SIZE = 4096
+_RW = int(RegionInfoFlags.VFIO_REGION_INFO_FLAG_READ | RegionInfoFlags.VFIO_REGION_INFO_FLAG_WRITE)
+_CONFIG = int(RegionIndex.VFIO_PCI_CONFIG_REGION_INDEX)
+
+
+@dataclass
+class Area:
+    start: int
+    end: int
+    what: str
+    read: Callable[[int, int], bytes]
+    write: Callable[[int, bytes], None]
+
+
+def _pow2_at_least(n: int) -> int:
+    size = MIN_BAR_SIZE
+    while size < n:
+        size <<= 1
+    return size
+
+
+def shared_layout(vectors: int) -> MsixLayout:
+    """Table and PBA in BAR0 after the register block."""
+    table_off = REG_BLOCK_SIZE
+    pba_off = table_off + (vectors * 16 + 4095) // 4096 * 4096
+    return MsixLayout(vectors, 0, table_off, 0, pba_off)
+
+
+class Device:
+    """The NIC. Owns config space, registers, MSI-X state and the DMA map."""
+
+    def __init__(self, layout: MsixLayout | None = None) -> None:
+        self.layout = layout or MsixLayout()
+        self.layout.validate({0: REG_BLOCK_SIZE})
+        self.faults = FaultTable()
+        self.msix = MsixState(self.layout, self.faults)
+        self.dma = DmaMap()
+        self.bars: list[list[Area]] = [[] for _ in range(6)]
+        self.bar_sizes = [0] * 6
+        self.config: ConfigSpace  # set in _build_bars
+        self.regs = NicRegisters(self.msix)
+        self._build_bars()
+        self.regs.bus_master = lambda: self.config.bus_master
+        self.config.msix_listener = self.msix.set_control
+        self.resets = 0
+        self.errors = {"bad_region_access": 0}
+
+    def _build_bars(self) -> None:
+        lay, msix = self.layout, self.msix
+        self.bars[0].append(Area(0, REG_BLOCK_SIZE, "registers", self.regs.read,
+                                 self.regs.write))
+        tb, ts, te, _ = lay.extents()[0]
+        pb, ps, pe, _ = lay.extents()[1]
+        self.bars[tb].append(Area(ts, te, "msix_table",
+                                  lambda o, n: msix.read_table(o - ts, n),
+                                  lambda o, d: msix.write_table(o - ts, d)))
+        self.bars[pb].append(Area(ps, pe, "msix_pba",
+                                  lambda o, n: msix.read_pba(o - ps, n),
+                                  lambda o, d: None))          # PBA is read-only
+        for i, areas in enumerate(self.bars):
+            areas.sort(key=lambda a: a.start)
+            if areas:
+                self.bar_sizes[i] = _pow2_at_least(max(a.end for a in areas))
+        if max(self.bar_sizes) > 1 << 28:
+            raise ConfigurationError("BAR larger than 256 MiB")
+        self.config = ConfigSpace(self.bar_sizes, lay.vectors, tb, ts, pb, ps)
+
+    # -- vfio-user device queries -----------------------------------------------------
+    @staticmethod
+    def info() -> tuple[int, int, int]:
+        """(flags, num_regions, num_irqs) for DEVICE_GET_INFO."""
+        return 3, VFIO_PCI_NUM_REGIONS, VFIO_PCI_NUM_IRQS
+
+    def region_info(self, index: int) -> tuple[int, int]:
+        """(flags, size) of a region; absent regions have size 0 and flags 0."""
+        if not 0 <= index < VFIO_PCI_NUM_REGIONS:
+            raise DeviceError(f"no region {index}", errno=errno.EINVAL)
+        if index == _CONFIG:
+            return _RW, CONFIG_SIZE
+        if index < 6 and self.bar_sizes[index]:
+            return _RW, self.bar_sizes[index]
+        return 0, 0
+
+    def irq_info(self, index: int) -> tuple[int, int]:
+        """(flags, count) of an IRQ index: only MSI-X has vectors."""
+        if not 0 <= index < VFIO_PCI_NUM_IRQS:
+            raise DeviceError(f"no IRQ index {index}", errno=errno.EINVAL)
+        if index == IrqIndex.VFIO_PCI_MSIX_IRQ_INDEX:
+            return int(IrqInfoFlags.VFIO_IRQ_INFO_EVENTFD), self.msix.n
+        return int(IrqInfoFlags.VFIO_IRQ_INFO_EVENTFD), 0
+
+    # -- region access ----------------------------------------------------------------
+    def _check_access(self, region: int, offset: int, count: int) -> int:
+        if count == 0 or count > MAX_DATA_XFER_SIZE:
+            raise DeviceError(f"bad access count {count}", errno=errno.EINVAL)
+        if region == _CONFIG:
+            return CONFIG_SIZE
+        if not 0 <= region < 6 or not self.bar_sizes[region]:
+            raise DeviceError(f"region {region} not accessible", errno=errno.EINVAL)
+        size = self.bar_sizes[region]
+        if offset >= size or offset + count > size:
+            raise DeviceError(f"access {offset:#x}+{count} beyond region {region} "
+                              f"({size:#x})", errno=errno.EINVAL)
+        return size
+
+    def region_read(self, region: int, offset: int, count: int) -> bytes:
+        self._check_access(region, offset, count)
+        if region == _CONFIG:
+            return self.config.read(offset, count)
+        end = offset + count
+        areas = self.bars[region]
+        for a in areas:
+            if a.start <= offset and end <= a.end:
+                return a.read(offset, count)
+        out = bytearray(count)          # straddles areas or gaps: piece by piece
+        for a in areas:
+            lo, hi = max(a.start, offset), min(a.end, end)
+            if lo < hi:
+                out[lo - offset:hi - offset] = a.read(lo, hi - lo)
+        return bytes(out)
+
+    def region_write(self, region: int, offset: int, data: bytes) -> None:
+        self._check_access(region, offset, len(data))
+        if region == _CONFIG:
+            self.config.write(offset, data)
+            return
+        end = offset + len(data)
+        for a in self.bars[region]:
+            lo, hi = max(a.start, offset), min(a.end, end)
+            if lo < hi:
+                a.write(lo, data[lo - offset:hi - offset])
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """DEVICE_RESET: registers, config space, MSI-X state back to
+        power-on; DMA maps, eventfds and observation counters stay."""
+        self.resets += 1
+        self.regs.reset()
+        self.config.reset()
+        self.msix.reset()
+
+    def client_gone(self) -> tuple[int, int]:
+        """The client disconnected: drop its DMA maps and eventfds; keep device state.
+        Returns (maps dropped, eventfds closed)."""
+        fds = sum(fd is not None for fd in self.msix.eventfds)
+        self.msix.deassign_all()
+        return self.dma.clear(), fds
+
+    # -- observation --------------------------------------------------------------------
+    def state(self) -> dict:
+        lay, m = self.layout, self.msix
+        return {
+            "identity": {"vendor": 0x1234, "device": 0x11E9, "class": 0x020000},
+            "msix": {"table_size": lay.vectors, "enabled": m.enabled,
+                     "function_mask": m.function_mask, "table_bar": lay.table_bar,
+                     "table_offset": lay.table_offset, "pba_bar": lay.pba_bar,
+                     "pba_offset": lay.pba_offset},
+            "vectors": [m.vector_state(v) for v in range(m.n)],
+            "bars": [{"index": i, "size": s} for i, s in enumerate(self.bar_sizes) if s],
+            "bus_master": self.config.bus_master,
+            "dma_maps": [r.to_json() for r in self.dma.regions()],
+            "errors": {**m.errors, **self.errors, "nic_doorbell": self.regs.errors},
+            "irq_total": self.regs.irq_total,
+            "resets": self.resets,
+            "faults": self.faults.list(),
+        }

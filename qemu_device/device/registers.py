@@ -1,0 +1,168 @@
+# Concepts: the NIC's BAR0 register block (REG_BLOCK_SIZE bytes), laid out like a small
+# real NIC: identification, control/status, an ICS doorbell that raises a vector, an
+# IVAR table mapping queues to vectors with per-queue kick doorbells, and per-vector
+# raise/deliver counters. Registers are 32 bits; any access of 1..8 bytes is split into
+# dword pieces. A read returns the containing dwords' bytes; a write to a RW register
+# merges the written bytes; doorbells act only on a whole-dword write (a partial write is
+# counted as a bad access). Unknown offsets read 0 and ignore writes. docs/device.md holds
+# the table of every register.
+"""BAR0 register map of the emulated NIC."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .msix import MsixState
+
+log = logging.getLogger(__name__)
+
+REG_ID = 0x000           # RO  (device id << 16) | vendor id
+REG_VERSION = 0x004      # RO  register map version, major << 16 | minor
+REG_CTRL = 0x008         # RW  bit 0 RST: registers to defaults; bit 1 CNT_CLR: counters
+                         #     to 0 (both self-clearing; PCI/MSI-X state untouched)
+REG_STATUS = 0x00C       # RO  bit 0 LINK_UP, 1 MSIX_EN, 2 MSIX_MASKALL, 3 BUS_MASTER
+REG_NUM_VECTORS = 0x010  # RO  MSI-X table size N
+REG_ERRORS = 0x014       # RO  doorbell errors (vector >= N, bad IVAR, partial writes)
+REG_SCRATCH = 0x018      # RW  scratch register, no side effect
+REG_LAST_VECTOR = 0x01C  # RO  last vector written to ICS or kicked via IVAR
+REG_ICS = 0x020          # WO  Interrupt Cause Set: writing v raises MSI-X vector v
+REG_IRQ_TOTAL = 0x024    # RO  raises accepted since the last counter clear
+REG_PENDING_COUNT = 0x028  # RO  vectors whose PBA bit is set
+REG_NUM_QUEUES = 0x02C   # RO  number of queues (IVAR entries)
+REG_IVAR = 0x400         # RW  IVAR[q] at 0x400 + 4q: bit 31 VALID, bits 10:0 vector
+REG_QKICK = 0x800        # WO  writing anything to 0x800 + 4q raises IVAR[q]'s vector
+REG_RAISED = 0x2000      # RO  raised[v] at 0x2000 + 4v
+REG_DELIVERED = 0x4000   # RO  delivered[v] at 0x4000 + 4v
+REG_BLOCK_SIZE = 0x6000
+
+ID_VALUE = (0x11E9 << 16) | 0x1234
+VERSION_VALUE = 0x00010000
+CTRL_RST = 1 << 0
+CTRL_CNT_CLR = 1 << 1
+STATUS_LINK_UP = 1 << 0
+STATUS_MSIX_EN = 1 << 1
+STATUS_MSIX_MASKALL = 1 << 2
+STATUS_BUS_MASTER = 1 << 3
+IVAR_VALID = 1 << 31
+IVAR_VECTOR_MASK = 0x7FF
+NUM_QUEUES = 256
+_U32 = 0xFFFFFFFF
+
+
+class NicRegisters:
+    """BAR0 registers; raising goes through the MsixState."""
+
+    def __init__(self, msix: "MsixState", bus_master=lambda: False) -> None:
+        self.msix = msix
+        self.bus_master = bus_master
+        self.scratch = 0
+        self.errors = 0
+        self.last_vector = 0
+        self.irq_total = 0
+        self.ivar = [0] * NUM_QUEUES
+
+    def reset(self) -> None:
+        self.scratch = 0
+        self.errors = 0
+        self.last_vector = 0
+        self.ivar = [0] * NUM_QUEUES
+
+    # -- dword level ------------------------------------------------------------------
+    def read32(self, off: int) -> int:
+        if off < 0x30:
+            return self._read_simple(off)
+        msix = self.msix
+        if REG_IVAR <= off < REG_IVAR + 4 * NUM_QUEUES:
+            return self.ivar[(off - REG_IVAR) >> 2]
+        if REG_RAISED <= off < REG_RAISED + 4 * msix.n:
+            return msix.raised[(off - REG_RAISED) >> 2] & _U32
+        if REG_DELIVERED <= off < REG_DELIVERED + 4 * msix.n:
+            return msix.delivered[(off - REG_DELIVERED) >> 2] & _U32
+        return 0
+
+    def _read_simple(self, off: int) -> int:
+        msix = self.msix
+        if off == REG_ID:
+            return ID_VALUE
+        if off == REG_VERSION:
+            return VERSION_VALUE
+        if off == REG_STATUS:
+            return (STATUS_LINK_UP | (STATUS_MSIX_EN if msix.enabled else 0)
+                    | (STATUS_MSIX_MASKALL if msix.function_mask else 0)
+                    | (STATUS_BUS_MASTER if self.bus_master() else 0))
+        if off == REG_NUM_VECTORS:
+            return msix.n
+        if off == REG_ERRORS:
+            return self.errors & _U32
+        if off == REG_SCRATCH:
+            return self.scratch
+        if off == REG_LAST_VECTOR:
+            return self.last_vector
+        if off == REG_IRQ_TOTAL:
+            return self.irq_total & _U32
+        if off == REG_PENDING_COUNT:
+            return sum(bin(b).count("1") for b in msix.pending)
+        if off == REG_NUM_QUEUES:
+            return NUM_QUEUES
+        return 0        # CTRL reads 0 (its bits self-clear), ICS is write-only
+
+    def write32(self, off: int, value: int, full: bool) -> None:
+        """value is the merged dword; full: all four bytes were written."""
+        if off == REG_ICS or REG_QKICK <= off < REG_QKICK + 4 * NUM_QUEUES:
+            if not full:
+                self.errors += 1
+                return
+            if off == REG_ICS:
+                self.doorbell(value, "ics")
+            else:
+                self.kick_queue((off - REG_QKICK) >> 2)
+        elif off == REG_SCRATCH:
+            self.scratch = value
+        elif off == REG_CTRL:
+            if value & CTRL_CNT_CLR:
+                self.irq_total = 0
+                self.msix.reset_counters()
+            if value & CTRL_RST:
+                self.reset()
+        elif REG_IVAR <= off < REG_IVAR + 4 * NUM_QUEUES:
+            self.ivar[(off - REG_IVAR) >> 2] = value & (IVAR_VALID | IVAR_VECTOR_MASK)
+
+    def doorbell(self, vector: int, source: str) -> None:
+        self.last_vector = vector
+        if vector >= self.msix.n:
+            self.errors += 1
+        else:
+            self.irq_total += 1
+        self.msix.raise_vector(vector, source)
+
+    def kick_queue(self, q: int) -> None:
+        entry = self.ivar[q]
+        if not entry & IVAR_VALID:
+            self.errors += 1
+            return
+        self.doorbell(entry & IVAR_VECTOR_MASK, f"queue{q}")
+
+    # -- byte level ---------------------------------------------------------------------
+    def read(self, offset: int, count: int) -> bytes:
+        first = offset & ~3
+        last = (offset + count + 3) & ~3
+        if count == 4 and first == offset:
+            return self.read32(offset).to_bytes(4, "little")
+        raw = b"".join(self.read32(o).to_bytes(4, "little") for o in range(first, last, 4))
+        return raw[offset - first:offset - first + count]
+
+    def write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        o = offset & ~3
+        while o < end:
+            lo, hi = max(o, offset), min(o + 4, end)
+            if lo == o and hi == o + 4:
+                self.write32(o, int.from_bytes(data[o - offset:o - offset + 4], "little"),
+                             True)
+            else:
+                cur = bytearray(self.read32(o).to_bytes(4, "little"))
+                cur[lo - o:hi - o] = data[lo - offset:hi - offset]
+                self.write32(o, int.from_bytes(cur, "little"), False)
+            o += 4

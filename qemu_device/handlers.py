@@ -1,0 +1,333 @@
+# Concepts: the vfio-user endpoint: one Connection (framing, state, replies) plus the
+# Device, joined by one dispatch table from Command to handler. Validate, dispatch, reply
+# happen in one place each: handle() checks the state and the fds, calls the handler,
+# which decodes its payload strictly and raises a QemuDeviceError carrying an errno on
+# any problem, and turns the result into exactly one reply (or none, for NO_REPLY).
+# Every fd a message brought is either kept by its handler or closed here.
+# Still sans-I/O: bytes and fds in, reply bytes out.
+"""vfio-user request handlers and dispatch."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from dataclasses import fields
+from typing import Callable
+
+from .connection import BadMessage, Connection, Request, Transition
+from .device.nic import Device
+from .errors import (DeviceError, LocalProtocolError, QemuDeviceError,
+                     RemoteProtocolError)
+from .protocol import (HEADER_SIZE, IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_DATA_TYPE_MASK,
+                       MAX_DATA_XFER_SIZE, MAX_MSG_FDS, SERVER_CAPS_JSON,
+                       WRITE_MULTI_COUNT, WRITE_MULTI_MAX, Command, DeviceInfo, DmaMap,
+                       DmaUnmap, DmaUnmapFlags, IrqIndex, IrqInfo, IrqSet, IrqSetFlags,
+                       RegionAccess, RegionInfo, Version, WriteMultiOne, command_name)
+
+log = logging.getLogger(__name__)
+
+C = Command
+_RA = RegionAccess.STRUCT
+_RA_SIZE = _RA.size
+_MSIX = int(IrqIndex.VFIO_PCI_MSIX_IRQ_INDEX)
+_NONE = int(IrqSetFlags.VFIO_IRQ_SET_DATA_NONE)
+_BOOL = int(IrqSetFlags.VFIO_IRQ_SET_DATA_BOOL)
+_EVENTFD = int(IrqSetFlags.VFIO_IRQ_SET_DATA_EVENTFD)
+_TRIGGER = int(IrqSetFlags.VFIO_IRQ_SET_ACTION_TRIGGER)
+_FD_COMMANDS = frozenset({C.VFIO_USER_DMA_MAP, C.VFIO_USER_DEVICE_SET_IRQS})
+_UNSUPPORTED = frozenset({C.VFIO_USER_DEVICE_GET_REGION_IO_FDS, C.VFIO_USER_DMA_READ,
+                          C.VFIO_USER_DMA_WRITE, C.VFIO_USER_DIRTY_PAGES,
+                          C.VFIO_USER_DEVICE_FEATURE, C.VFIO_USER_MIG_DATA_READ,
+                          C.VFIO_USER_MIG_DATA_WRITE})
+
+Sink = Callable[[dict], None]
+
+
+def _bad(msg: str, code: int = errno.EINVAL) -> RemoteProtocolError:
+    return RemoteProtocolError(msg, errno=code)
+
+
+def _fixed(req: Request, cls, name: str):
+    """Decode a fixed-size payload exactly, checking argsz against the struct size."""
+    size = cls.STRUCT.size
+    if len(req.payload) != size:
+        raise _bad(f"{name} payload is {len(req.payload)} bytes, expected {size}")
+    msg = cls.unpack(req.payload)
+    if msg.argsz < size:
+        raise _bad(f"{name} argsz {msg.argsz} < {size}")
+    return msg
+
+
+def _is_eventfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+def close_fds(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Endpoint:
+    """One client connection to the device, without I/O."""
+
+    def __init__(self, device: Device, sink: Sink | None = None) -> None:
+        self.conn = Connection()
+        self.device = device
+        self.sink = sink
+        self.counts = {"messages": 0, "errors": 0, "bad_messages": 0}
+        self._table: dict[int, Callable[[Request], bytes]] = {
+            C.VFIO_USER_VERSION: self._version,
+            C.VFIO_USER_DMA_MAP: self._dma_map,
+            C.VFIO_USER_DMA_UNMAP: self._dma_unmap,
+            C.VFIO_USER_DEVICE_GET_INFO: self._get_info,
+            C.VFIO_USER_DEVICE_GET_REGION_INFO: self._region_info,
+            C.VFIO_USER_DEVICE_GET_IRQ_INFO: self._irq_info,
+            C.VFIO_USER_DEVICE_SET_IRQS: self._set_irqs,
+            C.VFIO_USER_REGION_READ: self._region_read,
+            C.VFIO_USER_REGION_WRITE: self._region_write,
+            C.VFIO_USER_REGION_WRITE_MULTI: self._write_multi,
+            C.VFIO_USER_DEVICE_RESET: self._reset,
+        }
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def receive_data(self, data: bytes, fds=()) -> list[bytes]:
+        """Feed received bytes and fds; return the replies to send, in order."""
+        out = []
+        for ev in self.conn.receive_data(data, fds):
+            r = self.handle(ev)
+            if r is not None:
+                out.append(r)
+        return out
+
+    def handle(self, ev: Request | BadMessage) -> bytes | None:
+        self.counts["messages"] += 1
+        try:
+            if ev.__class__ is BadMessage:
+                raise ev.error
+            if ev.fds and ev.command not in _FD_COMMANDS:
+                raise _bad(f"{len(ev.fds)} fds on {command_name(ev.command)}")
+            if self.sink is not None:
+                self._log_request(ev)
+            self.conn.check_allowed(ev)
+            if self.device.faults.any_command:
+                code = self.device.faults.on_command(ev.command)
+                if code is not None:
+                    raise DeviceError("injected fault", errno=code, msg_id=ev.msg_id)
+            if ev.command in _UNSUPPORTED:
+                raise _bad(f"{command_name(ev.command)} not supported", errno.ENOTSUP)
+            reply = self.conn.reply(ev, self._table[ev.command](ev))
+        except QemuDeviceError as err:
+            reply = self._error(ev, err)
+        except Exception as err:            # a bug here must not kill the server
+            log.exception("msg %d %s: internal error", ev.msg_id, command_name(ev.command))
+            reply = self._error(ev, LocalProtocolError(f"internal error: {err!r}",
+                                                       errno=errno.EIO))
+        finally:
+            if ev.fds:
+                close_fds(ev.take_fds())
+        if self.sink is not None and reply is not None:
+            self.sink({"event": "tx", "id": ev.msg_id, "cmd": command_name(ev.command),
+                       "msg_size": len(reply), "error": 0})
+        return reply
+
+    def _error(self, ev, err: QemuDeviceError) -> bytes | None:
+        self.counts["errors"] += 1
+        if isinstance(ev, BadMessage):
+            self.counts["bad_messages"] += 1
+        fatal = getattr(err, "fatal", False)
+        log.info("msg %d %s: %s%s", ev.msg_id, command_name(ev.command), err,
+                 " (fatal)" if fatal else "")
+        reply = self.conn.reply_error(ev, err.errno)
+        if self.sink is not None:
+            self.sink({"event": "error", "id": ev.msg_id, "cmd": command_name(ev.command),
+                       "errno": err.errno, "code": err.code, "message": err.message,
+                       "fatal": fatal, "replied": reply is not None})
+        return reply
+
+    def _log_request(self, req: Request) -> None:
+        ev = {"event": "rx", "id": req.msg_id, "cmd": command_name(req.command),
+              "msg_size": HEADER_SIZE + len(req.payload), "hdr_flags": req.flags,
+              "nfds": len(req.fds)}
+        ev.update(describe_payload(req.command, req.payload))
+        self.sink(ev)
+
+    def close(self) -> tuple[int, int]:
+        """The peer went away: drop its maps and eventfds."""
+        close_fds(self.conn.pending_fds())
+        self.conn.transition(Transition.PEER_CLOSED)
+        return self.device.client_gone()
+
+    # -- handlers ----------------------------------------------------------------------
+    def _version(self, req: Request) -> bytes:
+        p = req.payload
+        if len(p) < Version.STRUCT.size + 1:
+            raise _bad("VERSION payload too short")
+        v = Version.unpack(p)
+        if v.major != 0:
+            raise _bad(f"VERSION major {v.major} not supported", errno.ENOTSUP)
+        text = bytes(p[Version.STRUCT.size:]).split(b"\0", 1)[0]
+        try:
+            caps = json.loads(text.decode()) if text else {}
+        except (UnicodeDecodeError, ValueError) as err:
+            raise _bad(f"VERSION capabilities are not JSON: {err}") from err
+        if not isinstance(caps, dict):
+            raise _bad("VERSION capabilities are not an object")
+        self.conn.transition(Transition.VERSION_NEGOTIATED)
+        return Version(0, 0).pack() + SERVER_CAPS_JSON.encode() + b"\0"
+
+    def _dma_map(self, req: Request) -> bytes:
+        m = _fixed(req, DmaMap, "DMA_MAP")
+        if len(req.fds) > 1:
+            raise _bad(f"DMA_MAP with {len(req.fds)} fds")
+        fds = req.take_fds()
+        self.device.dma.add(m.addr, m.size, m.flags, m.offset, fds[0] if fds else None)
+        return b""
+
+    def _dma_unmap(self, req: Request) -> bytes:
+        m = _fixed(req, DmaUnmap, "DMA_UNMAP")
+        if m.flags == DmaUnmapFlags.VFIO_DMA_UNMAP_FLAG_ALL:
+            if m.addr or m.size:
+                raise _bad("DMA_UNMAP ALL with a range")
+            self.device.dma.clear()
+        elif m.flags:
+            raise _bad(f"DMA_UNMAP flags {m.flags:#x} not supported", errno.ENOTSUP)
+        else:
+            self.device.dma.remove(m.addr, m.size)
+        return b""
+
+    def _get_info(self, req: Request) -> bytes:
+        _fixed(req, DeviceInfo, "DEVICE_GET_INFO")
+        flags, regions, irqs = self.device.info()
+        return DeviceInfo(DeviceInfo.STRUCT.size, flags, regions, irqs).pack()
+
+    def _region_info(self, req: Request) -> bytes:
+        r = _fixed(req, RegionInfo, "GET_REGION_INFO")
+        flags, size = self.device.region_info(r.index)
+        return RegionInfo(RegionInfo.STRUCT.size, flags, r.index, 0, size, 0).pack()
+
+    def _irq_info(self, req: Request) -> bytes:
+        r = _fixed(req, IrqInfo, "GET_IRQ_INFO")
+        flags, count = self.device.irq_info(r.index)
+        return IrqInfo(IrqInfo.STRUCT.size, flags, r.index, count).pack()
+
+    def _set_irqs(self, req: Request) -> bytes:
+        p = req.payload
+        if len(p) < IrqSet.STRUCT.size:
+            raise _bad("SET_IRQS payload too short")
+        s = IrqSet.unpack(p)
+        data = bytes(p[IrqSet.STRUCT.size:])
+        dtype, action = s.flags & IRQ_SET_DATA_TYPE_MASK, s.flags & IRQ_SET_ACTION_TYPE_MASK
+        if s.argsz < IrqSet.STRUCT.size or s.flags & ~0x3F:
+            raise _bad(f"SET_IRQS argsz {s.argsz} flags {s.flags:#x}")
+        if dtype not in (_NONE, _BOOL, _EVENTFD) or action not in (8, 0x10, _TRIGGER):
+            raise _bad(f"SET_IRQS flags {s.flags:#x}: need one data type and one action")
+        _, nirq = self.device.irq_info(s.index)
+        nfds = len(req.fds)
+        if nfds and (dtype != _EVENTFD or nfds != s.count):
+            raise _bad(f"SET_IRQS with {nfds} fds for count {s.count} flags {s.flags:#x}")
+        if nfds > MAX_MSG_FDS:
+            raise _bad(f"SET_IRQS with {nfds} fds > {MAX_MSG_FDS}")
+        if dtype == _BOOL and len(data) != s.count:
+            raise _bad(f"SET_IRQS DATA_BOOL with {len(data)} bytes for count {s.count}")
+        if dtype != _BOOL and data:
+            raise _bad("SET_IRQS with trailing data")
+        if s.count == 0:
+            if dtype != _NONE or action != _TRIGGER or s.start != 0:
+                raise _bad("SET_IRQS count 0 is only NONE|TRIGGER at start 0")
+            if s.index == _MSIX:
+                self.device.msix.deassign_all()
+            return b""
+        if s.start + s.count > nirq:
+            raise _bad(f"SET_IRQS index {s.index} vectors {s.start}+{s.count} > {nirq}")
+        if action != _TRIGGER:
+            raise _bad("SET_IRQS MASK/UNMASK: MSI-X vectors are not maskable")
+        msix = self.device.msix
+        if dtype == _EVENTFD and nfds:
+            if not all(_is_eventfd(fd) for fd in req.fds):
+                raise _bad("SET_IRQS fd that is not an eventfd")
+            fds = req.take_fds()
+            try:
+                msix.assign(s.start, fds)
+            except BaseException:
+                close_fds(fds)
+                raise
+        elif dtype == _EVENTFD:
+            msix.deassign(s.start, s.count)
+        else:
+            msix.trigger(s.start, s.count, data if dtype == _BOOL else None)
+        return b""
+
+    def _region_read(self, req: Request) -> bytes:
+        p = req.payload
+        if len(p) != _RA_SIZE:
+            raise _bad(f"REGION_READ payload is {len(p)} bytes, expected {_RA_SIZE}")
+        offset, region, count = _RA.unpack_from(p, 0)
+        if count > MAX_DATA_XFER_SIZE:
+            raise _bad(f"REGION_READ count {count} too large", errno.E2BIG)
+        return p + self.device.region_read(region, offset, count)
+
+    def _region_write(self, req: Request) -> bytes:
+        p = req.payload
+        if len(p) < _RA_SIZE:
+            raise _bad("REGION_WRITE payload too short")
+        offset, region, count = _RA.unpack_from(p, 0)
+        if len(p) != _RA_SIZE + count:
+            raise _bad(f"REGION_WRITE count {count} but {len(p) - _RA_SIZE} data bytes")
+        self.device.region_write(region, offset, bytes(p[_RA_SIZE:]))
+        return p[:_RA_SIZE]
+
+    def _write_multi(self, req: Request) -> bytes:
+        p = req.payload
+        one = WriteMultiOne.STRUCT
+        if len(p) < WRITE_MULTI_COUNT.size:
+            raise _bad("REGION_WRITE_MULTI payload too short")
+        (n,) = WRITE_MULTI_COUNT.unpack_from(p, 0)
+        if not 0 < n <= WRITE_MULTI_MAX or len(p) != WRITE_MULTI_COUNT.size + n * one.size:
+            raise _bad(f"REGION_WRITE_MULTI of {n} entries in {len(p)} bytes")
+        writes = [one.unpack_from(p, WRITE_MULTI_COUNT.size + i * one.size)
+                  for i in range(n)]
+        if any(not 0 < c <= 8 for _, _, c, _ in writes):
+            raise _bad("REGION_WRITE_MULTI entry count not in 1..8")
+        for offset, region, count, data in writes:
+            self.device.region_write(region, offset, data[:count])
+        return b""
+
+    def _reset(self, req: Request) -> bytes:
+        if req.payload:
+            raise _bad("DEVICE_RESET with a payload")
+        self.device.reset()
+        return b""
+
+
+_DESCRIBE = {C.VFIO_USER_DMA_MAP: DmaMap, C.VFIO_USER_DMA_UNMAP: DmaUnmap,
+             C.VFIO_USER_DEVICE_GET_REGION_INFO: RegionInfo,
+             C.VFIO_USER_DEVICE_GET_IRQ_INFO: IrqInfo, C.VFIO_USER_DEVICE_SET_IRQS: IrqSet,
+             C.VFIO_USER_REGION_READ: RegionAccess, C.VFIO_USER_REGION_WRITE: RegionAccess}
+
+
+def describe_payload(command: int, payload: bytes) -> dict:
+    """Decoded fields of a request payload, for the event log (best effort)."""
+    cls = _DESCRIBE.get(command)
+    out: dict = {}
+    try:
+        if cls is not None and len(payload) >= cls.STRUCT.size:
+            msg = cls.unpack(payload)
+            out = {f.name: getattr(msg, f.name) for f in fields(msg)}
+            if command == C.VFIO_USER_REGION_WRITE:
+                out["data"] = bytes(payload[_RA_SIZE:_RA_SIZE + 8]).hex()
+        elif command == C.VFIO_USER_VERSION and len(payload) >= 4:
+            out = {"caps": bytes(payload[4:]).split(b"\0", 1)[0].decode(errors="replace")}
+    except Exception:     # never let the log break the protocol   # noqa: BLE001
+        return {}
+    return out
