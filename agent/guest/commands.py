@@ -99,7 +99,8 @@ class Agent:
         except OSError as err:
             raise GuestError(err.errno or errno.EIO, f"interrupts: {path}: {err.strerror}") from err
         bdf = self._bdf()
-        rows = parsed["rows"] if all else sysview.device_rows(parsed, bdf)
+        name = os.path.basename(self.driver.path) if self.driver else None
+        rows = parsed["rows"] if all else sysview.device_rows(parsed, bdf, name)
         return {"cpus": parsed["cpus"], "bdf": bdf, "rows": rows}
 
     def irq_sysfs(self, irq: int) -> dict[str, Any]:

@@ -58,13 +58,16 @@ def parse_interrupts(text: str) -> dict[str, Any]:
 
 
 def device_rows(parsed: dict[str, Any], bdf: str | None,
-                action_prefix: str = "msixlab") -> list[dict[str, Any]]:
-    """The rows of one device: chip ends with its BDF, or an action is the driver's."""
+                name: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one device: the chip ends with its BDF, or an action is named
+    ``<name>[<index>]`` (the driver names its handlers after /dev/<name>)."""
+    action_prefix = f"{name}[" if name else None
     out = []
     for row in parsed["rows"]:
         chip = row["chip"] or ""
         by_chip = bdf is not None and "MSI" in chip and chip.endswith(bdf)
-        by_action = any(a.startswith(action_prefix) for a in row["actions"])
+        by_action = action_prefix is not None and any(
+            a.startswith(action_prefix) for a in row["actions"])
         if by_chip or by_action:
             out.append(row)
     return out

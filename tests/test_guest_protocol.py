@@ -1,0 +1,213 @@
+"""The guest agent's protocol core, driven with bytes: framing, validation, dispatch, replies.
+
+The session runs the real command table of ``agent.guest.commands.Agent``; on the host
+there is no /dev/msixlab<N>, so commands that need the driver must fail with ENODEV and
+say why, while argument validation happens before any driver is needed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from agent.guest import protocol
+from agent.guest.commands import Agent
+from agent.guest.errors import GuestError, RequestError
+from agent.guest.protocol import Arg, Command, LineFramer, Session
+
+
+@pytest.fixture
+def agent(tmp_path):
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "proc").mkdir()
+    return Agent(root=str(tmp_path))
+
+
+@pytest.fixture
+def session(agent):
+    return Session(agent.commands())
+
+
+def request(session: Session, message, raw: bool = False) -> dict:
+    data = message if raw else json.dumps(message).encode() + b"\n"
+    out = session.receive_data(data)
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
+def error_of(reply: dict) -> dict:
+    assert reply["ok"] is False, reply
+    return reply["error"]
+
+
+# ---- framing ----
+
+FEED = b'{"id":1,"cmd":"list_groups"}\n{"id":2,"cmd":"nope"}\n'
+
+
+def _ids(out: bytes) -> list:
+    return [json.loads(line)["id"] for line in out.splitlines()]
+
+
+def test_framing_whole(session):
+    assert _ids(session.receive_data(FEED)) == [1, 2]
+
+
+def test_framing_byte_by_byte(session):
+    out = b"".join(session.receive_data(FEED[i:i + 1]) for i in range(len(FEED)))
+    assert _ids(out) == [1, 2]
+
+
+def test_framing_trailing_partial_line_waits(session):
+    out = session.receive_data(FEED + b'{"id":3,')
+    assert _ids(out) == [1, 2]
+    assert session.framer.pending == len(b'{"id":3,')
+    assert _ids(session.receive_data(b'"cmd":"x"}\n')) == [3]
+
+
+def test_framing_blank_lines_and_crlf_are_ignored(session):
+    out = session.receive_data(b'\n  \n{"id":7,"cmd":"nope"}\r\n')
+    assert _ids(out) == [7]
+
+
+def test_overlong_line_is_reported_once_and_skipped():
+    framer = LineFramer(max_line=16)
+    items = framer.feed(b"x" * 20) + framer.feed(b"y" * 20) + framer.feed(b'zz\n{"a":1}\n')
+    errors = [i for i in items if isinstance(i, RequestError)]
+    assert len(errors) == 1 and errors[0].errno == errno.EMSGSIZE
+    assert items[-1] == b'{"a":1}'
+
+
+# ---- request validation ----
+
+@pytest.mark.parametrize("raw, code, needle", [
+    (b"not json\n", "EBADMSG", "not valid JSON"),
+    (b"[1, 2]\n", "EBADMSG", "JSON object"),
+    (b'{"cmd": "info"}\n', "EINVAL", "'id'"),
+    (b'{"id": 1.5, "cmd": "info"}\n', "EINVAL", "'id'"),
+    (b'{"id": 1}\n', "EINVAL", "'cmd'"),
+    (b'{"id": 1, "cmd": "info", "extra": 2}\n', "EINVAL", "'extra'"),
+    (b'\xff\xfe\n', "EBADMSG", "not valid JSON"),
+])
+def test_malformed_requests(session, raw, code, needle):
+    err = error_of(request(session, raw, raw=True))
+    assert err["code"] == code and needle in err["message"]
+    assert err["source"] == "request"
+
+
+def test_id_is_echoed_even_when_cmd_is_missing(session):
+    assert request(session, {"id": "abc"})["id"] == "abc"
+
+
+def test_unknown_command_lists_known_ones(session):
+    err = error_of(request(session, {"id": 1, "cmd": "explode"}))
+    assert err["errno"] == errno.ENOSYS and err["code"] == "ENOSYS"
+    assert "'explode'" in err["message"] and "alloc_group" in err["message"]
+    assert err["command"] == "explode"
+
+
+@pytest.mark.parametrize("args, argument, needle", [
+    ({"max": 2}, "min", "missing argument 'min'"),
+    ({"min": "2", "max": 2}, "min", "must be int, got str"),
+    ({"min": True, "max": 2}, "min", "must be int, got bool"),
+    ({"min": 0, "max": 2}, "min", ">= 1"),
+    ({"min": 1, "max": 2, "start": -1}, "start", ">= 0"),
+    ({"min": 1, "max": 2, "start": 2048}, "start", "<= 2047"),
+    ({"min": 1, "max": 2, "cpu": 1.0}, "cpu", "must be int, got float"),
+    ({"min": 1, "max": 2, "managed": 1}, "managed", "must be bool"),
+    ({"min": 1, "max": 2, "colour": "red"}, "colour", "unknown argument 'colour'"),
+])
+def test_alloc_group_argument_errors_name_the_argument(session, args, argument, needle):
+    err = error_of(request(session, {"id": 9, "cmd": "alloc_group", "args": args}))
+    assert err["code"] == "EINVAL" and err["argument"] == argument
+    assert needle in err["message"] and err["message"].startswith("alloc_group:")
+
+
+@pytest.mark.parametrize("cmd, args, argument", [
+    ("free_group", {}, "group"),
+    ("raise", {"index": 1, "timeout_ms": 60001}, "timeout_ms"),
+    ("raise", {"timeout_ms": 5}, "index"),
+    ("vector", {"index": "3"}, "index"),
+    ("read_entry", {"index": None}, "index"),
+    ("irq_sysfs", {"irq": -1}, "irq"),
+    ("dmesg", {"lines": 0}, "lines"),
+])
+def test_other_argument_errors(session, cmd, args, argument):
+    err = error_of(request(session, {"id": 1, "cmd": cmd, "args": args}))
+    assert err["code"] == "EINVAL" and err["argument"] == argument
+
+
+def test_args_must_be_an_object(session):
+    err = error_of(request(session, {"id": 1, "cmd": "info", "args": [1]}))
+    assert err["argument"] == "args"
+
+
+def test_commands_without_arguments_reject_any(session):
+    err = error_of(request(session, {"id": 1, "cmd": "routing", "args": {"x": 1}}))
+    assert "accepted: none" in err["message"]
+
+
+# ---- dispatch without a driver ----
+
+@pytest.mark.parametrize("cmd, args", [
+    ("info", {}), ("alloc_group", {"min": 1, "max": 1}), ("free_group", {"group": 1}),
+    ("list_groups", {}), ("routing", {}), ("raise", {"index": 0}), ("read_pba", {}),
+    ("read_entry", {"index": 0}), ("vector", {"index": 0}),
+])
+def test_driver_commands_fail_with_enodev_naming_why(session, cmd, args):
+    err = error_of(request(session, {"id": 1, "cmd": cmd, "args": args}))
+    assert err["code"] == "ENODEV" and err["source"] == "guest"
+    assert "msixlab.ko" in err["message"]
+
+
+def test_hello_without_device(agent):
+    hello = agent.hello()
+    assert hello["event"] == "hello" and hello["device"] is None
+    assert hello["kernel"] and hello["device_error"]["code"] == "ENODEV"
+
+
+def test_interrupts_reads_the_root(agent, session, tmp_path):
+    (tmp_path / "proc/interrupts").write_text(
+        "       CPU0\n 30:  5  PCI-MSIX-0000:00:04.0  0-edge  msixlab0[0]\n")
+    reply = request(session, {"id": 1, "cmd": "interrupts", "args": {"all": True}})
+    assert reply["ok"] and reply["result"]["rows"][0]["hwirq"] == 0
+
+
+def test_interrupts_missing_file_is_a_guest_error(session):
+    err = error_of(request(session, {"id": 1, "cmd": "interrupts"}))
+    assert err["code"] == "ENOENT" and "interrupts" in err["message"]
+
+
+def test_shutdown_replies_then_stops(session):
+    out = session.receive_data(b'{"id":1,"cmd":"shutdown"}\n{"id":2,"cmd":"info"}\n')
+    assert _ids(out) == [1] and session.stopped
+
+
+# ---- the core on its own ----
+
+def test_handler_errors_and_bugs_become_replies():
+    def fails(kind: str):
+        if kind == "agent":
+            raise GuestError(errno.EIO, "disk on fire", path="/x")
+        raise ZeroDivisionError("oops")
+
+    s = Session({"f": Command("f", fails, (Arg("kind", str),))})
+    err = error_of(request(s, {"id": 1, "cmd": "f", "args": {"kind": "agent"}}))
+    assert err == {"errno": errno.EIO, "code": "EIO", "message": "disk on fire",
+                   "source": "guest", "path": "/x"}
+    err = error_of(request(s, {"id": 2, "cmd": "f", "args": {"kind": "bug"}}))
+    assert err["code"] == "EIO" and "ZeroDivisionError" in err["message"]
+
+
+def test_optional_argument_default_and_ok_reply():
+    s = Session({"echo": Command("echo", lambda n: {"n": n},
+                                 (Arg("n", int, required=False, default=4),))})
+    assert request(s, {"id": 1, "cmd": "echo"}) == {"id": 1, "ok": True, "result": {"n": 4}}
+    assert request(s, {"id": 2, "cmd": "echo", "args": {"n": 5}})["result"] == {"n": 5}
+
+
+def test_encode_is_one_line():
+    assert protocol.encode({"a": "x\ny"}).count(b"\n") == 1
