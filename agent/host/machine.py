@@ -81,7 +81,7 @@ class Machine:
         self._to(State.RUNNING)
         self._connect_qmp(qmp_timeout)
 
-    def _died(self, what: str) -> LaunchError:
+    def died(self, what: str) -> LaunchError:
         self.exitcode = self._proc.poll() if self._proc else None
         self._to(State.FAILED)
         return LaunchError(f"QEMU exited while {what}", argv=self.argv,
@@ -92,7 +92,7 @@ class Machine:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
-                raise self._died("waiting for its QMP socket")
+                raise self.died("waiting for its QMP socket")
             if self.spec.qmp_socket.exists():
                 qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
                 try:
@@ -140,7 +140,7 @@ class Machine:
                                   argv=self.argv, returncode=None, log=self.spec.console_log,
                                   log_tail=tail(self.spec.console_log))
             if not self.is_running():
-                raise self._died(f"waiting for {what}")
+                raise self.died(f"waiting for {what}")
             if "internal error" in tail(self.qemu_log, 200):   # e.g. KVM emulation failure
                 raise LaunchError(f"QEMU reported an internal error while waiting for {what}",
                                   argv=self.argv, returncode=None, log=self.qemu_log,

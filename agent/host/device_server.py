@@ -1,0 +1,88 @@
+"""The emulated NIC's server process, seen from the host agent.
+
+Concepts: the host agent owns the server's lifetime: it starts ``qemu-device serve``
+before QEMU (QEMU connects at realize and never reconnects), waits for the server's
+``ready`` line, then talks to it only through the control socket.  Stopping is SIGTERM,
+then SIGKILL, each bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import DeviceControlError, LaunchError, WaitTimeout
+from .jsonlines import JsonLinesClient
+
+log = logging.getLogger(__name__)
+
+
+class DeviceServer:
+    def __init__(self, socket_path: Path, control_path: Path, event_log: Path,
+                 stderr_log: Path, vectors: int = 64, extra: tuple[str, ...] = ()):
+        self.socket_path, self.control_path = socket_path, control_path
+        self.stderr_log = stderr_log
+        self.argv = [sys.executable, "-m", "qemu_device", "serve", "--socket", str(socket_path),
+                     "--control", str(control_path), "--vectors", str(vectors),
+                     "--log", str(event_log), *extra]
+        self._proc: subprocess.Popen | None = None
+        self.control = JsonLinesClient(control_path, "device-control")
+
+    def start(self, timeout: float = 20.0) -> None:
+        log.info("starting the device server: %s", " ".join(self.argv))
+        with open(self.stderr_log, "w") as err:
+            self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=err)
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if self._proc.poll() is not None:
+                raise LaunchError("the device server exited before it was ready", argv=self.argv,
+                                  returncode=self._proc.returncode, log=self.stderr_log,
+                                  log_tail=self.stderr_log.read_text(errors="replace")[-2000:])
+            if remaining <= 0:
+                self.stop()
+                raise WaitTimeout("the device server's ready line", timeout)
+            ready, _, _ = select.select([self._proc.stdout], [], [], min(remaining, 0.2))
+            if ready:
+                line += self._proc.stdout.read1(4096)
+        event = json.loads(line.splitlines()[0])
+        if event.get("event") != "ready":
+            raise LaunchError(f"unexpected first line from the device server: {line!r}",
+                              argv=self.argv, returncode=None)
+        self.control.connect(timeout=5)
+
+    def command(self, cmd: str, timeout: float = 10.0, **fields) -> dict:
+        reply = self.control.request({"cmd": cmd, **fields}, timeout)
+        if not reply.get("ok"):
+            raise DeviceControlError(cmd, reply.get("error", {}))
+        return reply["result"]
+
+    def state(self) -> dict:
+        return self.command("state")
+
+    def raise_vectors(self, vectors: list[int]) -> dict:
+        return self.command("raise", vectors=list(vectors))
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        self.control.close()
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("device server ignored SIGTERM for %g s: killing it", timeout)
+                self._proc.kill()
+                self._proc.wait(timeout)
+        if self._proc.stdout:
+            self._proc.stdout.close()
+        return self._proc.returncode

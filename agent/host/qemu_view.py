@@ -1,0 +1,57 @@
+"""QEMU's own view of the MSI-X table, read through QMP.
+
+Concepts: QEMU emulates the MSI-X table itself (guest table accesses never reach the
+device server), so QEMU's copy is the one the interrupts are delivered from.  The host
+finds the NIC's BAR addresses with ``query-pci`` and dumps table entries with the HMP
+``xp`` command (through QMP ``human-monitor-command``): four dwords per entry, address
+low, address high, data, vector control.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import HostError
+
+NIC_VENDOR, NIC_DEVICE = 0x1234, 0x11E9
+
+
+def _walk(devices: list[dict]):
+    for dev in devices:
+        yield dev
+        bridge = dev.get("pci_bridge") or {}
+        yield from _walk(bridge.get("devices", []))
+
+
+def find_nic_bars(query_pci: list[dict], nth: int = 0) -> dict[int, int]:
+    """BAR number -> guest physical address of the ``nth`` msixlab NIC."""
+    nics = [d for bus in query_pci for d in _walk(bus.get("devices", []))
+            if d.get("id", {}).get("vendor") == NIC_VENDOR
+            and d.get("id", {}).get("device") == NIC_DEVICE]
+    if len(nics) <= nth:
+        raise HostError(f"query-pci shows {len(nics)} msixlab NIC(s); wanted number {nth}")
+    return {r["bar"]: r["address"] for r in nics[nth].get("regions", [])
+            if r.get("type") == "memory"}
+
+
+XP_LINE = re.compile(r"^[0-9a-fx]+:((?:\s+0x[0-9a-f]+)+)\s*$", re.I)
+
+
+def parse_xp(text: str) -> list[int]:
+    """The dwords of an HMP ``xp /Nwx`` dump."""
+    words: list[int] = []
+    for line in text.splitlines():
+        match = XP_LINE.match(line.strip())
+        if not match:
+            raise HostError(f"unexpected xp output line: {line!r}")
+        words += [int(w, 16) for w in match.group(1).split()]
+    return words
+
+
+def read_table(machine, table_address: int, count: int) -> dict[int, dict]:
+    """Entries 0..count-1 of the MSI-X table at ``table_address``, as QEMU holds them."""
+    words = parse_xp(machine.hmp(f"xp /{count * 4}wx {table_address:#x}"))
+    if len(words) != count * 4:
+        raise HostError(f"xp returned {len(words)} dwords for {count} table entries")
+    return {i: {"address_lo": words[4 * i], "address_hi": words[4 * i + 1],
+                "data": words[4 * i + 2], "ctrl": words[4 * i + 3]} for i in range(count)}
