@@ -157,7 +157,8 @@ static u32 msixlab_grp_release(struct msixlab_dev *ml, struct msixlab_grp *grp)
 static int msixlab_grp_check(struct msixlab_dev *ml,
 			     const struct msixlab_group *req)
 {
-	if (req->min < 1 || req->min > req->max || req->max > ml->table_size)
+	/* max may exceed the table (an upper bound, as for pci_alloc_irq_vectors) */
+	if (req->min < 1 || req->min > req->max || req->min > ml->table_size)
 		return -EINVAL;
 	if (req->flags & ~MSIXLAB_GROUP_MANAGED)
 		return -EINVAL;

@@ -77,6 +77,9 @@ struct msixlab_info {
  * Allocation takes up to max vectors, at the lowest free indices
  * (start = MSIXLAB_ANY_INDEX) or at start, start + 1, ... (stopping at the
  * first taken index or the table end); fewer than min is undone and fails.
+ * EINVAL: min == 0, min > max, min > table size, start >= table size or
+ * start + min > table size, unknown flags, an offline or out-of-range cpu,
+ * MANAGED without a cpu.  max may exceed the table size.
  */
 struct msixlab_group {
 	__u32 id;
