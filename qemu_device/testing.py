@@ -1,0 +1,300 @@
+# Concepts: a fake QEMU for tests and benchmarks. FakeQemu speaks the client side of
+# vfio-user over a real socket with QEMU's exact message sizes: one sendmsg per message
+# with its fds in SCM_RIGHTS, replies read the way QEMU reads them (a 16-byte recvmsg for
+# the header and its fds, then the payload), and it checks every reply as QEMU would:
+# matching id, reply type, size within QEMU's receive buffer (rsize), fds only on
+# GET_REGION_INFO. It is driven without threads: `pump` runs the server side until it
+# has consumed what was sent (EndpointHarness.pump or a Server's run_once).
+"""Fake vfio-user client (QEMU's realize and boot sequences) for tests and benches."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import select
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from .handlers import Endpoint
+from .protocol import (HEADER_SIZE, Command, DeviceInfo, DmaMap, DmaUnmap, Header,
+                       HeaderFlags, IrqInfo, IrqSet, RegionAccess, RegionInfo,
+                       pack_message)
+from .transport import recv_with_fds
+
+C = Command
+CONFIG = 7
+MSIX = 2
+QEMU_CAPS = {"capabilities": {"max_msg_fds": 16, "max_data_xfer_size": 1048576,
+                              "pgsizes": 4096, "max_dma_maps": 65535,
+                              "write_multiple": True,
+                              "migration": {"pgsize": 4096, "max_bitmap_size": 268435456}}}
+
+
+class ReplyError(AssertionError):
+    """A reply QEMU would have rejected."""
+
+
+@dataclass
+class Reply:
+    header: Header
+    payload: bytes
+    fds: list[int]
+
+    @property
+    def error(self) -> int:
+        return self.header.error if self.header.flags & HeaderFlags.VFIO_USER_F_ERROR else 0
+
+
+def rsize(command: int, request_size: int, request_payload: bytes) -> int:
+    """QEMU's receive-buffer size for the reply to a request (reference §2.2)."""
+    if command == C.VFIO_USER_DEVICE_GET_REGION_INFO:
+        return HEADER_SIZE + RegionInfo.unpack(request_payload).argsz
+    if command == C.VFIO_USER_REGION_READ:
+        return 32 + RegionAccess.unpack(request_payload).count
+    if command == C.VFIO_USER_DEVICE_RESET:
+        return HEADER_SIZE
+    return request_size
+
+
+class EndpointHarness:
+    """A socketpair whose server end feeds an Endpoint: no threads, no Server."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.client_sock, self.server_sock = socket.socketpair(socket.AF_UNIX,
+                                                               socket.SOCK_STREAM)
+        self.server_sock.setblocking(False)
+        self.eof = False
+
+    def pump(self) -> None:
+        while True:
+            try:
+                data, fds = recv_with_fds(self.server_sock)
+            except BlockingIOError:
+                return
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self.eof = True
+                return
+            for r in self.endpoint.receive_data(data, fds):
+                self.server_sock.sendall(r)
+            if self.endpoint.closed:
+                self.server_sock.shutdown(socket.SHUT_RDWR)
+                return
+
+    def close(self) -> None:
+        self.client_sock.close()
+        self.server_sock.close()
+
+
+class FakeQemu:
+    """Client side; `pump` lets the server run until it has consumed its input."""
+
+    def __init__(self, sock: socket.socket, pump: Callable[[], None]) -> None:
+        self.sock = sock
+        self.pump = pump
+        self.next_id = 0
+        self.sock.settimeout(5.0)       # a missing reply fails the test, never hangs it
+
+    # -- raw ---------------------------------------------------------------------------
+    def send(self, command: int, payload: bytes = b"", fds=(), flags: int = 0,
+             msg_id: int | None = None) -> int:
+        if msg_id is None:
+            msg_id, self.next_id = self.next_id, (self.next_id + 1) & 0xFFFF
+        self.send_raw(pack_message(msg_id, command, payload, flags=flags), fds)
+        return msg_id
+
+    def send_raw(self, data: bytes, fds=()) -> None:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        n = self.sock.sendmsg([data], anc)
+        assert n == len(data)
+
+    def recv_reply(self) -> Reply:
+        data, fds = recv_with_fds(self.sock, HEADER_SIZE)
+        if len(data) < HEADER_SIZE:
+            data += self._recv_exact(HEADER_SIZE - len(data))
+        hdr = Header.unpack(data)
+        payload = self._recv_exact(hdr.size - HEADER_SIZE) if hdr.size > HEADER_SIZE else b""
+        return Reply(hdr, payload, fds)
+
+    def _recv_exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ReplyError("server closed the connection mid-reply")
+            out += chunk
+        return bytes(out)
+
+    def no_data(self) -> bool:
+        """True if the server sent nothing (checked without blocking)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
+
+    def request(self, command: int, payload: bytes = b"", fds=(), flags: int = 0,
+                expect_error: int | None = None) -> Reply:
+        """Send, let the server run, read the reply and check it as QEMU would."""
+        msg_id = self.send(command, payload, fds, flags)
+        self.pump()
+        r = self.recv_reply()
+        self.check_reply(r, msg_id, command, HEADER_SIZE + len(payload), payload)
+        if expect_error is not None and r.error != expect_error:
+            raise ReplyError(f"{C(command).short}: expected errno {expect_error}, "
+                             f"got {r.error}")
+        if expect_error is None and r.error:
+            raise ReplyError(f"{C(command).short} failed with errno {r.error}")
+        return r
+
+    @staticmethod
+    def check_reply(r: Reply, msg_id: int, command: int, size: int, payload: bytes) -> None:
+        h = r.header
+        if h.msg_id != msg_id:
+            raise ReplyError(f"reply id {h.msg_id} for request {msg_id}")
+        if h.flags & 0xF != HeaderFlags.VFIO_USER_F_TYPE_REPLY:
+            raise ReplyError(f"reply type {h.flags & 0xF}")
+        if h.size < HEADER_SIZE or h.size != HEADER_SIZE + len(r.payload):
+            raise ReplyError(f"reply size {h.size}")
+        if r.error and h.size != HEADER_SIZE:
+            raise ReplyError("error reply with a payload")
+        try:
+            limit = rsize(command, size, payload) if len(payload) else size
+        except struct.error:            # malformed request: QEMU never sends one
+            limit = size
+        if h.size > limit:
+            raise ReplyError(f"{C(command).short} reply {h.size} > QEMU rsize {limit}")
+        if r.fds and command != C.VFIO_USER_DEVICE_GET_REGION_INFO:
+            raise ReplyError(f"unexpected fds in {C(command).short} reply")
+
+    def posted(self, command: int, payload: bytes) -> None:
+        """A NO_REPLY message; asserts the server answered nothing."""
+        self.send(command, payload, flags=HeaderFlags.VFIO_USER_F_NO_REPLY)
+        self.pump()
+        if not self.no_data():
+            raise ReplyError(f"server answered a NO_REPLY {C(command).short}")
+
+    # -- messages as QEMU builds them ---------------------------------------------------
+    def version(self) -> dict:
+        caps = json.dumps(QEMU_CAPS).encode() + b"\0"
+        r = self.request(C.VFIO_USER_VERSION, b"\0\0\0\0" + caps)
+        return json.loads(r.payload[4:].split(b"\0", 1)[0])
+
+    def dma_map(self, addr: int, size: int, offset: int = 0, flags: int = 3,
+                fd: int | None = None, **kw) -> Reply:
+        p = DmaMap(32, flags, offset, addr, size).pack()
+        return self.request(C.VFIO_USER_DMA_MAP, p, [fd] if fd is not None else (), **kw)
+
+    def dma_unmap(self, addr: int, size: int, flags: int = 0, **kw) -> Reply:
+        return self.request(C.VFIO_USER_DMA_UNMAP, DmaUnmap(24, flags, addr, size).pack(),
+                            **kw)
+
+    def get_info(self) -> DeviceInfo:
+        r = self.request(C.VFIO_USER_DEVICE_GET_INFO, DeviceInfo(16, 0, 0, 0).pack())
+        return DeviceInfo.unpack(r.payload)
+
+    def region_info(self, index: int, **kw) -> RegionInfo | Reply:
+        r = self.request(C.VFIO_USER_DEVICE_GET_REGION_INFO,
+                         RegionInfo(32, 0, index, 0, 0, 0).pack(), **kw)
+        return RegionInfo.unpack(r.payload) if not r.error else r
+
+    def irq_info(self, index: int, **kw) -> IrqInfo | Reply:
+        r = self.request(C.VFIO_USER_DEVICE_GET_IRQ_INFO, IrqInfo(16, 0, index, 0).pack(),
+                         **kw)
+        return IrqInfo.unpack(r.payload) if not r.error else r
+
+    def read(self, region: int, offset: int, count: int, **kw) -> bytes:
+        r = self.request(C.VFIO_USER_REGION_READ,
+                         RegionAccess(offset, region, count).pack(), **kw)
+        if r.error:
+            return b""
+        if len(r.payload) != 16 + count:
+            raise ReplyError(f"REGION_READ reply has {len(r.payload) - 16} bytes, not {count}")
+        return r.payload[16:]
+
+    def read32(self, region: int, offset: int) -> int:
+        return int.from_bytes(self.read(region, offset, 4), "little")
+
+    def write(self, region: int, offset: int, data: bytes, posted: bool = False,
+              **kw) -> Reply | None:
+        p = RegionAccess(offset, region, len(data)).pack() + data
+        if posted:
+            self.posted(C.VFIO_USER_REGION_WRITE, p)
+            return None
+        return self.request(C.VFIO_USER_REGION_WRITE, p, **kw)
+
+    def write32(self, region: int, offset: int, value: int, posted: bool = False) -> None:
+        self.write(region, offset, value.to_bytes(4, "little"), posted=posted)
+
+    def set_irqs(self, index: int, flags: int, start: int, count: int, fds=(),
+                 data: bytes = b"", **kw) -> Reply:
+        p = IrqSet(20 + len(data), flags, index, start, count).pack() + data
+        return self.request(C.VFIO_USER_DEVICE_SET_IRQS, p, fds, **kw)
+
+    def reset(self, **kw) -> Reply:
+        return self.request(C.VFIO_USER_DEVICE_RESET, **kw)
+
+    # -- QEMU's sequences (reference §4) -----------------------------------------------
+    def realize(self, ram_fd: int, ram_size: int) -> dict:
+        """VERSION, the DMA_MAP burst, GET_INFO, region and irq infos, the config reads,
+        ROM sizing, BAR type reads, MSI-X cap reads, pin read, machine reset."""
+        facts: dict = {"caps": self.version()}
+        self.dma_map(0, 0xA0000, 0, 3, ram_fd)
+        self.dma_map(0xC0000, ram_size - 0xC0000, 0xC0000, 3, ram_fd)
+        self.dma_map(0xFFFC0000, 0x40000, 0, 1, None)           # BIOS ROM, no fd
+        facts["info"] = self.get_info()
+        facts["regions"] = {i: self.region_info(i) for i in (0, 1, 2, 3, 4, 5, 7)}
+        facts["err_irq"] = self.irq_info(3)
+        facts["config"] = cfg = self.read(CONFIG, 0, 4096)
+        self.read(CONFIG, 0x30, 4)
+        self.write32(CONFIG, 0x30, 0xFFFFF800)
+        facts["rom_sized"] = self.read32(CONFIG, 0x30)
+        self.write32(CONFIG, 0x30, 0)
+        facts["bar_types"] = {i: self.read32(CONFIG, 0x10 + 4 * i)
+                              for i, r in facts["regions"].items() if i < 6 and r.size}
+        cap = find_cap(cfg, 0x11)
+        facts["msix_cap"] = cap
+        facts["msix_flags"] = int.from_bytes(self.read(CONFIG, cap + 2, 2), "little")
+        facts["msix_table"] = self.read32(CONFIG, cap + 4)
+        facts["msix_pba"] = self.read32(CONFIG, cap + 8)
+        facts["msix_irq"] = self.irq_info(MSIX)
+        facts["pin"] = self.read(CONFIG, 0x3D, 1)[0]
+        self.machine_reset()
+        return facts
+
+    def machine_reset(self) -> None:
+        cmd = int.from_bytes(self.read(CONFIG, 0x04, 2), "little")
+        self.write(CONFIG, 0x04, (cmd & ~0x407).to_bytes(2, "little"))
+        self.reset()
+        self.read(CONFIG, 0x3D, 1)
+        for i in range(6):
+            self.write32(CONFIG, 0x10 + 4 * i, 0)
+
+    def enable_msix(self, cap: int) -> None:
+        """Linux msix_capability_init as QEMU forwards it (TCG)."""
+        self.write(CONFIG, 0x04, (0x0006).to_bytes(2, "little"))      # MEM | MASTER
+        self.write(CONFIG, cap + 2, (0xC000).to_bytes(2, "little"))   # ENABLE | MASKALL
+        self.set_irqs(MSIX, 0x24, 0, 1)                               # no_vec: no fds
+        self.write(CONFIG, 0x04, (0x0406).to_bytes(2, "little"))      # + INTX_DISABLE
+        self.write(CONFIG, cap + 2, (0x8000).to_bytes(2, "little"))   # clear MASKALL
+
+    def use_vector(self, nr: int, fd: int) -> None:
+        self.set_irqs(MSIX, 0x24, nr, 1, [fd])
+
+
+def find_cap(config: bytes, cap_id: int) -> int:
+    pos = config[0x34]
+    seen = 0
+    while pos and seen < 48:
+        if config[pos] == cap_id:
+            return pos
+        pos = config[pos + 1]
+        seen += 1
+    raise ReplyError(f"capability {cap_id:#x} not found")
+
+
+def open_fds() -> int:
+    """How many fds this process has open."""
+    return len(os.listdir("/proc/self/fd"))
