@@ -26,7 +26,8 @@ from . import accel as accel_mod
 from . import doctor
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, MsixlabError
 
-console = Console(stderr=True)
+# Wide enough for the routing table when the output is a log file rather than a terminal.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _image_with_progress():

@@ -51,6 +51,9 @@ _SHORT_NAMES = {
     "raise_counted_once_on_cpu": "raise",
     "freed_entry_masked_and_cleared": "freed",
     "pending_delivered_after_alloc": "pending",
+    "doorbell_raise_counted_once_on_cpu": "doorbell",
+    "freed_raise_delivered_once_on_reuse": "reuse-pending",
+    "freed_index_reused": "reuse",
 }
 _VERDICT_STYLE = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.SKIP: "dim"}
 
@@ -218,12 +221,19 @@ def _device_cell(record: RoutingRecord) -> str:
 
 
 def _checks_cell(record: RoutingRecord) -> Text:
+    """Passes counted, failures named, skips counted: one short line per vector."""
     text = Text()
-    for result in record.checks:
-        if text:
-            text.append(" ")
-        label = _SHORT_NAMES.get(result.name, result.name)
-        text.append(f"{label}:{result.verdict}", style=_VERDICT_STYLE[result.verdict])
+    passed = sum(1 for r in record.checks if r.verdict is Verdict.PASS)
+    skipped = sum(1 for r in record.checks if r.verdict is Verdict.SKIP)
+    failed = sorted({_SHORT_NAMES.get(r.name, r.name) for r in record.checks
+                     if r.verdict is Verdict.FAIL})
+    if passed:
+        text.append(f"{passed} pass", style=_VERDICT_STYLE[Verdict.PASS])
+    if failed:
+        text.append((" " if text else "") + "FAIL " + ",".join(failed),
+                    style=_VERDICT_STYLE[Verdict.FAIL])
+    if skipped:
+        text.append((" " if text else "") + f"{skipped} skip", style=_VERDICT_STYLE[Verdict.SKIP])
     return text
 
 

@@ -1,0 +1,91 @@
+"""``msixlab run``: the main job on the default guest.
+
+Concepts: build or find the image, bring up a lab, run the default scenario, write every
+artifact to ``results/<run-id>/`` (routing.json, console, QEMU and device logs, the
+guest's lspci, /proc/interrupts and dmesg), print the routing table, and exit with the
+verdict: 0 every check passed, 1 a check failed (named), 125 the run could not judge.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from images.build import ensure_image
+
+from . import accel as accel_mod
+from .errors import EXIT_INFRA, MsixlabError
+from .lab import Lab
+from .qemu_argv import build_argv
+from .report import render, write_routing_json
+from .scenario import Scenario
+from .session import RunDirs, guest_spec
+
+
+def _dry_run(args, console: Console, image) -> int:
+    dirs = RunDirs.create(Path(args.results), prefix="dry-run")
+    try:
+        spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
+                          nic_sockets=(dirs.runtime / "nic0.sock",),
+                          kmod_dir=Path("<kmod build dir>"), agent=True)
+        lab = Lab(image, args.flavor, dirs, vectors=args.vectors, cpus=args.cpus)
+        print(shlex.join(lab.device.argv))
+        print(shlex.join(build_argv(spec)))
+    finally:
+        dirs.cleanup()
+    return 0
+
+
+def _save_guest_views(lab: Lab) -> None:
+    for name, cmd, args in (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}),
+                            ("interrupts.json", "interrupts", {}),
+                            ("groups.json", "list_groups", {})):
+        try:
+            result = lab.agent(cmd, **args)
+        except MsixlabError as err:
+            result = {"error": str(err)}
+        if name.endswith(".txt"):
+            text = result.get("stdout") if "stdout" in result else "\n".join(result.get("lines", []))
+            lab.save(name, (text or json.dumps(result)) + "\n")
+        else:
+            lab.save(name, json.dumps(result, indent=2) + "\n")
+
+
+def run_main_job(args, console: Console) -> int:
+    image = ensure_image()
+    if args.dry_run:
+        return _dry_run(args, console, image)
+    choice = accel_mod.choose(args.accel, image, args.flavor)
+    dirs = RunDirs.create(Path(args.results))
+    console.print(f"run {dirs.run_id}: kernel {image.kernel(args.flavor).version} ({args.flavor}), "
+                  f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors; "
+                  f"results in {dirs.results}")
+    started = time.monotonic()
+    try:
+        with dirs, Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors,
+                       cpus=args.cpus) as lab:
+            console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
+                          f"(kernel {lab.hello.get('kernel')})")
+            scenario = Scenario(lab, say=console.print)
+            final = scenario.run()
+            _save_guest_views(lab)
+            metadata = {
+                "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
+                "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
+                "cpus": args.cpus, "device": lab.hello.get("device"),
+                "timings": {k: round(v, 3) for k, v in lab.timings.items()},
+                "wall_seconds": round(time.monotonic() - started, 3),
+                "steps": scenario.steps, "groups": scenario.groups,
+            }
+            write_routing_json(dirs.results / "routing.json", final, metadata, lab.apic_map)
+    except MsixlabError as err:
+        console.print(f"[red]could not judge:[/] {err}")
+        console.print(f"artifacts: {dirs.results}")
+        return getattr(err, "exit_code", EXIT_INFRA)
+    status = render(console, final)
+    console.print(f"wall time {time.monotonic() - started:.1f} s; routing.json and logs in {dirs.results}")
+    return status.code
