@@ -133,6 +133,10 @@ class Connection:
     def closed(self) -> bool:
         return self.state is ConnState.CLOSED
 
+    def has_partial(self) -> bool:
+        """Bytes, fds or a skip are held for a message not yet complete."""
+        return bool(self._buf or self._carry_fds or self._discard)
+
     def pending_fds(self) -> list[int]:
         """fds held for a message not yet complete (the caller closes them at the end)."""
         fds, self._carry_fds = self._carry_fds, []

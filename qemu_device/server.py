@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import signal
 import socket
 import time
@@ -25,6 +25,36 @@ from .handlers import Endpoint, close_fds
 from .transport import OutBuffer, listen_unix, recv_with_fds
 
 log = logging.getLogger(__name__)
+
+
+_R = select.EPOLLIN
+_RW = select.EPOLLIN | select.EPOLLOUT
+
+
+class _Poller:
+    """epoll with a callback per fd (leaner than selectors on the hot path)."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.map: dict[int, tuple[object, Callable]] = {}
+
+    def register(self, obj, events: int, cb: Callable) -> None:
+        fd = obj.fileno()
+        self.ep.register(fd, events)
+        self.map[fd] = (obj, cb)
+
+    def modify(self, obj, events: int, cb: Callable) -> None:
+        fd = obj.fileno()
+        self.ep.modify(fd, events)
+        self.map[fd] = (obj, cb)
+
+    def unregister(self, obj) -> None:
+        fd = obj.fileno()
+        if self.map.pop(fd, None) is not None:
+            self.ep.unregister(fd)
+
+    def close(self) -> None:
+        self.ep.close()
 
 
 class _Client:
@@ -51,7 +81,7 @@ class Server:
         self.control_path = control_path
         self.bus = EventBus(log_path)
         self.bus.on_change = self._update_sinks
-        self.sel = selectors.DefaultSelector()
+        self.sel = _Poller()
         self.listener: socket.socket | None = None
         self.ctl_listener: socket.socket | None = None
         self.client: _Client | None = None
@@ -68,17 +98,17 @@ class Server:
     def bind(self) -> None:
         """Listen on both sockets (before the ready line is printed)."""
         self.listener = listen_unix(self.socket_path)
-        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(self.listener, _R, self._accept)
         if self.control_path:
             self.ctl_listener = listen_unix(self.control_path, 16)
-            self.sel.register(self.ctl_listener, selectors.EVENT_READ, self._accept_ctl)
+            self.sel.register(self.ctl_listener, _R, self._accept_ctl)
 
     def install_signal_handlers(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
+        self.sel.register(self._wake_r, _R, self._drain_wakeup)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
@@ -116,15 +146,23 @@ class Server:
         if self._timers:
             wait = max(0.0, self._timers[0][0] - time.monotonic())
             timeout = wait if timeout is None else min(timeout, wait)
-        for key, mask in self.sel.select(timeout):
-            if mask & selectors.EVENT_WRITE:
-                self._writable(key.fileobj)
-            if mask & selectors.EVENT_READ:
-                key.data(key.fileobj)
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
-            fn()
+        smap = self.sel.map
+        for fd, events in self.sel.ep.poll(-1 if timeout is None else timeout):
+            entry = smap.get(fd)
+            if entry is None:           # dropped by an earlier callback of this round
+                continue
+            if events & select.EPOLLOUT:
+                self._writable(entry[0])
+                entry = smap.get(fd)
+                if entry is None:
+                    continue
+            if events & ~select.EPOLLOUT:
+                entry[1](entry[0])
+        if self._timers:
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, fn = heapq.heappop(self._timers)
+                fn()
 
     # -- vfio-user client -------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
@@ -137,7 +175,7 @@ class Server:
         ep = Endpoint(self.device, self.bus.sink())
         self.client = _Client(sock, ep, self._clients_served)
         self.sel.unregister(listener)
-        self.sel.register(sock, selectors.EVENT_READ, self._client_readable)
+        self.sel.register(sock, _R, self._client_readable)
         self.client.log.info("client connected")
         if self.bus.active:
             self.bus.emit({"event": "connect", "client": self._clients_served})
@@ -170,7 +208,7 @@ class Server:
             self._drop_client("error")
             return
         if client.out:
-            self.sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+            self.sel.modify(sock, _RW,
                             self._client_readable)
         if client.endpoint.closed:
             self._drop_client("protocol error")
@@ -185,7 +223,7 @@ class Server:
             out, cb = ctl.out, self._ctl_readable
         try:
             if out.flush():
-                self.sel.modify(sock, selectors.EVENT_READ, cb)
+                self.sel.modify(sock, _R, cb)
         except OSError:
             if cb == self._client_readable:
                 self._drop_client("error")
@@ -208,7 +246,7 @@ class Server:
             self.bus.emit({"event": "disconnect", "client": client.number, "reason": why,
                            "dma_maps_dropped": maps, "eventfds_closed": fds})
         if self.listener is not None:
-            self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+            self.sel.register(self.listener, _R, self._accept)
 
     # -- control clients ----------------------------------------------------------------
     def _server_state(self) -> dict:
@@ -234,12 +272,12 @@ class Server:
                 self.call_later(0, lambda: self._drop_ctl(sock))
                 return
             if out:
-                self.sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                self.sel.modify(sock, _RW,
                                 self._ctl_readable)
 
         ctx = ControlContext(self.device, self.bus, self._server_state)
         self.ctls[key] = _Ctl(sock, ControlSession(ctx, key, push), out)
-        self.sel.register(sock, selectors.EVENT_READ, self._ctl_readable)
+        self.sel.register(sock, _R, self._ctl_readable)
 
     def _ctl_readable(self, sock: socket.socket) -> None:
         ctl = self.ctls.get(sock.fileno())
@@ -274,10 +312,7 @@ class Server:
         for sock, path in ((self.listener, self.socket_path),
                            (self.ctl_listener, self.control_path)):
             if sock is not None:
-                try:
-                    self.sel.unregister(sock)
-                except (KeyError, ValueError):
-                    pass
+                self.sel.unregister(sock)
                 sock.close()
                 try:
                     os.unlink(path)

@@ -130,14 +130,17 @@ class Device:
         return size
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
-        self._check_access(region, offset, count)
-        if region == _CONFIG:
-            return self.config.read(offset, count)
         end = offset + count
-        areas = self.bars[region]
-        for a in areas:
-            if a.start <= offset and end <= a.end:
-                return a.read(offset, count)
+        if 0 <= region < 6 and 0 < count and end <= self.bar_sizes[region]:
+            areas = self.bars[region]          # fast path: inside one BAR
+            for a in areas:
+                if a.start <= offset and end <= a.end:
+                    return a.read(offset, count)
+        else:
+            self._check_access(region, offset, count)
+            if region == _CONFIG:
+                return self.config.read(offset, count)
+            areas = self.bars[region]
         out = bytearray(count)          # straddles areas or gaps: piece by piece
         for a in areas:
             lo, hi = max(a.start, offset), min(a.end, end)

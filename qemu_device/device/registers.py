@@ -62,6 +62,7 @@ class NicRegisters:
         self.last_vector = 0
         self.irq_total = 0
         self.ivar = [0] * NUM_QUEUES
+        self._simple = self._simple_table()
 
     def reset(self) -> None:
         self.scratch = 0
@@ -72,7 +73,8 @@ class NicRegisters:
     # -- dword level ------------------------------------------------------------------
     def read32(self, off: int) -> int:
         if off < 0x30:
-            return self._read_simple(off)
+            fn = self._simple.get(off)
+            return fn() if fn is not None else 0
         msix = self.msix
         if REG_IVAR <= off < REG_IVAR + 4 * NUM_QUEUES:
             return self.ivar[(off - REG_IVAR) >> 2]
@@ -82,31 +84,24 @@ class NicRegisters:
             return msix.delivered[(off - REG_DELIVERED) >> 2] & _U32
         return 0
 
-    def _read_simple(self, off: int) -> int:
+    def _simple_table(self) -> dict:
+        """Offset -> reader for the registers below 0x30 (CTRL reads 0: its bits
+        self-clear; ICS is write-only)."""
         msix = self.msix
-        if off == REG_ID:
-            return ID_VALUE
-        if off == REG_VERSION:
-            return VERSION_VALUE
-        if off == REG_STATUS:
-            return (STATUS_LINK_UP | (STATUS_MSIX_EN if msix.enabled else 0)
-                    | (STATUS_MSIX_MASKALL if msix.function_mask else 0)
-                    | (STATUS_BUS_MASTER if self.bus_master() else 0))
-        if off == REG_NUM_VECTORS:
-            return msix.n
-        if off == REG_ERRORS:
-            return self.errors & _U32
-        if off == REG_SCRATCH:
-            return self.scratch
-        if off == REG_LAST_VECTOR:
-            return self.last_vector
-        if off == REG_IRQ_TOTAL:
-            return self.irq_total & _U32
-        if off == REG_PENDING_COUNT:
-            return sum(bin(b).count("1") for b in msix.pending)
-        if off == REG_NUM_QUEUES:
-            return NUM_QUEUES
-        return 0        # CTRL reads 0 (its bits self-clear), ICS is write-only
+        return {
+            REG_ID: lambda: ID_VALUE,
+            REG_VERSION: lambda: VERSION_VALUE,
+            REG_STATUS: lambda: (STATUS_LINK_UP | (STATUS_MSIX_EN if msix.enabled else 0)
+                                 | (STATUS_MSIX_MASKALL if msix.function_mask else 0)
+                                 | (STATUS_BUS_MASTER if self.bus_master() else 0)),
+            REG_NUM_VECTORS: lambda: msix.n,
+            REG_ERRORS: lambda: self.errors & _U32,
+            REG_SCRATCH: lambda: self.scratch,
+            REG_LAST_VECTOR: lambda: self.last_vector,
+            REG_IRQ_TOTAL: lambda: self.irq_total & _U32,
+            REG_PENDING_COUNT: lambda: sum(bin(b).count("1") for b in msix.pending),
+            REG_NUM_QUEUES: lambda: NUM_QUEUES,
+        }
 
     def write32(self, off: int, value: int, full: bool) -> None:
         """value is the merged dword; full: all four bytes were written."""

@@ -1,0 +1,1 @@
+"""Benchmarks of the device server (run with `python -m bench`)."""
