@@ -34,10 +34,15 @@ def sources_hash() -> str:
     return digest.hexdigest()[:12]
 
 
+def kmod_dir(image: Image, flavor: str) -> Path:
+    """Where ``msixlab.ko`` for ``flavor``'s kernel is (or will be) cached."""
+    return cache_dir() / "kmod" / f"{image.kernel(flavor).version}-{sources_hash()}"
+
+
 def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
     """Directory holding ``msixlab.ko`` built for ``flavor``'s kernel."""
     kernel = image.kernel(flavor)
-    out = cache_dir() / "kmod" / f"{kernel.version}-{sources_hash()}"
+    out = kmod_dir(image, flavor)
     if (out / "msixlab.ko").is_file():
         return out
     with exclusive(out.with_suffix(".lock"), timeout=timeout, what="another msixlab build of the driver"):

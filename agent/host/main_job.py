@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from images.build import ensure_image
 
 from . import accel as accel_mod
 from .errors import EXIT_INFRA, MsixlabError
+from .kmod import kmod_dir
 from .lab import Lab
 from .qemu_argv import build_argv
 from .report import render, write_routing_json
@@ -27,16 +30,18 @@ from .session import RunDirs, guest_spec
 
 
 def _dry_run(args, console: Console, image) -> int:
-    dirs = RunDirs.create(Path(args.results), prefix="dry-run")
+    scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
+    dirs = RunDirs.create(scratch, prefix="dry-run")
     try:
         spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
                           nic_sockets=(dirs.runtime / "nic0.sock",),
-                          kmod_dir=Path("<kmod build dir>"), agent=True)
+                          kmod_dir=kmod_dir(image, args.flavor), agent=True)
         lab = Lab(image, args.flavor, dirs, vectors=args.vectors, cpus=args.cpus)
         print(shlex.join(lab.device.argv))
         print(shlex.join(build_argv(spec)))
     finally:
         dirs.cleanup()
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
