@@ -15,6 +15,7 @@ from agent.host.report import judge_exit
 from agent.host.routing import Verdict
 from agent.host.scenario import Scenario
 from agent.host.session import PROJECT_DIR, RunDirs
+from images import recipe
 
 EVERY_CHECK = {
     "cached_msg_matches_table", "destination_matches_affinity", "raise_counted_once_on_cpu",
@@ -23,13 +24,16 @@ EVERY_CHECK = {
 }
 
 
-def test_msixlab_run_passes_and_writes_routing_json(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--results", str(tmp_path)],
+@pytest.mark.parametrize("flavor", sorted(recipe.FLAVORS))
+def test_msixlab_run_passes_and_writes_routing_json(image, flavor, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--flavor", flavor,
+                           "--results", str(tmp_path)],
                           cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
     assert done.returncode == EXIT_PASS, done.stderr[-4000:]
     assert "MSI-X routing" in done.stderr and "all" in done.stderr
     (run_dir,) = tmp_path.iterdir()
     doc = json.loads((run_dir / "routing.json").read_text())
+    assert doc["metadata"]["kernel"] == image.kernel(flavor).version
     names = {c["name"] for r in doc["records"] for c in r["checks"]}
     assert names == EVERY_CHECK
     assert all(c["verdict"] == "pass" for r in doc["records"] for c in r["checks"])

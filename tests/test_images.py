@@ -109,3 +109,25 @@ def test_cpio_archive_reads_back_with_cpio_tool(tmp_path):
     assert (out / "bin/hello").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (out / "odd-size").read_bytes() == b"xxxxx"
     assert gzip.decompress(gzip.compress(data)) == data
+
+
+def test_failed_build_step_is_named_and_its_log_kept(tmp_path):
+    from images.build import _run_logged
+    seen = []
+    log = tmp_path / "step.log"
+    with pytest.raises(ImageError) as info:
+        _run_logged(["sh", "-c", "echo fetching; echo broken >&2; exit 3"], "mmdebstrap", log,
+                    lambda step, line: seen.append((step, line)))
+    assert info.value.step == "mmdebstrap" and info.value.log == log
+    assert "step 'mmdebstrap' failed" in str(info.value) and "status 3" in str(info.value)
+    assert "fetching" in log.read_text() and "broken" in log.read_text()
+    assert ("mmdebstrap", "fetching") in seen      # progress saw the step's own lines
+
+
+def test_find_image_needs_a_manifest(tmp_path):
+    from images.build import find_image, image_key
+    rootfs = tmp_path / "images" / image_key() / "rootfs"
+    rootfs.mkdir(parents=True)
+    assert find_image(tmp_path) is None            # half-built: no manifest yet
+    (rootfs.parent / "manifest.json").write_text("{}")
+    assert find_image(tmp_path).rootfs == rootfs
