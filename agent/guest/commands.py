@@ -12,7 +12,7 @@ import errno
 import os
 from typing import Any, Callable
 
-from . import sysview, uapi
+from . import binding, sysview, uapi
 from .driver import Driver, find_devices
 from .errors import AgentError, GuestError
 from .protocol import Arg, Command
@@ -28,6 +28,7 @@ class Agent:
         self.root = root
         self.driver: Driver | None = None
         self.device_error: str | None = None
+        self.unbound: str | None = None     # address this agent unbound, for bind
         path = device
         try:
             path = path or next(iter(find_devices(os.path.join(root, "dev"))), None)
@@ -114,6 +115,41 @@ class Agent:
         text = out["stdout"].splitlines()
         return {"returncode": out["returncode"], "lines": text[-lines:]}
 
+    def _release(self) -> str:
+        """Close the driver before a teardown; returns the device's address."""
+        bdf = self._bdf()
+        if bdf is None:
+            raise GuestError(errno.ENODEV, self.device_error or "no driver")
+        self.driver.close()
+        self.driver, self.device_error = None, "the driver was unbound"
+        return bdf
+
+    def _reopen(self, path: str) -> dict[str, Any]:
+        self.driver, self.device_error = Driver(path), None
+        return self.driver.info()
+
+    def unbind(self) -> dict[str, Any]:
+        bdf = self._release()
+        binding.unbind(bdf, self.root)
+        self.unbound = bdf
+        return {"unbound": bdf}
+
+    def bind(self) -> dict[str, Any]:
+        bdf = self.unbound
+        if bdf is None:
+            raise GuestError(errno.EINVAL, "bind: nothing was unbound by this agent")
+        info = self._reopen(binding.bind(bdf, self.root))
+        self.unbound = None
+        return info
+
+    def reload_module(self, path: str | None) -> dict[str, Any]:
+        path = path or binding.module_path(self.root)
+        if path is None:
+            raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
+                             "on the kernel command line")
+        self._release()
+        return self._reopen(binding.reload(path))
+
     def shutdown(self) -> dict[str, Any]:
         if self.driver is not None:
             self.driver.close()
@@ -154,6 +190,10 @@ class Agent:
             Command("dmesg", self.dmesg,
                     (Arg("lines", int, required=False, default=50, minimum=1,
                          maximum=100000),)),
+            Command("unbind", self.unbind),
+            Command("bind", self.bind),
+            Command("reload_module", self.reload_module,
+                    (Arg("path", str, required=False),)),
             Command("shutdown", self.shutdown, stops=True),
         ]
         return {command.name: command for command in table}
