@@ -3,6 +3,7 @@
 import pytest
 
 from agent.host.checks import (
+    affinity_honoured,
     cached_msg_matches_table,
     destination_matches_affinity,
     freed_entry_masked_and_cleared,
@@ -95,6 +96,23 @@ def test_cached_msg_matches_table_skips_without_views(vector):
 
 # --- destination_matches_affinity ------------------------------------------------
 
+@pytest.mark.parametrize("requested,effective,ok", [
+    ([0, 1], [1], True),
+    ([1], [1], True),
+    ([1], [0], False),        # asked for CPU 1, landed on CPU 0
+    ([0, 1], [], False),      # nowhere
+])
+def test_affinity_honoured(requested, effective, ok):
+    v = vec(1)
+    v["guest"]["affinity"] = {"requested": requested, "effective": effective}
+    result = affinity_honoured(snap(v).get(1))
+    assert (result.verdict is Verdict.PASS) == ok, result
+
+
+def test_affinity_honoured_skips_freed_entries():
+    assert affinity_honoured(snap(free(1)).get(1)).verdict is Verdict.SKIP
+
+
 def test_destination_matches_affinity_passes():
     assert destination_matches_affinity(snap(vec(1, cpu=1)).get(1)).verdict is Verdict.PASS
 
@@ -139,7 +157,9 @@ def test_record_checks_run_on_allocated_only():
     results = record_checks(snap(vec(0, cpu=0), vec(1), free(2)))
     assert [(r.name, r.index) for r in results] == [
         ("cached_msg_matches_table", 0), ("destination_matches_affinity", 0),
-        ("cached_msg_matches_table", 1), ("destination_matches_affinity", 1)]
+        ("affinity_honoured", 0),
+        ("cached_msg_matches_table", 1), ("destination_matches_affinity", 1),
+        ("affinity_honoured", 1)]
     assert all(r.verdict is Verdict.PASS for r in results)
 
 

@@ -142,7 +142,23 @@ def destination_matches_affinity(record: RoutingRecord) -> CheckResult:
     return judge.passed()
 
 
-RECORD_CHECKS = (cached_msg_matches_table, destination_matches_affinity)
+def affinity_honoured(record: RoutingRecord) -> CheckResult:
+    """The kernel put the vector on CPUs the driver asked for: the effective affinity is a
+    non-empty subset of the requested one (a group allocated with a CPU must land there)."""
+    judge = _Judge("affinity_honoured", record.index)
+    if record.guest is None:
+        return judge.skipped("no guest vector at this index")
+    requested, effective = record.guest.affinity.requested, record.guest.affinity.effective
+    if not effective:
+        return judge.failed("no effective affinity", requested=list(requested))
+    outside = sorted(set(effective) - set(requested))
+    if outside:
+        return judge.failed(f"effective CPUs {outside} were not requested",
+                            requested=list(requested), effective=list(effective))
+    return judge.passed()
+
+
+RECORD_CHECKS = (cached_msg_matches_table, destination_matches_affinity, affinity_honoured)
 
 
 def record_checks(snapshot: Snapshot) -> list[CheckResult]:

@@ -54,6 +54,7 @@ _SHORT_NAMES = {
     "doorbell_raise_counted_once_on_cpu": "doorbell",
     "freed_raise_delivered_once_on_reuse": "reuse-pending",
     "freed_index_reused": "reuse",
+    "affinity_honoured": "affinity",
 }
 _VERDICT_STYLE = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.SKIP: "dim"}
 
