@@ -1,0 +1,62 @@
+"""The host's JSON-lines client: replies by id, events queued, bounded waits."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from agent.host.errors import HostError, WaitTimeout
+from agent.host.jsonlines import JsonLinesClient
+
+
+@pytest.fixture
+def pair(tmp_path):
+    path = tmp_path / "peer.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    client = JsonLinesClient(path, "peer")
+    client.connect(timeout=1)
+    server, _ = listener.accept()
+    yield client, server
+    client.close()
+    server.close()
+    listener.close()
+
+
+def test_reply_matched_by_id_and_events_queued(pair):
+    client, server = pair
+    # written before the request, split across lines as a stream may deliver them
+    server.sendall(b'{"event": "hello", "kernel": "7.3"}\n{"id": 1, "ok": tr')
+    server.sendall(b'ue, "result": {"n": 5}}\n')
+    reply = client.request({"cmd": "info"}, timeout=1)
+    assert reply == {"id": 1, "ok": True, "result": {"n": 5}}
+    assert server.recv(4096) == b'{"id": 1, "cmd": "info"}\n'
+    assert client.wait_event("hello", timeout=0.1)["kernel"] == "7.3"
+
+
+def test_request_timeout_names_what_it_waited_for(pair):
+    client, _server = pair
+    with pytest.raises(WaitTimeout, match=r"peer's reply to 'info' \(id 1\)"):
+        client.request({"cmd": "info"}, timeout=0.05)
+
+
+def test_closed_peer_is_reported(pair):
+    client, server = pair
+    server.close()
+    with pytest.raises(HostError, match="closed the connection"):
+        client.wait_event("hello", timeout=1)
+
+
+def test_garbage_line_is_reported_not_parsed(pair):
+    client, server = pair
+    server.sendall(b"not json\n")
+    with pytest.raises(HostError, match="not JSON"):
+        client.wait_event("hello", timeout=1)
+
+
+def test_connect_timeout_names_the_socket(tmp_path):
+    client = JsonLinesClient(tmp_path / "absent.sock", "peer")
+    with pytest.raises(WaitTimeout, match="absent.sock"):
+        client.connect(timeout=0.05)
