@@ -1,7 +1,8 @@
 """``msixlab``: the command line (the only layer that prints).
 
 Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|path``,
-``boot`` (boot the guest to its ready marker and measure it), ``run`` (the main job:
+``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
+session on the guest's console), ``run`` (the main job:
 the default scenario against the emulated NIC; exit 0 pass, 1 check failed, 125 could
 not judge).
 """
@@ -88,6 +89,15 @@ def cmd_boot(args) -> int:
     return EXIT_PASS
 
 
+def cmd_shell(args) -> int:
+    from .shell import shell_session
+    image = _image_with_progress()
+    choice = accel_mod.choose(args.accel, image, args.flavor)
+    return shell_session(image, args.flavor, Path(args.results), console, accel=choice.accel,
+                         vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
+                         kmod=not args.no_kmod, dry_run=args.dry_run)
+
+
 def cmd_run(args) -> int:
     from .main_job import run_main_job
     return run_main_job(args, console)
@@ -120,6 +130,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("shell", help="a manual session: the guest's console on this terminal")
+    guest_options(p)
+    p.add_argument("--vectors", type=int, default=64, help="MSI-X table size of the NIC")
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--no-nic", action="store_true", help="boot without the emulated NIC")
+    p.add_argument("--no-kmod", action="store_true", help="do not load the guest driver")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.set_defaults(func=cmd_shell)
 
     p = sub.add_parser("run", help="the main job: the default scenario, checked")
     guest_options(p)

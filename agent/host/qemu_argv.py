@@ -46,6 +46,7 @@ class GuestSpec:
     append: tuple[str, ...] = ()
     trace: tuple[str, ...] = ()      # QEMU trace patterns, e.g. "vfio_msix*"
     trace_log: Path | None = None
+    interactive: bool = False        # console (and the HMP monitor, Ctrl-A c) on stdio
     extra: tuple[str, ...] = field(default=())
 
 
@@ -85,6 +86,14 @@ def _nics(spec: GuestSpec) -> list[str]:
     return argv
 
 
+def _console(spec: GuestSpec) -> list[str]:
+    if spec.interactive:
+        return ["-chardev", "stdio,id=console0,mux=on,signal=off",
+                "-serial", "chardev:console0", "-mon", "chardev=console0,mode=readline"]
+    return ["-chardev", f"file,id=console0,path={escape(spec.console_log)}",
+            "-serial", "chardev:console0"]
+
+
 def _agent(spec: GuestSpec) -> list[str]:
     if spec.agent_socket is None:
         return []
@@ -105,8 +114,7 @@ def build_argv(spec: GuestSpec) -> list[str]:
         *_accel(spec),
         "-kernel", str(spec.kernel), "-initrd", str(spec.initramfs),
         "-append", kernel_cmdline(spec),
-        "-chardev", f"file,id=console0,path={escape(spec.console_log)}",
-        "-serial", "chardev:console0",
+        *_console(spec),
         "-qmp", f"unix:{escape(spec.qmp_socket)},server=on,wait=off",
         *_shares(spec), *_agent(spec), *_nics(spec),
     ]

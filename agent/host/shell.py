@@ -1,0 +1,71 @@
+"""``msixlab shell``: a manual session on the guest, console on this terminal.
+
+Concepts: the same guest the main job boots (the image, a kernel flavor, the emulated NIC
+with its device server, the driver loaded), but stage 2 starts a shell on the serial
+console instead of the agent, and the console and QEMU's monitor share this terminal
+(Ctrl-A c switches, Ctrl-A x quits).  The device server's control socket and QMP stay
+reachable from another terminal, and their paths are printed first.  In the guest,
+``python3 -m agent.guest --stdio`` speaks the agent protocol by hand.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from images.image import Image
+
+from .device_server import DeviceServer
+from .kmod import ensure_kmod, kmod_dir
+from .qemu_argv import build_argv
+from .session import RunDirs, guest_spec
+
+
+def shell_session(image: Image, flavor: str, results_root: Path, console: Console, *,
+                  accel: str = "tcg", vectors: int = 64, cpus: int = 2, nic: bool = True,
+                  kmod: bool = True, dry_run: bool = False) -> int:
+    """Run QEMU in the foreground on this terminal; returns QEMU's exit status."""
+    if dry_run:                      # the paths printed are a throwaway run's
+        results_root = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
+    try:
+        return _session(image, flavor, results_root, console, accel, vectors, cpus, nic,
+                        kmod, dry_run)
+    finally:
+        if dry_run:
+            shutil.rmtree(results_root, ignore_errors=True)
+
+
+def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, kmod,
+             dry_run) -> int:
+    with RunDirs.create(results_root, prefix="shell") as dirs:
+        device = DeviceServer(dirs.runtime / "nic0.sock", dirs.runtime / "nic0.ctl",
+                              dirs.results / "device-events.jsonl",
+                              dirs.results / "device-server.log", vectors=vectors)
+        module = None
+        if kmod:
+            module = kmod_dir(image, flavor) if dry_run else ensure_kmod(image, flavor)
+        spec = guest_spec(image, flavor, dirs, mode="shell", accel=accel, cpus=cpus,
+                          nic_sockets=(device.socket_path,) if nic else (),
+                          kmod_dir=module, interactive=True)
+        argv = build_argv(spec)
+        if dry_run:
+            if nic:
+                print(shlex.join(device.argv))
+            print(shlex.join(argv))
+            return 0
+        if nic:
+            device.start()
+        try:
+            if nic:
+                console.print(f"device control: qemu-device ctl --control {device.control_path} state")
+            console.print(f"QMP: {spec.qmp_socket}; artifacts: {dirs.results}")
+            console.print("console below; Ctrl-A c: QEMU monitor, Ctrl-A x: quit")
+            with open(dirs.results / "qemu.log", "w") as log:
+                return subprocess.run(argv, stderr=log).returncode
+        finally:
+            device.stop()
