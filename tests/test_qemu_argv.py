@@ -59,3 +59,14 @@ def test_agent_port_and_kmod_reach_the_guest():
 def test_unknown_accelerator_is_refused_by_name():
     with pytest.raises(ValueError, match="'hvf'"):
         build_argv(spec(accel="hvf"))
+
+
+@pytest.mark.parametrize("interactive,chardev", [
+    (False, "file,id=console0,path=/r/console.log"),
+    (True, "stdio,id=console0,mux=on,signal=off"),
+])
+def test_console_goes_to_a_file_or_the_terminal(interactive, chardev):
+    argv = build_argv(spec(interactive=interactive))
+    assert chardev in option_after(argv, "-chardev")
+    assert option_after(argv, "-serial") == ["chardev:console0"]
+    assert option_after(argv, "-mon") == (["chardev=console0,mode=readline"] if interactive else [])
