@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -48,8 +49,11 @@ def _quiet(step: str, line: str) -> None:
     log.debug("%s: %s", step, line)
 
 
-def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep) -> None:
-    """Run one build command, streaming its lines to ``log_path`` and ``on_step``."""
+def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep,
+                timeout: float | None = None) -> None:
+    """Run one build command, streaming its lines to ``log_path`` and ``on_step``; a
+    watchdog kills it after ``timeout`` seconds even if it prints nothing."""
+    timeout = BUILD_TIMEOUT if timeout is None else timeout
     on_step(step, " ".join(argv[:2]) + " ...")
     with open(log_path, "w", buffering=1) as out:
         out.write("$ " + " ".join(argv) + "\n")
@@ -58,16 +62,24 @@ def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep) -> 
                                     stdin=subprocess.DEVNULL, text=True, errors="replace")
         except OSError as err:
             raise ImageError(f"cannot start {argv[0]}: {err}", step=step, log=log_path) from err
-        deadline = time.monotonic() + BUILD_TIMEOUT
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            on_step(step, line.rstrip())
-            if time.monotonic() > deadline:
-                proc.kill()
-        code = proc.wait()
-    if time.monotonic() > deadline:
-        raise ImageError(f"{argv[0]} ran longer than {BUILD_TIMEOUT} s", step=step, log=log_path)
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            proc.kill()
+
+        watchdog = threading.Timer(timeout, kill)
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                on_step(step, line.rstrip())
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+    if fired.is_set():
+        raise ImageError(f"{argv[0]} ran longer than {timeout:g} s and was killed",
+                         step=step, log=log_path)
     if code != 0:
         raise ImageError(f"{argv[0]} exited with status {code}", step=step, log=log_path)
 

@@ -131,3 +131,10 @@ def test_find_image_needs_a_manifest(tmp_path):
     assert find_image(tmp_path) is None            # half-built: no manifest yet
     (rootfs.parent / "manifest.json").write_text("{}")
     assert find_image(tmp_path).rootfs == rootfs
+
+
+def test_silent_hung_step_is_killed_by_the_watchdog(tmp_path):
+    from images.build import _run_logged
+    with pytest.raises(ImageError, match="longer than 0.2 s and was killed") as info:
+        _run_logged(["sleep", "30"], "mmdebstrap", tmp_path / "log", lambda *a: None, timeout=0.2)
+    assert info.value.step == "mmdebstrap"

@@ -17,12 +17,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from .errors import LaunchError, WaitTimeout
+from .errors import HostError, LaunchError, WaitTimeout
 from .qemu_argv import GuestSpec, build_argv
 
 log = logging.getLogger(__name__)
+QMP_TIMEOUT = 30.0   # seconds for any one QMP command
 
 
 class State(enum.Enum):
@@ -97,6 +99,7 @@ class Machine:
                 qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
                 try:
                     qmp.connect(negotiate=True)
+                    qmp.settimeout(QMP_TIMEOUT)
                     self._qmp = qmp
                     return
                 except Exception as err:  # qemu.qmp raises several kinds while QEMU starts
@@ -108,10 +111,16 @@ class Machine:
 
     # --- while running ------------------------------------------------------------------
     def qmp(self, command: str, **args):
+        """Run one QMP command; bounded by QMP_TIMEOUT, failures keep their cause."""
         if self._qmp is None:
             raise RuntimeError("QMP is not connected")
         self.log.debug("--> %s %s", command, args)
-        reply = self._qmp.cmd(command, **args)
+        try:
+            reply = self._qmp.cmd(command, **args)
+        except TimeoutError as err:
+            raise WaitTimeout(f"QEMU's reply to QMP {command!r}", QMP_TIMEOUT) from err
+        except QMPError as err:
+            raise HostError(f"QMP {command!r} failed: {err}") from err
         self.log.debug("<-- %s", reply)
         return reply
 
