@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -150,7 +151,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
     args = parser().parse_args(argv)
     if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and os.environ.get("KERNEL_FLAVOR"):
         args.flavor = os.environ["KERNEL_FLAVOR"]
