@@ -17,6 +17,6 @@ echo "msixlab: installing host packages:$need"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
+$SUDO apt-get -o Acquire::Retries=3 update -q
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -q $need
+$SUDO apt-get -o Acquire::Retries=3 install -y -q $need

@@ -71,6 +71,7 @@ def mmdebstrap_argv(mirror: str, target: Path) -> list[str]:
         "--variant=minbase",
         f'--aptopt=APT::Default-Release "{DEFAULT_RELEASE}"',
         "--aptopt=APT::Install-Recommends \"false\"",
+        '--aptopt=Acquire::Retries "3"',        # a flaky mirror costs a retry, not a build
         "--include=" + ",".join(PACKAGES),
         "--customize-hook=" + LTS_HOOK,
         "--customize-hook=rm -f \"$1\"/boot/initrd.img-*",
