@@ -45,7 +45,8 @@ def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
     out = kmod_dir(image, flavor)
     if (out / "msixlab.ko").is_file():
         return out
-    with exclusive(out.with_suffix(".lock"), timeout=timeout, what="another msixlab build of the driver"):
+    with exclusive(out.parent / (out.name + ".lock"), timeout=timeout,
+                   what="another msixlab build of the driver"):
         if (out / "msixlab.ko").is_file():
             return out
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")

@@ -7,7 +7,8 @@
 # (gcc, make and linux-headers-*-amd64 inside it), without modifying the
 # rootfs: the sources are copied to OUTDIR, and the build runs chrooted in a
 # private mount namespace with /proc mounted (objtool needs it) and OUTDIR
-# bind-mounted on ROOTFS/mnt.  Leaves OUTDIR/msixlab.ko; on failure exits
+# bind-mounted on ROOTFS/mnt, through the Makefile's KDIR= path (the one a
+# bisect uses against its own tree).  Leaves OUTDIR/msixlab.ko; on failure exits
 # non-zero with the compiler's messages on stderr.
 # MSIXLAB_KVER=VER selects linux-headers-VER when the rootfs holds several.
 set -eu
@@ -54,7 +55,7 @@ unshare -m sh -eu -c '
 	mount --make-rprivate /
 	mount -t proc proc "$1/proc"
 	mount --bind "$2" "$1/mnt"
-	exec chroot "$1" make -C "$3" M=/mnt modules
+	exec chroot "$1" make -C /mnt KDIR="$3" modules
 ' build "$rootfs" "$outdir" "$hdrs" >"$outdir/build.log" 2>&1 || {
 	cat "$outdir/build.log" >&2
 	echo "$0: build failed (log: $outdir/build.log)" >&2
