@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
         return EXIT_INFRA
+    except Exception:   # a bug in msixlab is never a verdict on the kernel (bisect: 125)
+        console.print_exception()
+        console.print("[red]internal error: the run could not judge[/]")
+        return EXIT_INFRA
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from typing import Callable
 
 from . import checks
-from .errors import GuestAgentError
+from .errors import GuestAgentError, HostError
 from .lab import Lab
 from .routing import CheckResult, Snapshot, Verdict, pba_pending_indices
 
@@ -112,7 +112,7 @@ class Scenario:
     def run(self) -> Snapshot:
         size = self.lab.device.state()["msix"]["table_size"]
         if size < 24:
-            raise ValueError(f"the default scenario needs a table of at least 24 vectors, not {size}")
+            raise HostError(f"the default scenario needs a table of at least 24 vectors, not {size}")
         last_cpu = self.lab.cpus - 1
         early = size - 4
 

@@ -1,0 +1,43 @@
+"""The msixlab command line: the exit-status contract and option plumbing."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.host import cli
+from agent.host.errors import EXIT_INFRA, HostError, WaitTimeout
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), HostError("QEMU died"),
+                                   WaitTimeout("the guest agent's hello", 180)])
+def test_anything_that_is_not_a_verdict_exits_125(monkeypatch, error):
+    def broken(args):
+        raise error
+    monkeypatch.setattr(cli, "parser", _parser_with(broken))
+    assert cli.main(["run"]) == EXIT_INFRA
+
+
+def _parser_with(func):
+    original = cli.parser
+
+    def build():
+        top = original()
+        top._subparsers._group_actions[0].choices["run"].set_defaults(func=func)
+        return top
+    return build
+
+
+def test_kernel_flavor_from_the_environment(monkeypatch):
+    seen = {}
+    monkeypatch.setenv("KERNEL_FLAVOR", "lts")
+    monkeypatch.setattr(cli, "parser", _parser_with(lambda args: seen.setdefault("f", args.flavor) and 0))
+    cli.main(["run"])
+    assert seen["f"] == "lts"
+
+
+def test_every_subcommand_is_wired():
+    top = cli.parser()
+    for argv in (["doctor", "--json"], ["image", "path"], ["boot", "--count", "2"],
+                 ["shell", "--dry-run"], ["run", "--dry-run", "--vectors", "128"]):
+        args = top.parse_args(argv)
+        assert callable(args.func), argv
