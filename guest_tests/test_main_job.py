@@ -21,7 +21,7 @@ EVERY_CHECK = {
     "cached_msg_matches_table", "destination_matches_affinity", "raise_counted_once_on_cpu",
     "doorbell_raise_counted_once_on_cpu", "freed_entry_masked_and_cleared",
     "pending_delivered_after_alloc", "freed_index_reused", "freed_raise_delivered_once_on_reuse",
-    "affinity_honoured",
+    "affinity_honoured", "kernel_irq_view_agrees",
 }
 
 

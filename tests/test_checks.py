@@ -8,6 +8,7 @@ from agent.host.checks import (
     destination_matches_affinity,
     freed_entry_masked_and_cleared,
     freed_raise_delivered_once_on_reuse,
+    kernel_irq_view_agrees,
     pending_delivered_after_alloc,
     raise_counted_once_on_cpu,
     record_checks,
@@ -366,3 +367,25 @@ def test_freed_raise_delivered_once_on_reuse(held, counts, ok):
 def test_freed_raise_on_reuse_skips_when_not_reallocated():
     assert freed_raise_delivered_once_on_reuse(snap(free(1)), snap(free(1)), 1, 1).verdict \
         is Verdict.SKIP
+
+
+# --- kernel_irq_view_agrees -----------------------------------------------------------
+
+def sysfs(index=1, msi="msix", effective=(1,), per_cpu=(0, 3)):
+    return {"irq": 41, "sys": {"hwirq": index, "per_cpu_count": list(per_cpu)},
+            "proc": {"effective_affinity_list": list(effective)}, "msi_irqs": msi}
+
+
+@pytest.mark.parametrize("view,words", [
+    (sysfs(), None),
+    (sysfs(index=2), "hwirq 2 is not the index 1"),
+    (sysfs(msi=None), "not 'msix'"),
+    (sysfs(effective=(0,)), "effective affinity [0]"),
+    (sysfs(per_cpu=(1, 3)), "kernel counted [1, 3], the driver [0, 3]"),
+])
+def test_kernel_irq_view_agrees(view, words):
+    result = kernel_irq_view_agrees(snap(vec(1, cpu=1, counts=[0, 3])).get(1), view)
+    if words is None:
+        assert result.verdict is Verdict.PASS, result
+    else:
+        assert_fails(result, words)

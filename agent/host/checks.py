@@ -19,7 +19,7 @@ Checks never raise on bad views; they fail or skip and say why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,3 +295,31 @@ def freed_raise_delivered_once_on_reuse(freed: Snapshot, reused: Snapshot, index
         problems.append(f"new vector counted {counts} at reuse, expected "
                         f"{ {str(cpu): expected} if expected else {} }")
     return judge.verdict(problems, held=held, cpu=cpu, counts=counts)
+
+
+def kernel_irq_view_agrees(record: RoutingRecord, sysfs: Mapping[str, Any]) -> CheckResult:
+    """The kernel's own view of the vector's IRQ (the guest agent's ``irq_sysfs``) agrees
+    with the driver's: hwirq is the MSI-X index, the device lists the IRQ under
+    ``msi_irqs`` as msix, the effective affinity is the same, and the kernel's per-CPU
+    count of the IRQ equals the driver's handler counts."""
+    judge = _Judge("kernel_irq_view_agrees", record.index)
+    if record.guest is None:
+        return judge.skipped("no guest vector at this index")
+    sys_view, proc = sysfs.get("sys", {}), sysfs.get("proc", {})
+    seen = {"hwirq": sys_view.get("hwirq"), "msi_irqs": sysfs.get("msi_irqs"),
+            "effective": proc.get("effective_affinity_list"),
+            "per_cpu_count": sys_view.get("per_cpu_count")}
+    problems = []
+    if seen["hwirq"] != record.index:
+        problems.append(f"hwirq {seen['hwirq']!r} is not the index {record.index}")
+    if seen["msi_irqs"] != "msix":
+        problems.append(f"msi_irqs/{record.irq} reads {seen['msi_irqs']!r}, not 'msix'")
+    if list(seen["effective"] or []) != list(record.guest.affinity.effective):
+        problems.append(f"effective affinity {seen['effective']} != driver's "
+                        f"{list(record.guest.affinity.effective)}")
+    counts = list(record.guest.counts)
+    kernel = list(seen["per_cpu_count"] or [])
+    width = max(len(counts), len(kernel))
+    if kernel[:width] + [0] * (width - len(kernel)) != counts + [0] * (width - len(counts)):
+        problems.append(f"kernel counted {kernel}, the driver {counts}")
+    return judge.verdict(problems, irq=record.irq, kernel=seen, driver_counts=counts)

@@ -55,6 +55,7 @@ _SHORT_NAMES = {
     "freed_raise_delivered_once_on_reuse": "reuse-pending",
     "freed_index_reused": "reuse",
     "affinity_honoured": "affinity",
+    "kernel_irq_view_agrees": "kernel",
 }
 _VERDICT_STYLE = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.SKIP: "dim"}
 

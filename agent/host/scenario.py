@@ -13,7 +13,8 @@ raised *before* C exists, so it must wait pending and arrive once at allocation)
 the guest through the ICS doorbell.  Then B (a middle group) is freed, its indices raised
 (nothing may arrive), and a new group E of B's size must reuse B's indices; the raise
 each index got while freed was held pending behind the mask and must reach E's vector
-exactly once.
+exactly once.  Last, the kernel's own view of every IRQ (hwirq, msi_irqs, effective
+affinity, per-CPU counts) must agree with the driver's.
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ class Scenario:
             self._add(checks.freed_raise_delivered_once_on_reuse(freed, snap, index, held))
         self._add(checks.record_checks(snap))
         snap = self.raise_each(e["indices"], snap)
+        for record in snap.allocated():
+            sysfs = self.lab.agent("irq_sysfs", irq=record.irq)
+            self._add(checks.kernel_irq_view_agrees(record, sysfs))
         return snap.with_checks(self.results)
 
     @staticmethod
