@@ -116,6 +116,11 @@ def parser() -> argparse.ArgumentParser:
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
         p.add_argument("--results", default="results", help="results root (default: %(default)s)")
 
+    def nic_options(p):
+        p.add_argument("--vectors", type=int, default=64, help="MSI-X table size of the NIC")
+        p.add_argument("--cpus", type=int, default=2)
+        p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+
     p = sub.add_parser("doctor", help="what msixlab has here and what it lacks")
     p.add_argument("--json", action="store_true")
     p.add_argument("--accel", choices=accel_mod.CHOICES, default=None)
@@ -134,18 +139,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shell", help="a manual session: the guest's console on this terminal")
     guest_options(p)
-    p.add_argument("--vectors", type=int, default=64, help="MSI-X table size of the NIC")
-    p.add_argument("--cpus", type=int, default=2)
+    nic_options(p)
     p.add_argument("--no-nic", action="store_true", help="boot without the emulated NIC")
     p.add_argument("--no-kmod", action="store_true", help="do not load the guest driver")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=cmd_shell)
 
     p = sub.add_parser("run", help="the main job: the default scenario, checked")
     guest_options(p)
-    p.add_argument("--vectors", type=int, default=64, help="MSI-X table size of the NIC")
-    p.add_argument("--cpus", type=int, default=2)
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    nic_options(p)
     p.set_defaults(func=cmd_run)
     return top
 

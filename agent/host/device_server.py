@@ -34,6 +34,13 @@ class DeviceServer:
         self._proc: subprocess.Popen | None = None
         self.control = JsonLinesClient(control_path, "device-control")
 
+    @classmethod
+    def for_run(cls, dirs, vectors: int = 64) -> "DeviceServer":
+        """The NIC of a run: sockets in its runtime dir, logs in its results dir."""
+        return cls(dirs.runtime / "nic0.sock", dirs.runtime / "nic0.ctl",
+                   dirs.results / "device-events.jsonl", dirs.results / "device-server.log",
+                   vectors=vectors)
+
     def start(self, timeout: float = 20.0) -> None:
         log.info("starting the device server: %s", " ".join(self.argv))
         with open(self.stderr_log, "w") as err:

@@ -30,9 +30,7 @@ class Lab:
                  vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = ()):
         self.image, self.flavor, self.dirs = image, flavor, dirs
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
-        self.device = DeviceServer(dirs.runtime / "nic0.sock", dirs.runtime / "nic0.ctl",
-                                   dirs.results / "device-events.jsonl",
-                                   dirs.results / "device-server.log", vectors=vectors)
+        self.device = DeviceServer.for_run(dirs, vectors)
         self.machine: Machine | None = None
         self.agent_client = JsonLinesClient(dirs.runtime / "agent.sock", "guest-agent")
         self.hello: dict = {}

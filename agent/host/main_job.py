@@ -20,6 +20,7 @@ from rich.console import Console
 from images.build import ensure_image
 
 from . import accel as accel_mod
+from .device_server import DeviceServer
 from .errors import EXIT_INFRA, MsixlabError
 from .kmod import kmod_dir
 from .lab import Lab
@@ -33,11 +34,11 @@ def _dry_run(args, console: Console, image) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     dirs = RunDirs.create(scratch, prefix="dry-run")
     try:
+        device = DeviceServer.for_run(dirs, args.vectors)
         spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
-                          nic_sockets=(dirs.runtime / "nic0.sock",),
+                          nic_sockets=(device.socket_path,),
                           kmod_dir=kmod_dir(image, args.flavor), agent=True)
-        lab = Lab(image, args.flavor, dirs, vectors=args.vectors, cpus=args.cpus)
-        print(shlex.join(lab.device.argv))
+        print(shlex.join(device.argv))
         print(shlex.join(build_argv(spec)))
     finally:
         dirs.cleanup()

@@ -43,9 +43,7 @@ def shell_session(image: Image, flavor: str, results_root: Path, console: Consol
 def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, kmod,
              dry_run) -> int:
     with RunDirs.create(results_root, prefix="shell") as dirs:
-        device = DeviceServer(dirs.runtime / "nic0.sock", dirs.runtime / "nic0.ctl",
-                              dirs.results / "device-events.jsonl",
-                              dirs.results / "device-server.log", vectors=vectors)
+        device = DeviceServer.for_run(dirs, vectors)
         module = None
         if kmod:
             module = kmod_dir(image, flavor) if dry_run else ensure_kmod(image, flavor)
