@@ -70,13 +70,14 @@ def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep,
 
         watchdog = threading.Timer(timeout, kill)
         watchdog.start()
-        try:
-            for line in proc.stdout:
-                out.write(line)
-                on_step(step, line.rstrip())
-            code = proc.wait()
-        finally:
-            watchdog.cancel()
+        with proc:               # closes the child's stdout pipe, reaps the child
+            try:
+                for line in proc.stdout:
+                    out.write(line)
+                    on_step(step, line.rstrip())
+                code = proc.wait()
+            finally:
+                watchdog.cancel()
     if fired.is_set():
         raise ImageError(f"{argv[0]} ran longer than {timeout:g} s and was killed",
                          step=step, log=log_path)

@@ -295,6 +295,34 @@ def find_cap(config: bytes, cap_id: int) -> int:
     raise ReplyError(f"capability {cap_id:#x} not found")
 
 
-def open_fds() -> int:
-    """How many fds this process has open."""
-    return len(os.listdir("/proc/self/fd"))
+def _fd_table() -> dict[int, str]:
+    table = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            table[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:          # the listing's own fd, or one closed meanwhile
+            pass
+    return table
+
+
+class FdWatch:
+    """The fds the code under test opened or closed since the watch began.
+
+    Counting every fd in the process is wrong: an fd that another part of the process
+    owns (a pipe the garbage collector closes later, a logging file) changes the count
+    without the code under test doing anything.  A watch compares fd numbers *and*
+    what they point at, so an fd number freed by someone else and reused by the code
+    under test still counts as opened."""
+
+    def __init__(self) -> None:
+        self.before = _fd_table()
+
+    def opened(self) -> dict[int, str]:
+        """fds open now that were not open (or pointed elsewhere) when the watch began."""
+        return {fd: target for fd, target in _fd_table().items()
+                if self.before.get(fd) != target}
+
+    def closed(self) -> dict[int, str]:
+        """fds open when the watch began that are closed (or reused) now."""
+        now = _fd_table()
+        return {fd: target for fd, target in self.before.items() if now.get(fd) != target}

@@ -7,7 +7,7 @@ import pytest
 
 from qemu_device.device.dma import DmaMap
 from qemu_device.errors import DeviceError
-from qemu_device.testing import open_fds
+from qemu_device.testing import FdWatch
 
 
 @pytest.fixture
@@ -24,17 +24,17 @@ def dup(fd):
 
 
 def test_map_read_write_spanning_adjacent_maps(ram):
-    before = open_fds()
+    fds = FdWatch()
     m = DmaMap()
     m.add(0x10000, 0x2000, 3, 0, dup(ram))
     m.add(0x12000, 0x2000, 3, 0x2000, dup(ram))
     # the received fds are closed; Python's mmap keeps one dup per mapping
-    assert open_fds() == before + 2
+    assert len(fds.opened()) == 2
     assert m.read(0x11000, 5) == b"hello"
     m.write(0x11FFE, b"ABCD")                       # crosses into the second map
     assert os.pread(ram, 4, 0x1FFE) == b"ABCD"
     m.clear()
-    assert open_fds() == before
+    assert fds.opened() == {}
 
 
 def test_permissions(ram):
@@ -60,7 +60,7 @@ def test_permissions(ram):
 def test_bad_maps_refused_and_fd_closed(ram, iova, size, off, code):
     m = DmaMap()
     m.add(0x1000, 0x1000, 3, 0, dup(ram))
-    before = open_fds()
+    fds = FdWatch()
     if code is None:                                # adjacent is fine
         m.add(iova, size, 3, off, dup(ram))
         assert len(m) == 2
@@ -68,7 +68,7 @@ def test_bad_maps_refused_and_fd_closed(ram, iova, size, off, code):
         with pytest.raises(DeviceError) as e:
             m.add(iova, size, 3, off, dup(ram))
         assert e.value.errno == code
-        assert open_fds() == before
+        assert fds.opened() == {}
     m.clear()
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from qemu_device.device.nic import Device
 from qemu_device.server import Server
-from qemu_device.testing import CONFIG, FakeQemu, open_fds
+from qemu_device.testing import CONFIG, FakeQemu, FdWatch
 
 RAM = 1 << 20
 
@@ -58,11 +58,11 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path):
-    before = open_fds()
+    fds = FdWatch()
     r = Rig(tmp_path)
     yield r
     r.close()
-    assert open_fds() == before, "fd leak"
+    assert fds.opened() == {}, "fd leak"
 
 
 def booted(rig, vectors=(0, 1)):
@@ -137,10 +137,12 @@ def test_disconnect_drops_maps_and_fds_keeps_state_and_next_client_works(rig):
     q, efds = booted(rig, vectors=(0,))
     rig.command("raise", vectors=[7])
     q.write32(0, 0x18, 0x5A5A)                       # scratch register
-    before = open_fds()
+    fds = FdWatch()
     q.sock.close()
     rig.pump()
-    assert open_fds() < before                       # server closed eventfd + mmap dups
+    closed = fds.closed().values()                   # the server's eventfd and mmap dups
+    assert any("eventfd" in target for target in closed), closed
+    assert any(target.startswith("/memfd:") for target in closed), closed
     st = rig.command("state")["result"]
     assert not st["client_connected"] and st["dma_maps"] == []
     assert not any(v["eventfd"] for v in st["vectors"])

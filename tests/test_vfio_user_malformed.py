@@ -12,21 +12,21 @@ from qemu_device.device.nic import Device
 from qemu_device.handlers import Endpoint
 from qemu_device.protocol import (Command as C, DmaMap, DmaUnmap, IrqInfo, IrqSet,
                                   RegionAccess, RegionInfo, pack_message)
-from qemu_device.testing import EndpointHarness, FakeQemu, open_fds
+from qemu_device.testing import EndpointHarness, FakeQemu, FdWatch
 
 E = errno
 
 
 @pytest.fixture
 def rig():
-    before = open_fds()
+    fds = FdWatch()
     h = EndpointHarness(Endpoint(Device()))
     q = FakeQemu(h.client_sock, h.pump)
     q.version()
     yield h, q
     h.endpoint.close()
     h.close()
-    assert open_fds() == before, "fd leak"
+    assert fds.opened() == {}, "fd leak"
 
 
 def memfd(size=8192):
@@ -198,7 +198,7 @@ def test_oversize_message_is_drained_and_refused(rig):
 
 
 def test_header_size_below_16_is_fatal_and_clean():
-    before = open_fds()
+    fds = FdWatch()
     h = EndpointHarness(Endpoint(Device()))
     q = FakeQemu(h.client_sock, h.pump)
     q.version()
@@ -212,11 +212,11 @@ def test_header_size_below_16_is_fatal_and_clean():
     assert q.sock.recv(16) == b""          # server shut the stream down
     h.endpoint.close()
     h.close()
-    assert open_fds() == before
+    assert fds.opened() == {}
 
 
 def test_peer_closing_mid_message_leaks_no_fd():
-    before = open_fds()
+    fds = FdWatch()
     device = Device()
     h = EndpointHarness(Endpoint(device))
     q = FakeQemu(h.client_sock, h.pump)
@@ -231,4 +231,4 @@ def test_peer_closing_mid_message_leaks_no_fd():
     assert h.eof
     h.endpoint.close()
     h.close()
-    assert open_fds() == before
+    assert fds.opened() == {}

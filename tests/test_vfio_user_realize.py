@@ -7,14 +7,14 @@ import pytest
 from qemu_device.device.nic import Device
 from qemu_device.device.registers import REG_DELIVERED, REG_ICS, REG_RAISED
 from qemu_device.handlers import Endpoint
-from qemu_device.testing import CONFIG, MSIX, EndpointHarness, FakeQemu, open_fds
+from qemu_device.testing import CONFIG, MSIX, EndpointHarness, FakeQemu, FdWatch
 
 RAM = 1 << 20
 
 
 @pytest.fixture
 def rig():
-    before = open_fds()
+    fds = FdWatch()
     device = Device()
     h = EndpointHarness(Endpoint(device))
     ram = os.memfd_create("guest-ram")
@@ -23,7 +23,7 @@ def rig():
     os.close(ram)
     h.endpoint.close()
     h.close()
-    assert open_fds() == before, "fd leak"
+    assert fds.opened() == {}, "fd leak"
 
 
 def test_realize_answers_like_a_pcie_nic(rig):
