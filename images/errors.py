@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from msixlab_common.errors import MsixlabError
 
-class MsixlabError(Exception):
-    """Root of every error msixlab raises on purpose."""
+__all__ = ["MsixlabError", "ImageError"]
 
 
 class ImageError(MsixlabError):

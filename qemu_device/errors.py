@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno as _errno
 
+from msixlab_common.errors import MsixlabError
 
-class QemuDeviceError(Exception):
+
+class QemuDeviceError(MsixlabError):
     """Root of every error this package raises on purpose."""
 
     default_errno = _errno.EINVAL

@@ -12,8 +12,10 @@ from __future__ import annotations
 import errno as errno_mod
 from typing import Any
 
+from msixlab_common.errors import MsixlabError
 
-class AgentError(Exception):
+
+class AgentError(MsixlabError):
     source = "agent"
 
     def __init__(self, errno: int, message: str, **fields: Any):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from images.errors import ImageError, MsixlabError
+from images.errors import ImageError
+from msixlab_common.errors import MsixlabError, WaitTimeout
 
 EXIT_PASS, EXIT_FAIL, EXIT_INFRA = 0, 1, 125
 
@@ -35,15 +36,6 @@ class LaunchError(HostError):
         if self.log_tail:
             text += "\n--- last lines ---\n" + self.log_tail
         return text
-
-
-class WaitTimeout(HostError):
-    """A bounded wait expired; ``what`` says what it waited for."""
-
-    def __init__(self, what: str, timeout: float, detail: str = ""):
-        super().__init__(f"timed out after {timeout:g} s waiting for {what}"
-                         + (f": {detail}" if detail else ""))
-        self.what, self.timeout = what, timeout
 
 
 class GuestAgentError(HostError):
