@@ -137,9 +137,9 @@ def console():
 
 def test_render_table_rows_and_verdict():
     out = console()
-    status = render(out, snapshot([PASS_MSG, FAIL_RAISE, SKIP_FREED]))
+    code = render(out, snapshot([PASS_MSG, FAIL_RAISE, SKIP_FREED]))
     text = out.export_text()
-    assert status.code == EXIT_FAIL
+    assert code == EXIT_FAIL
     row1 = next(line for line in text.splitlines() if "fee02000/0023" in line)
     for cell in ("41", "apic 2 vec 0x23", "3 (1:3)", "3/3 E-", "1 pass", "FAIL raise"):
         assert cell in row1, row1
@@ -171,5 +171,5 @@ def test_routing_table_hides_quiet_entries_unless_asked():
 
 def test_render_all_passed_exit_zero():
     out = console()
-    assert render(out, snapshot([PASS_MSG])).code == EXIT_PASS
+    assert render(out, snapshot([PASS_MSG])) == EXIT_PASS
     assert "exit 0: all 1 judged check(s) passed" in out.export_text()

@@ -1,4 +1,4 @@
-"""``msixlab``: the command line (the only layer that prints).
+"""``msixlab``: the command line.
 
 Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|path``,
 ``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
@@ -26,7 +26,9 @@ from images.cache import cache_dir, clean
 
 from . import accel as accel_mod
 from . import doctor
-from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, MsixlabError
+from .scenario import MIN_TABLE
+from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
+from .outcome import Outcome, RunVerdict
 
 # Wide enough for the routing table when the output is a log file rather than a terminal.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -104,10 +106,38 @@ def cmd_run(args) -> int:
     return run_main_job(args, console)
 
 
+MAX_VECTORS = 2048     # the MSI-X table size limit (PCI spec)
+MAX_CPUS = 64          # what the rig boots and reads back per-CPU counts for
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option exits 125 (could not judge), never 2: ``git bisect run``
+    would take 2 for a bad commit."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INFRA, f"{self.prog}: error: {message} "
+                              f"(exit {EXIT_INFRA}: {Outcome.BAD_OPTION})\n")
+
+
+def bounded_int(name: str, low: int, high: int):
+    """An argparse type: an integer in low..high, else an error naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes an integer, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}, not {value}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="msixlab", description=__doc__.split("\n")[0])
+    top = Parser(prog="msixlab", description=__doc__.split("\n")[0])
     top.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: traces)")
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def guest_options(p):
         p.add_argument("--flavor", default=recipe.DEFAULT_FLAVOR, choices=sorted(recipe.FLAVORS),
@@ -116,9 +146,11 @@ def parser() -> argparse.ArgumentParser:
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
         p.add_argument("--results", default="results", help="results root (default: %(default)s)")
 
-    def nic_options(p):
-        p.add_argument("--vectors", type=int, default=64, help="MSI-X table size of the NIC")
-        p.add_argument("--cpus", type=int, default=2)
+    def nic_options(p, min_vectors: int = 1):
+        p.add_argument("--vectors", type=bounded_int("--vectors", min_vectors, MAX_VECTORS),
+                       default=64, help=f"MSI-X table size of the NIC ({min_vectors}..{MAX_VECTORS})")
+        p.add_argument("--cpus", type=bounded_int("--cpus", 1, MAX_CPUS), default=2,
+                       help=f"guest CPUs (1..{MAX_CPUS})")
         p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
 
     p = sub.add_parser("doctor", help="what msixlab has here and what it lacks")
@@ -146,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: the default scenario, checked")
     guest_options(p)
-    nic_options(p)
+    nic_options(p, min_vectors=MIN_TABLE)
     p.set_defaults(func=cmd_run)
     return top
 
@@ -160,16 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
     try:
         return args.func(args)
-    except MsixlabError as err:
-        console.print(f"[red]error:[/] {err}")
-        return getattr(err, "exit_code", EXIT_INFRA)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
-        return EXIT_INFRA
-    except Exception:   # a bug in msixlab is never a verdict on the kernel (bisect: 125)
-        console.print_exception()
-        console.print("[red]internal error: the run could not judge[/]")
-        return EXIT_INFRA
+    except BaseException as err:   # classified: a bug in msixlab is never a verdict (125)
+        verdict = RunVerdict.from_error(err)
+        if verdict.outcome is Outcome.INTERNAL_ERROR:
+            console.print_exception()
+        console.print(f"[red]error ({verdict.outcome}):[/] {err or type(err).__name__}")
+        return verdict.exit_code
 
 
 if __name__ == "__main__":

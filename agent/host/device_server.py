@@ -66,6 +66,10 @@ class DeviceServer:
                               argv=self.argv, returncode=None)
         self.control.connect(timeout=5)
 
+    def poll(self) -> int | None:
+        """The server's exit code (negative: the signal), None while it runs."""
+        return None if self._proc is None else self._proc.poll()
+
     def command(self, cmd: str, timeout: float = 10.0, **fields) -> dict:
         reply = self.control.request({"cmd": cmd, **fields}, timeout)
         if not reply.get("ok"):

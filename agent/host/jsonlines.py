@@ -44,6 +44,15 @@ class JsonLinesClient:
                     raise WaitTimeout(f"{self.name} socket {self.path}", timeout, str(err)) from err
                 time.sleep(0.05)
 
+    def abort(self) -> None:
+        """Release, from another thread, whoever is blocked reading: they see EOF."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

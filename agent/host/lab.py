@@ -4,6 +4,14 @@ Concepts: ``Lab`` starts the pieces in the order they depend on each other (devi
 server, driver build, QEMU in agent mode, the guest agent's hello) and stops them in
 reverse, each bounded, always.  It offers the three views of every vector (guest driver,
 QEMU's table, device counters) as one ``routing.Snapshot``.
+
+A ``Sentinel`` thread watches the run while it goes on: the console for kernel reports
+(console.py), QEMU and the device server for an exit, the device's event log for an
+error reply the device sent QEMU.  The first such *ending* is kept, and the sockets a
+caller may be blocked on are shut down, so every wait returns at once; ``Lab.guard()``
+then raises the ending, classified (outcome.py): a splat, or the guest powering itself
+off, is the kernel's doing (exit 1); a dead device server, a QEMU that crashed, or an
+error reply of the device means the run could not judge (125).
 """
 
 from __future__ import annotations
@@ -13,13 +21,16 @@ import time
 from pathlib import Path
 
 from images.image import Image
+from msixlab_common.deadline import wait_until
 
 from . import qemu_view, routing
 from .device_server import DeviceServer
-from .errors import GuestAgentError, WaitTimeout
+from .errors import DeviceControlError, GuestAgentError, HostError, WaitTimeout
 from .jsonlines import JsonLinesClient
 from .kmod import ensure_kmod
 from .machine import Machine, tail
+from .outcome import CouldNotJudge, DriverCallFailed, GuestUnresponsive, Outcome
+from .sentinel import Sentinel
 from .session import RunDirs, guest_spec
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,7 @@ class Lab:
         self.apic_map = routing.ApicMap.identity()
         self._bars: dict[int, int] | None = None
         self.timings: dict[str, float] = {}
+        self.sentinel: Sentinel | None = None
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
@@ -49,24 +61,58 @@ class Lab:
                           kmod_dir=kmod_dir, agent=True, trace=self.trace)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
+        self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
+                                 qemu=self.machine.poll, device=self.device.poll,
+                                 qemu_log=self.machine.qemu_log,
+                                 device_log=self.device.stderr_log)
+        self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
         deadline = time.monotonic() + boot_timeout
         while True:
             try:
-                self.hello = self.agent_client.wait_event("hello", timeout=2)
+                self.hello = self.agent_client.wait_event("hello", timeout=1)
                 break
-            except WaitTimeout:
-                if not self.machine.is_running():
-                    raise self.machine.died("waiting for the guest agent's hello") from None
+            except (WaitTimeout, HostError, OSError):
+                self.guard()
                 if time.monotonic() > deadline:
-                    raise WaitTimeout("the guest agent's hello", boot_timeout,
-                                      "console:\n" + tail(self.machine.spec.console_log, 10)) from None
+                    self._no_answer(f"the guest agent's hello within {boot_timeout:g} s")
         self.timings["boot_to_agent_s"] = self.machine.elapsed()
         if self.hello.get("device") is None:
-            raise GuestAgentError("hello", self.hello.get("device_error") or
-                                  {"message": "the guest agent found no msixlab device"})
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, "the guest agent found no msixlab "
+                                "device: " + str(self.hello.get("device_error")),
+                                device_error=self.hello.get("device_error"))
+        if self.hello["device"].get("can_alloc_dyn") is False:
+            raise CouldNotJudge(Outcome.KERNEL_UNSUPPORTED,
+                                f"kernel {self.hello.get('kernel')} cannot allocate MSI-X "
+                                "vectors dynamically on this device (pci_msix_can_alloc_dyn() "
+                                "is false)", kernel=self.hello.get("kernel"))
+
+    # --- what ends a run early ----------------------------------------------------------
+    def _ended(self, ending: Exception) -> None:
+        """The sentinel found an ending: release whoever waits on the guest or device."""
+        self.agent_client.abort()
+        self.device.control.abort()
+
+    def guard(self) -> None:
+        """Raise the run's ending (a splat, a dead process, a device error), if any."""
+        if self.sentinel is not None:
+            ending = self.sentinel.check()
+            if ending is not None:
+                raise ending
+
+    def _no_answer(self, what: str) -> None:
+        """The guest did not answer: the kernel's failure once it started, else the rig's."""
+        self.guard()
+        console = tail(self.machine.spec.console_log, 10) if self.machine else ""
+        if self.sentinel is not None and self.sentinel.kernel_started:
+            raise GuestUnresponsive(f"the guest stopped answering: no {what}",
+                                    console_tail=console)
+        raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest never started: no {what}",
+                            console_tail=console)
 
     def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.stop()
         try:
             if self.machine is not None and self.machine.is_running():
                 try:
@@ -93,14 +139,47 @@ class Lab:
 
     # --- talking to the guest -----------------------------------------------------------
     def agent(self, cmd: str, timeout: float = 30.0, **args):
-        reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
+        """One guest agent request; returns its result.  A driver error is the kernel's
+        (``DriverCallFailed``, catch it where the scenario expects one); no answer is
+        classified by ``_no_answer``; an ending found meanwhile is raised instead."""
+        self.guard()
+        try:
+            reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
+        except (WaitTimeout, HostError, OSError) as err:
+            self.guard()
+            if isinstance(err, WaitTimeout):
+                self._no_answer(f"answer to {cmd!r} within {timeout:g} s")
+            raise
         if not reply.get("ok"):
-            raise GuestAgentError(cmd, reply.get("error", {}))
+            error = reply.get("error", {})
+            if error.get("source") == "driver":
+                raise DriverCallFailed(cmd, args, error.get("errno"), error.get("code"),
+                                       error.get("message", ""))
+            raise GuestAgentError(cmd, error)
         return reply["result"]
+
+    def device_command(self, cmd: str, **fields):
+        """A device control request, guarded like ``agent``."""
+        self.guard()
+        try:
+            return self.device.command(cmd, **fields)
+        except (WaitTimeout, HostError, OSError) as err:
+            if isinstance(err, DeviceControlError):
+                raise
+            self.guard()
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the device server's control "
+                                f"channel failed on {cmd!r}: {err}") from err
+
+    def wait_until(self, condition, timeout: float, what: str, detail=None):
+        """``msixlab_common.deadline.wait_until``, guarded: an ending raises at once."""
+        def guarded():
+            self.guard()
+            return condition()
+        return wait_until(guarded, timeout, what, detail=detail)
 
     # --- the three views ----------------------------------------------------------------
     def qemu_table(self) -> dict[int, dict]:
-        msix = self.device.state()["msix"]
+        msix = self.device_command("state")["msix"]
         if self._bars is None:
             self._bars = qemu_view.find_nic_bars(self.machine.qmp("query-pci"))
         base = self._bars[msix["table_bar"]] + msix["table_offset"]
@@ -108,7 +187,7 @@ class Lab:
 
     def snapshot(self) -> routing.Snapshot:
         guest = self.agent("routing")
-        device = self.device.state()["vectors"]
+        device = self.device_command("state")["vectors"]
         return routing.build_snapshot(guest=guest, qemu=self.qemu_table(), device=device,
                                       apic_map=self.apic_map)
 

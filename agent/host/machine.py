@@ -131,6 +131,10 @@ class Machine:
         """Seconds since QEMU was launched."""
         return time.monotonic() - self.launched_at
 
+    def poll(self) -> int | None:
+        """QEMU's exit code (negative: the signal that killed it), None while it runs."""
+        return None if self._proc is None else self._proc.poll()
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -1,16 +1,23 @@
-"""``msixlab run``: the main job on the default guest.
+"""``msixlab run``: the main job on the default guest, ending in one classified verdict.
 
-Concepts: build or find the image, bring up a lab, run the default scenario, write every
-artifact to ``results/<run-id>/`` (routing.json, console, QEMU and device logs, the
-guest's lspci, /proc/interrupts and dmesg), print the routing table, and exit with the
-verdict: 0 every check passed, 1 a check failed (named), 125 the run could not judge.
+Concepts: build or find the image, bring up a lab, run the default scenario, and turn
+however it ended into one ``RunVerdict`` (outcome.py): every declared check passed (0),
+the kernel under test misbehaved (1: a failed or not-judged check, a kernel splat, a
+driver error where success was needed, a guest that stopped answering), or the run could
+not judge (125, with the reason's class).  The verdict is computed before any artifact
+is written and survives a failure to write them.  Everything goes to
+``results/<run-id>/``: routing.json (with the verdict, every check result and the
+metadata), the console, QEMU's and the device's logs, and the guest's lspci, dmesg,
+/proc/interrupts and groups, as far as the guest could still give them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +28,17 @@ from images.build import ensure_image
 
 from . import accel as accel_mod
 from .device_server import DeviceServer
-from .errors import EXIT_INFRA, MsixlabError
+from .errors import MsixlabError
 from .kmod import kmod_dir
 from .lab import Lab
+from .outcome import Outcome, RunVerdict
 from .qemu_argv import build_argv
 from .report import render, write_routing_json
-from .scenario import Scenario
-from .session import RunDirs, guest_spec
+from .routing import Snapshot, Verdict
+from .scenario import PLAN, Scenario
+from .session import PROJECT_DIR, RunDirs, guest_spec
+
+log = logging.getLogger(__name__)
 
 
 def _dry_run(args, console: Console, image) -> int:
@@ -46,19 +57,69 @@ def _dry_run(args, console: Console, image) -> int:
     return 0
 
 
+GUEST_VIEWS = (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}),
+               ("interrupts.json", "interrupts", {}), ("groups.json", "list_groups", {}))
+
+
 def _save_guest_views(lab: Lab) -> None:
-    for name, cmd, args in (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}),
-                            ("interrupts.json", "interrupts", {}),
-                            ("groups.json", "list_groups", {})):
+    """Best effort: a guest that crashed gives nothing, and that is recorded."""
+    for name, cmd, args in GUEST_VIEWS:
         try:
-            result = lab.agent(cmd, **args)
-        except MsixlabError as err:
-            result = {"error": str(err)}
+            result = lab.agent(cmd, timeout=10, **args)
+        except Exception as err:     # the run's verdict is already decided
+            result = {"error": str(err).splitlines()[0] if str(err) else type(err).__name__}
         if name.endswith(".txt"):
             text = result.get("stdout") if "stdout" in result else "\n".join(result.get("lines", []))
             lab.save(name, (text or json.dumps(result)) + "\n")
         else:
             lab.save(name, json.dumps(result, indent=2) + "\n")
+
+
+def judge(scenario: Scenario, faults: list) -> RunVerdict:
+    """The verdict of a scenario that ran to its end (or stopped at a failed step)."""
+    results = list(scenario.results)
+    failed = tuple(r.label for r in results if r.verdict is Verdict.FAIL)
+    not_judged = sum(1 for r in results if r.summary == "declared but not judged")
+    counts = {"declared": sum(len(names) for _, names in PLAN),
+              "results": len(results),
+              "passed": sum(r.verdict is Verdict.PASS for r in results),
+              "failed": len(failed), "not_judged": not_judged,
+              "skipped": sum(r.verdict is Verdict.SKIP for r in results)}
+    if failed:
+        where = f" (stopped at step {scenario.stopped_at})" if scenario.stopped_at else ""
+        return RunVerdict(Outcome.CHECK_FAILED, f"{len(failed)} check(s) failed{where}: "
+                          + ", ".join(failed[:8]) + (" ..." if len(failed) > 8 else ""),
+                          failed, faults=tuple(faults), counts=counts)
+    if not counts["passed"]:
+        return RunVerdict(Outcome.INTERNAL_ERROR, "no check was judged", faults=tuple(faults),
+                          counts=counts)
+    return RunVerdict(Outcome.PASS, f"all {counts['passed']} check results passed, "
+                      f"every one of the {counts['declared']} declared checks judged",
+                      faults=tuple(faults), counts=counts)
+
+
+def _faults(lab: Lab) -> list:
+    try:
+        return list(lab.device.command("faults", timeout=3))
+    except Exception:                # a dead device server has no faults to report
+        return []
+
+
+def msixlab_commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PROJECT_DIR), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("-dirty" if dirty else "")
+
+
+def reproduce_command(args) -> str:
+    return shlex.join(["msixlab", "run", "--flavor", args.flavor, "--vectors",
+                       str(args.vectors), "--cpus", str(args.cpus)])
 
 
 def run_main_job(args, console: Console) -> int:
@@ -71,27 +132,50 @@ def run_main_job(args, console: Console) -> int:
                   f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors; "
                   f"results in {dirs.results}")
     started = time.monotonic()
+    lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus)
+    scenario = Scenario(lab, say=console.print)
+    final: Snapshot | None = None
+    with dirs:
+        try:
+            try:
+                lab.start()
+                console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
+                              f"(kernel {lab.hello.get('kernel')})")
+                final = scenario.run()
+                lab.guard()          # a splat while the last views were read
+                verdict = judge(scenario, _faults(lab))
+            except BaseException as err:   # classified, never lost (Ctrl-C included)
+                verdict = RunVerdict.from_error(err, _faults(lab))
+                if verdict.outcome is Outcome.INTERNAL_ERROR:
+                    log.exception("internal error")
+            if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
+                _save_guest_views(lab)
+        finally:
+            lab.stop()
+    metadata = {
+        "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
+        "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
+        "cpus": args.cpus, "device": lab.hello.get("device"),
+        "timings": {k: round(v, 3) for k, v in lab.timings.items()},
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "steps": scenario.steps, "groups": scenario.groups,
+        "msixlab_commit": msixlab_commit(), "seed": 0,
+        "reproduce": reproduce_command(args),
+    }
+    return _finish(console, dirs, verdict, final, scenario, metadata, lab)
+
+
+def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapshot | None,
+            scenario: Scenario, metadata: dict, lab: Lab) -> int:
+    """Print the verdict, then write routing.json; a write failure is reported and keeps
+    the verdict's exit code (the kernel was judged; only its record is incomplete)."""
+    snapshot = final or Snapshot(()).with_checks([])
+    render(console, snapshot, verdict, scenario.results)
     try:
-        with dirs, Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors,
-                       cpus=args.cpus) as lab:
-            console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
-                          f"(kernel {lab.hello.get('kernel')})")
-            scenario = Scenario(lab, say=console.print)
-            final = scenario.run()
-            _save_guest_views(lab)
-            metadata = {
-                "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
-                "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
-                "cpus": args.cpus, "device": lab.hello.get("device"),
-                "timings": {k: round(v, 3) for k, v in lab.timings.items()},
-                "wall_seconds": round(time.monotonic() - started, 3),
-                "steps": scenario.steps, "groups": scenario.groups,
-            }
-            write_routing_json(dirs.results / "routing.json", final, metadata, lab.apic_map)
-    except MsixlabError as err:
-        console.print(f"[red]could not judge:[/] {err}")
-        console.print(f"artifacts: {dirs.results}")
-        return getattr(err, "exit_code", EXIT_INFRA)
-    status = render(console, final)
-    console.print(f"wall time {time.monotonic() - started:.1f} s; routing.json and logs in {dirs.results}")
-    return status.code
+        write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
+                           verdict=verdict, results=scenario.results)
+    except OSError as err:
+        console.print(f"[red]could not write routing.json ({err.strerror or err}); the verdict "
+                      f"above stands[/]")
+    console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
+    return verdict.exit_code

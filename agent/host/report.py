@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.host.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, HostError
+from agent.host.outcome import RunVerdict
 from agent.host.routing import (
     ApicMap,
     CheckResult,
@@ -56,6 +57,10 @@ _SHORT_NAMES = {
     "freed_index_reused": "reuse",
     "affinity_honoured": "affinity",
     "kernel_irq_view_agrees": "kernel",
+    "counts_match_raises": "count",
+    "device_counters_match": "device",
+    "requested_affinity_honoured": "asked-cpu",
+    "raise_held_while_function_masked": "maskall",
 }
 _VERDICT_STYLE = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.SKIP: "dim"}
 
@@ -116,30 +121,43 @@ def checks_summary(results: Iterable[CheckResult]) -> dict[str, Any]:
 
 
 def routing_document(snapshot: Snapshot, metadata: Mapping[str, Any],
-                     apic_map: ApicMap | None = None) -> dict[str, Any]:
-    """The routing.json document for a snapshot whose records carry their checks."""
-    return {
+                     apic_map: ApicMap | None = None, *, verdict: RunVerdict | None = None,
+                     results: Iterable[CheckResult] | None = None) -> dict[str, Any]:
+    """The routing.json document: the records (each with its per-vector checks), every
+    check result (``results``, table-wide ones included, each naming its step), their
+    summary and the run's verdict."""
+    results = list(snapshot.results() if results is None else results)
+    document = {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
         "metadata": dict(metadata),
         "apic_map": (apic_map or ApicMap.identity()).to_dict(),
         "records": [record.to_dict() for record in snapshot.records],
-        "checks": checks_summary(snapshot.results()),
+        "results": [result.to_dict() for result in results],
+        "checks": checks_summary(results),
     }
+    if verdict is not None:
+        document["verdict"] = verdict.to_dict()
+    return document
 
 
 def write_routing_json(path: Path, snapshot: Snapshot, metadata: Mapping[str, Any],
-                       apic_map: ApicMap | None = None) -> Path:
+                       apic_map: ApicMap | None = None, *, verdict: RunVerdict | None = None,
+                       results: Iterable[CheckResult] | None = None) -> Path:
     """Write routing.json atomically (temporary file, then rename); return its path."""
     path = Path(path)
-    text = json.dumps(routing_document(snapshot, metadata, apic_map), indent=2) + "\n"
+    text = json.dumps(routing_document(snapshot, metadata, apic_map, verdict=verdict,
+                                       results=results), indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise
     log.info("wrote %s (%d records)", path, len(snapshot.records))
     return path
@@ -266,16 +284,30 @@ def routing_table(snapshot: Snapshot, show_all: bool = False,
     return table
 
 
-def render(console: Console, snapshot: Snapshot, show_all: bool = False) -> ExitStatus:
-    """Print the table, each failure's summary, and the verdict line; return the
-    exit status."""
-    console.print(routing_table(snapshot, show_all))
-    results = snapshot.results()
+def render(console: Console, snapshot: Snapshot, verdict: RunVerdict | None = None,
+           results: Iterable[CheckResult] | None = None, show_all: bool = False) -> int:
+    """Print the table, each failure's summary, and the verdict line; return the exit
+    code (the verdict's, or judged from the snapshot's checks when none is given)."""
+    if snapshot.records:
+        console.print(routing_table(snapshot, show_all))
+    results = list(snapshot.results() if results is None else results)
     for result in results:
         if result.verdict is Verdict.FAIL:
-            console.print(Text(f"FAIL {result.name}[{result.index}]: {result.summary}",
-                               style="red"))
-    status = exit_status(results)
-    style = {EXIT_PASS: "bold green", EXIT_FAIL: "bold red"}.get(status.code, "bold yellow")
-    console.print(Text(f"exit {status.code}: {status.message}", style=style))
-    return status
+            console.print(Text(f"FAIL {result.label}: {result.summary}", style="red"))
+    if verdict is None:
+        status = exit_status(results)
+        code, line = status.code, f"exit {status.code}: {status.message}"
+    else:
+        code = verdict.exit_code
+        counts = verdict.counts
+        if counts:
+            console.print(f"declared {counts.get('declared')} checks; {counts.get('passed')} "
+                          f"results passed, {counts.get('failed')} failed "
+                          f"({counts.get('not_judged')} not judged)")
+        for fault in verdict.faults:
+            console.print(Text(f"device fault armed on purpose: {json.dumps(fault)}",
+                               style="yellow"))
+        line = f"exit {code} ({verdict.outcome}): {verdict.summary}"
+    style = {EXIT_PASS: "bold green", EXIT_FAIL: "bold red"}.get(code, "bold yellow")
+    console.print(Text(line, style=style))
+    return code

@@ -99,17 +99,26 @@ class Verdict(enum.StrEnum):
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One check's verdict on one vector; evidence says what was seen when it failed."""
+    """One check's verdict on one vector (``index``), or on the whole table or a group
+    (``index`` None); ``step`` is the scenario step that ran it; evidence says what was
+    seen when it failed."""
 
     name: str
-    index: int
+    index: int | None
     verdict: Verdict
     summary: str = ""
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    step: str = ""
+
+    @property
+    def label(self) -> str:
+        """``step/name[index]``, the name a failure is reported under."""
+        where = "" if self.index is None else f"[{self.index}]"
+        return f"{self.step + '/' if self.step else ''}{self.name}{where}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "index": self.index, "verdict": str(self.verdict),
-                "summary": self.summary, "evidence": dict(self.evidence)}
+                "summary": self.summary, "evidence": dict(self.evidence), "step": self.step}
 
 
 @dataclass(frozen=True)
@@ -419,7 +428,7 @@ def record_from_dict(raw: Mapping[str, Any], apic_map: ApicMap | None = None) ->
         guest = {**guest, "group": raw.get("group"), "irq": raw.get("irq")}
     record = build_record(index, guest, raw.get("qemu"), raw.get("device"), apic_map)
     checks = tuple(CheckResult(c["name"], c["index"], Verdict(c["verdict"]),
-                               c.get("summary", ""), c.get("evidence", {}))
+                               c.get("summary", ""), c.get("evidence", {}), c.get("step", ""))
                    for c in raw.get("checks", ()))
     return replace(record, checks=checks)
 
@@ -443,7 +452,8 @@ class Snapshot:
         """A copy with each result appended to its index's record."""
         by_index: dict[int, list[CheckResult]] = {}
         for result in results:
-            by_index.setdefault(result.index, []).append(result)
+            if result.index is not None:      # table-wide results belong to no record
+                by_index.setdefault(result.index, []).append(result)
         unknown = set(by_index) - {record.index for record in self.records}
         if unknown:
             raise ValueError(f"check results for indices with no record: {sorted(unknown)}")

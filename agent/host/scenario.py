@@ -1,20 +1,33 @@
-"""The default scenario: groups of vectors allocated, raised, freed and reused, checked.
+"""The default scenario: groups of vectors allocated, raised, masked, moved, freed, reused
+and exhausted, every step checked against the ledger.
 
-Concepts: a scenario drives the lab through steps and collects ``CheckResult``s; each
-step is logged with its wall time.  Snapshots (the three views of every vector) are taken
-only when the device is quiet: after each raise the scenario waits, bounded, until the
-guest has counted it (or, for a freed vector, until it is clear nothing arrives), so each
-check sees exactly the effect of one action.
+Concepts: a scenario is a list of steps (``PLAN``), each declaring up front the checks it
+runs.  The ``Ledger`` (ledger.py) keeps what the scenario asked for and did; after every
+step ``_account`` compares every view with it: the driver's live vectors, QEMU's unmasked
+entries and the kernel's msi_irqs against the expected set, every owner's count against
+the raises made (nothing lost, duplicated or spurious), the device's counters and the
+guest-visible PBA against what the device should have done.  A step raises all its
+vectors at once and waits for all of them under one deadline; a wait that expires is
+not an error of the run, the checks that follow judge what arrived.  The first step with
+a failed check ends the scenario (fail fast); a declared check that did not run is a
+failure, "not judged", unless an earlier failure ended the run.
 
-The default plan on an N-entry table: group A (4 vectors, any index), group B (2, any
-index, affine to the last CPU), group C (3, from the explicit index N-4; index N-4 is
-raised *before* C exists, so it must wait pending and arrive once at allocation), group D
-(2..8, any).  Every vector, group 0 included, is raised once from the device and once by
-the guest through the ICS doorbell.  Then B (a middle group) is freed, its indices raised
-(nothing may arrive), and a new group E of B's size must reuse B's indices; the raise
-each index got while freed was held pending behind the mask and must reach E's vector
-exactly once.  Last, the kernel's own view of every IRQ (hwirq, msi_irqs, effective
-affinity, per-CPU counts) must agree with the driver's.
+The plan on an N-entry table (N >= 24, E = N - 4):
+pending-before-alloc: raise E while nothing owns it: the device holds it (PBA bit).
+alloc: A (4, any index), B (2, any, CPU = last), C (3, from E: E's raise arrives once),
+    D (2..8, any); each exactly as asked, with a fresh group id.
+raise-device / raise-doorbell: every live vector raised from the device, then by the
+    guest through the ICS doorbell: each counted once, on the CPU its message names.
+function-mask: MASKALL set, one vector raised: held pending, nothing delivered; MASKALL
+    cleared: delivered exactly once.
+affinity-change: one of A's vectors moved to another CPU through /proc/irq/N: the
+    driver's cached message and QEMU's table take the new destination, a raise lands there.
+free-and-reuse: B freed and its indices raised (QEMU holds them behind the mask, nothing
+    arrives); E' of B's size reuses B's indices and gets each held raise exactly once.
+exhaustion: groups of 8 until ENOSPC (a group whose min cannot be met leaves the table
+    exactly as it was), the rest taken, everything freed, a group F (4, CPU = last)
+    allocated and raised.
+final: the kernel's own view of every vector (sysfs, procfs) agrees with the driver's.
 """
 
 from __future__ import annotations
@@ -24,141 +37,351 @@ import logging
 import time
 from typing import Callable
 
-from . import checks
-from .errors import GuestAgentError, HostError
-from .lab import Lab
-from .routing import CheckResult, Snapshot, Verdict, pba_pending_indices
+from . import accounting, checks
+from .errors import HostError, WaitTimeout
+from .ledger import GroupRequest, Ledger
+from .outcome import DriverCallFailed
+from .routing import CheckResult, Snapshot, Verdict
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
-SETTLE_S = 0.5          # how long a freed vector is watched for a stray delivery
-COUNT_TIMEOUT_S = 10.0  # how long a raise may take to be counted
+STEP_TIMEOUT_S = 5.0     # how long one step's raises may take to be counted, all together
+QUIET_S = 0.2            # how long a vector that must receive nothing is watched
+DOORBELL_WAIT_MS = 50    # the driver's own wait per doorbell raise (the step waits after)
+MIN_TABLE = 24
+
+ACCOUNT = ("live_vectors_match_driver", "live_vectors_match_qemu_table", "msi_irqs_match_driver",
+           "counts_match_raises", "device_counters_match", "irq_total_matches",
+           "pba_matches_pending")
+RECORD = ("cached_msg_matches_table", "destination_matches_affinity", "affinity_honoured")
+GROUP = ("group_allocated_as_requested", "group_id_unique")
+
+PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pending-before-alloc", ("device_counters_match", "irq_total_matches", "pba_matches_pending")),
+    ("alloc", GROUP + ("pending_delivered_after_alloc", "requested_affinity_honoured")
+     + RECORD + ACCOUNT),
+    ("raise-device", ("raise_counted_once_on_cpu",) + ACCOUNT),
+    ("raise-doorbell", ("doorbell_raise_counted_once_on_cpu",) + ACCOUNT),
+    ("function-mask", ("raise_held_while_function_masked", "raise_counted_once_on_cpu")
+     + ACCOUNT),
+    ("affinity-change", ("requested_affinity_honoured", "cached_msg_matches_table",
+                         "raise_counted_once_on_cpu") + ACCOUNT),
+    ("free-and-reuse", ("freed_entry_masked_and_cleared", "freed_index_reused",
+                        "freed_raise_delivered_once_on_reuse") + GROUP + RECORD + ACCOUNT),
+    ("exhaustion", ("exhausted_with_enospc", "failed_alloc_leaves_table_unchanged",
+                    "raise_counted_once_on_cpu") + GROUP + ACCOUNT),
+    ("final", ("kernel_irq_view_agrees", "requested_affinity_honoured") + RECORD + ACCOUNT),
+)
 
 
 class Scenario:
-    def __init__(self, lab: Lab, say: Say = lambda text: log.info("%s", text)):
+    """The default scenario against a started ``Lab``; ``run()`` returns the final
+    snapshot carrying every per-vector result, ``results`` holds them all."""
+
+    def __init__(self, lab, say: Say = lambda text: log.info("%s", text)):
         self.lab = lab
         self.say = say
         self.results: list[CheckResult] = []
         self.steps: list[dict] = []
         self.groups: dict[str, dict] = {}
+        self.ledger: Ledger | None = None
+        self.step = ""
+        self.stopped_at: str | None = None
 
-    # --- helpers ------------------------------------------------------------------------
-    def _step(self, name: str, started: float, **detail) -> None:
-        self.steps.append({"step": name, "seconds": round(time.monotonic() - started, 3), **detail})
-
-    def _total(self, index: int) -> int:
-        return self.lab.agent("vector", index=index)["total"]
-
-    def _wait_total(self, index: int, want: int, timeout: float = COUNT_TIMEOUT_S) -> bool:
-        """Wait, bounded, until the guest counted ``index`` ``want`` times.  A timeout is
-        not an error here: the check that follows judges what arrived (a lost interrupt
-        is a failed check, exit 1, not a run that could not judge)."""
-        deadline = time.monotonic() + timeout
-        while (total := self._total(index)) < want:
-            if time.monotonic() > deadline:
-                log.warning("vector %d: the guest counted %d, waited %g s for %d",
-                            index, total, timeout, want)
-                return False
-            time.sleep(0.02)
-        return True
-
-    def _alloc(self, label: str, **args) -> dict:
-        started = time.monotonic()
-        group = self.lab.agent("alloc_group", **args)
-        self.groups[label] = group
-        self._step(f"alloc {label}", started, args=args, group=group["group"],
-                   vectors=group["indices"])
-        self.say(f"allocated group {label} (id {group['group']}): vectors {group['indices']}")
-        return group
-
+    # --- bookkeeping -----------------------------------------------------------------------
     def _add(self, results) -> None:
         for result in results if isinstance(results, list) else [results]:
+            result = dataclasses.replace(result, step=self.step)
             self.results.append(result)
             if result.verdict is Verdict.FAIL:
-                self.say(f"[red]FAIL[/] {result.name}[{result.index}]: {result.summary}")
+                self.say(f"[red]FAIL[/] {result.label}: {result.summary}")
 
-    # --- the raises ---------------------------------------------------------------------
-    def raise_each(self, indices: list[int], before: Snapshot) -> Snapshot:
-        """Raise each index from the device, then from the guest's doorbell; check both."""
+    def failed(self) -> bool:
+        return any(r.verdict is Verdict.FAIL for r in self.results)
+
+    def not_judged(self) -> list[CheckResult]:
+        """A failure for every declared check of a step that ran none of it."""
+        missing = []
+        for step, names in PLAN:
+            ran = {r.name for r in self.results if r.step == step and r.verdict is not Verdict.SKIP}
+            for name in names:
+                if name not in ran:
+                    missing.append(CheckResult(name, None, Verdict.FAIL, "declared but not judged",
+                                               {}, step))
+        return missing
+
+    # --- the guest's views --------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return self.lab.snapshot()
+
+    def _counts(self, snap: Snapshot) -> dict[int, int]:
+        return {r.index: r.guest.total for r in snap.allocated()}
+
+    def _wait_counts(self, want: dict[int, int], what: str) -> Snapshot:
+        """Wait, under one deadline, until every index in ``want`` counted at least that
+        many; return the snapshot then (or at the deadline: the checks judge it)."""
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while True:
+            counts = {v["index"]: sum(v["counts"]) for v in self.lab.agent("routing")}
+            short = {i: counts.get(i, 0) for i, n in want.items() if counts.get(i, 0) < n}
+            if not short or time.monotonic() > deadline:
+                if short:
+                    log.warning("%s: after %g s, still short: %s", what, STEP_TIMEOUT_S, short)
+                return self.snapshot()
+            self.lab.guard()
+            time.sleep(0.01)
+
+    def _account(self, snap: Snapshot | None = None) -> Snapshot:
+        """After every step: every view against the ledger."""
+        snap = snap or self.snapshot()
+        self._add(accounting.live_set_checks(self.ledger, snap, self._msi_irqs()))
+        self._add(accounting.counts_match_raises(self.ledger, snap))
+        self._add(accounting.device_counters_match(self.ledger, self.lab.device_command("state")))
+        self._add(accounting.pba_matches_pending(self.ledger, self._pba()))
+        return snap
+
+    def _msi_irqs(self) -> list[int] | None:
+        return [entry["irq"] for entry in self.lab.agent("msi_irqs")["irqs"]]
+
+    def _pba(self) -> list[int]:
+        return self.lab.agent("read_pba")["pending"]
+
+    def _device_raise(self, indices: list[int]) -> None:
+        eventfds = {v["index"]: v["eventfd"] for v in self.lab.device_command("state")["vectors"]}
+        self.lab.device_command("raise", vectors=list(indices))
         for index in indices:
-            total = self._total(index)
-            self.lab.device.raise_vectors([index])
-            self._wait_total(index, total + 1)
-            after = self.lab.snapshot()
-            self._add(checks.raise_counted_once_on_cpu(before, after, index, 1))
-            before = after
-            try:
-                self.lab.agent("raise", index=index, timeout_ms=int(COUNT_TIMEOUT_S * 1000))
-            except GuestAgentError as err:
-                if err.code != "ETIMEDOUT":
-                    raise
-                log.warning("vector %d: the doorbell raise was not counted in time", index)
-            after = self.lab.snapshot()
-            result = checks.raise_counted_once_on_cpu(before, after, index, 1)
-            self._add(dataclasses.replace(result, name="doorbell_raise_counted_once_on_cpu"))
-            before = after
-        return before
+            self.ledger.raised(index, has_eventfd=eventfds.get(index, False))
 
-    def raise_freed(self, indices: list[int], before: Snapshot) -> Snapshot:
-        for index in indices:
-            self.lab.device.raise_vectors([index])
-            time.sleep(SETTLE_S)
-            after = self.lab.snapshot()
-            self._add(checks.freed_entry_masked_and_cleared(before, after, index, 1))
-            before = after
-        return before
+    def _alloc(self, label: str, **args) -> GroupRequest:
+        live_before, ids_before = self.ledger.live(), self.ledger.ids_in_use()
+        group = self.lab.agent("alloc_group", **args)
+        request = GroupRequest(label, group["group"], tuple(group["indices"]), args["min"],
+                               args["max"], args.get("start"), args.get("cpu"),
+                               args.get("managed", False))
+        self._add(accounting.group_allocated_as_requested(request, live_before,
+                                                          self.ledger.table_size))
+        self._add(accounting.group_id_unique(request, ids_before, self.ledger.retired_ids))
+        if self.ledger.live() & set(request.indices):
+            raise HostError(f"cannot account for group {label}: it got live indices "
+                            f"{request.indices}")      # judged above; the ledger cannot go on
+        self.ledger.allocated(request)
+        self.groups[label] = {**group, "request": args}
+        self.say(f"allocated group {label} (id {group['group']}): vectors {group['indices']}")
+        return request
 
-    # --- the plan -----------------------------------------------------------------------
+    def _free(self, label: str, request: GroupRequest) -> None:
+        self.lab.agent("free_group", group=request.group)
+        self.ledger.freed(request.group)
+        self.groups[label]["freed"] = True
+
+    # --- running ---------------------------------------------------------------------------
     def run(self) -> Snapshot:
-        size = self.lab.device.state()["msix"]["table_size"]
-        if size < 24:
-            raise HostError(f"the default scenario needs a table of at least 24 vectors, not {size}")
-        last_cpu = self.lab.cpus - 1
-        early = size - 4
-
-        started = time.monotonic()
-        self.lab.device.raise_vectors([early])
-        pending = self.lab.snapshot()
-        pba = pba_pending_indices(self.lab.agent("read_pba")["words"])
-        self._step("raise before allocation", started, index=early)
-        self.say(f"raised unallocated vector {early}: device pending, PBA {sorted(pba)}")
-
-        self._alloc("A", min=4, max=4)
-        b = self._alloc("B", min=2, max=2, cpu=last_cpu)
-        self._alloc("C", min=3, max=3, start=early)
-        self._wait_total(early, 1)
-        after_c = self.lab.snapshot()
-        self._add(checks.pending_delivered_after_alloc(pending, after_c, early, pba))
-        self._alloc("D", min=2, max=8)
-
-        started = time.monotonic()
-        snap = self.lab.snapshot()
-        self._add(checks.record_checks(snap))
-        allocated = [r.index for r in snap.allocated()]
-        snap = self.raise_each(allocated, snap)
-        self._step("raise every vector (device, doorbell)", started, vectors=allocated)
-        self.say(f"raised {len(allocated)} vectors from the device and from the guest")
-
-        started = time.monotonic()
-        self.lab.agent("free_group", group=b["group"])
-        freed = self.raise_freed(b["indices"], self.lab.snapshot())
-        self._step("free B and raise its indices", started, vectors=b["indices"])
-        self.say(f"freed group B, raised its indices {b['indices']}")
-
-        e = self._alloc("E", min=len(b["indices"]), max=len(b["indices"]))
-        self._add(self.index_reused(b["indices"], e["indices"]))
-        time.sleep(SETTLE_S)     # let what QEMU held pending for these entries land
-        snap = self.lab.snapshot()
-        for index in e["indices"]:
-            held = 1 if index in b["indices"] else 0
-            self._add(checks.freed_raise_delivered_once_on_reuse(freed, snap, index, held))
-        self._add(checks.record_checks(snap))
-        snap = self.raise_each(e["indices"], snap)
-        for record in snap.allocated():
-            sysfs = self.lab.agent("irq_sysfs", irq=record.irq)
-            self._add(checks.kernel_irq_view_agrees(record, sysfs))
+        size = self.lab.device_command("state")["msix"]["table_size"]
+        if size < MIN_TABLE:
+            raise HostError(f"the default scenario needs a table of at least {MIN_TABLE} "
+                            f"vectors, not {size}")
+        self.ledger = Ledger(size, self.lab.cpus)
+        snap = None
+        for step, _ in PLAN:
+            self.step = step
+            started = time.monotonic()
+            snap = getattr(self, "step_" + step.replace("-", "_"))()
+            self.steps.append({"step": step, "seconds": round(time.monotonic() - started, 3)})
+            if self.failed():
+                self.stopped_at = step
+                self.say(f"[red]step {step} failed: stopping the scenario[/]")
+                break
+        else:
+            self._add_missing()
         return snap.with_checks(self.results)
+
+    def _add_missing(self) -> None:
+        self.step = ""
+        for result in self.not_judged():
+            self.results.append(result)
+            self.say(f"[red]FAIL[/] {result.label}: declared but not judged")
+
+    # --- the steps -------------------------------------------------------------------------
+    def step_pending_before_alloc(self) -> Snapshot:
+        self.early = self.ledger.table_size - 4
+        self._device_raise([self.early])
+        self.pending_snap = self.snapshot()
+        self.pending_pba = set(self._pba())
+        self._add(accounting.device_counters_match(self.ledger, self.lab.device_command("state")))
+        self._add(accounting.pba_matches_pending(self.ledger, self.pending_pba))
+        self.say(f"raised unallocated vector {self.early}: PBA {sorted(self.pending_pba)}")
+        return self.pending_snap
+
+    def step_alloc(self) -> Snapshot:
+        last_cpu = self.lab.cpus - 1
+        self.a = self._alloc("A", min=4, max=4)
+        self.b = self._alloc("B", min=2, max=2, cpu=last_cpu)
+        self.c = self._alloc("C", min=3, max=3, start=self.early)
+        self.d = self._alloc("D", min=2, max=8)
+        snap = self._wait_counts({self.early: 1}, "the pending raise of the explicit index")
+        self._add(checks.pending_delivered_after_alloc(self.pending_snap, snap, self.early,
+                                                       self.pending_pba))
+        self._add(checks.record_checks(snap))
+        self._add(accounting.requested_affinity_honoured(self.ledger, snap))
+        return self._account(snap)
+
+    def _raise_all(self, doorbell: bool) -> Snapshot:
+        before = self.snapshot()
+        live = sorted(self.ledger.live())
+        counts = self._counts(before)
+        if doorbell:
+            for index in live:
+                try:
+                    self.lab.agent("raise", index=index, timeout_ms=DOORBELL_WAIT_MS)
+                except DriverCallFailed as err:
+                    if err.code != "ETIMEDOUT":
+                        raise
+                self.ledger.raised(index, has_eventfd=True, doorbell=True)
+        else:
+            self._device_raise(live)
+        after = self._wait_counts({i: counts.get(i, 0) + 1 for i in live},
+                                  f"{len(live)} raises")
+        name = "doorbell_raise_counted_once_on_cpu" if doorbell else "raise_counted_once_on_cpu"
+        for index in live:
+            result = checks.raise_counted_once_on_cpu(before, after, index, 1, strays=False)
+            self._add(dataclasses.replace(result, name=name))
+        self.say(f"raised {len(live)} vectors from the {'guest doorbell' if doorbell else 'device'}")
+        return self._account(after)
+
+    def step_raise_device(self) -> Snapshot:
+        return self._raise_all(doorbell=False)
+
+    def step_raise_doorbell(self) -> Snapshot:
+        return self._raise_all(doorbell=True)
+
+    def step_function_mask(self) -> Snapshot:
+        index = self.a.indices[0]
+        self.lab.agent("function_mask", masked=True)
+        self.ledger.function_mask(True)
+        before = self.snapshot()
+        self._device_raise([index])
+        try:
+            held = self.lab.wait_until(
+                lambda: self.lab.device_command("state")["vectors"][index]["pending"],
+                STEP_TIMEOUT_S, f"the device to hold vector {index} pending behind MASKALL")
+        except WaitTimeout:
+            held = False
+        time.sleep(QUIET_S)
+        masked = self.snapshot()
+        pba = set(self._pba())
+        problems = []
+        grew = masked.get(index).guest.total - before.get(index).guest.total
+        if grew:
+            problems.append(f"counted {grew} while the function was masked")
+        if index not in pba:
+            problems.append(f"PBA bit {index} not set while masked: PBA {sorted(pba)}")
+        if not held:
+            problems.append("the device did not hold the raise pending")
+        self._add(CheckResult("raise_held_while_function_masked", index,
+                              Verdict.FAIL if problems else Verdict.PASS, "; ".join(problems),
+                              {"pba": sorted(pba), "grew": grew} if problems else {}))
+        self.lab.agent("function_mask", masked=False)
+        self.ledger.function_mask(False)
+        after = self._wait_counts({index: before.get(index).guest.total + 1},
+                                  f"vector {index} after MASKALL cleared")
+        self._add(checks.raise_counted_once_on_cpu(masked, after, index, 1, device=False))
+        return self._account(after)
+
+    def step_affinity_change(self) -> Snapshot:
+        index = self.a.indices[1]
+        before = self.snapshot()
+        current = checks.target_cpu(before.get(index))
+        target = (current + 1) % self.lab.cpus if current is not None else self.lab.cpus - 1
+        self.lab.agent("set_affinity", index=index, cpus=[target])
+        self.ledger.retarget(index, target)
+        moved = self.snapshot()
+        self._add(accounting.requested_affinity_honoured(self.ledger, moved))
+        self._add(checks.cached_msg_matches_table(moved.get(index)))
+        self._device_raise([index])
+        after = self._wait_counts({index: moved.get(index).guest.total + 1},
+                                  f"vector {index} on CPU {target}")
+        self._add(checks.raise_counted_once_on_cpu(moved, after, index, 1))
+        self.say(f"moved vector {index} from CPU {current} to CPU {target}")
+        return self._account(after)
+
+    def step_free_and_reuse(self) -> Snapshot:
+        freed = list(self.b.indices)
+        self._free("B", self.b)
+        before = self.snapshot()
+        self._device_raise(freed)
+        time.sleep(QUIET_S)
+        held = self.snapshot()
+        for index in freed:
+            self._add(checks.freed_entry_masked_and_cleared(before, held, index, 1))
+        self.say(f"freed group B, raised its indices {freed}")
+        e = self._alloc("E", min=len(freed), max=len(freed))
+        self._add(Scenario.index_reused(freed, list(e.indices)))
+        expected = self.ledger.expected_counts()
+        snap = self._wait_counts({i: expected[i] for i in e.indices}, "the held raises at reuse")
+        for index in e.indices:
+            self._add(checks.freed_raise_delivered_once_on_reuse(
+                held, snap, index, 1 if index in freed else 0))
+        self._add(checks.record_checks(snap))
+        return self._account(snap)
+
+    def step_exhaustion(self) -> Snapshot:
+        labels, size = [], self.ledger.table_size
+        while len(self.ledger.live()) + 8 <= size:
+            labels.append(self._alloc(f"X{len(labels)}", min=8, max=8))
+        before = self.snapshot()
+        free = size - len(self.ledger.live())
+        self._expect_enospc(f"X{len(labels)}", min=free + 1, max=free + 1)
+        after = self.snapshot()
+        self._add(self._unchanged(before, after))
+        if free:
+            labels.append(self._alloc(f"X{len(labels)}", min=1, max=free))
+        self._expect_enospc("full", min=1, max=1)
+        self.say(f"exhausted the table: {len(self.ledger.live())} vectors live")
+        for label, group in list(self.groups.items()):
+            if not group.get("freed") and label != "static":
+                self._free(label, self.ledger.groups[group["group"]])
+        self._account()
+        again = self._alloc("F", min=4, max=4, cpu=self.lab.cpus - 1)
+        before = self.snapshot()
+        self._device_raise(list(again.indices))
+        after = self._wait_counts({i: 1 for i in again.indices}, "the reallocated group")
+        for index in again.indices:
+            self._add(checks.raise_counted_once_on_cpu(before, after, index, 1, strays=False))
+        return self._account(after)
+
+    def _expect_enospc(self, label: str, **args) -> None:
+        try:
+            group = self.lab.agent("alloc_group", **args)
+        except DriverCallFailed as err:
+            ok = err.code == "ENOSPC"
+            self._add(CheckResult("exhausted_with_enospc", None,
+                                  Verdict.PASS if ok else Verdict.FAIL,
+                                  "" if ok else f"failed with {err.code}, expected ENOSPC",
+                                  {} if ok else {"args": args, "code": err.code}))
+            return
+        self._add(CheckResult("exhausted_with_enospc", None, Verdict.FAIL,
+                              f"allocation {args} succeeded with no room left: {group['indices']}",
+                              {"args": args, "group": group}))
+        self.lab.agent("free_group", group=group["group"])
+
+    @staticmethod
+    def _unchanged(before: Snapshot, after: Snapshot) -> CheckResult:
+        """A failed allocation left every table entry and every vector as it was."""
+        changed = [r.index for r in after.records
+                   if (b := before.get(r.index)) is None or b.qemu != r.qemu or b.irq != r.irq]
+        return CheckResult("failed_alloc_leaves_table_unchanged", None,
+                           Verdict.FAIL if changed else Verdict.PASS,
+                           f"entries {changed} changed" if changed else "",
+                           {"changed": changed} if changed else {})
+
+    def step_final(self) -> Snapshot:
+        snap = self.snapshot()
+        for record in snap.allocated():
+            self._add(checks.kernel_irq_view_agrees(record, self.lab.agent("irq_sysfs",
+                                                                           irq=record.irq)))
+        self._add(checks.record_checks(snap))
+        self._add(accounting.requested_affinity_honoured(self.ledger, snap))
+        return self._account(snap)
 
     @staticmethod
     def index_reused(freed: list[int], new: list[int]) -> list[CheckResult]:

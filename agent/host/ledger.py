@@ -1,0 +1,172 @@
+"""The ledger: what the scenario asked for and did, so checks judge against the request.
+
+Concepts owned here:
+- The *expected set*.  Live vectors are index 0 (the driver's static vector, group 0)
+  plus the indices of every live group, as the allocation replies gave them; the ledger
+  never learns them from a read-out, so a read-out that omits a vector cannot shrink
+  what is judged.
+- *Requests*.  Each live group keeps what was asked (min, max, explicit start, CPU), so
+  "C is [60, 61, 62]" and "B's vectors target CPU 1" are judged against the request.
+- *Counts*.  For every index: how many raises the device saw (device or doorbell), how
+  many it should have delivered, whether it should hold one pending, and how many
+  interrupts the guest vector now owning the index should have counted.  A raise of an
+  index whose device entry can deliver (an eventfd, MSI-X not function-masked) is
+  delivered; otherwise it is held pending, once, and delivered when the index gets an
+  eventfd or the function mask clears.  A raise QEMU holds behind its own mask (a freed
+  index still holding its eventfd) reaches the index's next owner exactly once.
+- Pure data and arithmetic: no I/O, deterministic, unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+class LedgerError(ValueError):
+    """The scenario asked the ledger for something impossible (a bug in the scenario)."""
+
+
+@dataclass(frozen=True)
+class GroupRequest:
+    label: str
+    group: int
+    indices: tuple[int, ...]
+    min: int
+    max: int
+    start: int | None = None
+    cpu: int | None = None
+    managed: bool = False
+
+
+@dataclass
+class IndexAccount:
+    raised: int = 0          # raises the device saw for the index (whole run)
+    delivered: int = 0       # eventfd writes the device should have made
+    pending: bool = False    # the device should hold one raise pending (PBA bit set)
+    qemu_held: bool = False  # QEMU holds one behind its mask for the next owner
+    counted: int = 0         # interrupts the current owner's handler should have counted
+
+
+@dataclass
+class Ledger:
+    table_size: int
+    cpus: int
+    groups: dict[int, GroupRequest] = field(default_factory=dict)
+    accounts: dict[int, IndexAccount] = field(default_factory=dict)
+    function_masked: bool = False
+    retired_ids: set[int] = field(default_factory=set)
+    moved: dict[int, int] = field(default_factory=dict)   # index -> CPU it was moved to
+    doorbell_raises: int = 0   # what the device's IRQ_TOTAL register counts
+
+    def __post_init__(self) -> None:
+        self.accounts = {i: IndexAccount() for i in range(self.table_size)}
+        self.groups.setdefault(0, GroupRequest("static", 0, (0,), 1, 1))
+
+    # --- the expected set ----------------------------------------------------------------
+    def live(self) -> set[int]:
+        """Index 0 and every live group's indices."""
+        return {i for group in self.groups.values() for i in group.indices}
+
+    def owner(self, index: int) -> GroupRequest | None:
+        for group in self.groups.values():
+            if index in group.indices:
+                return group
+        return None
+
+    def dynamic_groups(self) -> list[GroupRequest]:
+        return [g for gid, g in sorted(self.groups.items()) if gid != 0]
+
+    # --- allocation and free ------------------------------------------------------------
+    def allocated(self, request: GroupRequest) -> None:
+        """A group was allocated: its vectors are new owners of its indices; a raise held
+        for an index (by the device or by QEMU) reaches the new owner once."""
+        overlap = self.live() & set(request.indices)
+        if overlap:
+            raise LedgerError(f"group {request.label} got live indices {sorted(overlap)}")
+        self.groups[request.group] = request
+        for index in request.indices:
+            self.moved.pop(index, None)
+            account = self.accounts[index]
+            account.counted = 0
+            if account.qemu_held:
+                account.qemu_held = False
+                account.counted = 1
+            if account.pending and not self.function_masked:
+                account.pending = False
+                account.delivered += 1
+                account.counted += 1
+
+    def freed(self, group: int) -> GroupRequest:
+        request = self.groups.pop(group, None)
+        if request is None or group == 0:
+            raise LedgerError(f"group {group} is not a live dynamic group")
+        self.retired_ids.add(group)
+        return request
+
+    # --- raises -----------------------------------------------------------------------
+    def raised(self, index: int, *, has_eventfd: bool, doorbell: bool = False) -> None:
+        """The device saw a raise of ``index`` (from the control socket, or from the
+        guest's ICS ``doorbell``); ``has_eventfd`` is whether the device held an eventfd
+        for it at that moment."""
+        if not 0 <= index < self.table_size:
+            raise LedgerError(f"index {index} is outside the {self.table_size}-entry table")
+        self.doorbell_raises += doorbell
+        account = self.accounts[index]
+        account.raised += 1
+        if has_eventfd and not self.function_masked:
+            account.delivered += 1
+            if index in self.live():
+                account.counted += 1
+            else:
+                account.qemu_held = True     # QEMU holds it behind the freed entry's mask
+        else:
+            account.pending = True           # coalesces with a raise already pending
+
+    def function_mask(self, masked: bool) -> None:
+        """The function mask was set or cleared; clearing delivers what was held."""
+        self.function_masked = masked
+        if masked:
+            return
+        for index, account in self.accounts.items():
+            if account.pending and index in self.live():
+                account.pending = False
+                account.delivered += 1
+                account.counted += 1
+
+    # --- expectations ---------------------------------------------------------------------
+    def expected_counts(self) -> dict[int, int]:
+        return {i: self.accounts[i].counted for i in sorted(self.live())}
+
+    def expected_pending(self) -> set[int]:
+        return {i for i, a in self.accounts.items() if a.pending}
+
+    def expected_device(self) -> dict[int, tuple[int, int, bool]]:
+        """index -> (raised, delivered, pending) for every index of the table."""
+        return {i: (a.raised, a.delivered, a.pending) for i, a in self.accounts.items()}
+
+    def total_raised(self) -> int:
+        return sum(a.raised for a in self.accounts.values())
+
+    def retarget(self, index: int, cpu: int) -> None:
+        """The scenario moved ``index``'s vector to ``cpu`` (its smp_affinity)."""
+        if index not in self.live():
+            raise LedgerError(f"index {index} is not live: it cannot be moved")
+        self.moved[index] = cpu
+
+    def requested_cpus(self, index: int) -> tuple[int, ...] | None:
+        """The CPUs the scenario asked ``index``'s vector to run on, or None if it asked
+        for nothing in particular."""
+        if index in self.moved and index in self.live():
+            return (self.moved[index],)
+        owner = self.owner(index)
+        if owner is None or owner.cpu is None:
+            return None
+        return (owner.cpu,)
+
+    def ids_in_use(self) -> set[int]:
+        return set(self.groups)
+
+    def indices_of(self, labels: Iterable[str]) -> list[int]:
+        wanted = set(labels)
+        return sorted(i for g in self.groups.values() if g.label in wanted for i in g.indices)

@@ -1,0 +1,148 @@
+"""The sentinel: what ends a run early, noticed as soon as it happens.
+
+Concepts owned here:
+- An *ending* is an event after which the run cannot go on: a kernel report on the
+  console, QEMU exiting, the device server exiting, or the device answering QEMU with an
+  error.  ``Sentinel.check()`` looks once and returns the ending as the exception that
+  classifies it (outcome.py), or None; the first ending found is kept for good.
+- Classification: a console splat is the kernel's (``KernelSplat``, exit 1).  QEMU exiting
+  with status 0 after the kernel started means the guest powered off or reset itself
+  (``-no-reboot``): the kernel's too (``GuestUnresponsive``).  QEMU killed by a signal or
+  exiting non-zero, or before the kernel started, and the device server exiting or
+  answering with an error, are the rig's (``CouldNotJudge``, 125), each naming the process,
+  its exit status or signal and its last log lines.
+- ``Sentinel.start(on_end)`` runs ``check()`` every ``interval`` seconds in a daemon thread
+  and calls ``on_end`` once with the ending, so callers blocked on the guest can be
+  released at once.  ``check()`` is thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .console import ConsoleWatch
+from .machine import tail
+from .outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
+
+log = logging.getLogger(__name__)
+
+def describe_exit(code: int) -> str:
+    """'exit status 3' or 'killed by SIGSEGV'."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+class EventLogTail:
+    """Reads the device's event log (JSON lines) incrementally for error replies."""
+
+    def __init__(self, path: Path):
+        self.path, self._offset, self._partial = path, 0, b""
+
+    def errors(self) -> list[dict]:
+        """The error replies (``tx`` events with a non-zero errno) logged since last time."""
+        try:
+            with open(self.path, "rb") as events:
+                events.seek(self._offset)
+                data = events.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        found = []
+        for line in lines:
+            if b'"tx"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "tx" and event.get("error"):
+                found.append(event)
+        return found
+
+class Sentinel:
+    """Watches one lab: ``console`` and ``events`` paths, and the two processes as
+    callables returning their exit code or None while they run."""
+
+    def __init__(self, console: Path, events: Path, *, qemu: Callable[[], int | None],
+                 device: Callable[[], int | None], qemu_log: Path, device_log: Path):
+        self.console = ConsoleWatch(console)
+        self.events = EventLogTail(events)
+        self._qemu, self._device = qemu, device
+        self._qemu_log, self._device_log = qemu_log, device_log
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ending: Exception | None = None
+
+    @property
+    def kernel_started(self) -> bool:
+        return self.console.kernel_started
+
+    def check(self) -> Exception | None:
+        """The run's ending, if it has one (found now or before)."""
+        with self._lock:
+            if self.ending is None:
+                self.ending = self._look()
+                if self.ending is not None:
+                    log.warning("run ends: %s", self.ending)
+            return self.ending
+
+    def _look(self) -> Exception | None:
+        splat = self.console.poll()
+        if splat is not None:
+            return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
+        device = self._device()
+        if device is not None:
+            return CouldNotJudge(Outcome.PROCESS_FAILED,
+                                 f"the device server died ({describe_exit(device)})",
+                                 process="device server", exit=describe_exit(device),
+                                 log=str(self._device_log), last_lines=tail(self._device_log, 8))
+        errors = self.events.errors()
+        if errors:
+            first = errors[0]
+            return CouldNotJudge(Outcome.DEVICE_FAULT,
+                                 f"the device answered QEMU's {first.get('cmd')} (message "
+                                 f"{first.get('id')}) with errno {first.get('error')}",
+                                 replies=errors[:5])
+        qemu = self._qemu()
+        if qemu is not None:
+            return self._qemu_ended(qemu)
+        return None
+
+    def _qemu_ended(self, code: int) -> Exception:
+        splat = self.console.finish()
+        if splat is not None:
+            return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
+        how = describe_exit(code)
+        if code == 0 and self.console.kernel_started:
+            return GuestUnresponsive("the guest powered off or reset by itself in the middle "
+                                     "of the run (QEMU exited with status 0)",
+                                     console_tail=tail(self.console.path, 8))
+        return CouldNotJudge(Outcome.PROCESS_FAILED, f"QEMU exited ({how})", process="QEMU",
+                             exit=how, log=str(self._qemu_log),
+                             last_lines=tail(self._qemu_log, 8))
+
+    def start(self, on_end: Callable[[Exception], None], interval: float = 0.1) -> None:
+        def run() -> None:
+            while not self._stop.wait(interval):
+                ending = self.check()
+                if ending is not None:
+                    on_end(ending)
+                    return
+        self._thread = threading.Thread(target=run, name="msixlab-sentinel", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
