@@ -1,0 +1,132 @@
+"""Accounting checks against the ledger: each passes on agreeing views and fails, naming
+what differs, on each kind of disagreement a planted bug would cause."""
+
+import pytest
+
+from agent.host import accounting
+from agent.host.ledger import GroupRequest, Ledger
+from agent.host.routing import Verdict, build_snapshot
+
+ADDR = {0: 0xFEE00000, 1: 0xFEE01000}
+
+
+def guest(index, irq, cpu=0, counts=(0, 0), effective=None, requested=(0, 1)):
+    msg = {"address_lo": ADDR[cpu], "address_hi": 0, "data": 0x20 + index}
+    return {"index": index, "group": 1, "irq": irq, "msg": msg, "table": {**msg, "ctrl": 0},
+            "affinity": {"requested": list(requested),
+                         "effective": [cpu] if effective is None else list(effective)},
+            "counts": list(counts)}
+
+
+def qemu_entry(index, masked=False, cpu=0):
+    if masked:
+        return {"address_lo": 0, "address_hi": 0, "data": 0, "ctrl": 1}
+    return {"address_lo": ADDR[cpu], "address_hi": 0, "data": 0x20 + index, "ctrl": 0}
+
+
+def device(index, raised=0, delivered=0, pending=False):
+    return {"index": index, "eventfd": True, "raised": raised, "delivered": delivered,
+            "pending": pending}
+
+
+def world(live=(0, 1, 2), counts=None, cpu=0, requested=(0, 1)):
+    """A ledger with group A = [1, 2] and views that agree with it."""
+    book = Ledger(table_size=4, cpus=2)
+    book.allocated(GroupRequest("A", 1, (1, 2), 2, 2, cpu=None))
+    counts = counts or {}
+    snap = build_snapshot(
+        guest=[guest(i, 30 + i, cpu, counts.get(i, (0, 0)), requested=requested) for i in live],
+        qemu={i: qemu_entry(i, masked=i not in live, cpu=cpu) for i in range(4)},
+        device=[device(i) for i in range(4)])
+    return book, snap
+
+
+def verdicts(results):
+    return {(r.name, r.index): r.verdict for r in results}
+
+
+def test_live_set_agrees():
+    book, snap = world()
+    results = accounting.live_set_checks(book, snap, [30, 31, 32])
+    assert all(r.verdict is Verdict.PASS for r in results), results
+
+
+def test_a_read_out_that_omits_index_0_fails():
+    book, snap = world(live=(1, 2))
+    (driver, qemu, irqs) = accounting.live_set_checks(book, snap, [31, 32])
+    assert driver.verdict is Verdict.FAIL and "lacks [0]" in driver.summary
+    assert qemu.verdict is Verdict.FAIL             # entry 0 is masked in this world too
+
+
+def test_msi_irqs_disagreeing_or_unreadable_fails():
+    book, snap = world()
+    irqs = accounting.live_set_checks(book, snap, [30, 31, 99])[2]
+    assert irqs.verdict is Verdict.FAIL and "[99]" in irqs.summary and "[32]" in irqs.summary
+    assert accounting.live_set_checks(book, snap, None)[2].verdict is Verdict.FAIL
+
+
+def test_counts_lost_and_spurious():
+    book, snap = world(counts={1: (0, 1), 2: (0, 0)})
+    results = {r.index: r for r in accounting.counts_match_raises(book, snap)}
+    assert results[1].verdict is Verdict.FAIL and "spurious" in results[1].summary
+    book.raised(2, has_eventfd=True)
+    book.raised(1, has_eventfd=True)
+    results = {r.index: r for r in accounting.counts_match_raises(book, snap)}
+    assert results[1].verdict is Verdict.PASS
+    assert results[2].verdict is Verdict.FAIL and "lost" in results[2].summary
+
+
+def test_device_counters_and_irq_total():
+    book, _ = world()
+    book.raised(1, has_eventfd=True, doorbell=True)
+    state = {"vectors": [device(i) for i in range(4)], "irq_total": 1}
+    state["vectors"][1] = device(1, raised=1, delivered=1)
+    assert all(r.verdict is Verdict.PASS for r in accounting.device_counters_match(book, state))
+    state["vectors"][1] = device(1, raised=0, delivered=1)      # RAISED not counted
+    state["irq_total"] = 2                                      # total miscounted
+    bad = verdicts(accounting.device_counters_match(book, state))
+    assert bad[("device_counters_match", 1)] is Verdict.FAIL
+    assert bad[("irq_total_matches", None)] is Verdict.FAIL
+
+
+def test_pba_that_never_clears_fails():
+    book, _ = world()
+    book.raised(3, has_eventfd=False)
+    assert accounting.pba_matches_pending(book, [3]).verdict is Verdict.PASS
+    book.allocated(GroupRequest("C", 2, (3,), 1, 1, start=3))
+    result = accounting.pba_matches_pending(book, [3])
+    assert result.verdict is Verdict.FAIL and "[3]" in result.summary
+
+
+@pytest.mark.parametrize("indices,start,ok", [
+    ((60, 61, 62), 60, True), ((7, 8, 60), 60, False), ((60, 61), 60, False)])
+def test_explicit_start_is_honoured_exactly(indices, start, ok):
+    request = GroupRequest("C", 3, indices, 3, 3, start=start)
+    result = accounting.group_allocated_as_requested(request, {0}, 64)
+    assert (result.verdict is Verdict.PASS) == ok
+
+
+def test_any_index_group_within_bounds_not_live_not_outside():
+    ok = GroupRequest("D", 4, (7, 8), 2, 8)
+    assert accounting.group_allocated_as_requested(ok, {0}, 64).verdict is Verdict.PASS
+    for indices, live in (((7,), {0}), ((7, 8), {0, 8}), ((63, 64), {0}), ((7, 7), {0})):
+        bad = GroupRequest("D", 4, indices, 2, 8)
+        assert accounting.group_allocated_as_requested(bad, live, 64).verdict is Verdict.FAIL
+
+
+def test_group_ids_unique_and_never_reused():
+    request = GroupRequest("E", 2, (5,), 1, 1)
+    assert accounting.group_id_unique(request, {0, 1}, set()).verdict is Verdict.PASS
+    assert accounting.group_id_unique(request, {0, 2}, set()).verdict is Verdict.FAIL
+    assert accounting.group_id_unique(request, {0}, {2}).verdict is Verdict.FAIL
+
+
+def test_requested_affinity_judged_against_the_request_not_the_read_back():
+    book = Ledger(table_size=4, cpus=2)
+    book.allocated(GroupRequest("B", 2, (1,), 1, 1, cpu=1))
+    snap = build_snapshot(guest=[guest(0, 30), guest(1, 31, cpu=1, requested=(1,))])
+    assert [r.verdict for r in accounting.requested_affinity_honoured(book, snap)] == [Verdict.PASS]
+    # the driver ignored the hint: the kernel reads back CPU 0 for both request and effect
+    snap = build_snapshot(guest=[guest(0, 30), guest(1, 31, cpu=0, requested=(0,))])
+    (result,) = accounting.requested_affinity_honoured(book, snap)
+    assert result.verdict is Verdict.FAIL and "asked for [1]" in result.summary

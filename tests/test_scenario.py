@@ -1,0 +1,77 @@
+"""The scenario's own logic without a guest: declared checks and the 'not judged' rule,
+the plan's consistency, and the pure judgements it makes itself."""
+
+import inspect
+
+from agent.host import accounting, checks, scenario
+from agent.host.main_job import judge
+from agent.host.outcome import Outcome
+from agent.host.routing import CheckResult, Verdict, build_snapshot
+from agent.host.scenario import PLAN, Scenario
+
+
+def passed_everything():
+    s = Scenario(lab=None)
+    for step, names in PLAN:
+        for name in names:
+            s.results.append(CheckResult(name, None, Verdict.PASS, step=step))
+    return s
+
+
+def test_every_step_has_a_method_and_declares_checks():
+    for step, names in PLAN:
+        assert callable(getattr(Scenario, "step_" + step.replace("-", "_")))
+        assert names and len(set(names)) == len(names)
+
+
+def test_every_declared_check_is_produced_somewhere():
+    source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting))
+    for _, names in PLAN:
+        for name in names:
+            assert f'"{name}"' in source, name
+
+
+def test_a_declared_check_that_did_not_run_fails_as_not_judged():
+    s = passed_everything()
+    assert s.not_judged() == []
+    s.results = [r for r in s.results if not (r.step == "final" and r.name ==
+                                               "kernel_irq_view_agrees")]
+    (missing,) = s.not_judged()
+    assert (missing.step, missing.name, missing.verdict) == ("final", "kernel_irq_view_agrees",
+                                                             Verdict.FAIL)
+
+
+def test_a_skip_does_not_count_as_judged():
+    s = passed_everything()
+    s.results.append(CheckResult("x", None, Verdict.SKIP, step="alloc"))
+    s.results = [r for r in s.results if not (r.step == "alloc" and r.name == "group_id_unique")]
+    s.results.append(CheckResult("group_id_unique", None, Verdict.SKIP, step="alloc"))
+    assert [m.name for m in s.not_judged()] == ["group_id_unique"]
+
+
+def test_judge_pass_fail_and_nothing_judged():
+    s = passed_everything()
+    verdict = judge(s, [])
+    assert verdict.outcome is Outcome.PASS and verdict.counts["failed"] == 0
+    assert verdict.counts["declared"] == sum(len(n) for _, n in PLAN)
+    s.results.append(CheckResult("counts_match_raises", 5, Verdict.FAIL, "lost", step="raise-device"))
+    s.stopped_at = "raise-device"
+    verdict = judge(s, [{"kind": "drop_raise"}])
+    assert verdict.outcome is Outcome.CHECK_FAILED and verdict.exit_code == 1
+    assert verdict.failed == ("raise-device/counts_match_raises[5]",)
+    assert verdict.faults == ({"kind": "drop_raise"},)
+    assert judge(Scenario(lab=None), []).exit_code == 125
+
+
+def test_a_failed_allocation_must_leave_every_entry_as_it_was():
+    entry = {"address_lo": 0xFEE00000, "address_hi": 0, "data": 0x21, "ctrl": 0}
+    before = build_snapshot(qemu={1: entry, 2: {**entry, "ctrl": 1}})
+    assert Scenario._unchanged(before, before).verdict is Verdict.PASS
+    after = build_snapshot(qemu={1: entry, 2: {**entry, "ctrl": 0}})
+    result = Scenario._unchanged(before, after)
+    assert result.verdict is Verdict.FAIL and result.evidence["changed"] == [2]
+
+
+def test_index_reuse():
+    assert {r.verdict for r in Scenario.index_reused([5, 6], [6, 5])} == {Verdict.PASS}
+    assert {r.verdict for r in Scenario.index_reused([5, 6], [5, 15])} == {Verdict.FAIL}
