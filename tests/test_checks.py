@@ -30,7 +30,8 @@ def vec(index, cpu=1, counts=None, raised=0, delivered=None, irq=None, pending=F
         "index": index,
         "guest": {"group": 0, "index": index, "irq": irq or 40 + index, "msg": dict(msg),
                   "table": {**msg, "ctrl": 0},
-                  "affinity": {"requested": list(range(NCPUS)), "effective": [cpu]},
+                  "affinity": {"requested": None, "mask": list(range(NCPUS)),
+                               "effective": [cpu]},
                   "counts": list(counts or [0] * NCPUS)},
         "qemu": {**msg, "ctrl": 0},
         "device": {"index": index, "eventfd": True, "raised": raised,
@@ -97,15 +98,18 @@ def test_cached_msg_matches_table_skips_without_views(vector):
 
 # --- destination_matches_affinity ------------------------------------------------
 
-@pytest.mark.parametrize("requested,effective,ok", [
-    ([0, 1], [1], True),
-    ([1], [1], True),
-    ([1], [0], False),        # asked for CPU 1, landed on CPU 0
-    ([0, 1], [], False),      # nowhere
+@pytest.mark.parametrize("requested,mask,effective,ok", [
+    ([0, 1], [0, 1], [1], True),
+    ([1], [1], [1], True),
+    ([1], [1], [0], False),       # asked for CPU 1, landed on CPU 0
+    ([1], [0, 1], [0], False),    # the kernel's mask allows 0, but CPU 1 was asked for
+    ([0, 1], [0, 1], [], False),  # nowhere
+    (None, [0, 1], [0], True),    # nothing asked: the kernel's mask bounds it
+    (None, [1], [0], False),
 ])
-def test_affinity_honoured(requested, effective, ok):
+def test_affinity_honoured(requested, mask, effective, ok):
     v = vec(1)
-    v["guest"]["affinity"] = {"requested": requested, "effective": effective}
+    v["guest"]["affinity"] = {"requested": requested, "mask": mask, "effective": effective}
     result = affinity_honoured(snap(v).get(1))
     assert (result.verdict is Verdict.PASS) == ok, result
 

@@ -29,7 +29,7 @@ def test_failed_ioctl_names_operation_code_and_meaning():
 
 def test_every_uapi_errno_has_a_meaning():
     for code in ("ENOENT", "ENOSPC", "EBUSY", "EINVAL", "EPERM", "EOPNOTSUPP",
-                 "ETIMEDOUT", "ENODEV"):
+                 "ETIMEDOUT", "EINTR", "EOVERFLOW", "EIO", "EACCES", "ENODEV"):
         assert getattr(errno, code) in MEANINGS
 
 
@@ -49,3 +49,19 @@ def test_find_devices_orders_numerically(tmp_path):
         (tmp_path / name).touch()
     assert find_devices(str(tmp_path)) == [str(tmp_path / "msixlab2"),
                                            str(tmp_path / "msixlab10")]
+
+
+def test_vector_conversion_separates_requested_mask_and_effective():
+    raw = uapi.VECTOR.unpack(uapi.VECTOR.pack(
+        index=10, group=2, irq=36, last_cpu=uapi.NO_CPU, msg_address_lo=0xFEE01000,
+        msg_data=0x29, table_address_lo=0xFEE01000, table_data=0x29, nr_cpus=3, total=7))
+    both = uapi.CPU_AFFINITY | uapi.CPU_EFFECTIVE
+    cpus = [{"count": 0, "flags": uapi.CPU_AFFINITY, "pad": 0},
+            {"count": 7, "flags": both | uapi.CPU_REQUESTED, "pad": 0},
+            {"count": 0, "flags": 0, "pad": 0}]
+    out = Driver._vector(raw, cpus)
+    assert out["affinity"] == {"requested": [1], "mask": [0, 1], "effective": [1]}
+    assert (out["counts"], out["total"], out["last_cpu"]) == ([0, 7, 0], 7, None)
+    assert out["msg"] == {"address_lo": 0xFEE01000, "address_hi": 0, "data": 0x29}
+    cpus[1]["flags"] = both                              # nothing asked: requested is None
+    assert Driver._vector(raw, cpus)["affinity"]["requested"] is None

@@ -79,6 +79,20 @@ def test_every_ioctl_of_the_header_is_mirrored():
     assert defined == set(uapi.IOCTLS)
 
 
+def test_every_constant_of_the_header_is_mirrored():
+    """Every object-like MSIXLAB_ macro is in CONSTANTS or IOCTLS (nothing drifts unseen)."""
+    defined = set(re.findall(r"^#define\s+(MSIXLAB_\w+)[ \t]", HEADER.read_text(), re.M))
+    assert defined == set(uapi.CONSTANTS) | set(uapi.IOCTLS)
+
+
+def test_magic_is_not_a_registered_one():
+    """0xB7 (version 1) belongs to remoteproc_cdev.h and nsfs.h in the kernel's
+    ioctl-number.rst; the magic must stay off that list's taken codes near it."""
+    registered = {0xB6, 0xB7, 0xB8, 0xBA, 0xC0, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF}
+    assert uapi.IOC_MAGIC not in registered
+    assert all(number >> 8 & 0xFF == uapi.IOC_MAGIC for number, _ in uapi.IOCTLS.values())
+
+
 def test_every_struct_of_the_header_is_mirrored():
     defined = set(re.findall(r"^struct\s+(msixlab_\w+)\s*\{", HEADER.read_text(), re.M))
     assert defined == {layout.name for layout in uapi.LAYOUTS}
@@ -106,5 +120,15 @@ def test_bitmap_helpers():
     assert uapi.bits_to_list(words, limit=64) == [0, 63]
 
 
-def test_format_bdf():
-    assert uapi.format_bdf(0x0001_01_00 | (3 << 3) | 1) == "0001:01:03.1"
+def test_format_bdf_keeps_large_domains():
+    assert uapi.format_bdf(1, 1, 3 << 3 | 1) == "0001:01:03.1"
+    assert uapi.format_bdf(0x10000, 0xFF, 0xFF) == "10000:ff:1f.7"   # VMD-style domain
+
+
+def test_vector_buffer_entries_have_no_cpu_limit():
+    """Per-CPU entries are parsed at any CPU id, far past the old 256-CPU limit."""
+    n = 1000
+    buf = b"".join(uapi.VECTOR_CPU.pack(count=cpu, flags=uapi.CPU_EFFECTIVE if cpu == 999
+                                        else 0) for cpu in range(n))
+    entries = [uapi.VECTOR_CPU.unpack(buf[i * uapi.VECTOR_CPU.size:]) for i in range(n)]
+    assert entries[999] == {"count": 999, "flags": uapi.CPU_EFFECTIVE, "pad": 0}

@@ -32,7 +32,7 @@ METADATA = {"run_id": "20261124-0001", "kernel": "6.12.0", "qemu": "10.1.0"}
 def snapshot(results=()):
     msg = {"address_lo": 0xFEE02000, "address_hi": 0, "data": 0x23}
     guest = {"group": 0, "index": 1, "irq": 41, "msg": msg, "table": {**msg, "ctrl": 0},
-             "affinity": {"requested": [0, 1, 2], "effective": [1]}, "counts": [0, 3, 0]}
+             "affinity": {"requested": None, "mask": [0, 1, 2], "effective": [1]}, "counts": [0, 3, 0]}
     device = [{"index": i, "eventfd": i == 1, "raised": 3 * (i == 1) + 2 * (i == 2),
                "delivered": 3 * (i == 1), "pending": i == 2} for i in range(4)]
     qemu = {1: {**msg, "ctrl": 0},

@@ -31,7 +31,7 @@ def guest_entry(index, apic=0, vector=0x21, irq=40, group=0, effective=(0,), cou
     msg = {"address_lo": msi_addr(apic), "address_hi": 0, "data": vector}
     return {"group": group, "index": index, "irq": irq, "msg": msg,
             "table": {**msg, "ctrl": 0},
-            "affinity": {"requested": [0, 1], "effective": list(effective)},
+            "affinity": {"requested": None, "mask": [0, 1], "effective": list(effective)},
             "counts": list(counts)}
 
 
@@ -158,6 +158,9 @@ def test_hex_strings_accepted():
     (lambda g: g.update(counts="3"), "counts"),
     (lambda g: g["affinity"].update(effective=[-1]), "effective"),
     (lambda g: g.pop("affinity"), "affinity"),
+    (lambda g: g["affinity"].pop("requested"), "requested"),
+    (lambda g: g["affinity"].update(requested=[0, "x"]), "requested"),
+    (lambda g: g["affinity"].pop("mask"), "mask"),
     (lambda g: g.update(irq="x"), "irq"),
 ])
 def test_malformed_guest_view_names_the_field(mutate, field):

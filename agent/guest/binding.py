@@ -2,21 +2,26 @@
 
 Concepts: these are the driver's teardown paths that must free every vector a test left
 allocated.  ``unbind``/``bind`` write the device's address to the PCI driver's sysfs
-files; ``reload`` removes the module and inserts it again.  Each waits, bounded, for the
-driver's misc device to vanish or appear, so the agent can reopen it.
+files; ``reload`` removes the module and inserts it again, with the fault injection
+setting the rig loads it with (``fault_injection=1``, see images/guest/stage2) unless
+told otherwise.  Each waits, bounded, for the driver's misc device to vanish or appear,
+so the agent can reopen it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import time
+
+from msixlab_common.deadline import wait_until
+from msixlab_common.errors import WaitTimeout
 
 from .driver import find_devices
 from .errors import GuestError
 from .sysview import run_tool
 
 DRIVER_DIR = "sys/bus/pci/drivers/msixlab"
+FAULT_INJECTION = "sys/module/msixlab/parameters/fault_injection"
 WAIT_S = 5.0
 
 
@@ -31,15 +36,18 @@ def _write(path: str, value: str) -> None:
 def wait_devices(present: bool, root: str = "/", timeout: float | None = None) -> list[str]:
     """Wait until /dev/msixlab<N> exists (``present``) or is gone; return the devices."""
     timeout = WAIT_S if timeout is None else timeout
-    deadline = time.monotonic() + timeout
-    while True:
+    state = "appear" if present else "go away"
+
+    def settled() -> tuple[list[str]] | None:
         devices = find_devices(os.path.join(root, "dev"))
-        if bool(devices) == present:
-            return devices
-        if time.monotonic() > deadline:
-            state = "appear" if present else "go away"
-            raise GuestError(errno.ETIMEDOUT, f"/dev/msixlab<N> did not {state} within {timeout} s")
-        time.sleep(0.02)
+        return (devices,) if bool(devices) == present else None
+
+    try:
+        (devices,) = wait_until(settled, timeout, f"/dev/msixlab<N> to {state}")
+    except WaitTimeout as err:
+        raise GuestError(errno.ETIMEDOUT, f"/dev/msixlab<N> did not {state} "
+                         f"within {timeout} s") from err
+    return devices
 
 
 def unbind(bdf: str, root: str = "/") -> None:
@@ -61,8 +69,19 @@ def module_path(root: str = "/") -> str | None:
     return None
 
 
-def reload(path: str) -> str:
-    for argv in (["rmmod", "msixlab"], ["insmod", path]):
+def fault_injection(root: str = "/") -> bool:
+    """Whether the loaded driver allows MSIXLAB_IOC_CRASH (False when it is not loaded)."""
+    try:
+        with open(os.path.join(root, FAULT_INJECTION), encoding="ascii") as f:
+            return f.read().strip() in ("Y", "1")
+    except FileNotFoundError:
+        return False
+
+
+def reload(path: str, fault_injection: bool = False) -> str:
+    """rmmod msixlab, insmod ``path`` [fault_injection=1]; returns the new device."""
+    insmod = ["insmod", path] + (["fault_injection=1"] if fault_injection else [])
+    for argv in (["rmmod", "msixlab"], insmod):
         done = run_tool(argv)
         if done["returncode"] != 0:
             raise GuestError(errno.EIO, f"{' '.join(argv)} failed: {done['stderr'].strip()}")

@@ -3,7 +3,12 @@
 Concepts: ``Agent`` owns the open driver (or the reason there is none) and builds the
 command table for ``protocol.Session``.  Handlers receive validated arguments and return
 JSON-ready results; commands that need the driver fail with ENODEV naming why it is
-missing.  ``hello`` is the event sent once at start.
+missing.  ``hello`` is the event sent once at start; it says whether the kernel can
+allocate MSI-X vectors dynamically on the device (``dyn_alloc``).  The agent remembers
+the CPUs each ``set_affinity`` asked for, so a vector's ``affinity.requested`` is always
+what was asked (by the allocation or by set_affinity), never what the kernel read back.
+``crash`` makes the guest kernel WARN, oops or panic through the driver's fault
+injection; an oops kills the task that asks, so the agent asks from a child process.
 """
 
 from __future__ import annotations
@@ -12,13 +17,18 @@ import errno
 import os
 from typing import Any, Callable
 
+from msixlab_common.deadline import Deadline, wait_until
+from msixlab_common.errors import WaitTimeout
+
 from . import binding, sysview, uapi
-from .driver import Driver, find_devices
-from .errors import AgentError, GuestError
+from .driver import MEANINGS, Driver, find_devices
+from .errors import AgentError, DriverError, GuestError, RequestError
 from .protocol import Arg, Command
 
 TABLE_MAX = uapi.MAX_VECTORS - 1
-CPU_MAX = uapi.MAX_CPUS - 1
+CPU_MAX = uapi.NO_CPU - 1          # the driver checks against nr_cpu_ids and online CPUs
+PANIC_DELAY_MS = 500               # time for the reply to leave before the panic
+CRASH_CHILD_S = 10.0               # an oops kills the child at once; bound the wait
 
 
 class Agent:
@@ -29,6 +39,7 @@ class Agent:
         self.driver: Driver | None = None
         self.device_error: str | None = None
         self.unbound: str | None = None     # address this agent unbound, for bind
+        self.asked: dict[int, tuple[int, list[int]]] = {}   # index -> (group, set_affinity cpus)
         path = device
         try:
             path = path or next(iter(find_devices(os.path.join(root, "dev"))), None)
@@ -53,6 +64,9 @@ class Agent:
             return None
 
     def hello(self) -> dict[str, Any]:
+        """The start event: kernel release, the device's info (or why there is none) and
+        ``dyn_alloc``: whether the kernel can allocate MSI-X vectors after enable on this
+        device (``pci_msix_can_alloc_dyn()``), null when there is no device to ask."""
         device: dict[str, Any] | None = None
         event: dict[str, Any] = {"event": "hello", "kernel": os.uname().release}
         try:
@@ -60,7 +74,15 @@ class Agent:
         except AgentError as err:
             event["device_error"] = err.to_dict()
         event["device"] = device
+        event["dyn_alloc"] = device["dyn_alloc"] if device else None
         return event
+
+    def _with_asked(self, vector: dict[str, Any]) -> dict[str, Any]:
+        """Put what set_affinity asked for in ``affinity.requested`` (same group only)."""
+        asked = self.asked.get(vector["index"])
+        if asked is not None and asked[0] == vector["group"]:
+            vector["affinity"]["requested"] = list(asked[1])
+        return vector
 
     # ---- handlers ----
 
@@ -72,16 +94,18 @@ class Agent:
         return self._need_driver().alloc_group(min, max, start, cpu, managed)
 
     def free_group(self, group: int) -> dict[str, Any]:
-        return self._need_driver().free_group(group)
+        freed = self._need_driver().free_group(group)
+        self.asked = {i: a for i, a in self.asked.items() if a[0] != group}
+        return freed
 
     def list_groups(self) -> list[dict[str, Any]]:
         return self._need_driver().list_groups()
 
     def routing(self) -> list[dict[str, Any]]:
-        return self._need_driver().routing()
+        return [self._with_asked(v) for v in self._need_driver().routing()]
 
     def vector(self, index: int) -> dict[str, Any]:
-        return self._need_driver().vector(index)
+        return self._with_asked(self._need_driver().vector(index))
 
     def raise_(self, index: int, timeout_ms: int) -> dict[str, Any]:
         return self._need_driver().raise_vector(index, timeout_ms)
@@ -91,6 +115,71 @@ class Agent:
 
     def read_entry(self, index: int) -> dict[str, Any]:
         return self._need_driver().read_entry(index)
+
+    def function_mask(self, masked: bool) -> dict[str, Any]:
+        return self._need_driver().function_mask(masked)
+
+    def set_affinity(self, index: int, cpus: list) -> dict[str, Any]:
+        """Write ``cpus`` to /proc/irq/<irq>/smp_affinity_list of the vector at ``index``;
+        return the vector afterwards (requested = ``cpus``)."""
+        if not cpus or any(type(c) is not int or not 0 <= c <= CPU_MAX for c in cpus):
+            raise RequestError(errno.EINVAL, f"set_affinity: argument 'cpus' must be a "
+                               f"non-empty list of CPU numbers, got {cpus!r}",
+                               command="set_affinity", argument="cpus")
+        cpus = sorted(set(cpus))
+        vector = self._need_driver().vector(index)
+        sysview.write_affinity(vector["irq"], cpus, self.root)
+        self.asked[index] = (vector["group"], cpus)
+        return self.vector(index)
+
+    def msi_irqs(self) -> dict[str, Any]:
+        bdf = self._bdf() or self.unbound
+        if bdf is None:
+            raise GuestError(errno.ENODEV, self.device_error or "no driver")
+        return sysview.msi_irqs(bdf, self.root)
+
+    def crash(self, kind: str, delay_ms: int | None) -> dict[str, Any]:
+        """WARN or panic from the agent's own ioctl; an oops from a child's."""
+        if kind not in uapi.CRASH_KINDS:
+            raise RequestError(errno.EINVAL, f"crash: argument 'kind' must be one of "
+                               f"{', '.join(uapi.CRASH_KINDS)}, got {kind!r}",
+                               command="crash", argument="kind")
+        if delay_ms is not None and kind != "panic":
+            raise RequestError(errno.EINVAL, "crash: 'delay_ms' applies to kind 'panic' only",
+                               command="crash", argument="delay_ms")
+        driver = self._need_driver()
+        if kind == "oops":
+            return self._oops_in_child(driver.path)
+        return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
+
+    def _oops_in_child(self, path: str) -> dict[str, Any]:
+        pid = os.fork()
+        if pid == 0:                                  # the child: oops, or say why not
+            code = 0
+            try:
+                Driver(path).crash("oops")
+            except DriverError as err:
+                code = err.errno & 0xFF or 1
+            except BaseException:                     # noqa: BLE001 - never return to the agent
+                code = 255
+            os._exit(code)
+        def reaped() -> tuple[int] | None:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            return (status,) if got else None
+
+        deadline = Deadline(CRASH_CHILD_S, f"the oops child (pid {pid}) to end")
+        try:
+            (status,) = wait_until(reaped, deadline)
+        except WaitTimeout as err:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise GuestError(errno.ETIMEDOUT, str(err)) from err
+        if os.WIFSIGNALED(status):
+            return {"kind": "oops", "pid": pid, "signal": os.WTERMSIG(status)}
+        code = os.WEXITSTATUS(status) or errno.EIO
+        meaning = MEANINGS.get(code, os.strerror(code))
+        raise DriverError(code, f"crash(kind=oops): {errno.errorcode.get(code, code)} "
+                          f"({meaning}); the child exited instead of oopsing")
 
     def interrupts(self, all: bool) -> dict[str, Any]:
         path = os.path.join(self.root, "proc/interrupts")
@@ -122,6 +211,7 @@ class Agent:
             raise GuestError(errno.ENODEV, self.device_error or "no driver")
         self.driver.close()
         self.driver, self.device_error = None, "the driver was unbound"
+        self.asked = {}                  # group ids start again at 1 after a rebind
         return bdf
 
     def _reopen(self, path: str) -> dict[str, Any]:
@@ -142,13 +232,15 @@ class Agent:
         self.unbound = None
         return info
 
-    def reload_module(self, path: str | None) -> dict[str, Any]:
+    def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, Any]:
         path = path or binding.module_path(self.root)
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
                              "on the kernel command line")
+        if fault_injection is None:
+            fault_injection = binding.fault_injection(self.root)
         self._release()
-        return self._reopen(binding.reload(path))
+        return self._reopen(binding.reload(path, fault_injection))
 
     def shutdown(self) -> dict[str, Any]:
         if self.driver is not None:
@@ -182,6 +274,14 @@ class Agent:
             )),
             Command("read_pba", self.read_pba),
             Command("read_entry", self.read_entry, (index,)),
+            Command("function_mask", self.function_mask, (Arg("masked", bool),)),
+            Command("set_affinity", self.set_affinity, (index, Arg("cpus", list))),
+            Command("msi_irqs", self.msi_irqs),
+            Command("crash", self.crash, (
+                Arg("kind", str),
+                Arg("delay_ms", int, required=False, minimum=0,
+                    maximum=uapi.CRASH_MAX_DELAY_MS),
+            )),
             Command("interrupts", self.interrupts,
                     (Arg("all", bool, required=False, default=False),)),
             Command("irq_sysfs", self.irq_sysfs,
@@ -193,7 +293,8 @@ class Agent:
             Command("unbind", self.unbind),
             Command("bind", self.bind),
             Command("reload_module", self.reload_module,
-                    (Arg("path", str, required=False),)),
+                    (Arg("path", str, required=False),
+                     Arg("fault_injection", bool, required=False))),
             Command("shutdown", self.shutdown, stops=True),
         ]
         return {command.name: command for command in table}

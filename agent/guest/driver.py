@@ -4,11 +4,15 @@ Concepts: ``Driver`` wraps one open device file; each method packs the parameter
 structure of ``uapi``, issues the ioctl and returns plain dicts in the shapes of the
 agent protocol (the routing record of docs/architecture.md).  A failed ioctl raises
 ``DriverError`` with the driver's errno and a message naming the operation and its
-arguments.  ``find_devices`` lists the misc devices the driver registered.
+arguments.  The vector read-out passes the driver a buffer of one ``uapi.VECTOR_CPU``
+entry per CPU id, sized by the driver's ``nr_cpu_ids`` (no CPU limit), and turns its
+flags into the ``requested`` (what the allocation asked for), ``mask`` and ``effective``
+CPU lists.  ``find_devices`` lists the misc devices the driver registered.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import glob
@@ -19,6 +23,8 @@ from typing import Any
 from . import uapi
 from .errors import DriverError
 
+PCI_MSIX_FLAGS_MASKALL = 0x4000      # MSI-X Message Control: Function Mask
+
 # What each errno means for this driver (msixlab_uapi.h).
 MEANINGS = {
     errno.ENOENT: "no such group, or the index is not allocated",
@@ -28,6 +34,10 @@ MEANINGS = {
     errno.EPERM: "group 0 cannot be freed",
     errno.EOPNOTSUPP: "the MSI domain cannot allocate vectors after MSI-X enable",
     errno.ETIMEDOUT: "the raised vector was not counted in time",
+    errno.EINTR: "a signal interrupted the raise's wait",
+    errno.EOVERFLOW: "the per-CPU buffer is shorter than nr_cpu_ids",
+    errno.EIO: "the kernel gave another index than the one asked for",
+    errno.EACCES: "fault injection is off (module parameter fault_injection=0)",
     errno.ENODEV: "the device was unbound",
 }
 
@@ -39,10 +49,17 @@ def find_devices(dev_root: str = "/dev") -> list[str]:
     return sorted(glob.glob(os.path.join(dev_root, "msixlab[0-9]*")), key=number)
 
 
+def _cpus_with(flag: int, cpus: list[dict[str, int]]) -> list[int]:
+    return [cpu for cpu, entry in enumerate(cpus) if entry["flags"] & flag]
+
+
 class Driver:
+    """One open /dev/msixlab<N>; methods return the agent protocol's shapes."""
+
     def __init__(self, path: str):
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._nr_cpu_ids: int | None = None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -64,10 +81,14 @@ class Driver:
 
     def info(self) -> dict[str, Any]:
         raw = self._ioctl("MSIXLAB_IOC_INFO", "info")
+        if raw["version"] != uapi.UAPI_VERSION:
+            raise DriverError(errno.EPROTO, f"info: the driver speaks uapi version "
+                              f"{raw['version']}, the agent {uapi.UAPI_VERSION}")
+        self._nr_cpu_ids = raw["nr_cpu_ids"]
         return {
             "path": self.path,
             "uapi_version": raw["version"],
-            "bdf": uapi.format_bdf(raw["bdf"]),
+            "bdf": uapi.format_bdf(raw["domain"], raw["bus"], raw["devfn"]),
             "vendor": raw["vendor"],
             "device": raw["device"],
             "table_size": raw["table_size"],
@@ -75,7 +96,9 @@ class Driver:
             "table_offset": raw["table_offset"],
             "pba_bar": raw["pba_bar"],
             "pba_offset": raw["pba_offset"],
-            "can_alloc_dyn": bool(raw["can_alloc_dyn"]),
+            "dyn_alloc": bool(raw["flags"] & uapi.INFO_DYN_ALLOC),
+            "fault_injection": bool(raw["flags"] & uapi.INFO_FAULT_INJECTION),
+            "msix_control": raw["msix_control"],
             "nr_cpu_ids": raw["nr_cpu_ids"],
             "nr_groups": raw["nr_groups"],
             "nr_vectors": raw["nr_vectors"],
@@ -124,8 +147,22 @@ class Driver:
             next_id = raw["id"] + 1
 
     def vector(self, index: int) -> dict[str, Any]:
-        raw = self._ioctl("MSIXLAB_IOC_VECTOR", f"vector(index={index})", index=index)
-        n = raw["nr_cpus"]
+        """One allocated vector: its group, IRQ, cached message, live table entry, what
+        its allocation asked for (``affinity.requested``, None when nothing was), the
+        kernel's affinity mask and effective affinity, and per-CPU counts."""
+        if self._nr_cpu_ids is None:
+            self.info()
+        n = self._nr_cpu_ids
+        cpus = ctypes.create_string_buffer(n * uapi.VECTOR_CPU.size)
+        raw = self._ioctl("MSIXLAB_IOC_VECTOR", f"vector(index={index})", index=index,
+                          cpus=ctypes.addressof(cpus), cpus_len=n)
+        entries = [uapi.VECTOR_CPU.unpack(cpus.raw[i * uapi.VECTOR_CPU.size:])
+                   for i in range(raw["nr_cpus"])]
+        return self._vector(raw, entries)
+
+    @staticmethod
+    def _vector(raw: dict[str, Any], cpus: list[dict[str, Any]]) -> dict[str, Any]:
+        """The vector record from msixlab_vector and its per-CPU entries."""
         return {
             "group": raw["group"],
             "index": raw["index"],
@@ -135,9 +172,10 @@ class Driver:
             "table": {"address_lo": raw["table_address_lo"],
                       "address_hi": raw["table_address_hi"],
                       "data": raw["table_data"], "ctrl": raw["table_ctrl"]},
-            "affinity": {"requested": uapi.bits_to_list(raw["requested"], n),
-                         "effective": uapi.bits_to_list(raw["effective"], n)},
-            "counts": raw["counts"][:n],
+            "affinity": {"requested": _cpus_with(uapi.CPU_REQUESTED, cpus) or None,
+                         "mask": _cpus_with(uapi.CPU_AFFINITY, cpus),
+                         "effective": _cpus_with(uapi.CPU_EFFECTIVE, cpus)},
+            "counts": [entry["count"] for entry in cpus],
             "total": raw["total"],
             "last_cpu": None if raw["last_cpu"] == uapi.NO_CPU else raw["last_cpu"],
         }
@@ -163,3 +201,16 @@ class Driver:
         raw = self._ioctl("MSIXLAB_IOC_READ_ENTRY", f"read_entry(index={index})", index=index)
         return {"index": index, "address_lo": raw["address_lo"],
                 "address_hi": raw["address_hi"], "data": raw["data"], "ctrl": raw["ctrl"]}
+
+    def function_mask(self, masked: bool) -> dict[str, Any]:
+        """Set or clear MSI-X Function Mask; the Message Control register read back."""
+        raw = self._ioctl("MSIXLAB_IOC_FUNCTION_MASK", f"function_mask(masked={masked})",
+                          masked=int(masked))
+        return {"masked": bool(raw["control"] & PCI_MSIX_FLAGS_MASKALL),
+                "control": raw["control"]}
+
+    def crash(self, kind: str, delay_ms: int = 0) -> dict[str, Any]:
+        """MSIXLAB_IOC_CRASH (the module must be loaded with fault_injection=1)."""
+        self._ioctl("MSIXLAB_IOC_CRASH", f"crash(kind={kind}, delay_ms={delay_ms})",
+                    kind=uapi.CRASH_KINDS[kind], delay_ms=delay_ms)
+        return {"kind": kind, "delay_ms": delay_ms}

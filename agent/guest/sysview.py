@@ -4,8 +4,10 @@ Concepts: ``parse_interrupts`` turns /proc/interrupts text into rows (per-CPU co
 chip, hwirq = MSI-X index for per-device MSI-X domains, handler, action names);
 ``device_rows`` keeps the rows of one device (chip names it by BDF, or an action is one
 of the driver's).  ``irq_sysfs`` collects /sys/kernel/irq/N, /proc/irq/N and the
-device's msi_irqs/N entry for one IRQ.  ``run_tool`` runs a guest program (lspci, dmesg)
-as an argv list with a timeout.  All take a root directory so tests can use a tree.
+device's msi_irqs/N entry for one IRQ; ``msi_irqs`` lists every entry of the device's
+msi_irqs/ directory (the kernel's own list of its MSI IRQs).  ``write_affinity`` writes
+a CPU list to /proc/irq/N/smp_affinity_list.  ``run_tool`` runs a guest program (lspci,
+dmesg) as an argv list with a timeout.  All take a root directory so tests can use a tree.
 """
 
 from __future__ import annotations
@@ -121,6 +123,40 @@ def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, An
         msi = os.path.join(root, "sys/bus/pci/devices", bdf, "msi_irqs", str(irq))
         out["msi_irqs"] = _read(msi)   # "msix" while allocated, None once freed
     return out
+
+
+def msi_irqs(bdf: str, root: str = "/") -> dict[str, Any]:
+    """The device's /sys/bus/pci/devices/<bdf>/msi_irqs/ entries, by IRQ number.
+
+    ``{"bdf", "irqs": [{"irq": N, "mode": "msix"|"msi"}...]}``; the directory exists only
+    while MSI or MSI-X is enabled, so a device without it has no entries.
+    """
+    device = os.path.join(root, "sys/bus/pci/devices", bdf)
+    if not os.path.isdir(device):
+        raise GuestError(errno.ENOENT, f"msi_irqs: no PCI device {bdf} ({device})")
+    directory = os.path.join(device, "msi_irqs")
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        names = []
+    except OSError as err:
+        raise GuestError(err.errno or errno.EIO, f"msi_irqs: {directory}: {err.strerror}") from err
+    irqs = sorted(int(name) for name in names if name.isdigit())
+    return {"bdf": bdf,
+            "irqs": [{"irq": irq, "mode": _read(os.path.join(directory, str(irq)))}
+                     for irq in irqs]}
+
+
+def write_affinity(irq: int, cpus: list[int], root: str = "/") -> None:
+    """Ask the kernel to route IRQ ``irq`` to ``cpus`` (/proc/irq/N/smp_affinity_list)."""
+    path = os.path.join(root, "proc/irq", str(irq), "smp_affinity_list")
+    text = ",".join(str(cpu) for cpu in cpus)
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(text + "\n")
+    except OSError as err:
+        raise GuestError(err.errno or errno.EIO, f"set_affinity: write {text!r} to {path}: "
+                         f"{err.strerror}", argument="cpus") from err
 
 
 def run_tool(argv: list[str], timeout: float = 10.0) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Concepts: each C structure is one ``Layout``: an ordered tuple of fields (name, struct
 code, count) packed little-endian with no implicit padding, the C side carries explicit
-``pad`` fields so both agree.  ``IOCTLS`` holds the ioctl numbers computed with the
-asm-generic ``_IOC`` encoding.  tests/test_kmod_uapi.py compiles the header with the host
+``pad`` fields so both agree (and the driver rejects a non-zero pad).  ``IOCTLS`` holds
+the ioctl numbers computed with the asm-generic ``_IOC`` encoding.  Per-CPU data has no
+fixed size: ``VECTOR`` points at a buffer of ``VECTOR_CPU`` entries, one per CPU id
+(``nr_cpu_ids`` of them).  tests/test_kmod_uapi.py compiles the header with the host
 compiler and checks every size, offset, constant and ioctl number here against it.
 """
 
@@ -12,18 +14,26 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-UAPI_VERSION = 1
+UAPI_VERSION = 2
 MAX_VECTORS = 2048
-MAX_CPUS = 256
 VEC_WORDS = MAX_VECTORS // 64
-CPU_WORDS = MAX_CPUS // 64
 ANY_INDEX = 0xFFFFFFFF
 NO_CPU = 0xFFFFFFFF
 NO_GROUP = 0xFFFFFFFF
+INFO_DYN_ALLOC = 1 << 0
+INFO_FAULT_INJECTION = 1 << 1
 GROUP_MANAGED = 1 << 0
+CPU_REQUESTED = 1 << 0
+CPU_AFFINITY = 1 << 1
+CPU_EFFECTIVE = 1 << 2
 RAISE_DEFAULT_MS = 1000
 RAISE_MAX_MS = 60000
-IOC_MAGIC = 0xB7
+CRASH_WARN = 1
+CRASH_OOPS = 2
+CRASH_PANIC = 3
+CRASH_MAX_DELAY_MS = 10000
+CRASH_KINDS = {"warn": CRASH_WARN, "oops": CRASH_OOPS, "panic": CRASH_PANIC}
+IOC_MAGIC = 0xC4      # unregistered in the kernel's ioctl-number.rst (see the header)
 
 _IOC_WRITE = 1
 _IOC_READ = 2
@@ -83,9 +93,9 @@ def _u32(*names: str) -> tuple[tuple[str, str, int], ...]:
 
 
 INFO = Layout("msixlab_info", (
-    *_u32("version", "bdf"), ("vendor", "H", 1), ("device", "H", 1),
-    *_u32("table_size", "table_bar", "table_offset", "pba_bar", "pba_offset",
-          "can_alloc_dyn", "nr_cpu_ids", "nr_groups", "nr_vectors", "next_group", "pad"),
+    *_u32("version", "domain", "bus", "devfn"), ("vendor", "H", 1), ("device", "H", 1),
+    *_u32("flags", "table_size", "table_bar", "table_offset", "pba_bar", "pba_offset",
+          "nr_cpu_ids", "nr_groups", "nr_vectors", "next_group", "msix_control"),
     ("allocated", "Q", VEC_WORDS),
 ))
 GROUP = Layout("msixlab_group", (
@@ -93,21 +103,24 @@ GROUP = Layout("msixlab_group", (
     ("indices", "Q", VEC_WORDS),
 ))
 FREE = Layout("msixlab_free", _u32("id", "count"))
+VECTOR_CPU = Layout("msixlab_vector_cpu", (("count", "Q", 1), *_u32("flags", "pad")))
 VECTOR = Layout("msixlab_vector", (
-    *_u32("index", "group", "irq", "nr_cpus", "msg_address_lo", "msg_address_hi", "msg_data",
-          "table_address_lo", "table_address_hi", "table_data", "table_ctrl", "last_cpu"),
+    *_u32("index", "group", "irq", "last_cpu", "msg_address_lo", "msg_address_hi", "msg_data",
+          "table_address_lo", "table_address_hi", "table_data", "table_ctrl", "nr_cpus",
+          "cpus_len", "pad"),
+    ("cpus", "Q", 1),
     ("total", "Q", 1),
-    ("requested", "Q", CPU_WORDS),
-    ("effective", "Q", CPU_WORDS),
-    ("counts", "Q", MAX_CPUS),
 ))
 RAISE = Layout("msixlab_raise", (
     *_u32("index", "timeout_ms", "cpu", "irq"), ("latency_ns", "Q", 1), ("total", "Q", 1),
 ))
 PBA = Layout("msixlab_pba", (*_u32("table_size", "pad"), ("bits", "Q", VEC_WORDS)))
 ENTRY = Layout("msixlab_entry", _u32("index", "address_lo", "address_hi", "data", "ctrl", "pad"))
+FUNCTION_MASK = Layout("msixlab_function_mask",
+                       (("masked", "I", 1), ("control", "H", 1), ("pad", "H", 1)))
+CRASH = Layout("msixlab_crash", _u32("kind", "delay_ms"))
 
-LAYOUTS = (INFO, GROUP, FREE, VECTOR, RAISE, PBA, ENTRY)
+LAYOUTS = (INFO, GROUP, FREE, VECTOR_CPU, VECTOR, RAISE, PBA, ENTRY, FUNCTION_MASK, CRASH)
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
@@ -123,18 +136,31 @@ IOCTLS: dict[str, tuple[int, Layout]] = {
     "MSIXLAB_IOC_RAISE": (_ioc(_IOC_READ | _IOC_WRITE, 0x05, RAISE.size), RAISE),
     "MSIXLAB_IOC_READ_PBA": (_ioc(_IOC_READ, 0x06, PBA.size), PBA),
     "MSIXLAB_IOC_READ_ENTRY": (_ioc(_IOC_READ | _IOC_WRITE, 0x07, ENTRY.size), ENTRY),
+    "MSIXLAB_IOC_FUNCTION_MASK": (_ioc(_IOC_READ | _IOC_WRITE, 0x08, FUNCTION_MASK.size),
+                                  FUNCTION_MASK),
+    "MSIXLAB_IOC_CRASH": (_ioc(_IOC_WRITE, 0x09, CRASH.size), CRASH),
 }
 
 CONSTANTS = {
     "MSIXLAB_UAPI_VERSION": UAPI_VERSION,
     "MSIXLAB_MAX_VECTORS": MAX_VECTORS,
-    "MSIXLAB_MAX_CPUS": MAX_CPUS,
+    "MSIXLAB_VEC_WORDS": VEC_WORDS,
     "MSIXLAB_ANY_INDEX": ANY_INDEX,
     "MSIXLAB_NO_CPU": NO_CPU,
     "MSIXLAB_NO_GROUP": NO_GROUP,
+    "MSIXLAB_INFO_DYN_ALLOC": INFO_DYN_ALLOC,
+    "MSIXLAB_INFO_FAULT_INJECTION": INFO_FAULT_INJECTION,
     "MSIXLAB_GROUP_MANAGED": GROUP_MANAGED,
+    "MSIXLAB_CPU_REQUESTED": CPU_REQUESTED,
+    "MSIXLAB_CPU_AFFINITY": CPU_AFFINITY,
+    "MSIXLAB_CPU_EFFECTIVE": CPU_EFFECTIVE,
     "MSIXLAB_RAISE_DEFAULT_MS": RAISE_DEFAULT_MS,
     "MSIXLAB_RAISE_MAX_MS": RAISE_MAX_MS,
+    "MSIXLAB_CRASH_WARN": CRASH_WARN,
+    "MSIXLAB_CRASH_OOPS": CRASH_OOPS,
+    "MSIXLAB_CRASH_PANIC": CRASH_PANIC,
+    "MSIXLAB_CRASH_MAX_DELAY_MS": CRASH_MAX_DELAY_MS,
+    "MSIXLAB_IOC_MAGIC": IOC_MAGIC,
 }
 
 
@@ -153,7 +179,7 @@ def list_to_bits(items: list[int], words: int) -> list[int]:
     return out
 
 
-def format_bdf(bdf: int) -> str:
-    """msixlab_info.bdf (domain << 16 | bus << 8 | devfn) as 0000:01:00.0."""
-    devfn = bdf & 0xFF
-    return f"{bdf >> 16:04x}:{bdf >> 8 & 0xFF:02x}:{devfn >> 3:02x}.{devfn & 7}"
+def format_bdf(domain: int, bus: int, devfn: int) -> str:
+    """msixlab_info's domain, bus and devfn as Linux names the device (0000:01:00.0);
+    the domain takes as many hex digits as it needs, at least four."""
+    return f"{domain:04x}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7}"

@@ -128,7 +128,7 @@ def destination_matches_affinity(record: RoutingRecord) -> CheckResult:
     if decoded.format is MsiFormat.REMAPPABLE:
         return judge.skipped("remappable message: the destination is in the IRTE")
     evidence = {"message": record.guest.msg.to_hex(), "effective": list(affinity.effective),
-                "requested": list(affinity.requested)}
+                "requested": None if affinity.requested is None else list(affinity.requested)}
     if decoded.format is MsiFormat.NOT_MSI:
         return judge.failed("the guest's cached message is not an MSI address", **evidence)
     if decoded.dest_mode is DestMode.LOGICAL:
@@ -143,18 +143,20 @@ def destination_matches_affinity(record: RoutingRecord) -> CheckResult:
 
 
 def affinity_honoured(record: RoutingRecord) -> CheckResult:
-    """The kernel put the vector on CPUs the driver asked for: the effective affinity is a
-    non-empty subset of the requested one (a group allocated with a CPU must land there)."""
+    """The kernel put the vector where it was asked to: the effective affinity is a
+    non-empty subset of the CPUs requested (by the group's allocation or a set_affinity),
+    or of the kernel's affinity mask when nothing was requested."""
     judge = _Judge("affinity_honoured", record.index)
     if record.guest is None:
         return judge.skipped("no guest vector at this index")
-    requested, effective = record.guest.affinity.requested, record.guest.affinity.effective
-    if not effective:
-        return judge.failed("no effective affinity", requested=list(requested))
-    outside = sorted(set(effective) - set(requested))
+    affinity = record.guest.affinity
+    evidence = affinity.to_dict()
+    if not affinity.effective:
+        return judge.failed("no effective affinity", **evidence)
+    outside = sorted(set(affinity.effective) - set(affinity.allowed))
     if outside:
-        return judge.failed(f"effective CPUs {outside} were not requested",
-                            requested=list(requested), effective=list(effective))
+        what = "requested" if affinity.requested is not None else "in the affinity mask"
+        return judge.failed(f"effective CPUs {outside} were not {what}", **evidence)
     return judge.passed()
 
 

@@ -165,11 +165,21 @@ class TableEntry:
 
 @dataclass(frozen=True)
 class Affinity:
-    requested: tuple[int, ...]
+    """A vector's CPUs: what its allocation or a set_affinity asked for (``requested``,
+    None when nothing was asked), the kernel's affinity mask and its effective affinity."""
+
+    requested: tuple[int, ...] | None
+    mask: tuple[int, ...]
     effective: tuple[int, ...]
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"requested": list(self.requested), "effective": list(self.effective)}
+    @property
+    def allowed(self) -> tuple[int, ...]:
+        """Where the vector may land: what was asked, else the kernel's mask."""
+        return self.mask if self.requested is None else self.requested
+
+    def to_dict(self) -> dict[str, list[int] | None]:
+        return {"requested": None if self.requested is None else list(self.requested),
+                "mask": list(self.mask), "effective": list(self.effective)}
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,13 @@ def _ints(raw: Mapping[str, Any], key: str, view: str, index: int | None) -> tup
     return tuple(_int({key: v}, key, view, index) for v in values)
 
 
+def _optional_ints(raw: Mapping[str, Any], key: str, view: str,
+                   index: int | None) -> tuple[int, ...] | None:
+    if key not in raw:
+        raise RoutingViewError(view, index, key, "missing")
+    return None if raw[key] is None else _ints(raw, key, view, index)
+
+
 def _sub(raw: Mapping[str, Any], key: str, view: str, index: int | None) -> Mapping:
     value = raw.get(key)
     if not isinstance(value, Mapping):
@@ -354,7 +371,8 @@ def guest_view_from_dict(raw: Mapping[str, Any], index: int | None = None) -> Gu
     return GuestView(
         msg=message_from_dict(_sub(raw, "msg", "guest", index), "guest", index),
         table=table_entry_from_dict(_sub(raw, "table", "guest", index), "guest", index),
-        affinity=Affinity(_ints(affinity, "requested", "guest", index),
+        affinity=Affinity(_optional_ints(affinity, "requested", "guest", index),
+                          _ints(affinity, "mask", "guest", index),
                           _ints(affinity, "effective", "guest", index)),
         counts=_ints(raw, "counts", "guest", index),
     )

@@ -9,8 +9,12 @@
  *    handler's per-CPU counters.
  *  - struct msixlab_grp: vectors allocated by one request (group 0 is the
  *    enable-time vector at index 0).
- *  - ml->lock serialises every control operation; the interrupt handler
+ *  - ml->lock serialises every control operation except the raise's wait
+ *    and the fault injection (they run without it); the interrupt handler
  *    only touches the vector's counters and the raise wait queue.
+ *  - A vector is reference counted: ml->vecs[] holds one reference and a
+ *    raise waiting for it another, so a free or an unbind during the wait
+ *    marks it dead and wakes the waiter instead of freeing it under it.
  */
 #ifndef _MSIXLAB_H
 #define _MSIXLAB_H
@@ -23,7 +27,9 @@
 #include <linux/mutex.h>
 #include <linux/pci.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
+#include "msixlab_compat.h"
 #include "msixlab_uapi.h"
 
 #define MSIXLAB_VENDOR_ID	0x1234
@@ -38,11 +44,18 @@ struct msixlab_grp;
 struct msixlab_vec {
 	struct msixlab_dev *ml;
 	struct msixlab_grp *grp;
+	struct kref ref;		/* ml->vecs[] + each waiting raise */
 	struct msi_map map;		/* index and Linux IRQ */
 	bool dynamic;			/* from pci_msix_alloc_irq_at() */
+	bool dead;			/* freed: its handler is gone */
 	u64 __percpu *counts;
+	/*
+	 * The handler writes last_cpu and last_ns, then increments total
+	 * with release ordering; readers load total with acquire ordering
+	 * before reading last_cpu/last_ns (see msixlab_irq()).
+	 */
 	atomic64_t total;
-	int last_cpu;			/* written by the handler */
+	int last_cpu;
 	u64 last_ns;			/* ktime of the last interrupt */
 	char name[32];			/* request_irq() name */
 };
@@ -77,7 +90,8 @@ struct msixlab_dev {
 	struct msixlab_grp grp0;
 	u32 next_group;
 	u32 nr_vectors;
-	wait_queue_head_t raise_wq;
+	wait_queue_head_t raise_wq;	/* every handler wakes it */
+	struct delayed_work crash_work;	/* a delayed MSIXLAB_CRASH_PANIC */
 };
 
 /* msixlab_group.c */
@@ -89,11 +103,21 @@ void msixlab_grp_free_all(struct msixlab_dev *ml);
 int msixlab_grp_get(struct msixlab_dev *ml, struct msixlab_group *req);
 void msixlab_indices(struct msixlab_dev *ml, struct msixlab_grp *grp,
 		     __u64 *words);
+void msixlab_vec_put(struct msixlab_vec *vec);
 
 /* msixlab_route.c */
 int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v);
 int msixlab_read_entry(struct msixlab_dev *ml, struct msixlab_entry *e);
 int msixlab_read_pba(struct msixlab_dev *ml, struct msixlab_pba *p);
 int msixlab_raise(struct msixlab_dev *ml, struct msixlab_raise *r);
+int msixlab_function_mask(struct msixlab_dev *ml,
+			  struct msixlab_function_mask *fm);
+u16 msixlab_msix_control(struct msixlab_dev *ml);
+
+/* msixlab_fault.c */
+bool msixlab_fault_injection(void);
+void msixlab_crash_init(struct msixlab_dev *ml);
+void msixlab_crash_cancel(struct msixlab_dev *ml);
+int msixlab_crash(struct msixlab_dev *ml, struct msixlab_crash *c);
 
 #endif /* _MSIXLAB_H */

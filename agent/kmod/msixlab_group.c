@@ -12,6 +12,9 @@
  *    failed request leaves the table exactly as it was.
  *  - Group 0 is the vector MSI-X was enabled with; it goes away with
  *    pci_free_irq_vectors() at unbind only.
+ *  - Group ids come from ml->next_group, which only grows: an id is never
+ *    given twice while bound.  An explicit start gives exactly start,
+ *    start + 1, ...: the index the kernel returns is checked each time.
  */
 #include <linux/interrupt.h>
 #include <linux/ktime.h>
@@ -27,7 +30,13 @@ static irqreturn_t msixlab_irq(int irq, void *data)
 	this_cpu_inc(*vec->counts);
 	WRITE_ONCE(vec->last_cpu, raw_smp_processor_id());
 	WRITE_ONCE(vec->last_ns, ktime_get_ns());
-	atomic64_inc(&vec->total);
+	/*
+	 * Release: pairs with atomic64_read_acquire() of total in
+	 * msixlab_raise() and msixlab_vector_info().  A reader that sees this
+	 * increment also sees the count, last_cpu and last_ns written above
+	 * (or those of a later interrupt), never older ones.
+	 */
+	atomic64_inc_return_release(&vec->total);
 	wake_up(&vec->ml->raise_wq);
 	return IRQ_HANDLED;
 }
@@ -45,15 +54,23 @@ static struct msixlab_vec *msixlab_vec_new(struct msixlab_dev *ml)
 		return NULL;
 	}
 	vec->ml = ml;
+	kref_init(&vec->ref);
 	vec->last_cpu = -1;
 	atomic64_set(&vec->total, 0);
 	return vec;
 }
 
-static void msixlab_vec_destroy(struct msixlab_vec *vec)
+static void msixlab_vec_release(struct kref *ref)
 {
+	struct msixlab_vec *vec = container_of(ref, struct msixlab_vec, ref);
+
 	free_percpu(vec->counts);
 	kfree(vec);
+}
+
+void msixlab_vec_put(struct msixlab_vec *vec)
+{
+	kref_put(&vec->ref, msixlab_vec_release);
 }
 
 /* Request the handler for an allocated map and publish the vector. */
@@ -80,6 +97,12 @@ static void msixlab_vec_detach(struct msixlab_dev *ml, struct msixlab_vec *vec)
 	ml->nr_vectors--;
 	vec->grp->count--;
 	free_irq(vec->map.virq, vec);
+	/*
+	 * Release: a raise that sees dead (smp_load_acquire() in
+	 * msixlab_raise_done()) also sees ml->gone when this is an unbind.
+	 */
+	smp_store_release(&vec->dead, true);
+	wake_up_all(&ml->raise_wq);
 }
 
 /* Map the kernel's answer to the driver's one-meaning-each errno. */
@@ -96,6 +119,32 @@ static int msixlab_alloc_errno(int err, bool any_index)
 	default:
 		return err;
 	}
+}
+
+/*
+ * The kernel must give exactly the index asked for (or, for any index, one
+ * inside the table that the driver does not hold yet): anything else is the
+ * kernel misbehaving, reported as EIO rather than published at a wrong place.
+ * -EEXIST: the index is one of the driver's live vectors.
+ */
+static int msixlab_check_index(struct msixlab_dev *ml, struct msixlab_vec *vec,
+			       unsigned int asked)
+{
+	unsigned int got = vec->map.index;
+
+	if (got < ml->table_size && ml->vecs[got]) {
+		dev_err(&ml->pdev->dev,
+			"%s: pci_msix_alloc_irq_at(%d) returned index %u, which is already allocated\n",
+			ml->name, (int)asked, got);
+		return -EEXIST;
+	}
+	if (got >= ml->table_size || (asked != MSI_ANY_INDEX && got != asked)) {
+		dev_err(&ml->pdev->dev,
+			"%s: pci_msix_alloc_irq_at(%d) returned index %u\n",
+			ml->name, (int)asked, got);
+		return -EIO;
+	}
+	return 0;
 }
 
 static int msixlab_vec_alloc(struct msixlab_dev *ml, struct msixlab_grp *grp,
@@ -115,6 +164,13 @@ static int msixlab_vec_alloc(struct msixlab_dev *ml, struct msixlab_grp *grp,
 					  index == MSI_ANY_INDEX);
 		goto err_destroy;
 	}
+	ret = msixlab_check_index(ml, vec, index);
+	if (ret == -EEXIST) {
+		ret = -EIO;	/* not ours to free: it is a live vector */
+		goto err_destroy;
+	}
+	if (ret)
+		goto err_free_map;
 	vec->dynamic = true;
 
 	ret = msixlab_vec_attach(ml, vec, grp);
@@ -125,7 +181,7 @@ static int msixlab_vec_alloc(struct msixlab_dev *ml, struct msixlab_grp *grp,
 err_free_map:
 	pci_msix_free_irq(ml->pdev, vec->map);
 err_destroy:
-	msixlab_vec_destroy(vec);
+	msixlab_vec_put(vec);
 	return ret;
 }
 
@@ -134,7 +190,7 @@ static void msixlab_vec_free(struct msixlab_dev *ml, struct msixlab_vec *vec)
 	msixlab_vec_detach(ml, vec);
 	if (vec->dynamic)
 		pci_msix_free_irq(ml->pdev, vec->map);
-	msixlab_vec_destroy(vec);
+	msixlab_vec_put(vec);
 }
 
 /* Free every vector of grp (highest index first); returns how many. */
@@ -157,6 +213,8 @@ static u32 msixlab_grp_release(struct msixlab_dev *ml, struct msixlab_grp *grp)
 static int msixlab_grp_check(struct msixlab_dev *ml,
 			     const struct msixlab_group *req)
 {
+	if (req->pad)
+		return -EINVAL;
 	/* max may exceed the table (an upper bound, as for pci_alloc_irq_vectors) */
 	if (req->min < 1 || req->min > req->max || req->min > ml->table_size)
 		return -EINVAL;
@@ -210,6 +268,8 @@ int msixlab_grp_alloc(struct msixlab_dev *ml, struct msixlab_group *req)
 	ret = msixlab_grp_check(ml, req);
 	if (ret)
 		return ret;
+	if (ml->next_group == MSIXLAB_NO_GROUP)
+		return -ENOSPC;		/* ids are never reused while bound */
 
 	grp = kzalloc(sizeof(*grp), GFP_KERNEL);
 	if (!grp)
@@ -306,6 +366,9 @@ int msixlab_grp_get(struct msixlab_dev *ml, struct msixlab_group *req)
 {
 	struct msixlab_grp *grp;
 
+	if (req->pad)
+		return -EINVAL;
+
 	list_for_each_entry(grp, &ml->groups, node) {
 		if (grp->id < req->id)
 			continue;
@@ -351,7 +414,7 @@ int msixlab_grp0_setup(struct msixlab_dev *ml)
 	return 0;
 
 err_destroy:
-	msixlab_vec_destroy(vec);
+	msixlab_vec_put(vec);
 	return ret;
 }
 

@@ -10,7 +10,10 @@
  *    every group while holding the control lock, so an ioctl on a file that
  *    is still open finds the device gone (ENODEV) instead of freed memory.
  *  - The control interface is one dispatch table from ioctl number to
- *    handler; every handler runs under ml->lock.
+ *    handler; handlers run under ml->lock and find the device present,
+ *    except the two marked unlocked: RAISE (it takes the lock only to ring
+ *    the doorbell, then waits without it) and CRASH (an oops must not die
+ *    holding the lock).
  */
 #include <linux/fs.h>
 #include <linux/idr.h>
@@ -18,7 +21,6 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
-#include <linux/version.h>
 
 #include "msixlab.h"
 
@@ -41,16 +43,19 @@ static int msixlab_ioc_info(struct msixlab_dev *ml, void *arg)
 	struct msixlab_grp *grp;
 
 	info->version = MSIXLAB_UAPI_VERSION;
-	info->bdf = pci_domain_nr(pdev->bus) << 16 | pdev->bus->number << 8 |
-		    pdev->devfn;
+	info->domain = pci_domain_nr(pdev->bus);
+	info->bus = pdev->bus->number;
+	info->devfn = pdev->devfn;
 	info->vendor = pdev->vendor;
 	info->device = pdev->device;
+	info->flags = (ml->can_alloc_dyn ? MSIXLAB_INFO_DYN_ALLOC : 0) |
+		      (msixlab_fault_injection() ? MSIXLAB_INFO_FAULT_INJECTION : 0);
 	info->table_size = ml->table_size;
 	info->table_bar = ml->table_bar;
 	info->table_offset = ml->table_offset;
 	info->pba_bar = ml->pba_bar;
 	info->pba_offset = ml->pba_offset;
-	info->can_alloc_dyn = ml->can_alloc_dyn;
+	info->msix_control = msixlab_msix_control(ml);
 	info->nr_cpu_ids = nr_cpu_ids;
 	info->nr_groups = 0;
 	list_for_each_entry(grp, &ml->groups, node)
@@ -103,35 +108,56 @@ static int msixlab_ioc_entry(struct msixlab_dev *ml, void *arg)
 	return msixlab_read_entry(ml, arg);
 }
 
-static const struct {
+static int msixlab_ioc_function_mask(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_function_mask(ml, arg);
+}
+
+static int msixlab_ioc_crash(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_crash(ml, arg);
+}
+
+struct msixlab_ioc {
 	unsigned int cmd;
 	int (*fn)(struct msixlab_dev *ml, void *arg);
-} msixlab_iocs[] = {
+	bool unlocked;		/* fn takes ml->lock itself, or not at all */
+};
+
+static const struct msixlab_ioc msixlab_iocs[] = {
 	{ MSIXLAB_IOC_INFO,		msixlab_ioc_info },
 	{ MSIXLAB_IOC_ALLOC_GROUP,	msixlab_ioc_alloc },
 	{ MSIXLAB_IOC_FREE_GROUP,	msixlab_ioc_free },
 	{ MSIXLAB_IOC_GET_GROUP,	msixlab_ioc_get },
 	{ MSIXLAB_IOC_VECTOR,		msixlab_ioc_vector },
-	{ MSIXLAB_IOC_RAISE,		msixlab_ioc_raise },
+	{ MSIXLAB_IOC_RAISE,		msixlab_ioc_raise,	true },
 	{ MSIXLAB_IOC_READ_PBA,		msixlab_ioc_pba },
 	{ MSIXLAB_IOC_READ_ENTRY,	msixlab_ioc_entry },
+	{ MSIXLAB_IOC_FUNCTION_MASK,	msixlab_ioc_function_mask },
+	{ MSIXLAB_IOC_CRASH,		msixlab_ioc_crash,	true },
 };
 
-static long msixlab_ioctl(struct file *file, unsigned int cmd,
-			  unsigned long arg)
+static const struct msixlab_ioc *msixlab_ioc_find(unsigned int cmd)
 {
-	struct msixlab_dev *ml = file->private_data;
-	void __user *uarg = (void __user *)arg;
-	size_t size = _IOC_SIZE(cmd);
-	int (*fn)(struct msixlab_dev *ml, void *arg) = NULL;
-	void *buf;
-	long ret;
 	int i;
 
 	for (i = 0; i < ARRAY_SIZE(msixlab_iocs); i++)
 		if (msixlab_iocs[i].cmd == cmd)
-			fn = msixlab_iocs[i].fn;
-	if (!fn)
+			return &msixlab_iocs[i];
+	return NULL;
+}
+
+static long msixlab_ioctl(struct file *file, unsigned int cmd,
+			  unsigned long arg)
+{
+	const struct msixlab_ioc *ioc = msixlab_ioc_find(cmd);
+	struct msixlab_dev *ml = file->private_data;
+	void __user *uarg = (void __user *)arg;
+	size_t size = _IOC_SIZE(cmd);
+	void *buf;
+	long ret;
+
+	if (!ioc)
 		return -ENOTTY;
 
 	buf = kzalloc(size, GFP_KERNEL);
@@ -142,9 +168,13 @@ static long msixlab_ioctl(struct file *file, unsigned int cmd,
 		goto out_free;
 	}
 
-	mutex_lock(&ml->lock);
-	ret = ml->gone ? -ENODEV : fn(ml, buf);
-	mutex_unlock(&ml->lock);
+	if (ioc->unlocked) {
+		ret = ioc->fn(ml, buf);
+	} else {
+		mutex_lock(&ml->lock);
+		ret = ml->gone ? -ENODEV : ioc->fn(ml, buf);
+		mutex_unlock(&ml->lock);
+	}
 
 	if (!ret && (_IOC_DIR(cmd) & _IOC_READ) &&
 	    copy_to_user(uarg, buf, size))
@@ -194,15 +224,9 @@ static int msixlab_map_bar(struct msixlab_dev *ml, u32 bar)
 		return -ENODEV;
 	if (ml->bar[bar])
 		return 0;
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
-	base = pcim_iomap_region(pdev, bar, KBUILD_MODNAME);
+	base = msixlab_iomap_bar(pdev, bar, KBUILD_MODNAME);
 	if (IS_ERR(base))
 		return PTR_ERR(base);
-#else
-	if (pcim_iomap_regions(pdev, BIT(bar), KBUILD_MODNAME))
-		return -EBUSY;
-	base = pcim_iomap_table(pdev)[bar];
-#endif
 	ml->bar[bar] = base;
 	return 0;
 }
@@ -262,6 +286,7 @@ static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&ml->lock);
 	INIT_LIST_HEAD(&ml->groups);
 	init_waitqueue_head(&ml->raise_wq);
+	msixlab_crash_init(ml);
 	ml->next_group = 1;
 
 	ret = pcim_enable_device(pdev);
@@ -306,10 +331,11 @@ static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	pci_set_drvdata(pdev, ml);
 	dev_info(&pdev->dev,
-		 "%s: %u MSI-X entries, table BAR%u+%#x, PBA BAR%u+%#x, dynamic allocation %s\n",
+		 "%s: %u MSI-X entries, table BAR%u+%#x, PBA BAR%u+%#x, dynamic allocation %s, fault injection %s\n",
 		 ml->name, ml->table_size, ml->table_bar, ml->table_offset,
 		 ml->pba_bar, ml->pba_offset,
-		 ml->can_alloc_dyn ? "supported" : "not supported");
+		 ml->can_alloc_dyn ? "supported" : "not supported",
+		 msixlab_fault_injection() ? "on" : "off");
 	return 0;
 
 err_grp0:
@@ -331,11 +357,12 @@ static void msixlab_remove(struct pci_dev *pdev)
 	misc_deregister(&ml->misc);
 
 	mutex_lock(&ml->lock);
-	ml->gone = true;
+	WRITE_ONCE(ml->gone, true);
 	vectors = ml->nr_vectors;
 	msixlab_grp_free_all(ml);
 	msixlab_grp0_teardown(ml);
 	mutex_unlock(&ml->lock);
+	msixlab_crash_cancel(ml);	/* none can be scheduled once gone */
 
 	pci_free_irq_vectors(pdev);
 	ida_free(&msixlab_ida, ml->id);

@@ -7,10 +7,15 @@
  *    (get_cached_msi_msg), the table entry read back through MMIO (under
  *    QEMU the table is emulated by QEMU, so this is QEMU's copy), and the
  *    IRQ's requested and effective affinity.
- *  - A raise writes the index to the ICS doorbell (BAR0 + 0x20) and waits,
- *    bounded, until the vector's handler has counted one more interrupt;
- *    it reports the CPU that counted it, so a caller can check that the
- *    interrupt arrived on the vector it raised and on the CPU it expects.
+ *  - A raise writes the index to the ICS doorbell (BAR0 + 0x20) under the
+ *    device lock, then waits without it (interruptibly, bounded) until the
+ *    vector's handler has counted one more interrupt; it reports the CPU
+ *    that counted it, so a caller can check that the interrupt arrived on
+ *    the vector it raised and on the CPU it expects.
+ *  - Per-CPU data (counts, what was asked, the kernel's affinity masks) goes
+ *    to a caller-sized buffer of nr_cpu_ids entries: no CPU limit.
+ *  - The Function Mask bit of the MSI-X Message Control register masks
+ *    every vector at once; the device must hold raises pending meanwhile.
  */
 #include <linux/interrupt.h>
 #include <linux/io.h>
@@ -19,20 +24,10 @@
 #include <linux/ktime.h>
 #include <linux/msi.h>
 #include <linux/percpu.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
 
 #include "msixlab.h"
-
-static void msixlab_cpumask_words(const struct cpumask *mask, __u64 *words)
-{
-	unsigned int cpu;
-
-	memset(words, 0, MSIXLAB_CPU_WORDS * sizeof(*words));
-	if (!mask)
-		return;
-	for_each_cpu(cpu, mask)
-		if (cpu < MSIXLAB_MAX_CPUS)
-			words[cpu / 64] |= 1ULL << (cpu % 64);
-}
 
 static void msixlab_entry_read(struct msixlab_dev *ml, u32 index,
 			       u32 *addr_lo, u32 *addr_hi, u32 *data, u32 *ctrl)
@@ -59,17 +54,72 @@ static struct msixlab_vec *msixlab_vec_lookup(struct msixlab_dev *ml,
 	return ml->vecs[index];
 }
 
+/* Flags of one CPU for vec: what was asked, the kernel's two masks. */
+static u32 msixlab_cpu_flags(struct msixlab_vec *vec, unsigned int cpu,
+			     const struct cpumask *affinity,
+			     const struct cpumask *effective)
+{
+	u32 flags = 0;
+
+	if (vec->grp->cpu == cpu)
+		flags |= MSIXLAB_CPU_REQUESTED;
+	if (affinity && cpumask_test_cpu(cpu, affinity))
+		flags |= MSIXLAB_CPU_AFFINITY;
+	if (effective && cpumask_test_cpu(cpu, effective))
+		flags |= MSIXLAB_CPU_EFFECTIVE;
+	return flags;
+}
+
+/* Write one msixlab_vector_cpu per CPU id to the caller's buffer. */
+static int msixlab_vector_cpus(struct msixlab_vec *vec, struct msixlab_vector *v)
+{
+	const struct cpumask *affinity = irq_get_affinity_mask(vec->map.virq);
+	const struct cpumask *effective =
+		irq_get_effective_affinity_mask(vec->map.virq);
+	struct msixlab_vector_cpu *cpus;
+	unsigned int cpu;
+	int ret = 0;
+
+	if (!v->cpus)
+		return v->cpus_len ? -EINVAL : 0;
+	if (v->cpus_len < nr_cpu_ids)
+		return -EOVERFLOW;
+	cpus = kcalloc(nr_cpu_ids, sizeof(*cpus), GFP_KERNEL);
+	if (!cpus)
+		return -ENOMEM;
+	for (cpu = 0; cpu < nr_cpu_ids; cpu++) {
+		if (cpu_possible(cpu))
+			cpus[cpu].count = *per_cpu_ptr(vec->counts, cpu);
+		cpus[cpu].flags = msixlab_cpu_flags(vec, cpu, affinity,
+						    effective);
+	}
+	if (copy_to_user(u64_to_user_ptr(v->cpus), cpus,
+			 nr_cpu_ids * sizeof(*cpus)))
+		ret = -EFAULT;
+	kfree(cpus);
+	return ret;
+}
+
 int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v)
 {
 	struct msixlab_vec *vec;
 	struct msi_msg msg = { };
-	unsigned int cpu;
-	int ret;
+	int cpu, ret;
 
+	if (v->pad)
+		return -EINVAL;
 	vec = msixlab_vec_lookup(ml, v->index, &ret);
 	if (!vec)
 		return ret;
 
+	/* Acquire: pairs with the release in msixlab_irq(). */
+	v->total = atomic64_read_acquire(&vec->total);
+	cpu = READ_ONCE(vec->last_cpu);
+	v->last_cpu = cpu < 0 ? MSIXLAB_NO_CPU : cpu;
+	ret = msixlab_vector_cpus(vec, v);
+	if (ret)
+		return ret;
+	v->nr_cpus = nr_cpu_ids;
 	v->group = vec->grp->id;
 	v->irq = vec->map.virq;
 	get_cached_msi_msg(vec->map.virq, &msg);
@@ -79,24 +129,12 @@ int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v)
 	msixlab_entry_read(ml, v->index, &v->table_address_lo,
 			   &v->table_address_hi, &v->table_data,
 			   &v->table_ctrl);
-	msixlab_cpumask_words(irq_get_affinity_mask(vec->map.virq),
-			      v->requested);
-	msixlab_cpumask_words(irq_get_effective_affinity_mask(vec->map.virq),
-			      v->effective);
-
-	v->nr_cpus = min_t(u32, nr_cpu_ids, MSIXLAB_MAX_CPUS);
-	for_each_possible_cpu(cpu)
-		if (cpu < MSIXLAB_MAX_CPUS)
-			v->counts[cpu] = *per_cpu_ptr(vec->counts, cpu);
-	v->total = atomic64_read(&vec->total);
-	cpu = READ_ONCE(vec->last_cpu);
-	v->last_cpu = (int)cpu < 0 ? MSIXLAB_NO_CPU : cpu;
 	return 0;
 }
 
 int msixlab_read_entry(struct msixlab_dev *ml, struct msixlab_entry *e)
 {
-	if (e->index >= ml->table_size)
+	if (e->pad || e->index >= ml->table_size)
 		return -EINVAL;
 	msixlab_entry_read(ml, e->index, &e->address_lo, &e->address_hi,
 			   &e->data, &e->ctrl);
@@ -118,34 +156,102 @@ int msixlab_read_pba(struct msixlab_dev *ml, struct msixlab_pba *p)
 	return 0;
 }
 
+static bool msixlab_raise_done(struct msixlab_vec *vec, s64 before)
+{
+	/* Acquire: pairs with the releases in msixlab_irq() and _detach(). */
+	return atomic64_read_acquire(&vec->total) != before ||
+	       smp_load_acquire(&vec->dead);
+}
+
+/* After the wait: the handler's record, or why there is none. */
+static int msixlab_raise_result(struct msixlab_dev *ml,
+				struct msixlab_vec *vec, s64 before, u64 t0,
+				long left, struct msixlab_raise *r)
+{
+	s64 total = atomic64_read_acquire(&vec->total);
+
+	if (total != before) {
+		r->irq = vec->map.virq;
+		r->cpu = READ_ONCE(vec->last_cpu);
+		r->latency_ns = READ_ONCE(vec->last_ns) - t0;
+		r->total = total;
+		return 0;
+	}
+	if (smp_load_acquire(&vec->dead))
+		return READ_ONCE(ml->gone) ? -ENODEV : -ENOENT;
+	if (left < 0)
+		return -EINTR;	/* not -ERESTARTSYS: a restart would ring twice */
+	return -ETIMEDOUT;
+}
+
+/*
+ * Ring the doorbell under ml->lock (the vector is live, the BAR mapped),
+ * then wait without it, interruptibly and bounded by timeout_ms, holding a
+ * reference on the vector so a concurrent free or unbind cannot free it.
+ */
 int msixlab_raise(struct msixlab_dev *ml, struct msixlab_raise *r)
 {
 	struct msixlab_vec *vec;
-	unsigned long left;
 	s64 before;
+	long left;
 	u64 t0;
 	int ret;
 
 	if (r->timeout_ms > MSIXLAB_RAISE_MAX_MS)
 		return -EINVAL;
-	vec = msixlab_vec_lookup(ml, r->index, &ret);
-	if (!vec)
-		return ret;
 	if (!r->timeout_ms)
 		r->timeout_ms = MSIXLAB_RAISE_DEFAULT_MS;
 
-	before = atomic64_read(&vec->total);
+	mutex_lock(&ml->lock);
+	ret = -ENODEV;
+	vec = ml->gone ? NULL : msixlab_vec_lookup(ml, r->index, &ret);
+	if (!vec) {
+		mutex_unlock(&ml->lock);
+		return ret;
+	}
+	kref_get(&vec->ref);
+	before = atomic64_read_acquire(&vec->total);
 	t0 = ktime_get_ns();
 	writel(r->index, ml->regs + MSIXLAB_REG_ICS);
-	left = wait_event_timeout(ml->raise_wq,
-				  atomic64_read(&vec->total) != before,
-				  msecs_to_jiffies(r->timeout_ms));
-	if (!left)
-		return -ETIMEDOUT;
+	mutex_unlock(&ml->lock);
 
-	r->irq = vec->map.virq;
-	r->cpu = READ_ONCE(vec->last_cpu);
-	r->latency_ns = READ_ONCE(vec->last_ns) - t0;
-	r->total = atomic64_read(&vec->total);
+	left = wait_event_interruptible_timeout(ml->raise_wq,
+						msixlab_raise_done(vec, before),
+						msecs_to_jiffies(r->timeout_ms));
+	ret = msixlab_raise_result(ml, vec, before, t0, left, r);
+	msixlab_vec_put(vec);
+	return ret;
+}
+
+u16 msixlab_msix_control(struct msixlab_dev *ml)
+{
+	u16 control = 0;
+
+	pci_read_config_word(ml->pdev, ml->pdev->msix_cap + PCI_MSIX_FLAGS,
+			     &control);
+	return control;
+}
+
+/* Set or clear the Function Mask bit; report the register read back. */
+int msixlab_function_mask(struct msixlab_dev *ml,
+			  struct msixlab_function_mask *fm)
+{
+	struct pci_dev *pdev = ml->pdev;
+	u16 control = msixlab_msix_control(ml);
+	int ret;
+
+	if (fm->masked > 1 || fm->pad)
+		return -EINVAL;
+	if (fm->masked)
+		control |= PCI_MSIX_FLAGS_MASKALL;
+	else
+		control &= ~PCI_MSIX_FLAGS_MASKALL;
+	ret = pci_write_config_word(pdev, pdev->msix_cap + PCI_MSIX_FLAGS,
+				    control);
+	if (ret)
+		return pcibios_err_to_errno(ret);
+	fm->control = msixlab_msix_control(ml);
+	dev_dbg(&pdev->dev, "%s: function mask %s, control %#06x\n", ml->name,
+		fm->masked ? "set" : "cleared", fm->control);
 	return 0;
 }
