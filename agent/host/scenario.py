@@ -20,8 +20,9 @@ raise-device / raise-doorbell: every live vector raised from the device, then by
     guest through the ICS doorbell: each counted once, on the CPU its message names.
 function-mask: MASKALL set, one vector raised: held pending, nothing delivered; MASKALL
     cleared: delivered exactly once.
-affinity-change: one of A's vectors moved to another CPU through /proc/irq/N: the
-    driver's cached message and QEMU's table take the new destination, a raise lands there.
+affinity-change: one of A's vectors moved to another CPU through /proc/irq/N: after the
+    interrupt that completes the move, the driver's cached message and QEMU's table name
+    the new destination, and the next raise lands there.
 free-and-reuse: B freed and its indices raised (QEMU holds them behind the mask, nothing
     arrives); E' of B's size reuses B's indices and gets each held raise exactly once.
 exhaustion: groups of 8 until ENOSPC (a group whose min cannot be met leaves the table
@@ -288,12 +289,25 @@ class Scenario:
         return self._account(after)
 
     def step_affinity_change(self) -> Snapshot:
+        """Without interrupt remapping x86 moves an MSI when its next interrupt arrives
+        (a pending move), so the first raise after the write may land on the old CPU: it
+        is only counted (accounting); then the move must be complete, the cached message
+        and QEMU's table on the new destination, and the next raise must land there."""
         index = self.a.indices[1]
         before = self.snapshot()
         current = checks.target_cpu(before.get(index))
         target = (current + 1) % self.lab.cpus if current is not None else self.lab.cpus - 1
         self.lab.agent("set_affinity", index=index, cpus=[target])
         self.ledger.retarget(index, target)
+        self._device_raise([index])
+        self._wait_counts({index: before.get(index).guest.total + 1},
+                          f"vector {index}'s first raise after the move")
+        try:
+            self.lab.wait_until(lambda: self.lab.agent("vector", index=index)
+                                ["affinity"]["effective"] == [target], STEP_TIMEOUT_S,
+                                f"vector {index}'s effective affinity to become CPU {target}")
+        except WaitTimeout as err:
+            log.warning("%s", err)      # judged below
         moved = self.snapshot()
         self._add(accounting.requested_affinity_honoured(self.ledger, moved))
         self._add(checks.cached_msg_matches_table(moved.get(index)))
