@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
+
+from agent.host.session import PROJECT_DIR
 
 from agent.host import cli
 from agent.host.errors import EXIT_INFRA, HostError, WaitTimeout
@@ -41,3 +47,16 @@ def test_every_subcommand_is_wired():
                  ["shell", "--dry-run"], ["run", "--dry-run", "--vectors", "128"]):
         args = top.parse_args(argv)
         assert callable(args.func), argv
+
+
+def test_msixlab_run_bad_options_start_nothing(tmp_path):
+    for options in (["--vectors", "23"], ["--cpus", "0"], ["--vectors", "x"]):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--results",
+                               str(tmp_path), *options], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 125 and "bad_option" in done.stderr, done.stderr
+        assert time.monotonic() - started < 10
+    assert not any(tmp_path.iterdir())
+
+

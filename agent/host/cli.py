@@ -134,6 +134,23 @@ def bounded_int(name: str, low: int, high: int):
     return parse
 
 
+def device_fault(text: str) -> dict:
+    """``KIND[:key=value,...]`` -> a device fault spec (integers where they parse)."""
+    kind, _, rest = text.partition(":")
+    if not kind:
+        raise argparse.ArgumentTypeError(f"--device-fault needs a kind, got {text!r}")
+    spec: dict = {"kind": kind}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise argparse.ArgumentTypeError(f"--device-fault: {item!r} is not key=value")
+        try:
+            spec[key] = int(value, 0)
+        except ValueError:
+            spec[key] = value
+    return spec
+
+
 def parser() -> argparse.ArgumentParser:
     top = Parser(prog="msixlab", description=__doc__.split("\n")[0])
     top.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: traces)")
@@ -179,6 +196,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the main job: the default scenario, checked")
     guest_options(p)
     nic_options(p, min_vectors=MIN_TABLE)
+    p.add_argument("--device-fault", type=device_fault, action="append", default=[],
+                   metavar="KIND[:K=V,...]",
+                   help="arm a fault on the device before the scenario, e.g. "
+                        "drop_raise:vector=1 or errno_reply:command=SET_IRQS (repeatable; "
+                        "reported in the verdict; see docs/device.md)")
     p.set_defaults(func=cmd_run)
     return top
 

@@ -98,11 +98,16 @@ def judge(scenario: Scenario, faults: list) -> RunVerdict:
                       faults=tuple(faults), counts=counts)
 
 
-def _faults(lab: Lab) -> list:
+def _faults(lab: Lab, armed: list) -> list:
+    """Every fault armed on the device during the run: those this run armed (even if
+    already used up) and any still armed, by id."""
     try:
-        return list(lab.device.command("faults", timeout=3))
+        current = list(lab.device.command("faults", timeout=3))
     except Exception:                # a dead device server has no faults to report
-        return []
+        current = []
+    by_id = {f.get("id"): f for f in armed}
+    by_id.update({f.get("id"): f for f in current})
+    return list(by_id.values())
 
 
 def msixlab_commit() -> str:
@@ -118,8 +123,11 @@ def msixlab_commit() -> str:
 
 
 def reproduce_command(args) -> str:
+    faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
+                                                           if k != "kind")
+              for spec in getattr(args, "device_fault", [])]
     return shlex.join(["msixlab", "run", "--flavor", args.flavor, "--vectors",
-                       str(args.vectors), "--cpus", str(args.cpus)])
+                       str(args.vectors), "--cpus", str(args.cpus), *faults])
 
 
 def run_main_job(args, console: Console) -> int:
@@ -135,17 +143,21 @@ def run_main_job(args, console: Console) -> int:
     lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus)
     scenario = Scenario(lab, say=console.print)
     final: Snapshot | None = None
+    armed: list = []
     with dirs:
         try:
             try:
                 lab.start()
                 console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
                               f"(kernel {lab.hello.get('kernel')})")
+                for spec in getattr(args, "device_fault", []):
+                    armed.append(lab.device_command("fault", **spec))
+                    console.print(f"[yellow]device fault armed on purpose:[/] {armed[-1]}")
                 final = scenario.run()
                 lab.guard()          # a splat while the last views were read
-                verdict = judge(scenario, _faults(lab))
+                verdict = judge(scenario, _faults(lab, armed))
             except BaseException as err:   # classified, never lost (Ctrl-C included)
-                verdict = RunVerdict.from_error(err, _faults(lab))
+                verdict = RunVerdict.from_error(err, _faults(lab, armed))
                 if verdict.outcome is Outcome.INTERNAL_ERROR:
                     log.exception("internal error")
             if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:

@@ -140,7 +140,8 @@ def _args(args: Mapping[str, Any]) -> str:
 
 
 _HOST_RESOURCE_ERRNOS = {errno_mod.ENOSPC, errno_mod.EDQUOT, errno_mod.EROFS, errno_mod.EACCES,
-                         errno_mod.EPERM, errno_mod.ENOMEM, errno_mod.EMFILE, errno_mod.ENFILE}
+                         errno_mod.EPERM, errno_mod.ENOMEM, errno_mod.EMFILE, errno_mod.ENFILE,
+                         errno_mod.ENOTDIR, errno_mod.EISDIR, errno_mod.EEXIST}
 
 
 def classify(err: BaseException) -> tuple[Outcome, dict[str, Any]]:

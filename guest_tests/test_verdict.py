@@ -1,0 +1,130 @@
+"""Every verdict class, produced by a real guest and classified by the real host agent.
+
+The kernel misbehaving (exit 1): a panic, an oops or a WARN on the console, a driver error
+where the scenario needs success, a guest that stops answering.  The run not able to
+judge (exit 125): the device server or QEMU dying, the device answering QEMU with an
+error.  Each ending is noticed by the sentinel and ends the run at once, not after the
+scenario's timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.host.lab import Lab
+from agent.host.outcome import Outcome, RunVerdict
+from agent.host.scenario import Scenario
+from agent.host.session import PROJECT_DIR, RunDirs
+
+FAST_S = 20.0     # an ending must be classified well before the scenario's own waits add up
+
+
+@pytest.fixture
+def lab(image, tmp_path):
+    with RunDirs.create(tmp_path) as dirs, Lab(image, "default", dirs) as lab:
+        yield lab
+
+
+def ending(lab: Lab, trigger) -> tuple[RunVerdict, float]:
+    """Run ``trigger`` then the default scenario; return how the run ended, and when."""
+    started = time.monotonic()
+    try:
+        trigger()
+        Scenario(lab).run()
+        lab.guard()
+    except BaseException as err:      # noqa: BLE001 - what main_job does
+        return RunVerdict.from_error(err), time.monotonic() - started
+    pytest.fail("the run ended normally")
+
+
+@pytest.mark.parametrize("kind,splat,line", [
+    ("panic", "panic", "Kernel panic - not syncing"),
+    ("oops", None, None),
+    ("warn", "WARN", "WARNING: CPU:"),
+])
+def test_a_kernel_report_is_the_kernels_failure(lab, kind, splat, line):
+    def crash():
+        args = {"delay_ms": 300} if kind == "panic" else {}
+        lab.agent("crash", kind=kind, **args)
+    verdict, seconds = ending(lab, crash)
+    assert verdict.outcome is Outcome.KERNEL_SPLAT and verdict.exit_code == 1, verdict
+    if splat is not None:
+        assert verdict.evidence["kind"] == splat and line in verdict.evidence["line"]
+    else:                                   # an oops reads "Oops:" or "BUG: ..." first
+        assert verdict.evidence["kind"] in ("oops", "BUG")
+    assert seconds < FAST_S
+    assert verdict.evidence["line"] in lab.sentinel.console.path.read_text(errors="replace")
+
+
+def test_a_driver_error_where_success_is_needed(lab):
+    def fill_the_table():
+        lab.agent("alloc_group", min=1, max=lab.vectors)
+    verdict, _ = ending(lab, fill_the_table)
+    assert verdict.outcome is Outcome.DRIVER_ERROR and verdict.exit_code == 1
+    assert verdict.evidence["call"] == "alloc_group" and verdict.evidence["code"] == "ENOSPC"
+    assert verdict.evidence["args"] == {"min": 4, "max": 4}
+
+
+def test_a_guest_that_stops_answering(lab):
+    def freeze():
+        lab.machine.qmp("stop")            # every vCPU stops: the guest answers nothing
+    started = time.monotonic()
+    freeze()
+    with pytest.raises(BaseException) as err:
+        lab.agent("info", timeout=3)
+    verdict = RunVerdict.from_error(err.value)
+    assert verdict.outcome is Outcome.GUEST_UNRESPONSIVE and verdict.exit_code == 1
+    assert time.monotonic() - started < FAST_S
+
+
+@pytest.mark.parametrize("victim,who", [("device", "device server"), ("qemu", "QEMU")])
+def test_a_dead_process_cannot_judge(lab, victim, who):
+    def kill():
+        proc = lab.device._proc if victim == "device" else lab.machine._proc
+        proc.send_signal(signal.SIGKILL)
+    verdict, seconds = ending(lab, kill)
+    assert verdict.outcome is Outcome.PROCESS_FAILED and verdict.exit_code == 125, verdict
+    assert who in verdict.summary and "SIGKILL" in verdict.summary
+    assert seconds < FAST_S
+
+
+def test_a_device_error_reply_cannot_judge(lab):
+    def arm():
+        lab.device_command("fault", kind="errno_reply", command="SET_IRQS", errno="EIO")
+    verdict, seconds = ending(lab, arm)
+    assert verdict.outcome is Outcome.DEVICE_FAULT and verdict.exit_code == 125, verdict
+    assert "SET_IRQS" in verdict.summary
+    assert seconds < FAST_S
+
+
+def _run(tmp_path, *options):
+    done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--results",
+                           str(tmp_path), *options], cwd=PROJECT_DIR, capture_output=True,
+                          text=True, timeout=600)
+    (run_dir,) = tmp_path.iterdir()
+    return done, json.loads((run_dir / "routing.json").read_text())["verdict"]
+
+
+def test_msixlab_run_reports_a_fault_armed_on_purpose(image, tmp_path):
+    done, verdict = _run(tmp_path, "--device-fault", "drop_raise:vector=1")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert verdict["outcome"] == "check_failed"
+    assert verdict["faults_armed"][0]["kind"] == "drop_raise"
+    assert "raise-device/counts_match_raises[1]" in verdict["failed"]
+    assert "device fault armed on purpose" in done.stderr
+
+
+def test_msixlab_run_unwritable_results_cannot_judge(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the results directory should go\n")
+    done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--results",
+                           str(blocked)], cwd=PROJECT_DIR, capture_output=True, text=True,
+                          timeout=120, env={**os.environ})
+    assert done.returncode == 125 and "host_resource" in done.stderr, done.stderr[-2000:]
