@@ -130,7 +130,10 @@ class Agent:
         vector = self._need_driver().vector(index)
         sysview.write_affinity(vector["irq"], cpus, self.root)
         self.asked[index] = (vector["group"], cpus)
-        return self.vector(index)
+        vector = self.vector(index)
+        # x86 without interrupt remapping defers the move to the vector's next interrupt
+        vector["move_pending"] = vector["affinity"]["mask"] != cpus
+        return vector
 
     def msi_irqs(self) -> dict[str, Any]:
         bdf = self._bdf() or self.unbound
@@ -150,7 +153,9 @@ class Agent:
         driver = self._need_driver()
         if kind == "oops":
             return self._oops_in_child(driver.path)
-        return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
+        if kind == "panic":
+            return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
+        return driver.crash(kind)
 
     def _oops_in_child(self, path: str) -> dict[str, Any]:
         pid = os.fork()

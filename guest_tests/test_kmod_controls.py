@@ -1,0 +1,236 @@
+"""The driver's controls the verdict needs, against the real driver in the real guest.
+
+Fault injection (``crash``), the MSI-X Function Mask (``function_mask``), run-time
+affinity changes (``set_affinity``), the kernel's MSI IRQ list (``msi_irqs``), the
+dynamic-allocation report (``dyn_alloc``) and the routing read-out's ``requested``.
+One guest serves the module; the ``clean`` fixture frees what a test allocated and
+leaves the Function Mask clear, so no test depends on another.  The panic test boots a
+guest of its own, since the panic ends it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from agent.host.errors import GuestAgentError
+from agent.host.lab import Lab
+from agent.host.session import RunDirs
+from images.recipe import DEFAULT_FLAVOR
+from msixlab_common.deadline import wait_until
+
+MASKALL = 0x4000
+TABLE = 64
+
+
+@pytest.fixture(scope="module")
+def lab(image, tmp_path_factory):
+    with RunDirs.create(tmp_path_factory.mktemp("kmod-controls")) as dirs, \
+            Lab(image, DEFAULT_FLAVOR, dirs, vectors=TABLE) as lab:
+        yield lab
+
+
+@pytest.fixture
+def clean(lab):
+    yield lab
+    lab.agent("function_mask", masked=False)
+    for group in lab.agent("list_groups"):
+        if group["group"] != 0:
+            lab.agent("free_group", group=group["group"])
+
+
+def refused(lab, cmd, **args) -> dict:
+    with pytest.raises(GuestAgentError) as info:
+        lab.agent(cmd, **args)
+    return info.value.error
+
+
+def console(lab) -> str:
+    return lab.machine.spec.console_log.read_text(errors="replace")
+
+
+def device_vector(lab, index) -> dict:
+    return lab.device.state()["vectors"][index]
+
+
+# --- hello / info ---------------------------------------------------------------------
+
+def test_hello_and_info_report_dynamic_allocation(clean):
+    assert clean.hello["dyn_alloc"] is True
+    info = clean.agent("info")
+    assert info["dyn_alloc"] is True and info["uapi_version"] == 2
+    assert info["fault_injection"] is True          # the rig loads it with fault_injection=1
+    assert info["bdf"] == clean.hello["device"]["bdf"]
+
+
+# --- the read-out ---------------------------------------------------------------------
+
+def test_routing_has_index_0_and_says_what_was_requested(clean):
+    b = clean.agent("alloc_group", min=2, max=2, cpu=1)
+    c = clean.agent("alloc_group", min=3, max=3, start=60)
+    assert c["indices"] == [60, 61, 62]            # an explicit start, honoured exactly
+    assert b["group"] != c["group"]
+    routing = {v["index"]: v for v in clean.agent("routing")}
+    assert sorted(routing) == sorted([0] + b["indices"] + c["indices"])
+    assert routing[0]["group"] == 0 and routing[0]["affinity"]["requested"] is None
+    for index in b["indices"]:
+        assert routing[index]["affinity"]["requested"] == [1]
+        assert routing[index]["affinity"]["effective"] == [1]
+    for index in c["indices"]:
+        assert routing[index]["affinity"]["requested"] is None
+        assert routing[index]["affinity"]["mask"] == [0, 1]
+
+
+def test_group_ids_are_never_reused_while_bound(clean):
+    first = clean.agent("alloc_group", min=1, max=1)
+    clean.agent("free_group", group=first["group"])
+    second = clean.agent("alloc_group", min=1, max=1)
+    assert second["group"] > first["group"]
+    assert second["indices"] == first["indices"]   # the index is reused, the id is not
+
+
+# --- msi_irqs -------------------------------------------------------------------------
+
+def test_msi_irqs_lists_every_live_vector(clean):
+    group = clean.agent("alloc_group", min=3, max=3)
+    irqs = {v["irq"] for v in clean.agent("routing")}
+    listed = clean.agent("msi_irqs")
+    assert listed["bdf"] == clean.hello["device"]["bdf"]
+    assert {e["irq"] for e in listed["irqs"]} == irqs and len(irqs) == 4
+    assert {e["mode"] for e in listed["irqs"]} == {"msix"}
+    clean.agent("free_group", group=group["group"])
+    assert [e["irq"] for e in clean.agent("msi_irqs")["irqs"]] == \
+        [v["irq"] for v in clean.agent("routing")]
+
+
+# --- function mask --------------------------------------------------------------------
+
+def test_function_mask_reads_back_in_the_control_word(clean):
+    masked = clean.agent("function_mask", masked=True)
+    assert masked["masked"] is True and masked["control"] & MASKALL
+    assert clean.agent("info")["msix_control"] == masked["control"]
+    assert "MSI-X: Enable+ Count=%d Masked+" % TABLE in clean.agent("lspci")["stdout"]
+    cleared = clean.agent("function_mask", masked=False)
+    assert cleared["masked"] is False and not cleared["control"] & MASKALL
+    assert cleared["control"] == masked["control"] & ~MASKALL
+    assert "Masked-" in clean.agent("lspci")["stdout"]
+
+
+def test_raise_under_function_mask_is_held_then_delivered_once(clean):
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    before = device_vector(clean, index)
+    clean.agent("function_mask", masked=True)
+    assert refused(clean, "raise", index=index, timeout_ms=300)["code"] == "ETIMEDOUT"
+    held = device_vector(clean, index)
+    assert held["pending"] and held["delivered"] == before["delivered"]
+    assert index in clean.agent("read_pba")["pending"]
+    assert clean.agent("vector", index=index)["total"] == 0
+    clean.agent("function_mask", masked=False)
+    vector = wait_until(lambda: (v := clean.agent("vector", index=index))["total"] and v,
+                        10, f"vector {index} to count the held interrupt")
+    after = device_vector(clean, index)
+    assert vector["total"] == 1 and not after["pending"]
+    assert after["delivered"] - before["delivered"] == 1
+    assert index not in clean.agent("read_pba")["pending"]
+
+
+def test_function_mask_takes_a_bool(clean):
+    error = refused(clean, "function_mask", masked=1)
+    assert (error["code"], error["argument"]) == ("EINVAL", "masked")
+
+
+# --- set_affinity ---------------------------------------------------------------------
+
+def test_set_affinity_moves_the_vector(clean):
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    old = clean.agent("vector", index=index)["affinity"]["effective"][0]
+    new = 1 - old
+    moved = clean.agent("set_affinity", index=index, cpus=[new])
+    assert moved["affinity"]["requested"] == [new]
+    assert moved["move_pending"] == (moved["affinity"]["mask"] != [new])
+    proc = clean.agent("irq_sysfs", irq=moved["irq"])["proc"]
+    assert proc["smp_affinity_list"] == [new]
+    # x86 without interrupt remapping applies the move in the vector's next interrupt
+    clean.agent("raise", index=index, timeout_ms=5000)
+    vector = clean.agent("vector", index=index)
+    assert vector["affinity"] == {"requested": [new], "mask": [new], "effective": [new]}
+    assert vector["msg"] == {k: vector["table"][k] for k in vector["msg"]}
+    qemu = clean.qemu_table()[index]
+    assert (qemu["address_lo"], qemu["data"]) == (vector["msg"]["address_lo"],
+                                                  vector["msg"]["data"])
+    assert (vector["msg"]["address_lo"] >> 12) & 0xFF == new   # identity APIC ids under TCG
+    assert clean.agent("raise", index=index, timeout_ms=5000)["cpu"] == new
+
+
+@pytest.mark.parametrize("cpus,code,source", [
+    ([], "EINVAL", "request"),
+    ([0, "1"], "EINVAL", "request"),
+    ([True], "EINVAL", "request"),
+    ([7], "ERANGE", "guest"),          # past nr_cpu_ids: the kernel refuses the write
+])
+def test_set_affinity_refuses_bad_cpus(clean, cpus, code, source):
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    error = refused(clean, "set_affinity", index=index, cpus=cpus)
+    assert (error["code"], error["source"], error["argument"]) == (code, source, "cpus")
+
+
+def test_set_affinity_on_a_free_index_is_enoent(clean):
+    assert refused(clean, "set_affinity", index=40, cpus=[0])["code"] == "ENOENT"
+
+
+# --- crash ----------------------------------------------------------------------------
+
+def test_crash_warn_reaches_the_console_and_the_guest_keeps_answering(clean):
+    result = clean.agent("crash", kind="warn")
+    assert result == {"kind": "warn", "delay_ms": 0}
+    line = wait_until(lambda: re.search(r"WARNING: .*msixlab_crash_warn.*", console(clean)),
+                      10, "the WARNING line on the console").group(0)
+    assert "[msixlab]" in line
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1
+
+
+def test_crash_oops_kills_only_the_asking_child(clean):
+    result = clean.agent("crash", kind="oops")
+    assert result["kind"] == "oops" and result["signal"] == 9
+    report = wait_until(lambda: re.search(r"oops requested[\s\S]*end trace", console(clean)),
+                        10, "the oops report on the console").group(0)
+    assert "BUG: kernel NULL pointer dereference" in report
+    assert re.search(r"RIP: \S+:msixlab_crash_oops\+", report)
+    # the oops did not hold the device lock: every ioctl still works
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1
+
+
+@pytest.mark.parametrize("args,argument", [
+    ({"kind": "boom"}, "kind"),
+    ({"kind": "warn", "delay_ms": 5}, "delay_ms"),
+    ({"kind": "panic", "delay_ms": 10001}, "delay_ms"),
+])
+def test_crash_bad_arguments_are_refused(clean, args, argument):
+    error = refused(clean, "crash", **args)
+    assert (error["code"], error["source"], error["argument"]) == ("EINVAL", "request",
+                                                                   argument)
+
+
+def test_crash_needs_fault_injection(clean):
+    try:
+        info = clean.agent("reload_module", fault_injection=False)
+        assert info["fault_injection"] is False
+        for kind in ("warn", "oops", "panic"):
+            error = refused(clean, "crash", kind=kind)
+            assert (error["code"], error["source"]) == ("EACCES", "driver"), error
+        assert clean.agent("reload_module")["fault_injection"] is False   # kept as loaded
+    finally:
+        assert clean.agent("reload_module", fault_injection=True)["fault_injection"] is True
+
+
+def test_crash_panic_replies_then_panics(image, tmp_path):
+    with RunDirs.create(tmp_path) as dirs, Lab(image, DEFAULT_FLAVOR, dirs) as lab:
+        assert lab.agent("crash", kind="panic", delay_ms=200) == {"kind": "panic",
+                                                                  "delay_ms": 200}
+        wait_until(lambda: not lab.machine.is_running(), 60, "QEMU to stop after the panic")
+        text = console(lab)
+        assert "Kernel panic - not syncing: msixlab0: panic requested" in text
+        assert "msixlab_crash_work" in text
