@@ -97,7 +97,7 @@ def test_a_dead_process_cannot_judge(lab, victim, who):
 
 def test_a_device_error_reply_cannot_judge(lab):
     def arm():
-        lab.device_command("fault", kind="errno_reply", command="SET_IRQS", errno="EIO")
+        lab.device_command("fault", kind="errno_reply", command="DEVICE_SET_IRQS", errno="EIO")
     verdict, seconds = ending(lab, arm)
     assert verdict.outcome is Outcome.DEVICE_FAULT and verdict.exit_code == 125, verdict
     assert "SET_IRQS" in verdict.summary
