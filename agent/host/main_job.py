@@ -34,7 +34,8 @@ def _dry_run(args, console: Console, image) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     dirs = RunDirs.create(scratch, prefix="dry-run")
     try:
-        device = DeviceServer.for_run(dirs, args.vectors)
+        device = DeviceServer.for_run(dirs, args.vectors, msix_maskable=args.msix_maskable,
+                                      msix_noresize=args.msix_noresize)
         spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
                           nic_sockets=(device.socket_path,),
                           kmod_dir=kmod_dir(image, args.flavor), agent=True)
@@ -44,6 +45,12 @@ def _dry_run(args, console: Console, image) -> int:
         dirs.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _modes_text(args) -> str:
+    modes = [m for m, on in (("maskable", args.msix_maskable),
+                             ("noresize", args.msix_noresize)) if on]
+    return f", MSI-X {'+'.join(modes)}" if modes else ""
 
 
 def _save_guest_views(lab: Lab) -> None:
@@ -68,12 +75,14 @@ def run_main_job(args, console: Console) -> int:
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
     console.print(f"run {dirs.run_id}: kernel {image.kernel(args.flavor).version} ({args.flavor}), "
-                  f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors; "
+                  f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors"
+                  f"{_modes_text(args)}; "
                   f"results in {dirs.results}")
     started = time.monotonic()
     try:
         with dirs, Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors,
-                       cpus=args.cpus) as lab:
+                       cpus=args.cpus, msix_maskable=args.msix_maskable,
+                       msix_noresize=args.msix_noresize) as lab:
             console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
                           f"(kernel {lab.hello.get('kernel')})")
             scenario = Scenario(lab, say=console.print)
@@ -83,6 +92,8 @@ def run_main_job(args, console: Console) -> int:
                 "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
                 "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
                 "cpus": args.cpus, "device": lab.hello.get("device"),
+                "msix_modes": {**lab.msix_modes, "irq_info_flags":
+                               lab.device.state()["msix"]["irq_info_flags"]},
                 "timings": {k: round(v, 3) for k, v in lab.timings.items()},
                 "wall_seconds": round(time.monotonic() - started, 3),
                 "steps": scenario.steps, "groups": scenario.groups,
