@@ -52,8 +52,10 @@ _UNSUPPORTED = frozenset({C.VFIO_USER_DEVICE_GET_REGION_IO_FDS, C.VFIO_USER_DMA_
 _HDR = Header.STRUCT
 _READ_CMD = int(C.VFIO_USER_REGION_READ)
 _READ_SIZE = HEADER_SIZE + _RA_SIZE
-_READ_PREFIX = struct.pack("<HI", _READ_CMD, _READ_SIZE)   # command and size fields
 _REPLY_FLAG = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY)
+#: A REGION_READ request and its reply prefix in one: header, then offset, region, count.
+_READ_MSG = struct.Struct("<HHIIIQII")
+_READY = ConnState.READY
 
 Sink = Callable[[dict], None]
 
@@ -102,7 +104,7 @@ class Endpoint:
 
     def receive_data(self, data: bytes, fds=()) -> list[bytes]:
         """Feed received bytes and fds; return the replies to send, in order."""
-        if not fds and len(data) == _READ_SIZE and data[2:8] == _READ_PREFIX:
+        if not fds and len(data) == _READ_SIZE:
             r = self._fast_read(data)
             if r is not None:
                 return [r]
@@ -116,23 +118,20 @@ class Endpoint:
     def _fast_read(self, data: bytes) -> bytes | None:
         """The hot path: one whole, well-formed REGION_READ with nothing to log or inject.
         Anything unusual returns None and takes the general path."""
-        if (self.sink is not None or self.conn.state is not ConnState.READY
-                or self.conn.has_partial() or self.device.faults.any_command):
-            return None
-        msg_id, _, _, flags, _ = _HDR.unpack_from(data, 0)
-        if flags:
-            return None
-        offset, region, count = _RA.unpack_from(data, HEADER_SIZE)
-        if count > MAX_DATA_XFER_SIZE:
+        msg_id, cmd, size, flags, _, offset, region, count = _READ_MSG.unpack_from(data)
+        conn = self.conn
+        if (cmd != _READ_CMD or size != _READ_SIZE or flags or count > MAX_DATA_XFER_SIZE
+                or self.sink is not None or conn.state is not _READY or conn.has_partial()
+                or self.device.faults.any_command):
             return None
         self.counts["messages"] += 1
-        self.conn.messages_in += 1
+        conn.messages_in += 1
         try:
             value = self.device.region_read(region, offset, count)
         except QemuDeviceError as err:     # answered here: a retry would count twice
             return self._error(Request(msg_id, _READ_CMD, flags, data[HEADER_SIZE:]), err)
-        return _HDR.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0) + \
-            data[HEADER_SIZE:] + value
+        return _READ_MSG.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0, offset,
+                              region, count) + value
 
     def handle(self, ev: Request | BadMessage) -> bytes | None:
         self.counts["messages"] += 1
