@@ -28,7 +28,7 @@ from .errors import (DeviceError, LocalProtocolError, QemuDeviceError,
 from .protocol import (HEADER_SIZE, IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_DATA_TYPE_MASK,
                        MAX_DATA_XFER_SIZE, MAX_MSG_FDS, SERVER_CAPS_JSON,
                        WRITE_MULTI_COUNT, WRITE_MULTI_MAX, Command, DeviceInfo, DmaMap,
-                       DmaUnmap, DmaUnmapFlags, Header, HeaderFlags, IrqIndex, IrqInfo, IrqSet, IrqSetFlags,
+                       DmaUnmap, DmaUnmapFlags, HeaderFlags, IrqIndex, IrqInfo, IrqSet, IrqSetFlags,
                        RegionAccess, RegionInfo, Version, WriteMultiOne, command_name)
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ _UNSUPPORTED = frozenset({C.VFIO_USER_DEVICE_GET_REGION_IO_FDS, C.VFIO_USER_DMA_
                           C.VFIO_USER_DEVICE_FEATURE, C.VFIO_USER_MIG_DATA_READ,
                           C.VFIO_USER_MIG_DATA_WRITE})
 
-_HDR = Header.STRUCT
 _READ_CMD = int(C.VFIO_USER_REGION_READ)
 _READ_SIZE = HEADER_SIZE + _RA_SIZE
 _REPLY_FLAG = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY)
