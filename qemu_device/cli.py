@@ -37,6 +37,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--table-offset", type=_int, help="MSI-X table offset in its BAR")
     s.add_argument("--pba-bar", type=int, help="PBA BIR (overrides the layout)")
     s.add_argument("--pba-offset", type=_int, help="PBA offset in its BAR")
+    s.add_argument("--msix-maskable", action="store_true",
+                   help="advertise VFIO_IRQ_INFO_MASKABLE on MSI-X (per-vector SET_IRQS "
+                        "MASK/UNMASK)")
+    s.add_argument("--msix-noresize", action="store_true",
+                   help="advertise VFIO_IRQ_INFO_NORESIZE on MSI-X (QEMU re-enables all "
+                        "vectors on every growth)")
     s.add_argument("--log-level", default=os.environ.get("QEMU_DEVICE_LOG_LEVEL", "WARNING"))
     c = sub.add_parser("ctl", help="send a control request")
     c.add_argument("--control", required=True, help="control socket path")
@@ -63,11 +69,13 @@ def _layout(args):
 
 def cmd_serve(args) -> int:
     from .device.nic import Device
+    from .fdio import OsFdPort
     from .server import Server
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        device = Device(_layout(args))
+        device = Device(_layout(args), fds=OsFdPort(), maskable=args.msix_maskable,
+                        noresize=args.msix_noresize)
     except ConfigurationError as err:
         print(f"qemu-device: {err}", file=sys.stderr)
         return 2

@@ -2,8 +2,11 @@
 # hook point: the raise path of one vector (or any vector) or the handling of one
 # vfio-user command. Each fault fires `count` times (0 = until cleared), then disarms.
 # Kinds: drop_raise (the raise is counted, then lost: no eventfd write, no PBA bit),
-# delay_raise (delivered or made pending after delay_ms, via the server's timer), and
-# errno_reply (the next matching command is answered with that errno, unprocessed).
+# delay_raise (delivered or made pending after delay_ms, via the server's timer),
+# errno_reply (the next matching command is answered with that errno, unprocessed), and
+# raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
+# vector is raised inside that window: it must be held and delivered once when its
+# eventfd comes back, e.g. in QEMU's NORESIZE re-enable).
 """Fault injection hooks."""
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ class FaultKind(enum.Enum):
     DROP_RAISE = "drop_raise"
     DELAY_RAISE = "delay_raise"
     ERRNO_REPLY = "errno_reply"
+    RAISE_ON_DISABLE = "raise_on_disable"
+
+
+_RAISE_KINDS = frozenset({FaultKind.DROP_RAISE, FaultKind.DELAY_RAISE})
 
 
 @dataclass
@@ -80,6 +87,10 @@ class FaultTable:
             if kind is FaultKind.ERRNO_REPLY:
                 fault.command = _parse_command(spec["command"])
                 fault.errno = _parse_errno(spec.get("errno", "EIO"))
+            elif kind is FaultKind.RAISE_ON_DISABLE:
+                fault.vector = int(spec["vector"])
+                if fault.vector < 0:
+                    raise ValueError("vector must be >= 0")
             else:
                 vec = spec.get("vector")
                 fault.vector = None if vec is None else int(vec)
@@ -103,7 +114,7 @@ class FaultTable:
         return [f.to_json() for f in self._faults]
 
     def _refresh(self) -> None:
-        self.any_raise = any(f.kind is not FaultKind.ERRNO_REPLY for f in self._faults)
+        self.any_raise = any(f.kind in _RAISE_KINDS for f in self._faults)
         self.any_command = any(f.kind is FaultKind.ERRNO_REPLY for f in self._faults)
 
     def _fire(self, fault: Fault) -> Fault:
@@ -118,9 +129,14 @@ class FaultTable:
     def on_raise(self, vector: int) -> Fault | None:
         """The raise fault that applies to this raise of `vector`, consumed, or None."""
         for f in self._faults:
-            if f.kind is not FaultKind.ERRNO_REPLY and f.vector in (None, vector):
+            if f.kind in _RAISE_KINDS and f.vector in (None, vector):
                 return self._fire(f)
         return None
+
+    def on_irq_disable(self) -> list[int]:
+        """Vectors to raise now that the client disabled every MSI-X vector."""
+        hits = [f for f in self._faults if f.kind is FaultKind.RAISE_ON_DISABLE]
+        return [self._fire(f).vector for f in hits]
 
     def on_command(self, command: int) -> int | None:
         """errno to answer this command with, or None."""

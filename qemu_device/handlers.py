@@ -1,18 +1,22 @@
-# Concepts: the vfio-user endpoint: one Connection (framing, state, replies) plus the
-# Device, joined by one dispatch table from Command to handler. Validate, dispatch, reply
-# happen in one place each: handle() checks the state and the fds, calls the handler,
-# which decodes its payload strictly and raises a QemuDeviceError carrying an errno on
-# any problem, and turns the result into exactly one reply (or none, for NO_REPLY).
-# Every fd a message brought is either kept by its handler or closed here.
-# Still sans-I/O: bytes and fds in, reply bytes out.
-"""vfio-user request handlers and dispatch."""
+"""vfio-user request handlers and dispatch.
+
+Concepts: the vfio-user endpoint: one Connection (framing, state, replies) plus the
+Device, joined by one dispatch table from Command to handler.  Validate, dispatch, reply
+happen in one place each: handle() checks the state and the fds, calls the handler,
+which decodes its payload strictly and raises a QemuDeviceError carrying an errno on any
+problem, and turns the result into exactly one reply (or none, for NO_REPLY).  Every fd
+a message brought is either kept by its handler or closed here.
+
+Sans-I/O: bytes and fd numbers in, reply bytes out.  The endpoint never calls the OS:
+closing an fd and asking whether an fd is an eventfd go through the device's injected
+``FdPort`` (``fdport.py``; the real one is ``fdio.OsFdPort``).
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import logging
-import os
 import struct
 from dataclasses import fields
 from typing import Callable
@@ -24,7 +28,7 @@ from .errors import (DeviceError, LocalProtocolError, QemuDeviceError,
 from .protocol import (HEADER_SIZE, IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_DATA_TYPE_MASK,
                        MAX_DATA_XFER_SIZE, MAX_MSG_FDS, SERVER_CAPS_JSON,
                        WRITE_MULTI_COUNT, WRITE_MULTI_MAX, Command, DeviceInfo, DmaMap,
-                       DmaUnmap, DmaUnmapFlags, Header, HeaderFlags, IrqIndex, IrqInfo, IrqSet, IrqSetFlags,
+                       DmaUnmap, DmaUnmapFlags, HeaderFlags, IrqIndex, IrqInfo, IrqSet, IrqSetFlags,
                        RegionAccess, RegionInfo, Version, WriteMultiOne, command_name)
 
 log = logging.getLogger(__name__)
@@ -37,17 +41,20 @@ _NONE = int(IrqSetFlags.VFIO_IRQ_SET_DATA_NONE)
 _BOOL = int(IrqSetFlags.VFIO_IRQ_SET_DATA_BOOL)
 _EVENTFD = int(IrqSetFlags.VFIO_IRQ_SET_DATA_EVENTFD)
 _TRIGGER = int(IrqSetFlags.VFIO_IRQ_SET_ACTION_TRIGGER)
+_MASK = int(IrqSetFlags.VFIO_IRQ_SET_ACTION_MASK)
+_UNMASK = int(IrqSetFlags.VFIO_IRQ_SET_ACTION_UNMASK)
 _FD_COMMANDS = frozenset({C.VFIO_USER_DMA_MAP, C.VFIO_USER_DEVICE_SET_IRQS})
 _UNSUPPORTED = frozenset({C.VFIO_USER_DEVICE_GET_REGION_IO_FDS, C.VFIO_USER_DMA_READ,
                           C.VFIO_USER_DMA_WRITE, C.VFIO_USER_DIRTY_PAGES,
                           C.VFIO_USER_DEVICE_FEATURE, C.VFIO_USER_MIG_DATA_READ,
                           C.VFIO_USER_MIG_DATA_WRITE})
 
-_HDR = Header.STRUCT
 _READ_CMD = int(C.VFIO_USER_REGION_READ)
 _READ_SIZE = HEADER_SIZE + _RA_SIZE
-_READ_PREFIX = struct.pack("<HI", _READ_CMD, _READ_SIZE)   # command and size fields
 _REPLY_FLAG = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY)
+#: A REGION_READ request and its reply prefix in one: header, then offset, region, count.
+_READ_MSG = struct.Struct("<HHIIIQII")
+_READY = ConnState.READY
 
 Sink = Callable[[dict], None]
 
@@ -67,27 +74,13 @@ def _fixed(req: Request, cls, name: str):
     return msg
 
 
-def _is_eventfd(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
-    except OSError:
-        return False
-
-
-def close_fds(fds) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
 class Endpoint:
     """One client connection to the device, without I/O."""
 
     def __init__(self, device: Device, sink: Sink | None = None) -> None:
         self.conn = Connection()
         self.device = device
+        self.fds = device.fds
         self.sink = sink
         self.counts = {"messages": 0, "errors": 0, "bad_messages": 0}
         self._table: dict[int, Callable[[Request], bytes]] = {
@@ -110,7 +103,7 @@ class Endpoint:
 
     def receive_data(self, data: bytes, fds=()) -> list[bytes]:
         """Feed received bytes and fds; return the replies to send, in order."""
-        if not fds and len(data) == _READ_SIZE and data[2:8] == _READ_PREFIX:
+        if not fds and len(data) == _READ_SIZE:
             r = self._fast_read(data)
             if r is not None:
                 return [r]
@@ -124,26 +117,24 @@ class Endpoint:
     def _fast_read(self, data: bytes) -> bytes | None:
         """The hot path: one whole, well-formed REGION_READ with nothing to log or inject.
         Anything unusual returns None and takes the general path."""
-        if (self.sink is not None or self.conn.state is not ConnState.READY
-                or self.conn.has_partial() or self.device.faults.any_command):
-            return None
-        msg_id, _, _, flags, _ = _HDR.unpack_from(data, 0)
-        if flags:
-            return None
-        offset, region, count = _RA.unpack_from(data, HEADER_SIZE)
-        if count > MAX_DATA_XFER_SIZE:
-            return None
-        try:
-            value = self.device.region_read(region, offset, count)
-        except QemuDeviceError:
+        msg_id, cmd, size, flags, _, offset, region, count = _READ_MSG.unpack_from(data)
+        conn = self.conn
+        if (cmd != _READ_CMD or size != _READ_SIZE or flags or count > MAX_DATA_XFER_SIZE
+                or self.sink is not None or conn.state is not _READY or conn.has_partial()
+                or self.device.faults.any_command):
             return None
         self.counts["messages"] += 1
-        self.conn.messages_in += 1
-        return _HDR.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0) + \
-            data[HEADER_SIZE:] + value
+        conn.messages_in += 1
+        try:
+            value = self.device.region_read(region, offset, count)
+        except QemuDeviceError as err:     # answered here: a retry would count twice
+            return self._error(Request(msg_id, _READ_CMD, flags, data[HEADER_SIZE:]), err)
+        return _READ_MSG.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0, offset,
+                              region, count) + value
 
     def handle(self, ev: Request | BadMessage) -> bytes | None:
         self.counts["messages"] += 1
+        code = 0
         try:
             if ev.__class__ is BadMessage:
                 raise ev.error
@@ -160,18 +151,24 @@ class Endpoint:
                 raise _bad(f"{command_name(ev.command)} not supported", errno.ENOTSUP)
             reply = self.conn.reply(ev, self._table[ev.command](ev))
         except QemuDeviceError as err:
+            code = err.errno
             reply = self._error(ev, err)
         except Exception as err:            # a bug here must not kill the server
             log.exception("msg %d %s: internal error", ev.msg_id, command_name(ev.command))
+            code = errno.EIO
             reply = self._error(ev, LocalProtocolError(f"internal error: {err!r}",
                                                        errno=errno.EIO))
         finally:
             if ev.fds:
-                close_fds(ev.take_fds())
+                self._close_fds(ev.take_fds())
         if self.sink is not None and reply is not None:
             self.sink({"event": "tx", "id": ev.msg_id, "cmd": command_name(ev.command),
-                       "msg_size": len(reply), "error": 0})
+                       "msg_size": len(reply), "error": code})
         return reply
+
+    def _close_fds(self, fds) -> None:
+        for fd in fds:
+            self.fds.close(fd)
 
     def _error(self, ev, err: QemuDeviceError) -> bytes | None:
         self.counts["errors"] += 1
@@ -196,7 +193,7 @@ class Endpoint:
 
     def close(self) -> tuple[int, int]:
         """The peer went away: drop its maps and eventfds."""
-        close_fds(self.conn.pending_fds())
+        self._close_fds(self.conn.pending_fds())
         self.conn.transition(Transition.PEER_CLOSED)
         return self.device.client_gone()
 
@@ -254,6 +251,35 @@ class Endpoint:
         return IrqInfo(IrqInfo.STRUCT.size, flags, r.index, count).pack()
 
     def _set_irqs(self, req: Request) -> bytes:
+        s, dtype, action, data = self._check_set_irqs(req)
+        msix = self.device.msix
+        if s.count == 0:
+            if s.index == _MSIX:
+                msix.disable_all()
+            return b""
+        if action != _TRIGGER:
+            if s.index != _MSIX or not self.device.maskable or dtype == _EVENTFD:
+                raise _bad(f"SET_IRQS {'MASK' if action == _MASK else 'UNMASK'} of index "
+                           f"{s.index} flags {s.flags:#x}: not maskable that way")
+            msix.set_masked(s.start, s.count, action == _MASK,
+                            data if dtype == _BOOL else None)
+        elif dtype == _EVENTFD and req.fds:
+            if not all(self.fds.is_eventfd(fd) for fd in req.fds):
+                raise _bad("SET_IRQS fd that is not an eventfd")
+            fds = req.take_fds()
+            try:
+                msix.assign(s.start, fds)
+            except BaseException:
+                self._close_fds(fds)
+                raise
+        elif dtype == _EVENTFD:
+            msix.deassign(s.start, s.count)
+        else:
+            msix.trigger(s.start, s.count, data if dtype == _BOOL else None)
+        return b""
+
+    def _check_set_irqs(self, req: Request) -> tuple[IrqSet, int, int, bytes]:
+        """Decode and validate a SET_IRQS: (fixed part, data type, action, bool data)."""
         p = req.payload
         if len(p) < IrqSet.STRUCT.size:
             raise _bad("SET_IRQS payload too short")
@@ -262,7 +288,7 @@ class Endpoint:
         dtype, action = s.flags & IRQ_SET_DATA_TYPE_MASK, s.flags & IRQ_SET_ACTION_TYPE_MASK
         if s.argsz < IrqSet.STRUCT.size or s.flags & ~0x3F:
             raise _bad(f"SET_IRQS argsz {s.argsz} flags {s.flags:#x}")
-        if dtype not in (_NONE, _BOOL, _EVENTFD) or action not in (8, 0x10, _TRIGGER):
+        if dtype not in (_NONE, _BOOL, _EVENTFD) or action not in (_MASK, _UNMASK, _TRIGGER):
             raise _bad(f"SET_IRQS flags {s.flags:#x}: need one data type and one action")
         _, nirq = self.device.irq_info(s.index)
         nfds = len(req.fds)
@@ -274,31 +300,11 @@ class Endpoint:
             raise _bad(f"SET_IRQS DATA_BOOL with {len(data)} bytes for count {s.count}")
         if dtype != _BOOL and data:
             raise _bad("SET_IRQS with trailing data")
-        if s.count == 0:
-            if dtype != _NONE or action != _TRIGGER or s.start != 0:
-                raise _bad("SET_IRQS count 0 is only NONE|TRIGGER at start 0")
-            if s.index == _MSIX:
-                self.device.msix.deassign_all()
-            return b""
+        if s.count == 0 and (dtype != _NONE or action != _TRIGGER or s.start != 0):
+            raise _bad("SET_IRQS count 0 is only NONE|TRIGGER at start 0")
         if s.start + s.count > nirq:
             raise _bad(f"SET_IRQS index {s.index} vectors {s.start}+{s.count} > {nirq}")
-        if action != _TRIGGER:
-            raise _bad("SET_IRQS MASK/UNMASK: MSI-X vectors are not maskable")
-        msix = self.device.msix
-        if dtype == _EVENTFD and nfds:
-            if not all(_is_eventfd(fd) for fd in req.fds):
-                raise _bad("SET_IRQS fd that is not an eventfd")
-            fds = req.take_fds()
-            try:
-                msix.assign(s.start, fds)
-            except BaseException:
-                close_fds(fds)
-                raise
-        elif dtype == _EVENTFD:
-            msix.deassign(s.start, s.count)
-        else:
-            msix.trigger(s.start, s.count, data if dtype == _BOOL else None)
-        return b""
+        return s, dtype, action, data
 
     def _region_read(self, req: Request) -> bytes:
         p = req.payload

@@ -21,7 +21,8 @@ from typing import Callable
 from .control import ControlContext, ControlSession
 from .device.nic import Device
 from .eventlog import EventBus
-from .handlers import Endpoint, close_fds
+from .fdio import close_fds
+from .handlers import Endpoint
 from .transport import OutBuffer, listen_unix, recv_with_fds
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import json
 import os
 import select
@@ -18,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import DeviceError
 from .handlers import Endpoint
 from .protocol import (HEADER_SIZE, Command, DeviceInfo, DmaMap, DmaUnmap, Header,
                        HeaderFlags, IrqInfo, IrqSet, RegionAccess, RegionInfo,
@@ -98,6 +100,7 @@ class FakeQemu:
         self.sock = sock
         self.pump = pump
         self.next_id = 0
+        self.max_fds = 8                # QEMU's default until VERSION says otherwise
         self.sock.settimeout(5.0)       # a missing reply fails the test, never hangs it
 
     # -- raw ---------------------------------------------------------------------------
@@ -180,7 +183,9 @@ class FakeQemu:
     def version(self) -> dict:
         caps = json.dumps(QEMU_CAPS).encode() + b"\0"
         r = self.request(C.VFIO_USER_VERSION, b"\0\0\0\0" + caps)
-        return json.loads(r.payload[4:].split(b"\0", 1)[0])
+        server = json.loads(r.payload[4:].split(b"\0", 1)[0])
+        self.max_fds = server.get("capabilities", {}).get("max_msg_fds", 8)
+        return server
 
     def dma_map(self, addr: int, size: int, offset: int = 0, flags: int = 3,
                 fd: int | None = None, **kw) -> Reply:
@@ -281,7 +286,154 @@ class FakeQemu:
         self.write(CONFIG, cap + 2, (0x8000).to_bytes(2, "little"))   # clear MASKALL
 
     def use_vector(self, nr: int, fd: int) -> None:
+        """A vector's first use (or re-use) on the dynamic path: one SET_IRQS with its fd.
+        This is also all QEMU 11.1.3 sends when the server advertises MASKABLE: it keeps
+        masking in its own table and never sends MASK/UNMASK for MSI-X (checked with
+        -trace vfio_user_set_irqs, vfio_msix_*); a release sends nothing under TCG."""
         self.set_irqs(MSIX, 0x24, nr, 1, [fd])
+
+    def disable_msix(self) -> None:
+        """SET_IRQS NONE|TRIGGER count 0: every MSI-X eventfd dropped."""
+        self.set_irqs(MSIX, 0x21, 0, 0)
+
+    def noresize_grow(self, used: dict[int, int]) -> list[tuple[int, int, int]]:
+        """QEMU 11.1.3's NORESIZE growth when a vector beyond nr_vectors is first used
+        (observed with -trace vfio_user_set_irqs): disable all (0x21, 0, 0), then
+        0x24 over 0..max(used) in runs: a run of used vectors carries their fds, a run
+        of unused ones none, each run cut into messages of at most max_msg_fds vectors.
+        ``used`` maps vector -> eventfd (QEMU re-sends the same eventfds each time).
+        Returns the (start, count, nfds) of the messages sent."""
+        self.disable_msix()
+        sent = []
+        nr_vectors = max(used) + 1
+        v = 0
+        while v < nr_vectors:
+            with_fd = v in used
+            end = v
+            while end < nr_vectors and (end in used) == with_fd and end - v < self.max_fds:
+                end += 1
+            fds = [used[i] for i in range(v, end)] if with_fd else []
+            self.set_irqs(MSIX, 0x24, v, end - v, fds)
+            sent.append((v, end - v, len(fds)))
+            v = end
+        return sent
+
+    def mask_vectors(self, start: int, count: int = 1, unmask: bool = False,
+                     which: bytes | None = None, **kw) -> Reply:
+        """Per-vector SET_IRQS MASK (0x09) / UNMASK (0x11), or with DATA_BOOL ``which``
+        (0x0A / 0x12).  The vfio-user spec's form; QEMU's dropped "per-IRQ MSI-X
+        masking" patch sent NONE|MASK on release and NONE|UNMASK on re-use.  QEMU
+        11.1.3 sends neither for MSI-X."""
+        action = 0x10 if unmask else 0x08
+        dtype = 0x02 if which is not None else 0x01
+        return self.set_irqs(MSIX, action | dtype, start, count, data=which or b"", **kw)
+
+
+class FakeWindow:
+    """A FakeFdPort mapping: a slice of a fake memory file, shared with it."""
+
+    def __init__(self, data: bytearray, offset: int, size: int, writable: bool) -> None:
+        self._data, self._offset, self._size, self.writable = data, offset, size, writable
+        self.closed = False
+
+    def _span(self, index: slice) -> slice:
+        if self.closed:
+            raise ValueError("mmap closed or invalid")
+        start, stop, _ = index.indices(self._size)
+        return slice(self._offset + start, self._offset + stop)
+
+    def __getitem__(self, index: slice) -> bytes:
+        return bytes(self._data[self._span(index)])
+
+    def __setitem__(self, index: slice, data: bytes) -> None:
+        if not self.writable:
+            raise TypeError("mmap can't modify a readonly memory map.")
+        span = self._span(index)
+        if span.stop - span.start != len(data):
+            raise IndexError("mmap slice assignment is wrong size")
+        self._data[span] = data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeFdPort:
+    """The fd seam (``fdport.FdPort``) without the OS, for unit tests.
+
+    fds are numbers it hands out (``eventfd()``, ``memfd(size)``, ``other()``), from
+    1000 up so they never collide with a real fd.  It keeps what the core did to them:
+    ``signals[fd]`` (eventfd counters; ``take(fd)`` reads and clears one like
+    ``eventfd_read``), ``closed`` (in order), ``windows`` (live mappings) and
+    ``problems`` (a close or signal of an fd that is not open: a double close is a bug).
+    ``fail_signal`` holds eventfds whose next signals fail with EAGAIN."""
+
+    def __init__(self) -> None:
+        self._next = 1000
+        self.kinds: dict[int, str] = {}
+        self.files: dict[int, bytearray] = {}
+        self.open: set[int] = set()
+        self.closed: list[int] = []
+        self.signals: dict[int, int] = {}
+        self.windows: list[FakeWindow] = []
+        self.fail_signal: set[int] = set()
+        self.problems: list[str] = []
+
+    def _new(self, kind: str) -> int:
+        fd, self._next = self._next, self._next + 1
+        self.kinds[fd] = kind
+        self.open.add(fd)
+        return fd
+
+    def eventfd(self) -> int:
+        fd = self._new("eventfd")
+        self.signals[fd] = 0
+        return fd
+
+    def memfd(self, size: int, data: bytes = b"") -> int:
+        fd = self._new("memfd")
+        self.files[fd] = bytearray(data.ljust(size, b"\0"))
+        return fd
+
+    def other(self) -> int:
+        return self._new("socket")
+
+    def take(self, fd: int) -> int:
+        n, self.signals[fd] = self.signals[fd], 0
+        return n
+
+    # -- the FdPort contract ------------------------------------------------------------
+    def close(self, fd: int) -> None:
+        if fd not in self.open:
+            self.problems.append(f"close of fd {fd}, which is not open")
+            return
+        self.open.discard(fd)
+        self.closed.append(fd)
+
+    def is_eventfd(self, fd: int) -> bool:
+        return fd in self.open and self.kinds.get(fd) == "eventfd"
+
+    def signal(self, fd: int) -> None:
+        if not self.is_eventfd(fd):
+            self.problems.append(f"signal of fd {fd}, which is not an open eventfd")
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if fd in self.fail_signal:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        self.signals[fd] += 1
+
+    def map_memory(self, fd: int, offset: int, size: int, readable: bool,
+                   writable: bool) -> FakeWindow:
+        if fd not in self.open or self.kinds.get(fd) != "memfd":
+            raise DeviceError("DMA map fd is not a memory file", errno=errno.EINVAL)
+        data = self.files[fd]
+        if offset + size > len(data):
+            raise DeviceError(f"DMA map {offset:#x}+{size:#x} beyond the file "
+                              f"({len(data):#x} bytes)", errno=errno.EINVAL)
+        w = FakeWindow(data, offset, size, writable)
+        self.windows.append(w)
+        return w
+
+    def live_windows(self) -> int:
+        return sum(not w.closed for w in self.windows)
 
 
 def find_cap(config: bytes, cap_id: int) -> int:

@@ -5,11 +5,12 @@ import pytest
 from qemu_device.device.config_space import MSIX_CAP, PCIE_CAP
 from qemu_device.device.nic import Device
 from qemu_device.errors import DeviceError
+from qemu_device.testing import FakeFdPort
 
 
 @pytest.fixture
 def cfg():
-    return Device().config
+    return Device(fds=FakeFdPort()).config
 
 
 def rd(cfg, off, n):
@@ -67,7 +68,7 @@ def test_rw1c_status_and_devsta(cfg):
 
 
 def test_msix_control_writes_reach_the_irq_state():
-    dev = Device()
+    dev = Device(fds=FakeFdPort())
     wr(dev.config, MSIX_CAP + 2, 2, 0xC000)
     assert (dev.msix.enabled, dev.msix.function_mask) == (True, True)
     wr(dev.config, MSIX_CAP + 3, 1, 0x80)   # byte write clearing MASKALL
@@ -75,7 +76,7 @@ def test_msix_control_writes_reach_the_irq_state():
 
 
 def test_reset_restores_power_on_values():
-    dev = Device()
+    dev = Device(fds=FakeFdPort())
     wr(dev.config, 0x04, 2, 0x0006)
     wr(dev.config, MSIX_CAP + 2, 2, 0x8000)
     dev.reset()

@@ -1,4 +1,7 @@
-"""DMA map: mmap of memfd fds, bounds, permissions, overlap, unmap, fds closed."""
+"""DMA map: windows onto memory files, bounds, permissions, overlap, unmap, fds closed.
+
+Driven through the fd seam with ``FakeFdPort``; the first test maps a real memfd with
+``OsFdPort`` (mmap shared: a write through the map is seen in the file)."""
 
 import errno
 import os
@@ -7,42 +10,72 @@ import pytest
 
 from qemu_device.device.dma import DmaMap
 from qemu_device.errors import DeviceError
-from qemu_device.testing import FdWatch
+from qemu_device.fdio import OsFdPort
+from qemu_device.testing import FakeFdPort, FdWatch
+
+RAM = 64 * 1024
 
 
 @pytest.fixture
-def ram():
-    fd = os.memfd_create("ram")
-    os.ftruncate(fd, 64 * 1024)
-    os.pwrite(fd, b"hello", 0x1000)
-    yield fd
-    os.close(fd)
+def port():
+    p = FakeFdPort()
+    yield p
+    assert p.problems == []
 
 
-def dup(fd):
-    return os.dup(fd)
+@pytest.fixture
+def ram(port):
+    """A fake guest-RAM file; each map gets its own fd for it, as QEMU sends one per
+    DMA_MAP, so it returns a factory."""
+    data = bytearray(RAM)
+    data[0x1000:0x1005] = b"hello"
+
+    def new_fd():
+        fd = port.memfd(0)
+        port.files[fd] = data                     # every fd shares the same file
+        return fd
+    new_fd.data = data
+    return new_fd
 
 
-def test_map_read_write_spanning_adjacent_maps(ram):
+def test_map_read_write_spanning_adjacent_maps_real_memfd():
+    ram = os.memfd_create("ram")
+    os.ftruncate(ram, RAM)
+    os.pwrite(ram, b"hello", 0x1000)
     fds = FdWatch()
-    m = DmaMap()
-    m.add(0x10000, 0x2000, 3, 0, dup(ram))
-    m.add(0x12000, 0x2000, 3, 0x2000, dup(ram))
-    # the received fds are closed; Python's mmap keeps one dup per mapping
-    assert len(fds.opened()) == 2
-    assert m.read(0x11000, 5) == b"hello"
-    m.write(0x11FFE, b"ABCD")                       # crosses into the second map
-    assert os.pread(ram, 4, 0x1FFE) == b"ABCD"
-    m.clear()
+    m = DmaMap(OsFdPort())
+    try:
+        m.add(0x10000, 0x2000, 3, 0, os.dup(ram))
+        m.add(0x12000, 0x2000, 3, 0x2000, os.dup(ram))
+        # the received fds are closed; Python's mmap keeps one dup per mapping
+        assert len(fds.opened()) == 2
+        assert m.read(0x11000, 5) == b"hello"
+        m.write(0x11FFE, b"ABCD")                       # crosses into the second map
+        assert os.pread(ram, 4, 0x1FFE) == b"ABCD"
+    finally:
+        m.clear()
+        os.close(ram)
     assert fds.opened() == {}
 
 
-def test_permissions(ram):
-    m = DmaMap()
-    m.add(0, 0x1000, 1, 0, dup(ram))                # read only
+def test_map_fd_is_closed_and_the_window_released(port, ram):
+    m = DmaMap(port)
+    fd = ram()
+    m.add(0x10000, 0x2000, 3, 0, fd)
+    assert port.closed == [fd] and port.live_windows() == 1
+    m.write(0x11FFE, b"AB")
+    assert bytes(ram.data[0x1FFE:0x2000]) == b"AB"
+    assert m.read(0x11000, 5) == b"hello"
+    assert m.clear() == 1 and port.live_windows() == 0
+
+
+def test_permissions(port, ram):
+    m = DmaMap(port)
+    m.add(0, 0x1000, 1, 0, ram())                   # read only
     with pytest.raises(DeviceError) as e:
         m.write(0, b"x")
     assert e.value.errno == errno.EPERM
+    assert port.windows[0].writable is False        # mapped without PROT_WRITE
     m.add(0x1000, 0x1000, 3, 0, None)               # no fd: message access only
     with pytest.raises(DeviceError) as e:
         m.read(0x1000, 1)
@@ -57,25 +90,34 @@ def test_permissions(ram):
     (0x800, 0x1000, 0, errno.EEXIST), (0x1000, 0x1000, 0, errno.EEXIST),
     (0x1800, 0x1000, 0, errno.EEXIST), (0, 0x1000, 0x1000, None), (0x2000, 0x1000, 0x100, errno.EINVAL),
     (0x2000, 0x100000, 0, errno.EINVAL)])
-def test_bad_maps_refused_and_fd_closed(ram, iova, size, off, code):
-    m = DmaMap()
-    m.add(0x1000, 0x1000, 3, 0, dup(ram))
-    fds = FdWatch()
+def test_bad_maps_refused_and_fd_closed(port, ram, iova, size, off, code):
+    m = DmaMap(port)
+    m.add(0x1000, 0x1000, 3, 0, ram())
+    fd = ram()
     if code is None:                                # adjacent is fine
-        m.add(iova, size, 3, off, dup(ram))
+        m.add(iova, size, 3, off, fd)
         assert len(m) == 2
     else:
         with pytest.raises(DeviceError) as e:
-            m.add(iova, size, 3, off, dup(ram))
+            m.add(iova, size, 3, off, fd)
         assert e.value.errno == code
-        assert fds.opened() == {}
+        assert port.live_windows() == 1
+    assert fd in port.closed                        # closed whatever happened
     m.clear()
 
 
-def test_unmap_must_match(ram):
-    m = DmaMap()
-    m.add(0x1000, 0x2000, 3, 0, dup(ram))
+def test_fd_that_is_not_a_memory_file_is_refused_and_closed(port):
+    m = DmaMap(port)
+    fd = port.eventfd()
+    with pytest.raises(DeviceError) as e:
+        m.add(0, 0x1000, 3, 0, fd)
+    assert e.value.errno == errno.EINVAL and port.open == set()
+
+
+def test_unmap_must_match(port, ram):
+    m = DmaMap(port)
+    m.add(0x1000, 0x2000, 3, 0, ram())
     with pytest.raises(DeviceError):
         m.remove(0x1000, 0x1000)
     m.remove(0x1000, 0x2000)
-    assert len(m) == 0
+    assert len(m) == 0 and port.live_windows() == 0

@@ -1,16 +1,22 @@
 """BAR0 register map: identification, scratch, ICS doorbell, IVAR/queue kicks, counters."""
 
-import os
-
 import pytest
 
 from qemu_device.device import registers as R
 from qemu_device.device.nic import Device
+from qemu_device.testing import FakeFdPort
 
 
 @pytest.fixture
-def dev():
-    d = Device()
+def port():
+    p = FakeFdPort()
+    yield p
+    assert p.problems == []
+
+
+@pytest.fixture
+def dev(port):
+    d = Device(fds=port)
     d.msix.set_control(True, False)
     yield d
     d.msix.deassign_all()
@@ -41,11 +47,11 @@ def test_scratch_merges_partial_writes(dev):
     assert rd(dev, R.REG_SCRATCH) == 0xAABB11DD
 
 
-def test_ics_doorbell_raises_exactly_one_interrupt(dev):
-    fd = os.eventfd(0, os.EFD_NONBLOCK)
+def test_ics_doorbell_raises_exactly_one_interrupt(dev, port):
+    fd = port.eventfd()
     dev.msix.assign(7, [fd])
     wr(dev, R.REG_ICS, 7)
-    assert os.eventfd_read(fd) == 1
+    assert port.take(fd) == 1
     assert rd(dev, R.REG_RAISED + 4 * 7) == 1 and rd(dev, R.REG_DELIVERED + 4 * 7) == 1
     assert rd(dev, R.REG_LAST_VECTOR) == 7 and rd(dev, R.REG_IRQ_TOTAL) == 1
     assert rd(dev, R.REG_ICS) == 0                         # write-only
@@ -87,9 +93,9 @@ def test_unknown_offsets_read_zero_and_ignore_writes(dev):
     assert rd(dev, 0x100) == 0
 
 
-def test_msix_in_bar0_shares_the_region():
+def test_msix_in_bar0_shares_the_region(port):
     from qemu_device.device.nic import shared_layout
-    d = Device(shared_layout(64))
+    d = Device(shared_layout(64), fds=port)
     d.msix.raise_vector(0)
     lay = d.layout
     assert d.region_read(0, lay.pba_offset, 1) == b"\x01"

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from qemu_device.device.nic import Device
+from qemu_device.fdio import OsFdPort
 from qemu_device.server import Server
 from qemu_device.testing import CONFIG, FakeQemu, FdWatch
 
@@ -20,7 +21,7 @@ RAM = 1 << 20
 
 class Rig:
     def __init__(self, tmp_path):
-        self.device = Device()
+        self.device = Device(fds=OsFdPort())
         self.server = Server(self.device, str(tmp_path / "nic.sock"), str(tmp_path / "nic.ctl"),
                              str(tmp_path / "events.jsonl"))
         self.server.bind()
@@ -80,15 +81,22 @@ def booted(rig, vectors=(0, 1)):
 
 def test_state_reports_the_contract_fields(rig):
     q, efds = booted(rig)
-    st = rig.command("state")["result"]
-    assert st["msix"] == {"table_size": 64, "enabled": True, "function_mask": False,
-                          "table_bar": 2, "table_offset": 0, "pba_bar": 4, "pba_offset": 0}
-    assert st["vectors"][1] == {"index": 1, "eventfd": True, "raised": 0, "delivered": 0,
-                                "pending": False, "dropped": 0}
-    assert st["client_connected"] and len(st["dma_maps"]) == 3
-    for fd in efds.values():
-        os.close(fd)
-    q.sock.close()
+    try:
+        st = rig.command("state")["result"]
+        assert st["msix"] == {"table_size": 64, "enabled": True, "function_mask": False,
+                              "table_bar": 2, "table_offset": 0, "pba_bar": 4,
+                              "pba_offset": 0, "maskable": False, "noresize": False,
+                              "irq_info_flags": 1,
+                              "requests": {"mask": 0, "unmask": 0, "disable_all": 0}}
+        assert st["vectors"][1] == {"index": 1, "eventfd": True, "masked": False,
+                                    "raised": 0, "delivered": 0, "pending": False,
+                                    "dropped": 0}
+        assert st["client_connected"] and len(st["dma_maps"]) == 3
+        assert st["errors"]["bad_region_access"] == 0
+    finally:
+        for fd in efds.values():
+            os.close(fd)
+        q.sock.close()
 
 
 def test_control_raise_delivers_or_pends(rig):

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from qemu_device.device.nic import Device
+from qemu_device.fdio import OsFdPort
 from qemu_device.handlers import Endpoint
 from qemu_device.protocol import (Command as C, DmaMap, DmaUnmap, IrqInfo, IrqSet,
                                   RegionAccess, RegionInfo, pack_message)
@@ -20,7 +21,7 @@ E = errno
 @pytest.fixture
 def rig():
     fds = FdWatch()
-    h = EndpointHarness(Endpoint(Device()))
+    h = EndpointHarness(Endpoint(Device(fds=OsFdPort())))
     q = FakeQemu(h.client_sock, h.pump)
     q.version()
     yield h, q
@@ -143,7 +144,7 @@ def test_malformed_no_reply_is_never_answered(rig, name, cmd, payload, fdmakers,
 
 
 def test_message_before_version_is_refused_then_version_works():
-    h = EndpointHarness(Endpoint(Device()))
+    h = EndpointHarness(Endpoint(Device(fds=OsFdPort())))
     q = FakeQemu(h.client_sock, h.pump)
     q.request(C.VFIO_USER_DEVICE_GET_INFO, b"\0" * 16, expect_error=E.EINVAL)
     assert q.version()["capabilities"]["max_data_xfer_size"] == 1 << 20
@@ -155,7 +156,7 @@ def test_message_before_version_is_refused_then_version_works():
 @pytest.mark.parametrize("major,caps,err", [(1, b"{}\0", E.ENOTSUP), (0, b"nope\0", E.EINVAL),
                                             (0, b"[1]\0", E.EINVAL), (0, b"", E.EINVAL)])
 def test_bad_version(major, caps, err):
-    h = EndpointHarness(Endpoint(Device()))
+    h = EndpointHarness(Endpoint(Device(fds=OsFdPort())))
     q = FakeQemu(h.client_sock, h.pump)
     q.request(C.VFIO_USER_VERSION, struct.pack("<HH", major, 0) + caps, expect_error=err)
     q.version()
@@ -199,7 +200,7 @@ def test_oversize_message_is_drained_and_refused(rig):
 
 def test_header_size_below_16_is_fatal_and_clean():
     fds = FdWatch()
-    h = EndpointHarness(Endpoint(Device()))
+    h = EndpointHarness(Endpoint(Device(fds=OsFdPort())))
     q = FakeQemu(h.client_sock, h.pump)
     q.version()
     fd = efd()
@@ -217,7 +218,7 @@ def test_header_size_below_16_is_fatal_and_clean():
 
 def test_peer_closing_mid_message_leaks_no_fd():
     fds = FdWatch()
-    device = Device()
+    device = Device(fds=OsFdPort())
     h = EndpointHarness(Endpoint(device))
     q = FakeQemu(h.client_sock, h.pump)
     q.version()
@@ -232,3 +233,22 @@ def test_peer_closing_mid_message_leaks_no_fd():
     h.endpoint.close()
     h.close()
     assert fds.opened() == {}
+
+
+def test_the_event_log_records_the_errno_of_every_error_reply():
+    """The host's sentinel classifies a run whose device answered QEMU with an error as
+    'could not judge': the logged reply must carry the real errno, and 0 only on success."""
+    events = []
+    h = EndpointHarness(Endpoint(Device(fds=OsFdPort()), sink=events.append))
+    q = FakeQemu(h.client_sock, h.pump)
+    q.version()
+    q.read32(0, 0)
+    q.request(C.VFIO_USER_REGION_READ, ra(0, 9, 4), expect_error=E.EINVAL)
+    h.endpoint.device.faults.add({"kind": "errno_reply", "command": "DEVICE_RESET",
+                                  "errno": "EIO"})
+    q.request(C.VFIO_USER_DEVICE_RESET, b"", expect_error=E.EIO)
+    sent = [(e["cmd"], e["error"]) for e in events if e["event"] == "tx"]
+    assert sent[:2] == [("VERSION", 0), ("REGION_READ", 0)]
+    assert sent[2:] == [("REGION_READ", E.EINVAL), ("DEVICE_RESET", E.EIO)]
+    h.endpoint.close()
+    h.close()

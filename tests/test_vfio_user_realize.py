@@ -5,6 +5,7 @@ import os
 import pytest
 
 from qemu_device.device.nic import Device
+from qemu_device.fdio import OsFdPort
 from qemu_device.device.registers import REG_DELIVERED, REG_ICS, REG_RAISED
 from qemu_device.handlers import Endpoint
 from qemu_device.testing import CONFIG, MSIX, EndpointHarness, FakeQemu, FdWatch
@@ -15,7 +16,7 @@ RAM = 1 << 20
 @pytest.fixture
 def rig():
     fds = FdWatch()
-    device = Device()
+    device = Device(fds=OsFdPort())
     h = EndpointHarness(Endpoint(device))
     ram = os.memfd_create("guest-ram")
     os.ftruncate(ram, RAM)

@@ -98,7 +98,8 @@ def cmd_shell(args) -> int:
     choice = accel_mod.choose(args.accel, image, args.flavor)
     return shell_session(image, args.flavor, Path(args.results), console, accel=choice.accel,
                          vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
-                         kmod=not args.no_kmod, dry_run=args.dry_run)
+                         kmod=not args.no_kmod, dry_run=args.dry_run,
+                         msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize)
 
 
 def cmd_run(args) -> int:
@@ -169,6 +170,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--cpus", type=bounded_int("--cpus", 1, MAX_CPUS), default=2,
                        help=f"guest CPUs (1..{MAX_CPUS})")
         p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+        p.add_argument("--msix-maskable", action="store_true",
+                       help="the NIC advertises per-vector MSI-X masking (MASKABLE)")
+        p.add_argument("--msix-noresize", action="store_true",
+                       help="the NIC advertises NORESIZE: QEMU re-enables every vector "
+                            "on each growth (the path before dynamic MSI-X)")
 
     p = sub.add_parser("doctor", help="what msixlab has here and what it lacks")
     p.add_argument("--json", action="store_true")

@@ -35,11 +35,16 @@ class DeviceServer:
         self.control = JsonLinesClient(control_path, "device-control")
 
     @classmethod
-    def for_run(cls, dirs, vectors: int = 64) -> "DeviceServer":
-        """The NIC of a run: sockets in its runtime dir, logs in its results dir."""
+    def for_run(cls, dirs, vectors: int = 64, *, msix_maskable: bool = False,
+                msix_noresize: bool = False) -> "DeviceServer":
+        """The NIC of a run: sockets in its runtime dir, logs in its results dir.
+        ``msix_maskable``/``msix_noresize`` make the server advertise MASKABLE/NORESIZE
+        on MSI-X, which chooses the path QEMU's client takes (docs/device.md)."""
+        extra = (("--msix-maskable",) if msix_maskable else ()) + (
+            ("--msix-noresize",) if msix_noresize else ())
         return cls(dirs.runtime / "nic0.sock", dirs.runtime / "nic0.ctl",
                    dirs.results / "device-events.jsonl", dirs.results / "device-server.log",
-                   vectors=vectors)
+                   vectors=vectors, extra=extra)
 
     def start(self, timeout: float = 20.0) -> None:
         log.info("starting the device server: %s", " ".join(self.argv))

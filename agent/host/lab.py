@@ -38,10 +38,13 @@ log = logging.getLogger(__name__)
 
 class Lab:
     def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
-                 vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = ()):
+                 vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
+                 msix_maskable: bool = False, msix_noresize: bool = False):
         self.image, self.flavor, self.dirs = image, flavor, dirs
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
-        self.device = DeviceServer.for_run(dirs, vectors)
+        self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
+        self.device = DeviceServer.for_run(dirs, vectors, msix_maskable=msix_maskable,
+                                           msix_noresize=msix_noresize)
         self.machine: Machine | None = None
         self.agent_client = JsonLinesClient(dirs.runtime / "agent.sock", "guest-agent")
         self.hello: dict = {}

@@ -57,6 +57,12 @@ def _dry_run(args, console: Console, image) -> int:
     return 0
 
 
+def _modes_text(args) -> str:
+    modes = [m for m, on in (("maskable", args.msix_maskable),
+                             ("noresize", args.msix_noresize)) if on]
+    return f", MSI-X {'+'.join(modes)}" if modes else ""
+
+
 GUEST_VIEWS = (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}),
                ("interrupts.json", "interrupts", {}), ("groups.json", "list_groups", {}))
 
@@ -126,8 +132,10 @@ def reproduce_command(args) -> str:
     faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
                                                            if k != "kind")
               for spec in getattr(args, "device_fault", [])]
+    modes = [f"--msix-{mode}" for mode in ("maskable", "noresize")
+             if getattr(args, f"msix_{mode}", False)]
     return shlex.join(["msixlab", "run", "--flavor", args.flavor, "--vectors",
-                       str(args.vectors), "--cpus", str(args.cpus), *faults])
+                       str(args.vectors), "--cpus", str(args.cpus), *modes, *faults])
 
 
 def run_main_job(args, console: Console) -> int:
@@ -137,10 +145,12 @@ def run_main_job(args, console: Console) -> int:
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
     console.print(f"run {dirs.run_id}: kernel {image.kernel(args.flavor).version} ({args.flavor}), "
-                  f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors; "
-                  f"results in {dirs.results}")
+                  f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors"
+                  f"{_modes_text(args)}; results in {dirs.results}")
     started = time.monotonic()
-    lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus)
+    lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
+              msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize)
+    modes = dict(lab.msix_modes)
     scenario = Scenario(lab, say=console.print)
     final: Snapshot | None = None
     armed: list = []
@@ -150,6 +160,7 @@ def run_main_job(args, console: Console) -> int:
                 lab.start()
                 console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
                               f"(kernel {lab.hello.get('kernel')})")
+                modes["irq_info_flags"] = lab.device_command("state")["msix"]["irq_info_flags"]
                 for spec in getattr(args, "device_fault", []):
                     armed.append(lab.device_command("fault", **spec))
                     console.print(f"[yellow]device fault armed on purpose:[/] {armed[-1]}")
@@ -167,7 +178,7 @@ def run_main_job(args, console: Console) -> int:
     metadata = {
         "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
-        "cpus": args.cpus, "device": lab.hello.get("device"),
+        "cpus": args.cpus, "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,

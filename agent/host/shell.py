@@ -28,22 +28,24 @@ from .session import RunDirs, guest_spec
 
 def shell_session(image: Image, flavor: str, results_root: Path, console: Console, *,
                   accel: str = "tcg", vectors: int = 64, cpus: int = 2, nic: bool = True,
-                  kmod: bool = True, dry_run: bool = False) -> int:
+                  kmod: bool = True, dry_run: bool = False, msix_maskable: bool = False,
+                  msix_noresize: bool = False) -> int:
     """Run QEMU in the foreground on this terminal; returns QEMU's exit status."""
     if dry_run:                      # the paths printed are a throwaway run's
         results_root = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     try:
         return _session(image, flavor, results_root, console, accel, vectors, cpus, nic,
-                        kmod, dry_run)
+                        kmod, dry_run, {"msix_maskable": msix_maskable,
+                                        "msix_noresize": msix_noresize})
     finally:
         if dry_run:
             shutil.rmtree(results_root, ignore_errors=True)
 
 
 def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, kmod,
-             dry_run) -> int:
+             dry_run, msix_modes) -> int:
     with RunDirs.create(results_root, prefix="shell") as dirs:
-        device = DeviceServer.for_run(dirs, vectors)
+        device = DeviceServer.for_run(dirs, vectors, **msix_modes)
         module = None
         if kmod:
             module = kmod_dir(image, flavor) if dry_run else ensure_kmod(image, flavor)

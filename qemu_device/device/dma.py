@@ -1,24 +1,28 @@
-# Concepts: the DMA map, i.e. the client's guest memory as the device may reach it. Each
-# DMA_MAP adds a range [iova, iova+size) with READ/WRITE permissions and, when the client
-# sent an fd (memfd-backed guest RAM), an mmap of that fd at the given offset; the fd is
-# closed right after mmap (the mapping keeps the memory). Ranges never overlap (EEXIST);
-# an unmap must match a map exactly or be "unmap all". read()/write() translate an IOVA
-# range that may span adjacent maps, honour permissions and never touch bytes outside
-# the mapped file (fstat-checked at map time, so no SIGBUS).
-"""DMA regions: map, unmap, bounds-checked access."""
+"""DMA regions: map, unmap, bounds-checked access.
+
+Concepts: the DMA map, i.e. the client's guest memory as the device may reach it.  Each
+DMA_MAP adds a range [iova, iova+size) with READ/WRITE permissions and, when the client
+sent an fd (memfd-backed guest RAM), a window onto that fd at the given offset, made by
+the injected ``FdPort`` (``map_memory``); the fd is closed through the port right after
+(the mapping keeps the memory).  Ranges never overlap (EEXIST); an unmap must match a map
+exactly or be "unmap all".  read()/write() translate an IOVA range that may span adjacent
+maps, honour permissions and never touch bytes outside the mapped file (the port checks
+the file size at map time, so no SIGBUS).  No I/O here: every fd operation is the port's.
+"""
 
 from __future__ import annotations
 
 import bisect
 import errno
 import logging
-import mmap
-import os
-import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import DeviceError
 from ..protocol import PAGE_SIZE, DmaMapFlags
+
+if TYPE_CHECKING:   # pragma: no cover
+    from ..fdport import FdPort, MemoryWindow
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ class DmaRegion:
     size: int
     flags: int
     fd_offset: int
-    mem: mmap.mmap | None
+    mem: "MemoryWindow | None"
 
     @property
     def end(self) -> int:
@@ -48,7 +52,8 @@ class DmaRegion:
 class DmaMap:
     """All DMA regions of the current client, sorted by IOVA."""
 
-    def __init__(self) -> None:
+    def __init__(self, fds: "FdPort") -> None:
+        self.fds = fds
         self._regions: list[DmaRegion] = []
         self._starts: list[int] = []
 
@@ -62,10 +67,11 @@ class DmaMap:
         """Add a map. Takes ownership of fd (closed here, whatever happens)."""
         try:
             self._check_new(iova, size, flags, offset, fd)
-            mem = self._mmap(fd, size, flags, offset) if fd is not None else None
+            mem = (self.fds.map_memory(fd, offset, size, bool(flags & _READ),
+                                       bool(flags & _WRITE)) if fd is not None else None)
         finally:
             if fd is not None:
-                os.close(fd)
+                self.fds.close(fd)
         region = DmaRegion(iova, size, flags, offset, mem)
         i = bisect.bisect_left(self._starts, iova)
         self._starts.insert(i, iova)
@@ -89,22 +95,6 @@ class DmaMap:
             if r.iova < iova + size and iova < r.end:
                 raise DeviceError(f"DMA map {iova:#x}+{size:#x} overlaps "
                                   f"{r.iova:#x}+{r.size:#x}", errno=errno.EEXIST)
-
-    @staticmethod
-    def _mmap(fd: int, size: int, flags: int, offset: int) -> mmap.mmap:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise DeviceError("DMA map fd is not a memory file", errno=errno.EINVAL)
-        if offset + size > st.st_size:
-            raise DeviceError(f"DMA map {offset:#x}+{size:#x} beyond the file "
-                              f"({st.st_size:#x} bytes)", errno=errno.EINVAL)
-        prot = (mmap.PROT_READ if flags & _READ else 0) | (
-            mmap.PROT_WRITE if flags & _WRITE else 0)
-        try:
-            return mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=offset)
-        except OSError as err:
-            raise DeviceError(f"mmap of DMA fd failed: {err}",
-                              errno=err.errno or errno.EINVAL) from err
 
     def remove(self, iova: int, size: int) -> DmaRegion:
         i = bisect.bisect_left(self._starts, iova)

@@ -1,25 +1,37 @@
-# Concepts: MSI-X on the device side. MsixLayout says where the table and the PBA live
-# (BAR index and offset) and checks QEMU's rules (8-byte aligned offsets, no overlap,
-# inside the BAR). MsixState holds, per vector: the eventfd QEMU gave us (or none), the
-# raised and delivered counters and the pending bit (the PBA). A raise is delivered (one
-# eventfd write) only when the vector has an eventfd, MSI-X is enabled and the function
-# is not masked; otherwise the PBA bit is set, and the pending interrupt is delivered
-# exactly once when that becomes true (eventfd assigned, enable, unmask). Per-vector mask
-# bits live only in QEMU's copy of the table (QEMU never forwards table accesses or
-# per-vector masking), so the server's table copy is informational and is not consulted.
-"""MSI-X table, PBA and interrupt state."""
+"""MSI-X table, PBA and interrupt state.
+
+Concepts: MSI-X on the device side.  ``MsixLayout`` says where the table and the PBA live
+(BAR index and offset) and checks QEMU's rules (8-byte aligned offsets, no overlap,
+inside the BAR).  ``MsixState`` holds, per vector: the eventfd QEMU gave us (or none),
+the client's mask bit, the raised/delivered/dropped counters and the pending bit (the
+PBA).  A raise is delivered (one ``signal`` of the eventfd through the injected
+``FdPort``) only when the vector has an eventfd, MSI-X is enabled, the function is not
+masked and the vector is not masked; otherwise the PBA bit is set, and the pending
+interrupt is delivered exactly once when all of that holds again (eventfd assigned,
+enable, function unmask, vector unmask).
+
+Per-vector mask bits exist only when the device advertises ``VFIO_IRQ_INFO_MASKABLE``
+and the client sends ``SET_IRQS`` MASK/UNMASK; they start clear and survive eventfd
+changes and the disable-all of ``SET_IRQS`` count 0 (QEMU's NORESIZE re-enable), and a
+device reset clears them.  QEMU 11.1.3 never sends them for MSI-X (docs/device.md): it
+keeps the per-vector mask and its own pending bits in its emulated table, which it never
+forwards, so the server's table copy is informational and is not consulted.  No I/O
+here: eventfd writes and closes go through the port.
+"""
 
 from __future__ import annotations
 
 import enum
 import errno
 import logging
-import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import ConfigurationError, DeviceError
 from ..faults import FaultKind, FaultTable
+
+if TYPE_CHECKING:   # pragma: no cover
+    from ..fdport import FdPort
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +101,17 @@ EventSink = Callable[[dict], None]
 Scheduler = Callable[[float, Callable[[], None]], None]
 
 
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError as err:
-        log.warning("closing fd %d: %s", fd, err)
-
-
 class MsixState:
-    """Per-vector eventfds, counters and pending bits; function enable/mask."""
+    """Per-vector eventfds, mask bits, counters and pending bits; function enable/mask."""
 
-    def __init__(self, layout: MsixLayout, faults: FaultTable | None = None) -> None:
+    def __init__(self, layout: MsixLayout, fds: "FdPort",
+                 faults: FaultTable | None = None) -> None:
         self.layout = layout
+        self.fds = fds
         n = layout.vectors
         self.n = n
         self.eventfds: list[int | None] = [None] * n
+        self.masked = bytearray(n)                  # 1: the client masked the vector
         self.raised = [0] * n
         self.delivered = [0] * n
         self.dropped = [0] * n
@@ -112,10 +120,10 @@ class MsixState:
         self.enabled = False
         self.function_mask = False
         self.errors = {"raise_out_of_range": 0, "eventfd_write_failed": 0}
+        self.requests = {"mask": 0, "unmask": 0, "disable_all": 0}
         self.faults = faults or FaultTable()
         self.sink: EventSink | None = None
         self.scheduler: Scheduler | None = None
-        self.signal: Callable[[int], None] = lambda fd: os.eventfd_write(fd, 1)
         self.reset_table()
 
     # -- events -------------------------------------------------------------------------
@@ -149,11 +157,14 @@ class MsixState:
         return Outcome.DELAYED
 
     def deliverable(self, v: int) -> bool:
-        return self.enabled and not self.function_mask and self.eventfds[v] is not None
+        """A raise of v would be delivered now."""
+        return (self.enabled and not self.function_mask and not self.masked[v]
+                and self.eventfds[v] is not None)
 
     def _deliver_or_pend(self, v: int, source: str) -> Outcome:
         fd = self.eventfds[v]
-        if fd is not None and self.enabled and not self.function_mask:
+        if (fd is not None and self.enabled and not self.function_mask
+                and not self.masked[v]):
             if self._signal(v, fd):
                 self._emit("deliver", v, source=source)
                 return Outcome.DELIVERED
@@ -163,7 +174,7 @@ class MsixState:
 
     def _signal(self, v: int, fd: int) -> bool:
         try:
-            self.signal(fd)
+            self.fds.signal(fd)
         except OSError as err:
             self.errors["eventfd_write_failed"] += 1
             log.warning("eventfd write for vector %d (fd %d): %s", v, fd, err)
@@ -174,20 +185,22 @@ class MsixState:
     def is_pending(self, v: int) -> bool:
         return bool(self.pending[v >> 3] & (1 << (v & 7)))
 
-    def flush_pending(self) -> list[int]:
-        """Deliver every pending vector that can be delivered now; return them."""
+    def flush_pending(self, vectors: Iterable[int] | None = None) -> list[int]:
+        """Deliver every pending vector (of ``vectors``, default all) that can be
+        delivered now, each exactly once; return them."""
         if not (self.enabled and not self.function_mask) or not any(self.pending):
             return []
         done = []
-        for v in range(self.n):
-            if self.is_pending(v) and self.eventfds[v] is not None:
-                if self._signal(v, self.eventfds[v]):
+        for v in range(self.n) if vectors is None else vectors:
+            fd = self.eventfds[v]
+            if self.is_pending(v) and fd is not None and not self.masked[v]:
+                if self._signal(v, fd):
                     self.pending[v >> 3] &= ~(1 << (v & 7))
                     self._emit("deliver_pending", v)
                     done.append(v)
         return done
 
-    # -- eventfds (SET_IRQS) ----------------------------------------------------------
+    # -- eventfds (SET_IRQS ACTION_TRIGGER) ----------------------------------------------
     def check_range(self, start: int, count: int) -> None:
         if start + count > self.n or count < 0 or start < 0:
             raise DeviceError(f"MSI-X vectors {start}+{count} beyond {self.n}",
@@ -200,9 +213,9 @@ class MsixState:
             old = self.eventfds[start + i]
             self.eventfds[start + i] = fd
             if old is not None and old != fd:
-                _close(old)
+                self.fds.close(old)
             self._emit("eventfd_assign", start + i)
-        self.flush_pending()
+        self.flush_pending(range(start, start + len(fds)))
 
     def deassign(self, start: int, count: int) -> None:
         self.check_range(start, count)
@@ -210,11 +223,21 @@ class MsixState:
             old = self.eventfds[v]
             if old is not None:
                 self.eventfds[v] = None
-                _close(old)
+                self.fds.close(old)
                 self._emit("eventfd_deassign", v)
 
     def deassign_all(self) -> None:
         self.deassign(0, self.n)
+
+    def disable_all(self) -> None:
+        """SET_IRQS NONE|TRIGGER count 0: the client drops every MSI-X eventfd (MSI-X
+        disable, or the first half of QEMU's NORESIZE re-enable).  Raises from now until
+        a vector gets its eventfd back are held pending and delivered at that moment."""
+        self.requests["disable_all"] += 1
+        self.deassign_all()
+        self._emit("irq_disable_all", -1)
+        for v in self.faults.on_irq_disable():
+            self.raise_vector(v, source="fault")
 
     def trigger(self, start: int, count: int, which: bytes | None = None) -> None:
         """Client-side trigger (SET_IRQS DATA_NONE/BOOL|TRIGGER): raise those vectors."""
@@ -222,6 +245,25 @@ class MsixState:
         for i in range(count):
             if which is None or which[i]:
                 self.raise_vector(start + i, source="set_irqs")
+
+    # -- per-vector mask (SET_IRQS ACTION_MASK / ACTION_UNMASK) ---------------------------
+    def set_masked(self, start: int, count: int, masked: bool,
+                   which: bytes | None = None) -> list[int]:
+        """Mask (or unmask) vectors start..start+count-1, or, with DATA_BOOL ``which``,
+        only those whose byte is non-zero.  An unmask delivers what was held pending
+        behind the mask, once.  Returns the vectors whose bit changed."""
+        self.check_range(start, count)
+        self.requests["mask" if masked else "unmask"] += 1
+        changed = []
+        for i in range(count):
+            v = start + i
+            if (which is None or which[i]) and bool(self.masked[v]) != masked:
+                self.masked[v] = masked
+                changed.append(v)
+                self._emit("vector_mask" if masked else "vector_unmask", v)
+        if not masked and changed:
+            self.flush_pending(changed)
+        return changed
 
     # -- function enable / mask (config writes) ---------------------------------------
     def set_control(self, enabled: bool, function_mask: bool) -> None:
@@ -248,9 +290,11 @@ class MsixState:
 
     # -- lifecycle ----------------------------------------------------------------------
     def reset(self) -> None:
-        """Device reset: MSI-X off, nothing pending, table masked. Eventfds and the
-        observation counters stay (QEMU re-sends IRQ setup around a reset itself)."""
+        """Device reset: MSI-X off, nothing pending, no vector masked, table masked.
+        Eventfds and the observation counters stay (QEMU re-sends IRQ setup around a
+        reset itself)."""
         self.pending[:] = bytes(len(self.pending))
+        self.masked[:] = bytes(self.n)
         self.enabled = self.function_mask = False
         self.reset_table()
 
@@ -263,5 +307,6 @@ class MsixState:
 
     def vector_state(self, v: int) -> dict:
         return {"index": v, "eventfd": self.eventfds[v] is not None,
-                "raised": self.raised[v], "delivered": self.delivered[v],
-                "pending": self.is_pending(v), "dropped": self.dropped[v]}
+                "masked": bool(self.masked[v]), "raised": self.raised[v],
+                "delivered": self.delivered[v], "pending": self.is_pending(v),
+                "dropped": self.dropped[v]}

@@ -1,17 +1,22 @@
-# Concepts: the whole emulated NIC as vfio-user sees it: nine VFIO PCI regions (BAR0..5,
-# ROM, config, VGA) with their sizes and access functions, five IRQ indexes of which only
-# MSI-X has vectors, device reset, and what happens when a client goes away. Each memory
-# BAR is a list of areas (register block, MSI-X table, PBA); BAR sizes are the smallest
-# power of two (>= 4 KiB) that holds the areas. The parts live in sibling modules:
-# config_space, registers, msix, dma.
-"""The emulated NIC: regions, IRQ indexes, reset, disconnect."""
+"""The emulated NIC: regions, IRQ indexes, reset, disconnect.
+
+Concepts: the whole emulated NIC as vfio-user sees it: nine VFIO PCI regions (BAR0..5,
+ROM, config, VGA) with their sizes and access functions, five IRQ indexes of which only
+MSI-X has vectors (with the MASKABLE and NORESIZE flags the server was told to
+advertise), device reset, and what happens when a client goes away.  Each memory BAR is a
+list of areas (register block, MSI-X table, PBA); BAR sizes are the smallest power of two
+(>= 4 KiB) that holds the areas.  A region access the device refuses (bad count, a region
+that is absent, beyond the region) counts in ``errors["bad_region_access"]``.  The parts
+live in sibling modules: config_space, registers, msix, dma.  The device does no I/O:
+every fd operation goes through the ``FdPort`` given at construction.
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import ConfigurationError, DeviceError
 from ..faults import FaultTable
@@ -21,6 +26,9 @@ from .config_space import CONFIG_SIZE, ConfigSpace
 from .dma import DmaMap
 from .msix import MsixLayout, MsixState
 from .registers import REG_BLOCK_SIZE, NicRegisters
+
+if TYPE_CHECKING:   # pragma: no cover
+    from ..fdport import FdPort
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +61,26 @@ def shared_layout(vectors: int) -> MsixLayout:
 
 
 class Device:
-    """The NIC. Owns config space, registers, MSI-X state and the DMA map."""
+    """The NIC. Owns config space, registers, MSI-X state and the DMA map.
 
-    def __init__(self, layout: MsixLayout | None = None) -> None:
+    ``fds`` is the port every fd operation goes through (``fdio.OsFdPort`` in the
+    server, a fake in unit tests).  ``maskable``/``noresize`` choose the flags MSI-X's
+    GET_IRQ_INFO reports, and with them the path QEMU's client takes."""
+
+    def __init__(self, layout: MsixLayout | None = None, *, fds: "FdPort",
+                 maskable: bool = False, noresize: bool = False) -> None:
         self.layout = layout or MsixLayout()
+        self.maskable, self.noresize = maskable, noresize
         self.layout.validate({0: REG_BLOCK_SIZE})
+        self.fds = fds
         self.faults = FaultTable()
-        self.msix = MsixState(self.layout, self.faults)
-        self.dma = DmaMap()
+        self.msix = MsixState(self.layout, fds, self.faults)
+        self.dma = DmaMap(fds)
         self.bars: list[list[Area]] = [[] for _ in range(6)]
         self.bar_sizes = [0] * 6
         self.config: ConfigSpace  # set in _build_bars
         self.regs = NicRegisters(self.msix)
+        self._read32 = self.regs.read32
         self._build_bars()
         self.regs.bus_master = lambda: self.config.bus_master
         self.config.msix_listener = self.msix.set_control
@@ -112,24 +128,33 @@ class Device:
         if not 0 <= index < VFIO_PCI_NUM_IRQS:
             raise DeviceError(f"no IRQ index {index}", errno=errno.EINVAL)
         if index == IrqIndex.VFIO_PCI_MSIX_IRQ_INDEX:
-            return int(IrqInfoFlags.VFIO_IRQ_INFO_EVENTFD), self.msix.n
+            flags = IrqInfoFlags.VFIO_IRQ_INFO_EVENTFD
+            if self.maskable:
+                flags |= IrqInfoFlags.VFIO_IRQ_INFO_MASKABLE
+            if self.noresize:
+                flags |= IrqInfoFlags.VFIO_IRQ_INFO_NORESIZE
+            return int(flags), self.msix.n
         return int(IrqInfoFlags.VFIO_IRQ_INFO_EVENTFD), 0
 
     # -- region access ----------------------------------------------------------------
     def _check_access(self, region: int, offset: int, count: int) -> int:
+        """The region's size, or DeviceError (counted in bad_region_access)."""
+        size = CONFIG_SIZE if region == _CONFIG else (
+            self.bar_sizes[region] if 0 <= region < 6 else 0)
         if count == 0 or count > MAX_DATA_XFER_SIZE:
-            raise DeviceError(f"bad access count {count}", errno=errno.EINVAL)
-        if region == _CONFIG:
-            return CONFIG_SIZE
-        if not 0 <= region < 6 or not self.bar_sizes[region]:
-            raise DeviceError(f"region {region} not accessible", errno=errno.EINVAL)
-        size = self.bar_sizes[region]
-        if offset >= size or offset + count > size:
-            raise DeviceError(f"access {offset:#x}+{count} beyond region {region} "
-                              f"({size:#x})", errno=errno.EINVAL)
-        return size
+            why = f"bad access count {count}"
+        elif not size:
+            why = f"region {region} not accessible"
+        elif offset >= size or offset + count > size:
+            why = f"access {offset:#x}+{count} beyond region {region} ({size:#x})"
+        else:
+            return size
+        self.errors["bad_region_access"] += 1
+        raise DeviceError(why, errno=errno.EINVAL)
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
+        if region == 0 and count == 4 and not offset & 3 and offset < REG_BLOCK_SIZE:
+            return self._read32(offset).to_bytes(4, "little")   # a register: the hot path
         end = offset + count
         if 0 <= region < 6 and 0 < count and end <= self.bar_sizes[region]:
             areas = self.bars[region]          # fast path: inside one BAR
@@ -171,19 +196,25 @@ class Device:
     def client_gone(self) -> tuple[int, int]:
         """The client disconnected: drop its DMA maps and eventfds; keep device state.
         Returns (maps dropped, eventfds closed)."""
-        fds = sum(fd is not None for fd in self.msix.eventfds)
+        n = sum(fd is not None for fd in self.msix.eventfds)
         self.msix.deassign_all()
-        return self.dma.clear(), fds
+        return self.dma.clear(), n
 
     # -- observation --------------------------------------------------------------------
     def state(self) -> dict:
+        """The control channel's ``state``: identity, MSI-X function state and the
+        flags advertised, every vector (eventfd, masked, counters, pending), BARs, DMA
+        maps, error counters, IRQ_TOTAL, resets and armed faults (docs/device.md)."""
         lay, m = self.layout, self.msix
         return {
             "identity": {"vendor": 0x1234, "device": 0x11E9, "class": 0x020000},
             "msix": {"table_size": lay.vectors, "enabled": m.enabled,
                      "function_mask": m.function_mask, "table_bar": lay.table_bar,
                      "table_offset": lay.table_offset, "pba_bar": lay.pba_bar,
-                     "pba_offset": lay.pba_offset},
+                     "pba_offset": lay.pba_offset, "maskable": self.maskable,
+                     "noresize": self.noresize, "irq_info_flags": self.irq_info(
+                         int(IrqIndex.VFIO_PCI_MSIX_IRQ_INDEX))[0],
+                     "requests": dict(m.requests)},
             "vectors": [m.vector_state(v) for v in range(m.n)],
             "bars": [{"index": i, "size": s} for i, s in enumerate(self.bar_sizes) if s],
             "bus_master": self.config.bus_master,
