@@ -47,7 +47,7 @@ def ending(lab: Lab, trigger) -> tuple[RunVerdict, float]:
 @pytest.mark.parametrize("kind,splat,line", [
     ("panic", "panic", "Kernel panic - not syncing"),
     ("oops", None, None),
-    ("warn", "WARN", "WARNING: CPU:"),
+    ("warn", "WARN", "WARNING: "),
 ])
 def test_a_kernel_report_is_the_kernels_failure(lab, kind, splat, line):
     def crash():
