@@ -135,6 +135,11 @@ class Agent:
         vector["move_pending"] = vector["affinity"]["mask"] != cpus
         return vector
 
+    def cpu_online(self, cpu: int, online: bool) -> dict[str, Any]:
+        """Take ``cpu`` offline or bring it back; return the online CPUs afterwards."""
+        sysview.set_cpu_online(cpu, online, self.root)
+        return {"cpu": cpu, "online": online, "online_cpus": sysview.online_cpus(self.root)}
+
     def msi_irqs(self) -> dict[str, Any]:
         bdf = self._bdf() or self.unbound
         if bdf is None:
@@ -281,6 +286,8 @@ class Agent:
             Command("read_entry", self.read_entry, (index,)),
             Command("function_mask", self.function_mask, (Arg("masked", bool),)),
             Command("set_affinity", self.set_affinity, (index, Arg("cpus", list))),
+            Command("cpu_online", self.cpu_online,
+                    (Arg("cpu", int, minimum=0, maximum=CPU_MAX), Arg("online", bool))),
             Command("msi_irqs", self.msi_irqs),
             Command("crash", self.crash, (
                 Arg("kind", str),

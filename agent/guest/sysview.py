@@ -6,7 +6,9 @@ chip, hwirq = MSI-X index for per-device MSI-X domains, handler, action names);
 of the driver's).  ``irq_sysfs`` collects /sys/kernel/irq/N, /proc/irq/N and the
 device's msi_irqs/N entry for one IRQ; ``msi_irqs`` lists every entry of the device's
 msi_irqs/ directory (the kernel's own list of its MSI IRQs).  ``write_affinity`` writes
-a CPU list to /proc/irq/N/smp_affinity_list.  ``run_tool`` runs a guest program (lspci,
+a CPU list to /proc/irq/N/smp_affinity_list.  ``set_cpu_online`` takes a CPU offline or
+brings it back (/sys/devices/system/cpu/cpuN/online) and ``online_cpus`` reads the
+online list (/sys/devices/system/cpu/online).  ``run_tool`` runs a guest program (lspci,
 dmesg) as an argv list with a timeout.  All take a root directory so tests can use a tree.
 """
 
@@ -157,6 +159,40 @@ def write_affinity(irq: int, cpus: list[int], root: str = "/") -> None:
     except OSError as err:
         raise GuestError(err.errno or errno.EIO, f"set_affinity: write {text!r} to {path}: "
                          f"{err.strerror}", argument="cpus") from err
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``0-2,5`` -> [0, 1, 2, 5] (the kernel's CPU list format); empty text -> []."""
+    cpus: list[int] = []
+    for part in filter(None, text.strip().split(",")):
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def online_cpus(root: str = "/") -> list[int]:
+    path = os.path.join(root, "sys/devices/system/cpu/online")
+    try:
+        with open(path, encoding="ascii") as f:
+            return parse_cpu_list(f.read())
+    except (OSError, ValueError) as err:
+        raise GuestError(getattr(err, "errno", None) or errno.EIO,
+                         f"cpu_online: cannot read {path}: {err}") from err
+
+
+def set_cpu_online(cpu: int, online: bool, root: str = "/") -> None:
+    """Write 1 or 0 to /sys/devices/system/cpu/cpuN/online: the kernel runs the CPU
+    hotplug state machine (IRQs move off an offlined CPU, managed ones shut down)
+    before the write returns.  A CPU without the file (CPU 0 on x86, an absent CPU)
+    is ENOENT, a refusal by the kernel keeps its errno."""
+    path = os.path.join(root, f"sys/devices/system/cpu/cpu{cpu}/online")
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write("1\n" if online else "0\n")
+    except OSError as err:
+        what = "bring online" if online else "take offline"
+        raise GuestError(err.errno or errno.EIO, f"cpu_online: cannot {what} CPU {cpu} "
+                         f"({path}): {err.strerror}", argument="cpu") from err
 
 
 def run_tool(argv: list[str], timeout: float = 10.0) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|path``,
 ``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
 session on the guest's console), ``run`` (the main job:
-the default scenario against the emulated NIC; exit 0 pass, 1 check failed, 125 could
-not judge).
+a scenario, ``default`` unless ``--scenario`` names another, against the emulated NIC;
+exit 0 pass, 1 check failed, 125 could not judge), ``scenarios`` (one line each).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from images.cache import cache_dir, clean
 
 from . import accel as accel_mod
 from . import doctor
+from . import scenarios as scenarios_mod
 from .scenario import MIN_TABLE
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .outcome import Outcome, RunVerdict
@@ -100,6 +101,13 @@ def cmd_shell(args) -> int:
                          vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
                          kmod=not args.no_kmod, dry_run=args.dry_run,
                          msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize)
+
+
+def cmd_scenarios(args) -> int:
+    width = max(len(name) for name, _ in scenarios_mod.listing())
+    for name, summary in scenarios_mod.listing():
+        print(f"{name:<{width}}  {summary}")
+    return EXIT_PASS
 
 
 def cmd_run(args) -> int:
@@ -207,7 +215,14 @@ def parser() -> argparse.ArgumentParser:
                    help="arm a fault on the device before the scenario, e.g. "
                         "drop_raise:vector=1 or errno_reply:command=SET_IRQS (repeatable; "
                         "reported in the verdict; see docs/device.md)")
+    p.add_argument("--scenario", default=scenarios_mod.DEFAULT,
+                   choices=list(scenarios_mod.REGISTRY),
+                   help="the scenario to run (default: %(default)s; `msixlab scenarios` "
+                        "lists them)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("scenarios", help="list the scenarios `run --scenario` takes, one line each")
+    p.set_defaults(func=cmd_scenarios)
     return top
 
 

@@ -14,6 +14,10 @@ Concepts owned here:
   delivered; otherwise it is held pending, once, and delivered when the index gets an
   eventfd or the function mask clears.  A raise QEMU holds behind its own mask (a freed
   index still holding its eventfd) reaches the index's next owner exactly once.
+- *Shut-down vectors*.  A live vector the kernel shut down (a managed vector whose CPUs
+  all went offline) keeps its index but its entry is masked in QEMU's table; a raise
+  the device delivers meanwhile is held by QEMU (coalesced, as for a freed index) and
+  counted once when the kernel starts the vector again.
 - Pure data and arithmetic: no I/O, deterministic, unit-tested on its own.
 """
 
@@ -58,6 +62,7 @@ class Ledger:
     retired_ids: set[int] = field(default_factory=set)
     moved: dict[int, int] = field(default_factory=dict)   # index -> CPU it was moved to
     doorbell_raises: int = 0   # what the device's IRQ_TOTAL register counts
+    shut: set[int] = field(default_factory=set)   # live indices the kernel shut down
 
     def __post_init__(self) -> None:
         self.accounts = {i: IndexAccount() for i in range(self.table_size)}
@@ -101,6 +106,7 @@ class Ledger:
         request = self.groups.pop(group, None)
         if request is None or group == 0:
             raise LedgerError(f"group {group} is not a live dynamic group")
+        self.shut -= set(request.indices)
         self.retired_ids.add(group)
         return request
 
@@ -116,7 +122,7 @@ class Ledger:
         account.raised += 1
         if has_eventfd and not self.function_masked:
             account.delivered += 1
-            if index in self.live():
+            if index in self.live() and index not in self.shut:
                 account.counted += 1
             else:
                 account.qemu_held = True     # QEMU holds it behind the freed entry's mask
@@ -133,6 +139,28 @@ class Ledger:
                 account.pending = False
                 account.delivered += 1
                 account.counted += 1
+
+    def shut_down(self, indices: Iterable[int]) -> None:
+        """The kernel shut these live vectors down (their QEMU entries masked)."""
+        indices = set(indices)
+        if indices - self.live():
+            raise LedgerError(f"indices {sorted(indices - self.live())} are not live")
+        self.shut |= indices
+
+    def started(self, indices: Iterable[int]) -> None:
+        """The kernel started these shut-down vectors again: what QEMU held arrives once."""
+        for index in set(indices):
+            if index not in self.shut:
+                raise LedgerError(f"index {index} was not shut down")
+            self.shut.discard(index)
+            account = self.accounts[index]
+            if account.qemu_held:
+                account.qemu_held = False
+                account.counted += 1
+
+    def unmasked_in_qemu(self) -> set[int]:
+        """The entries QEMU's table should have unmasked: live and not shut down."""
+        return self.live() - self.shut
 
     # --- expectations ---------------------------------------------------------------------
     def expected_counts(self) -> dict[int, int]:

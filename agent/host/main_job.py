@@ -27,6 +27,7 @@ from rich.console import Console
 from images.build import ensure_image
 
 from . import accel as accel_mod
+from . import scenarios
 from .device_server import DeviceServer
 from .errors import MsixlabError
 from .kmod import kmod_dir
@@ -35,7 +36,7 @@ from .outcome import Outcome, RunVerdict
 from .qemu_argv import build_argv
 from .report import render, write_routing_json
 from .routing import Snapshot, Verdict
-from .scenario import PLAN, Scenario
+from .scenario import Scenario
 from .session import PROJECT_DIR, RunDirs, guest_spec
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def judge(scenario: Scenario, faults: list) -> RunVerdict:
     results = list(scenario.results)
     failed = tuple(r.label for r in results if r.verdict is Verdict.FAIL)
     not_judged = sum(1 for r in results if r.summary == "declared but not judged")
-    counts = {"declared": sum(len(names) for _, names in PLAN),
+    counts = {"declared": sum(len(names) for _, names in scenario.PLAN),
               "results": len(results),
               "passed": sum(r.verdict is Verdict.PASS for r in results),
               "failed": len(failed), "not_judged": not_judged,
@@ -134,24 +135,28 @@ def reproduce_command(args) -> str:
               for spec in getattr(args, "device_fault", [])]
     modes = [f"--msix-{mode}" for mode in ("maskable", "noresize")
              if getattr(args, f"msix_{mode}", False)]
-    return shlex.join(["msixlab", "run", "--flavor", args.flavor, "--vectors",
+    name = getattr(args, "scenario", scenarios.DEFAULT)
+    chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
+    return shlex.join(["msixlab", "run", *chosen, "--flavor", args.flavor, "--vectors",
                        str(args.vectors), "--cpus", str(args.cpus), *modes, *faults])
 
 
 def run_main_job(args, console: Console) -> int:
+    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
+    scenarios.check_options(scenario_cls, args.cpus)
     image = ensure_image()
     if args.dry_run:
         return _dry_run(args, console, image)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
-    console.print(f"run {dirs.run_id}: kernel {image.kernel(args.flavor).version} ({args.flavor}), "
+    console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, kernel {image.kernel(args.flavor).version} ({args.flavor}), "
                   f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors"
                   f"{_modes_text(args)}; results in {dirs.results}")
     started = time.monotonic()
     lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize)
     modes = dict(lab.msix_modes)
-    scenario = Scenario(lab, say=console.print)
+    scenario = scenario_cls(lab, say=console.print)
     final: Snapshot | None = None
     armed: list = []
     with dirs:
@@ -176,7 +181,7 @@ def run_main_job(args, console: Console) -> int:
         finally:
             lab.stop()
     metadata = {
-        "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
+        "run_id": dirs.run_id, "scenario": scenario_cls.NAME, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
         "cpus": args.cpus, "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},

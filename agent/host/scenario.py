@@ -77,7 +77,15 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 class Scenario:
     """The default scenario against a started ``Lab``; ``run()`` returns the final
-    snapshot carrying every per-vector result, ``results`` holds them all."""
+    snapshot carrying every per-vector result, ``results`` holds them all.  Other
+    scenarios (agent/host/scenarios/) subclass it with their own ``NAME``, ``SUMMARY``
+    and ``PLAN`` (a ``step_<name>`` method per step) and reuse its helpers."""
+
+    NAME = "default"
+    SUMMARY = ("groups allocated, raised (device and doorbell), function-masked, moved, "
+               "freed, reused and exhausted, every step checked against the ledger")
+    PLAN = PLAN
+    MIN_CPUS = 1
 
     def __init__(self, lab, say: Say = lambda text: log.info("%s", text)):
         self.lab = lab
@@ -103,7 +111,7 @@ class Scenario:
     def not_judged(self) -> list[CheckResult]:
         """A failure for every declared check of a step that ran none of it."""
         missing = []
-        for step, names in PLAN:
+        for step, names in self.PLAN:
             ran = {r.name for r in self.results if r.step == step and r.verdict is not Verdict.SKIP}
             for name in names:
                 if name not in ran:
@@ -183,7 +191,7 @@ class Scenario:
                             f"vectors, not {size}")
         self.ledger = Ledger(size, self.lab.cpus)
         snap = None
-        for step, _ in PLAN:
+        for step, _ in self.PLAN:
             self.step = step
             started = time.monotonic()
             snap = getattr(self, "step_" + step.replace("-", "_"))()
