@@ -151,3 +151,25 @@ def test_run_tool_missing_program():
 def test_run_tool_output():
     out = sysview.run_tool(["printf", "a\\nb"])
     assert out["returncode"] == 0 and out["stdout"] == "a\nb"
+
+
+def test_cpu_lists_parse_ranges_and_singles():
+    assert sysview.parse_cpu_list("0-2,5\n") == [0, 1, 2, 5]
+    assert sysview.parse_cpu_list("") == []
+
+
+def test_cpu_online_writes_the_cpu_file_and_reads_the_online_list(tmp_path):
+    cpu = tmp_path / "sys/devices/system/cpu"
+    (cpu / "cpu3").mkdir(parents=True)
+    (cpu / "cpu3/online").write_text("1\n")
+    (cpu / "online").write_text("0-2\n")
+    sysview.set_cpu_online(3, False, str(tmp_path))
+    assert (cpu / "cpu3/online").read_text() == "0\n"
+    assert sysview.online_cpus(str(tmp_path)) == [0, 1, 2]
+
+
+def test_cpu_online_of_a_cpu_without_the_file_names_it(tmp_path):
+    (tmp_path / "sys/devices/system/cpu/cpu0").mkdir(parents=True)
+    with pytest.raises(GuestError) as err:
+        sysview.set_cpu_online(0, False, str(tmp_path))
+    assert err.value.errno == errno.ENOENT and "CPU 0" in str(err.value)

@@ -94,3 +94,20 @@ def test_requested_cpus_follow_the_request_then_a_move():
 def test_raise_outside_the_table_is_refused():
     with pytest.raises(LedgerError):
         ledger().raised(64, has_eventfd=True)
+
+
+def test_a_raise_of_a_shut_down_vector_is_held_then_counted_once_at_start():
+    led = ledger()
+    led.allocated(group("M", 1, [4, 5], cpu=1, managed=True))
+    led.shut_down([4, 5])
+    assert led.unmasked_in_qemu() == {0}
+    led.raised(4, has_eventfd=True)
+    led.raised(4, has_eventfd=True)            # coalesced behind QEMU's mask
+    assert led.expected_counts()[4] == 0 and led.expected_device()[4] == (2, 2, False)
+    led.started([4, 5])
+    assert led.expected_counts() == {0: 0, 4: 1, 5: 0}
+    assert led.unmasked_in_qemu() == {0, 4, 5}
+    with pytest.raises(LedgerError):
+        led.started([4])
+    with pytest.raises(LedgerError):
+        led.shut_down([9])

@@ -187,8 +187,11 @@ def set_cpu_online(cpu: int, online: bool, root: str = "/") -> None:
     is ENOENT, a refusal by the kernel keeps its errno."""
     path = os.path.join(root, f"sys/devices/system/cpu/cpu{cpu}/online")
     try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write("1\n" if online else "0\n")
+        fd = os.open(path, os.O_WRONLY)       # never create: an absent file is ENOENT
+        try:
+            os.write(fd, b"1\n" if online else b"0\n")
+        finally:
+            os.close(fd)
     except OSError as err:
         what = "bring online" if online else "take offline"
         raise GuestError(err.errno or errno.EIO, f"cpu_online: cannot {what} CPU {cpu} "

@@ -1,0 +1,101 @@
+"""The scenario registry and the cpu-hotplug scenario's own logic without a guest: the
+listing, bad names and options refused before anything starts, every plan consistent,
+and the pure judgements cpu-hotplug makes."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from agent.host import accounting, checks, cli, scenario, scenarios
+from agent.host.main_job import judge, reproduce_command
+from agent.host.outcome import CouldNotJudge, Outcome
+from agent.host.routing import CheckResult, Verdict, build_snapshot
+from agent.host.scenarios import cpu_hotplug
+from agent.host.scenarios.cpu_hotplug import CpuHotplug
+
+
+def test_the_listing_names_every_scenario_once_with_one_line(capsys):
+    assert cli.main(["scenarios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(scenarios.REGISTRY)
+    assert {"default", "cpu-hotplug"} <= set(scenarios.REGISTRY)
+    assert all(len(line.split(None, 1)[1]) > 20 for line in lines)
+
+
+def test_an_unknown_scenario_is_a_bad_option_naming_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "--scenario", "nope"])
+    assert exited.value.code == 125
+    assert "cpu-hotplug" in capsys.readouterr().err
+    with pytest.raises(CouldNotJudge) as err:
+        scenarios.get("nope")
+    assert err.value.outcome is Outcome.BAD_OPTION and "default" in str(err.value)
+
+
+def test_cpu_hotplug_on_one_cpu_is_refused_before_anything_starts(capsys):
+    assert cli.main(["run", "--scenario", "cpu-hotplug", "--cpus", "1"]) == 125
+    err = capsys.readouterr().err
+    assert "bad_option" in err and "at least 2" in err
+    scenarios.check_options(CpuHotplug, 2)        # enough CPUs: nothing raised
+
+
+@pytest.mark.parametrize("cls", list(scenarios.REGISTRY.values()))
+def test_every_plan_is_consistent(cls):
+    assert cls.PLAN and cls.SUMMARY and "\n" not in cls.SUMMARY
+    source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug))
+    for step, names in cls.PLAN:
+        assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
+        assert names and len(set(names)) == len(names), step
+        for name in names:
+            assert f'"{name}"' in source, name
+
+
+def test_judge_counts_the_scenarios_own_plan():
+    s = CpuHotplug(lab=None)
+    for step, names in CpuHotplug.PLAN:
+        s.results += [CheckResult(name, None, Verdict.PASS, step=step) for name in names]
+    verdict = judge(s, [])
+    assert verdict.exit_code == 0
+    assert verdict.counts["declared"] == sum(len(n) for _, n in CpuHotplug.PLAN)
+    s.results = [r for r in s.results if r.name != "managed_shut_down"]
+    (missing,) = s.not_judged()
+    assert (missing.step, missing.name) == ("cpu-offline", "managed_shut_down")
+
+
+def test_the_reproduce_command_names_a_scenario_other_than_the_default():
+    args = cli.parser().parse_args(["run", "--scenario", "cpu-hotplug", "--cpus", "4"])
+    assert "--scenario cpu-hotplug" in reproduce_command(args)
+    args = cli.parser().parse_args(["run"])
+    assert "--scenario" not in reproduce_command(args)
+
+
+def vector(index, effective, msg_addr=0xFEE00000, ctrl=0, total=(0, 0)):
+    return {"index": index, "group": 1, "irq": 40 + index,
+            "msg": {"address_lo": msg_addr, "address_hi": 0, "data": 0x30},
+            "table": {"address_lo": msg_addr, "address_hi": 0, "data": 0x30, "ctrl": ctrl},
+            "affinity": {"requested": None, "mask": [0, 1], "effective": list(effective)},
+            "counts": list(total)}
+
+
+def snap(guest, qemu_ctrl=0):
+    qemu = {g["index"]: {"address_lo": g["msg"]["address_lo"], "address_hi": 0,
+                         "data": 0x30, "ctrl": qemu_ctrl} for g in guest}
+    return build_snapshot(guest=guest, qemu=qemu, device=[])
+
+
+def test_moved_off_cpu_fails_a_vector_still_on_the_offline_cpu():
+    on_1 = snap([vector(3, [1], msg_addr=0xFEE01000)])
+    result = cpu_hotplug.moved_off_cpu(on_1.get(3), 3, 1)
+    assert result.verdict is Verdict.FAIL and "offline CPU 1" in result.summary
+    moved = snap([vector(3, [0])])
+    assert cpu_hotplug.moved_off_cpu(moved.get(3), 3, 1).verdict is Verdict.PASS
+    assert cpu_hotplug.moved_off_cpu(None, 3, 1).verdict is Verdict.FAIL
+
+
+def test_managed_shut_down_needs_the_qemu_entry_masked():
+    unmasked = snap([vector(4, [1], msg_addr=0xFEE01000)])
+    assert cpu_hotplug.managed_shut_down(unmasked.get(4), 4).verdict is Verdict.FAIL
+    masked = snap([vector(4, [1], msg_addr=0xFEE01000)], qemu_ctrl=1)
+    assert cpu_hotplug.managed_shut_down(masked.get(4), 4).verdict is Verdict.PASS
