@@ -77,8 +77,8 @@ def _nonzero(deltas: Sequence[int]) -> dict[str, int]:
 
 
 def target_cpu(record: RoutingRecord) -> int | None:
-    """The CPU the vector should fire on: the decoded destination, else the single
-    effective CPU (remappable messages carry no destination)."""
+    """The CPU the vector should fire on: the decoded destination (a remappable
+    message's from its IRTE), else the single effective CPU."""
     if record.decoded is not None and record.decoded.cpu is not None:
         return record.decoded.cpu
     if record.guest is not None and len(record.guest.affinity.effective) == 1:
@@ -120,13 +120,17 @@ def cached_msg_matches_table(record: RoutingRecord) -> CheckResult:
 
 
 def destination_matches_affinity(record: RoutingRecord) -> CheckResult:
-    """The decoded destination APIC ID names a CPU in the effective affinity."""
+    """The decoded destination APIC ID names a CPU in the effective affinity (for a
+    remappable message: the destination of the IRTE its handle names, when read)."""
     judge = _Judge("destination_matches_affinity", record.index)
     if record.guest is None or record.decoded is None:
         return judge.skipped("no guest vector at this index")
     decoded, affinity = record.decoded, record.guest.affinity
-    if decoded.format is MsiFormat.REMAPPABLE:
-        return judge.skipped("remappable message: the destination is in the IRTE")
+    if decoded.format is MsiFormat.REMAPPABLE and decoded.irte_present is None:
+        return judge.skipped("remappable message: its IRTE was not read")
+    if decoded.format is MsiFormat.REMAPPABLE and not decoded.irte_present:
+        return judge.failed(f"the message names IRTE {decoded.remap_handle}, which is not "
+                            "present", message=record.guest.msg.to_hex())
     evidence = {"message": record.guest.msg.to_hex(), "effective": list(affinity.effective),
                 "requested": None if affinity.requested is None else list(affinity.requested)}
     if decoded.format is MsiFormat.NOT_MSI:

@@ -100,7 +100,8 @@ def cmd_shell(args) -> int:
     return shell_session(image, args.flavor, Path(args.results), console, accel=choice.accel,
                          vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
                          kmod=not args.no_kmod, dry_run=args.dry_run,
-                         msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize)
+                         msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
+                         iommu=args.iommu)
 
 
 def cmd_scenarios(args) -> int:
@@ -180,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
         p.add_argument("--msix-maskable", action="store_true",
                        help="the NIC advertises per-vector MSI-X masking (MASKABLE)")
+        p.add_argument("--iommu", action="store_true",
+                       help="QEMU's intel-iommu with interrupt remapping (intel_iommu=on): "
+                            "remappable messages, the IR irqdomain hierarchy")
         p.add_argument("--msix-noresize", action="store_true",
                        help="the NIC advertises NORESIZE: QEMU re-enables every vector "
                             "on each growth (the path before dynamic MSI-X)")

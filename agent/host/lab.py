@@ -3,7 +3,8 @@
 Concepts: ``Lab`` starts the pieces in the order they depend on each other (device
 server, driver build, QEMU in agent mode, the guest agent's hello) and stops them in
 reverse, each bounded, always.  It offers the three views of every vector (guest driver,
-QEMU's table, device counters) as one ``routing.Snapshot``.
+QEMU's table, device counters) as one ``routing.Snapshot``; with ``iommu`` (intel-iommu,
+interrupt remapping) each remappable message's destination is read from its IRTE.
 
 A ``Sentinel`` thread watches the run while it goes on: the console for kernel reports
 (console.py), QEMU and the device server for an exit, the device's event log for an
@@ -39,10 +40,12 @@ log = logging.getLogger(__name__)
 class Lab:
     def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
                  vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
-                 msix_maskable: bool = False, msix_noresize: bool = False):
+                 msix_maskable: bool = False, msix_noresize: bool = False,
+                 iommu: bool = False):
         self.image, self.flavor, self.dirs = image, flavor, dirs
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
+        self.iommu = iommu
         self.device = DeviceServer.for_run(dirs, vectors, msix_maskable=msix_maskable,
                                            msix_noresize=msix_noresize)
         self.machine: Machine | None = None
@@ -61,7 +64,7 @@ class Lab:
         self.device.start()
         spec = guest_spec(self.image, self.flavor, self.dirs, mode="agent", accel=self.accel,
                           cpus=self.cpus, nic_sockets=(self.device.socket_path,),
-                          kmod_dir=kmod_dir, agent=True, trace=self.trace)
+                          kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
@@ -191,8 +194,20 @@ class Lab:
     def snapshot(self) -> routing.Snapshot:
         guest = self.agent("routing")
         device = self.device_command("state")["vectors"]
-        return routing.build_snapshot(guest=guest, qemu=self.qemu_table(), device=device,
+        snap = routing.build_snapshot(guest=guest, qemu=self.qemu_table(), device=device,
                                       apic_map=self.apic_map)
+        return self._resolve_irtes(snap) if self.iommu else snap
+
+    def _resolve_irtes(self, snap: routing.Snapshot) -> routing.Snapshot:
+        """With interrupt remapping: each remappable message's destination from the IRTE
+        its handle names, as QEMU's IOMMU reads it from guest memory."""
+        handles = {r.decoded.remap_handle for r in snap.records if r.decoded is not None
+                   and r.decoded.format is routing.MsiFormat.REMAPPABLE}
+        if not handles:
+            return snap
+        irta = qemu_view.read_irta(self.machine)
+        irtes = {handle: qemu_view.read_irte(self.machine, irta, handle) for handle in handles}
+        return routing.resolve_remapped(snap, irtes, self.apic_map, irta["x2apic"])
 
     def save(self, name: str, content: str) -> Path:
         path = self.dirs.results / name

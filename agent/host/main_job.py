@@ -49,7 +49,8 @@ def _dry_run(args, console: Console, image) -> int:
         device = DeviceServer.for_run(dirs, args.vectors)
         spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
                           nic_sockets=(device.socket_path,),
-                          kmod_dir=kmod_dir(image, args.flavor), agent=True)
+                          kmod_dir=kmod_dir(image, args.flavor), agent=True,
+                          iommu=getattr(args, "iommu", False))
         print(shlex.join(device.argv))
         print(shlex.join(build_argv(spec)))
     finally:
@@ -61,7 +62,8 @@ def _dry_run(args, console: Console, image) -> int:
 def _modes_text(args) -> str:
     modes = [m for m, on in (("maskable", args.msix_maskable),
                              ("noresize", args.msix_noresize)) if on]
-    return f", MSI-X {'+'.join(modes)}" if modes else ""
+    iommu = ", intel-iommu with interrupt remapping" if getattr(args, "iommu", False) else ""
+    return (f", MSI-X {'+'.join(modes)}" if modes else "") + iommu
 
 
 GUEST_VIEWS = (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}),
@@ -135,6 +137,7 @@ def reproduce_command(args) -> str:
               for spec in getattr(args, "device_fault", [])]
     modes = [f"--msix-{mode}" for mode in ("maskable", "noresize")
              if getattr(args, f"msix_{mode}", False)]
+    modes += ["--iommu"] if getattr(args, "iommu", False) else []
     name = getattr(args, "scenario", scenarios.DEFAULT)
     chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
     return shlex.join(["msixlab", "run", *chosen, "--flavor", args.flavor, "--vectors",
@@ -154,7 +157,8 @@ def run_main_job(args, console: Console) -> int:
                   f"{_modes_text(args)}; results in {dirs.results}")
     started = time.monotonic()
     lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
-              msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize)
+              msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
+              iommu=getattr(args, "iommu", False))
     modes = dict(lab.msix_modes)
     scenario = scenario_cls(lab, say=console.print)
     final: Snapshot | None = None
@@ -183,7 +187,7 @@ def run_main_job(args, console: Console) -> int:
     metadata = {
         "run_id": dirs.run_id, "scenario": scenario_cls.NAME, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
-        "cpus": args.cpus, "device": lab.hello.get("device"), "msix_modes": modes,
+        "cpus": args.cpus, "iommu": getattr(args, "iommu", False), "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,

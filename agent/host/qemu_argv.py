@@ -1,7 +1,8 @@
 """The QEMU command line for one msixlab guest, as an argv list.
 
 Concepts: a ``GuestSpec`` says what to boot (image QEMU, kernel, initramfs, shares, mode),
-how (accelerator, CPUs, memory) and what to attach (vfio-user NICs, the agent's
+how (accelerator, CPUs, memory, an intel-iommu with interrupt remapping) and what to
+attach (vfio-user NICs, the agent's
 virtio-serial port, QMP, the serial console).  ``build_argv`` turns it into argv, never a
 shell string; option values are escaped the way QEMU's option parser wants (a comma is
 doubled).  vfio-user needs guest RAM that the device server can map: a shared memfd.
@@ -47,6 +48,7 @@ class GuestSpec:
     trace: tuple[str, ...] = ()      # QEMU trace patterns, e.g. "vfio_msix*"
     trace_log: Path | None = None
     interactive: bool = False        # console (and the HMP monitor, Ctrl-A c) on stdio
+    iommu: bool = False              # intel-iommu with interrupt remapping
     extra: tuple[str, ...] = field(default=())
 
 
@@ -57,6 +59,8 @@ def kernel_cmdline(spec: GuestSpec) -> str:
              f"msixlab.mode={spec.mode}"]
     if spec.kmod:
         words.append(f"msixlab.kmod={spec.kmod}")
+    if spec.iommu:
+        words.append("intel_iommu=on")
     return " ".join(words + list(spec.append))
 
 
@@ -106,11 +110,26 @@ def _agent(spec: GuestSpec) -> list[str]:
     ]
 
 
+def _iommu(spec: GuestSpec) -> list[str]:
+    """QEMU's intel-iommu with interrupt remapping, before every other device (a device
+    created before it would not sit behind it); caching-mode lets a vfio device's DMA
+    follow the guest's IOMMU mappings."""
+    if not spec.iommu:
+        return []
+    return ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+
+
+def _machine(spec: GuestSpec) -> str:
+    # with KVM, interrupt remapping needs the IOAPIC in QEMU (split irqchip); TCG has it
+    split = ",kernel-irqchip=split" if spec.iommu and spec.accel == "kvm" else ""
+    return f"q35,memory-backend=mem0{split}"
+
+
 def build_argv(spec: GuestSpec) -> list[str]:
     mem = f"{spec.memory_mb}M"
     argv = list(spec.qemu) + [
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-machine", "q35,memory-backend=mem0",
+        "-machine", _machine(spec),
         "-object", f"memory-backend-memfd,id=mem0,size={mem},share=on",
         "-m", mem, "-smp", str(spec.cpus),
         *_accel(spec),
@@ -118,7 +137,7 @@ def build_argv(spec: GuestSpec) -> list[str]:
         "-append", kernel_cmdline(spec),
         *_console(spec),
         "-qmp", f"unix:{escape(spec.qmp_socket)},server=on,wait=off",
-        *_shares(spec), *_agent(spec), *_nics(spec),
+        *_iommu(spec), *_shares(spec), *_agent(spec), *_nics(spec),
     ]
     if spec.trace:
         for pattern in spec.trace:

@@ -4,7 +4,10 @@ Concepts: QEMU emulates the MSI-X table itself (guest table accesses never reach
 device server), so QEMU's copy is the one the interrupts are delivered from.  The host
 finds the NIC's BAR addresses with ``query-pci`` and dumps table entries with the HMP
 ``xp`` command (through QMP ``human-monitor-command``): four dwords per entry, address
-low, address high, data, vector control.
+low, address high, data, vector control.  With interrupt remapping (``--iommu``) a
+remappable message names an IRTE by its handle: the host reads the IOMMU's IRTA register
+(q35's DMAR unit at 0xfed90000, register 0xB8: the table's address, size and x2APIC
+mode) and the 16-byte entry from guest memory, as QEMU's intel-iommu does to deliver.
 """
 
 from __future__ import annotations
@@ -55,3 +58,28 @@ def read_table(machine, table_address: int, count: int) -> dict[int, dict]:
         raise HostError(f"xp returned {len(words)} dwords for {count} table entries")
     return {i: {"address_lo": words[4 * i], "address_hi": words[4 * i + 1],
                 "data": words[4 * i + 2], "ctrl": words[4 * i + 3]} for i in range(count)}
+
+
+DMAR_BASE = 0xFED90000          # q35's intel-iommu register block
+DMAR_IRTA_REG = 0xB8            # Interrupt Remapping Table Address
+IRTA_EIME = 1 << 11             # extended interrupt mode (x2APIC destination IDs)
+IRTA_SIZE_MASK = 0xF            # the table has 2^(S+1) entries
+IRTE_BYTES = 16
+
+
+def read_irta(machine) -> dict:
+    """The IOMMU's interrupt remapping table: {"base", "entries", "x2apic"}."""
+    lo, hi = parse_xp(machine.hmp(f"xp /2wx {DMAR_BASE + DMAR_IRTA_REG:#x}"))
+    irta = lo | hi << 32
+    return {"base": irta & ~0xFFF, "entries": 1 << ((irta & IRTA_SIZE_MASK) + 1),
+            "x2apic": bool(irta & IRTA_EIME)}
+
+
+def read_irte(machine, irta: dict, handle: int) -> dict:
+    """IRTE ``handle`` as two little-endian quadwords {"lo", "hi"}, read from guest memory."""
+    if not irta["base"] or not 0 <= handle < irta["entries"]:
+        raise HostError(f"IRTE {handle} is outside the remapping table {irta}")
+    words = parse_xp(machine.hmp(f"xp /4wx {irta['base'] + handle * IRTE_BYTES:#x}"))
+    if len(words) != 4:
+        raise HostError(f"xp returned {len(words)} dwords for IRTE {handle}")
+    return {"lo": words[0] | words[1] << 32, "hi": words[2] | words[3] << 32}

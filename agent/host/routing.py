@@ -228,9 +228,12 @@ class DecodedMsi:
     level_assert: bool | None = None
     remap_handle: int | None = None
     cpu: int | None = None  # filled from the APIC map for physical destinations
+    irte_present: bool | None = None  # remappable: the IRTE was read (and is present)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.format is not MsiFormat.REMAPPABLE else {
+            "irte_present": self.irte_present}
+        return extra | {
             "format": str(self.format), "dest_apic_id": self.dest_apic_id,
             "dest_mode": None if self.dest_mode is None else str(self.dest_mode),
             "redirection_hint": self.redirection_hint, "vector": self.vector,
@@ -315,6 +318,41 @@ def decode_for_cpu(msg: MsiMessage, apic_map: ApicMap) -> DecodedMsi:
     if decoded.format is MsiFormat.COMPAT and decoded.dest_mode is DestMode.PHYSICAL:
         return replace(decoded, cpu=apic_map.cpu_for(decoded.dest_apic_id))
     return decoded
+
+
+def decode_irte(decoded: DecodedMsi, irte: Mapping[str, int], apic_map: ApicMap,
+                x2apic: bool = False) -> DecodedMsi:
+    """A remappable message's target, from the IRTE its handle names (VT-d remapped
+    format): present (bit 0), destination mode (2), trigger (4), delivery mode (7:5),
+    vector (23:16), destination ID (63:32; xAPIC mode: bits 47:40).  A non-present
+    entry names no destination."""
+    lo = irte["lo"]
+    if not lo & 1:
+        return replace(decoded, irte_present=False)
+    dest = (lo >> 32) & 0xFFFFFFFF
+    if not x2apic:
+        dest = (dest >> 8) & 0xFF
+    mode = DestMode.LOGICAL if lo & (1 << 2) else DestMode.PHYSICAL
+    cpu = apic_map.cpu_for(dest) if mode is DestMode.PHYSICAL else None
+    return replace(decoded, dest_apic_id=dest, dest_mode=mode, vector=(lo >> 16) & 0xFF,
+                   delivery_mode=_delivery_mode_name((lo >> 5) & 0x7),
+                   trigger=Trigger.LEVEL if lo & (1 << 4) else Trigger.EDGE, cpu=cpu,
+                   irte_present=True)
+
+
+def resolve_remapped(snapshot: "Snapshot", irtes: Mapping[int, Mapping[str, int]],
+                     apic_map: ApicMap, x2apic: bool = False) -> "Snapshot":
+    """The snapshot with every remappable message's destination taken from its IRTE
+    (``irtes``: handle -> {"lo", "hi"}); records whose handle was not read keep none."""
+    records = []
+    for record in snapshot.records:
+        decoded = record.decoded
+        if (decoded is not None and decoded.format is MsiFormat.REMAPPABLE
+                and decoded.remap_handle in irtes):
+            decoded = decode_irte(decoded, irtes[decoded.remap_handle], apic_map, x2apic)
+            record = replace(record, decoded=decoded)
+        records.append(record)
+    return Snapshot(tuple(records))
 
 
 # --- parsing the raw views -------------------------------------------------------------

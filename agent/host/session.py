@@ -58,7 +58,8 @@ def guest_spec(image: Image, flavor: str, dirs: RunDirs, *, mode: str = "ready",
                accel: str = "tcg", cpus: int = 2, memory_mb: int = 1024,
                nic_sockets: tuple[Path, ...] = (), kmod_dir: Path | None = None,
                agent: bool = False, trace: tuple[str, ...] = (),
-               append: tuple[str, ...] = (), interactive: bool = False) -> GuestSpec:
+               append: tuple[str, ...] = (), interactive: bool = False,
+               iommu: bool = False) -> GuestSpec:
     kernel = image.kernel(flavor)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", PROJECT_DIR)]
     if kmod_dir is not None:
@@ -72,5 +73,5 @@ def guest_spec(image: Image, flavor: str, dirs: RunDirs, *, mode: str = "ready",
         agent_socket=dirs.runtime / "agent.sock" if agent else None,
         kmod="/opt/kmod/msixlab.ko" if kmod_dir is not None else None,
         trace=trace, trace_log=dirs.results / "qemu-trace.log" if trace else None,
-        append=append, interactive=interactive,
+        append=append, interactive=interactive, iommu=iommu,
     )

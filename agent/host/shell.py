@@ -29,21 +29,21 @@ from .session import RunDirs, guest_spec
 def shell_session(image: Image, flavor: str, results_root: Path, console: Console, *,
                   accel: str = "tcg", vectors: int = 64, cpus: int = 2, nic: bool = True,
                   kmod: bool = True, dry_run: bool = False, msix_maskable: bool = False,
-                  msix_noresize: bool = False) -> int:
+                  msix_noresize: bool = False, iommu: bool = False) -> int:
     """Run QEMU in the foreground on this terminal; returns QEMU's exit status."""
     if dry_run:                      # the paths printed are a throwaway run's
         results_root = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     try:
         return _session(image, flavor, results_root, console, accel, vectors, cpus, nic,
                         kmod, dry_run, {"msix_maskable": msix_maskable,
-                                        "msix_noresize": msix_noresize})
+                                        "msix_noresize": msix_noresize}, iommu)
     finally:
         if dry_run:
             shutil.rmtree(results_root, ignore_errors=True)
 
 
 def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, kmod,
-             dry_run, msix_modes) -> int:
+             dry_run, msix_modes, iommu=False) -> int:
     with RunDirs.create(results_root, prefix="shell") as dirs:
         device = DeviceServer.for_run(dirs, vectors, **msix_modes)
         module = None
@@ -51,7 +51,7 @@ def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, km
             module = kmod_dir(image, flavor) if dry_run else ensure_kmod(image, flavor)
         spec = guest_spec(image, flavor, dirs, mode="shell", accel=accel, cpus=cpus,
                           nic_sockets=(device.socket_path,) if nic else (),
-                          kmod_dir=module, interactive=True)
+                          kmod_dir=module, interactive=True, iommu=iommu)
         argv = build_argv(spec)
         if dry_run:
             if nic:
