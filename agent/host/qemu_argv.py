@@ -60,7 +60,10 @@ def kernel_cmdline(spec: GuestSpec) -> str:
     if spec.kmod:
         words.append(f"msixlab.kmod={spec.kmod}")
     if spec.iommu:
-        words.append("intel_iommu=on")
+        # no_timer_check: under a loaded TCG host the boot-time check that the timer
+        # ticks through the (now remapped) IO-APIC can miss its window, and with
+        # remapping the kernel panics instead of trying another timer route.
+        words += ["intel_iommu=on", "no_timer_check"]
     return " ".join(words + list(spec.append))
 
 
