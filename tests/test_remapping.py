@@ -104,3 +104,17 @@ def test_iommu_in_argv_and_on_the_kernel_command_line():
     assert "kernel-irqchip=split" in kvm[kvm.index("-machine") + 1]
     plain = build_argv(GuestSpec(**{**spec.__dict__, "iommu": False}))
     assert not any("iommu" in a for a in plain)
+
+
+def test_a_kernel_without_dynamic_allocation_is_a_named_could_not_judge():
+    from agent.host.lab import check_hello
+    from agent.host.outcome import CouldNotJudge, Outcome
+    device = {"bdf": "0000:01:00.0", "dyn_alloc": True}
+    check_hello({"kernel": "7.3", "device": device, "dyn_alloc": True})
+    with pytest.raises(CouldNotJudge) as err:
+        check_hello({"kernel": "7.3", "device": {**device, "dyn_alloc": False},
+                     "dyn_alloc": False})
+    assert err.value.outcome is Outcome.KERNEL_UNSUPPORTED and err.value.exit_code == 125
+    with pytest.raises(CouldNotJudge) as err:
+        check_hello({"kernel": "7.3", "device": None, "device_error": "no /dev/msixlab0"})
+    assert err.value.outcome is Outcome.PROCESS_FAILED

@@ -37,6 +37,22 @@ from .session import RunDirs, guest_spec
 log = logging.getLogger(__name__)
 
 
+def check_hello(hello: dict) -> None:
+    """Refuse, as a named could-not-judge, a guest whose agent found no device or whose
+    kernel cannot allocate MSI-X vectors after enable on it (the hello's ``dyn_alloc``,
+    ``pci_msix_can_alloc_dyn()``: it depends on the MSI parent domain, e.g. with or
+    without interrupt remapping)."""
+    if hello.get("device") is None:
+        raise CouldNotJudge(Outcome.PROCESS_FAILED, "the guest agent found no msixlab "
+                            "device: " + str(hello.get("device_error")),
+                            device_error=hello.get("device_error"))
+    if hello.get("dyn_alloc", hello["device"].get("dyn_alloc")) is False:
+        raise CouldNotJudge(Outcome.KERNEL_UNSUPPORTED,
+                            f"kernel {hello.get('kernel')} cannot allocate MSI-X "
+                            "vectors dynamically on this device (pci_msix_can_alloc_dyn() "
+                            "is false)", kernel=hello.get("kernel"))
+
+
 class Lab:
     def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
                  vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
@@ -83,15 +99,7 @@ class Lab:
                 if time.monotonic() > deadline:
                     self._no_answer(f"the guest agent's hello within {boot_timeout:g} s")
         self.timings["boot_to_agent_s"] = self.machine.elapsed()
-        if self.hello.get("device") is None:
-            raise CouldNotJudge(Outcome.PROCESS_FAILED, "the guest agent found no msixlab "
-                                "device: " + str(self.hello.get("device_error")),
-                                device_error=self.hello.get("device_error"))
-        if self.hello["device"].get("can_alloc_dyn") is False:
-            raise CouldNotJudge(Outcome.KERNEL_UNSUPPORTED,
-                                f"kernel {self.hello.get('kernel')} cannot allocate MSI-X "
-                                "vectors dynamically on this device (pci_msix_can_alloc_dyn() "
-                                "is false)", kernel=self.hello.get("kernel"))
+        check_hello(self.hello)
 
     # --- what ends a run early ----------------------------------------------------------
     def _ended(self, ending: Exception) -> None:
