@@ -60,3 +60,25 @@ def test_cpu_hotplug_on_4_cpus(image, tmp_path):
     for index in managed:                                     # back on CPU 3, 3 interrupts
         assert records[index]["guest"]["affinity"]["effective"] == [3]
         assert records[index]["guest"]["counts"][3] == 3
+
+
+def test_iommu_maskable_on_4_cpus_judges_destinations_through_the_irte(image, tmp_path):
+    doc = run(tmp_path, "--iommu", "--msix-maskable", "--cpus", "4")
+    assert doc["metadata"]["iommu"] is True and doc["metadata"]["device"]["dyn_alloc"] is True
+    live = [r for r in doc["records"] if r["guest"] is not None]
+    assert live and all(r["decoded"]["format"] == "remappable" and r["decoded"]["irte_present"]
+                        for r in live)
+    for r in live:                 # judged on the IRTE's destination, never skipped
+        (dest,) = [c for c in r["checks"] if c["name"] == "destination_matches_affinity"][-1:]
+        assert dest["verdict"] == "pass"
+        assert r["decoded"]["cpu"] in r["guest"]["affinity"]["effective"]
+    last = {r["index"]: r for r in live}
+    for index in doc["metadata"]["groups"]["F"]["indices"]:   # F asked for CPU 3
+        assert last[index]["decoded"]["cpu"] == 3
+
+
+def test_cpu_hotplug_with_interrupt_remapping(image, tmp_path):
+    doc = run(tmp_path, "--scenario", "cpu-hotplug", "--iommu", "--cpus", "2")
+    assert doc["metadata"]["iommu"] is True
+    assert {r["name"] for r in doc["results"]} >= {"managed_shut_down",
+                                                   "held_raise_delivered_once_on_cpu"}
