@@ -12,7 +12,7 @@ from agent.host import accounting, checks, cli, scenario, scenarios
 from agent.host.main_job import judge, reproduce_command
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenarios import cpu_hotplug
+from agent.host.scenarios import cpu_hotplug, hotplug
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
 
 
@@ -20,7 +20,7 @@ def test_the_listing_names_every_scenario_once_with_one_line(capsys):
     assert cli.main(["scenarios"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(scenarios.REGISTRY)
-    assert {"default", "cpu-hotplug"} <= set(scenarios.REGISTRY)
+    assert {"default", "cpu-hotplug", "hotplug"} <= set(scenarios.REGISTRY)
     assert all(len(line.split(None, 1)[1]) > 20 for line in lines)
 
 
@@ -44,7 +44,8 @@ def test_cpu_hotplug_on_one_cpu_is_refused_before_anything_starts(capsys):
 @pytest.mark.parametrize("cls", list(scenarios.REGISTRY.values()))
 def test_every_plan_is_consistent(cls):
     assert cls.PLAN and cls.SUMMARY and "\n" not in cls.SUMMARY
-    source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug))
+    source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug,
+                                                     hotplug))
     for step, names in cls.PLAN:
         assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
         assert names and len(set(names)) == len(names), step

@@ -242,6 +242,19 @@ class Agent:
         self.unbound = None
         return info
 
+    def await_device(self, present: bool, timeout_s: int) -> dict[str, Any]:
+        """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
+        is gone or going) and wait for /dev/msixlab<N> to vanish; with ``present``, wait
+        for it to appear and open it (group ids start again at 1)."""
+        if not present:
+            if self.driver is not None:
+                self.driver.close()
+            self.driver, self.device_error = None, "the device was removed"
+            self.asked = {}
+            binding.wait_devices(False, self.root, timeout_s)
+            return {"devices": []}
+        return self._reopen(binding.wait_devices(True, self.root, timeout_s)[0])
+
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, Any]:
         path = path or binding.module_path(self.root)
         if path is None:
@@ -304,6 +317,10 @@ class Agent:
                          maximum=100000),)),
             Command("unbind", self.unbind),
             Command("bind", self.bind),
+            Command("await_device", self.await_device,
+                    (Arg("present", bool),
+                     Arg("timeout_s", int, required=False, default=30, minimum=1,
+                         maximum=600))),
             Command("reload_module", self.reload_module,
                     (Arg("path", str, required=False),
                      Arg("fault_injection", bool, required=False))),

@@ -71,6 +71,10 @@ class DeviceServer:
                               argv=self.argv, returncode=None)
         self.control.connect(timeout=5)
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     def poll(self) -> int | None:
         """The server's exit code (negative: the signal), None while it runs."""
         return None if self._proc is None else self._proc.poll()

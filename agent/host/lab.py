@@ -84,7 +84,7 @@ class Lab:
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
-                                 qemu=self.machine.poll, device=self.device.poll,
+                                 qemu=self.machine.poll, device=lambda: self.device.poll(),
                                  qemu_log=self.machine.qemu_log,
                                  device_log=self.device.stderr_log)
         self.sentinel.start(self._ended)
@@ -190,6 +190,28 @@ class Lab:
             self.guard()
             return condition()
         return wait_until(guarded, timeout, what, detail=detail)
+
+    # --- hot-plug -------------------------------------------------------------------------
+    def restart_device_server(self) -> tuple[int | None, int | None]:
+        """Stop the device server and start a new process on the same sockets and logs
+        (the event log is appended to); returns (old pid, new pid).  The sentinel follows
+        ``self.device``, so the old process's exit is no ending."""
+        old = self.device
+        old_pid = old.pid
+        self.device = DeviceServer.for_run(self.dirs, self.vectors,
+                                           msix_maskable=self.msix_modes["maskable"],
+                                           msix_noresize=self.msix_modes["noresize"])
+        old.stop()
+        self.device.start()
+        self._bars = None
+        return old_pid, self.device.pid
+
+    def nic_present(self) -> bool:
+        try:
+            qemu_view.find_nic_bars(self.machine.qmp("query-pci"))
+        except HostError:
+            return False
+        return True
 
     # --- the three views ----------------------------------------------------------------
     def qemu_table(self) -> dict[int, dict]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from ..outcome import CouldNotJudge, Outcome
 from ..scenario import Scenario
 from .cpu_hotplug import CpuHotplug
+from .hotplug import Hotplug
 
-REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug)}
+REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug)}
 DEFAULT = Scenario.NAME
 
 

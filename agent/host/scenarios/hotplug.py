@@ -1,0 +1,140 @@
+"""The ``hotplug`` scenario: the NIC is unplugged while groups are allocated, its device
+server is replaced by a new process, the NIC is plugged back and the default scenario
+runs again on it.
+
+Concepts: QMP ``device_del`` of ``nic0`` asks the guest to eject it (the root port's
+hot-plug); the driver's remove must free every vector (nothing of the device left in
+/proc/interrupts, /dev/msixlab<N> gone; the guest agent's ``await_device``).  The host
+then stops the device server and starts a new process on the same socket
+(``Lab.restart_device_server``), ``device_add`` brings the NIC back on the same root
+port, the driver probes it again (group ids and the table start afresh), and the default
+scenario's whole plan runs on the new device with a fresh ledger; its results are kept
+under the step names ``again/<step>``, each judged as the default scenario judges it.
+
+The plan:
+alloc: A (4, any), B (2, CPU = last): as asked; every view against the ledger.
+raise: every live vector raised: counted once on its CPU.
+unplug: device_del; QEMU removes the NIC, the driver's device node goes, the guest's
+    /proc/interrupts holds nothing of the driver, and the console shows the driver's
+    remove freed every live vector.
+replug: a new device server process; device_add; the driver probes: only the static
+    vector (group 0, index 0) live, nothing else.
+again: the default scenario on the new NIC, every declared check judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+from .. import checks
+from ..errors import WaitTimeout
+from ..routing import CheckResult, Snapshot, Verdict
+from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
+
+log = logging.getLogger(__name__)
+
+UNPLUG_TIMEOUT_S = 60.0       # pciehp/ACPI eject under a loaded TCG host
+REMOVED = re.compile(r"msixlab\d+: removed, freed (\d+) vectors")
+
+PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("alloc", GROUP + RECORD + tuple(n for n in ACCOUNT if n != "device_counters_match")),
+    ("raise", ("raise_counted_once_on_cpu",) + ACCOUNT),
+    ("unplug", ("nic_removed_from_qemu", "driver_device_gone", "no_interrupts_left",
+                "remove_freed_every_vector")),
+    ("replug", ("device_server_restarted", "nic_probed_again")),
+    ("again", ("default_scenario_judged",)),
+)
+
+
+def _result(name: str, problems: list[str], **evidence) -> CheckResult:
+    if problems:
+        return CheckResult(name, None, Verdict.FAIL, "; ".join(problems), evidence)
+    return CheckResult(name, None, Verdict.PASS)
+
+
+class Hotplug(Scenario):
+    """Unplug with groups allocated, a new device server, replug, the default plan again."""
+
+    NAME = "hotplug"
+    SUMMARY = ("the NIC is unplugged (QMP device_del) with groups allocated: remove frees "
+               "everything; a new device server process; device_add: it probes and the "
+               "default scenario runs again")
+    PLAN = PLAN
+    MIN_CPUS = 1
+
+    def step_alloc(self) -> Snapshot:
+        self.a = self._alloc("A", min=4, max=4)
+        self.b = self._alloc("B", min=2, max=2, cpu=self.lab.cpus - 1)
+        snap = self.snapshot()
+        self._add(checks.record_checks(snap))
+        return self._account(snap)
+
+    def step_raise(self) -> Snapshot:
+        return self._raise_all(doorbell=False)
+
+    def step_unplug(self) -> Snapshot:
+        snap = self.snapshot()
+        live = len(self.ledger.live())
+        self.lab.machine.qmp("device_del", id="nic0")
+        try:
+            self.lab.wait_until(lambda: not self.lab.nic_present(), UNPLUG_TIMEOUT_S,
+                                "QEMU to remove nic0 after device_del")
+            gone = True
+        except WaitTimeout as err:
+            log.warning("%s", err)
+            gone = False
+        self._add(_result("nic_removed_from_qemu", [] if gone else
+                          [f"query-pci still shows the NIC {UNPLUG_TIMEOUT_S:g} s after "
+                           "device_del"]))
+        self.lab.agent("await_device", present=False, timeout_s=int(UNPLUG_TIMEOUT_S),
+                       timeout=UNPLUG_TIMEOUT_S + 10)
+        self._add(_result("driver_device_gone", []))      # await_device failed otherwise
+        rows = [row for row in self.lab.agent("interrupts", all=True)["rows"]
+                if any(a.startswith("msixlab") for a in row["actions"])]
+        self._add(_result("no_interrupts_left", [f"{len(rows)} rows of the driver remain"]
+                          if rows else [], rows=rows))
+        lines = [m.group(1) for line in self.lab.agent("dmesg", lines=400)["lines"]
+                 if (m := REMOVED.search(line))]
+        freed = int(lines[-1]) if lines else None
+        self._add(_result("remove_freed_every_vector", [] if freed == live else
+                          [f"remove freed {freed} vectors, {live} were live"],
+                          freed=freed, live=live))
+        self.say(f"unplugged the NIC with {live} vectors live: remove freed {freed}")
+        return snap
+
+    def step_replug(self) -> Snapshot:
+        old_pid, new_pid = self.lab.restart_device_server()
+        self._add(_result("device_server_restarted", [] if new_pid and new_pid != old_pid
+                          else [f"pid {old_pid} -> {new_pid}"], old=old_pid, new=new_pid))
+        self.lab.machine.qmp("device_add", driver="vfio-user-pci", id="nic0", bus="rp0",
+                             socket={"type": "unix", "path": str(self.lab.device.socket_path)})
+        info = self.lab.agent("await_device", present=True, timeout_s=int(UNPLUG_TIMEOUT_S),
+                              timeout=UNPLUG_TIMEOUT_S + 10)
+        problems = []
+        if info.get("allocated") != [0] or info.get("nr_groups") != 1:
+            problems.append(f"after probe: allocated {info.get('allocated')}, "
+                            f"{info.get('nr_groups')} groups (expected only index 0)")
+        if not info.get("dyn_alloc"):
+            problems.append("the re-probed device cannot allocate dynamically")
+        self._add(_result("nic_probed_again", problems, info=info))
+        self.say(f"new device server (pid {old_pid} -> {new_pid}); NIC probed again at "
+                 f"{info.get('bdf')}")
+        return self.snapshot()
+
+    def step_again(self) -> Snapshot:
+        inner = Scenario(self.lab, say=self.say)
+        try:
+            snap = inner.run()
+        finally:
+            for result in inner.results:
+                self.results.append(dataclasses.replace(
+                    result, step=f"again/{result.step}" if result.step else "again"))
+            self.steps += [{**s, "step": f"again/{s['step']}"} for s in inner.steps]
+            self.groups.update({f"again/{k}": v for k, v in inner.groups.items()})
+        failed = [r.label for r in inner.results if r.verdict is Verdict.FAIL]
+        problems = [f"stopped at step {inner.stopped_at}"] if inner.stopped_at else []
+        problems += [f"{len(failed)} check(s) failed or not judged"] if failed else []
+        self._add(_result("default_scenario_judged", problems, failed=failed[:20]))
+        return snap
