@@ -35,8 +35,9 @@ unit: setup
 guest-test: image
 	$(PYTEST) -ra -m guest guest_tests
 
-bench: setup
+bench: image
 	$(PY) -m bench
+	$(PY) -m bench.verdict
 
 doctor: setup
 	$(MSIXLAB) doctor
