@@ -13,11 +13,12 @@ Concepts owned here:
 - ``LabOptions``: what kind of lab to boot (kernel flavor, or a kernel tree or image, a
   QEMU binary, vectors, CPUs), checked before anything starts.
 - ``SharedLab``: boots a ``Lab`` on first use and brings it back to the *known state*
-  before every test: only the driver's group 0 allocated, no fault armed, no interrupt
-  pending in the device or held by QEMU behind a mask, every device counter zero, MSI-X
-  enabled and unmasked.  When that cannot be reached in place (the guest is gone, the
-  kernel reported a splat, the driver was unloaded, ...) it reboots: a fresh lab, same
-  options.  Group 0's per-CPU counts in the guest are cumulative over a boot.
+  before every test, the state of a fresh boot: only the driver's group 0 allocated (a
+  fresh probe: unbind and bind when anything else was wired), only vector 0 with an
+  eventfd, no fault armed, no interrupt pending in the device or held by QEMU behind a
+  mask, every device counter zero, MSI-X enabled and unmasked.  When that cannot be
+  reached in place (the guest is gone, the kernel reported a splat, the driver was
+  unloaded, ...) it reboots: a fresh lab, same options.
 - Kernel reports (``agent.host.console``): a ``ConsoleWatch`` per boot; a splat that
   appears while a test runs is that test's, with the console lines that follow it.
 """
@@ -135,6 +136,10 @@ class LabOptions:
                                      ("kernel", self.kernel, False), ("qemu", self.qemu, False)):
             if path is not None and not (path.is_dir() if want_dir else path.is_file()):
                 found.append(f"{name} {path} is not an existing {'directory' if want_dir else 'file'}")
+        takes = inspect.signature(Lab).parameters
+        found += [f"{name.replace('_', ' ')} {value}: this msixlab's Lab cannot boot it yet "
+                  f"(it takes no {name!r})" for name, value in self.lab_kwargs().items()
+                  if name not in takes]
         return found
 
     def lab_kwargs(self) -> dict[str, Any]:
@@ -152,10 +157,6 @@ class SharedLab:
     def __init__(self, options: LabOptions, image: Image, results_root: Path,
                  name: str = "lab"):
         problems = options.problems()
-        takes = inspect.signature(Lab).parameters
-        problems += [f"{name.replace('_', ' ')} {value}: this msixlab's Lab cannot boot it "
-                     f"(no {name!r} parameter)" for name, value in options.lab_kwargs().items()
-                     if name not in takes]
         if problems:
             raise CouldNotJudge(Outcome.BAD_OPTION, "; ".join(problems), options=repr(options))
         self.options, self.image, self.results_root, self.name = options, image, results_root, name
@@ -261,6 +262,10 @@ class SharedLab:
         state = device.request("state")
         if any(v["raised"] or v["pending"] for v in state["vectors"]):
             self._flush(guest, state["msix"]["table_size"])
+            state = device.request("state")
+        if any(v["eventfd"] for v in state["vectors"] if v["index"] != 0):
+            guest.request("unbind", timeout=30)    # MSI-X off: QEMU drops every eventfd
+            guest.request("bind", timeout=30)      # a fresh probe: group 0 only
         device.request("reset_counters")
 
     @staticmethod
@@ -284,6 +289,9 @@ class SharedLab:
             return f"device vectors {busy} still show raises or pending interrupts"
         if state.get("faults"):
             return f"device faults still armed: {state['faults']}"
+        wired = [v["index"] for v in state["vectors"] if v["eventfd"] and v["index"] != 0]
+        if wired:
+            return f"device vectors {wired} still have an eventfd (only 0 should)"
         msix = state["msix"]
         if not msix.get("enabled") or msix.get("function_mask"):
             return f"MSI-X is not enabled and unmasked: {msix}"

@@ -2,13 +2,13 @@
 
 Concepts: the top level holds one test per scenario step; each step is a nested KTAP
 document (indented two spaces, its own version line and plan) with one test per check,
-named ``check[index]``.  A failed check's summary is its diagnostic data and its
-evidence follows as ``#`` lines; a skipped check is ``ok ... # SKIP reason``.  A run that
-ended for a reason no check holds (a kernel splat, a driver error, could not judge) adds
-a last top-level test ``verdict`` that is not ok (``# ERROR`` for could-not-judge).  The
-provenance (kernel release, config hash, QEMU, commit, seed, reproduce command) is in
-diagnostic lines before the plan.  ``parse`` reads the subset written here back, strictly,
-so the tests can hold the writer to the format.
+named ``check[index]``.  A failed check's summary is its diagnostic data, and its
+evidence precedes it as ``# key: json`` lines; a skipped check is ``ok ... # SKIP
+reason``.  A run that ended for a reason no check holds (a kernel splat, a driver error,
+could not judge) adds a last top-level test ``verdict`` that is not ok (``# ERROR`` for
+could-not-judge).  The provenance (kernel release, config hash, QEMU, commit, seed,
+reproduce command) is in diagnostic lines before the plan.  ``parse`` reads the subset
+written here back, strictly, so the tests can hold the writer to the format.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ def _check_line(number: int, check: CheckRow) -> list[str]:
         return [f"ok {number} {name}"]
     if check.verdict == "skip":
         return [f"ok {number} {name} # SKIP {_clean(check.summary)}".rstrip()]
-    lines = [f"# {_clean(line)}" for line in
-             json.dumps(dict(check.evidence), indent=1, sort_keys=True).splitlines()[:_EVIDENCE_LINES]
-             ] if check.evidence else []
+    lines = [f"# {_clean(key)}: {_clean(json.dumps(value, sort_keys=True, default=str))[:300]}"
+             for key, value in sorted(check.evidence.items())[:_EVIDENCE_LINES]]
     reason = check.summary if check.verdict == "fail" else f"{check.verdict}: {check.summary}"
     return lines + [f"not ok {number} {name} # {_clean(reason)}".rstrip(" #")]
 

@@ -162,8 +162,8 @@ def from_document(document: Any, run_dir: Path) -> RunResult:
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         schema = document.get("schema") if isinstance(document, dict) else type(document).__name__
         raise ResultsError(f"{run_dir}/routing.json is not a {SCHEMA} document (schema {schema!r})")
-    metadata = document.get("metadata") or {}
-    records = document.get("records") or []
+    metadata = document.get("metadata", {})
+    records = document.get("records", [])
     if not isinstance(metadata, dict) or not isinstance(records, list):
         raise ResultsError(f"{run_dir}/routing.json: metadata must be an object and records a list")
     return RunResult(

@@ -82,6 +82,8 @@ def groups_of(run: RunResult) -> dict[int, GroupInfo]:
 
 
 def entries_of(run: RunResult, groups: dict[int, GroupInfo]) -> list[Entry]:
+    if not run.records:
+        return []
     size = _int(run.metadata.get("vectors")) or 0
     size = max([size] + [(_int(r.get("index")) or 0) + 1 for r in run.records])
     entries = [Entry(i) for i in range(size)]
