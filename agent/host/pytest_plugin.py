@@ -29,6 +29,7 @@ import pytest
 FIXTURES = frozenset({"msixlab_lab", "msixlab_guest", "msixlab_device", "msixlab_qemu"})
 _LAB = pytest.StashKey()
 _SPLAT_BEFORE = pytest.StashKey()
+_OPTIONS = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,6 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "msixlab_fresh_lab: run this test on a freshly booted "
                                        "msixlab lab")
+    config.stash[_OPTIONS] = _options(config)      # a bad option stops pytest here
 
 
 def _options(config: pytest.Config):
@@ -94,7 +96,7 @@ def msixlab_lab(pytestconfig, msixlab_image, tmp_path_factory):
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     root = pytestconfig.getoption("msixlab_results") or tmp_path_factory.mktemp("msixlab")
-    shared = SharedLab(_options(pytestconfig), msixlab_image, Path(root),
+    shared = SharedLab(pytestconfig.stash[_OPTIONS], msixlab_image, Path(root),
                        name=f"lab-{worker}")
     try:
         yield shared
