@@ -26,6 +26,7 @@ from .kmod import kmod_dir
 from .lab import Lab
 from .qemu_argv import build_argv
 from .report import render, write_routing_json
+from .results import write_all as write_result_files
 from .scenario import Scenario
 from .session import RunDirs, guest_spec
 
@@ -88,6 +89,7 @@ def run_main_job(args, console: Console) -> int:
                 "steps": scenario.steps, "groups": scenario.groups,
             }
             write_routing_json(dirs.results / "routing.json", final, metadata, lab.apic_map)
+            write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
     except MsixlabError as err:
         console.print(f"[red]could not judge:[/] {err}")
         console.print(f"artifacts: {dirs.results}")
