@@ -166,9 +166,22 @@ class SharedLab:
         self.boots = self.restores = 0
         self.reboot_reasons: list[str] = []
         self._needs_reboot: str | None = None
+        self._start_error: str | None = None
 
     # --- lifetime -----------------------------------------------------------------------
     def start(self) -> None:
+        """Boot a lab.  When a boot fails, later calls fail at once with the same error
+        instead of spending another boot timeout on every remaining test."""
+        if self._start_error is not None:
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"{self.name} could not boot earlier in "
+                                f"this session: {self._start_error}")
+        try:
+            self._start()
+        except BaseException as err:
+            self._start_error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise
+
+    def _start(self) -> None:
         self.results_root.mkdir(parents=True, exist_ok=True)
         dirs = RunDirs.create(self.results_root, prefix=self.name)
         lab = Lab(self.image, self.options.flavor, dirs, **self.options.lab_kwargs())
