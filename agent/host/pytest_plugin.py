@@ -35,7 +35,8 @@ _OPTIONS = pytest.StashKey()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("msixlab", "msixlab: a booted lab (device server, QEMU, guest agent)")
     group.addoption("--msixlab-flavor", default=None, metavar="NAME",
-                    help="kernel flavor of the image (default: $KERNEL_FLAVOR or the image's default)")
+                    help="kernel flavor of the image "
+                         "(default: $KERNEL_FLAVOR or the image's default)")
     group.addoption("--msixlab-kernel-tree", default=None, type=Path, metavar="DIR",
                     help="boot this kernel build tree's bzImage instead of a flavor")
     group.addoption("--msixlab-kernel", default=None, type=Path, metavar="BZIMAGE",

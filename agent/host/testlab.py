@@ -135,7 +135,8 @@ class LabOptions:
         for name, path, want_dir in (("kernel tree", self.kernel_tree, True),
                                      ("kernel", self.kernel, False), ("qemu", self.qemu, False)):
             if path is not None and not (path.is_dir() if want_dir else path.is_file()):
-                found.append(f"{name} {path} is not an existing {'directory' if want_dir else 'file'}")
+                kind = "directory" if want_dir else "file"
+                found.append(f"{name} {path} is not an existing {kind}")
         takes = inspect.signature(Lab).parameters
         found += [f"{name.replace('_', ' ')} {value}: this msixlab's Lab cannot boot it yet "
                   f"(it takes no {name!r})" for name, value in self.lab_kwargs().items()

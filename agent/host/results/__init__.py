@@ -9,7 +9,7 @@ directory (``python -m agent.host.results DIR``).  ``write_all(run_dir)`` writes
 | ``results.ktap`` | KTAP version 1, one test per check, nested per scenario step | ``ktap`` |
 | ``junit.xml`` | JUnit XML, one suite per step, one case per check | ``junit`` |
 | ``kcidb.json`` | KernelCI KCIDB I/O v5.3 (checkout, build, one test per check) | ``kcidb`` |
-| ``report.html`` | one self-contained page: verdict, routing map, timeline, checks, logs | ``html`` |
+| ``report.html`` | one page: verdict, routing map, timeline, checks, logs | ``html`` |
 
 Each carries the provenance (kernel release, config hash, QEMU version, msixlab commit,
 seed, and a one-line command that reproduces the run; model.py).  Every file is written

@@ -10,7 +10,8 @@ from . import ResultsError, write_all
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.host.results", description=__doc__)
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a results/<run-id>/ directory")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a results/<run-id>/ directory")
     parser.add_argument("--results-url", default=None,
                         help="base URL the results are published under (kcidb.json log links)")
     args = parser.parse_args(argv)

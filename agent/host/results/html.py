@@ -137,8 +137,8 @@ def _checks_section(run: RunResult) -> str:
     rows = []
     for check in checks:
         cls = "fail" if check.failed else check.verdict
-        evidence = (f"<pre>{_e(json.dumps(dict(check.evidence), indent=2, sort_keys=True, default=str))}"
-                    "</pre>" if check.evidence else "")
+        shown = json.dumps(dict(check.evidence), indent=2, sort_keys=True, default=str)
+        evidence = f"<pre>{_e(shown)}</pre>" if check.evidence else ""
         rows.append(f'<tr class="{cls}"><td><span class="v {cls}">{_e(check.verdict.upper())}'
                     f'</span></td><td>{_e(check.step)}</td><td><code>{_e(check.test_name)}</code>'
                     f'</td><td>{_e(check.summary)}{evidence}</td></tr>')

@@ -151,7 +151,8 @@ def load(run_dir: Path) -> RunResult:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise ResultsError(f"{run_dir} holds no routing.json: not a finished run directory") from err
+        raise ResultsError(f"{run_dir} holds no routing.json: not a finished run "
+                           "directory") from err
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ResultsError(f"{path}: cannot read it as JSON: {err}") from err
     return from_document(document, run_dir)

@@ -182,7 +182,8 @@ def _cpu_cells(entry: Entry, x: int, y0: int, cpus: int) -> list[str]:
         if cpu == entry.cpu:
             out.append(_rect(x, y, CELL_W - 1, CELL_H - 1, entry.group.colour, entry.detail))
             if count:
-                out.append(_text(x + CELL_W / 2 - .5, y + CELL_H / 2 + 3, count if count < 100 else "99+",
+                out.append(_text(x + CELL_W / 2 - .5, y + CELL_H / 2 + 3,
+                                 count if count < 100 else "99+",
                                  size=8.5, fill="#fff", extra='font-weight="bold"'))
         elif count:
             out.append(_rect(x, y, CELL_W - 1, CELL_H - 1, "#fff", entry.detail + f"; {count} on "
@@ -193,7 +194,8 @@ def _cpu_cells(entry: Entry, x: int, y0: int, cpus: int) -> list[str]:
 
 def _block(block: list[Entry], y0: int, block_h: int, cpus: int) -> list[str]:
     """One row of up to BLOCK entries: row labels and backgrounds, then the cells."""
-    body = [_text(LEFT - 8, y0 + 4 + CELL_H / 2 + 4, "table", size=11, anchor="end", extra='font-weight="bold"'),
+    body = [_text(LEFT - 8, y0 + 4 + CELL_H / 2 + 4, "table", size=11, anchor="end",
+                  extra='font-weight="bold"'),
             _text(LEFT + len(block) * CELL_W / 2, y0 + block_h - 12, "MSI-X table index",
                   size=10, fill="#666")]
     for cpu in range(cpus):
@@ -221,7 +223,8 @@ def routing_map(run: RunResult) -> str:
     width = LEFT + min(len(entries), BLOCK) * CELL_W + 10
     body = ['<defs><pattern id="freed" width="5" height="5" patternUnits="userSpaceOnUse" '
             'patternTransform="rotate(45)"><rect width="5" height="5" fill="#eef0f2"/>'
-            f'<line x1="0" y1="0" x2="0" y2="5" stroke="{FREED}" stroke-width="2.5"/></pattern></defs>']
+            f'<line x1="0" y1="0" x2="0" y2="5" stroke="{FREED}" stroke-width="2.5"/>'
+            '</pattern></defs>']
     for b, block in enumerate(blocks):
         body += _block(block, b * block_h + 14, block_h, cpus)
     height = len(blocks) * block_h + 4
