@@ -129,11 +129,13 @@ class Lab:
             self.sentinel.stop()
         try:
             if self.machine is not None and self.machine.is_running():
+                grace = 10.0
                 try:
                     self.agent("shutdown", timeout=5)
-                except Exception as err:   # the guest may already be gone
+                except Exception as err:   # the guest is gone or wedged: do not wait for it
                     log.info("agent shutdown: %s", err)
-                self.machine.shutdown(grace=20)
+                    grace = 0.0
+                self.machine.shutdown(grace=grace)
             elif self.machine is not None:
                 self.machine.shutdown(grace=0)
         finally:

@@ -35,6 +35,7 @@ from .lab import Lab
 from .outcome import Outcome, RunVerdict
 from .qemu_argv import build_argv
 from .report import render, write_routing_json
+from .results import write_all as write_result_files
 from .routing import Snapshot, Verdict
 from .scenario import Scenario
 from .session import PROJECT_DIR, RunDirs, guest_spec
@@ -152,7 +153,8 @@ def run_main_job(args, console: Console) -> int:
         return _dry_run(args, console, image)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
-    console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, kernel {image.kernel(args.flavor).version} ({args.flavor}), "
+    console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, "
+                  f"kernel {image.kernel(args.flavor).version} ({args.flavor}), "
                   f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors"
                   f"{_modes_text(args)}; results in {dirs.results}")
     started = time.monotonic()
@@ -185,9 +187,11 @@ def run_main_job(args, console: Console) -> int:
         finally:
             lab.stop()
     metadata = {
-        "run_id": dirs.run_id, "scenario": scenario_cls.NAME, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
+        "run_id": dirs.run_id, "scenario": scenario_cls.NAME,
+        "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
-        "cpus": args.cpus, "iommu": getattr(args, "iommu", False), "device": lab.hello.get("device"), "msix_modes": modes,
+        "cpus": args.cpus, "iommu": getattr(args, "iommu", False),
+        "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,
@@ -206,8 +210,9 @@ def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapsho
     try:
         write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
                            verdict=verdict, results=scenario.results)
-    except OSError as err:
-        console.print(f"[red]could not write routing.json ({err.strerror or err}); the verdict "
-                      f"above stands[/]")
+        write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
+    except (OSError, MsixlabError) as err:
+        console.print(f"[red]could not write the results ({err}); the verdict above "
+                      f"stands[/]")
     console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
     return verdict.exit_code
