@@ -100,3 +100,15 @@ def test_managed_shut_down_needs_the_qemu_entry_masked():
     assert cpu_hotplug.managed_shut_down(unmasked.get(4), 4).verdict is Verdict.FAIL
     masked = snap([vector(4, [1], msg_addr=0xFEE01000)], qemu_ctrl=1)
     assert cpu_hotplug.managed_shut_down(masked.get(4), 4).verdict is Verdict.PASS
+
+
+def test_the_matrix_covers_every_mode_once_and_exits_with_the_worst():
+    from agent.host import matrix
+    cells = [" ".join(c) for c in matrix.cells()]
+    assert len(cells) == len(set(cells)) == 24
+    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 2
+    assert {argv[1] for argv in matrix.cells()} == {"default", "cpu-hotplug"}   # no hotplug
+    args = cli.parser().parse_args(["run", *matrix.cells()[-1]])     # every cell parses
+    assert args.scenario == "cpu-hotplug"
+    assert matrix.worst([0, 125, 1]) == 1 and matrix.worst([0, 125]) == 125
+    assert matrix.worst([0, 0]) == 0
