@@ -10,6 +10,7 @@ guest of its own, since the panic ends it.
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -22,12 +23,13 @@ from msixlab_common.deadline import wait_until
 
 MASKALL = 0x4000
 TABLE = 64
+FLAVOR = os.environ.get("KERNEL_FLAVOR", DEFAULT_FLAVOR)   # KERNEL_FLAVOR=lts for 6.12
 
 
 @pytest.fixture(scope="module")
 def lab(image, tmp_path_factory):
     with RunDirs.create(tmp_path_factory.mktemp("kmod-controls")) as dirs, \
-            Lab(image, DEFAULT_FLAVOR, dirs, vectors=TABLE) as lab:
+            Lab(image, FLAVOR, dirs, vectors=TABLE) as lab:
         yield lab
 
 
@@ -175,6 +177,13 @@ def test_set_affinity_refuses_bad_cpus(clean, cpus, code, source):
     assert (error["code"], error["source"], error["argument"]) == (code, source, "cpus")
 
 
+def test_set_affinity_on_a_managed_vector_is_refused_by_the_kernel(clean):
+    index = clean.agent("alloc_group", min=1, max=1, cpu=1, managed=True)["indices"][0]
+    error = refused(clean, "set_affinity", index=index, cpus=[0])
+    assert (error["code"], error["source"]) == ("EPERM", "guest"), error
+    assert clean.agent("vector", index=index)["affinity"]["requested"] == [1]
+
+
 def test_set_affinity_on_a_free_index_is_enoent(clean):
     assert refused(clean, "set_affinity", index=40, cpus=[0])["code"] == "ENOENT"
 
@@ -227,7 +236,7 @@ def test_crash_needs_fault_injection(clean):
 
 
 def test_crash_panic_replies_then_panics(image, tmp_path):
-    with RunDirs.create(tmp_path) as dirs, Lab(image, DEFAULT_FLAVOR, dirs) as lab:
+    with RunDirs.create(tmp_path) as dirs, Lab(image, FLAVOR, dirs) as lab:
         assert lab.agent("crash", kind="panic", delay_ms=200) == {"kind": "panic",
                                                                   "delay_ms": 200}
         wait_until(lambda: not lab.machine.is_running(), 60, "QEMU to stop after the panic")
