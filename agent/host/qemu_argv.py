@@ -51,8 +51,6 @@ class GuestSpec:
 
 
 def kernel_cmdline(spec: GuestSpec) -> str:
-    # loglevel=5: messages up to KERN_WARNING reach the console, so a WARN's "WARNING:"
-    # line (KERN_WARNING) is there for the console watcher, not only in dmesg.
     words = ["console=ttyS0", "panic=-1", "loglevel=5", "rdinit=/init",
              f"msixlab.mode={spec.mode}"]
     if spec.kmod:
