@@ -15,6 +15,7 @@ import re
 
 import pytest
 
+from agent.host.console import find_splat
 from agent.host.errors import GuestAgentError
 from agent.host.lab import Lab
 from agent.host.session import RunDirs
@@ -50,6 +51,11 @@ def refused(lab, cmd, **args) -> dict:
 
 def console(lab) -> str:
     return lab.machine.spec.console_log.read_text(errors="replace")
+
+
+def splats(text: str) -> list[tuple[str, str]]:
+    """(kind, line) of every console line the host's console watcher takes for a splat."""
+    return [(kind, line) for line in text.splitlines() if (kind := find_splat(line))]
 
 
 def device_vector(lab, index) -> dict:
@@ -196,6 +202,9 @@ def test_crash_warn_reaches_the_console_and_the_guest_keeps_answering(clean):
     line = wait_until(lambda: re.search(r"WARNING: .*msixlab_crash_warn.*", console(clean)),
                       10, "the WARNING line on the console").group(0)
     assert "[msixlab]" in line
+    watched = [(kind, text) for kind, text in splats(console(clean))
+               if "msixlab_crash_warn" in text]            # what the host's watcher sees
+    assert len(watched) == 1 and watched[0][0] == "WARN" and line in watched[0][1], watched
     index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
     assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1
 
@@ -207,6 +216,7 @@ def test_crash_oops_kills_only_the_asking_child(clean):
                         10, "the oops report on the console").group(0)
     assert "BUG: kernel NULL pointer dereference" in report
     assert re.search(r"RIP: \S+:msixlab_crash_oops\+", report)
+    assert [kind for kind, _ in splats(report)][:2] == ["BUG", "oops"]
     # the oops did not hold the device lock: every ioctl still works
     index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
     assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1
@@ -243,3 +253,4 @@ def test_crash_panic_replies_then_panics(image, tmp_path):
         text = console(lab)
         assert "Kernel panic - not syncing: msixlab0: panic requested" in text
         assert "msixlab_crash_work" in text
+        assert [kind for kind, _ in splats(text)] == ["panic"]
