@@ -230,3 +230,24 @@ def test_write_all_is_atomic_and_complete(tmp_path):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]   # no temporaries
     for path in written.values():
         assert path.stat().st_size > 0 and path.stat().st_mode & 0o644 == 0o644
+
+
+def test_table_wide_results_are_reported_from_the_results_list(tmp_path):
+    """Checks with no vector index (the live set, IRQ_TOTAL, groups) live only in the
+    document's ``results``: they must reach every format, nested in their step."""
+    def with_results(doc):
+        doc["results"] = [
+            {"name": "raise_counted_once_on_cpu", "index": 1, "verdict": "pass",
+             "summary": "", "evidence": {}, "step": "raise-device"},
+            {"name": "live_vectors_match_driver", "index": None, "verdict": "fail",
+             "summary": "the driver's read-out lacks [0]", "evidence": {"expected": [0, 1]},
+             "step": "alloc"}]
+    run_dir = make_run(tmp_path, with_results)
+    write_all(run_dir)
+    text = (run_dir / "results.ktap").read_text()
+    assert re.search(r"not ok \d+ live_vectors_match_driver", text), text
+    assert "alloc" in text and "raise-device" in text
+    suites = ET.parse(run_dir / "junit.xml").getroot()
+    failures = [case.get("name") for case in suites.iter("testcase")
+                if case.find("failure") is not None]
+    assert any("live_vectors_match_driver" in name for name in failures), failures

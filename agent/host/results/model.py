@@ -170,7 +170,8 @@ def from_document(document: Any, run_dir: Path) -> RunResult:
     return RunResult(
         run_dir=run_dir, run_id=str(metadata.get("run_id") or run_dir.name),
         metadata=metadata, provenance=provenance(metadata),
-        verdict=verdict_of(document), steps=steps_of(records, metadata),
+        verdict=verdict_of(document),
+        steps=steps_of(records, metadata, document.get("results")),
         records=tuple(r for r in records if isinstance(r, dict)),
         logs=tuple(name for name in LOG_FILES if (run_dir / name).is_file()),
         started=_started(metadata, run_dir))
@@ -244,17 +245,21 @@ def verdict_of(document: Mapping[str, Any]) -> RunVerdictView:
                                   "failed": summary.get("fail", 0)})
 
 
-def steps_of(records: list, metadata: Mapping[str, Any]) -> tuple[Step, ...]:
+def steps_of(records: list, metadata: Mapping[str, Any],
+             results: list | None = None) -> tuple[Step, ...]:
     """Check results grouped by step: steps in the order metadata.steps lists them, then
-    in order of first appearance; checks in record order within a step."""
+    in order of first appearance.  The document's ``results`` (every result, table-wide
+    ones included, in the order they were judged) when it has them, else the records'
+    checks in record order."""
+    if isinstance(results, list):
+        checks = [c for c in results if isinstance(c, dict)]
+    else:
+        checks = [c for record in records if isinstance(record, dict)
+                  for c in record.get("checks") or () if isinstance(c, dict)]
     rows: dict[str, list[dict]] = {}
-    for record in records:
-        if not isinstance(record, dict):
-            continue
-        for check in record.get("checks") or ():
-            if isinstance(check, dict):
-                step = str(check.get("step") or DEFAULT_STEP)
-                rows.setdefault(step, []).append(check)
+    for check in checks:
+        step = str(check.get("step") or DEFAULT_STEP)
+        rows.setdefault(step, []).append(check)
     declared = [str(s.get("step")) for s in metadata.get("steps") or () if isinstance(s, dict)]
     order = [s for s in dict.fromkeys(declared) if s in rows] + \
             [s for s in rows if s not in declared]
