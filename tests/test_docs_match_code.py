@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from agent.host.outcome import Outcome
-from agent.host.scenario import PLAN
+from agent.host.scenarios import REGISTRY
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -29,6 +29,6 @@ def test_verdict_table_is_the_outcome_enum():
 
 def test_every_declared_check_is_documented():
     rows = table_rows(DOCS / "routing.md", "check")
-    documented = {re.match(r"`(\w+)`", row[0]).group(1) for row in rows}
-    declared = {name for _, names in PLAN for name in names}
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row[0])}
+    declared = {name for cls in REGISTRY.values() for _, names in cls.PLAN for name in names}
     assert declared <= documented, sorted(declared - documented)
