@@ -40,6 +40,7 @@ class Agent:
         self.device_error: str | None = None
         self.unbound: str | None = None     # address this agent unbound, for bind
         self.asked: dict[int, tuple[int, list[int]]] = {}   # index -> (group, set_affinity cpus)
+        self.others: dict[str, tuple[Driver, dict]] = {}     # bdf -> NIC not selected now
         path = device
         try:
             path = path or next(iter(find_devices(os.path.join(root, "dev"))), None)
@@ -255,6 +256,29 @@ class Agent:
             return {"devices": []}
         return self._reopen(binding.wait_devices(True, self.root, timeout_s)[0])
 
+    def select_nic(self, bdf: str) -> dict[str, Any]:
+        """Several NICs (``msixlab run --nics N``): make the driver device bound to
+        ``bdf`` the one every later command uses; the others stay open, each keeping
+        what set_affinity asked on it.  Returns its ``info``."""
+        current = self._bdf()
+        if current == bdf:
+            return self.driver.info()
+        if self.driver is not None:
+            self.others[current] = (self.driver, self.asked)
+        if bdf in self.others:
+            self.driver, self.asked = self.others.pop(bdf)
+            return self.driver.info()
+        for path in find_devices(os.path.join(self.root, "dev")):
+            if any(d.path == path for d, _ in self.others.values()):
+                continue
+            driver = Driver(path)
+            if driver.info()["bdf"] == bdf:
+                self.driver, self.asked, self.device_error = driver, {}, None
+                return driver.info()
+            driver.close()
+        self.driver = None
+        raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound to {bdf}")
+
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, Any]:
         path = path or binding.module_path(self.root)
         if path is None:
@@ -266,6 +290,9 @@ class Agent:
         return self._reopen(binding.reload(path, fault_injection))
 
     def shutdown(self) -> dict[str, Any]:
+        for driver, _ in self.others.values():
+            driver.close()
+        self.others = {}
         if self.driver is not None:
             self.driver.close()
             self.driver = None
@@ -321,6 +348,7 @@ class Agent:
                     (Arg("present", bool),
                      Arg("timeout_s", int, required=False, default=30, minimum=1,
                          maximum=600))),
+            Command("select_nic", self.select_nic, (Arg("bdf", str),)),
             Command("reload_module", self.reload_module,
                     (Arg("path", str, required=False),
                      Arg("fault_injection", bool, required=False))),

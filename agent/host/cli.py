@@ -132,6 +132,7 @@ def _positive(text: str) -> int:
 
 
 MAX_VECTORS = 2048     # the MSI-X table size limit (PCI spec)
+MAX_NICS = 8           # root ports and device servers the rig starts
 MAX_CPUS = 64          # what the rig boots and reads back per-CPU counts for
 
 
@@ -238,6 +239,10 @@ def parser() -> argparse.ArgumentParser:
                    choices=list(scenarios_mod.REGISTRY),
                    help="the scenario to run (default: %(default)s; `msixlab scenarios` "
                         "lists them)")
+    p.add_argument("--nics", type=bounded_int("--nics", 1, MAX_NICS), default=1,
+                   help=f"NICs, each with its own device server; the scenario runs on each "
+                        f"in turn, then no NIC may have counted another's raises "
+                        f"(1..{MAX_NICS})")
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="run the main job N times to detect flaky results; exit with the "
                         "worst (1, then 125, then 0)")

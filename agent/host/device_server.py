@@ -36,15 +36,17 @@ class DeviceServer:
 
     @classmethod
     def for_run(cls, dirs, vectors: int = 64, *, msix_maskable: bool = False,
-                msix_noresize: bool = False) -> "DeviceServer":
+                msix_noresize: bool = False, nic: int = 0) -> "DeviceServer":
         """The NIC of a run: sockets in its runtime dir, logs in its results dir.
         ``msix_maskable``/``msix_noresize`` make the server advertise MASKABLE/NORESIZE
-        on MSI-X, which chooses the path QEMU's client takes (docs/device.md)."""
+        on MSI-X, which chooses the path QEMU's client takes (docs/device.md).  ``nic``
+        numbers the NICs of ``msixlab run --nics N``."""
         extra = (("--msix-maskable",) if msix_maskable else ()) + (
             ("--msix-noresize",) if msix_noresize else ())
-        return cls(dirs.runtime / "nic0.sock", dirs.runtime / "nic0.ctl",
-                   dirs.results / "device-events.jsonl", dirs.results / "device-server.log",
-                   vectors=vectors, extra=extra)
+        suffix = f"-nic{nic}" if nic else ""      # NIC 0 keeps the historical names
+        return cls(dirs.runtime / f"nic{nic}.sock", dirs.runtime / f"nic{nic}.ctl",
+                   dirs.results / f"device-events{suffix}.jsonl",
+                   dirs.results / f"device-server{suffix}.log", vectors=vectors, extra=extra)
 
     def start(self, timeout: float = 20.0) -> None:
         log.info("starting the device server: %s", " ".join(self.argv))

@@ -57,7 +57,7 @@ class Lab:
     def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
                  vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
                  msix_maskable: bool = False, msix_noresize: bool = False,
-                 iommu: bool = False):
+                 iommu: bool = False, nics: int = 1):
         self.image, self.flavor, self.dirs = image, flavor, dirs
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
@@ -69,6 +69,12 @@ class Lab:
         self.hello: dict = {}
         self.apic_map = routing.ApicMap.identity()
         self._bars: dict[int, int] | None = None
+        # --nics N: NICs 1..N-1, each with its own device server (NIC 0 is self.device)
+        self.extra_devices = [DeviceServer.for_run(dirs, vectors, msix_maskable=msix_maskable,
+                                                   msix_noresize=msix_noresize, nic=i)
+                              for i in range(1, nics)]
+        self._nic_bars: dict[int, dict[int, int]] = {}
+        self.selected_nic = 0
         self.timings: dict[str, float] = {}
         self.sentinel: Sentinel | None = None
 
@@ -78,13 +84,15 @@ class Lab:
         kmod_dir = ensure_kmod(self.image, self.flavor)
         self.timings["kmod_build_s"] = time.monotonic() - t0
         self.device.start()
+        for device in self.extra_devices:
+            device.start()
         spec = guest_spec(self.image, self.flavor, self.dirs, mode="agent", accel=self.accel,
-                          cpus=self.cpus, nic_sockets=(self.device.socket_path,),
+                          cpus=self.cpus, nic_sockets=tuple(d.socket_path for d in self.devices),
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
-                                 qemu=self.machine.poll, device=lambda: self.device.poll(),
+                                 qemu=self.machine.poll, device=self._device_exit,
                                  qemu_log=self.machine.qemu_log,
                                  device_log=self.device.stderr_log)
         self.sentinel.start(self._ended)
@@ -105,7 +113,8 @@ class Lab:
     def _ended(self, ending: Exception) -> None:
         """The sentinel found an ending: release whoever waits on the guest or device."""
         self.agent_client.abort()
-        self.device.control.abort()
+        for device in self.devices:
+            device.control.abort()
 
     def guard(self) -> None:
         """Raise the run's ending (a splat, a dead process, a device error), if any."""
@@ -140,7 +149,8 @@ class Lab:
                 self.machine.shutdown(grace=0)
         finally:
             self.agent_client.close()
-            self.device.stop()
+            for device in self.devices:
+                device.stop()
 
     def __enter__(self) -> "Lab":
         try:
@@ -176,9 +186,13 @@ class Lab:
 
     def device_command(self, cmd: str, **fields):
         """A device control request, guarded like ``agent``."""
+        return self.device_command_on(self.device, cmd, **fields)
+
+    def device_command_on(self, device: DeviceServer, cmd: str, **fields):
+        """A control request to one NIC's device server, guarded like ``agent``."""
         self.guard()
         try:
-            return self.device.command(cmd, **fields)
+            return device.command(cmd, **fields)
         except (WaitTimeout, HostError, OSError) as err:
             if isinstance(err, DeviceControlError):
                 raise
@@ -193,6 +207,23 @@ class Lab:
             return condition()
         return wait_until(guarded, timeout, what, detail=detail)
 
+    # --- several NICs (--nics N) ---------------------------------------------------------
+    @property
+    def devices(self) -> list[DeviceServer]:
+        return [self.device, *self.extra_devices]
+
+    def _device_exit(self) -> int | None:
+        """The first device server's exit code (the sentinel's view), None while all run."""
+        return next((code for d in self.devices if (code := d.poll()) is not None), None)
+
+    def select_nic(self, nic: int) -> None:
+        """Make NIC ``nic`` the one the guest agent's commands use (by its address)."""
+        if nic == self.selected_nic:
+            return
+        bdf = qemu_view.nic_bdf(self.machine.qmp("query-pci"), f"nic{nic}")
+        self.agent("select_nic", bdf=bdf)
+        self.selected_nic = nic
+
     # --- hot-plug -------------------------------------------------------------------------
     def restart_device_server(self) -> tuple[int | None, int | None]:
         """Stop the device server and start a new process on the same sockets and logs
@@ -205,6 +236,8 @@ class Lab:
                                            msix_noresize=self.msix_modes["noresize"])
         old.stop()
         self.device.start()
+        for device in self.extra_devices:
+            device.start()
         self._bars = None
         return old_pid, self.device.pid
 
@@ -216,18 +249,24 @@ class Lab:
         return True
 
     # --- the three views ----------------------------------------------------------------
-    def qemu_table(self) -> dict[int, dict]:
-        msix = self.device_command("state")["msix"]
-        if self._bars is None:
+    def qemu_table(self, nic: int = 0, msix: dict | None = None) -> dict[int, dict]:
+        msix = msix or self.device_command("state")["msix"]
+        if nic == 0 and self._bars is None:
             self._bars = qemu_view.find_nic_bars(self.machine.qmp("query-pci"))
-        base = self._bars[msix["table_bar"]] + msix["table_offset"]
+        if nic and nic not in self._nic_bars:
+            self._nic_bars[nic] = qemu_view.find_nic_bars(self.machine.qmp("query-pci"),
+                                                          qdev_id=f"nic{nic}")
+        bars = self._bars if nic == 0 else self._nic_bars[nic]
+        base = bars[msix["table_bar"]] + msix["table_offset"]
         return qemu_view.read_table(self.machine, base, msix["table_size"])
 
-    def snapshot(self) -> routing.Snapshot:
+    def snapshot(self, nic: int = 0) -> routing.Snapshot:
+        """The three views of every vector of NIC ``nic`` (the guest agent's commands go
+        to the NIC selected with ``select_nic``)."""
         guest = self.agent("routing")
-        device = self.device_command("state")["vectors"]
-        snap = routing.build_snapshot(guest=guest, qemu=self.qemu_table(), device=device,
-                                      apic_map=self.apic_map)
+        state = self.device_command_on(self.devices[nic], "state")
+        snap = routing.build_snapshot(guest=guest, qemu=self.qemu_table(nic, state["msix"]),
+                                      device=state["vectors"], apic_map=self.apic_map)
         return self._resolve_irtes(snap) if self.iommu else snap
 
     def _resolve_irtes(self, snap: routing.Snapshot) -> routing.Snapshot:

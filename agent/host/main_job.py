@@ -51,7 +51,7 @@ def _dry_run(args, console: Console, image) -> int:
         spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
                           nic_sockets=(device.socket_path,),
                           kmod_dir=kmod_dir(image, args.flavor), agent=True,
-                          iommu=getattr(args, "iommu", False))
+                          iommu=getattr(args, "iommu", False), nics=nics)
         print(shlex.join(device.argv))
         print(shlex.join(build_argv(spec)))
     finally:
@@ -139,6 +139,7 @@ def reproduce_command(args) -> str:
     modes = [f"--msix-{mode}" for mode in ("maskable", "noresize")
              if getattr(args, f"msix_{mode}", False)]
     modes += ["--iommu"] if getattr(args, "iommu", False) else []
+    modes += ["--nics", str(args.nics)] if getattr(args, "nics", 1) > 1 else []
     name = getattr(args, "scenario", scenarios.DEFAULT)
     chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
     return shlex.join(["msixlab", "run", *chosen, "--flavor", args.flavor, "--vectors",
@@ -147,7 +148,8 @@ def reproduce_command(args) -> str:
 
 def run_main_job(args, console: Console) -> int:
     scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
-    scenarios.check_options(scenario_cls, args.cpus)
+    nics = getattr(args, "nics", 1)
+    scenarios.check_options(scenario_cls, args.cpus, nics)
     image = ensure_image()
     if args.dry_run:
         return _dry_run(args, console, image)
@@ -160,9 +162,10 @@ def run_main_job(args, console: Console) -> int:
     started = time.monotonic()
     lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-              iommu=getattr(args, "iommu", False))
+              iommu=getattr(args, "iommu", False), nics=nics)
     modes = dict(lab.msix_modes)
-    scenario = scenario_cls(lab, say=console.print)
+    scenario = (scenario_cls(lab, say=console.print) if nics == 1 else
+                scenarios.PerNic(lab, scenario_cls, nics, say=console.print))
     final: Snapshot | None = None
     armed: list = []
     with dirs:
@@ -190,7 +193,8 @@ def run_main_job(args, console: Console) -> int:
         "run_id": dirs.run_id, "scenario": scenario_cls.NAME,
         "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
-        "cpus": args.cpus, "iommu": getattr(args, "iommu", False),
+        "cpus": args.cpus, "iommu": getattr(args, "iommu", False), "nics": nics,
+        "nic_records": getattr(scenario, "nic_records", None),
         "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "wall_seconds": round(time.monotonic() - started, 3),

@@ -26,15 +26,32 @@ def _walk(devices: list[dict]):
         yield from _walk(bridge.get("devices", []))
 
 
-def find_nic_bars(query_pci: list[dict], nth: int = 0) -> dict[int, int]:
-    """BAR number -> guest physical address of the ``nth`` msixlab NIC."""
+def find_nic(query_pci: list[dict], nth: int = 0, qdev_id: str | None = None) -> dict:
+    """The ``nth`` msixlab NIC of query-pci, or the one whose QEMU id is ``qdev_id``."""
     nics = [d for bus in query_pci for d in _walk(bus.get("devices", []))
             if d.get("id", {}).get("vendor") == NIC_VENDOR
             and d.get("id", {}).get("device") == NIC_DEVICE]
+    if qdev_id is not None:
+        found = [d for d in nics if d.get("qdev_id") == qdev_id]
+        if not found:
+            raise HostError(f"query-pci shows no msixlab NIC with id {qdev_id!r}")
+        return found[0]
     if len(nics) <= nth:
         raise HostError(f"query-pci shows {len(nics)} msixlab NIC(s); wanted number {nth}")
-    return {r["bar"]: r["address"] for r in nics[nth].get("regions", [])
+    return nics[nth]
+
+
+def find_nic_bars(query_pci: list[dict], nth: int = 0,
+                  qdev_id: str | None = None) -> dict[int, int]:
+    """BAR number -> guest physical address of the ``nth`` msixlab NIC (or ``qdev_id``)."""
+    return {r["bar"]: r["address"] for r in find_nic(query_pci, nth, qdev_id).get("regions", [])
             if r.get("type") == "memory"}
+
+
+def nic_bdf(query_pci: list[dict], qdev_id: str) -> str:
+    """The guest's PCI address (domain 0) of the NIC whose QEMU id is ``qdev_id``."""
+    nic = find_nic(query_pci, qdev_id=qdev_id)
+    return f"0000:{nic['bus']:02x}:{nic['slot']:02x}.{nic.get('function', 0)}"
 
 
 XP_LINE = re.compile(r"^[0-9a-fx]+:((?:\s+0x[0-9a-f]+)+)\s*$", re.I)

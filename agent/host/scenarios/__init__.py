@@ -5,7 +5,8 @@ the accounting checks, a ``PLAN`` of steps each declaring its checks, fail fast,
 judged" for a declared check that did not run).  Each has a ``NAME``, a one-line
 ``SUMMARY`` and ``MIN_CPUS`` (the fewest guest CPUs it can run on).  ``REGISTRY`` names
 them in the order ``msixlab scenarios`` lists them; ``DEFAULT`` is the one ``msixlab
-run`` runs without ``--scenario``.  ``check_options`` refuses, before anything starts,
+run`` runs without ``--scenario``; with ``--nics N`` ``PerNic`` (nics.py) runs it on
+every NIC in turn.  ``check_options`` refuses, before anything starts,
 a combination of options a scenario cannot run with (exit 125, bad option).
 """
 
@@ -15,6 +16,7 @@ from ..outcome import CouldNotJudge, Outcome
 from ..scenario import Scenario
 from .cpu_hotplug import CpuHotplug
 from .hotplug import Hotplug
+from .nics import PerNic  # noqa: F401  (re-exported for main_job)
 
 REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug)}
 DEFAULT = Scenario.NAME
@@ -35,8 +37,11 @@ def listing() -> list[tuple[str, str]]:
     return [(name, cls.SUMMARY) for name, cls in REGISTRY.items()]
 
 
-def check_options(cls: type[Scenario], cpus: int) -> None:
+def check_options(cls: type[Scenario], cpus: int, nics: int = 1) -> None:
     """Refuse options the scenario cannot run with, before anything starts."""
+    if nics > 1 and cls.NAME == "hotplug":
+        raise CouldNotJudge(Outcome.BAD_OPTION, "scenario 'hotplug' unplugs nic0 only: it "
+                            "takes no --nics", scenario=cls.NAME, nics=nics)
     if cpus < cls.MIN_CPUS:
         raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} needs --cpus of at "
                             f"least {cls.MIN_CPUS}, not {cpus}", scenario=cls.NAME, cpus=cpus)
