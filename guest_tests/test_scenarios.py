@@ -106,3 +106,19 @@ def test_hotplug_on_qemu_11_1_3_ends_could_not_judge_when_qemu_aborts(image, tmp
     steps = [s["step"] for s in doc["metadata"]["steps"]]
     assert steps[:2] == ["alloc", "raise"]
     assert all(r["verdict"] == "pass" for r in doc["results"] if r["step"] in steps)
+
+
+def test_two_nics_each_judged_and_neither_counts_the_others_raises(image, tmp_path):
+    doc = run(tmp_path, "--nics", "2")
+    assert doc["metadata"]["nics"] == 2
+    assert set(doc["metadata"]["nic_records"]) == {"nic0", "nic1"}
+    steps = {s["step"].split("/")[0] for s in doc["metadata"]["steps"]}
+    assert steps == {"nic0", "nic1", "isolation"}
+    isolation = [r for r in doc["results"] if r["name"] == "raise_not_counted_on_other_nic"]
+    assert {r["evidence"]["nic"] for r in isolation} == {0, 1}
+    assert all(r["verdict"] == "pass" for r in isolation)
+    (run_dir,) = tmp_path.iterdir()
+    dmesg = (run_dir / "dmesg.txt").read_text()
+    assert "0000:01:00.0: msixlab0" in dmesg and "0000:02:00.0: msixlab1" in dmesg
+    for log in ("device-events.jsonl", "device-events-nic1.jsonl"):   # each NIC was raised
+        assert '"raise"' in (run_dir / log).read_text() or "raise" in (run_dir / log).read_text()

@@ -62,3 +62,23 @@ def test_read_table_splits_entries_and_asks_for_the_right_range():
 def test_read_table_refuses_a_short_dump():
     with pytest.raises(HostError, match="returned 8 dwords for 3"):
         read_table(FakeMonitor(XP), 0xFE408000, 3)
+
+
+def test_a_nic_is_found_by_its_qemu_id_and_named_by_its_address():
+    from agent.host.qemu_view import find_nic_bars, nic_bdf
+    two = [{"bus": 0, "devices": [
+        {"bus": 0, "slot": 5, "id": {"vendor": 0x1B36, "device": 0x000C}, "regions": [],
+         "pci_bridge": {"bus": {"number": 2}, "devices": [
+             {"bus": 2, "slot": 0, "function": 0, "qdev_id": "nic1",
+              "id": {"vendor": 0x1234, "device": 0x11E9},
+              "regions": [{"bar": 2, "type": "memory", "address": 0xFE608000, "size": 4096}]}]}},
+        {"bus": 0, "slot": 4, "id": {"vendor": 0x1B36, "device": 0x000C}, "regions": [],
+         "pci_bridge": {"bus": {"number": 1}, "devices": [
+             {"bus": 1, "slot": 0, "function": 0, "qdev_id": "nic0",
+              "id": {"vendor": 0x1234, "device": 0x11E9},
+              "regions": [{"bar": 2, "type": "memory", "address": 0xFE408000, "size": 4096}]}]}},
+    ]}]
+    assert find_nic_bars(two, qdev_id="nic0") == {2: 0xFE408000}      # not the first listed
+    assert nic_bdf(two, "nic1") == "0000:02:00.0"
+    with pytest.raises(HostError, match="no msixlab NIC with id 'nic2'"):
+        nic_bdf(two, "nic2")

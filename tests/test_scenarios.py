@@ -112,3 +112,33 @@ def test_the_matrix_covers_every_mode_once_and_exits_with_the_worst():
     assert args.scenario == "cpu-hotplug"
     assert matrix.worst([0, 125, 1]) == 1 and matrix.worst([0, 125]) == 125
     assert matrix.worst([0, 0]) == 0
+
+
+def test_nics_are_bounded_and_hotplug_takes_none(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "--nics", "9"])
+    assert exited.value.code == 125
+    assert cli.main(["run", "--scenario", "hotplug", "--nics", "2"]) == 125
+    assert "takes no --nics" in capsys.readouterr().err
+    args = cli.parser().parse_args(["run", "--nics", "3"])
+    assert "--nics 3" in reproduce_command(args)
+
+
+def test_per_nic_plan_prefixes_every_step_and_adds_isolation():
+    from agent.host.scenarios.nics import PerNic
+    plan = PerNic(None, CpuHotplug, 2).PLAN
+    assert [step for step, _ in plan] == (
+        [f"nic0/{s}" for s, _ in CpuHotplug.PLAN] + [f"nic1/{s}" for s, _ in CpuHotplug.PLAN]
+        + ["isolation"])
+    assert plan[-1][1] == ("raise_not_counted_on_other_nic",)
+
+
+def test_each_nic_has_its_own_sockets_and_logs(tmp_path):
+    from agent.host.device_server import DeviceServer
+    from agent.host.session import RunDirs
+    with RunDirs.create(tmp_path) as dirs:
+        first, second = (DeviceServer.for_run(dirs, 64, nic=i) for i in (0, 1))
+        assert first.socket_path.name == "nic0.sock" and second.socket_path.name == "nic1.sock"
+        assert first.stderr_log.name == "device-server.log"           # NIC 0: as before
+        assert second.stderr_log.name == "device-server-nic1.log"
+        assert "device-events-nic1.jsonl" in " ".join(second.argv)

@@ -47,12 +47,14 @@ def _dry_run(args, console: Console, image) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     dirs = RunDirs.create(scratch, prefix="dry-run")
     try:
-        device = DeviceServer.for_run(dirs, args.vectors)
+        devices = [DeviceServer.for_run(dirs, args.vectors, nic=i)
+                   for i in range(getattr(args, "nics", 1))]
         spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
-                          nic_sockets=(device.socket_path,),
+                          nic_sockets=tuple(d.socket_path for d in devices),
                           kmod_dir=kmod_dir(image, args.flavor), agent=True,
-                          iommu=getattr(args, "iommu", False), nics=nics)
-        print(shlex.join(device.argv))
+                          iommu=getattr(args, "iommu", False))
+        for device in devices:
+            print(shlex.join(device.argv))
         print(shlex.join(build_argv(spec)))
     finally:
         dirs.cleanup()
