@@ -120,5 +120,7 @@ def test_two_nics_each_judged_and_neither_counts_the_others_raises(image, tmp_pa
     (run_dir,) = tmp_path.iterdir()
     dmesg = (run_dir / "dmesg.txt").read_text()
     assert "0000:01:00.0: msixlab0" in dmesg and "0000:02:00.0: msixlab1" in dmesg
-    for log in ("device-events.jsonl", "device-events-nic1.jsonl"):   # each NIC was raised
-        assert '"raise"' in (run_dir / log).read_text() or "raise" in (run_dir / log).read_text()
+    for log in ("device-events.jsonl", "device-events-nic1.jsonl"):   # each NIC delivered
+        with open(run_dir / log) as f:
+            delivered = sum(json.loads(line).get("event") == "deliver" for line in f)
+        assert delivered >= 40, (log, delivered)
