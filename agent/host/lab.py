@@ -74,7 +74,9 @@ class Lab:
                                                    msix_noresize=msix_noresize, nic=i)
                               for i in range(1, nics)]
         self._nic_bars: dict[int, dict[int, int]] = {}
-        self.selected_nic = 0
+        # the agent opens the first /dev/msixlab<N> at start; with several NICs the
+        # first select_nic names one by its address instead of assuming which that is
+        self.selected_nic: int | None = 0 if nics == 1 else None
         self.timings: dict[str, float] = {}
         self.sentinel: Sentinel | None = None
 
