@@ -135,6 +135,18 @@ class Lab:
         raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest never started: no {what}",
                             console_tail=console)
 
+    def _connection_broke(self, cmd: str, err: OSError) -> None:
+        """The agent's socket broke: a QEMU that was killed closes it before it can be
+        reaped, so give the sentinel a moment to see the exit; a break nothing explains
+        is the rig's failure (125), never a bug report of msixlab's own."""
+        try:
+            wait_until(lambda: self.sentinel is not None and self.sentinel.check() is not None,
+                       2.0, "the sentinel to see why the guest agent's connection broke")
+        except WaitTimeout:
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's connection "
+                                f"broke on {cmd!r}: {err}") from err
+        self.guard()
+
     def stop(self) -> None:
         if self.sentinel is not None:
             self.sentinel.stop()
@@ -177,6 +189,8 @@ class Lab:
             self.guard()
             if isinstance(err, WaitTimeout):
                 self._no_answer(f"answer to {cmd!r} within {timeout:g} s")
+            if isinstance(err, OSError):
+                self._connection_broke(cmd, err)
             raise
         if not reply.get("ok"):
             error = reply.get("error", {})
