@@ -139,12 +139,17 @@ class Lab:
         """The agent's socket broke: a QEMU that was killed closes it before it can be
         reaped, so give the sentinel a moment to see the exit; a break nothing explains
         is the rig's failure (125), never a bug report of msixlab's own."""
+        self._await_ending(2.0)
+        raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's connection "
+                            f"broke on {cmd!r}: {err}") from err
+
+    def _await_ending(self, timeout: float) -> None:
+        """Raise the run's ending if the sentinel finds one within ``timeout``."""
         try:
             wait_until(lambda: self.sentinel is not None and self.sentinel.check() is not None,
-                       2.0, "the sentinel to see why the guest agent's connection broke")
+                       timeout, "the sentinel to see why a connection broke")
         except WaitTimeout:
-            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's connection "
-                                f"broke on {cmd!r}: {err}") from err
+            return
         self.guard()
 
     def stop(self) -> None:
@@ -213,6 +218,8 @@ class Lab:
             if isinstance(err, DeviceControlError):
                 raise
             self.guard()
+            if isinstance(err, OSError):
+                self._await_ending(0.5)    # a killed server's socket breaks before it is reaped
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the device server's control "
                                 f"channel failed on {cmd!r}: {err}") from err
 
