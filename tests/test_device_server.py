@@ -110,14 +110,15 @@ def test_control_raise_delivers_or_pends(rig):
     q.sock.close()
 
 
-@pytest.mark.parametrize("req,etype", [
-    ({"cmd": "nope"}, "ControlError"), ({"cmd": "raise"}, "ControlError"),
-    ({"cmd": "raise", "vectors": ["x"]}, "ControlError"),
-    ({"cmd": "fault", "kind": "bogus"}, "ControlError"),
-    ({"cmd": "fault", "kind": "errno_reply", "command": "NOPE"}, "ControlError")])
-def test_bad_control_requests_get_error_replies(rig, req, etype):
+@pytest.mark.parametrize("req,etype,field", [
+    ({"cmd": "nope"}, "ControlError", None), ({"cmd": "raise"}, "ControlError", None),
+    ({"cmd": "raise", "vectors": ["x"]}, "FieldError", "vectors[0]"),
+    ({"cmd": "fault", "kind": "bogus"}, "FieldError", "kind"),
+    ({"cmd": "fault", "kind": "errno_reply", "command": "NOPE"}, "FieldError", "command")])
+def test_bad_control_requests_get_error_replies(rig, req, etype, field):
     reply = rig.command(**req)
     assert not reply["ok"] and reply["error"]["type"] == etype
+    assert reply["error"].get("field") == field
     assert rig.command("ping")["ok"]
 
 

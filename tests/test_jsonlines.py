@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -32,7 +33,7 @@ def test_reply_matched_by_id_and_events_queued(pair):
     server.sendall(b'ue, "result": {"n": 5}}\n')
     reply = client.request({"cmd": "info"}, timeout=1)
     assert reply == {"id": 1, "ok": True, "result": {"n": 5}}
-    assert server.recv(4096) == b'{"id": 1, "cmd": "info"}\n'
+    assert json.loads(server.recv(4096)) == {"id": 1, "cmd": "info"}
     assert client.wait_event("hello", timeout=0.1)["kernel"] == "7.3"
 
 
