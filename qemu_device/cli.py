@@ -103,6 +103,7 @@ def cmd_serve(args) -> int:
     except ConfigurationError as err:
         print(f"qemu-device: {err}", file=sys.stderr)
         return 2
+    _raise_fd_limit()
     limits = Limits(max_control_clients=args.max_control_clients,
                     message_timeout=args.message_timeout, idle_timeout=args.idle_timeout)
     server = Server(device, args.socket, args.control, args.log, limits)
@@ -124,6 +125,19 @@ def _word_int(what: str, word: str) -> int:
     except ValueError:
         raise UsageError(f"{what} must be an integer (decimal or 0x...), not {word!r}") \
             from None
+
+
+def _raise_fd_limit() -> None:
+    """Let the server use every fd it is allowed (soft RLIMIT_NOFILE up to the hard one,
+    at most 65536): each DMA map with an fd holds one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as err:
+            logging.getLogger(__name__).info("cannot raise RLIMIT_NOFILE: %s", err)
 
 
 def _parse_request(words: list[str]) -> dict:

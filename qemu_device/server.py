@@ -24,6 +24,7 @@ import heapq
 import itertools
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -61,6 +62,16 @@ class Limits:
     max_timers: int = 4096             # delayed raises waiting
     message_timeout: float = 30.0      # to finish a message once begun, and to send VERSION
     idle_timeout: float = 0.0          # with nothing under way (QEMU may idle: off)
+    max_fd_dma_maps: int | None = None  # DMA maps holding an fd; None: from RLIMIT_NOFILE
+
+
+def fd_dma_map_budget(vectors: int, limits: Limits) -> int:
+    """DMA maps with an fd the server may hold: what RLIMIT_NOFILE leaves after one
+    eventfd per vector, the control clients and a margin (at least 8)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(8, soft - vectors - limits.max_control_clients - 64)
 
 
 class _Poller:
@@ -93,13 +104,13 @@ class _Client:
     """The connected vfio-user client."""
 
     def __init__(self, sock: socket.socket, endpoint: Endpoint, number: int,
-                 limit: int) -> None:
+                 limit: int, now: float) -> None:
         self.sock = sock
         self.endpoint = endpoint
         self.out = OutBuffer(sock, limit)
         self.number = number
         self.log = log.getChild(f"client{number}")
-        self.since = time.monotonic()      # connected, or last message boundary
+        self.since = now                   # connected, or the start of a message
         self.partial = False               # a message is under way
         self.last_input = self.since
 
@@ -113,8 +124,10 @@ class Server:
     """The device server: bind(), then serve_forever() (or run_once() from a test)."""
 
     def __init__(self, device: Device, socket_path: str, control_path: str | None = None,
-                 log_path: str | None = None, limits: Limits | None = None) -> None:
+                 log_path: str | None = None, limits: Limits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.device = device
+        self.clock = clock                  # monotonic seconds (a test may drive it)
         self.socket_path = socket_path
         self.control_path = control_path
         self.limits = limits or Limits()
@@ -137,6 +150,8 @@ class Server:
         self._wake_r = self._wake_w = None
         device.msix.scheduler = self.call_later
         device.msix.signal = signal_eventfd
+        device.dma.max_fd_maps = (self.limits.max_fd_dma_maps if self.limits.max_fd_dma_maps
+                                  else fd_dma_map_budget(device.msix.n, self.limits))
         self._update_sinks()
 
     # -- setup ------------------------------------------------------------------------
@@ -185,7 +200,7 @@ class Server:
             self._guarded(fn, "timer")
             return
         delay = min(max(delay, 0.0), MAX_POLL_S)
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+        heapq.heappush(self._timers, (self.clock() + delay, next(self._seq), fn))
 
     def stop(self) -> None:
         self._stop = True
@@ -203,7 +218,7 @@ class Server:
         events, handle them, then run the timers and deadlines that are due."""
         wake = self._next_wake()
         if wake is not None:
-            wait = max(0.0, wake - time.monotonic())
+            wait = max(0.0, wake - self.clock())
             timeout = wait if timeout is None else min(timeout, wait)
         if timeout is not None:
             timeout = min(timeout, MAX_POLL_S)
@@ -221,7 +236,7 @@ class Server:
                 entry[1](entry[0])
         while self._doomed:
             self._drop_ctl(self._doomed.pop())
-        now = time.monotonic()
+        now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, fn = heapq.heappop(self._timers)
             self._guarded(fn, "timer")
@@ -248,7 +263,8 @@ class Server:
             return
         self._clients_served += 1
         ep = Endpoint(self.device, self.bus.sink())
-        self.client = _Client(sock, ep, self._clients_served, self.limits.client_output)
+        self.client = _Client(sock, ep, self._clients_served, self.limits.client_output,
+                              self.clock())
         self.sel.unregister(listener)
         self.sel.register(sock, _R, self._client_readable)
         self.client.log.info("client connected")
@@ -297,7 +313,7 @@ class Server:
             self._drop_client("protocol error")
 
     def _note_progress(self, client: _Client) -> None:
-        now = time.monotonic()
+        now = self.clock()
         client.last_input = now
         partial = client.endpoint.conn.has_partial()
         if partial and not client.partial:
@@ -407,7 +423,7 @@ class Server:
             cb = self.sel.map[listener.fileno()][1]
             self.sel.unregister(listener)
             log.warning("%s: not accepting for %g s", what, _PAUSE_S)
-            heapq.heappush(self._timers, (time.monotonic() + _PAUSE_S, next(self._seq),
+            heapq.heappush(self._timers, (self.clock() + _PAUSE_S, next(self._seq),
                                           lambda: self._resume(listener, cb)))
 
     def _resume(self, listener: socket.socket, cb: Callable) -> None:

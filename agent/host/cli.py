@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from rich.logging import RichHandler
 from images import recipe
 from images.build import ensure_image, manifest
 from images.cache import cache_dir, clean
+from msixlab_common.lifetime import Terminated, interrupt_on
 
 from . import accel as accel_mod
 from . import doctor
@@ -158,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
+    interrupt_on(signal.SIGTERM, signal.SIGHUP)      # torn down as for Ctrl-C
     try:
         return args.func(args)
     except MsixlabError as err:
         console.print(f"[red]error:[/] {err}")
         return getattr(err, "exit_code", EXIT_INFRA)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
+    except KeyboardInterrupt as err:
+        console.print(f"[red]interrupted{f' by {err}' if isinstance(err, Terminated) else ''}[/]")
         return EXIT_INFRA
     except Exception:   # a bug in msixlab is never a verdict on the kernel (bisect: 125)
         console.print_exception()
