@@ -52,6 +52,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
         if os.getppid() != parent:          # the parent died before prctl took effect
+            signal.signal(sig, signal.SIG_DFL)      # not the handler inherited from it
             os.kill(os.getpid(), sig)
     return preexec
 
