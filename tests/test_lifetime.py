@@ -118,6 +118,16 @@ def test_process_alive_tells_exited_and_reused_pids():
     assert not process_alive(2 ** 22 + 1)                          # beyond pid_max
 
 
+def test_an_exited_but_unreaped_child_is_not_alive():
+    child = subprocess.Popen(["true"])
+    try:
+        wait_until(lambda: open(f"/proc/{child.pid}/stat").read().split(") ")[1][0] == "Z",
+                   10, "the child to exit (a zombie until reaped)")
+        assert not process_alive(child.pid)
+    finally:
+        child.wait()
+
+
 # -- RunDirs --------------------------------------------------------------------------------
 
 def test_run_dirs_are_private_whatever_the_umask_and_record_their_owner(tmp_path):

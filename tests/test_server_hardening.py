@@ -169,6 +169,16 @@ def test_the_stall_clock_starts_with_each_message(make_rig):
     assert rig.server.client is not None
 
 
+def test_a_far_deadline_never_overflows_the_poll_timeout(make_rig):
+    rig = make_rig(message_timeout=1e12)               # a Limits no CLI option would give
+    rig.connect()                                      # no VERSION yet: a deadline is set
+    assert rig.ctl(cmd="raise", vector=3)["ok"]        # run_once(0) on the way
+    s = rig.connect(rig.server.control_path)
+    s.sendall(b'{"id": 1, "cmd": "ping"}\n')
+    rig.server.run_once(None)                          # wakes for the ping, no OverflowError
+    assert b"pong" in s.recv(100)
+
+
 # -- fds (item 3) ---------------------------------------------------------------------------
 
 def test_fds_piled_on_an_incomplete_message_end_the_connection():
