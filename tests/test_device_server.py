@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from msixlab_common import jsonlines
+
 from qemu_device.device.nic import Device
 from qemu_device.server import Server
 from qemu_device.testing import CONFIG, FakeQemu, FdWatch
@@ -44,9 +46,9 @@ class Rig:
 
     def command(self, cmd, **fields):
         self.n += 1
-        self.ctl.sendall(json.dumps({"id": self.n, "cmd": cmd, **fields}).encode() + b"\n")
+        self.ctl.sendall(jsonlines.dumps({"id": self.n, "cmd": cmd, **fields}))
         self.pump()
-        reply = json.loads(self.ctl_file.readline())
+        reply = jsonlines.loads_object(self.ctl_file.readline())
         assert reply["id"] == self.n
         return reply
 
@@ -162,9 +164,9 @@ def test_subscribe_streams_interrupt_events(rig):
     sub.sendall(b'{"id": 1, "cmd": "subscribe", "events": ["deliver", "pend"]}\n')
     rig.pump()
     f = sub.makefile("rb")
-    assert json.loads(f.readline())["ok"]
+    assert jsonlines.loads_object(f.readline())["ok"]
     rig.command("raise", vectors=[2, 3])
-    events = [json.loads(f.readline()) for _ in range(2)]
+    events = [jsonlines.loads_object(f.readline()) for _ in range(2)]
     assert [(e["event"], e["vector"]) for e in events] == [("deliver", 2), ("pend", 3)]
     f.close()
     sub.close()
