@@ -220,8 +220,8 @@ class Server:
         if wake is not None:
             wait = max(0.0, wake - self.clock())
             timeout = wait if timeout is None else min(timeout, wait)
-        if timeout is not None:
-            timeout = min(timeout, MAX_POLL_S)
+        if timeout is not None and timeout > MAX_POLL_S:
+            timeout = MAX_POLL_S
         smap = self.sel.map
         for fd, events in self.sel.ep.poll(-1 if timeout is None else timeout):
             entry = smap.get(fd)
@@ -236,18 +236,21 @@ class Server:
                 entry[1](entry[0])
         while self._doomed:
             self._drop_ctl(self._doomed.pop())
-        now = self.clock()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
-            self._guarded(fn, "timer")
-        self._check_client_deadline(now)
+        if self._timers:
+            now = self.clock()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, fn = heapq.heappop(self._timers)
+                self._guarded(fn, "timer")
+        deadline = self._client_deadline()
+        if deadline is not None and self.clock() >= deadline:
+            self._client_timed_out()
 
     def _next_wake(self) -> float | None:
-        times = [self._timers[0][0]] if self._timers else []
         deadline = self._client_deadline()
-        if deadline is not None:
-            times.append(deadline)
-        return min(times) if times else None
+        if not self._timers:
+            return deadline
+        first = self._timers[0][0]
+        return first if deadline is None or first < deadline else deadline
 
     def _guarded(self, fn: Callable[[], None], what: str) -> None:
         try:
@@ -313,30 +316,28 @@ class Server:
             self._drop_client("protocol error")
 
     def _note_progress(self, client: _Client) -> None:
-        now = self.clock()
-        client.last_input = now
         partial = client.endpoint.conn.has_partial()
         if partial and not client.partial:
-            client.since = now              # a message begins: its clock starts
+            client.since = self.clock()     # a message begins: its clock starts
         client.partial = partial
+        if self.limits.idle_timeout:
+            client.last_input = self.clock()
 
     def _client_deadline(self) -> float | None:
         """When the connected client will have taken too long, or None."""
         c, lim = self.client, self.limits
         if c is None:
             return None
-        times = []
+        deadline = None
         if lim.message_timeout and (c.partial or
                                     c.endpoint.conn.state is ConnState.AWAIT_VERSION):
-            times.append(c.since + lim.message_timeout)
+            deadline = c.since + lim.message_timeout
         if lim.idle_timeout and not c.partial:
-            times.append(c.last_input + lim.idle_timeout)
-        return min(times) if times else None
+            idle = c.last_input + lim.idle_timeout
+            deadline = idle if deadline is None else min(deadline, idle)
+        return deadline
 
-    def _check_client_deadline(self, now: float) -> None:
-        deadline = self._client_deadline()
-        if deadline is None or now < deadline:
-            return
+    def _client_timed_out(self) -> None:
         c = self.client
         if c.partial:
             why = f"stalled in the middle of a message for {self.limits.message_timeout:g} s"

@@ -23,6 +23,9 @@ from .errors import HostError, WaitTimeout
 
 log = logging.getLogger(__name__)
 
+#: Longest line accepted from a peer: the guest's routing of 2048 vectors fits well.
+MAX_LINE = 16 << 20
+
 
 class JsonLinesClient:
     def __init__(self, path: Path, name: str):
@@ -30,7 +33,7 @@ class JsonLinesClient:
         self.name = name
         self.log = log.getChild(name)
         self._sock: socket.socket | None = None
-        self._decoder = jsonlines.Decoder()
+        self._decoder = jsonlines.Decoder(max_line=MAX_LINE)
         self._inbox: deque = deque()      # decoded lines not yet consumed
         self._next_id = 1
         self.events: deque[dict] = deque()
