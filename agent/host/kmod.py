@@ -20,12 +20,15 @@ from images.image import Image
 from msixlab_common.lifetime import die_with_parent
 
 from .errors import HostError
+from .outcome import Outcome
 
 KMOD_DIR = Path(__file__).resolve().parents[1] / "kmod"
 
 
 class KmodBuildError(HostError):
-    pass
+    """The guest driver did not build against the kernel: the run could not judge."""
+
+    outcome = Outcome.BUILD_FAILED
 
 
 def sources_hash() -> str:

@@ -1,0 +1,53 @@
+"""The verdict classes: each outcome's exit code, and the class of every way a run ends."""
+
+import errno
+
+import pytest
+
+from agent.host.errors import LaunchError
+from agent.host.kmod import KmodBuildError
+from agent.host.outcome import (KERNEL_MISBEHAVED, CouldNotJudge, DriverCallFailed,
+                                GuestUnresponsive, KernelSplat, Outcome, RunVerdict, classify)
+from images.errors import ImageError
+from msixlab_common.errors import WaitTimeout
+
+
+def test_only_three_exit_codes_and_the_kernel_classes_are_1():
+    for outcome in Outcome:
+        assert outcome.exit_code in (0, 1, 125)
+        assert outcome.meaning
+        assert (outcome.exit_code == 1) == (outcome in KERNEL_MISBEHAVED)
+    assert Outcome.PASS.exit_code == 0
+
+
+@pytest.mark.parametrize("err,outcome", [
+    (KernelSplat("Kernel panic - not syncing: sysrq", "panic"), Outcome.KERNEL_SPLAT),
+    (DriverCallFailed("alloc_group", {"min": 4}, 28, "ENOSPC"), Outcome.DRIVER_ERROR),
+    (GuestUnresponsive("no answer"), Outcome.GUEST_UNRESPONSIVE),
+    (CouldNotJudge(Outcome.KERNEL_UNSUPPORTED, "no dynamic MSI-X"), Outcome.KERNEL_UNSUPPORTED),
+    (ImageError("mmdebstrap failed", step="rootfs"), Outcome.BUILD_FAILED),
+    (KmodBuildError("modpost failed"), Outcome.BUILD_FAILED),
+    (LaunchError("QEMU exited", argv=["qemu"], returncode=-11), Outcome.PROCESS_FAILED),
+    (WaitTimeout("the device server's ready line", 20), Outcome.PROCESS_FAILED),
+    (OSError(errno.ENOSPC, "No space left on device"), Outcome.HOST_RESOURCE),
+    (PermissionError(errno.EACCES, "denied"), Outcome.HOST_RESOURCE),
+    (KeyboardInterrupt(), Outcome.INTERRUPTED),
+    (ZeroDivisionError("bug"), Outcome.INTERNAL_ERROR),
+])
+def test_classify(err, outcome):
+    assert classify(err)[0] is outcome
+    verdict = RunVerdict.from_error(err)
+    assert verdict.outcome is outcome and verdict.exit_code == outcome.exit_code
+    assert verdict.to_dict()["outcome"] == str(outcome)
+
+
+def test_could_not_judge_refuses_a_kernel_outcome():
+    with pytest.raises(ValueError):
+        CouldNotJudge(Outcome.CHECK_FAILED, "that is a verdict on the kernel")
+
+
+def test_driver_error_names_call_args_and_errno():
+    err = DriverCallFailed("alloc_group", {"min": 3, "start": 60}, 16, "EBUSY", "index in use")
+    assert "alloc_group(min=3, start=60)" in str(err) and "EBUSY" in str(err)
+    assert classify(err)[1] == {"call": "alloc_group", "args": {"min": 3, "start": 60},
+                                "errno": 16, "code": "EBUSY"}
