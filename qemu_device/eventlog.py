@@ -1,12 +1,14 @@
-# Concepts: the event stream. Every protocol message (rx), reply (tx), protocol error,
-# interrupt event (raise outcome, deliver, pend, eventfd assign), connection change and
-# control command becomes one dict, stamped with wall time ("ts") and a monotonic time
-# ("mono"), and goes to the JSON-lines log file (--log) and to every control-channel
-# subscriber. When nobody listens, producers get no sink at all (hot path stays lean).
-# read_log()/format_event() turn a log back into readable lines for `qemu-device log`.
-# A failed log write (disk full) loses that event from the file only: it is counted
-# (`lost`, reported in `state`) and the server keeps serving.
-"""Event bus, JSON-lines event log, and its pretty printer."""
+"""Event bus, JSON-lines event log, and its pretty printer.
+
+Concepts: the event stream. Every protocol message (rx), reply (tx), protocol error,
+interrupt event (raise outcome, deliver, pend, eventfd assign), connection change and
+control command becomes one dict, stamped with wall time ("ts") and a monotonic time
+("mono"), and goes to the JSON-lines log file (--log) and to every control-channel
+subscriber. When nobody listens, producers get no sink at all (hot path stays lean).
+read_log()/format_event() turn a log back into readable lines for `qemu-device log`. A
+failed log write (disk full) loses that event from the file only: it is counted (`lost`,
+reported in `state`) and the server keeps serving.
+"""
 
 from __future__ import annotations
 
@@ -110,9 +112,11 @@ def read_log(path: str) -> Iterator[dict]:
             if not line:
                 continue
             try:
-                yield json.loads(line)
-            except ValueError:
-                yield {"event": "unparsable", "line": n, "text": line[:200]}
+                ev = jsonlines.loads(line, max_depth=64)
+            except jsonlines.JsonLinesError:
+                ev = None
+            yield ev if isinstance(ev, dict) else {"event": "unparsable", "line": n,
+                                                   "text": line[:200]}
 
 
 _SKIP = {"ts", "mono", "event", "id", "cmd"}
