@@ -3,12 +3,12 @@
 Concepts: the host agent owns the server's lifetime: it starts ``qemu-device serve``
 before QEMU (QEMU connects at realize and never reconnects), waits for the server's
 ``ready`` line, then talks to it only through the control socket.  Stopping is SIGTERM,
-then SIGKILL, each bounded.
+then SIGKILL, each bounded.  The server gets SIGTERM by itself if msixlab dies (a
+parent-death signal, ``msixlab_common.lifetime``), so it never outlives the run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import signal
@@ -16,6 +16,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from msixlab_common import jsonlines
+from msixlab_common.lifetime import die_with_parent
 
 from .errors import DeviceControlError, LaunchError, WaitTimeout
 from .jsonlines import JsonLinesClient
@@ -50,7 +53,8 @@ class DeviceServer:
         log.info("starting the device server: %s", " ".join(self.argv))
         with open(self.stderr_log, "w") as err:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=err)
+                                          stdout=subprocess.PIPE, stderr=err,
+                                          preexec_fn=die_with_parent(signal.SIGTERM))
         deadline = time.monotonic() + timeout
         line = b""
         while not line.endswith(b"\n"):
@@ -65,7 +69,10 @@ class DeviceServer:
             ready, _, _ = select.select([self._proc.stdout], [], [], min(remaining, 0.2))
             if ready:
                 line += self._proc.stdout.read1(4096)
-        event = json.loads(line.splitlines()[0])
+        try:
+            event = jsonlines.loads_object(line.splitlines()[0])
+        except jsonlines.JsonLinesError:
+            event = {}
         if event.get("event") != "ready":
             raise LaunchError(f"unexpected first line from the device server: {line!r}",
                               argv=self.argv, returncode=None)

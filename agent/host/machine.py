@@ -5,7 +5,9 @@ or FAILED) guarded by a transition table.  QEMU's stdout/stderr go to ``qemu.log
 serial console to ``console.log``.  Every wait is bounded and names what it waited for;
 a QEMU that dies early raises ``LaunchError`` with its exit code, argv and log tail.
 Shutdown is graceful first (the guest powers off, else QMP ``quit``), then SIGKILL, each
-with a timeout, and always runs in ``finally`` through the context manager.
+with a timeout, and always runs in ``finally`` through the context manager.  QEMU dies
+with msixlab whatever kills msixlab: it is started with a parent-death signal (SIGKILL,
+``msixlab_common.lifetime``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import enum
 import logging
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from msixlab_common.lifetime import die_with_parent
 
 from .errors import HostError, LaunchError, WaitTimeout
 from .qemu_argv import GuestSpec, build_argv
@@ -74,7 +79,8 @@ class Machine:
         with open(self.qemu_log, "w") as out:
             try:
                 self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                              stdout=out, stderr=subprocess.STDOUT)
+                                              stdout=out, stderr=subprocess.STDOUT,
+                                              preexec_fn=die_with_parent(signal.SIGKILL))
             except OSError as err:
                 self._to(State.FAILED)
                 raise LaunchError(f"cannot start QEMU: {err}", argv=self.argv,
