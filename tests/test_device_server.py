@@ -16,7 +16,7 @@ from msixlab_common import jsonlines
 from qemu_device.device.nic import Device
 from qemu_device.fdio import OsFdPort
 from qemu_device.server import Server
-from qemu_device.testing import CONFIG, FakeQemu, FdWatch
+from qemu_device.testing import FakeQemu, FdWatch
 
 RAM = 1 << 20
 

@@ -22,7 +22,7 @@ from msixlab_common.deadline import wait_until
 from qemu_device.fdio import OsFdPort
 from qemu_device.connection import MAX_PENDING_FDS, BadMessage, Connection
 from qemu_device.device.nic import Device
-from qemu_device.protocol import Command as C, DmaMap, pack_message
+from qemu_device.protocol import Command as C, pack_message
 from qemu_device.server import Limits, Server
 from qemu_device.testing import FakeQemu, FdWatch
 from qemu_device.transport import listen_unix

@@ -24,7 +24,7 @@ from rich.logging import RichHandler
 from images import recipe
 from images.build import ensure_image, manifest
 from images.cache import cache_dir, clean
-from msixlab_common.lifetime import Terminated, interrupt_on
+from msixlab_common.lifetime import interrupt_on
 
 from . import accel as accel_mod
 from . import doctor, progress

@@ -14,13 +14,14 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from msixlab_common import jsonlines
 from msixlab_common.lifetime import die_with_parent
 
-from .errors import DeviceControlError, LaunchError, WaitTimeout
+from msixlab_common.deadline import Deadline
+
+from .errors import DeviceControlError, LaunchError
 from .jsonlines import JsonLinesClient
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,17 @@ class DeviceServer:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.PIPE, stderr=err,
                                           preexec_fn=die_with_parent(signal.SIGTERM))
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, "the device server's ready line")
         line = b""
         while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining()
             if self._proc.poll() is not None:
                 raise LaunchError("the device server exited before it was ready", argv=self.argv,
                                   returncode=self._proc.returncode, log=self.stderr_log,
                                   log_tail=self.stderr_log.read_text(errors="replace")[-2000:])
-            if remaining <= 0:
+            if deadline.expired():
                 self.stop()
-                raise WaitTimeout("the device server's ready line", timeout)
+                raise deadline.timeout()
             ready, _, _ = select.select([self._proc.stdout], [], [], min(remaining, 0.2))
             if ready:
                 line += self._proc.stdout.read1(4096)

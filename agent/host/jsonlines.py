@@ -19,7 +19,7 @@ from pathlib import Path
 from msixlab_common import jsonlines
 from msixlab_common.deadline import Deadline
 
-from .errors import HostError, WaitTimeout
+from .errors import HostError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from images.image import Image
-from msixlab_common.deadline import wait_until
+from msixlab_common.deadline import Deadline, wait_until
 
 from . import qemu_view, routing
 from .device_server import DeviceServer
@@ -73,14 +73,14 @@ class Lab:
                                  splats=self.end_on_splat)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
-        deadline = time.monotonic() + boot_timeout
+        deadline = Deadline(boot_timeout, "the guest agent's hello")
         while True:
             try:
                 self.hello = self.agent_client.wait_event("hello", timeout=1)
                 break
             except (WaitTimeout, HostError, OSError):
                 self.guard()
-                if time.monotonic() > deadline:
+                if deadline.expired():
                     self._no_answer(f"the guest agent's hello within {boot_timeout:g} s")
         self.timings["boot_to_agent_s"] = self.machine.elapsed()
         if self.hello.get("device") is None:
