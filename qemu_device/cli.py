@@ -1,8 +1,10 @@
-# Concepts: the command line. `serve` runs the device server and prints one JSON ready
-# line once both sockets listen; `ctl` sends one control request and prints the reply
-# (a table for state, JSON lines for subscribe); `log` prints an event log readably.
-# This is the only module that prints.
-"""qemu-device command line: serve, ctl, log."""
+"""qemu-device command line: serve, ctl, log.
+
+Concepts: the command line. `serve` runs the device server and prints one JSON ready
+line once both sockets listen; `ctl` sends one control request and prints the reply
+(a table for state, JSON lines for subscribe); `log` prints an event log readably.
+This is the only module that prints.
+"""
 
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
-# Concepts: fault injection. A Fault is armed through the control channel and fires on a
-# hook point: the raise path of one vector (or any vector) or the handling of one
-# vfio-user command. Each fault fires `count` times (0 = until cleared), then disarms.
-# Kinds: drop_raise (the raise is counted, then lost: no eventfd write, no PBA bit),
-# delay_raise (delivered or made pending after delay_ms, via the server's timer),
-# errno_reply (the next matching command is answered with that errno, unprocessed), and
-# raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
-# vector is raised inside that window: it must be held and delivered once when its
-# eventfd comes back, e.g. in QEMU's NORESIZE re-enable).
-# A spec is checked field by field (type, range, a real errno, a known command); at most
-# MAX_FAULTS are armed at once and a delay is at most MAX_DELAY_MS.
-"""Fault injection hooks."""
+"""Fault injection hooks.
+
+Concepts: fault injection. A Fault is armed through the control channel and fires on a
+hook point: the raise path of one vector (or any vector) or the handling of one
+vfio-user command. Each fault fires `count` times (0 = until cleared), then disarms.
+Kinds: drop_raise (the raise is counted, then lost: no eventfd write, no PBA bit),
+delay_raise (delivered or made pending after delay_ms, via the server's timer),
+errno_reply (the next matching command is answered with that errno, unprocessed), and
+raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
+vector is raised inside that window: it must be held and delivered once when its
+eventfd comes back, e.g. in QEMU's NORESIZE re-enable).
+A spec is checked field by field (type, range, a real errno, a known command); at most
+MAX_FAULTS are armed at once and a delay is at most MAX_DELAY_MS.
+"""
 
 from __future__ import annotations
 

@@ -69,3 +69,21 @@ def test_every_msixlab_subcommand_and_run_option_is_in_the_readme():
         for option in action.option_strings:
             if option.startswith("--") and option != "--help":
                 assert option in readme, f"msixlab run {option} is not in the README"
+
+
+def test_every_module_says_what_it_owns_in_its_docstring():
+    """pydoc shows a module's docstring, not a comment above it."""
+    import ast
+    root = DOCS.parent
+    missing, commented = [], []
+    for package in ("agent", "qemu_device", "images", "msixlab_common", "bench"):
+        for path in sorted((root / package).rglob("*.py")):
+            text = path.read_text()
+            if not text.strip():
+                continue
+            if not ast.get_docstring(ast.parse(text)):
+                missing.append(str(path.relative_to(root)))
+            if text.startswith("# "):
+                commented.append(str(path.relative_to(root)))
+    assert not missing, f"modules without a docstring: {missing}"
+    assert not commented, f"modules whose concepts sit in a comment above the docstring: {commented}"
