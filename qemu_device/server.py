@@ -204,10 +204,13 @@ class Server:
         heapq.heappush(self._timers, (self.clock() + delay, next(self._seq), fn))
 
     def stop(self) -> None:
+        """Ask the loop to end after the current round (safe from a signal handler)."""
         self._stop = True
 
     # -- loop ---------------------------------------------------------------------------
     def serve_forever(self) -> None:
+        """Run ``run_once`` until ``stop()``: one vfio-user client at a time (the next waits
+        in the backlog), any number of control clients up to the limit."""
         try:
             while not self._stop:
                 self.run_once(None)
