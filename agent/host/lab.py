@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from images.image import Image
-from msixlab_common.deadline import wait_until
+from msixlab_common.deadline import Deadline, wait_until
 
 from . import qemu_view, routing
 from .device_server import DeviceServer
@@ -57,7 +57,7 @@ class Lab:
     def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
                  vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
                  msix_maskable: bool = False, msix_noresize: bool = False,
-                 iommu: bool = False, nics: int = 1):
+                 iommu: bool = False, nics: int = 1, end_on_splat: bool = True):
         self.image, self.flavor, self.dirs = image, flavor, dirs
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
@@ -79,6 +79,7 @@ class Lab:
         self.selected_nic: int | None = 0 if nics == 1 else None
         self.timings: dict[str, float] = {}
         self.sentinel: Sentinel | None = None
+        self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
@@ -96,17 +97,18 @@ class Lab:
         self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
                                  qemu=self.machine.poll, device=self._device_exit,
                                  qemu_log=self.machine.qemu_log,
-                                 device_log=self.device.stderr_log)
+                                 device_log=self.device.stderr_log,
+                                 splats=self.end_on_splat)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
-        deadline = time.monotonic() + boot_timeout
+        deadline = Deadline(boot_timeout, "the guest agent's hello")
         while True:
             try:
                 self.hello = self.agent_client.wait_event("hello", timeout=1)
                 break
             except (WaitTimeout, HostError, OSError):
                 self.guard()
-                if time.monotonic() > deadline:
+                if deadline.expired():
                     self._no_answer(f"the guest agent's hello within {boot_timeout:g} s")
         self.timings["boot_to_agent_s"] = self.machine.elapsed()
         check_hello(self.hello)
