@@ -120,12 +120,21 @@ class Lab:
         for device in self.devices:
             device.control.abort()
 
-    def guard(self) -> None:
-        """Raise the run's ending (a splat, a dead process, a device error), if any."""
-        if self.sentinel is not None:
-            ending = self.sentinel.check()
-            if ending is not None:
-                raise ending
+    def guard(self, grace: float = 0.0) -> None:
+        """Raise the run's ending (a splat, a dead process, a device error), if any.
+        ``grace``: after a socket broke, give the ending that many seconds to show (a
+        killed QEMU resets its sockets before it can be reaped)."""
+        if self.sentinel is None:
+            return
+        ending = self.sentinel.check()
+        if ending is None and grace:
+            try:
+                ending = wait_until(self.sentinel.check, grace, "the run's ending",
+                                    interval=0.05)
+            except WaitTimeout:
+                ending = None
+        if ending is not None:
+            raise ending
 
     def _no_answer(self, what: str) -> None:
         """The guest did not answer: the kernel's failure once it started, else the rig's."""
@@ -136,23 +145,6 @@ class Lab:
                                     console_tail=console)
         raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest never started: no {what}",
                             console_tail=console)
-
-    def _connection_broke(self, cmd: str, err: OSError) -> None:
-        """The agent's socket broke: a QEMU that was killed closes it before it can be
-        reaped, so give the sentinel a moment to see the exit; a break nothing explains
-        is the rig's failure (125), never a bug report of msixlab's own."""
-        self._await_ending(2.0)
-        raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's connection "
-                            f"broke on {cmd!r}: {err}") from err
-
-    def _await_ending(self, timeout: float) -> None:
-        """Raise the run's ending if the sentinel finds one within ``timeout``."""
-        try:
-            wait_until(lambda: self.sentinel is not None and self.sentinel.check() is not None,
-                       timeout, "the sentinel to see why a connection broke")
-        except WaitTimeout:
-            return
-        self.guard()
 
     def stop(self) -> None:
         if self.sentinel is not None:
@@ -193,12 +185,11 @@ class Lab:
         try:
             reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
         except (WaitTimeout, HostError, OSError) as err:
-            self.guard()
+            self.guard(grace=0 if isinstance(err, WaitTimeout) else 2.0)
             if isinstance(err, WaitTimeout):
                 self._no_answer(f"answer to {cmd!r} within {timeout:g} s")
-            if isinstance(err, OSError):
-                self._connection_broke(cmd, err)
-            raise
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's channel broke "
+                                f"on {cmd!r}: {err}") from err
         if not reply.get("ok"):
             error = reply.get("error", {})
             if error.get("source") == "driver":
@@ -219,9 +210,7 @@ class Lab:
         except (WaitTimeout, HostError, OSError) as err:
             if isinstance(err, DeviceControlError):
                 raise
-            self.guard()
-            if isinstance(err, OSError):
-                self._await_ending(0.5)    # a killed server's socket breaks before it is reaped
+            self.guard(grace=2.0)
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the device server's control "
                                 f"channel failed on {cmd!r}: {err}") from err
 
@@ -245,7 +234,7 @@ class Lab:
         """Make NIC ``nic`` the one the guest agent's commands use (by its address)."""
         if nic == self.selected_nic:
             return
-        bdf = qemu_view.nic_bdf(self.machine.qmp("query-pci"), f"nic{nic}")
+        bdf = qemu_view.nic_bdf(self.qmp("query-pci"), f"nic{nic}")
         self.agent("select_nic", bdf=bdf)
         self.selected_nic = nic
 
@@ -261,29 +250,42 @@ class Lab:
                                            msix_noresize=self.msix_modes["noresize"])
         old.stop()
         self.device.start()
-        for device in self.extra_devices:
-            device.start()
         self._bars = None
         return old_pid, self.device.pid
 
     def nic_present(self) -> bool:
         try:
-            qemu_view.find_nic_bars(self.machine.qmp("query-pci"))
+            qemu_view.find_nic_bars(self.qmp("query-pci"))
         except HostError:
             return False
         return True
 
     # --- the three views ----------------------------------------------------------------
+    def qmp(self, command: str, **args):
+        """One QMP command, guarded: QEMU failing under it ends the run, classified."""
+        self.guard()
+        try:
+            return self.machine.qmp(command, **args)
+        except Exception as err:          # qemu.qmp raises several kinds as QEMU dies
+            self.guard(grace=2.0)
+            raise CouldNotJudge(Outcome.PROCESS_FAILED,
+                                f"QMP {command!r} failed: {type(err).__name__}: {err}") from err
+
+    def hmp(self, command_line: str) -> str:
+        """One HMP command through QMP, guarded like ``qmp``."""
+        return self.qmp("human-monitor-command", **{"command-line": command_line})
+
     def qemu_table(self, nic: int = 0, msix: dict | None = None) -> dict[int, dict]:
+        """QEMU's copy of NIC ``nic``'s MSI-X table, {index: entry}, read with HMP ``xp``."""
         msix = msix or self.device_command("state")["msix"]
         if nic == 0 and self._bars is None:
-            self._bars = qemu_view.find_nic_bars(self.machine.qmp("query-pci"))
+            self._bars = qemu_view.find_nic_bars(self.qmp("query-pci"))
         if nic and nic not in self._nic_bars:
-            self._nic_bars[nic] = qemu_view.find_nic_bars(self.machine.qmp("query-pci"),
+            self._nic_bars[nic] = qemu_view.find_nic_bars(self.qmp("query-pci"),
                                                           qdev_id=f"nic{nic}")
         bars = self._bars if nic == 0 else self._nic_bars[nic]
         base = bars[msix["table_bar"]] + msix["table_offset"]
-        return qemu_view.read_table(self.machine, base, msix["table_size"])
+        return qemu_view.read_table(self, base, msix["table_size"])
 
     def snapshot(self, nic: int = 0) -> routing.Snapshot:
         """The three views of every vector of NIC ``nic`` (the guest agent's commands go
@@ -301,8 +303,8 @@ class Lab:
                    and r.decoded.format is routing.MsiFormat.REMAPPABLE}
         if not handles:
             return snap
-        irta = qemu_view.read_irta(self.machine)
-        irtes = {handle: qemu_view.read_irte(self.machine, irta, handle) for handle in handles}
+        irta = qemu_view.read_irta(self)
+        irtes = {handle: qemu_view.read_irte(self, irta, handle) for handle in handles}
         return routing.resolve_remapped(snap, irtes, self.apic_map, irta["x2apic"])
 
     def save(self, name: str, content: str) -> Path:

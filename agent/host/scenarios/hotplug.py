@@ -82,7 +82,7 @@ class Hotplug(Scenario):
     def step_unplug(self) -> Snapshot:
         snap = self.snapshot()
         live = len(self.ledger.live())
-        self.lab.machine.qmp("device_del", id="nic0")
+        self.lab.qmp("device_del", id="nic0")
         try:
             self.lab.wait_until(lambda: not self.lab.nic_present(), UNPLUG_TIMEOUT_S,
                                 "QEMU to remove nic0 after device_del")
@@ -113,7 +113,7 @@ class Hotplug(Scenario):
         old_pid, new_pid = self.lab.restart_device_server()
         self._add(_result("device_server_restarted", [] if new_pid and new_pid != old_pid
                           else [f"pid {old_pid} -> {new_pid}"], old=old_pid, new=new_pid))
-        self.lab.machine.qmp("device_add", driver="vfio-user-pci", id="nic0", bus="rp0",
+        self.lab.qmp("device_add", driver="vfio-user-pci", id="nic0", bus="rp0",
                              socket={"type": "unix", "path": str(self.lab.device.socket_path)})
         info = self.lab.agent("await_device", present=True, timeout_s=int(UNPLUG_TIMEOUT_S),
                               timeout=UNPLUG_TIMEOUT_S + 10)
