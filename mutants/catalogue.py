@@ -8,7 +8,9 @@ Concepts owned here:
   plant, and its *expected set*: check names (as in ``scenario.PLAN``) or run outcomes
   (``outcome.Outcome`` values such as ``kernel_splat``).  The main job run against the
   mutated copy kills the mutant only if it exits 1 and its verdict names at least one
-  member of the expected set (a failed check, or the outcome itself).
+  member of the expected set (a failed check, or the outcome itself).  A mutant killed
+  by its outcome names the splat it causes (``splat``, a regular expression the
+  verdict's first console line must match), so an unrelated crash cannot kill it.
 - Kinds: ``bug`` plants a bug in the device model or the guest driver; ``unjudged``
   makes a host check stop running (the "declared but not judged" rule must catch it);
   ``weakened`` loosens one host check *and* plants the bug it guards, so the verdict
@@ -41,14 +43,16 @@ class Mutant:
     description: str            # the bug it plants, one line
     expected: frozenset[str]    # check names or outcomes; one must be in the verdict
     edits: tuple[Edit, ...]
+    splat: str | None = None    # the console line an expected kernel_splat must match
 
     @property
     def paths(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(e.path for e in self.edits))
 
 
-def _m(name: str, kind: str, description: str, expected: set[str], *edits: Edit) -> Mutant:
-    return Mutant(name, kind, description, frozenset(expected), tuple(edits))
+def _m(name: str, kind: str, description: str, expected: set[str], *edits: Edit,
+       splat: str | None = None) -> Mutant:
+    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat)
 
 
 MSIX = f"{DEVICE}/msix.py"
@@ -191,7 +195,8 @@ KMOD_MUTANTS = (
        "freeing a vector calls free_irq() twice (the kernel WARNs)",
        {"kernel_splat"},
        Edit(GROUP, "\tfree_irq(vec->map.virq, vec);\n",
-            "\tfree_irq(vec->map.virq, vec);\n\tfree_irq(vec->map.virq, vec);\n")),
+            "\tfree_irq(vec->map.virq, vec);\n\tfree_irq(vec->map.virq, vec);\n"),
+       splat=r"__free_irq|already-free IRQ"),
 )
 
 HOST_MUTANTS = (

@@ -134,6 +134,9 @@ def judge(mutant: Mutant, exit_code: int | None, verdict: dict | None) -> Mutant
         out.outcome, out.summary = verdict.get("outcome"), verdict.get("summary", "")
         out.failed = list(verdict.get("failed", []))
     named = {check_name(label) for label in out.failed} | ({out.outcome} - {None})
+    line = str(((verdict or {}).get("evidence") or {}).get("line", ""))
+    if mutant.splat and out.outcome == "kernel_splat" and not re.search(mutant.splat, line):
+        named.discard("kernel_splat")       # a crash, but not the one this mutant causes
     out.matched = sorted(named & mutant.expected)
     out.killed = exit_code == 1 and bool(out.matched)
     return out

@@ -31,6 +31,8 @@ def test_every_mutant_says_what_it_plants_and_what_catches_it(mutant):
     outcomes = {str(o) for o in Outcome if o.exit_code == 1}
     unknown = mutant.expected - DECLARED - outcomes
     assert not unknown, f"{mutant.name} expects checks nobody declares: {sorted(unknown)}"
+    if "kernel_splat" in mutant.expected:
+        assert mutant.splat, "an expected splat names the console line it must match"
     if mutant.kind == "weakened":
         host = [e for e in mutant.edits if e.path.startswith("agent/host/")]
         assert host and len(host) < len(mutant.edits), "a weakened check plus the bug it guards"
@@ -81,6 +83,11 @@ def test_a_kill_needs_exit_1_and_an_expected_check_or_outcome():
     assert not run.judge(m, 1, other).killed
     assert run.judge(m, 1, {"outcome": "kernel_splat", "failed": []}).killed
     assert not run.judge(m, 1, None).killed
+    splat = Mutant("s", "bug", "x", frozenset({"kernel_splat"}), (), splat=r"__free_irq")
+    assert run.judge(splat, 1, {"outcome": "kernel_splat", "evidence": {
+        "line": "WARNING: kernel/irq/manage.c:1958 at __free_irq+0x1/0x2"}}).killed
+    assert not run.judge(splat, 1, {"outcome": "kernel_splat", "evidence": {
+        "line": "Kernel panic - not syncing: IO-APIC + timer doesn't work!"}}).killed
     assert run.check_name("final/kernel_irq_view_agrees[12]") == "kernel_irq_view_agrees"
     assert run.check_name("exhausted_with_enospc") == "exhausted_with_enospc"
 
