@@ -269,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"baseline passed in {base.seconds:.1f} s")
 
     def one(mutant: Mutant) -> MutantResult:
-        out = run_one(mutant, files, artifacts, python, args.timeout, args.keep)
+        try:
+            out = run_one(mutant, files, artifacts, python, args.timeout, args.keep)
+        except (CatalogueRot, OSError) as err:     # the tree changed under the suite
+            out = judge(mutant, None, None)
+            out.summary = f"not run: {err}"
         console.print(f"{'[green]killed[/]' if out.killed else '[red]SURVIVED[/]'} "
                       f"{out.name}: exit {out.exit_code}, {out.outcome}, "
                       f"{out.first_failed or out.summary[:80]} ({out.seconds:.1f} s)")
