@@ -25,18 +25,26 @@ image: setup
 run: image
 	$(MSIXLAB) run
 
+# Guest tests run on this many pytest-xdist workers, each with its own guests
+# (docs/writing-tests.md: memory per guest); --dist loadscope keeps a module's tests,
+# which share a module-scoped lab, on one worker.
+GUEST_JOBS ?= 2
+GUEST_PYTEST = $(PYTEST) -ra -n $(GUEST_JOBS) --dist loadscope -m guest guest_tests
+
 # All tests: host-only unit tests, then the ones that boot the real guest.
 test: image
-	$(PYTEST) -ra
+	$(PYTEST) -ra tests
+	$(GUEST_PYTEST)
 
 unit: setup
 	$(PYTEST) -ra tests
 
 guest-test: image
-	$(PYTEST) -ra -m guest guest_tests
+	$(GUEST_PYTEST)
 
-bench: setup
+bench: image
 	$(PY) -m bench
+	$(PY) -m bench.verdict
 
 # The mutation suite (docs/mutate.md): every planted bug must make the main job exit 1
 # naming an expected check.  About 35 minutes under load, so not part of `make test`

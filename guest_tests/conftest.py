@@ -1,10 +1,13 @@
-"""Fixtures for tests that boot the real guest with the image's QEMU."""
+"""Fixtures for tests that boot the real guest with the image's QEMU.
+
+The lab fixtures (``msixlab_lab``, ``msixlab_guest``, ``msixlab_device``, ``msixlab_qemu``,
+``msixlab_image``) come from msixlab's pytest plugin (agent/host/pytest_plugin.py,
+docs/writing-tests.md); ``image`` is kept as the name these tests have always used.
+"""
 
 from __future__ import annotations
 
 import pytest
-
-from images.build import ensure_image
 
 
 def pytest_collection_modifyitems(items):
@@ -14,5 +17,5 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def image():
-    return ensure_image()
+def image(msixlab_image):
+    return msixlab_image

@@ -11,18 +11,13 @@ import pytest
 
 from agent.host.errors import EXIT_FAIL, EXIT_PASS
 from agent.host.lab import Lab
-from agent.host.report import judge_exit
+from agent.host.main_job import judge
 from agent.host.routing import Verdict
-from agent.host.scenario import Scenario
+from agent.host.scenario import PLAN, Scenario
 from agent.host.session import PROJECT_DIR, RunDirs
 from images import recipe
 
-EVERY_CHECK = {
-    "cached_msg_matches_table", "destination_matches_affinity", "raise_counted_once_on_cpu",
-    "doorbell_raise_counted_once_on_cpu", "freed_entry_masked_and_cleared",
-    "pending_delivered_after_alloc", "freed_index_reused", "freed_raise_delivered_once_on_reuse",
-    "affinity_honoured", "kernel_irq_view_agrees",
-}
+EVERY_CHECK = {name for _, names in PLAN for name in names}
 
 
 @pytest.mark.parametrize("flavor", sorted(recipe.FLAVORS))
@@ -31,13 +26,17 @@ def test_msixlab_run_passes_and_writes_routing_json(image, flavor, tmp_path):
                            "--results", str(tmp_path)],
                           cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
     assert done.returncode == EXIT_PASS, done.stderr[-4000:]
-    assert "MSI-X routing" in done.stderr and "all" in done.stderr
+    assert "MSI-X routing" in done.stderr and "exit 0 (pass)" in done.stderr
     (run_dir,) = tmp_path.iterdir()
     doc = json.loads((run_dir / "routing.json").read_text())
     assert doc["metadata"]["kernel"] == image.kernel(flavor).version
-    names = {c["name"] for r in doc["records"] for c in r["checks"]}
-    assert names == EVERY_CHECK
-    assert all(c["verdict"] == "pass" for r in doc["records"] for c in r["checks"])
+    assert doc["verdict"]["outcome"] == "pass" and doc["verdict"]["exit_code"] == 0
+    assert doc["verdict"]["counts"]["not_judged"] == 0
+    judged = {(r["step"], r["name"]) for r in doc["results"]}
+    assert judged == {(step, name) for step, names in PLAN for name in names}
+    assert {r["name"] for r in doc["results"]} == EVERY_CHECK
+    assert all(r["verdict"] == "pass" for r in doc["results"])
+    assert [s["step"] for s in doc["metadata"]["steps"]] == [step for step, _ in PLAN]
     groups = doc["metadata"]["groups"]
     assert groups["C"]["indices"] == [60, 61, 62]          # the explicit-index group
     assert groups["E"]["indices"] == groups["B"]["indices"]  # index reuse
@@ -49,10 +48,15 @@ def test_msixlab_run_passes_and_writes_routing_json(image, flavor, tmp_path):
 def test_dropped_raise_is_a_failed_check_not_a_crash(image, tmp_path):
     with RunDirs.create(tmp_path) as dirs, Lab(image, "default", dirs) as lab:
         lab.device.command("fault", kind="drop_raise", vector=1, count=1)
-        final = Scenario(lab).run()
-    status = judge_exit(final.results())
-    assert status.code == EXIT_FAIL
-    assert status.failed == ("raise_counted_once_on_cpu[1]",)
-    (failure,) = [r for r in final.results() if r.verdict is Verdict.FAIL]
+        scenario = Scenario(lab)
+        scenario.run()
+    verdict = judge(scenario, [])
+    assert verdict.exit_code == EXIT_FAIL and scenario.stopped_at == "raise-device"
+    failed = set(verdict.failed)
+    assert "raise-device/raise_counted_once_on_cpu[1]" in failed
+    assert "raise-device/counts_match_raises[1]" in failed
+    assert all("[1]" in name for name in failed), failed     # nothing else was blamed
+    (failure,) = [r for r in scenario.results if r.verdict is Verdict.FAIL
+                  and r.name == "raise_counted_once_on_cpu"]
     assert failure.evidence["device_deltas"] == {"raised": 1, "delivered": 0}
     assert failure.evidence["count_deltas"] == {}

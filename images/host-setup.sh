@@ -4,7 +4,8 @@
 # work at all.
 set -eu
 need=""
-for pkg in mmdebstrap make gcc cpio python3-venv; do
+# chromium renders report.html in the tests (headless); nothing else uses it
+for pkg in mmdebstrap make gcc cpio python3-venv chromium; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
 		need="$need $pkg"
 done

@@ -46,3 +46,17 @@ def test_write_to_a_missing_driver_names_the_file(tmp_path):
 def test_module_path_comes_from_the_kernel_command_line(root, cmdline, path):
     (root / "proc" / "cmdline").write_text(cmdline)
     assert binding.module_path(str(root)) == path
+
+
+@pytest.mark.parametrize("value,expected", [("Y\n", True), ("N\n", False), (None, False)])
+def test_fault_injection_reads_the_module_parameter(root, value, expected):
+    if value is not None:
+        param = root / binding.FAULT_INJECTION
+        param.parent.mkdir(parents=True)
+        param.write_text(value)
+    assert binding.fault_injection(str(root)) is expected
+
+
+def test_wait_devices_returns_the_devices_once_present(root):
+    (root / "dev" / "msixlab3").touch()
+    assert binding.wait_devices(True, str(root), timeout=0.05) == [str(root / "dev/msixlab3")]

@@ -156,6 +156,8 @@ def test_commands_without_arguments_reject_any(session):
     ("info", {}), ("alloc_group", {"min": 1, "max": 1}), ("free_group", {"group": 1}),
     ("list_groups", {}), ("routing", {}), ("raise", {"index": 0}), ("read_pba", {}),
     ("read_entry", {"index": 0}), ("vector", {"index": 0}),
+    ("function_mask", {"masked": True}), ("set_affinity", {"index": 0, "cpus": [0]}),
+    ("msi_irqs", {}), ("crash", {"kind": "warn"}),
 ])
 def test_driver_commands_fail_with_enodev_naming_why(session, cmd, args):
     err = error_of(request(session, {"id": 1, "cmd": cmd, "args": args}))
@@ -167,6 +169,26 @@ def test_hello_without_device(agent):
     hello = agent.hello()
     assert hello["event"] == "hello" and hello["device"] is None
     assert hello["kernel"] and hello["device_error"]["code"] == "ENODEV"
+    assert hello["dyn_alloc"] is None                 # nothing to ask: cannot tell
+
+
+@pytest.mark.parametrize("cmd, args, argument, needle", [
+    ("crash", {"kind": "boom"}, "kind", "warn, oops, panic"),
+    ("crash", {"kind": 1}, "kind", "must be str"),
+    ("crash", {"kind": "oops", "delay_ms": 100}, "delay_ms", "'panic' only"),
+    ("crash", {"kind": "panic", "delay_ms": 10001}, "delay_ms", "<= 10000"),
+    ("set_affinity", {"index": 0, "cpus": []}, "cpus", "non-empty list"),
+    ("set_affinity", {"index": 0, "cpus": [0, -1]}, "cpus", "CPU numbers"),
+    ("set_affinity", {"index": 0, "cpus": [False]}, "cpus", "CPU numbers"),
+    ("set_affinity", {"index": 0, "cpus": "0-1"}, "cpus", "must be list"),
+    ("function_mask", {"masked": 1}, "masked", "must be bool"),
+    ("reload_module", {"fault_injection": "yes"}, "fault_injection", "must be bool"),
+])
+def test_new_commands_validate_before_needing_the_driver(session, cmd, args, argument,
+                                                         needle):
+    err = error_of(request(session, {"id": 1, "cmd": cmd, "args": args}))
+    assert (err["code"], err["source"], err["argument"]) == ("EINVAL", "request", argument)
+    assert needle in err["message"]
 
 
 def test_interrupts_reads_the_root(agent, session, tmp_path):

@@ -151,3 +151,37 @@ def test_run_tool_missing_program():
 def test_run_tool_output():
     out = sysview.run_tool(["printf", "a\\nb"])
     assert out["returncode"] == 0 and out["stdout"] == "a\nb"
+
+
+def test_msi_irqs_lists_the_directory_by_irq(irq_tree):
+    msi = irq_tree / "sys/bus/pci/devices/0000:00:04.0/msi_irqs"
+    (msi / "120").write_text("msix\n")
+    (msi / "7").write_text("msi\n")
+    out = sysview.msi_irqs("0000:00:04.0", str(irq_tree))
+    assert out == {"bdf": "0000:00:04.0", "irqs": [{"irq": 7, "mode": "msi"},
+                                                  {"irq": 36, "mode": "msix"},
+                                                  {"irq": 120, "mode": "msix"}]}
+
+
+def test_msi_irqs_without_msi_is_empty_and_an_unknown_device_is_enoent(irq_tree):
+    device = irq_tree / "sys/bus/pci/devices/0000:00:04.0"
+    for entry in (device / "msi_irqs").iterdir():
+        entry.unlink()
+    (device / "msi_irqs").rmdir()                  # the kernel removes it with MSI-X off
+    assert sysview.msi_irqs("0000:00:04.0", str(irq_tree))["irqs"] == []
+    with pytest.raises(GuestError) as err:
+        sysview.msi_irqs("0000:00:05.0", str(irq_tree))
+    assert err.value.errno == errno.ENOENT and "0000:00:05.0" in err.value.message
+
+
+def test_write_affinity_writes_a_cpu_list(irq_tree):
+    sysview.write_affinity(36, [0, 2, 5], str(irq_tree))
+    assert (irq_tree / "proc/irq/36/smp_affinity_list").read_text() == "0,2,5\n"
+
+
+def test_write_affinity_names_the_file_and_the_argument(irq_tree):
+    with pytest.raises(GuestError) as err:
+        sysview.write_affinity(99, [1], str(irq_tree))
+    assert err.value.errno == errno.ENOENT
+    assert "proc/irq/99/smp_affinity_list" in err.value.message
+    assert err.value.fields["argument"] == "cpus"

@@ -51,3 +51,11 @@ def test_driver_error_names_call_args_and_errno():
     assert "alloc_group(min=3, start=60)" in str(err) and "EBUSY" in str(err)
     assert classify(err)[1] == {"call": "alloc_group", "args": {"min": 3, "start": 60},
                                 "errno": 16, "code": "EBUSY"}
+
+
+def test_a_driver_error_is_also_a_guest_agent_error_for_callers_expecting_it():
+    from agent.host.errors import GuestAgentError
+    err = DriverCallFailed("free_group", {"group": 9}, 2, "ENOENT", "no such group")
+    assert isinstance(err, GuestAgentError) and err.code == "ENOENT" and err.errno == 2
+    assert err.error["source"] == "driver" and err.cmd == "free_group"
+    assert err.exit_code == 1 and classify(err)[0] is Outcome.DRIVER_ERROR

@@ -25,10 +25,10 @@ from images.build import ensure_image, manifest
 from images.cache import cache_dir, clean
 
 from . import accel as accel_mod
-from . import doctor
-from .scenario import MIN_TABLE
+from . import doctor, progress
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .outcome import Outcome, RunVerdict
+from .scenario import MIN_TABLE
 
 # Wide enough for the routing table when the output is a log file rather than a terminal.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -71,8 +71,9 @@ def cmd_boot(args) -> int:
     choice = accel_mod.choose(args.accel, image, args.flavor)
     results = []
     for i in range(args.count):
-        result = boot_ready(image, args.flavor, accel=choice.accel, timeout=args.timeout,
-                            results_root=Path(args.results))
+        with progress.phase(console, f"boot {i + 1}/{args.count}: {args.flavor} kernel"):
+            result = boot_ready(image, args.flavor, accel=choice.accel, timeout=args.timeout,
+                                results_root=Path(args.results))
         results.append(result)
         console.print(f"boot {i + 1}/{args.count}: {result.kernel} ready in "
                       f"{result.ready_seconds:.2f} s wall (guest uptime {result.guest_uptime:.2f} s), "
@@ -104,7 +105,21 @@ def cmd_shell(args) -> int:
 
 def cmd_run(args) -> int:
     from .main_job import run_main_job
-    return run_main_job(args, console)
+    if args.repeat > 1 and not args.dry_run:
+        from .repeat import run_repeated
+        return run_repeated(args, console, run_main_job)
+    with progress.phase(console, "msixlab run"):
+        return run_main_job(args, console)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 MAX_VECTORS = 2048     # the MSI-X table size limit (PCI spec)
@@ -207,6 +222,9 @@ def parser() -> argparse.ArgumentParser:
                    help="arm a fault on the device before the scenario, e.g. "
                         "drop_raise:vector=1 or errno_reply:command=SET_IRQS (repeatable; "
                         "reported in the verdict; see docs/device.md)")
+    p.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                   help="run the main job N times to detect flaky results; exit with the "
+                        "worst (1, then 125, then 0)")
     p.set_defaults(func=cmd_run)
     return top
 

@@ -36,8 +36,9 @@ SPLATS: tuple[tuple[str, str], ...] = (
     ("lockdep", r"WARNING: (?:possible (?:circular|recursive) locking|inconsistent lock state"
                 r"|suspicious RCU usage|bad unlock balance|lock held when returning"
                 r"|possible irq lock inversion|held lock freed)"),
-    # 6.x: "WARNING: CPU: 1 PID: 140 at file.c:38 f+0x1/0x2"; 7.x: "WARNING: file.c:38 at f+0x1/0x2"
-    ("WARN", r"WARNING: (?:CPU: \d+ PID: \d+ at |[\w./-]+:\d+ at |at )"),
+    # 6.12: "WARNING: CPU: 1 PID: 180 at file.c:38 f+0x15/0x20"; 7.3 puts the place first:
+    # "WARNING: file.c:38 at f+0xc/0x20 [mod], CPU#0: python3/138"
+    ("WARN", r"WARNING: (?:CPU: \d+ PID: \d+ at |at |\S+:\d+ at \S)"),
     ("hung task", r"INFO: task .{1,64} blocked for more than \d+ seconds"),
 )
 _TIMESTAMPED = re.compile(_STAMP + "(?:" + "|".join(f"(?P<k{i}>{p})" for i, (_, p) in

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 class Lab:
     def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
                  vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
-                 msix_maskable: bool = False, msix_noresize: bool = False):
+                 msix_maskable: bool = False, msix_noresize: bool = False,
+                 end_on_splat: bool = True):
         self.image, self.flavor, self.dirs = image, flavor, dirs
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
@@ -52,6 +53,7 @@ class Lab:
         self._bars: dict[int, int] | None = None
         self.timings: dict[str, float] = {}
         self.sentinel: Sentinel | None = None
+        self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
@@ -67,7 +69,8 @@ class Lab:
         self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
                                  qemu=self.machine.poll, device=self.device.poll,
                                  qemu_log=self.machine.qemu_log,
-                                 device_log=self.device.stderr_log)
+                                 device_log=self.device.stderr_log,
+                                 splats=self.end_on_splat)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
         deadline = time.monotonic() + boot_timeout
@@ -118,11 +121,13 @@ class Lab:
             self.sentinel.stop()
         try:
             if self.machine is not None and self.machine.is_running():
+                grace = 10.0
                 try:
                     self.agent("shutdown", timeout=5)
-                except Exception as err:   # the guest may already be gone
+                except Exception as err:   # the guest is gone or wedged: do not wait for it
                     log.info("agent shutdown: %s", err)
-                self.machine.shutdown(grace=20)
+                    grace = 0.0
+                self.machine.shutdown(grace=grace)
             elif self.machine is not None:
                 self.machine.shutdown(grace=0)
         finally:

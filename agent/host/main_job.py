@@ -34,6 +34,7 @@ from .lab import Lab
 from .outcome import Outcome, RunVerdict
 from .qemu_argv import build_argv
 from .report import render, write_routing_json
+from .results import write_all as write_result_files
 from .routing import Snapshot, Verdict
 from .scenario import PLAN, Scenario
 from .session import PROJECT_DIR, RunDirs, guest_spec
@@ -197,8 +198,9 @@ def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapsho
     try:
         write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
                            verdict=verdict, results=scenario.results)
-    except OSError as err:
-        console.print(f"[red]could not write routing.json ({err.strerror or err}); the verdict "
-                      f"above stands[/]")
+        write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
+    except (OSError, MsixlabError) as err:
+        console.print(f"[red]could not write the results ({err}); the verdict above "
+                      f"stands[/]")
     console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
     return verdict.exit_code

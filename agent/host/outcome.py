@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from images.errors import ImageError
+
 from msixlab_common.errors import MsixlabError, WaitTimeout
+
+from .errors import GuestAgentError
 
 EXIT_PASS, EXIT_FAIL, EXIT_INFRA = 0, 1, 125
 
@@ -89,7 +92,7 @@ class KernelMisbehaved(MsixlabError):
     exit_code = EXIT_FAIL
 
     def __init__(self, message: str, **evidence: Any):
-        super().__init__(message)
+        Exception.__init__(self, message)    # not the next class in a mixed-in MRO
         self.evidence = evidence
 
 
@@ -104,17 +107,23 @@ class KernelSplat(KernelMisbehaved):
         self.line, self.kind = line, kind
 
 
-class DriverCallFailed(KernelMisbehaved):
-    """The guest driver answered a call the scenario needs with an error."""
+class DriverCallFailed(KernelMisbehaved, GuestAgentError):
+    """The guest driver answered a call the scenario needs with an error.  It is also a
+    ``GuestAgentError`` (``cmd``, ``error``, ``errno``, ``code``) for callers that expect
+    the error and catch it."""
 
     outcome = Outcome.DRIVER_ERROR
+    exit_code = EXIT_FAIL
 
     def __init__(self, call: str, args: Mapping[str, Any], errno: int | None, code: str | None,
                  message: str = ""):
-        super().__init__(f"the guest driver failed {call}({_args(args)}) with {code or errno}"
-                         + (f": {message}" if message else ""),
-                         call=call, args=dict(args), errno=errno, code=code)
+        KernelMisbehaved.__init__(
+            self, f"the guest driver failed {call}({_args(args)}) with {code or errno}"
+            + (f": {message}" if message else ""),
+            call=call, args=dict(args), errno=errno, code=code)
         self.call, self.call_args, self.errno, self.code = call, dict(args), errno, code
+        self.cmd = call
+        self.error = {"errno": errno, "code": code, "message": message, "source": "driver"}
 
 
 class GuestUnresponsive(KernelMisbehaved):

@@ -53,9 +53,8 @@ class GuestSpec:
 def kernel_cmdline(spec: GuestSpec) -> str:
     # loglevel=5: messages up to KERN_WARNING reach the console, so a WARN's "WARNING:"
     # line (KERN_WARNING) is there for the console watcher, not only in dmesg.
-    # no_timer_check: under TCG on a loaded host the boot-time IO-APIC timer check can
-    # miss its ticks and panic ("IO-APIC + timer doesn't work!") before anything msixlab
-    # tests has run; that panic is the emulation's slowness, not the kernel under test.
+    # no_timer_check: on a loaded host a TCG guest can fail the IO-APIC timer check and
+    # panic at boot ("IO-APIC + timer doesn't work!"): the host's load, not the kernel.
     words = ["console=ttyS0", "panic=-1", "loglevel=5", "no_timer_check", "rdinit=/init",
              f"msixlab.mode={spec.mode}"]
     if spec.kmod:

@@ -74,8 +74,10 @@ class Sentinel:
     callables returning their exit code or None while they run."""
 
     def __init__(self, console: Path, events: Path, *, qemu: Callable[[], int | None],
-                 device: Callable[[], int | None], qemu_log: Path, device_log: Path):
+                 device: Callable[[], int | None], qemu_log: Path, device_log: Path,
+                 splats: bool = True):
         self.console = ConsoleWatch(console)
+        self.splats = splats          # False: a kernel report does not end the run
         self.events = EventLogTail(events)
         self._qemu, self._device = qemu, device
         self._qemu_log, self._device_log = qemu_log, device_log
@@ -99,7 +101,7 @@ class Sentinel:
 
     def _look(self) -> Exception | None:
         splat = self.console.poll()
-        if splat is not None:
+        if splat is not None and self.splats:
             return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
         device = self._device()
         if device is not None:
@@ -121,7 +123,7 @@ class Sentinel:
 
     def _qemu_ended(self, code: int) -> Exception:
         splat = self.console.finish()
-        if splat is not None:
+        if splat is not None:             # QEMU gone: the report explains why, always
             return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
         how = describe_exit(code)
         if code == 0 and self.console.kernel_started:

@@ -231,7 +231,10 @@ static int msixlab_grp_check(struct msixlab_dev *ml,
 	return 0;
 }
 
-/* Take up to req->max vectors into grp; stop at the first failure. */
+/*
+ * Take up to req->max vectors into grp; stop at the first failure.  At least
+ * min is a success, except after EIO (a wrong index from the kernel).
+ */
 static int msixlab_grp_fill(struct msixlab_dev *ml, struct msixlab_grp *grp,
 			    const struct irq_affinity_desc *affd)
 {
@@ -252,6 +255,8 @@ static int msixlab_grp_fill(struct msixlab_dev *ml, struct msixlab_grp *grp,
 		if (ret)
 			break;
 	}
+	if (ret == -EIO)
+		return ret;	/* the kernel misbehaved: never a partial success */
 	if (grp->count >= grp->min)
 		return 0;
 	return ret ? ret : -ENOSPC;
