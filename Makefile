@@ -47,7 +47,7 @@ bench: image
 	$(PY) -m bench.verdict
 
 # The mutation suite (docs/mutate.md): every planted bug must make the main job exit 1
-# naming an expected check.  About 35 minutes under load, so not part of `make test`
+# naming an expected check.  About 25 minutes (loaded 2-core host), so not in `make test`
 # (which runs the catalogue's own unit test).  MUTANTS='kmod-*' selects by name or glob.
 mutate: image
 	$(PY) -m mutants.run $(MUTANTS)
