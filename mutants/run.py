@@ -14,6 +14,9 @@ Concepts owned here:
   failure that names none of the expected checks, is a survivor.
 - A *baseline* run of the unmutated copy comes first: it must pass, else no kill means
   anything.
+- A *retry*: a survivor whose run ended before the guest agent said hello (a guest boot
+  that hung or panicked on the loaded host) is run again (``--retries``, default once);
+  a kill is never retried.
 Results: a table on the terminal, the kill rate, and ``results/mutate/<stamp>/``
 (summary.json, and per mutant its log, verdict and console).  Exit 0 when every mutant
 was killed, 1 when one survived, 2 when the catalogue rotted or the baseline failed.
@@ -65,6 +68,8 @@ class MutantResult:
     killed: bool = False
     seconds: float = 0.0
     artifacts: str = ""
+    guest_up: bool = False    # the guest agent said hello (the boot did not hang or panic)
+    attempts: int = 1
 
     @property
     def first_failed(self) -> str:
@@ -117,14 +122,20 @@ def check_name(label: str) -> str:
     return match["name"] if match else label
 
 
-def read_verdict(results: Path) -> dict | None:
+def read_routing(results: Path) -> dict:
+    """The run's routing.json (verdict and metadata), or {} when it wrote none."""
     found = sorted(results.glob("*/routing.json"))
     if not found:
-        return None
+        return {}
     try:
-        return json.loads(found[-1].read_text()).get("verdict")
+        return json.loads(found[-1].read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def guest_was_up(routing: dict) -> bool:
+    """The run's guest agent said hello: the boot neither hung nor panicked."""
+    return "boot_to_agent_s" in ((routing.get("metadata") or {}).get("timings") or {})
 
 
 def judge(mutant: Mutant, exit_code: int | None, verdict: dict | None) -> MutantResult:
@@ -167,7 +178,7 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
             except subprocess.TimeoutExpired:
                 logf.write(f"\nmutate: the main job took longer than {timeout} s\n")
                 exit_code = None
-        verdict = read_verdict(scratch / "results")
+        routing = read_routing(scratch / "results")
         for run_dir in (scratch / "results").glob("*"):
             for keep_name in ("routing.json", "console.log"):
                 if (run_dir / keep_name).is_file():
@@ -179,7 +190,8 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
             shutil.rmtree(scratch, ignore_errors=True)
     if mutant is None:
         mutant = Mutant("baseline", "baseline", "the unmutated tree", frozenset(), ())
-    out = judge(mutant, exit_code, verdict)
+    out = judge(mutant, exit_code, routing.get("verdict"))
+    out.guest_up = guest_was_up(routing)
     out.seconds = round(time.monotonic() - started, 1)
     out.artifacts = str(where)
     return out
@@ -233,9 +245,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the run of the unmutated tree that must pass first")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="runs again a survivor whose run ended before the guest agent "
+                             "was up (a boot that hung on the loaded host), default 1")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.retries < 0:
+        parser.error("--retries must be at least 0")
     return args
 
 
@@ -269,11 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"baseline passed in {base.seconds:.1f} s")
 
     def one(mutant: Mutant) -> MutantResult:
-        try:
-            out = run_one(mutant, files, artifacts, python, args.timeout, args.keep)
-        except (CatalogueRot, OSError) as err:     # the tree changed under the suite
-            out = judge(mutant, None, None)
-            out.summary = f"not run: {err}"
+        for attempt in range(1, args.retries + 2):
+            try:
+                out = run_one(mutant, files, artifacts, python, args.timeout, args.keep)
+            except (CatalogueRot, OSError) as err:     # the tree changed under the suite
+                out = judge(mutant, None, None)
+                out.summary = f"not run: {err}"
+                break
+            out.attempts = attempt
+            if out.killed or out.guest_up or attempt > args.retries:
+                break
+            console.print(f"[yellow]{mutant.name}: the run ended before the guest agent "
+                          f"was up ({out.outcome}: {out.summary[:100]}): running it again[/]")
+            first = artifacts / mutant.name / "run.log"
+            if first.is_file():
+                first.rename(first.with_name(f"run.attempt{attempt}.log"))
         console.print(f"{'[green]killed[/]' if out.killed else '[red]SURVIVED[/]'} "
                       f"{out.name}: exit {out.exit_code}, {out.outcome}, "
                       f"{out.first_failed or out.summary[:80]} ({out.seconds:.1f} s)")

@@ -99,3 +99,9 @@ def test_the_scratch_copy_is_the_working_tree_without_venv_or_results(tmp_path):
     run.copy_project(ROOT, tmp_path, ["agent/kmod/msixlab_group.c"])
     assert (tmp_path / "agent/kmod/msixlab_group.c").read_bytes() == \
         (ROOT / "agent/kmod/msixlab_group.c").read_bytes()
+
+
+def test_only_a_run_whose_guest_never_came_up_is_run_again():
+    assert run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0, "boot_to_agent_s": 9}}})
+    assert not run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0}}})
+    assert not run.guest_was_up({})
