@@ -7,7 +7,7 @@ MSIXLAB := $(VENV)/bin/msixlab
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
 
-.PHONY: setup image run test unit guest-test bench mutate doctor boot kmod clean clean-cache
+.PHONY: setup image run test unit guest-test fuzz bench mutate doctor boot kmod clean clean-cache
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ unit: setup
 
 guest-test: image
 	$(GUEST_PYTEST)
+
+# The project's fuzzer, long: the same properties and state machine that `make test` runs
+# briefly (tests/test_fuzz_*.py), with 50x the examples (MSIXLAB_FUZZ_EXAMPLES=N to choose).
+fuzz: setup
+	MSIXLAB_FUZZ=long $(PYTEST) -q --timeout=0 tests/test_fuzz_codecs.py tests/test_fuzz_server.py
 
 bench: image
 	$(PY) -m bench

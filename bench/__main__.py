@@ -1,9 +1,11 @@
-# Concepts: REGION_READ round-trip latency of the device server, measured with a raw
-# client (pre-packed request, one send and one recv per round trip), against a raw
-# UNIX-socket ping-pong of the same sizes as the floor. Each is run with server and
-# client pinned to one core, and unpinned. Reports median, p99 and messages/s and writes
-# JSON to results/bench/.
-"""python -m bench [--iterations N] [--out DIR]"""
+"""python -m bench [--iterations N] [--out DIR]
+
+Concepts: REGION_READ round-trip latency of the device server, measured with a raw
+client (pre-packed request, one send and one recv per round trip), against a raw
+UNIX-socket ping-pong of the same sizes as the floor. Each is run with server and
+client pinned to one core, and unpinned. Reports median, p99 and messages/s and writes
+JSON to results/bench/.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-# Concepts: the floor for the REGION_READ benchmark: a raw UNIX-socket echo server in
-# Python that answers each 32-byte request with a 36-byte reply, as the device server
-# does for a 4-byte REGION_READ, but with no parsing, no dispatch and no selector.
-"""Ping-pong echo server: python -m bench.pingpong SOCKET."""
+"""Ping-pong echo server: python -m bench.pingpong SOCKET.
+
+Concepts: the floor for the REGION_READ benchmark: a raw UNIX-socket echo server in
+Python that answers each 32-byte request with a 36-byte reply, as the device server
+does for a 4-byte REGION_READ, but with no parsing, no dispatch and no selector.
+"""
 
 import os
 import socket

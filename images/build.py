@@ -14,11 +14,14 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from msixlab_common.lifetime import die_with_parent
 
 from . import recipe
 from .cache import cache_dir, exclusive, images_dir, tree_size
@@ -59,7 +62,8 @@ def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep,
         out.write("$ " + " ".join(argv) + "\n")
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace")
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                    preexec_fn=die_with_parent(signal.SIGTERM))
         except OSError as err:
             raise ImageError(f"cannot start {argv[0]}: {err}", step=step, log=log_path) from err
         fired = threading.Event()

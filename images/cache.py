@@ -13,9 +13,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from msixlab_common.deadline import wait_until
+from msixlab_common.errors import WaitTimeout
 
 from .errors import ImageError
 
@@ -36,16 +38,16 @@ def exclusive(lock_path: Path, *, timeout: float, what: str):
     """Hold an exclusive lock on ``lock_path``, waiting at most ``timeout`` seconds."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
+        def locked() -> bool:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ImageError(f"timed out after {timeout:.0f} s waiting for the lock "
-                                     f"{lock_path} ({what})", step="lock") from None
-                time.sleep(0.5)
+                return False
+        try:
+            wait_until(locked, timeout, f"the lock {lock_path} ({what})", interval=0.5)
+        except WaitTimeout as err:
+            raise ImageError(str(err), step="lock") from err
         try:
             yield
         finally:

@@ -1,8 +1,10 @@
-# Concepts: the command line. `serve` runs the device server and prints one JSON ready
-# line once both sockets listen; `ctl` sends one control request and prints the reply
-# (a table for state, JSON lines for subscribe); `log` prints an event log readably.
-# This is the only module that prints.
-"""qemu-device command line: serve, ctl, log."""
+"""qemu-device command line: serve, ctl, log.
+
+Concepts: the command line. `serve` runs the device server and prints one JSON ready
+line once both sockets listen; `ctl` sends one control request and prints the reply
+(a table for state, JSON lines for subscribe); `log` prints an event log readably.
+This is the only module that prints.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +15,36 @@ import os
 import socket
 import sys
 
+from msixlab_common import jsonlines
+
 from .errors import ConfigurationError
+from .server import Limits
 
 SHARED = "shared"
 
 
 def _int(text: str) -> int:
     return int(text, 0)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"seconds must be in 0..86400, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be in 1..1024, not {value}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -43,6 +68,15 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--msix-noresize", action="store_true",
                    help="advertise VFIO_IRQ_INFO_NORESIZE on MSI-X (QEMU re-enables all "
                         "vectors on every growth)")
+    s.add_argument("--message-timeout", type=_seconds, default=Limits.message_timeout,
+                   metavar="S", help="drop a vfio-user client that takes longer than S s to "
+                   "finish a message it began, or to send VERSION (0: never; default "
+                   "%(default)g; QEMU's own reply timeout is 5 s)")
+    s.add_argument("--idle-timeout", type=_seconds, default=Limits.idle_timeout, metavar="S",
+                   help="drop a vfio-user client that sends nothing for S s (default 0: "
+                   "never, QEMU may idle)")
+    s.add_argument("--max-control-clients", type=_count, default=Limits.max_control_clients,
+                   metavar="N", help="control clients served at once (default %(default)d)")
     s.add_argument("--log-level", default=os.environ.get("QEMU_DEVICE_LOG_LEVEL", "WARNING"))
     c = sub.add_parser("ctl", help="send a control request")
     c.add_argument("--control", required=True, help="control socket path")
@@ -79,7 +113,10 @@ def cmd_serve(args) -> int:
     except ConfigurationError as err:
         print(f"qemu-device: {err}", file=sys.stderr)
         return 2
-    server = Server(device, args.socket, args.control, args.log)
+    _raise_fd_limit()
+    limits = Limits(max_control_clients=args.max_control_clients,
+                    message_timeout=args.message_timeout, idle_timeout=args.idle_timeout)
+    server = Server(device, args.socket, args.control, args.log, limits)
     server.install_signal_handlers()
     server.bind()
     print(json.dumps({"event": "ready", "socket": args.socket, "control": args.control,
@@ -88,46 +125,91 @@ def cmd_serve(args) -> int:
     return 0
 
 
+class UsageError(ValueError):
+    """A `ctl` request that cannot be built from its words."""
+
+
+def _word_int(what: str, word: str) -> int:
+    try:
+        return int(word, 0)
+    except ValueError:
+        raise UsageError(f"{what} must be an integer (decimal or 0x...), not {word!r}") \
+            from None
+
+
+def _raise_fd_limit() -> None:
+    """Let the server use every fd it is allowed (soft RLIMIT_NOFILE up to the hard one,
+    at most 65536): each DMA map with an fd holds one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as err:
+            logging.getLogger(__name__).info("cannot raise RLIMIT_NOFILE: %s", err)
+
+
 def _parse_request(words: list[str]) -> dict:
+    """The control request that ``qemu-device ctl WORDS`` sends; UsageError if the words
+    do not make one."""
     cmd, rest = words[0], words[1:]
     req: dict = {"id": 1, "cmd": cmd}
     if cmd == "raise":
-        req["vectors"] = [_int(w) for w in rest]
+        if not rest:
+            raise UsageError("raise needs at least one vector: raise V [V...]")
+        req["vectors"] = [_word_int("a vector", w) for w in rest]
     elif cmd == "subscribe" and rest:
         req["events"] = rest
     elif cmd == "fault":
-        req["kind"] = rest[0] if rest else ""
+        if not rest:
+            raise UsageError("fault needs a kind: fault KIND [key=value...]")
+        req["kind"] = rest[0]
         for kv in rest[1:]:
-            k, _, v = kv.partition("=")
+            k, eq, v = kv.partition("=")
+            if not eq or not k:
+                raise UsageError(f"fault fields are key=value, not {kv!r}")
             try:
-                req[k] = _int(v)
+                req[k] = int(v, 0)
             except ValueError:
                 req[k] = v
     elif cmd == "clear_faults" and rest:
-        req["fault"] = _int(rest[0])
+        if len(rest) > 1:
+            raise UsageError("clear_faults takes at most one fault id")
+        req["fault"] = _word_int("a fault id", rest[0])
+    elif rest:
+        raise UsageError(f"{cmd} takes no arguments, got {' '.join(rest)!r}")
     return req
 
 
 def cmd_ctl(args) -> int:
-    req = _parse_request(args.request)
+    try:
+        req = _parse_request(args.request)
+    except UsageError as err:
+        print(f"qemu-device ctl: {err}", file=sys.stderr)
+        return 2
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(args.timeout)
         s.connect(args.control)
-        s.sendall(json.dumps(req).encode() + b"\n")
+        s.sendall(jsonlines.dumps(req))
         f = s.makefile("rb")
         if req["cmd"] == "subscribe":
             s.settimeout(None)
             try:
                 for line in f:
-                    print(line.decode().rstrip(), flush=True)
+                    print(line.decode(errors="replace").rstrip(), flush=True)
             except KeyboardInterrupt:
                 pass
             return 0
-        line = f.readline()
+        line = f.readline(1 << 24)
     if not line:
         print("qemu-device: no reply", file=sys.stderr)
         return 1
-    reply = json.loads(line)
+    try:
+        reply = jsonlines.loads_object(line, max_depth=64)
+    except jsonlines.JsonLinesError as err:
+        print(f"qemu-device: the server's reply is not JSON we accept: {err}", file=sys.stderr)
+        return 1
     if args.json or not reply.get("ok") or req["cmd"] != "state":
         print(json.dumps(reply, indent=None if args.json else 2))
     else:
@@ -178,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ConfigurationError) as err:
         print(f"qemu-device: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
-# Concepts: the sans-I/O vfio-user connection (server side). receive_data(bytes, fds)
-# frames the byte stream into events: a Request (header validated, whole payload, its fds)
-# or a BadMessage (the header broke a rule; the payload is drained, never parsed). No
-# sockets here. fds go to the message holding the last byte of the chunk they came with:
-# Linux stops a unix-stream recvmsg right after the skb that carries fds, and QEMU sends
-# each message in one sendmsg, so that is the message the fds were sent with.
-# The connection state is an enum plus one transition table; reply() and reply_error()
-# are the only places that build replies, and they never answer a NO_REPLY message.
-"""Sans-I/O vfio-user server connection: framing, header validation, state, replies."""
+"""Sans-I/O vfio-user server connection: framing, header validation, state, replies.
+
+Concepts: the sans-I/O vfio-user connection (server side).  ``receive_data(bytes, fds)``
+frames the byte stream into events: a ``Request`` (header validated, whole payload, its
+fds) or a ``BadMessage`` (the header broke a rule; the payload is drained, never parsed).
+No sockets and no clock here.  fds go to the message holding the last byte of the chunk
+they came with: Linux stops a unix-stream recvmsg right after the skb that carries fds,
+and QEMU sends each message in one sendmsg, so that is the message the fds were sent
+with.  At most ``MAX_PENDING_FDS`` fds may wait for a message not yet complete; more is a
+fatal error (the fds are handed back to be closed).  ``has_partial()`` tells the server
+a message is under way, so it can time out a client that stalls in the middle of one.
+The connection state is an enum plus one transition table; ``reply()`` and
+``reply_error()`` are the only places that build replies, and they never answer a
+NO_REPLY message.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,8 @@ import logging
 from dataclasses import dataclass, field
 
 from .errors import LocalProtocolError, RemoteProtocolError
-from .protocol import (F_TYPE_MASK, HEADER_SIZE, MAX_MESSAGE_SIZE, Command, Header,
-                       HeaderFlags)
+from .protocol import (F_TYPE_MASK, HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_MSG_FDS, Command,
+                       Header, HeaderFlags)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,8 @@ _NO_REPLY = int(HeaderFlags.VFIO_USER_F_NO_REPLY)
 _REPLY = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY)
 _ERROR_REPLY = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY | HeaderFlags.VFIO_USER_F_ERROR)
 _KNOWN_COMMANDS = frozenset(int(c) for c in Command)
+#: fds that may wait for a message not yet complete: what one message may carry.
+MAX_PENDING_FDS = MAX_MSG_FDS
 
 
 class ConnState(enum.Enum):
@@ -203,7 +211,22 @@ class Connection:
         del buf[:pos]
         if new_fds:
             self._carry_fds.extend(new_fds)
+            if len(self._carry_fds) > MAX_PENDING_FDS:
+                events.append(self._too_many_fds())
         return events
+
+    def _too_many_fds(self) -> BadMessage:
+        """More fds wait for the incomplete message than any message may carry: the
+        stream is not QEMU's, so the connection ends (the fds go back to be closed)."""
+        fdl, self._carry_fds = self._carry_fds, []
+        buf = self._buf
+        if len(buf) >= HEADER_SIZE:
+            msg_id, cmd, _size, flags, _err = _HDR.unpack_from(buf, 0)
+        else:
+            msg_id, cmd, flags = 0, 0, _NO_REPLY
+        del buf[:]
+        return self._fatal(msg_id, cmd, flags, fdl, f"{len(fdl)} fds sent with an incomplete "
+                           f"message (at most {MAX_PENDING_FDS})")
 
     def _make_event(self, msg_id, cmd, size, flags, payload, fdl) -> Event:
         self.messages_in += 1

@@ -1,9 +1,12 @@
-# Concepts: one exception tree for the device server. Every error carries an errno
-# (positive, as vfio-user puts it on the wire) and, where it applies, the message id and
-# the vector, as fields rather than only inside the text. RemoteProtocolError: the client
-# broke the protocol; LocalProtocolError: we would have; DeviceError: the device model
-# refused an operation; ControlError: a control-channel request was bad.
-"""Exception tree of qemu_device."""
+"""Exception tree of qemu_device.
+
+Concepts: one exception tree for the device server. Every error carries an errno
+(positive, as vfio-user puts it on the wire) and, where it applies, the message id and
+the vector, as fields rather than only inside the text. RemoteProtocolError: the client
+broke the protocol; LocalProtocolError: we would have; DeviceError: the device model
+refused an operation; ControlError: a control-channel request was bad (FieldError: one
+named field of it).
+"""
 
 from __future__ import annotations
 
@@ -67,6 +70,15 @@ class ConfigurationError(QemuDeviceError):
 
 class ControlError(QemuDeviceError):
     """A control-channel request was malformed or failed."""
+
+
+class FieldError(ControlError):
+    """One field of a control request has the wrong type or is out of range; ``field``
+    names it."""
+
+    def __init__(self, field: str, message: str, **kw) -> None:
+        super().__init__(message, **kw)
+        self.field = field
 
 
 class FaultInjected(QemuDeviceError):

@@ -1,17 +1,24 @@
-# Concepts: the event stream. Every protocol message (rx), reply (tx), protocol error,
-# interrupt event (raise outcome, deliver, pend, eventfd assign), connection change and
-# control command becomes one dict, stamped with wall time ("ts") and a monotonic time
-# ("mono"), and goes to the JSON-lines log file (--log) and to every control-channel
-# subscriber. When nobody listens, producers get no sink at all (hot path stays lean).
-# read_log()/format_event() turn a log back into readable lines for `qemu-device log`.
-"""Event bus, JSON-lines event log, and its pretty printer."""
+"""Event bus, JSON-lines event log, and its pretty printer.
+
+Concepts: the event stream. Every protocol message (rx), reply (tx), protocol error,
+interrupt event (raise outcome, deliver, pend, eventfd assign), connection change and
+control command becomes one dict, stamped with wall time ("ts") and a monotonic time
+("mono"), and goes to the JSON-lines log file (--log) and to every control-channel
+subscriber. When nobody listens, producers get no sink at all (hot path stays lean).
+read_log()/format_event() turn a log back into readable lines for `qemu-device log`. A
+failed log write (disk full) loses that event from the file only: it is counted (`lost`,
+reported in `state`) and the server keeps serving.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Callable, Iterator
+
+from msixlab_common import jsonlines
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +26,26 @@ Listener = Callable[[dict], None]
 
 
 class EventBus:
-    """Fans events out to the log file and to subscribers."""
+    """Fans events out to the log file and to subscribers.
+
+    A write to the log that fails (disk full, I/O error) never reaches the caller: the
+    event still goes to subscribers, it is counted in ``lost`` and the first failure of
+    each run of failures is logged.  ``stats()`` reports this for ``state``."""
 
     def __init__(self, path: str | None = None) -> None:
-        self._file = open(path, "a", buffering=1, encoding="utf-8") if path else None
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                           0o644) if path else None
         self._listeners: dict[int, Listener] = {}
         self.on_change: Callable[[], None] | None = None
+        self.written = 0
+        self.lost = 0
+        self.last_error: str | None = None
+        self._failing = False
 
     @property
     def active(self) -> bool:
-        return self._file is not None or bool(self._listeners)
+        return self._fd is not None or bool(self._listeners)
 
     def sink(self) -> Listener | None:
         return self.emit if self.active else None
@@ -44,15 +61,48 @@ class EventBus:
 
     def emit(self, event: dict) -> None:
         event = {"ts": round(time.time(), 6), "mono": round(time.monotonic(), 6), **event}
-        if self._file is not None:
-            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+        if self._fd is not None:
+            self._write(event)
         for listener in list(self._listeners.values()):
             listener(event)
 
+    def _write(self, event: dict) -> None:
+        try:
+            line = jsonlines.dumps(event)
+        except jsonlines.JsonLinesError as err:
+            self._lose(f"not encodable: {err}")
+            return
+        try:
+            n = os.write(self._fd, line)
+        except OSError as err:
+            self._lose(f"{err.strerror or err} (errno {err.errno})")
+            return
+        if n != len(line):
+            self._lose(f"short write ({n} of {len(line)} bytes)")
+            return
+        self.written += 1
+        if self._failing:
+            log.warning("event log %s: writing again after %d lost events", self.path,
+                        self.lost)
+            self._failing = False
+
+    def _lose(self, why: str) -> None:
+        self.lost += 1
+        self.last_error = why
+        if not self._failing:
+            log.error("event log %s: %s; events are being lost (counted in state)",
+                      self.path, why)
+            self._failing = True
+
+    def stats(self) -> dict:
+        """The log's counters: events written and lost, and the last write error."""
+        return {"path": self.path, "written": self.written, "lost": self.lost,
+                "last_error": self.last_error}
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_log(path: str) -> Iterator[dict]:
@@ -62,9 +112,11 @@ def read_log(path: str) -> Iterator[dict]:
             if not line:
                 continue
             try:
-                yield json.loads(line)
-            except ValueError:
-                yield {"event": "unparsable", "line": n, "text": line[:200]}
+                ev = jsonlines.loads(line, max_depth=64)
+            except jsonlines.JsonLinesError:
+                ev = None
+            yield ev if isinstance(ev, dict) else {"event": "unparsable", "line": n,
+                                                   "text": line[:200]}
 
 
 _SKIP = {"ts", "mono", "event", "id", "cmd"}

@@ -1,13 +1,17 @@
-# Concepts: fault injection. A Fault is armed through the control channel and fires on a
-# hook point: the raise path of one vector (or any vector) or the handling of one
-# vfio-user command. Each fault fires `count` times (0 = until cleared), then disarms.
-# Kinds: drop_raise (the raise is counted, then lost: no eventfd write, no PBA bit),
-# delay_raise (delivered or made pending after delay_ms, via the server's timer),
-# errno_reply (the next matching command is answered with that errno, unprocessed), and
-# raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
-# vector is raised inside that window: it must be held and delivered once when its
-# eventfd comes back, e.g. in QEMU's NORESIZE re-enable).
-"""Fault injection hooks."""
+"""Fault injection hooks.
+
+Concepts: fault injection. A Fault is armed through the control channel and fires on a
+hook point: the raise path of one vector (or any vector) or the handling of one
+vfio-user command. Each fault fires `count` times (0 = until cleared), then disarms.
+Kinds: drop_raise (the raise is counted, then lost: no eventfd write, no PBA bit),
+delay_raise (delivered or made pending after delay_ms, via the server's timer),
+errno_reply (the next matching command is answered with that errno, unprocessed), and
+raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
+vector is raised inside that window: it must be held and delivered once when its
+eventfd comes back, e.g. in QEMU's NORESIZE re-enable).
+A spec is checked field by field (type, range, a real errno, a known command); at most
+MAX_FAULTS are armed at once and a delay is at most MAX_DELAY_MS.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ import errno as _errno
 import itertools
 from dataclasses import asdict, dataclass
 
-from .errors import ControlError
+from .errors import ControlError, FieldError
 from .protocol import Command
+from .validate import check_fields, errno_value, integer, optional
 
 
 class FaultKind(enum.Enum):
@@ -49,23 +54,52 @@ class Fault:
         return d
 
 
-def _parse_command(value) -> int:
-    if isinstance(value, int):
-        return int(Command(value))
-    name = str(value).upper()
-    if not name.startswith("VFIO_USER_"):
-        name = "VFIO_USER_" + name
-    return int(Command[name])
+#: Bounds of a fault spec: a delay the server's timers can always represent, a count and
+#: a number of armed faults that keep the fault table small.
+MAX_DELAY_MS = 600_000
+MAX_COUNT = 1_000_000
+MAX_FAULTS = 256
+MAX_VECTOR = 65535
 
 
-def _parse_errno(value) -> int:
-    if isinstance(value, str):
-        if not hasattr(_errno, value):
-            raise ControlError(f"unknown errno name {value!r}")
-        return getattr(_errno, value)
-    if not isinstance(value, int) or value <= 0:
-        raise ControlError(f"errno must be a positive integer or a name, not {value!r}")
-    return value
+def _command(field: str, value) -> int:
+    """A vfio-user command: its number, or its name with or without VFIO_USER_."""
+    if type(value) is int:
+        try:
+            return int(Command(value))
+        except ValueError:
+            pass
+    elif type(value) is str and len(value) <= 64:
+        name = value.upper()
+        if not name.startswith("VFIO_USER_"):
+            name = "VFIO_USER_" + name
+        if name in Command.__members__:
+            return int(Command[name])
+    known = ", ".join(c.short for c in Command)
+    raise FieldError(field, f"{field!r} must be a vfio-user command ({known}), "
+                     f"not {value!r:.60}")
+
+
+_VECTOR = optional(integer(0, MAX_VECTOR))
+_COUNT = integer(0, MAX_COUNT)
+#: Fields each kind takes (besides "kind").
+_SPECS = {
+    FaultKind.DROP_RAISE: {"vector": _VECTOR, "count": _COUNT},
+    FaultKind.DELAY_RAISE: {"vector": _VECTOR, "count": _COUNT,
+                            "delay_ms": integer(0, MAX_DELAY_MS)},
+    FaultKind.ERRNO_REPLY: {"command": _command, "errno": errno_value, "count": _COUNT},
+    FaultKind.RAISE_ON_DISABLE: {"vector": _VECTOR, "count": _COUNT},
+}
+_REQUIRED = {FaultKind.ERRNO_REPLY: ("command",), FaultKind.RAISE_ON_DISABLE: ("vector",)}
+
+
+def parse_kind(value) -> FaultKind:
+    try:
+        return FaultKind(value)
+    except (ValueError, TypeError):
+        kinds = ", ".join(k.value for k in FaultKind)
+        raise FieldError("kind", f"'kind' must be one of {kinds}, not {value!r:.60}") \
+            from None
 
 
 class FaultTable:
@@ -78,28 +112,25 @@ class FaultTable:
         self.any_command = False
 
     def add(self, spec: dict) -> Fault:
-        try:
-            kind = FaultKind(spec["kind"])
-            count = int(spec.get("count", 1))
-            if count < 0:
-                raise ValueError("count must be >= 0")
-            fault = Fault(next(self._ids), kind, count=count)
-            if kind is FaultKind.ERRNO_REPLY:
-                fault.command = _parse_command(spec["command"])
-                fault.errno = _parse_errno(spec.get("errno", "EIO"))
-            elif kind is FaultKind.RAISE_ON_DISABLE:
-                fault.vector = int(spec["vector"])
-                if fault.vector < 0:
-                    raise ValueError("vector must be >= 0")
-            else:
-                vec = spec.get("vector")
-                fault.vector = None if vec is None else int(vec)
-                if kind is FaultKind.DELAY_RAISE:
-                    fault.delay_ms = int(spec.get("delay_ms", 100))
-                    if fault.delay_ms < 0:
-                        raise ValueError("delay_ms must be >= 0")
-        except (KeyError, ValueError, TypeError) as err:
-            raise ControlError(f"bad fault spec {spec!r}: {err}") from err
+        """Arm a fault from its spec (``kind`` plus that kind's fields, each checked for
+        type and range); raises FieldError or ControlError naming what is wrong."""
+        if not isinstance(spec, dict):
+            raise ControlError(f"a fault spec must be an object, not {spec!r:.60}")
+        kind = parse_kind(spec.get("kind"))
+        rest = {k: v for k, v in spec.items() if k != "kind"}
+        fields = check_fields(f"fault {kind.value}", rest, _SPECS[kind],
+                              _REQUIRED.get(kind, ()))
+        if len(self._faults) >= MAX_FAULTS:
+            raise ControlError(f"{MAX_FAULTS} faults are armed already; clear some first",
+                               errno=_errno.ENOSPC)
+        fault = Fault(next(self._ids), kind, count=fields.get("count", 1))
+        if kind is FaultKind.ERRNO_REPLY:
+            fault.command = fields["command"]
+            fault.errno = fields.get("errno") or _errno.EIO
+        else:                      # the raise kinds, raise_on_disable included
+            fault.vector = fields.get("vector")
+            if kind is FaultKind.DELAY_RAISE:
+                fault.delay_ms = fields.get("delay_ms", 100)
         self._faults.append(fault)
         self._refresh()
         return fault

@@ -18,6 +18,7 @@ import stat
 from typing import Iterable
 
 from .errors import DeviceError
+from .transport import signal_eventfd
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class OsFdPort:
             return False
 
     def signal(self, fd: int) -> None:
-        os.eventfd_write(fd, 1)
+        """Add 1 to the eventfd, never blocking (``transport.signal_eventfd``)."""
+        signal_eventfd(fd)
 
     def map_memory(self, fd: int, offset: int, size: int, readable: bool,
                    writable: bool) -> mmap.mmap:

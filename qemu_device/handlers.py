@@ -99,6 +99,7 @@ class Endpoint:
 
     @property
     def closed(self) -> bool:
+        """True once the connection ended (a fatal protocol error or ``close()``)."""
         return self.conn.closed
 
     def receive_data(self, data: bytes, fds=()) -> list[bytes]:
@@ -133,6 +134,9 @@ class Endpoint:
                               region, count) + value
 
     def handle(self, ev: Request | BadMessage) -> bytes | None:
+        """The reply bytes for one parsed message (an errno reply for a bad one), or None
+        for a NO_REPLY message.  Never raises: a handler bug becomes an EIO reply.  Every
+        message and reply is logged to the sink with its real errno."""
         self.counts["messages"] += 1
         code = 0
         try:

@@ -1,9 +1,11 @@
-# Concepts: the vfio-user wire format as QEMU's client speaks it. Constants carry the names
-# of the vfio-user spec and linux/vfio.h. Each wire message is one frozen dataclass with a
-# precompiled little-endian struct.Struct (STRUCT), pack() and unpack(); the server, the
-# tests' fake client, the benchmark client and the event-log decoder all use these.
-# Hot paths may use CLS.STRUCT.unpack_from directly to skip building the dataclass.
-"""vfio-user message definitions and constants."""
+"""vfio-user message definitions and constants.
+
+Concepts: the vfio-user wire format as QEMU's client speaks it. Constants carry the names
+of the vfio-user spec and linux/vfio.h. Each wire message is one frozen dataclass with a
+precompiled little-endian struct.Struct (STRUCT), pack() and unpack(); the server, the
+tests' fake client, the benchmark client and the event-log decoder all use these.
+Hot paths may use CLS.STRUCT.unpack_from directly to skip building the dataclass.
+"""
 
 from __future__ import annotations
 

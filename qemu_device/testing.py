@@ -1,11 +1,13 @@
-# Concepts: a fake QEMU for tests and benchmarks. FakeQemu speaks the client side of
-# vfio-user over a real socket with QEMU's exact message sizes: one sendmsg per message
-# with its fds in SCM_RIGHTS, replies read the way QEMU reads them (a 16-byte recvmsg for
-# the header and its fds, then the payload), and it checks every reply as QEMU would:
-# matching id, reply type, size within QEMU's receive buffer (rsize), fds only on
-# GET_REGION_INFO. It is driven without threads: `pump` runs the server side until it
-# has consumed what was sent (EndpointHarness.pump or a Server's run_once).
-"""Fake vfio-user client (QEMU's realize and boot sequences) for tests and benches."""
+"""Fake vfio-user client (QEMU's realize and boot sequences) for tests and benches.
+
+Concepts: a fake QEMU for tests and benchmarks. FakeQemu speaks the client side of
+vfio-user over a real socket with QEMU's exact message sizes: one sendmsg per message
+with its fds in SCM_RIGHTS, replies read the way QEMU reads them (a 16-byte recvmsg for
+the header and its fds, then the payload), and it checks every reply as QEMU would:
+matching id, reply type, size within QEMU's receive buffer (rsize), fds only on
+GET_REGION_INFO. It is driven without threads: `pump` runs the server side until it
+has consumed what was sent (EndpointHarness.pump or a Server's run_once).
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,21 @@
-# Concepts: the thin socket layer under the sans-I/O endpoint. recv_with_fds() reads one
-# chunk and the SCM_RIGHTS fds that came with it (the kernel ends a unix-stream read at
-# the skb that carries fds, which the connection's fd rule relies on). OutBuffer sends
-# whole replies with one send() each (never fds: our replies carry none) and keeps what a
-# non-blocking socket would not take, so the loop never blocks on a slow peer.
-"""Socket helpers: receive bytes plus fds, buffered non-blocking send."""
+"""Socket helpers: receive bytes plus fds, buffered non-blocking send, private listening
+sockets, a non-blocking eventfd signal.
+
+Concepts: the thin socket layer under the sans-I/O endpoint.  ``recv_chunk()`` reads one
+chunk and the SCM_RIGHTS fds that came with it (the kernel ends a unix-stream read at the
+skb that carries fds, which the connection's fd rule relies on) and says whether the
+kernel had to drop fds (``MSG_CTRUNC``: more fds than we take, or no fd left in this
+process).  ``OutBuffer`` sends whole replies with one send() each (never fds: our replies
+carry none) and keeps what a non-blocking socket would not take, up to a limit, so the
+loop never blocks on a slow peer and never buffers without bound.  ``listen_unix()``
+makes a socket only its owner may connect to (mode 0600 whatever the umask).
+``signal_eventfd()`` adds 1 to a client's eventfd without ever blocking.
+"""
 
 from __future__ import annotations
 
 import array
+import fcntl
 import logging
 import os
 import socket
@@ -17,22 +25,29 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 1 << 17
 MAX_RECV_FDS = 32               # more than we accept, so an excess shows as a count error
+SOCKET_MODE = 0o600
 _ANC_SIZE = socket.CMSG_SPACE(MAX_RECV_FDS * 4)
 _INT_SIZE = array.array("i").itemsize
 
 
-def recv_with_fds(sock: socket.socket, size: int = RECV_SIZE) -> tuple[bytes, list[int]]:
-    """One read: (data, fds). b"" means the peer closed. Raises BlockingIOError."""
+def recv_chunk(sock: socket.socket, size: int = RECV_SIZE) -> tuple[bytes, list[int], bool]:
+    """One read: (data, fds, fds_truncated).  b"" means the peer closed.  Raises
+    BlockingIOError when there is nothing to read."""
     data, anc, flags, _ = sock.recvmsg(size, _ANC_SIZE)
-    if not anc:
-        return data, []
     fds: list[int] = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % _INT_SIZE
             fds.extend(array.array("i", payload[:usable]))
-    if flags & socket.MSG_CTRUNC:
-        log.warning("fds truncated (more than %d in one message)", MAX_RECV_FDS)
+    return data, fds, bool(flags & socket.MSG_CTRUNC)
+
+
+def recv_with_fds(sock: socket.socket, size: int = RECV_SIZE) -> tuple[bytes, list[int]]:
+    """One read: (data, fds). b"" means the peer closed. Raises BlockingIOError."""
+    data, fds, truncated = recv_chunk(sock, size)
+    if truncated:
+        log.warning("fds truncated (more than %d in one message, or no fd left)",
+                    MAX_RECV_FDS)
     return data, fds
 
 
@@ -46,6 +61,9 @@ class OutBuffer:
 
     def __bool__(self) -> bool:
         return bool(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
     def send(self, data: bytes) -> None:
         """Send data now if possible, else queue it. Raises OSError on a dead peer and
@@ -62,7 +80,8 @@ class OutBuffer:
 
     def _queue(self, data: bytes) -> None:
         if len(self._pending) + len(data) > self.limit:
-            raise BufferError("peer does not read its socket")
+            raise BufferError(f"peer does not read its socket ({len(self._pending)} bytes "
+                              f"pending, limit {self.limit})")
         self._pending += data
 
     def flush(self) -> bool:
@@ -77,18 +96,36 @@ class OutBuffer:
 
 
 def listen_unix(path: str, backlog: int = 4) -> socket.socket:
-    """A listening non-blocking UNIX stream socket at path (a stale socket is replaced)."""
+    """A listening non-blocking UNIX stream socket at path (a stale socket is replaced),
+    mode 0600 from the moment it exists, whatever the umask."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~SOCKET_MODE)     # the inode is born 0600 (single-threaded)
     try:
         sock.bind(path)
+        os.chmod(path, SOCKET_MODE)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
         raise
+    finally:
+        os.umask(old)
     return sock
+
+
+def signal_eventfd(fd: int) -> None:
+    """Add 1 to an eventfd without ever blocking.
+
+    A client's eventfd may be blocking, and a saturated blocking eventfd would stall the
+    whole server on write.  So the fd is made non-blocking first (QEMU's eventfds already
+    are: this changes nothing for them); a saturated one then raises BlockingIOError,
+    which the caller counts as a failed delivery."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_NONBLOCK:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    os.eventfd_write(fd, 1)

@@ -11,10 +11,12 @@ import sys
 
 import pytest
 
+from msixlab_common import jsonlines
+
 from qemu_device.device.nic import Device
 from qemu_device.fdio import OsFdPort
 from qemu_device.server import Server
-from qemu_device.testing import CONFIG, FakeQemu, FdWatch
+from qemu_device.testing import FakeQemu, FdWatch
 
 RAM = 1 << 20
 
@@ -45,9 +47,9 @@ class Rig:
 
     def command(self, cmd, **fields):
         self.n += 1
-        self.ctl.sendall(json.dumps({"id": self.n, "cmd": cmd, **fields}).encode() + b"\n")
+        self.ctl.sendall(jsonlines.dumps({"id": self.n, "cmd": cmd, **fields}))
         self.pump()
-        reply = json.loads(self.ctl_file.readline())
+        reply = jsonlines.loads_object(self.ctl_file.readline())
         assert reply["id"] == self.n
         return reply
 
@@ -118,14 +120,15 @@ def test_control_raise_delivers_or_pends(rig):
     q.sock.close()
 
 
-@pytest.mark.parametrize("req,etype", [
-    ({"cmd": "nope"}, "ControlError"), ({"cmd": "raise"}, "ControlError"),
-    ({"cmd": "raise", "vectors": ["x"]}, "ControlError"),
-    ({"cmd": "fault", "kind": "bogus"}, "ControlError"),
-    ({"cmd": "fault", "kind": "errno_reply", "command": "NOPE"}, "ControlError")])
-def test_bad_control_requests_get_error_replies(rig, req, etype):
+@pytest.mark.parametrize("req,etype,field", [
+    ({"cmd": "nope"}, "ControlError", None), ({"cmd": "raise"}, "ControlError", None),
+    ({"cmd": "raise", "vectors": ["x"]}, "FieldError", "vectors[0]"),
+    ({"cmd": "fault", "kind": "bogus"}, "FieldError", "kind"),
+    ({"cmd": "fault", "kind": "errno_reply", "command": "NOPE"}, "FieldError", "command")])
+def test_bad_control_requests_get_error_replies(rig, req, etype, field):
     reply = rig.command(**req)
     assert not reply["ok"] and reply["error"]["type"] == etype
+    assert reply["error"].get("field") == field
     assert rig.command("ping")["ok"]
 
 
@@ -169,9 +172,9 @@ def test_subscribe_streams_interrupt_events(rig):
     sub.sendall(b'{"id": 1, "cmd": "subscribe", "events": ["deliver", "pend"]}\n')
     rig.pump()
     f = sub.makefile("rb")
-    assert json.loads(f.readline())["ok"]
+    assert jsonlines.loads_object(f.readline())["ok"]
     rig.command("raise", vectors=[2, 3])
-    events = [json.loads(f.readline()) for _ in range(2)]
+    events = [jsonlines.loads_object(f.readline()) for _ in range(2)]
     assert [(e["event"], e["vector"]) for e in events] == [("deliver", 2), ("pend", 3)]
     f.close()
     sub.close()

@@ -32,3 +32,58 @@ def test_every_declared_check_is_documented():
     documented = {re.match(r"`(\w+)`", row[0]).group(1) for row in rows}
     declared = {name for _, names in PLAN for name in names}
     assert declared <= documented, sorted(declared - documented)
+
+
+def _first_column_names(path: Path, header: str) -> set[str]:
+    """Every `name` in the first column of the table (``a`` / ``b`` rows give both)."""
+    return {name for row in table_rows(path, header) for name in re.findall(r"`(\w+)`", row[0])}
+
+
+def test_agent_command_table_is_documented():
+    from agent.guest.commands import Agent
+    agent = Agent(device="/nonexistent/msixlab0")
+    assert _first_column_names(DOCS / "guest-agent.md", "cmd") == set(agent.commands())
+
+
+def test_control_command_table_is_documented():
+    from qemu_device.control import ControlContext, ControlSession
+    from qemu_device.device.nic import Device
+    from qemu_device.eventlog import EventBus
+    from qemu_device.fdio import OsFdPort
+    session = ControlSession(ControlContext(Device(fds=OsFdPort()), EventBus()), 1,
+                             lambda data: None)
+    assert _first_column_names(DOCS / "device.md", "cmd") == set(session._table)
+
+
+def test_every_msixlab_subcommand_and_run_option_is_in_the_readme():
+    import argparse
+
+    from agent.host.cli import parser
+    readme = (DOCS.parent / "README.md").read_text()
+    top = parser()
+    subparsers = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        assert f"msixlab {name}" in readme, f"`msixlab {name}` is not in the README"
+    run = subparsers.choices["run"]
+    for action in run._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                assert option in readme, f"msixlab run {option} is not in the README"
+
+
+def test_every_module_says_what_it_owns_in_its_docstring():
+    """pydoc shows a module's docstring, not a comment above it."""
+    import ast
+    root = DOCS.parent
+    missing, commented = [], []
+    for package in ("agent", "qemu_device", "images", "msixlab_common", "bench"):
+        for path in sorted((root / package).rglob("*.py")):
+            text = path.read_text()
+            if not text.strip():
+                continue
+            if not ast.get_docstring(ast.parse(text)):
+                missing.append(str(path.relative_to(root)))
+            if text.startswith("# "):
+                commented.append(str(path.relative_to(root)))
+    assert not missing, f"modules without a docstring: {missing}"
+    assert not commented, f"modules whose concepts sit in a comment above the docstring: {commented}"

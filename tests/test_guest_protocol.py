@@ -233,3 +233,19 @@ def test_optional_argument_default_and_ok_reply():
 
 def test_encode_is_one_line():
     assert protocol.encode({"a": "x\ny"}).count(b"\n") == 1
+
+
+@pytest.mark.parametrize("raw, code, needle", [
+    (b'{"id": NaN, "cmd": "info"}\n', "EBADMSG", "NaN"),
+    (b'{"id": 1, "cmd": "info", "args": {"x": 1e400}}\n', "EBADMSG", "out of range"),
+    (b'{"id": 9007199254740993, "cmd": "info"}\n', "EINVAL", "'id'"),
+    (b'{"id": "' + b"x" * 200 + b'", "cmd": "info"}\n', "EINVAL", "'id'"),
+    (b'{"id": 1, "cmd": "info", "args": ' + b"[" * 40 + b"]" * 40 + b"}\n", "EBADMSG",
+     "nested deeper"),
+])
+def test_lines_the_shared_codec_refuses_get_one_error_with_id_null(session, raw, code, needle):
+    reply = request(session, raw, raw=True)
+    assert reply["id"] is None
+    err = error_of(reply)
+    assert err["code"] == code and needle in err["message"]
+    assert request(session, {"id": 2, "cmd": "nope"})["id"] == 2      # the session goes on

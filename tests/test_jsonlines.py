@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -32,7 +33,7 @@ def test_reply_matched_by_id_and_events_queued(pair):
     server.sendall(b'ue, "result": {"n": 5}}\n')
     reply = client.request({"cmd": "info"}, timeout=1)
     assert reply == {"id": 1, "ok": True, "result": {"n": 5}}
-    assert server.recv(4096) == b'{"id": 1, "cmd": "info"}\n'
+    assert json.loads(server.recv(4096)) == {"id": 1, "cmd": "info"}
     assert client.wait_event("hello", timeout=0.1)["kernel"] == "7.3"
 
 
@@ -60,3 +61,21 @@ def test_connect_timeout_names_the_socket(tmp_path):
     client = JsonLinesClient(tmp_path / "absent.sock", "peer")
     with pytest.raises(WaitTimeout, match="absent.sock"):
         client.connect(timeout=0.05)
+
+
+@pytest.mark.parametrize("line,needle", [
+    (b"[1, 2]\n", "not a JSON object"),
+    (b'{"id": 1, "ok": true, "result": NaN}\n', "NaN"),
+    (b"[" * 100 + b"\n", "nested deeper"),
+])
+def test_lines_the_shared_codec_refuses_are_reported(pair, line, needle):
+    client, server = pair
+    server.sendall(line)
+    with pytest.raises(HostError, match=needle):
+        client.wait_event("hello", timeout=1)
+
+
+def test_nan_is_never_sent(pair):
+    client, _server = pair
+    with pytest.raises(HostError, match="cannot send"):
+        client.send({"cmd": "raise", "value": float("nan")})

@@ -19,7 +19,7 @@ from qemu_device.device.nic import Device
 from qemu_device.device.registers import REG_ICS
 from qemu_device.fdio import OsFdPort
 from qemu_device.handlers import Endpoint
-from qemu_device.testing import MSIX, EndpointHarness, FakeQemu, FdWatch
+from qemu_device.testing import EndpointHarness, FakeQemu, FdWatch
 
 RAM = 1 << 20
 

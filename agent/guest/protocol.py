@@ -1,10 +1,11 @@
 """Sans-I/O core of the guest agent: JSON-line framing, validation, dispatch, replies.
 
 Concepts: a ``Session`` is fed raw bytes (``receive_data``) and returns the bytes to
-send back; it never touches a file.  Lines are framed on ``\\n`` (``LineFramer``), each
-line is one request ``{"id", "cmd", "args"}``; the command table maps ``cmd`` to a
-``Command`` whose ``Arg`` specs validate and default the arguments before the handler
-runs.  Validate, dispatch, reply: one place each.  Every failure becomes one error reply
+send back; it never touches a file.  Lines are framed and decoded by the one JSON-lines
+codec every peer shares (``msixlab_common.jsonlines``: bounded line length and nesting,
+no NaN/Infinity, validated ids); each line is one request ``{"id", "cmd", "args"}``; the
+command table maps ``cmd`` to a ``Command`` whose ``Arg`` specs validate and default the
+arguments before the handler runs.  Validate, dispatch, reply: one place each.  Every failure becomes one error reply
 built by ``error_reply`` from an ``AgentError``; the session stops after a command that
 asks to (``shutdown``).
 """
@@ -12,16 +13,17 @@ asks to (``shutdown``).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from msixlab_common import jsonlines
 
 from .errors import AgentError, GuestError, RequestError
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 1 << 20
+MAX_LINE = jsonlines.MAX_LINE
 
 _MISSING = object()
 
@@ -86,7 +88,14 @@ class Command:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), sort_keys=False).encode() + b"\n"
+    """One reply line.  A reply that cannot be JSON (a NaN in a result) becomes an error
+    reply naming why, so the host always gets valid JSON."""
+    try:
+        return jsonlines.dumps(message)
+    except jsonlines.JsonLinesError as err:
+        log.error("reply to %r cannot be encoded: %s", message.get("id"), err)
+        return jsonlines.dumps(error_reply(jsonlines.request_id(message),
+                                           GuestError(errno.EIO, f"internal error: {err}")))
 
 
 def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:
@@ -97,56 +106,34 @@ def error_reply(request_id: Any, err: AgentError) -> dict[str, Any]:
     return {"id": request_id, "ok": False, "error": err.to_dict()}
 
 
-class LineFramer:
-    """Split a byte stream into lines; a line longer than MAX_LINE is dropped and reported."""
+class LineFramer(jsonlines.LineFramer):
+    """The shared framer (``msixlab_common.jsonlines``), its refusals as ``RequestError``:
+    a line longer than ``max_line`` gives one EMSGSIZE error and is skipped to its end."""
 
     def __init__(self, max_line: int = MAX_LINE):
-        self.max_line = max_line
-        self._buf = bytearray()
-        self._discarding = False
+        super().__init__(max_line)
 
     def feed(self, data: bytes) -> list[bytes | AgentError]:
-        out: list[bytes | AgentError] = []
-        self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > self.max_line:
-                    if not self._discarding:
-                        out.append(RequestError(errno.EMSGSIZE,
-                                                f"request line longer than {self.max_line} bytes"))
-                    self._discarding = True
-                    self._buf.clear()
-                return out
-            line = bytes(self._buf[:nl])
-            del self._buf[: nl + 1]
-            if self._discarding:
-                self._discarding = False
-                continue
-            if len(line) > self.max_line:
-                out.append(RequestError(errno.EMSGSIZE,
-                                        f"request line longer than {self.max_line} bytes"))
-            elif line.strip():
-                out.append(line)
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+        return [RequestError(item.errno, f"request {item.message}")
+                if isinstance(item, jsonlines.JsonLinesError) else item
+                for item in super().feed(data)]
 
 
 def parse_request(line: bytes) -> tuple[Any, str, Any]:
     """Return (id, cmd, args) of one request line or raise RequestError (with its id)."""
     try:
-        message = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RequestError(errno.EBADMSG, f"request is not valid JSON: {err}") from err
-    if not isinstance(message, dict):
-        raise RequestError(errno.EBADMSG,
-                           f"request must be a JSON object, got {type(message).__name__}")
-    request_id = message.get("id")
-    if "id" not in message or type(request_id) not in (int, str):
+        message = jsonlines.loads_object(line)
+    except jsonlines.JsonLinesError as err:
+        raise RequestError(err.errno, f"request is not valid JSON: {err.message}"
+                           if err.reason != jsonlines.NOT_OBJECT
+                           else f"request {err.message}") from err
+    if "id" not in message:
         raise RequestError(errno.EINVAL, "request needs an 'id' (integer or string)",
                            argument="id")
+    try:
+        request_id = jsonlines.check_id(message["id"])
+    except jsonlines.JsonLinesError as err:
+        raise RequestError(err.errno, f"request {err.message}", argument="id") from err
     cmd = message.get("cmd")
     if not isinstance(cmd, str):
         err = RequestError(errno.EINVAL, "request needs a 'cmd' string", argument="cmd")

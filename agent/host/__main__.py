@@ -1,3 +1,5 @@
+"""``python -m agent.host``: the ``msixlab`` command (agent/host/cli.py)."""
+
 import sys
 
 from .cli import main

@@ -8,7 +8,6 @@ own uptime at that point).  Every step is bounded by a watchdog.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from rich.logging import RichHandler
 from images import recipe
 from images.build import ensure_image, manifest
 from images.cache import cache_dir, clean
+from msixlab_common.lifetime import interrupt_on
 
 from . import accel as accel_mod
 from . import doctor, progress
@@ -236,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
+    interrupt_on(signal.SIGTERM, signal.SIGHUP)      # torn down as for Ctrl-C
     try:
         return args.func(args)
     except BaseException as err:   # classified: a bug in msixlab is never a verdict (125)

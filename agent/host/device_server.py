@@ -3,21 +3,25 @@
 Concepts: the host agent owns the server's lifetime: it starts ``qemu-device serve``
 before QEMU (QEMU connects at realize and never reconnects), waits for the server's
 ``ready`` line, then talks to it only through the control socket.  Stopping is SIGTERM,
-then SIGKILL, each bounded.
+then SIGKILL, each bounded.  The server gets SIGTERM by itself if msixlab dies (a
+parent-death signal, ``msixlab_common.lifetime``), so it never outlives the run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from .errors import DeviceControlError, LaunchError, WaitTimeout
+from msixlab_common import jsonlines
+from msixlab_common.lifetime import die_with_parent
+
+from msixlab_common.deadline import Deadline
+
+from .errors import DeviceControlError, LaunchError
 from .jsonlines import JsonLinesClient
 
 log = logging.getLogger(__name__)
@@ -50,22 +54,26 @@ class DeviceServer:
         log.info("starting the device server: %s", " ".join(self.argv))
         with open(self.stderr_log, "w") as err:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=err)
-        deadline = time.monotonic() + timeout
+                                          stdout=subprocess.PIPE, stderr=err,
+                                          preexec_fn=die_with_parent(signal.SIGTERM))
+        deadline = Deadline(timeout, "the device server's ready line")
         line = b""
         while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining()
             if self._proc.poll() is not None:
                 raise LaunchError("the device server exited before it was ready", argv=self.argv,
                                   returncode=self._proc.returncode, log=self.stderr_log,
                                   log_tail=self.stderr_log.read_text(errors="replace")[-2000:])
-            if remaining <= 0:
+            if deadline.expired():
                 self.stop()
-                raise WaitTimeout("the device server's ready line", timeout)
+                raise deadline.timeout()
             ready, _, _ = select.select([self._proc.stdout], [], [], min(remaining, 0.2))
             if ready:
                 line += self._proc.stdout.read1(4096)
-        event = json.loads(line.splitlines()[0])
+        try:
+            event = jsonlines.loads_object(line.splitlines()[0])
+        except jsonlines.JsonLinesError:
+            event = {}
         if event.get("event") != "ready":
             raise LaunchError(f"unexpected first line from the device server: {line!r}",
                               argv=self.argv, returncode=None)

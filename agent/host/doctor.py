@@ -17,7 +17,6 @@ from rich.table import Table
 from images import recipe
 from images.build import find_image, image_key
 from images.cache import cache_dir, tree_size
-from images.errors import ImageError
 
 from . import accel as accel_mod
 

@@ -2,22 +2,29 @@
 
 Concepts: both the device server's control channel and the guest agent speak one JSON
 object per line, replies carrying the request's ``id``; anything without an ``id`` that
-matches no request is an *event* and is queued.  Every wait has a deadline and names what
-it waited for.  Traces go to a DEBUG child logger per connection (``-->``/``<--``).
+matches no request is an *event* and is queued.  Framing and decoding are the shared
+codec's (``msixlab_common.jsonlines``: bounded lines and nesting, no NaN/Infinity); this
+module adds the socket and the waits.  Every wait has a deadline and names what it waited
+for.  Traces go to a DEBUG child logger per connection (``-->``/``<--``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
 from collections import deque
 from pathlib import Path
 
-from .errors import HostError, WaitTimeout
+from msixlab_common import jsonlines
+from msixlab_common.deadline import Deadline
+
+from .errors import HostError
 
 log = logging.getLogger(__name__)
+
+#: Longest line accepted from a peer: the guest's routing of 2048 vectors fits well.
+MAX_LINE = 16 << 20
 
 
 class JsonLinesClient:
@@ -26,12 +33,13 @@ class JsonLinesClient:
         self.name = name
         self.log = log.getChild(name)
         self._sock: socket.socket | None = None
-        self._buf = b""
+        self._decoder = jsonlines.Decoder(max_line=MAX_LINE)
+        self._inbox: deque = deque()      # decoded lines not yet consumed
         self._next_id = 1
         self.events: deque[dict] = deque()
 
     def connect(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, f"{self.name} socket {self.path}")
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -40,9 +48,9 @@ class JsonLinesClient:
                 return
             except OSError as err:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise WaitTimeout(f"{self.name} socket {self.path}", timeout, str(err)) from err
-                time.sleep(0.05)
+                if deadline.expired():
+                    raise deadline.timeout(str(err)) from err
+                time.sleep(min(0.05, deadline.remaining() + 0.001))
 
     def abort(self) -> None:
         """Release, from another thread, whoever is blocked reading: they see EOF."""
@@ -62,26 +70,33 @@ class JsonLinesClient:
         if self._sock is None:
             raise HostError(f"{self.name}: not connected")
         self.log.debug("--> %s", obj)
-        self._sock.sendall(json.dumps(obj).encode() + b"\n")
+        try:
+            line = jsonlines.dumps(obj)
+        except jsonlines.JsonLinesError as err:
+            raise HostError(f"{self.name}: cannot send {obj!r}: {err}") from err
+        self._sock.sendall(line)
 
-    def _read_message(self, deadline: float, what: str) -> dict:
-        while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
+    def _read_message(self, deadline: Deadline) -> dict:
+        while not self._inbox:
+            remaining = deadline.remaining()
             if remaining <= 0:
-                raise WaitTimeout(what, 0.0, f"on {self.path}")
+                raise deadline.timeout(f"on {self.path}")
             self._sock.settimeout(remaining)
             try:
                 chunk = self._sock.recv(1 << 16)
             except socket.timeout:
                 continue
             if not chunk:
-                raise HostError(f"{self.name} closed the connection while we waited for {what}")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        try:
-            message = json.loads(line)
-        except ValueError as err:
-            raise HostError(f"{self.name} sent a line that is not JSON: {line[:200]!r}") from err
+                raise HostError(f"{self.name} closed the connection while we waited for "
+                                f"{deadline.what}")
+            self._inbox.extend(self._decoder.feed(chunk))
+        message = self._inbox.popleft()
+        if isinstance(message, jsonlines.JsonLinesError):
+            raise HostError(f"{self.name} sent a line that is not JSON we accept: "
+                            f"{message}") from message
+        if not isinstance(message, dict):
+            raise HostError(f"{self.name} sent a line that is not a JSON object: "
+                            f"{str(message)[:200]}")
         self.log.debug("<-- %s", message)
         return message
 
@@ -90,27 +105,20 @@ class JsonLinesClient:
         req_id = self._next_id
         self._next_id += 1
         self.send({"id": req_id, **payload})
-        deadline = time.monotonic() + timeout
-        what = f"{self.name}'s reply to {payload.get('cmd')!r} (id {req_id})"
+        deadline = Deadline(timeout, f"{self.name}'s reply to {payload.get('cmd')!r} "
+                                     f"(id {req_id})")
         while True:
-            try:
-                message = self._read_message(deadline, what)
-            except WaitTimeout:
-                raise WaitTimeout(what, timeout) from None
+            message = self._read_message(deadline)
             if message.get("id") == req_id and "ok" in message:
                 return message
             self.events.append(message)
 
     def wait_event(self, name: str, timeout: float) -> dict:
         """The next event called ``name`` (queued or arriving within ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        what = f"the {name!r} event from {self.name}"
+        deadline = Deadline(timeout, f"the {name!r} event from {self.name}")
         while True:
             for event in list(self.events):
                 if event.get("event") == name:
                     self.events.remove(event)
                     return event
-            try:
-                self.events.append(self._read_message(deadline, what))
-            except WaitTimeout:
-                raise WaitTimeout(what, timeout) from None
+            self.events.append(self._read_message(deadline))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 from images.cache import cache_dir, exclusive
 from images.image import Image
+from msixlab_common.lifetime import die_with_parent
 
 from .errors import HostError
 from .outcome import Outcome
@@ -57,7 +59,8 @@ def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
         env = {**os.environ, "MSIXLAB_KVER": kernel.version}
         try:
             done = subprocess.run(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
-                                  env=env, capture_output=True, text=True, timeout=timeout)
+                                  env=env, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=die_with_parent(signal.SIGTERM))
         except subprocess.TimeoutExpired as err:
             raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s") from err
         if done.returncode != 0:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from images.image import Image
-from msixlab_common.deadline import wait_until
+from msixlab_common.deadline import Deadline, wait_until
 
 from . import qemu_view, routing
 from .device_server import DeviceServer
@@ -73,14 +73,14 @@ class Lab:
                                  splats=self.end_on_splat)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
-        deadline = time.monotonic() + boot_timeout
+        deadline = Deadline(boot_timeout, "the guest agent's hello")
         while True:
             try:
                 self.hello = self.agent_client.wait_event("hello", timeout=1)
                 break
             except (WaitTimeout, HostError, OSError):
                 self.guard()
-                if time.monotonic() > deadline:
+                if deadline.expired():
                     self._no_answer(f"the guest agent's hello within {boot_timeout:g} s")
         self.timings["boot_to_agent_s"] = self.machine.elapsed()
         if self.hello.get("device") is None:
@@ -99,12 +99,21 @@ class Lab:
         self.agent_client.abort()
         self.device.control.abort()
 
-    def guard(self) -> None:
-        """Raise the run's ending (a splat, a dead process, a device error), if any."""
-        if self.sentinel is not None:
-            ending = self.sentinel.check()
-            if ending is not None:
-                raise ending
+    def guard(self, grace: float = 0.0) -> None:
+        """Raise the run's ending (a splat, a dead process, a device error), if any.
+        ``grace``: after a socket broke, give the ending that many seconds to show (a
+        killed QEMU resets its sockets before it can be reaped)."""
+        if self.sentinel is None:
+            return
+        ending = self.sentinel.check()
+        if ending is None and grace:
+            try:
+                ending = wait_until(self.sentinel.check, grace, "the run's ending",
+                                    interval=0.05)
+            except WaitTimeout:
+                ending = None
+        if ending is not None:
+            raise ending
 
     def _no_answer(self, what: str) -> None:
         """The guest did not answer: the kernel's failure once it started, else the rig's."""
@@ -154,10 +163,11 @@ class Lab:
         try:
             reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
         except (WaitTimeout, HostError, OSError) as err:
-            self.guard()
+            self.guard(grace=0 if isinstance(err, WaitTimeout) else 2.0)
             if isinstance(err, WaitTimeout):
                 self._no_answer(f"answer to {cmd!r} within {timeout:g} s")
-            raise
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's channel broke "
+                                f"on {cmd!r}: {err}") from err
         if not reply.get("ok"):
             error = reply.get("error", {})
             if error.get("source") == "driver":
@@ -174,7 +184,7 @@ class Lab:
         except (WaitTimeout, HostError, OSError) as err:
             if isinstance(err, DeviceControlError):
                 raise
-            self.guard()
+            self.guard(grace=2.0)
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the device server's control "
                                 f"channel failed on {cmd!r}: {err}") from err
 
@@ -186,12 +196,27 @@ class Lab:
         return wait_until(guarded, timeout, what, detail=detail)
 
     # --- the three views ----------------------------------------------------------------
+    def qmp(self, command: str, **args):
+        """One QMP command, guarded: QEMU failing under it ends the run, classified."""
+        self.guard()
+        try:
+            return self.machine.qmp(command, **args)
+        except Exception as err:          # qemu.qmp raises several kinds as QEMU dies
+            self.guard(grace=2.0)
+            raise CouldNotJudge(Outcome.PROCESS_FAILED,
+                                f"QMP {command!r} failed: {type(err).__name__}: {err}") from err
+
+    def hmp(self, command_line: str) -> str:
+        """One HMP command through QMP, guarded like ``qmp``."""
+        return self.qmp("human-monitor-command", **{"command-line": command_line})
+
     def qemu_table(self) -> dict[int, dict]:
+        """QEMU's copy of the NIC's MSI-X table, {index: entry}, read with HMP ``xp``."""
         msix = self.device_command("state")["msix"]
         if self._bars is None:
-            self._bars = qemu_view.find_nic_bars(self.machine.qmp("query-pci"))
+            self._bars = qemu_view.find_nic_bars(self.qmp("query-pci"))
         base = self._bars[msix["table_bar"]] + msix["table_offset"]
-        return qemu_view.read_table(self.machine, base, msix["table_size"])
+        return qemu_view.read_table(self, base, msix["table_size"])
 
     def snapshot(self) -> routing.Snapshot:
         guest = self.agent("routing")

@@ -5,7 +5,9 @@ or FAILED) guarded by a transition table.  QEMU's stdout/stderr go to ``qemu.log
 serial console to ``console.log``.  Every wait is bounded and names what it waited for;
 a QEMU that dies early raises ``LaunchError`` with its exit code, argv and log tail.
 Shutdown is graceful first (the guest powers off, else QMP ``quit``), then SIGKILL, each
-with a timeout, and always runs in ``finally`` through the context manager.
+with a timeout, and always runs in ``finally`` through the context manager.  QEMU dies
+with msixlab whatever kills msixlab: it is started with a parent-death signal (SIGKILL,
+``msixlab_common.lifetime``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from __future__ import annotations
 import enum
 import logging
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from msixlab_common.lifetime import die_with_parent
+
+from msixlab_common.deadline import Deadline
 
 from .errors import HostError, LaunchError, WaitTimeout
 from .qemu_argv import GuestSpec, build_argv
@@ -74,7 +81,8 @@ class Machine:
         with open(self.qemu_log, "w") as out:
             try:
                 self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                              stdout=out, stderr=subprocess.STDOUT)
+                                              stdout=out, stderr=subprocess.STDOUT,
+                                              preexec_fn=die_with_parent(signal.SIGKILL))
             except OSError as err:
                 self._to(State.FAILED)
                 raise LaunchError(f"cannot start QEMU: {err}", argv=self.argv,
@@ -91,7 +99,7 @@ class Machine:
                            log_tail=tail(self.qemu_log) or tail(self.spec.console_log))
 
     def _connect_qmp(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, "QEMU's QMP socket")
         while True:
             if self._proc.poll() is not None:
                 raise self.died("waiting for its QMP socket")
@@ -105,8 +113,7 @@ class Machine:
                 except Exception as err:  # qemu.qmp raises several kinds while QEMU starts
                     self.log.debug("QMP not ready yet: %s", err)
                     qmp.close()
-            if time.monotonic() > deadline:
-                raise WaitTimeout("QEMU's QMP socket", timeout, str(self.spec.qmp_socket))
+            deadline.check(str(self.spec.qmp_socket))
             time.sleep(0.05)
 
     # --- while running ------------------------------------------------------------------
@@ -141,7 +148,7 @@ class Machine:
     def wait_console(self, pattern: str, timeout: float, what: str) -> re.Match:
         """Wait until the serial console shows ``pattern``; returns the match."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, what)
         while True:
             match = regex.search(self.spec.console_log.read_text(errors="replace"))
             if match:
@@ -158,9 +165,8 @@ class Machine:
                 raise LaunchError(f"QEMU reported an internal error while waiting for {what}",
                                   argv=self.argv, returncode=None, log=self.qemu_log,
                                   log_tail=tail(self.qemu_log))
-            if time.monotonic() > deadline:
-                raise WaitTimeout(what, timeout, f"console {self.spec.console_log}:\n"
-                                  + tail(self.spec.console_log, 10))
+            deadline.check(lambda: f"console {self.spec.console_log}:\n"
+                           + tail(self.spec.console_log, 10))
             time.sleep(0.05)
 
     def wait_exit(self, timeout: float) -> int | None:

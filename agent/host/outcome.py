@@ -171,6 +171,8 @@ def classify(err: BaseException) -> tuple[Outcome, dict[str, Any]]:
         return Outcome.HOST_RESOURCE, {"error": "out of memory"}
     if isinstance(err, WaitTimeout):
         return Outcome.PROCESS_FAILED, {"waited_for": err.what, "timeout": err.timeout}
+    if isinstance(err, (ConnectionError, EOFError)):
+        return Outcome.PROCESS_FAILED, {"error": f"{type(err).__name__}: {err}"}
     if isinstance(err, MsixlabError):
         return Outcome.PROCESS_FAILED, {}
     return Outcome.INTERNAL_ERROR, {"exception": type(err).__name__}
@@ -202,4 +204,6 @@ class RunVerdict:
     def from_error(cls, err: BaseException, faults: Sequence[Mapping[str, Any]] = ()) -> "RunVerdict":
         outcome, evidence = classify(err)
         text = str(err) or type(err).__name__
+        if outcome is Outcome.INTERRUPTED:
+            text = f"interrupted by {err}" if str(err) else "interrupted (Ctrl-C)"
         return cls(outcome, text.splitlines()[0][:500], evidence=evidence, faults=tuple(faults))

@@ -38,6 +38,8 @@ import logging
 import time
 from typing import Callable
 
+from msixlab_common.deadline import Deadline
+
 from . import accounting, checks
 from .errors import HostError, WaitTimeout
 from .ledger import GroupRequest, Ledger
@@ -121,11 +123,11 @@ class Scenario:
     def _wait_counts(self, want: dict[int, int], what: str) -> Snapshot:
         """Wait, under one deadline, until every index in ``want`` counted at least that
         many; return the snapshot then (or at the deadline: the checks judge it)."""
-        deadline = time.monotonic() + STEP_TIMEOUT_S
+        deadline = Deadline(STEP_TIMEOUT_S, what)
         while True:
             counts = {v["index"]: sum(v["counts"]) for v in self.lab.agent("routing")}
             short = {i: counts.get(i, 0) for i, n in want.items() if counts.get(i, 0) < n}
-            if not short or time.monotonic() > deadline:
+            if not short or deadline.expired():
                 if short:
                     log.warning("%s: after %g s, still short: %s", what, STEP_TIMEOUT_S, short)
                 return self.snapshot()

@@ -2,16 +2,23 @@
 
 Concepts: a ``RunDirs`` pairs the private runtime directory (mode 0700, short path, for
 the sockets of QEMU, QMP, the device server and the agent) with ``results/<run-id>/``,
-where every artifact of the run is kept.  ``guest_spec`` assembles a ``GuestSpec`` from
+where every artifact of the run is kept.  A run id carries 48 random bits and its results
+dir is made exclusively.  The runtime dir records its owner (pid and process start time,
+``owner.json``); a run that dies without cleaning up (SIGKILL) leaves it behind, and the
+next run removes it, stopping any process still running from it
+(``clean_stale_runtime_dirs``).  ``guest_spec`` assembles a ``GuestSpec`` from
 the image, a kernel flavor and the run's sockets, so every boot (doctor's probe, the
 ready check, the main job) uses the same recipe.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,13 +27,83 @@ from pathlib import Path
 from images import initramfs
 from images.image import Image
 
+from msixlab_common.lifetime import process_alive, process_start_time
+
+from .errors import HostError
 from .qemu_argv import GuestSpec, Share
+
+log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
+RUNTIME_PREFIX = "msixlab-"
+OWNER_FILE = "owner.json"
+RUN_ID_BYTES = 6            # 48 random bits: a collision is a one in 2**48 event
+
+
 def new_run_id(prefix: str = "run") -> str:
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(RUN_ID_BYTES)}"
+
+
+def _owner_record(run_id: str) -> dict:
+    return {"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
+            "run_id": run_id}
+
+
+def _stale(path: Path) -> dict | None:
+    """The owner record of a runtime dir whose owner is dead; None for a live one or a
+    dir that is not a runtime dir of msixlab (no readable owner record)."""
+    try:
+        if path.is_symlink() or path.stat().st_uid != os.getuid():
+            return None
+        owner = json.loads((path / OWNER_FILE).read_text())
+        pid, started = owner["pid"], owner.get("start_time")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(pid, int) or process_alive(pid, started):
+        return None
+    return owner
+
+
+def _processes_using(path: Path) -> list[int]:
+    """Our processes whose command line names ``path`` (a dead run's QEMU or server)."""
+    needle = os.fsencode(str(path)) + b"/"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def clean_stale_runtime_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the runtime dirs of runs whose msixlab is dead (killed, crashed) and stop
+    what is still running in them; return the dirs removed."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for path in sorted(root.glob(RUNTIME_PREFIX + "*")):
+        owner = _stale(path)
+        if owner is None:
+            continue
+        for pid in _processes_using(path):
+            log.warning("killing pid %d left running by dead run %s", pid, owner.get("run_id"))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the runtime dir %s of dead run %s (pid %s)", path,
+                 owner.get("run_id"), owner["pid"])
+        removed.append(path)
+    return removed
 
 
 @dataclass
@@ -37,11 +114,25 @@ class RunDirs:
 
     @classmethod
     def create(cls, results_root: Path, prefix: str = "run") -> "RunDirs":
-        run_id = new_run_id(prefix)
-        results = results_root / run_id
-        results.mkdir(parents=True)
-        runtime = Path(tempfile.mkdtemp(prefix="msixlab-"))   # mkdtemp makes it 0700
+        """A fresh run: ``results_root/<run-id>/`` made exclusively (never another run's),
+        and a private runtime dir (0700 whatever the umask) that records its owner, after
+        removing the runtime dirs of dead runs."""
+        clean_stale_runtime_dirs()
+        results_root = Path(results_root)
+        results_root.mkdir(parents=True, exist_ok=True)
+        for _ in range(8):
+            run_id = new_run_id(prefix)
+            results = results_root / run_id
+            try:
+                results.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise HostError(f"cannot make a fresh results dir under {results_root}")
+        runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
         os.chmod(runtime, 0o700)
+        (runtime / OWNER_FILE).write_text(json.dumps(_owner_record(run_id)))
         return cls(run_id, results, runtime)
 
     def cleanup(self) -> None:

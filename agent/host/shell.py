@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from images.image import Image
+from msixlab_common.lifetime import die_with_parent
 
 from .device_server import DeviceServer
 from .kmod import ensure_kmod, kmod_dir
@@ -66,6 +68,7 @@ def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, km
             console.print(f"QMP: {spec.qmp_socket}; artifacts: {dirs.results}")
             console.print("console below; Ctrl-A c: QEMU monitor, Ctrl-A x: quit")
             with open(dirs.results / "qemu.log", "w") as log:
-                return subprocess.run(argv, stderr=log).returncode
+                return subprocess.run(argv, stderr=log,
+                                      preexec_fn=die_with_parent(signal.SIGKILL)).returncode
         finally:
             device.stop()

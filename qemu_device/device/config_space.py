@@ -1,11 +1,13 @@
-# Concepts: the 4 KiB PCIe configuration space of the NIC. Three parallel byte arrays:
-# the current values, a read-write mask and a write-1-to-clear mask; a write changes only
-# RW bits and clears RW1C bits where it writes 1s; everything else is read-only. BAR
-# registers are RW only in the bits above their size (so sizing with all-ones works).
-# Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, no
-# extended capabilities. Writes touching MSI-X Message Control notify a listener, since
-# that is how the server learns enable and function mask (QEMU emulates the rest).
-"""PCI configuration space with RO/RW/RW1C masks."""
+"""PCI configuration space with RO/RW/RW1C masks.
+
+Concepts: the 4 KiB PCIe configuration space of the NIC. Three parallel byte arrays:
+the current values, a read-write mask and a write-1-to-clear mask; a write changes only
+RW bits and clears RW1C bits where it writes 1s; everything else is read-only. BAR
+registers are RW only in the bits above their size (so sizing with all-ones works).
+Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, no
+extended capabilities. Writes touching MSI-X Message Control notify a listener, since
+that is how the server learns enable and function mask (QEMU emulates the rest).
+"""
 
 from __future__ import annotations
 

@@ -52,10 +52,14 @@ class DmaRegion:
 class DmaMap:
     """All DMA regions of the current client, sorted by IOVA."""
 
-    def __init__(self, fds: "FdPort") -> None:
+    def __init__(self, fds: "FdPort", max_fd_maps: int = MAX_DMA_MAPS) -> None:
         self.fds = fds
         self._regions: list[DmaRegion] = []
         self._starts: list[int] = []
+        #: maps backed by an fd: each holds one fd (mmap's dup) until unmapped, so the
+        #: server caps them below its fd limit (ENOSPC past it)
+        self.max_fd_maps = max_fd_maps
+        self.fd_maps = 0
 
     def __len__(self) -> int:
         return len(self._regions)
@@ -73,6 +77,7 @@ class DmaMap:
             if fd is not None:
                 self.fds.close(fd)
         region = DmaRegion(iova, size, flags, offset, mem)
+        self.fd_maps += mem is not None
         i = bisect.bisect_left(self._starts, iova)
         self._starts.insert(i, iova)
         self._regions.insert(i, region)
@@ -85,6 +90,9 @@ class DmaMap:
             raise DeviceError(f"bad DMA map flags {flags:#x}", errno=errno.EINVAL)
         if len(self._regions) >= MAX_DMA_MAPS:
             raise DeviceError("too many DMA maps", errno=errno.ENOSPC)
+        if fd is not None and self.fd_maps >= self.max_fd_maps:
+            raise DeviceError(f"too many DMA maps with an fd ({self.fd_maps})",
+                              errno=errno.ENOSPC)
         if fd is None and offset:
             raise DeviceError("offset without an fd", errno=errno.EINVAL)
         if fd is not None and (offset % PAGE_SIZE or size % PAGE_SIZE):
@@ -102,6 +110,7 @@ class DmaMap:
             raise DeviceError(f"no DMA map {iova:#x}+{size:#x}", errno=errno.ENOENT)
         region = self._regions.pop(i)
         del self._starts[i]
+        self.fd_maps -= region.mem is not None
         self._release(region)
         return region
 
@@ -111,6 +120,7 @@ class DmaMap:
             self._release(r)
         self._regions.clear()
         self._starts.clear()
+        self.fd_maps = 0
         return n
 
     @staticmethod

@@ -39,6 +39,8 @@ _CONFIG = int(RegionIndex.VFIO_PCI_CONFIG_REGION_INDEX)
 
 @dataclass
 class Area:
+    """One guest-visible region of a BAR (registers, MSI-X table or PBA): where it is and
+    who reads and writes it."""
     start: int
     end: int
     what: str
@@ -153,6 +155,9 @@ class Device:
         raise DeviceError(why, errno=errno.EINVAL)
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
+        """``count`` bytes of vfio-user region ``region`` at ``offset`` (config space or a
+        BAR), as the guest would read them; a bad access raises DeviceError (EINVAL) and
+        counts ``bad_region_access``."""
         if region == 0 and count == 4 and not offset & 3 and offset < REG_BLOCK_SIZE:
             return self._read32(offset).to_bytes(4, "little")   # a register: the hot path
         end = offset + count
@@ -174,6 +179,8 @@ class Device:
         return bytes(out)
 
     def region_write(self, region: int, offset: int, data: bytes) -> None:
+        """Write ``data`` to region ``region`` at ``offset`` with the side effects a guest
+        write has (doorbells, MSI-X control, masks); a bad access raises DeviceError."""
         self._check_access(region, offset, len(data))
         if region == _CONFIG:
             self.config.write(offset, data)

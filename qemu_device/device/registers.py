@@ -1,12 +1,14 @@
-# Concepts: the NIC's BAR0 register block (REG_BLOCK_SIZE bytes), laid out like a small
-# real NIC: identification, control/status, an ICS doorbell that raises a vector, an
-# IVAR table mapping queues to vectors with per-queue kick doorbells, and per-vector
-# raise/deliver counters. Registers are 32 bits; any access of 1..8 bytes is split into
-# dword pieces. A read returns the containing dwords' bytes; a write to a RW register
-# merges the written bytes; doorbells act only on a whole-dword write (a partial write is
-# counted as a bad access). Unknown offsets read 0 and ignore writes. docs/device.md holds
-# the table of every register.
-"""BAR0 register map of the emulated NIC."""
+"""BAR0 register map of the emulated NIC.
+
+Concepts: the NIC's BAR0 register block (REG_BLOCK_SIZE bytes), laid out like a small
+real NIC: identification, control/status, an ICS doorbell that raises a vector, an
+IVAR table mapping queues to vectors with per-queue kick doorbells, and per-vector
+raise/deliver counters. Registers are 32 bits; any access of 1..8 bytes is split into
+dword pieces. A read returns the containing dwords' bytes; a write to a RW register
+merges the written bytes; doorbells act only on a whole-dword write (a partial write is
+counted as a bad access). Unknown offsets read 0 and ignore writes. docs/device.md holds
+the table of every register.
+"""
 
 from __future__ import annotations
 

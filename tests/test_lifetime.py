@@ -1,0 +1,192 @@
+"""Process lifetime (issue 9, item 1): children die with their parent however it dies;
+SIGTERM/SIGHUP unwind like Ctrl-C; runtime dirs are private, record their owner, and the
+dirs (and processes) of dead runs are cleaned at the next start; run ids do not collide."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from agent.host import session
+from agent.host.session import OWNER_FILE, RunDirs, clean_stale_runtime_dirs
+from msixlab_common.deadline import wait_until
+from msixlab_common.lifetime import die_with_parent, process_alive, process_start_time
+
+PR_GET_PDEATHSIG = 2
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_python(code: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=PROJECT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_child_dies_with_its_parent_however_the_parent_dies(how):
+    parent = _run_python("""
+        import subprocess, time
+        from msixlab_common.lifetime import die_with_parent
+        child = subprocess.Popen(["sleep", "120"], preexec_fn=die_with_parent())
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """)
+    try:
+        child = int(parent.stdout.readline())
+        assert process_alive(child)
+        parent.send_signal(how)
+        parent.wait(timeout=20)
+        wait_until(lambda: not process_alive(child), 10, f"sleep (pid {child}) to die")
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()
+
+
+def _fork_and_wait(body) -> int:
+    """Run body() in a forked child; return its wait status."""
+    pid = os.fork()
+    if pid == 0:                                        # pragma: no cover (child)
+        try:
+            body()
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+def test_the_child_asks_for_the_death_signal():
+    preexec = die_with_parent(signal.SIGTERM)
+
+    def child():
+        preexec()
+        libc = ctypes.CDLL(None, use_errno=True)
+        sig = ctypes.c_int(0)
+        libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0)
+        os._exit(sig.value)
+    status = _fork_and_wait(child)
+    assert os.waitstatus_to_exitcode(status) == signal.SIGTERM
+
+
+def test_a_child_whose_parent_is_already_gone_kills_itself():
+    preexec = die_with_parent(signal.SIGTERM)           # "the parent" is this process
+
+    def middle():                                       # the grandchild's parent is not
+        status = _fork_and_wait(preexec)
+        os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0)
+    status = _fork_and_wait(middle)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_unwind_like_ctrl_c(sig):
+    proc = _run_python("""
+        import signal, sys, time
+        from msixlab_common.lifetime import Terminated, interrupt_on
+        interrupt_on(signal.SIGTERM, signal.SIGHUP)
+        try:
+            print("ready", flush=True)
+            time.sleep(60)
+        except KeyboardInterrupt as err:
+            print("interrupted", type(err).__name__, err.signum, flush=True)
+        finally:
+            print("torn down", flush=True)
+    """)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert out.split("\n")[:2] == [f"interrupted Terminated {int(sig)}", "torn down"]
+
+
+def test_process_alive_tells_exited_and_reused_pids():
+    me = os.getpid()
+    assert process_alive(me) and process_alive(me, process_start_time(me))
+    assert not process_alive(me, process_start_time(me) - 1)        # a reused pid
+    assert not process_alive(2 ** 22 + 1)                          # beyond pid_max
+
+
+def test_an_exited_but_unreaped_child_is_not_alive():
+    child = subprocess.Popen(["true"])
+    try:
+        wait_until(lambda: open(f"/proc/{child.pid}/stat").read().split(") ")[1][0] == "Z",
+                   10, "the child to exit (a zombie until reaped)")
+        assert not process_alive(child.pid)
+    finally:
+        child.wait()
+
+
+# -- RunDirs --------------------------------------------------------------------------------
+
+def test_run_dirs_are_private_whatever_the_umask_and_record_their_owner(tmp_path):
+    old = os.umask(0)
+    try:
+        dirs = RunDirs.create(tmp_path)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(dirs.runtime.stat().st_mode) == 0o700
+        owner = json.loads((dirs.runtime / OWNER_FILE).read_text())
+        assert owner == {"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
+                         "run_id": dirs.run_id}
+        assert dirs.results == tmp_path / dirs.run_id and dirs.results.is_dir()
+        assert len(dirs.run_id.rsplit("-", 1)[1]) == 2 * session.RUN_ID_BYTES >= 12
+    finally:
+        dirs.cleanup()
+    assert not dirs.runtime.exists()
+
+
+def test_a_run_never_takes_an_existing_results_dir(tmp_path, monkeypatch):
+    ids = iter(["run-a", "run-a", "run-b"])
+    monkeypatch.setattr(session, "new_run_id", lambda prefix="run": next(ids))
+    (tmp_path / "run-a").mkdir()
+    (tmp_path / "run-a" / "routing.json").write_text("{}")
+    with RunDirs.create(tmp_path) as dirs:
+        assert dirs.run_id == "run-b"
+    assert (tmp_path / "run-a" / "routing.json").read_text() == "{}"
+
+
+def _runtime(root, name, owner) -> os.PathLike:
+    path = root / f"msixlab-{name}"
+    path.mkdir()
+    (path / "nic0.sock").touch()
+    if owner is not None:
+        (path / OWNER_FILE).write_text(owner if isinstance(owner, str) else json.dumps(owner))
+    return path
+
+
+def test_stale_runtime_dirs_of_dead_runs_are_cleaned(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me, started = os.getpid(), process_start_time(os.getpid())
+    stale = _runtime(tmp_path, "dead", {"pid": dead.pid, "start_time": 1, "run_id": "r1"})
+    reused = _runtime(tmp_path, "reused", {"pid": me, "start_time": started - 1})
+    live = _runtime(tmp_path, "live", {"pid": me, "start_time": started, "run_id": "r3"})
+    foreign = _runtime(tmp_path, "noowner", None)
+    garbage = _runtime(tmp_path, "garbage", "not json")
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                               str(stale / "nic0.sock")])
+    try:
+        removed = clean_stale_runtime_dirs(tmp_path)
+        assert sorted(removed) == sorted([stale, reused])
+        assert orphan.wait(timeout=10) == -signal.SIGKILL      # left over by the dead run
+    finally:
+        orphan.kill()
+        orphan.wait()
+    for kept in (live, foreign, garbage, other):
+        assert kept.exists()
+    assert not stale.exists() and not reused.exists()
