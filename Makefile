@@ -55,7 +55,7 @@ bench: image
 # naming an expected check.  About 25 minutes (loaded 2-core host), so not in `make test`
 # (which runs the catalogue's own unit test).  MUTANTS='kmod-*' selects by name or glob.
 mutate: image
-	$(PY) -m mutants.run $(MUTANTS)
+	$(PY) -m mutants.run $(foreach m,$(MUTANTS),'$(m)')
 
 doctor: setup
 	$(MSIXLAB) doctor
