@@ -127,7 +127,7 @@ class DriverCallFailed(KernelMisbehaved, GuestAgentError):
 
 
 class GuestUnresponsive(KernelMisbehaved):
-    """The guest stopped answering (or powered itself off) after its kernel started."""
+    """The guest stopped answering (or powered itself off) after its agent answered."""
 
     outcome = Outcome.GUEST_UNRESPONSIVE
 
