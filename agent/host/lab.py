@@ -109,7 +109,7 @@ class Lab:
             except (WaitTimeout, HostError, OSError):
                 self.guard()
                 if deadline.expired():
-                    self._no_answer(f"the guest agent's hello within {boot_timeout:g} s")
+                    self._never_booted(boot_timeout)
         self.timings["boot_to_agent_s"] = self.machine.elapsed()
         check_hello(self.hello)
 
@@ -135,6 +135,20 @@ class Lab:
                 ending = None
         if ending is not None:
             raise ending
+
+    def _never_booted(self, boot_timeout: float) -> None:
+        """No hello within the boot timeout and no kernel report to explain it: a boot
+        that stalls cannot be told from a starved host (seen: TCG guests silent after
+        APIC calibration on a host with load 10+), and calling it bad would mislead a
+        bisect, so the run could not judge."""
+        self.guard()
+        console = tail(self.machine.spec.console_log, 10) if self.machine else ""
+        started = self.sentinel is not None and self.sentinel.kernel_started
+        raise CouldNotJudge(Outcome.PROCESS_FAILED,
+                            f"the guest did not finish booting within {boot_timeout:g} s "
+                            f"(kernel {'started' if started else 'printed nothing'}, "
+                            f"no hello from the agent, no kernel report on the console)",
+                            console_tail=console)
 
     def _no_answer(self, what: str) -> None:
         """The guest did not answer: the kernel's failure once it started, else the rig's."""

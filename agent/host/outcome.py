@@ -5,7 +5,7 @@ Concepts owned here:
   check passed.  1 means the *kernel under test* misbehaved: a check failed, the console
   shows a kernel splat (oops, panic, BUG, WARN, KASAN, UBSAN, lockdep, hung task,
   lockup), the guest driver returned an error where the scenario needs success, or the
-  guest stopped answering after its kernel had started.  125 means the run could not
+  guest stopped answering after its agent had answered.  125 means the run could not
   judge: an image or build failure, QEMU or the device server failing for a reason that
   is not the guest's, a host resource error, a kernel without what the rig needs
   (dynamic MSI-X, a config option), a fault of the emulated device, a bad option, a
@@ -72,7 +72,7 @@ MEANING = {
     Outcome.CHECK_FAILED: "a check failed",
     Outcome.KERNEL_SPLAT: "the guest kernel printed an oops, panic, BUG, WARN or similar report",
     Outcome.DRIVER_ERROR: "the guest driver returned an error where the scenario needs success",
-    Outcome.GUEST_UNRESPONSIVE: "the guest stopped answering after its kernel had started",
+    Outcome.GUEST_UNRESPONSIVE: "the guest stopped answering after its agent had answered",
     Outcome.BUILD_FAILED: "the image, the kernel or the guest driver could not be built",
     Outcome.PROCESS_FAILED: "QEMU or the device server failed, not because of the guest",
     Outcome.DEVICE_FAULT: "the emulated device reported an error (the rig, not the kernel)",
@@ -127,7 +127,7 @@ class DriverCallFailed(KernelMisbehaved, GuestAgentError):
 
 
 class GuestUnresponsive(KernelMisbehaved):
-    """The guest stopped answering (or powered itself off) after its kernel started."""
+    """The guest stopped answering (or powered itself off) after its agent answered."""
 
     outcome = Outcome.GUEST_UNRESPONSIVE
 

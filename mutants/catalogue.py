@@ -1,0 +1,286 @@
+"""The mutant catalogue: every bug ``make mutate`` plants, and what must catch it.
+
+Concepts owned here:
+- An ``Edit`` is one exact textual replacement in one file of the project: ``old`` must
+  occur exactly once in the file (else the catalogue has rotted and the runner refuses
+  the mutant, loudly), and is replaced by ``new``.
+- A ``Mutant`` is a named bug: one or more edits, a one-line description of the bug they
+  plant, and its *expected set*: check names (as in ``scenario.PLAN``) or run outcomes
+  (``outcome.Outcome`` values such as ``kernel_splat``).  The main job run against the
+  mutated copy kills the mutant only if it exits 1 and its verdict names at least one
+  member of the expected set (a failed check, or the outcome itself).  A mutant killed
+  by its outcome names the splat it causes (``splat``, a regular expression the
+  verdict's first console line must match), so an unrelated crash cannot kill it.
+- Kinds: ``bug`` plants a bug in the device model or the guest driver; ``unjudged``
+  makes a host check stop running (the "declared but not judged" rule must catch it);
+  ``weakened`` loosens one host check *and* plants the bug it guards, so the verdict
+  must still catch the bug through another check (a loosened comparison alone cannot
+  change a correct run: tests/ pins each check on its own).
+- Equivalent mutants (no run can tell them apart from the original) are not in the
+  catalogue; ``EQUIVALENT`` records each one considered, and why it was left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICE = "qemu_device/device"
+KMOD = "agent/kmod"
+HOST = "agent/host"
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str     # relative to the project root
+    old: str      # must occur exactly once in the file
+    new: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    kind: str                   # "bug", "unjudged" or "weakened"
+    description: str            # the bug it plants, one line
+    expected: frozenset[str]    # check names or outcomes; one must be in the verdict
+    edits: tuple[Edit, ...]
+    splat: str | None = None    # the console line an expected kernel_splat must match
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e.path for e in self.edits))
+
+
+def _m(name: str, kind: str, description: str, expected: set[str], *edits: Edit,
+       splat: str | None = None) -> Mutant:
+    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat)
+
+
+MSIX = f"{DEVICE}/msix.py"
+REGS = f"{DEVICE}/registers.py"
+NIC = f"{DEVICE}/nic.py"
+GROUP = f"{KMOD}/msixlab_group.c"
+ROUTE = f"{KMOD}/msixlab_route.c"
+CHECKS = f"{HOST}/checks.py"
+ACCOUNTING = f"{HOST}/accounting.py"
+SCENARIO = f"{HOST}/scenario.py"
+
+# Plants shared by a bug mutant and the weakened-check mutant that pairs with it.
+_HANDLER_COUNTS_TWICE = Edit(GROUP, "\tthis_cpu_inc(*vec->counts);",
+                             "\tthis_cpu_add(*vec->counts, 2);")
+_FREE_KEEPS_ENTRY = Edit(
+    GROUP, "\tif (vec->dynamic)\n\t\tpci_msix_free_irq(ml->pdev, vec->map);\n", "")
+
+DEVICE_MUTANTS = (
+    _m("dev-pba-never-clears", "bug",
+       "the guest-visible PBA keeps every bit the guest ever saw set, even after delivery",
+       {"pba_matches_pending"},
+       Edit(MSIX, "        return bytes(self.pending[offset:offset + count])",
+            "        self.sticky = bytes(a | b for a, b in zip(\n"
+            "            getattr(self, 'sticky', bytes(len(self.pending))), self.pending))\n"
+            "        return self.sticky[offset:offset + count]")),
+    _m("dev-maskall-ignored", "bug",
+       "the device ignores the function mask (MASKALL) of config writes: raises go through",
+       {"raise_held_while_function_masked", "device_counters_match"},
+       Edit(NIC, "self.config.msix_listener = self.msix.set_control",
+            "self.config.msix_listener = lambda on, fmask: self.msix.set_control(on, False)")),
+    _m("dev-raised-not-counted-while-pending", "bug",
+       "RAISED is not counted for a raise the device holds pending (only deliverable ones)",
+       {"device_counters_match"},
+       Edit(MSIX, "        self.raised[v] += 1\n", "        self.raised[v] += self.deliverable(v)\n")),
+    _m("dev-irq-total-miscounted", "bug",
+       "the IRQ total register does not count a doorbell raise of vector 0",
+       {"irq_total_matches"},
+       Edit(REGS, "        else:\n            self.irq_total += 1",
+            "        else:\n            self.irq_total += vector > 0")),
+    _m("dev-spurious-on-first-eventfd", "bug",
+       "a vector that first gets its eventfd is signalled once, spuriously",
+       {"counts_match_raises", "pending_delivered_after_alloc", "raise_counted_once_on_cpu"},
+       Edit(MSIX, '            self._emit("eventfd_assign", start + i)\n',
+            '            self._emit("eventfd_assign", start + i)\n'
+            "            if old is None:\n"
+            "                self.fds.signal(fd)\n")),
+    _m("dev-wrong-vector-raise", "bug",
+       "a raise signals the eventfd of the neighbouring vector (v ^ 1)",
+       {"raise_counted_once_on_cpu", "counts_match_raises"},
+       Edit(MSIX, "        fd = self.eventfds[v]\n        if (fd is not None and self.enabled",
+            "        fd = self.eventfds[v ^ 1]\n        if (fd is not None and self.enabled")),
+    _m("dev-lost-raise", "bug",
+       "every second delivery of a vector is counted but its eventfd is never written",
+       {"raise_counted_once_on_cpu", "doorbell_raise_counted_once_on_cpu",
+        "counts_match_raises"},
+       Edit(MSIX, "            self.fds.signal(fd)\n        except OSError",
+            "            if self.delivered[v] % 2 == 0:\n"
+            "                self.fds.signal(fd)\n        except OSError")),
+    _m("dev-pending-redelivered", "bug",
+       "a pending raise delivered at a flush keeps its pending bit: every later flush "
+       "delivers it again (duplicates)",
+       {"pba_matches_pending", "device_counters_match", "counts_match_raises",
+        "pending_delivered_after_alloc"},
+       Edit(MSIX, "                    self.pending[v >> 3] &= ~(1 << (v & 7))\n", "")),
+    _m("dev-eventfd-does-not-flush", "bug",
+       "a vector that gets its eventfd does not deliver the raise held pending for it",
+       {"pending_delivered_after_alloc", "counts_match_raises", "device_counters_match"},
+       Edit(MSIX, "        self.flush_pending(range(start, start + len(fds)))\n", "")),
+    _m("dev-raise-without-eventfd-dropped", "bug",
+       "a raise the device cannot deliver is dropped instead of held pending (no PBA bit)",
+       {"pba_matches_pending", "pending_delivered_after_alloc", "device_counters_match"},
+       Edit(MSIX, "        self.pending[v >> 3] |= 1 << (v & 7)\n        self._emit(\"pend\"",
+            "        self._emit(\"pend\"")),
+    _m("dev-doorbell-5-bit-vector", "bug",
+       "the ICS doorbell decodes only 5 bits of the vector number (60 raises 28)",
+       {"doorbell_raise_counted_once_on_cpu", "counts_match_raises", "device_counters_match"},
+       Edit(REGS, "        self.msix.raise_vector(vector, source)",
+            "        self.msix.raise_vector(vector & 0x1F, source)")),
+)
+
+KMOD_MUTANTS = (
+    _m("kmod-affinity-hint-ignored", "bug",
+       "the driver allocates a group asked for one CPU without its affinity descriptor",
+       {"requested_affinity_honoured"},
+       Edit(GROUP, "ret = msixlab_grp_fill(ml, grp, affd);",
+            "ret = msixlab_grp_fill(ml, grp, NULL);")),
+    _m("kmod-affinity-wrong-cpu", "bug",
+       "the affinity descriptor names the CPU after the one asked for",
+       {"requested_affinity_honoured"},
+       Edit(GROUP, "cpumask_copy(&affd->mask, cpumask_of(req->cpu));",
+            "cpumask_copy(&affd->mask, cpumask_of((req->cpu + 1) % nr_cpu_ids));")),
+    _m("kmod-start-first-only", "bug",
+       "an explicit start is honoured for the group's first vector only (C = [60, 7, 8])",
+       {"group_allocated_as_requested"},
+       Edit(GROUP, "ret = msixlab_vec_alloc(ml, grp, index, affd);",
+            "ret = msixlab_vec_alloc(ml, grp, i ? MSI_ANY_INDEX : index, affd);")),
+    _m("kmod-group-id-reused-while-live", "bug",
+       "group ids wrap at 4: the fifth group gets id 1 while group 1 is still live",
+       {"group_id_unique"},
+       Edit(GROUP, "\tml->next_group++;", "\tml->next_group = ml->next_group % 4 + 1;")),
+    _m("kmod-readout-omits-index0", "bug",
+       "the driver's read-out of allocated vectors starts at index 1 (omits group 0)",
+       {"live_vectors_match_driver", "counts_match_raises"},
+       Edit(GROUP, "\tfor (i = 0; i < ml->table_size; i++)\n\t\tif (ml->vecs[i] && (!grp",
+            "\tfor (i = 1; i < ml->table_size; i++)\n\t\tif (ml->vecs[i] && (!grp")),
+    _m("kmod-handler-counts-twice", "bug",
+       "the interrupt handler counts every interrupt twice (a duplicated delivery)",
+       {"pending_delivered_after_alloc", "raise_counted_once_on_cpu", "counts_match_raises"},
+       _HANDLER_COUNTS_TWICE),
+    _m("kmod-free-keeps-table-entry", "bug",
+       "freeing a vector frees its handler but never its MSI-X index (not reusable, still in msi_irqs)",
+       {"freed_entry_masked_and_cleared", "msi_irqs_match_driver", "freed_index_reused"},
+       _FREE_KEEPS_ENTRY),
+    _m("kmod-doorbell-wrong-index", "bug",
+       "the RAISE ioctl rings the doorbell of the neighbouring index (index ^ 1)",
+       {"doorbell_raise_counted_once_on_cpu", "counts_match_raises"},
+       Edit(ROUTE, "\twritel(r->index, ml->regs + MSIXLAB_REG_ICS);",
+            "\twritel(r->index ^ 1, ml->regs + MSIXLAB_REG_ICS);")),
+    _m("kmod-function-mask-never-set", "bug",
+       "the FUNCTION_MASK ioctl never sets MASKALL (reports success)",
+       {"raise_held_while_function_masked"},
+       Edit(ROUTE, "\t\tcontrol |= PCI_MSIX_FLAGS_MASKALL;", "\t\tcontrol |= 0;")),
+    _m("kmod-pba-readout-low-half", "bug",
+       "the driver's PBA read-out drops the upper dword of each 64-bit PBA word",
+       {"pba_matches_pending", "pending_delivered_after_alloc",
+        "raise_held_while_function_masked"},
+       Edit(ROUTE, "\t\tu64 hi = readl(ml->pba + i * 8 + 4);", "\t\tu64 hi = 0;")),
+    _m("kmod-min-not-honoured", "bug",
+       "a group whose min cannot be met is accepted with fewer vectors",
+       {"exhausted_with_enospc", "group_allocated_as_requested"},
+       Edit(GROUP, "\tif (grp->count >= grp->min)\n\t\treturn 0;",
+            "\tif (grp->count >= 1)\n\t\treturn 0;")),
+    _m("kmod-full-table-ebusy", "bug",
+       "a full table is reported as EBUSY instead of ENOSPC for an any-index group",
+       {"exhausted_with_enospc"},
+       Edit(GROUP, "return any_index ? -ENOSPC : -EBUSY;", "return -EBUSY;")),
+    _m("kmod-double-free-irq", "bug",
+       "freeing a vector calls free_irq() twice (the kernel WARNs)",
+       {"kernel_splat"},
+       Edit(GROUP, "\tfree_irq(vec->map.virq, vec);\n",
+            "\tfree_irq(vec->map.virq, vec);\n\tfree_irq(vec->map.virq, vec);\n"),
+       splat=r"free_irq|already-free IRQ"),
+)
+
+HOST_MUTANTS = (
+    _m("checks-affinity-honoured-not-run", "unjudged",
+       "affinity_honoured dropped from the record checks (it never runs)",
+       {"affinity_honoured"},
+       Edit(CHECKS, "RECORD_CHECKS = (cached_msg_matches_table, destination_matches_affinity, "
+                    "affinity_honoured)",
+            "RECORD_CHECKS = (cached_msg_matches_table, destination_matches_affinity)")),
+    _m("checks-destination-always-skips", "unjudged",
+       "destination_matches_affinity skips every physical-mode message (test inverted)",
+       {"destination_matches_affinity"},
+       Edit(CHECKS, "    if decoded.dest_mode is DestMode.LOGICAL:",
+            "    if decoded.dest_mode is not DestMode.LOGICAL:")),
+    _m("accounting-affinity-only-moved", "unjudged",
+       "requested_affinity_honoured judges only vectors moved at run time",
+       {"requested_affinity_honoured"},
+       Edit(ACCOUNTING, "    for index in sorted(ledger.live()):\n        wanted = "
+                        "ledger.requested_cpus(index)",
+            "    for index in sorted(ledger.moved):\n        wanted = "
+            "ledger.requested_cpus(index)")),
+    _m("scenario-account-skips-device", "unjudged",
+       "the per-step accounting no longer reads the device's counters",
+       {"device_counters_match", "irq_total_matches"},
+       Edit(SCENARIO, '        self._add(accounting.device_counters_match(self.ledger, '
+                      'self.lab.device_command("state")))\n        self._add(accounting.'
+                      'pba_matches_pending(self.ledger, self._pba()))',
+            "        self._add(accounting.pba_matches_pending(self.ledger, self._pba()))")),
+    _m("scenario-function-mask-unjudged", "unjudged",
+       "the function-mask step computes its held-raise verdict but never records it",
+       {"raise_held_while_function_masked"},
+       Edit(SCENARIO, '        self._add(CheckResult("raise_held_while_function_masked", index,',
+            '        (CheckResult("raise_held_while_function_masked", index,')),
+    _m("scenario-exhaustion-table-unjudged", "unjudged",
+       "the exhaustion step no longer compares the table around the failed allocation",
+       {"failed_alloc_leaves_table_unchanged"},
+       Edit(SCENARIO, "        self._add(self._unchanged(before, after))\n", "")),
+    _m("weakened-counts-allow-extra", "weakened",
+       "counts_match_raises only flags lost interrupts (>=), with a handler that counts "
+       "twice",
+       {"pending_delivered_after_alloc", "raise_counted_once_on_cpu"},
+       Edit(ACCOUNTING, "problems = [] if total == expected else [",
+            "problems = [] if total >= expected else ["),
+       _HANDLER_COUNTS_TWICE),
+    _m("weakened-raise-ignores-device", "weakened",
+       "raise_counted_once_on_cpu no longer compares the device's raised/delivered, with a "
+       "device that counts every delivery twice",
+       {"device_counters_match"},
+       Edit(CHECKS, "    elif device and device_deltas != {\"raised\": raises, \"delivered\": raises}:",
+            "    elif False:"),
+       Edit(MSIX, "        self.delivered[v] += 1\n        return True",
+            "        self.delivered[v] += 2\n        return True")),
+    _m("weakened-raise-count-ignored", "weakened",
+       "raise_counted_once_on_cpu no longer compares the counts (only irq, device, strays), "
+       "with raises that signal the neighbouring vector",
+       {"counts_match_raises"},
+       Edit(CHECKS, "    if deltas != ({str(cpu): raises} if raises else {}):",
+            "    if False:"),
+       Edit(MSIX, "        fd = self.eventfds[v]\n        if (fd is not None and self.enabled",
+            "        fd = self.eventfds[v ^ 1]\n        if (fd is not None and self.enabled")),
+)
+
+MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS
+
+# Considered and left out: no run of the main job can tell them from the original.
+EQUIVALENT = {
+    "dev-signal-twice":
+        "writing the eventfd twice per delivery: an eventfd is a counter that QEMU drains "
+        "with one read, so back-to-back writes coalesce into one interrupt",
+    "dev-vector-mask-ignored":
+        "ignoring the per-vector mask bits: QEMU 11.1.3 never sends SET_IRQS MASK/UNMASK "
+        "for MSI-X (docs/device.md), so the bits never get set",
+    "dev-maskall-clear-loses-pending":
+        "the device not flushing its pending raises when MASKALL clears: QEMU 11.1.3 "
+        "re-sends SET_IRQS ACTION_TRIGGER for every vector in use right after the config "
+        "write that clears MASKALL (its unmask vector notifiers), and the eventfd "
+        "assignment delivers what is pending (dev-eventfd-does-not-flush covers that "
+        "path); seen in the device event log, the mutant passed every check",
+    "dev-reset-keeps-msix":
+        "DEVICE_RESET leaving MSI-X state alone: QEMU resets the device before the guest "
+        "enables MSI-X, when nothing is pending or enabled yet",
+    "kmod-handler-irq-none":
+        "the handler returning IRQ_NONE: the kernel's spurious-IRQ detector needs 99,900 "
+        "unhandled of 100,000 interrupts, far more than a run raises",
+}
+
+
+def by_name() -> dict[str, Mutant]:
+    return {m.name: m for m in MUTANTS}

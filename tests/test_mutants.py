@@ -1,0 +1,107 @@
+"""The mutant catalogue cannot rot: every mutant applies to the current tree exactly once,
+says what it plants, expects checks that exist, and the runner judges kills correctly."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.host.outcome import Outcome
+from agent.host.scenario import PLAN
+from mutants import catalogue, run
+from mutants.catalogue import EQUIVALENT, MUTANTS, Edit, Mutant
+
+ROOT = Path(__file__).resolve().parents[1]
+DECLARED = {name for _, names in PLAN for name in names}
+AREAS = ("qemu_device/device/", "agent/kmod/", "agent/host/checks.py",
+         "agent/host/accounting.py", "agent/host/scenario.py")
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_every_mutant_applies_exactly_once(mutant):
+    run.check_applies(mutant, ROOT)
+    for edit in mutant.edits:
+        assert edit.old != edit.new
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_every_mutant_says_what_it_plants_and_what_catches_it(mutant):
+    assert mutant.kind in ("bug", "unjudged", "weakened")
+    assert mutant.description.strip() and "\n" not in mutant.description
+    assert mutant.expected
+    outcomes = {str(o) for o in Outcome if o.exit_code == 1}
+    unknown = mutant.expected - DECLARED - outcomes
+    assert not unknown, f"{mutant.name} expects checks nobody declares: {sorted(unknown)}"
+    if "kernel_splat" in mutant.expected:
+        assert mutant.splat, "an expected splat names the console line it must match"
+    if mutant.kind == "weakened":
+        host = [e for e in mutant.edits if e.path.startswith("agent/host/")]
+        assert host and len(host) < len(mutant.edits), "a weakened check plus the bug it guards"
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_mutated_python_still_compiles(mutant, tmp_path):
+    for edit in mutant.edits:
+        if edit.path.endswith(".py"):
+            text = (ROOT / edit.path).read_text().replace(edit.old, edit.new, 1)
+            compile(text, edit.path, "exec")
+
+
+def test_the_catalogue_covers_every_area_and_has_25_distinct_mutants():
+    assert len(MUTANTS) >= 25
+    assert len({m.name for m in MUTANTS}) == len(MUTANTS)
+    assert not set(EQUIVALENT) & {m.name for m in MUTANTS}
+    for area in AREAS:
+        assert any(p.startswith(area) for m in MUTANTS for p in m.paths), area
+    assert catalogue.by_name()["kmod-readout-omits-index0"].paths == ("agent/kmod/msixlab_group.c",)
+
+
+def test_rot_is_refused_loudly(tmp_path):
+    (tmp_path / "f.py").write_text("a = 1\na = 1\n")
+    twice = Mutant("twice", "bug", "x", frozenset({"counts_match_raises"}),
+                   (Edit("f.py", "a = 1", "a = 2"),))
+    with pytest.raises(run.CatalogueRot, match="occurs 2 times"):
+        run.apply(twice, tmp_path)
+    gone = Mutant("gone", "bug", "x", frozenset({"counts_match_raises"}),
+                  (Edit("f.py", "b = 1", "b = 2"),))
+    with pytest.raises(run.CatalogueRot, match="occurs 0 times"):
+        run.apply(gone, tmp_path)
+    assert (tmp_path / "f.py").read_text() == "a = 1\na = 1\n"
+    once = Mutant("once", "bug", "x", frozenset({"x"}), (Edit("f.py", "a = 1\na", "b = 1\na"),))
+    run.apply(once, tmp_path)
+    assert (tmp_path / "f.py").read_text() == "b = 1\na = 1\n"
+
+
+def test_a_kill_needs_exit_1_and_an_expected_check_or_outcome():
+    m = Mutant("m", "bug", "x", frozenset({"group_id_unique", "kernel_splat"}), ())
+    failed = {"outcome": "check_failed", "failed": ["free-and-reuse/group_id_unique",
+                                                    "alloc/counts_match_raises[3]"]}
+    assert run.judge(m, 1, failed).killed
+    assert run.judge(m, 1, failed).matched == ["group_id_unique"]
+    assert not run.judge(m, 125, failed).killed
+    assert not run.judge(m, 0, {"outcome": "pass", "failed": []}).killed
+    other = {"outcome": "check_failed", "failed": ["alloc/counts_match_raises[3]"]}
+    assert not run.judge(m, 1, other).killed
+    assert run.judge(m, 1, {"outcome": "kernel_splat", "failed": []}).killed
+    assert not run.judge(m, 1, None).killed
+    splat = Mutant("s", "bug", "x", frozenset({"kernel_splat"}), (), splat=r"free_irq")
+    assert run.judge(splat, 1, {"outcome": "kernel_splat", "evidence": {
+        "line": "WARNING: kernel/irq/manage.c:1894 at free_irq+0x1ae/0x2e0, CPU#1"}}).killed
+    assert not run.judge(splat, 1, {"outcome": "kernel_splat", "evidence": {
+        "line": "Kernel panic - not syncing: IO-APIC + timer doesn't work!"}}).killed
+    assert run.check_name("final/kernel_irq_view_agrees[12]") == "kernel_irq_view_agrees"
+    assert run.check_name("exhausted_with_enospc") == "exhausted_with_enospc"
+
+
+def test_the_scratch_copy_is_the_working_tree_without_venv_or_results(tmp_path):
+    files = run.project_files(ROOT)
+    assert "agent/host/scenario.py" in files and "mutants/catalogue.py" in files
+    assert not [f for f in files if f.startswith((".venv/", "results/"))]
+    run.copy_project(ROOT, tmp_path, ["agent/kmod/msixlab_group.c"])
+    assert (tmp_path / "agent/kmod/msixlab_group.c").read_bytes() == \
+        (ROOT / "agent/kmod/msixlab_group.c").read_bytes()
+
+
+def test_only_a_run_whose_guest_never_came_up_is_run_again():
+    assert run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0, "boot_to_agent_s": 9}}})
+    assert not run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0}}})
+    assert not run.guest_was_up({})
