@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import subprocess
+from pathlib import Path
 import sys
 import textwrap
 
@@ -181,6 +182,11 @@ def test_stale_runtime_dirs_of_dead_runs_are_cleaned(tmp_path):
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                                str(stale / "nic0.sock")])
     try:
+        # the child must have exec'd (its command line names the stale dir) before the
+        # cleaner looks, or the race makes the test flaky
+        wait_until(lambda: str(stale).encode() in
+                   Path(f"/proc/{orphan.pid}/cmdline").read_bytes(), 10,
+                   "the orphan's command line")
         removed = clean_stale_runtime_dirs(tmp_path)
         assert sorted(removed) == sorted([stale, reused])
         assert orphan.wait(timeout=10) == -signal.SIGKILL      # left over by the dead run
