@@ -51,7 +51,7 @@ class GuestSpec:
 
 
 def kernel_cmdline(spec: GuestSpec) -> str:
-    words = ["console=ttyS0", "panic=-1", "loglevel=4", "rdinit=/init",
+    words = ["console=ttyS0", "panic=-1", "loglevel=5", "rdinit=/init",
              f"msixlab.mode={spec.mode}"]
     if spec.kmod:
         words.append(f"msixlab.kmod={spec.kmod}")
