@@ -4,7 +4,10 @@ Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|pat
 ``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
 session on the guest's console), ``run`` (the main job:
 the default scenario against the emulated NIC; exit 0 pass, 1 check failed, 125 could
-not judge).
+not judge), ``kernel config|build`` (the rig's kernel options; build a kernel tree) and
+``bisect`` (git bisect a kernel tree with the main job).  ``run``, ``shell`` and ``boot``
+take the kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or
+``--kernel BZIMAGE --kdir DIR``, and another QEMU from ``--qemu PATH``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from images.cache import cache_dir, clean
 
 from . import accel as accel_mod
 from . import doctor
+from .kernel import commands as kernel_commands
+from .kernel import options as kernel_options
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, MsixlabError
 
 # Wide enough for the routing table when the output is a log file rather than a terminal.
@@ -66,17 +71,20 @@ def cmd_image(args) -> int:
 def cmd_boot(args) -> int:
     from .boot import boot_ready
     image = _image_with_progress()
+    kernel, qemu = kernel_options.select(args, image, console)
+    kernel.check_supported()
     choice = accel_mod.choose(args.accel, image, args.flavor)
     results = []
     for i in range(args.count):
-        result = boot_ready(image, args.flavor, accel=choice.accel, timeout=args.timeout,
-                            results_root=Path(args.results))
+        result = boot_ready(image, kernel, accel=choice.accel, timeout=args.timeout,
+                            results_root=Path(args.results), qemu=qemu)
         results.append(result)
         console.print(f"boot {i + 1}/{args.count}: {result.kernel} ready in "
                       f"{result.ready_seconds:.2f} s wall (guest uptime {result.guest_uptime:.2f} s), "
                       f"powered off after {result.total_seconds:.2f} s ({choice.accel})")
     summary = {
-        "kernel": results[0].kernel, "flavor": args.flavor, "accel": choice.accel,
+        "kernel": results[0].kernel, "flavor": kernel.flavor, "kernel_under_test": kernel.label,
+        "accel": choice.accel,
         "boots": len(results),
         "ready_seconds": [round(r.ready_seconds, 3) for r in results],
         "median_ready_seconds": round(statistics.median(r.ready_seconds for r in results), 3),
@@ -93,10 +101,11 @@ def cmd_boot(args) -> int:
 def cmd_shell(args) -> int:
     from .shell import shell_session
     image = _image_with_progress()
+    kernel, qemu = kernel_options.select(args, image, console)
     choice = accel_mod.choose(args.accel, image, args.flavor)
-    return shell_session(image, args.flavor, Path(args.results), console, accel=choice.accel,
+    return shell_session(image, kernel, Path(args.results), console, accel=choice.accel,
                          vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
-                         kmod=not args.no_kmod, dry_run=args.dry_run)
+                         kmod=not args.no_kmod, dry_run=args.dry_run, qemu=qemu)
 
 
 def cmd_run(args) -> int:
@@ -115,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--accel", choices=accel_mod.CHOICES, default=None,
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
         p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+        kernel_options.add_options(p)
 
     def nic_options(p):
         p.add_argument("--vectors", type=int, default=64, help="MSI-X table size of the NIC")
@@ -148,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     guest_options(p)
     nic_options(p)
     p.set_defaults(func=cmd_run)
+
+    kernel_commands.add_parsers(sub, console)
     return top
 
 

@@ -1,9 +1,14 @@
-"""Building the guest driver for a kernel of the image.
+"""Building the guest driver for the kernel under test.
 
-Concepts: ``agent/kmod/build.sh`` builds ``msixlab.ko`` inside the image rootfs (its gcc,
-its kernel headers) without modifying it.  Builds are cached under
-``<cache>/kmod/<kernel>-<hash of the driver sources>/`` so a run rebuilds only when the
-driver or the kernel changed.  The directory is shared into the guest as ``/opt/kmod``.
+Concepts: two ways, chosen by the kernel's ``DriverBuild``:
+- an image kernel: ``agent/kmod/build.sh`` builds ``msixlab.ko`` inside the image rootfs
+  (its gcc, its kernel headers) without modifying it.  Builds are cached under
+  ``<cache>/kmod/<release>-<hash of the driver sources>/`` so a run rebuilds only when the
+  driver or the kernel changed;
+- a kernel build tree (``--kernel-tree``, ``--kdir``): ``make -C KDIR M=OUT modules`` on the
+  host, with the compiler that built the tree.  A tree changes under a bisect without its
+  release changing, so this build is never cached: it goes to the run's own directory.
+Either directory is shared into the guest as ``/opt/kmod``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from images.cache import cache_dir, exclusive
 from images.image import Image
 
 from .errors import HostError
+from .kernel.build import first_error
+from .kernel.under_test import DriverBuild, KernelUnderTest, as_kernel
 from .outcome import Outcome
 
 KMOD_DIR = Path(__file__).resolve().parents[1] / "kmod"
+SOURCES = ("Kbuild", "Makefile")
 
 
 class KmodBuildError(HostError):
@@ -28,24 +36,38 @@ class KmodBuildError(HostError):
 
     outcome = Outcome.BUILD_FAILED
 
+    def __init__(self, message: str, *, log: Path | None = None, first_error: str = ""):
+        super().__init__(message)
+        self.evidence = {"log": str(log) if log else None, "first_error": first_error}
+
 
 def sources_hash() -> str:
     digest = hashlib.sha256()
     for path in sorted(KMOD_DIR.iterdir()):
-        if path.suffix in (".c", ".h", ".sh") or path.name in ("Kbuild", "Makefile"):
+        if path.suffix in (".c", ".h", ".sh") or path.name in SOURCES:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def kmod_dir(image: Image, flavor: str) -> Path:
-    """Where ``msixlab.ko`` for ``flavor``'s kernel is (or will be) cached."""
-    return cache_dir() / "kmod" / f"{image.kernel(flavor).version}-{sources_hash()}"
+def kmod_dir(image: Image, kernel: KernelUnderTest | str, run_dir: Path | None = None) -> Path:
+    """Where ``msixlab.ko`` for the kernel is (or will be) built: the cache for an image
+    kernel, ``run_dir/kmod`` for a kernel build tree."""
+    kernel = as_kernel(image, kernel)
+    if kernel.driver_build is DriverBuild.KDIR:
+        if run_dir is None:
+            raise ValueError("a driver built against a kernel tree needs the run's directory")
+        return run_dir / "kmod"
+    return cache_dir() / "kmod" / f"{kernel.release}-{sources_hash()}"
 
 
-def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
-    """Directory holding ``msixlab.ko`` built for ``flavor``'s kernel."""
-    kernel = image.kernel(flavor)
-    out = kmod_dir(image, flavor)
+def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 600,
+                run_dir: Path | None = None) -> Path:
+    """Directory holding ``msixlab.ko`` built for the kernel under test."""
+    kernel = as_kernel(image, kernel)
+    out = kmod_dir(image, kernel, run_dir)
+    if kernel.driver_build is DriverBuild.KDIR:
+        _build_against_kdir(kernel, out, timeout)
+        return out
     if (out / "msixlab.ko").is_file():
         return out
     with exclusive(out.parent / (out.name + ".lock"), timeout=timeout,
@@ -54,14 +76,42 @@ def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
             return out
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        env = {**os.environ, "MSIXLAB_KVER": kernel.version}
+        env = {**os.environ, "MSIXLAB_KVER": kernel.release}
         try:
             done = subprocess.run(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
                                   env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as err:
             raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s") from err
         if done.returncode != 0:
-            raise KmodBuildError(f"building msixlab.ko for {kernel.version} failed:\n"
-                                 + (done.stderr or done.stdout)[-3000:])
+            output = done.stderr or done.stdout
+            raise KmodBuildError(f"building msixlab.ko for {kernel.release} failed:\n"
+                                 + output[-3000:], first_error=first_error(output.splitlines()))
         os.rename(tmp, out)
     return out
+
+
+def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in KMOD_DIR.iterdir():
+        if path.suffix in (".c", ".h") or path.name in SOURCES:
+            shutil.copy2(path, out / path.name)
+    log = out / "build.log"
+    argv = ["make", "-C", str(kernel.kdir), f"M={out}", "modules"]
+    try:
+        with open(log, "w") as handle:
+            handle.write(f"$ {' '.join(argv)}\n")
+            handle.flush()
+            done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} took longer than "
+                             f"{timeout} s", log=log) from err
+    except OSError as err:
+        raise KmodBuildError(f"cannot run make for msixlab.ko: {err}", log=log) from err
+    text = log.read_text(errors="replace")
+    if done.returncode != 0 or not (out / "msixlab.ko").is_file():
+        error = first_error(text.splitlines())
+        raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} ({kernel.release}) "
+                             f"failed; log: {log}" + (f"\nfirst error:\n{error}" if error else ""),
+                             log=log, first_error=error)

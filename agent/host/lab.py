@@ -18,6 +18,7 @@ from . import qemu_view, routing
 from .device_server import DeviceServer
 from .errors import GuestAgentError, WaitTimeout
 from .jsonlines import JsonLinesClient
+from .kernel.under_test import KernelUnderTest, as_kernel, require_dynamic_msix
 from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .session import RunDirs, guest_spec
@@ -26,9 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Lab:
-    def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
-                 vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = ()):
-        self.image, self.flavor, self.dirs = image, flavor, dirs
+    def __init__(self, image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *,
+                 accel: str = "tcg", vectors: int = 64, cpus: int = 2,
+                 trace: tuple[str, ...] = (), qemu: list[str] | None = None):
+        self.image, self.dirs = image, dirs
+        self.kernel = as_kernel(image, kernel)
+        self.flavor = self.kernel.flavor or self.kernel.label
+        self.qemu = qemu
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.device = DeviceServer.for_run(dirs, vectors)
         self.machine: Machine | None = None
@@ -41,11 +46,12 @@ class Lab:
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
         t0 = time.monotonic()
-        kmod_dir = ensure_kmod(self.image, self.flavor)
+        self.kernel.check_supported()
+        kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
         self.device.start()
-        spec = guest_spec(self.image, self.flavor, self.dirs, mode="agent", accel=self.accel,
-                          cpus=self.cpus, nic_sockets=(self.device.socket_path,),
+        spec = guest_spec(self.image, self.kernel, self.dirs, mode="agent", accel=self.accel,
+                          qemu=self.qemu, cpus=self.cpus, nic_sockets=(self.device.socket_path,),
                           kmod_dir=kmod_dir, agent=True, trace=self.trace)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
@@ -65,6 +71,7 @@ class Lab:
         if self.hello.get("device") is None:
             raise GuestAgentError("hello", self.hello.get("device_error") or
                                   {"message": "the guest agent found no msixlab device"})
+        require_dynamic_msix(self.hello)
 
     def stop(self) -> None:
         try:

@@ -22,6 +22,7 @@ from images.build import ensure_image
 from . import accel as accel_mod
 from .device_server import DeviceServer
 from .errors import EXIT_INFRA, MsixlabError
+from .kernel import options as kernel_options
 from .kmod import kmod_dir
 from .lab import Lab
 from .qemu_argv import build_argv
@@ -30,14 +31,14 @@ from .scenario import Scenario
 from .session import RunDirs, guest_spec
 
 
-def _dry_run(args, console: Console, image) -> int:
+def _dry_run(args, console: Console, image, kernel, qemu) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     dirs = RunDirs.create(scratch, prefix="dry-run")
     try:
         device = DeviceServer.for_run(dirs, args.vectors)
-        spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
+        spec = guest_spec(image, kernel, dirs, mode="agent", cpus=args.cpus, qemu=qemu,
                           nic_sockets=(device.socket_path,),
-                          kmod_dir=kmod_dir(image, args.flavor), agent=True)
+                          kmod_dir=kmod_dir(image, kernel, dirs.results), agent=True)
         print(shlex.join(device.argv))
         print(shlex.join(build_argv(spec)))
     finally:
@@ -63,24 +64,26 @@ def _save_guest_views(lab: Lab) -> None:
 
 def run_main_job(args, console: Console) -> int:
     image = ensure_image()
+    kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:
-        return _dry_run(args, console, image)
+        return _dry_run(args, console, image, kernel, qemu)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
-    console.print(f"run {dirs.run_id}: kernel {image.kernel(args.flavor).version} ({args.flavor}), "
+    console.print(f"run {dirs.run_id}: kernel {kernel.release} ({kernel.label}), "
                   f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors; "
                   f"results in {dirs.results}")
     started = time.monotonic()
     try:
-        with dirs, Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors,
-                       cpus=args.cpus) as lab:
+        with dirs, Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors,
+                       cpus=args.cpus, qemu=qemu) as lab:
             console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
                           f"(kernel {lab.hello.get('kernel')})")
             scenario = Scenario(lab, say=console.print)
             final = scenario.run()
             _save_guest_views(lab)
             metadata = {
-                "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
+                "run_id": dirs.run_id, "kernel": lab.hello.get("kernel"), "flavor": kernel.flavor,
+                "kernel_under_test": kernel.as_json(),
                 "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
                 "cpus": args.cpus, "device": lab.hello.get("device"),
                 "timings": {k: round(v, 3) for k, v in lab.timings.items()},

@@ -3,8 +3,9 @@
 Concepts: a ``RunDirs`` pairs the private runtime directory (mode 0700, short path, for
 the sockets of QEMU, QMP, the device server and the agent) with ``results/<run-id>/``,
 where every artifact of the run is kept.  ``guest_spec`` assembles a ``GuestSpec`` from
-the image, a kernel flavor and the run's sockets, so every boot (doctor's probe, the
-ready check, the main job) uses the same recipe.
+the image, the kernel under test (a ``KernelUnderTest``, or an image flavor's name), the
+QEMU to run (the image's, unless one is given) and the run's sockets, so every boot
+(doctor's probe, the ready check, the main job, a bisect step) uses the same recipe.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import initramfs
 from images.image import Image
 
+from .kernel.under_test import KernelUnderTest, as_kernel
 from .qemu_argv import GuestSpec, Share
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -54,18 +55,19 @@ class RunDirs:
         self.cleanup()
 
 
-def guest_spec(image: Image, flavor: str, dirs: RunDirs, *, mode: str = "ready",
+def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mode: str = "ready",
                accel: str = "tcg", cpus: int = 2, memory_mb: int = 1024,
                nic_sockets: tuple[Path, ...] = (), kmod_dir: Path | None = None,
                agent: bool = False, trace: tuple[str, ...] = (),
-               append: tuple[str, ...] = (), interactive: bool = False) -> GuestSpec:
-    kernel = image.kernel(flavor)
+               append: tuple[str, ...] = (), interactive: bool = False,
+               qemu: list[str] | None = None) -> GuestSpec:
+    kernel = as_kernel(image, kernel)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", PROJECT_DIR)]
     if kmod_dir is not None:
         shares.append(Share("kmod", kmod_dir))
     return GuestSpec(
-        qemu=image.qemu_command(), kernel=kernel.image,
-        initramfs=initramfs.ensure(image, kernel),
+        qemu=list(qemu) if qemu else image.qemu_command(), kernel=kernel.bzimage,
+        initramfs=kernel.initramfs(image),
         console_log=dirs.results / "console.log", qmp_socket=dirs.runtime / "qmp.sock",
         shares=tuple(shares), mode=mode, accel=accel, cpus=cpus, memory_mb=memory_mb,
         nic_sockets=nic_sockets,

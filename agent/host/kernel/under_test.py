@@ -153,3 +153,17 @@ class KernelUnderTest:
 def as_kernel(image: Image, kernel: "KernelUnderTest | str") -> KernelUnderTest:
     """A ``KernelUnderTest`` from either one or an image flavor name."""
     return kernel if isinstance(kernel, KernelUnderTest) else KernelUnderTest.from_flavor(image, kernel)
+
+
+def require_dynamic_msix(hello: dict) -> None:
+    """Raise ``KernelUnsupported`` when the guest driver's hello says the kernel cannot
+    allocate MSI-X vectors dynamically on the device (``pci_msix_can_alloc_dyn()`` false):
+    that is no verdict on the kernel, pass or fail."""
+    device = hello.get("device") or {}
+    for where in (hello, device):
+        for key in ("dyn_alloc", "can_alloc_dyn"):
+            if where.get(key) is False:
+                raise KernelUnsupported(
+                    f"kernel {hello.get('kernel')}: the guest driver reports that "
+                    "pci_msix_can_alloc_dyn() is false on the NIC, so this kernel cannot "
+                    "allocate MSI-X vectors dynamically here", kernel=hello.get("kernel"))
