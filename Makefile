@@ -37,6 +37,7 @@ guest-test: image
 
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench.kernel
 
 doctor: setup
 	$(MSIXLAB) doctor

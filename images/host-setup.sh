@@ -4,7 +4,9 @@
 # work at all.
 set -eu
 need=""
-for pkg in mmdebstrap make gcc cpio python3-venv; do
+# The kernel-tree tools build and bisect kernels (msixlab kernel build, bisect, the
+# tests' linux-source tree): flex, bison, bc, libelf-dev, libssl-dev, git, xz-utils.
+for pkg in mmdebstrap make gcc cpio python3-venv flex bison bc libelf-dev libssl-dev git xz-utils; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
 		need="$need $pkg"
 done

@@ -199,3 +199,24 @@ def test_a_qemu_that_does_not_exist_exits_125_from_the_cli(tmp_path, capsys):
 def test_conflicting_kernel_options_are_named(argv, why, capsys):
     assert cli.main(argv) == 125
     assert why in capsys.readouterr().err
+
+
+def test_run_on_a_kernel_missing_an_option_exits_125_naming_it(tmp_path, capsys):
+    config = "".join(f"{k}={v}\n" for k, v in kconfig.load_fragment().required.items()
+                     if k != "CONFIG_VIRTIO_CONSOLE")
+    tree = fake_tree(tmp_path / "t", config=config + "# CONFIG_VIRTIO_CONSOLE is not set\n")
+    code = cli.main(["run", "--kernel", str(tree / "arch/x86/boot/bzImage"), "--kdir", str(tree),
+                     "--results", str(tmp_path / "results")])
+    assert code == 125
+    assert "CONFIG_VIRTIO_CONSOLE is not set; the rig needs y" in _flat(capsys.readouterr().err)
+
+
+def test_run_on_a_kernel_before_6_2_exits_125(tmp_path, capsys):
+    tree = fake_tree(tmp_path / "t", version=(6, 1), release="6.1.90")
+    assert cli.main(["run", "--kernel-tree", str(tree), "--results", str(tmp_path / "r")]) == 125
+    assert "has no dynamic MSI-X" in _flat(capsys.readouterr().err)
+
+
+def _flat(text: str) -> str:
+    """The CLI's output with rich's line wrapping undone."""
+    return " ".join(text.split())
