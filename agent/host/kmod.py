@@ -5,9 +5,12 @@ Concepts: two ways, chosen by the kernel's ``DriverBuild``:
   (its gcc, its kernel headers) without modifying it.  Builds are cached under
   ``<cache>/kmod/<release>-<hash of the driver sources>/`` so a run rebuilds only when the
   driver or the kernel changed;
-- a kernel build tree (``--kernel-tree``, ``--kdir``): ``make -C KDIR M=OUT modules`` on the
-  host, with the compiler that built the tree.  A tree changes under a bisect without its
-  release changing, so this build is never cached: it goes to the run's own directory.
+- a kernel build tree (``--kernel-tree``, ``--kdir``): ``make -C KDIR M=DIR modules`` on the
+  host, with the compiler that built the tree, in one build directory per tree
+  (``<cache>/kmod/tree-<hash of the tree's path>-<hash of the driver sources>/``) that is
+  kept, so kbuild's own dependency tracking rebuilds the driver exactly when the tree's
+  headers, config or release changed (a bisect step changes the tree, not its path).
+  The built ``msixlab.ko`` and the build log are copied into the run's ``kmod/``.
 Either directory is shared into the guest as ``/opt/kmod``.
 """
 
@@ -90,12 +93,39 @@ def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 60
     return out
 
 
-def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+def tree_build_dir(kernel: KernelUnderTest) -> Path:
+    """The kept build directory of the driver for a kernel build tree."""
+    key = hashlib.sha256(str(kernel.kdir).encode()).hexdigest()[:12]
+    return cache_dir() / "kmod" / f"tree-{key}-{sources_hash()}"
+
+
+def _sync_sources(build: Path) -> None:
+    """Copy the driver's sources into ``build``, leaving unchanged files (and their
+    modification times) alone so that kbuild rebuilds only what changed."""
+    build.mkdir(parents=True, exist_ok=True)
     for path in KMOD_DIR.iterdir():
         if path.suffix in (".c", ".h") or path.name in SOURCES:
-            shutil.copy2(path, out / path.name)
+            target = build / path.name
+            if not target.is_file() or target.read_bytes() != path.read_bytes():
+                shutil.copy2(path, target)
+
+
+def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
+    build = tree_build_dir(kernel)
+    with exclusive(build.with_name(build.name + ".lock"), timeout=timeout,
+                   what=f"another msixlab build of the driver against {kernel.kdir}"):
+        _sync_sources(build)
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        try:
+            _make_against_kdir(kernel, build, timeout)
+        finally:
+            if (build / "build.log").is_file():
+                shutil.copy2(build / "build.log", out / "build.log")
+        shutil.copy2(build / "msixlab.ko", out / "msixlab.ko")
+
+
+def _make_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
     log = out / "build.log"
     argv = ["make", "-C", str(kernel.kdir), f"M={out}", "modules"]
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                start_new_session=True,     # its own group: stopped as one
                                 preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
     except OSError as err:
         raise KernelBuildFailed(f"cannot run make: {err}", tree=tree.path, step=step,
@@ -130,6 +132,7 @@ def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
     try:
         for line in proc.stdout:
             log_file.write(line)
+            log_file.flush()            # the log can be followed while make runs
             if PROGRESS.match(line):
                 steps += 1
             if on_line:
@@ -139,8 +142,7 @@ def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
                                         tree=tree.path, step=step, log=log_path)
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _stop_group(proc)
         raise
     finally:
         log_file.flush()
@@ -150,6 +152,21 @@ def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
         raise KernelBuildFailed(f"{step} of {tree.path} failed (make exit {proc.returncode})",
                                 tree=tree.path, step=step, log=log_path, first_error=error)
     return steps
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop make and every compiler it started (kbuild's traps delete half-written
+    objects on SIGTERM), then kill what is left."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def configure(tree: KernelTree, log_path: Path, *, fragment_path: Path = kconfig.FRAGMENT,
