@@ -55,6 +55,8 @@ def test_preferred_options_are_never_required_but_are_reported_dropped():
     fragment = kconfig.parse_fragment(FRAGMENT)
     config = kconfig.parse_config("CONFIG_64BIT=y\nCONFIG_NR_CPUS=8\nCONFIG_9P_FS=y\nCONFIG_OVERLAY_FS=y\n")
     assert kconfig.check(config, fragment) == []
+    assert [p.option for p in kconfig.dropped(config, fragment)] == ["CONFIG_PVH"]   # absent: not set
+    config["CONFIG_SWAP"] = "y"
     assert [p.option for p in kconfig.dropped(config, fragment)] == ["CONFIG_PVH", "CONFIG_SWAP"]
 
 

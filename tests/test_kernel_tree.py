@@ -220,3 +220,60 @@ def test_run_on_a_kernel_before_6_2_exits_125(tmp_path, capsys):
 def _flat(text: str) -> str:
     """The CLI's output with rich's line wrapping undone."""
     return " ".join(text.split())
+
+
+MAKEFILE = """\
+VERSION = 7
+PATCHLEVEL = 3
+bzImage:
+\t@echo '  CC      drivers/pci/msi/api.o'
+\t@echo '  CC      drivers/pci/msi/msi.o'
+\t@if [ -n "$$BREAK" ]; then echo "drivers/pci/msi/msi.c:12:3: error: expected ';' before '}' token"; exit 1; fi
+\t@mkdir -p arch/x86/boot include/config && echo kernel > arch/x86/boot/bzImage
+\t@echo 7.3.4-test > include/config/kernel.release
+modules:
+\t@echo '  MODPOST Module.symvers'
+\t@touch Module.symvers
+"""
+
+
+def _make_tree(root: Path) -> KernelTree:
+    (root / "arch/x86").mkdir(parents=True)
+    (root / "Makefile").write_text(MAKEFILE)
+    (root / "Kconfig").write_text("")
+    (root / ".config").write_text("".join(f"{k}={v}\n" for k, v in
+                                          kconfig.load_fragment().options.items() if v != "n"))
+    return KernelTree.at(root)
+
+
+def test_a_build_runs_make_and_counts_its_steps(tmp_path):
+    from agent.host.kernel.build import build
+    lines = []
+    result = build(_make_tree(tmp_path / "t"), tmp_path / "logs/build.log", jobs=1,
+                   on_line=lines.append)
+    assert result.steps == 3 and result.configured is False
+    assert "  CC      drivers/pci/msi/api.o" in lines
+    assert (tmp_path / "t/arch/x86/boot/bzImage").is_file()
+    assert "MODPOST" in (tmp_path / "logs/build.log").read_text()
+
+
+def test_a_failed_build_quotes_the_first_compiler_error_and_keeps_the_log(tmp_path, monkeypatch):
+    from agent.host.kernel.build import build
+    from agent.host.kernel.errors import KernelBuildFailed
+    monkeypatch.setenv("BREAK", "1")
+    with pytest.raises(KernelBuildFailed) as caught:
+        build(_make_tree(tmp_path / "t"), tmp_path / "build.log", jobs=1)
+    err = caught.value
+    assert err.first_error.startswith("drivers/pci/msi/msi.c:12:3: error: expected ';'")
+    assert err.outcome is Outcome.BUILD_FAILED and err.exit_code == 125
+    assert err.log == tmp_path / "build.log" and "error:" in err.log.read_text()
+    assert "first error:" in str(err) and "msi.c:12:3" in str(err)
+
+
+def test_kernel_build_cli_exits_125_naming_the_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BREAK", "1")
+    tree = _make_tree(tmp_path / "t")
+    assert cli.main(["kernel", "build", str(tree.path), "--results", str(tmp_path / "r")]) == 125
+    err = _flat(capsys.readouterr().err)
+    assert "msi.c:12:3: error: expected ';'" in err
+    assert list((tmp_path / "r").glob("kernel-build-*/build.log"))

@@ -103,7 +103,7 @@ def check(config: dict[str, str], fragment: Fragment) -> list[Problem]:
     for option, want in fragment.required.items():
         have = config.get(option)
         allowed = {want, "m"} if option in fragment.module_ok and want == "y" else {want}
-        if have not in allowed:
+        if (have or "n") not in allowed:        # an option the config lacks is not set
             problems.append(Problem(option, " or ".join(sorted(allowed, reverse=True)), have))
     return problems
 
@@ -112,7 +112,7 @@ def dropped(config: dict[str, str], fragment: Fragment) -> list[Problem]:
     """Fragment options (required or preferred) a merged config does not carry, e.g.
     because kconfig dropped one whose dependencies are off."""
     return [Problem(option, want, config.get(option))
-            for option, want in fragment.options.items() if config.get(option) != want]
+            for option, want in fragment.options.items() if (config.get(option) or "n") != want]
 
 
 def render_fragment(fragment: Fragment) -> str:
