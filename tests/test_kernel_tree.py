@@ -277,3 +277,25 @@ def test_kernel_build_cli_exits_125_naming_the_error(tmp_path, monkeypatch, caps
     err = _flat(capsys.readouterr().err)
     assert "msi.c:12:3: error: expected ';'" in err
     assert list((tmp_path / "r").glob("kernel-build-*/build.log"))
+
+
+def test_the_initramfs_carries_exactly_the_given_modules_in_order(tmp_path):
+    import gzip
+    import subprocess as sp
+
+    from images import initramfs
+    from images.image import Image
+    (tmp_path / "rootfs/usr/bin").mkdir(parents=True)
+    (tmp_path / "rootfs/usr/bin/busybox").write_bytes(b"busybox")
+    _module(tmp_path / "t/net/9p/9pnet.ko", "9pnet", "")
+    _module(tmp_path / "t/fs/9p/9p.ko", "9p", "9pnet")
+    image = Image(tmp_path / "rootfs")
+    modules = [tmp_path / "t/net/9p/9pnet.ko", tmp_path / "t/fs/9p/9p.ko"]
+    path = initramfs.ensure(image, modules, "7.3.4-test", root=tmp_path / "cache")
+    listing = sp.run(["cpio", "-t"], input=gzip.decompress(path.read_bytes()),
+                     capture_output=True).stdout.decode().split()
+    assert {"lib/modules/9pnet.ko", "lib/modules/9p.ko", "init", "bin/busybox"} <= set(listing)
+    sp.run(["cpio", "-id", "lib/modules/load-order"], cwd=tmp_path, check=True,
+           input=gzip.decompress(path.read_bytes()), capture_output=True)
+    assert (tmp_path / "lib/modules/load-order").read_text() == "9pnet.ko\n9p.ko\n"
+    assert initramfs.ensure(image, [], "7.3.4-test", root=tmp_path / "cache") != path
