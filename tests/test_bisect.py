@@ -246,3 +246,18 @@ def test_a_step_runs_msixlab_run_on_the_tree_with_the_options(repo, tmp_path):
     assert argv[1:4] == ["-m", "agent.host", "run"]
     assert argv[argv.index("--kernel-tree") + 1] == str(root.resolve())
     assert argv[argv.index("--qemu") + 1] == "/opt/qemu" and argv[-2:] == ["--vectors", "32"]
+
+
+def test_repeats_stop_at_the_first_failing_run(repo, tmp_path):
+    root, shas = repo
+    attempts = []
+
+    def always_bad(step_dir, attempt):
+        attempts.append(attempt)
+        return 1, ["x[1]"], "bad"
+
+    bisect, _ = make_bisect(root, shas[0], shas[8], tmp_path, runner=always_bad, repeat=3)
+    summary = bisect.run()
+    assert summary["first_bad"]["commit"] == shas[1]
+    assert set(attempts) == {1}
+    assert all(step["exit_codes"] == [1] for step in summary["steps"])
