@@ -261,3 +261,20 @@ def test_repeats_stop_at_the_first_failing_run(repo, tmp_path):
     assert summary["first_bad"]["commit"] == shas[1]
     assert set(attempts) == {1}
     assert all(step["exit_codes"] == [1] for step in summary["steps"])
+
+
+def test_failed_checks_come_from_the_verdict_in_routing_json(tmp_path):
+    from agent.host.kernel.bisect import failed_checks
+    (tmp_path / "routing.json").write_text(json.dumps({"verdict": {
+        "failed": ["freed/freed_entry_masked_and_cleared[9]"], "summary": "1 check failed"}}))
+    assert failed_checks(tmp_path, "") == (["freed/freed_entry_masked_and_cleared[9]"],
+                                           "1 check failed")
+
+
+def test_failed_checks_fall_back_to_the_checks_then_the_output(tmp_path):
+    from agent.host.kernel.bisect import failed_checks
+    (tmp_path / "routing.json").write_text(json.dumps({"checks": {"failed": [
+        {"name": "freed_index_reused", "index": 3, "summary": "new group got [4]"}]}}))
+    assert failed_checks(tmp_path, "")[0] == ["freed_index_reused[3]: new group got [4]"]
+    output = "run x: kernel 7.3.4\nthe guest kernel reported oops: [ 3.1] Oops: 0002 [#1] SMP\n"
+    assert failed_checks(tmp_path / "none", output)[1].startswith("the guest kernel reported oops")
