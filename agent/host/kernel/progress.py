@@ -51,7 +51,8 @@ def build_with_progress(tree: kbuild.KernelTree, log_path: Path, console: Consol
     previous = _remembered(tree.path)
     columns = [SpinnerColumn(), TextColumn("[bold]kernel build[/]"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[step]}")]
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task("build", total=previous, step="configuring")
 
         def on_line(line: str) -> None:
