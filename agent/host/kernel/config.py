@@ -114,9 +114,3 @@ def dropped(config: dict[str, str], fragment: Fragment) -> list[Problem]:
     return [Problem(option, want, config.get(option))
             for option, want in fragment.options.items() if (config.get(option) or "n") != want]
 
-
-def render_fragment(fragment: Fragment) -> str:
-    """The fragment as a plain kconfig fragment (what ``kernel config`` prints)."""
-    lines = [f"{option}={value}" if value != "n" else f"# {option} is not set"
-             for option, value in fragment.options.items()]
-    return "\n".join(lines) + "\n"
