@@ -65,6 +65,24 @@ def test_a_tree_that_does_not_build_is_a_named_125(fixture, tmp_path):
     assert git.tracked_changes() == [] and not git.bisecting()
 
 
+def test_a_kernel_without_dynamic_msix_is_a_named_125(fixture, tmp_path):
+    """The driver's probe says pci_msix_can_alloc_dyn() is false: no verdict, 125."""
+    git = testtrees.reset_fixture(fixture, "base")
+    api = Path(fixture["path"]) / "drivers/pci/msi/api.c"
+    original = api.read_text()
+    anchor = "\treturn pci_msi_domain_supports(dev, MSI_FLAG_PCI_MSIX_ALLOC_DYN, DENY_LEGACY);"
+    assert original.count(anchor) == 1
+    api.write_text(original.replace(anchor, "\treturn false;"))
+    try:
+        done = msixlab("run", "--kernel-tree", fixture["path"], "--build", "--results", str(tmp_path))
+    finally:
+        git.run("checkout", "--", "drivers/pci/msi/api.c")
+    assert done.returncode == EXIT_INFRA, done.stderr[-3000:]
+    flat = " ".join(done.stderr.split())
+    assert "pci_msix_can_alloc_dyn() is false" in flat and "cannot allocate MSI-X" in flat
+    assert git.tracked_changes() == []
+
+
 def _bisect(fixture: dict, series: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
     git = testtrees.reset_fixture(fixture, series)
     head = git.head()
