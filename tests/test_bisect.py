@@ -28,12 +28,10 @@ def git(repo: Path, *args: str) -> str:
                           text=True, env=ENV).stdout.strip()
 
 
-@pytest.fixture
-def repo(tmp_path) -> tuple[Path, list[str]]:
+def make_repo(root: Path, makefile: str = "VERSION = 7\nPATCHLEVEL = 3\n") -> tuple[Path, list[str]]:
     """A kernel-looking repository with 9 commits; commit i writes state=i."""
-    root = tmp_path / "linux"
     (root / "arch/x86").mkdir(parents=True)
-    (root / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 3\n")
+    (root / "Makefile").write_text(makefile)
     (root / "Kconfig").write_text("")
     git(root, "init", "-q", "-b", "main")
     shas = []
@@ -43,6 +41,11 @@ def repo(tmp_path) -> tuple[Path, list[str]]:
         git(root, "commit", "-q", "-m", f"commit {i}")
         shas.append(git(root, "rev-parse", "HEAD"))
     return root, shas
+
+
+@pytest.fixture
+def repo(tmp_path) -> tuple[Path, list[str]]:
+    return make_repo(tmp_path / "linux")
 
 
 def state(root: Path) -> int:
@@ -278,3 +281,37 @@ def test_failed_checks_fall_back_to_the_checks_then_the_output(tmp_path):
     assert failed_checks(tmp_path, "")[0] == ["freed_index_reused[3]: new group got [4]"]
     output = "run x: kernel 7.3.4\nthe guest kernel reported oops: [ 3.1] Oops: 0002 [#1] SMP\n"
     assert failed_checks(tmp_path / "none", output)[1].startswith("the guest kernel reported oops")
+
+
+def test_sigterm_during_a_build_stops_make_and_resets_the_tree(tmp_path):
+    """The real CLI, a real make (that hangs): SIGTERM ends the bisect with 125, stops make
+    and its children, and leaves the tree on the commit it started from."""
+    import signal
+    import sys
+    import time
+
+    from agent.host.kernel import config as kconfig
+    from agent.host.session import PROJECT_DIR
+    root, shas = make_repo(tmp_path / "linux", "VERSION = 7\nPATCHLEVEL = 3\nbzImage modules:\n"
+                                              "\t@echo '  CC      slow.o'; sleep 300\n")
+    head = shas[-1]
+    (root / ".config").write_text("".join(f"{k}={v}\n" for k, v in
+                                          kconfig.load_fragment().options.items() if v != "n"))
+    proc = subprocess.Popen([sys.executable, "-m", "agent.host", "bisect", "--kernel-tree",
+                             str(root), "--good", shas[0], "--bad", head, "--results",
+                             str(tmp_path / "results")], cwd=PROJECT_DIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("slow.o" in p.read_text() for p in (tmp_path / "results").rglob("build.log")):
+            assert time.monotonic() < deadline, "the step's build never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 125, output
+    assert_untouched(root, head)
+    sleeps = subprocess.run(["pgrep", "-f", "-x", "sleep 300"], capture_output=True, text=True)
+    assert sleeps.stdout.strip() == "", "make's children outlived the bisect"
