@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,47 @@ def test_sigterm_during_a_build_stops_make_and_resets_the_tree(tmp_path):
     assert_untouched(root, head)
     sleeps = subprocess.run(["pgrep", "-f", "-x", "sleep 300"], capture_output=True, text=True)
     assert sleeps.stdout.strip() == "", "make's children outlived the bisect"
+
+
+class ScriptedRuns(Bisect):
+    """The real per-run process handling, with a scripted process in place of msixlab run:
+    it leaves a console and exits with the code the test gives."""
+
+    console = ""
+    code = 125
+
+    def run_argv(self, results):
+        script = ("import pathlib, sys; d = pathlib.Path(sys.argv[1]) / 'run-x'; d.mkdir(); "
+                  "(d / 'console.log').write_text(sys.argv[2]); print('could not judge: "
+                  "guest-agent closed the connection'); sys.exit(int(sys.argv[3]))")
+        return [sys.executable, "-c", script, str(results), self.console, str(self.code)]
+
+
+def _scripted(repo, tmp_path, console: str, code: int) -> dict:
+    root, shas = repo
+    bisect = ScriptedRuns(KernelTree.at(root), shas[0], shas[8], results_root=tmp_path / "r",
+                          build=lambda tree, log: None)
+    bisect.console, bisect.code = console, code
+    summary = bisect.run()
+    assert_untouched(root, shas[8])
+    return summary
+
+
+OOPS = ("[    1.0] msixlab: loading out-of-tree module taints kernel.\n"
+        "[   12.156063] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+        "[   12.157203] Oops: Oops: 0000 [#1] SMP\n")
+
+
+def test_a_run_that_could_not_judge_but_oopsed_is_bad_never_a_skip(repo, tmp_path):
+    summary = _scripted(repo, tmp_path, OOPS, 125)
+    assert all(step["verdict"] == "bad" for step in summary["steps"])
+    assert summary["first_bad"]["commit"] == repo[1][1]
+    assert summary["first_bad"]["failed_checks"] == [
+        "BUG: [   12.156063] BUG: kernel NULL pointer dereference, address: 0000000000000008"]
+
+
+def test_a_run_that_could_not_judge_with_a_clean_console_is_a_skip(repo, tmp_path):
+    summary = _scripted(repo, tmp_path, "[    1.0] msixlab: loading\nMSIXLAB-READY\n", 125)
+    assert all(step["verdict"] == "skip" for step in summary["steps"])
+    assert summary["first_bad"] is None
+    assert all("guest-agent closed the connection" in s["reason"] for s in summary["steps"])
