@@ -5,7 +5,9 @@ Concepts:
   build failure is a skip: it says nothing about the regression), then run the main job
   on it as a separate ``msixlab run --kernel-tree`` process, ``repeat`` times.  A run's
   exit code maps as ``git bisect run`` maps it (0 good, 125 skip, any other code below
-  128 bad; 128 and above, a run killed by a signal, ends the bisect).  With repeats the
+  128 bad; 128 and above, a run killed by a signal, ends the bisect).  A run that could
+  not judge although its console shows a kernel report (oops, panic, BUG, ...: the
+  splats of ``console``) is bad: an oops is never a skip.  With repeats the
   step is bad if any run was bad (an intermittent regression is still caught), else a
   skip if any run could not judge, else good.
 - Everything a step leaves goes to ``results/bisect-<id>/<sha>/`` (build log, the runs'
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..console import ConsoleWatch, Splat
 from ..session import PROJECT_DIR, new_run_id
 from .build import BuildResult, KernelTree
 from .errors import BisectError, KernelBuildFailed
@@ -118,6 +121,14 @@ def failed_checks(run_dir: Path, output: str) -> tuple[list[str], str]:
     reason = next((l for l in reversed(lines)
                    if re.match(r"(error|could not judge|verdict|the guest kernel)", l, re.I)), "")
     return fails, reason or (lines[-1] if lines else "")
+
+
+def console_splat(results: Path) -> Splat | None:
+    """The first kernel report (oops, panic, BUG, ...) on a run's console, if any."""
+    for console in sorted(results.glob("*/console.log")):
+        if splat := ConsoleWatch(console).finish():
+            return splat
+    return None
 
 
 @contextmanager
@@ -308,6 +319,10 @@ class Bisect:
                       key=lambda d: d.stat().st_mtime)
         failed, reason = failed_checks(runs[-1] if runs else results,
                                        output.read_text(errors="replace"))
+        if code == 125 and (splat := console_splat(results)):
+            # The run could not judge, yet the guest kernel oopsed or panicked: that is
+            # the kernel misbehaving (bad), never a skip.
+            return 1, [f"{splat.kind}: {splat.line}"], f"the guest kernel reported {splat.kind}"
         return code, failed, reason
 
     @staticmethod
