@@ -5,8 +5,9 @@
 set -eu
 need=""
 # The kernel-tree tools build and bisect kernels (msixlab kernel build, bisect, the
-# tests' linux-source tree): flex, bison, bc, libelf-dev, libssl-dev, git, xz-utils.
-for pkg in mmdebstrap make gcc cpio python3-venv flex bison bc libelf-dev libssl-dev git xz-utils; do
+# tests' linux-source tree): flex, bison, bc, libelf-dev, libssl-dev, git, xz-utils, and
+# lz4 (the minimal kernel is LZ4-compressed: it boots fastest).
+for pkg in mmdebstrap make gcc cpio python3-venv flex bison bc libelf-dev libssl-dev git xz-utils lz4; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
 		need="$need $pkg"
 done
