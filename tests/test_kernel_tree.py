@@ -299,3 +299,27 @@ def test_the_initramfs_carries_exactly_the_given_modules_in_order(tmp_path):
            input=gzip.decompress(path.read_bytes()), capture_output=True)
     assert (tmp_path / "lib/modules/load-order").read_text() == "9pnet.ko\n9p.ko\n"
     assert initramfs.ensure(image, [], "7.3.4-test", root=tmp_path / "cache") != path
+
+
+def test_the_tree_driver_build_is_skipped_only_when_nothing_it_reads_is_newer(tmp_path):
+    from agent.host import kmod
+    tree = fake_tree(tmp_path / "t")
+    (tree / "include/linux").mkdir(parents=True)
+    (tree / "include/linux/msi.h").write_text("")
+    (tree / "arch/x86/include/asm").mkdir(parents=True)
+    (tree / "arch/x86/include/asm/msi.h").write_text("")
+    kernel = KernelUnderTest.from_tree(tree)
+    build = tmp_path / "build"
+    kmod._sync_sources(build)
+    assert not kmod._up_to_date(kernel, build)          # nothing built yet
+    (build / "msixlab.ko").write_bytes(b"ko")
+    later = (build / "msixlab.ko").stat().st_mtime_ns + 10**9
+    for path in [*build.iterdir(), *tree.rglob("*")]:
+        if path.is_file() and path.name != "msixlab.ko":
+            os.utime(path, ns=(later - 2 * 10**9, later - 2 * 10**9))
+    assert kmod._up_to_date(kernel, build)
+    for newer in (tree / "arch/x86/include/asm/msi.h", tree / "Module.symvers",
+                  build / "msixlab_group.c"):
+        os.utime(newer, ns=(later, later))
+        assert not kmod._up_to_date(kernel, build), newer
+        os.utime(newer, ns=(later - 2 * 10**9, later - 2 * 10**9))

@@ -10,6 +10,7 @@ Concepts: two ways, chosen by the kernel's ``DriverBuild``:
   (``<cache>/kmod/tree-<hash of the tree's path>-<hash of the driver sources>/``) that is
   kept, so kbuild's own dependency tracking rebuilds the driver exactly when the tree's
   headers, config or release changed (a bisect step changes the tree, not its path).
+  When nothing it reads is newer than the module, make is not run at all.
   The built ``msixlab.ko`` and the build log are copied into the run's ``kmod/``.
 Either directory is shared into the guest as ``/opt/kmod``.
 """
@@ -118,11 +119,36 @@ def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> N
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         try:
-            _make_against_kdir(kernel, build, timeout)
+            if not _up_to_date(kernel, build):
+                _make_against_kdir(kernel, build, timeout)
         finally:
             if (build / "build.log").is_file():
                 shutil.copy2(build / "build.log", out / "build.log")
         shutil.copy2(build / "msixlab.ko", out / "msixlab.ko")
+
+
+def _up_to_date(kernel: KernelUnderTest, build: Path) -> bool:
+    """Whether ``msixlab.ko`` in ``build`` is newer than everything a rebuild would read:
+    the driver's sources, the tree's .config, release and Module.symvers (rewritten by
+    every kernel build), and every header under its include directories.  Conservative
+    (any newer header counts) and cheap next to make's own walk of the tree."""
+    ko = build / "msixlab.ko"
+    if not ko.is_file():
+        return False
+    built = ko.stat().st_mtime_ns
+    fixed = [kernel.kdir / name for name in (".config", "Module.symvers",
+                                             "include/config/kernel.release")]
+    fixed += [build / name for name in os.listdir(build)
+              if name.endswith((".c", ".h")) or name in SOURCES]
+    for path in fixed:
+        if not path.exists() or path.stat().st_mtime_ns > built:
+            return False
+    for top in ("include", "arch/x86/include"):
+        for root, _dirs, files in os.walk(kernel.kdir / top):
+            for name in files:
+                if os.stat(os.path.join(root, name)).st_mtime_ns > built:
+                    return False
+    return True
 
 
 def _make_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
