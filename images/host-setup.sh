@@ -4,8 +4,11 @@
 # work at all.
 set -eu
 need=""
-# chromium renders report.html in the tests (headless); nothing else uses it
-for pkg in mmdebstrap make gcc cpio python3-venv chromium; do
+# chromium renders report.html in the tests (headless); nothing else uses it.
+# The kernel-tree tools build and bisect kernels (msixlab kernel build, bisect, the
+# tests' linux-source tree): flex, bison, bc, libelf-dev, libssl-dev, git, xz-utils, and
+# lz4 (the minimal kernel is LZ4-compressed: it boots fastest).
+for pkg in mmdebstrap make gcc cpio python3-venv flex bison bc libelf-dev libssl-dev git xz-utils lz4 chromium; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
 		need="$need $pkg"
 done

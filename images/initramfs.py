@@ -1,13 +1,16 @@
 """The guest's initramfs: busybox, the few modules that reach the root, and /init.
 
 Concepts: the initramfs is a gzip'd ``newc`` cpio archive written here in Python (no cpio
-tool needed).  It holds the image's static busybox, the 9p and overlay modules of one
-kernel with their dependencies (decompressed, so busybox's insmod loads them on any
-kernel), and ``guest/init``.  /init mounts the image rootfs over 9p read-only under a
+tool needed).  It holds the image's static busybox, the modules the kernel needs to
+reach its root (9p and overlay with their dependencies, in load order; decompressed, so
+busybox's insmod loads them on any kernel; none when the kernel has them built in), and
+``guest/init``.  ``debian_modules`` finds them for a kernel of the image (its
+``modules.dep``), ``tree_modules`` in a kernel build tree (its ``modules.order`` and each
+module's ``depends=``).  /init mounts the image rootfs over 9p read-only under a
 tmpfs overlay, mounts the project checkout at /opt/msixlab, and switches root to
 ``guest/stage2`` (run from the checkout, so editing it needs no rebuild).
-Archives are cached per kernel under ``<cache>/initramfs/`` keyed by a hash of their
-inputs.
+Archives are cached under ``<cache>/initramfs/`` keyed by a hash of their inputs (this
+file, /init, the image, and the modules' bytes).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import hashlib
 import io
 import lzma
 import os
+import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from .cache import cache_dir
@@ -87,13 +92,52 @@ def module_closure(kernel: Kernel, names: tuple[str, ...] = ROOT_MODULES) -> lis
     return order
 
 
+def debian_modules(kernel: Kernel, names: tuple[str, ...] = ROOT_MODULES) -> list[Path]:
+    """The module files of ``names`` and their dependencies for a kernel of the image."""
+    return [kernel.modules / rel for rel in module_closure(kernel, names)]
+
+
+def _modinfo_depends(module: Path) -> list[str]:
+    """The ``depends=`` of a module's .modinfo section (names, comma-separated)."""
+    match = re.search(rb"(?:^|\0)depends=([^\0]*)\0", module.read_bytes())
+    return [d for d in match.group(1).decode().split(",") if d] if match else []
+
+
+def tree_modules(tree: Path, names: Sequence[str]) -> list[Path]:
+    """The built modules ``names`` of kernel build tree ``tree`` and their dependencies,
+    in load order (dependencies first)."""
+    order = tree / "modules.order"
+    listed = order.read_text().split() if order.is_file() else []
+    by_name = {}
+    for rel in listed:
+        path = tree / (rel[:-2] + ".ko" if rel.endswith(".o") else rel)
+        by_name[path.name[:-3].replace("-", "_")] = path
+    loaded: list[Path] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        key = name.replace("-", "_")
+        path = by_name.get(key)
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"module {name} is not built in {tree}"
+                                    + (f" (needed by {chain[-1]})" if chain else ""))
+        if path in loaded or key in chain:
+            return
+        for dep in _modinfo_depends(path):
+            visit(dep, chain + (key,))
+        loaded.append(path)
+
+    for name in names:
+        visit(name, ())
+    return loaded
+
+
 def _module_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     return lzma.decompress(data) if path.suffix == ".xz" else data
 
 
-def build(image: Image, kernel: Kernel) -> bytes:
-    """The initramfs for ``kernel`` as gzip'd cpio bytes."""
+def build(image: Image, modules: Sequence[Path]) -> bytes:
+    """The initramfs loading ``modules`` (in that order) as gzip'd cpio bytes."""
     archive = Cpio()
     for d in ("bin", "dev", "proc", "sys", "mnt", "newroot", "lib", "lib/modules"):
         archive.directory(d)
@@ -102,25 +146,28 @@ def build(image: Image, kernel: Kernel) -> bytes:
     archive.file("bin/busybox", (image.rootfs / "usr/bin/busybox").read_bytes(), 0o755)
     archive.symlink("bin/sh", "busybox")
     order = []
-    for rel in module_closure(kernel):
-        name = Path(rel).name.split(".ko")[0] + ".ko"
-        archive.file(f"lib/modules/{name}", _module_bytes(kernel.modules / rel))
+    for path in modules:
+        name = path.name.split(".ko")[0] + ".ko"
+        archive.file(f"lib/modules/{name}", _module_bytes(path))
         order.append(name)
-    archive.file("lib/modules/load-order", ("\n".join(order) + "\n").encode())
+    archive.file("lib/modules/load-order", "".join(f"{name}\n" for name in order).encode())
     archive.file("init", INIT.read_bytes(), 0o755)
     return gzip.compress(archive.finish(), compresslevel=6, mtime=0)
 
 
-def ensure(image: Image, kernel: Kernel, root: Path | None = None) -> Path:
-    """Path of the cached initramfs for ``kernel``, built first if needed."""
+def ensure(image: Image, modules: Sequence[Path], label: str, root: Path | None = None) -> Path:
+    """Path of the cached initramfs loading ``modules``, built first if needed; ``label``
+    (e.g. the kernel release) names the file."""
     key = hashlib.sha256()
-    for part in (Path(__file__).read_bytes(), INIT.read_bytes(), kernel.version.encode(),
-                 str(image.rootfs).encode()):
+    for part in (Path(__file__).read_bytes(), INIT.read_bytes(), str(image.rootfs).encode()):
         key.update(part + b"\0")
-    out = (root or cache_dir()) / "initramfs" / f"{kernel.version}-{key.hexdigest()[:12]}.cpio.gz"
+    for path in modules:
+        key.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    safe = re.sub(r"[^A-Za-z0-9.+_-]", "_", label)
+    out = (root or cache_dir()) / "initramfs" / f"{safe}-{key.hexdigest()[:12]}.cpio.gz"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(build(image, kernel))
+        tmp.write_bytes(build(image, modules))
         os.replace(tmp, out)
     return out

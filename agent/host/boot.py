@@ -1,6 +1,6 @@
 """A plain boot: start the guest, wait for its ready marker, let it power off.
 
-Concepts: the toolchain check.  It proves the image's QEMU, a kernel flavor, the
+Concepts: the toolchain check.  It proves the QEMU, the kernel under test, the
 initramfs, the 9p rootfs overlay and the guest's own init work together, and measures
 boot-to-ready (wall time from QEMU launch to the marker on the console, plus the guest's
 own uptime at that point).  Every step is bounded by a watchdog.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from images.image import Image
 
+from .kernel.under_test import KernelUnderTest
 from .machine import Machine
 from .session import RunDirs, guest_spec
 
@@ -31,13 +32,15 @@ class BootResult:
     results: Path | None
 
 
-def boot_ready(image: Image, flavor: str, *, accel: str = "tcg", timeout: float = 120.0,
-               results_root: Path | None = None, keep: bool = True) -> BootResult:
-    """Boot ``flavor`` in ready mode; raises on any failure or timeout."""
+def boot_ready(image: Image, kernel: KernelUnderTest | str, *, accel: str = "tcg",
+               timeout: float = 120.0, results_root: Path | None = None, keep: bool = True,
+               qemu: list[str] | None = None) -> BootResult:
+    """Boot ``kernel`` (or an image flavor) in ready mode; raises on any failure or
+    timeout."""
     root = results_root if keep and results_root else Path(tempfile.mkdtemp(prefix="msixlab-boot-"))
     dirs = RunDirs.create(root, prefix="boot")
     try:
-        spec = guest_spec(image, flavor, dirs, mode="ready", accel=accel)
+        spec = guest_spec(image, kernel, dirs, mode="ready", accel=accel, qemu=qemu)
         with Machine(spec, dirs.results / "qemu.log") as vm:
             vm.launch()
             match = vm.wait_console(READY, timeout, "the guest's ready marker (MSIXLAB-READY)")

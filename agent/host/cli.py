@@ -4,7 +4,11 @@ Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|pat
 ``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
 session on the guest's console), ``run`` (the main job:
 a scenario, ``default`` unless ``--scenario`` names another, against the emulated NIC;
-exit 0 pass, 1 check failed, 125 could not judge), ``scenarios`` (one line each).
+exit 0 pass, 1 check failed, 125 could not judge), ``scenarios`` (one line each),
+``kernel config|build`` (the rig's kernel options; build a kernel tree) and ``bisect``
+(git bisect a kernel tree with the main job).  ``run``, ``shell`` and ``boot`` take the
+kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or ``--kernel BZIMAGE
+--kdir DIR``, and another QEMU from ``--qemu PATH``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from . import accel as accel_mod
 from . import doctor, progress
 from . import scenarios as scenarios_mod
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
+from .kernel import commands as kernel_commands
+from .kernel import options as kernel_options
 from .outcome import Outcome, RunVerdict
 from .scenario import MIN_TABLE
 
@@ -71,18 +77,21 @@ def cmd_image(args) -> int:
 def cmd_boot(args) -> int:
     from .boot import boot_ready
     image = _image_with_progress()
+    kernel, qemu = kernel_options.select(args, image, console)
+    kernel.check_supported()
     choice = accel_mod.choose(args.accel, image, args.flavor)
     results = []
     for i in range(args.count):
-        with progress.phase(console, f"boot {i + 1}/{args.count}: {args.flavor} kernel"):
-            result = boot_ready(image, args.flavor, accel=choice.accel, timeout=args.timeout,
-                                results_root=Path(args.results))
+        with progress.phase(console, f"boot {i + 1}/{args.count}: {kernel.label} kernel"):
+            result = boot_ready(image, kernel, accel=choice.accel, timeout=args.timeout,
+                                results_root=Path(args.results), qemu=qemu)
         results.append(result)
         console.print(f"boot {i + 1}/{args.count}: {result.kernel} ready in "
                       f"{result.ready_seconds:.2f} s wall (guest uptime {result.guest_uptime:.2f} s), "
                       f"powered off after {result.total_seconds:.2f} s ({choice.accel})")
     summary = {
-        "kernel": results[0].kernel, "flavor": args.flavor, "accel": choice.accel,
+        "kernel": results[0].kernel, "flavor": kernel.flavor, "kernel_under_test": kernel.label,
+        "accel": choice.accel,
         "boots": len(results),
         "ready_seconds": [round(r.ready_seconds, 3) for r in results],
         "median_ready_seconds": round(statistics.median(r.ready_seconds for r in results), 3),
@@ -99,12 +108,13 @@ def cmd_boot(args) -> int:
 def cmd_shell(args) -> int:
     from .shell import shell_session
     image = _image_with_progress()
+    kernel, qemu = kernel_options.select(args, image, console)
     choice = accel_mod.choose(args.accel, image, args.flavor)
-    return shell_session(image, args.flavor, Path(args.results), console, accel=choice.accel,
+    return shell_session(image, kernel, Path(args.results), console, accel=choice.accel,
                          vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
                          kmod=not args.no_kmod, dry_run=args.dry_run,
                          msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-                         iommu=args.iommu)
+                         iommu=args.iommu, qemu=qemu)
 
 
 def cmd_scenarios(args) -> int:
@@ -190,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--accel", choices=accel_mod.CHOICES, default=None,
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
         p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+        kernel_options.add_options(p)
 
     def nic_options(p, min_vectors: int = 1):
         p.add_argument("--vectors", type=bounded_int("--vectors", min_vectors, MAX_VECTORS),
@@ -252,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scenarios", help="list the scenarios `run --scenario` takes, one line each")
     p.set_defaults(func=cmd_scenarios)
+    kernel_commands.add_parsers(sub, console)
     return top
 
 

@@ -1,9 +1,18 @@
-"""Building the guest driver for a kernel of the image.
+"""Building the guest driver for the kernel under test.
 
-Concepts: ``agent/kmod/build.sh`` builds ``msixlab.ko`` inside the image rootfs (its gcc,
-its kernel headers) without modifying it.  Builds are cached under
-``<cache>/kmod/<kernel>-<hash of the driver sources>/`` so a run rebuilds only when the
-driver or the kernel changed.  The directory is shared into the guest as ``/opt/kmod``.
+Concepts: two ways, chosen by the kernel's ``DriverBuild``:
+- an image kernel: ``agent/kmod/build.sh`` builds ``msixlab.ko`` inside the image rootfs
+  (its gcc, its kernel headers) without modifying it.  Builds are cached under
+  ``<cache>/kmod/<release>-<hash of the driver sources>/`` so a run rebuilds only when the
+  driver or the kernel changed;
+- a kernel build tree (``--kernel-tree``, ``--kdir``): ``make -C KDIR M=DIR modules`` on the
+  host, with the compiler that built the tree, in one build directory per tree
+  (``<cache>/kmod/tree-<hash of the tree's path>-<hash of the driver sources>/``) that is
+  kept, so kbuild's own dependency tracking rebuilds the driver exactly when the tree's
+  headers, config or release changed (a bisect step changes the tree, not its path).
+  When nothing it reads is newer than the module, make is not run at all.
+  The built ``msixlab.ko`` and the build log are copied into the run's ``kmod/``.
+Either directory is shared into the guest as ``/opt/kmod``.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ from images.image import Image
 from msixlab_common.lifetime import die_with_parent
 
 from .errors import HostError
+from .kernel.build import first_error
+from .kernel.under_test import DriverBuild, KernelUnderTest, as_kernel
 from .outcome import Outcome
 
 KMOD_DIR = Path(__file__).resolve().parents[1] / "kmod"
+SOURCES = ("Kbuild", "Makefile")
 
 
 class KmodBuildError(HostError):
@@ -30,24 +42,38 @@ class KmodBuildError(HostError):
 
     outcome = Outcome.BUILD_FAILED
 
+    def __init__(self, message: str, *, log: Path | None = None, first_error: str = ""):
+        super().__init__(message)
+        self.evidence = {"log": str(log) if log else None, "first_error": first_error}
+
 
 def sources_hash() -> str:
     digest = hashlib.sha256()
     for path in sorted(KMOD_DIR.iterdir()):
-        if path.suffix in (".c", ".h", ".sh") or path.name in ("Kbuild", "Makefile"):
+        if path.suffix in (".c", ".h", ".sh") or path.name in SOURCES:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def kmod_dir(image: Image, flavor: str) -> Path:
-    """Where ``msixlab.ko`` for ``flavor``'s kernel is (or will be) cached."""
-    return cache_dir() / "kmod" / f"{image.kernel(flavor).version}-{sources_hash()}"
+def kmod_dir(image: Image, kernel: KernelUnderTest | str, run_dir: Path | None = None) -> Path:
+    """Where ``msixlab.ko`` for the kernel is (or will be) built: the cache for an image
+    kernel, ``run_dir/kmod`` for a kernel build tree."""
+    kernel = as_kernel(image, kernel)
+    if kernel.driver_build is DriverBuild.KDIR:
+        if run_dir is None:
+            raise ValueError("a driver built against a kernel tree needs the run's directory")
+        return run_dir / "kmod"
+    return cache_dir() / "kmod" / f"{kernel.release}-{sources_hash()}"
 
 
-def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
-    """Directory holding ``msixlab.ko`` built for ``flavor``'s kernel."""
-    kernel = image.kernel(flavor)
-    out = kmod_dir(image, flavor)
+def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 600,
+                run_dir: Path | None = None) -> Path:
+    """Directory holding ``msixlab.ko`` built for the kernel under test."""
+    kernel = as_kernel(image, kernel)
+    out = kmod_dir(image, kernel, run_dir)
+    if kernel.driver_build is DriverBuild.KDIR:
+        _build_against_kdir(kernel, out, timeout)
+        return out
     if (out / "msixlab.ko").is_file():
         return out
     with exclusive(out.parent / (out.name + ".lock"), timeout=timeout,
@@ -56,7 +82,7 @@ def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
             return out
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        env = {**os.environ, "MSIXLAB_KVER": kernel.version}
+        env = {**os.environ, "MSIXLAB_KVER": kernel.release}
         try:
             done = subprocess.run(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
                                   env=env, capture_output=True, text=True, timeout=timeout,
@@ -64,7 +90,87 @@ def ensure_kmod(image: Image, flavor: str, timeout: float = 600) -> Path:
         except subprocess.TimeoutExpired as err:
             raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s") from err
         if done.returncode != 0:
-            raise KmodBuildError(f"building msixlab.ko for {kernel.version} failed:\n"
-                                 + (done.stderr or done.stdout)[-3000:])
+            output = done.stderr or done.stdout
+            raise KmodBuildError(f"building msixlab.ko for {kernel.release} failed:\n"
+                                 + output[-3000:], first_error=first_error(output.splitlines()))
         os.rename(tmp, out)
     return out
+
+
+def tree_build_dir(kernel: KernelUnderTest) -> Path:
+    """The kept build directory of the driver for a kernel build tree."""
+    key = hashlib.sha256(str(kernel.kdir).encode()).hexdigest()[:12]
+    return cache_dir() / "kmod" / f"tree-{key}-{sources_hash()}"
+
+
+def _sync_sources(build: Path) -> None:
+    """Copy the driver's sources into ``build``, leaving unchanged files (and their
+    modification times) alone so that kbuild rebuilds only what changed."""
+    build.mkdir(parents=True, exist_ok=True)
+    for path in KMOD_DIR.iterdir():
+        if path.suffix in (".c", ".h") or path.name in SOURCES:
+            target = build / path.name
+            if not target.is_file() or target.read_bytes() != path.read_bytes():
+                shutil.copy2(path, target)
+
+
+def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
+    build = tree_build_dir(kernel)
+    with exclusive(build.with_name(build.name + ".lock"), timeout=timeout,
+                   what=f"another msixlab build of the driver against {kernel.kdir}"):
+        _sync_sources(build)
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        try:
+            if not _up_to_date(kernel, build):
+                _make_against_kdir(kernel, build, timeout)
+        finally:
+            if (build / "build.log").is_file():
+                shutil.copy2(build / "build.log", out / "build.log")
+        shutil.copy2(build / "msixlab.ko", out / "msixlab.ko")
+
+
+def _up_to_date(kernel: KernelUnderTest, build: Path) -> bool:
+    """Whether ``msixlab.ko`` in ``build`` is newer than everything a rebuild would read:
+    the driver's sources, the tree's .config, release and Module.symvers (rewritten by
+    every kernel build), and every header under its include directories.  Conservative
+    (any newer header counts) and cheap next to make's own walk of the tree."""
+    ko = build / "msixlab.ko"
+    if not ko.is_file():
+        return False
+    built = ko.stat().st_mtime_ns
+    fixed = [kernel.kdir / name for name in (".config", "Module.symvers",
+                                             "include/config/kernel.release")]
+    fixed += [build / name for name in os.listdir(build)
+              if name.endswith((".c", ".h")) or name in SOURCES]
+    for path in fixed:
+        if not path.exists() or path.stat().st_mtime_ns > built:
+            return False
+    for top in ("include", "arch/x86/include"):
+        for root, _dirs, files in os.walk(kernel.kdir / top):
+            for name in files:
+                if os.stat(os.path.join(root, name)).st_mtime_ns > built:
+                    return False
+    return True
+
+
+def _make_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> None:
+    log = out / "build.log"
+    argv = ["make", "-C", str(kernel.kdir), f"M={out}", "modules"]
+    try:
+        with open(log, "w") as handle:
+            handle.write(f"$ {' '.join(argv)}\n")
+            handle.flush()
+            done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} took longer than "
+                             f"{timeout} s", log=log) from err
+    except OSError as err:
+        raise KmodBuildError(f"cannot run make for msixlab.ko: {err}", log=log) from err
+    text = log.read_text(errors="replace")
+    if done.returncode != 0 or not (out / "msixlab.ko").is_file():
+        error = first_error(text.splitlines())
+        raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} ({kernel.release}) "
+                             f"failed; log: {log}" + (f"\nfirst error:\n{error}" if error else ""),
+                             log=log, first_error=error)

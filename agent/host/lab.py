@@ -28,6 +28,7 @@ from . import qemu_view, routing
 from .device_server import DeviceServer
 from .errors import DeviceControlError, GuestAgentError, HostError, WaitTimeout
 from .jsonlines import JsonLinesClient
+from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .outcome import CouldNotJudge, DriverCallFailed, GuestUnresponsive, Outcome
@@ -54,11 +55,15 @@ def check_hello(hello: dict) -> None:
 
 
 class Lab:
-    def __init__(self, image: Image, flavor: str, dirs: RunDirs, *, accel: str = "tcg",
-                 vectors: int = 64, cpus: int = 2, trace: tuple[str, ...] = (),
+    def __init__(self, image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *,
+                 accel: str = "tcg", vectors: int = 64, cpus: int = 2,
+                 trace: tuple[str, ...] = (), qemu: list[str] | None = None,
                  msix_maskable: bool = False, msix_noresize: bool = False,
                  iommu: bool = False, nics: int = 1, end_on_splat: bool = True):
-        self.image, self.flavor, self.dirs = image, flavor, dirs
+        self.image, self.dirs = image, dirs
+        self.kernel = as_kernel(image, kernel)
+        self.flavor = self.kernel.flavor or self.kernel.label
+        self.qemu = qemu
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
         self.iommu = iommu
@@ -84,13 +89,15 @@ class Lab:
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
         t0 = time.monotonic()
-        kmod_dir = ensure_kmod(self.image, self.flavor)
+        self.kernel.check_supported()
+        kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
         self.device.start()
         for device in self.extra_devices:
             device.start()
-        spec = guest_spec(self.image, self.flavor, self.dirs, mode="agent", accel=self.accel,
-                          cpus=self.cpus, nic_sockets=tuple(d.socket_path for d in self.devices),
+        spec = guest_spec(self.image, self.kernel, self.dirs, mode="agent", accel=self.accel,
+                          qemu=self.qemu, cpus=self.cpus,
+                          nic_sockets=tuple(d.socket_path for d in self.devices),
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()

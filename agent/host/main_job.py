@@ -13,6 +13,7 @@ metadata), the console, QEMU's and the device's logs, and the guest's lspci, dme
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -30,6 +31,7 @@ from . import accel as accel_mod
 from . import scenarios
 from .device_server import DeviceServer
 from .errors import MsixlabError
+from .kernel import options as kernel_options
 from .kmod import kmod_dir
 from .lab import Lab
 from .outcome import Outcome, RunVerdict
@@ -43,15 +45,15 @@ from .session import PROJECT_DIR, RunDirs, guest_spec
 log = logging.getLogger(__name__)
 
 
-def _dry_run(args, console: Console, image) -> int:
+def _dry_run(args, console: Console, image, kernel, qemu) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     dirs = RunDirs.create(scratch, prefix="dry-run")
     try:
         devices = [DeviceServer.for_run(dirs, args.vectors, nic=i)
                    for i in range(getattr(args, "nics", 1))]
-        spec = guest_spec(image, args.flavor, dirs, mode="agent", cpus=args.cpus,
+        spec = guest_spec(image, kernel, dirs, mode="agent", cpus=args.cpus, qemu=qemu,
                           nic_sockets=tuple(d.socket_path for d in devices),
-                          kmod_dir=kmod_dir(image, args.flavor), agent=True,
+                          kmod_dir=kmod_dir(image, kernel, dirs.results), agent=True,
                           iommu=getattr(args, "iommu", False))
         for device in devices:
             print(shlex.join(device.argv))
@@ -134,6 +136,16 @@ def msixlab_commit() -> str:
     return (head or "unknown") + ("-dirty" if dirty else "")
 
 
+def config_hash(config: Path | None) -> str | None:
+    """sha256 (first 16 hex digits) of the kernel's .config, or None without one."""
+    if config is None:
+        return None
+    try:
+        return hashlib.sha256(Path(config).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
 def reproduce_command(args) -> str:
     faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
                                                            if k != "kind")
@@ -144,8 +156,16 @@ def reproduce_command(args) -> str:
     modes += ["--nics", str(args.nics)] if getattr(args, "nics", 1) > 1 else []
     name = getattr(args, "scenario", scenarios.DEFAULT)
     chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
-    return shlex.join(["msixlab", "run", *chosen, "--flavor", args.flavor, "--vectors",
-                       str(args.vectors), "--cpus", str(args.cpus), *modes, *faults])
+    kernel = ["--flavor", args.flavor]
+    if getattr(args, "kernel_tree", None):
+        kernel = ["--kernel-tree", str(Path(args.kernel_tree).resolve())]
+    elif getattr(args, "kernel", None):
+        kernel = ["--kernel", str(Path(args.kernel).resolve()), "--kdir",
+                  str(Path(args.kdir).resolve())]
+    if getattr(args, "qemu", None):
+        kernel += ["--qemu", str(Path(args.qemu).resolve())]
+    return shlex.join(["msixlab", "run", *chosen, *kernel, "--vectors", str(args.vectors),
+                       "--cpus", str(args.cpus), *modes, *faults])
 
 
 def run_main_job(args, console: Console) -> int:
@@ -153,17 +173,18 @@ def run_main_job(args, console: Console) -> int:
     nics = getattr(args, "nics", 1)
     scenarios.check_options(scenario_cls, args.cpus, nics)
     image = ensure_image()
+    kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:
-        return _dry_run(args, console, image)
+        return _dry_run(args, console, image, kernel, qemu)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
     console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, "
-                  f"kernel {image.kernel(args.flavor).version} ({args.flavor}), "
+                  f"kernel {kernel.release} ({kernel.label}), "
                   f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors"
                   f"{_modes_text(args)}; results in {dirs.results}")
     started = time.monotonic()
-    lab = Lab(image, args.flavor, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
-              msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
+    lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
+              qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
               iommu=getattr(args, "iommu", False), nics=nics)
     modes = dict(lab.msix_modes)
     scenario = (scenario_cls(lab, say=console.print) if nics == 1 else
@@ -193,7 +214,9 @@ def run_main_job(args, console: Console) -> int:
             lab.stop()
     metadata = {
         "run_id": dirs.run_id, "scenario": scenario_cls.NAME,
-        "kernel": lab.hello.get("kernel"), "flavor": args.flavor,
+        "kernel": lab.hello.get("kernel"), "flavor": kernel.flavor,
+        "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
+        "qemu_binary": qemu[-1] if qemu else None,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
         "cpus": args.cpus, "iommu": getattr(args, "iommu", False), "nics": nics,
         "nic_records": getattr(scenario, "nic_records", None),

@@ -7,8 +7,9 @@ dir is made exclusively.  The runtime dir records its owner (pid and process sta
 ``owner.json``); a run that dies without cleaning up (SIGKILL) leaves it behind, and the
 next run removes it, stopping any process still running from it
 (``clean_stale_runtime_dirs``).  ``guest_spec`` assembles a ``GuestSpec`` from
-the image, a kernel flavor and the run's sockets, so every boot (doctor's probe, the
-ready check, the main job) uses the same recipe.
+the image, the kernel under test (a ``KernelUnderTest``, or an image flavor's name), the
+QEMU to run (the image's, unless one is given) and the run's sockets, so every boot
+(doctor's probe, the ready check, the main job, a bisect step) uses the same recipe.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import initramfs
 from images.image import Image
 
 from msixlab_common.lifetime import process_alive, process_start_time
 
 from .errors import HostError
+from .kernel.under_test import KernelUnderTest, as_kernel
 from .qemu_argv import GuestSpec, Share
 
 log = logging.getLogger(__name__)
@@ -145,19 +146,19 @@ class RunDirs:
         self.cleanup()
 
 
-def guest_spec(image: Image, flavor: str, dirs: RunDirs, *, mode: str = "ready",
+def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mode: str = "ready",
                accel: str = "tcg", cpus: int = 2, memory_mb: int = 1024,
                nic_sockets: tuple[Path, ...] = (), kmod_dir: Path | None = None,
                agent: bool = False, trace: tuple[str, ...] = (),
                append: tuple[str, ...] = (), interactive: bool = False,
-               iommu: bool = False) -> GuestSpec:
-    kernel = image.kernel(flavor)
+               iommu: bool = False, qemu: list[str] | None = None) -> GuestSpec:
+    kernel = as_kernel(image, kernel)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", PROJECT_DIR)]
     if kmod_dir is not None:
         shares.append(Share("kmod", kmod_dir))
     return GuestSpec(
-        qemu=image.qemu_command(), kernel=kernel.image,
-        initramfs=initramfs.ensure(image, kernel),
+        qemu=list(qemu) if qemu else image.qemu_command(), kernel=kernel.bzimage,
+        initramfs=kernel.initramfs(image),
         console_log=dirs.results / "console.log", qmp_socket=dirs.runtime / "qmp.sock",
         shares=tuple(shares), mode=mode, accel=accel, cpus=cpus, memory_mb=memory_mb,
         nic_sockets=nic_sockets,

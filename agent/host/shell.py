@@ -1,6 +1,6 @@
 """``msixlab shell``: a manual session on the guest, console on this terminal.
 
-Concepts: the same guest the main job boots (the image, a kernel flavor, the emulated NIC
+Concepts: the same guest the main job boots (the image, the kernel under test, the emulated NIC
 with its device server, the driver loaded), but stage 2 starts a shell on the serial
 console instead of the agent, and the console and QEMU's monitor share this terminal
 (Ctrl-A c switches, Ctrl-A x quits).  The device server's control socket and QMP stay
@@ -23,35 +23,41 @@ from images.image import Image
 from msixlab_common.lifetime import die_with_parent
 
 from .device_server import DeviceServer
+from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod, kmod_dir
 from .qemu_argv import build_argv
 from .session import RunDirs, guest_spec
 
 
-def shell_session(image: Image, flavor: str, results_root: Path, console: Console, *,
-                  accel: str = "tcg", vectors: int = 64, cpus: int = 2, nic: bool = True,
-                  kmod: bool = True, dry_run: bool = False, msix_maskable: bool = False,
-                  msix_noresize: bool = False, iommu: bool = False) -> int:
+def shell_session(image: Image, kernel: KernelUnderTest | str, results_root: Path,
+                  console: Console, *, accel: str = "tcg", vectors: int = 64, cpus: int = 2,
+                  nic: bool = True, kmod: bool = True, dry_run: bool = False,
+                  msix_maskable: bool = False, msix_noresize: bool = False,
+                  iommu: bool = False, qemu: list[str] | None = None) -> int:
     """Run QEMU in the foreground on this terminal; returns QEMU's exit status."""
+    kernel = as_kernel(image, kernel)
     if dry_run:                      # the paths printed are a throwaway run's
         results_root = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
+    else:
+        kernel.check_supported()
     try:
-        return _session(image, flavor, results_root, console, accel, vectors, cpus, nic,
+        return _session(image, kernel, results_root, console, accel, vectors, cpus, nic,
                         kmod, dry_run, {"msix_maskable": msix_maskable,
-                                        "msix_noresize": msix_noresize}, iommu)
+                                        "msix_noresize": msix_noresize}, iommu, qemu)
     finally:
         if dry_run:
             shutil.rmtree(results_root, ignore_errors=True)
 
 
-def _session(image, flavor, results_root, console, accel, vectors, cpus, nic, kmod,
-             dry_run, msix_modes, iommu=False) -> int:
+def _session(image, kernel, results_root, console, accel, vectors, cpus, nic, kmod,
+             dry_run, msix_modes, iommu=False, qemu=None) -> int:
     with RunDirs.create(results_root, prefix="shell") as dirs:
         device = DeviceServer.for_run(dirs, vectors, **msix_modes)
         module = None
         if kmod:
-            module = kmod_dir(image, flavor) if dry_run else ensure_kmod(image, flavor)
-        spec = guest_spec(image, flavor, dirs, mode="shell", accel=accel, cpus=cpus,
+            module = (kmod_dir(image, kernel, dirs.results) if dry_run
+                      else ensure_kmod(image, kernel, run_dir=dirs.results))
+        spec = guest_spec(image, kernel, dirs, mode="shell", accel=accel, cpus=cpus, qemu=qemu,
                           nic_sockets=(device.socket_path,) if nic else (),
                           kmod_dir=module, interactive=True, iommu=iommu)
         argv = build_argv(spec)

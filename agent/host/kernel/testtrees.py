@@ -1,0 +1,249 @@
+"""Kernel trees for msixlab's own tests and benches, built once in the cache.
+
+Concepts:
+- The *test kernel*: Debian's ``linux-source-7.3`` (``source``) unpacked and built with
+  ``tinyconfig`` plus the rig's fragment under ``<cache>/kernel/trees/<package>_<version>-
+  <config hash>/``.  The config hash covers the fragment, so a changed fragment builds a
+  new tree and an unchanged one is never rebuilt.  The build happens in a ``.building``
+  sibling (an interrupted build resumes there, incrementally) that is renamed into place
+  when it succeeded; ``<tree>.json`` beside it, written last, says it is complete.
+- The *bisect fixture*: a git repository made from a copy of the built test kernel
+  (Debian's top-level ``.gitignore`` holds ``/*``, which is dropped), a ``base`` commit,
+  and one branch per ``SERIES``: commits that each make one small change in
+  ``drivers/pci/msi/`` or its documentation, one of which plants a bug.  Commits are
+  made with fixed names and dates, so the same inputs give the same shas.  The
+  repository is kept under ``<cache>/kernel/bisect/`` with its build products, so a
+  bisect of it rebuilds only what a step changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from images.cache import exclusive
+
+from . import build as kbuild
+from . import config as kconfig
+from .errors import SourceError
+from .git import Git
+from .source import PACKAGE, extract, fetch_deb, kernel_cache
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 3 * 3600
+GIT_ENV = {"GIT_AUTHOR_NAME": "msixlab", "GIT_AUTHOR_EMAIL": "msixlab@localhost",
+           "GIT_COMMITTER_NAME": "msixlab", "GIT_COMMITTER_EMAIL": "msixlab@localhost",
+           "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def config_hash() -> str:
+    digest = hashlib.sha256(kconfig.FRAGMENT.read_bytes() + b"\0tinyconfig\0bzImage modules")
+    return digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CachedTree:
+    tree: kbuild.KernelTree
+    info: dict
+
+    @property
+    def path(self) -> Path:
+        return self.tree.path
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_test_kernel(*, jobs: int | None = None, niceness: int = 10,
+                       on_line: Callable[[str], None] | None = None) -> CachedTree:
+    """The built test kernel (fetched, unpacked and built first if needed)."""
+    package = fetch_deb(PACKAGE)
+    root = kernel_cache() / "trees"
+    out = root / f"{package.name}_{package.key}-{config_hash()}"
+    stamp = out.with_name(out.name + ".json")
+    if stamp.is_file():
+        return CachedTree(kbuild.KernelTree(out), json.loads(stamp.read_text()))
+    with exclusive(root / (out.name + ".lock"), timeout=LOCK_TIMEOUT,
+                   what=f"another msixlab build of {out.name}"):
+        if not stamp.is_file():
+            if not out.is_dir():
+                _build_test_kernel(package, out, jobs, niceness, on_line)
+            tree = kbuild.KernelTree(out)
+            _write_json(stamp, {"package": package.name, "version": package.version,
+                                "config_hash": config_hash(), "release": tree.release(),
+                                "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return CachedTree(kbuild.KernelTree(out), json.loads(stamp.read_text()))
+
+
+def _build_test_kernel(package, out: Path, jobs, niceness, on_line) -> None:
+    work = out.with_name(out.name + ".building")
+    logs = out.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if not (work / "Makefile").is_file():
+        shutil.rmtree(work, ignore_errors=True)
+        started = time.monotonic()
+        extract(package, work, logs / f"{out.name}-extract.log")
+        log.info("unpacked %s in %.1f s", package.deb.name, time.monotonic() - started)
+    result = kbuild.build(kbuild.KernelTree(work), logs / f"{out.name}-build.log", jobs=jobs,
+                          niceness=niceness, on_line=on_line)
+    _write_json(work.parent / (out.name + "-build-time.json"),
+                {"seconds": round(result.seconds, 1), "steps": result.steps, "jobs": jobs})
+    os.rename(work, out)
+
+
+# --- the bisect fixture ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Edit:
+    """Replace the one occurrence of ``anchor`` in ``path`` with ``text``."""
+
+    path: str
+    anchor: str
+    text: str
+
+    def apply(self, tree: Path) -> None:
+        path = tree / self.path
+        content = path.read_text()
+        if content.count(self.anchor) != 1:
+            raise SourceError(f"{self.path}: the fixture's anchor {self.anchor[:40]!r} occurs "
+                              f"{content.count(self.anchor)} times, not once")
+        path.write_text(content.replace(self.anchor, self.text))
+
+
+def _note(path: str, anchor: str, note: str) -> Edit:
+    """A harmless change: a line added after ``anchor`` (C comment or rst comment)."""
+    line = f".. {note}\n" if path.endswith(".rst") else f"/* {note} */\n"
+    return Edit(path, anchor, anchor + line)
+
+
+API, MSI, DOMAIN = "drivers/pci/msi/api.c", "drivers/pci/msi/msi.c", "drivers/pci/msi/irqdomain.c"
+DOC = "Documentation/PCI/msi-howto.rst"
+API_INCLUDES = '#include <linux/irq.h>\n\n#include "msi.h"\n'
+MSI_INCLUDES = '#include "../pci.h"\n#include "msi.h"\n'
+DOMAIN_INCLUDES = "#include <linux/of_irq.h>\n"
+DOC_ANCHOR = "Using MSI\n---------\n"
+
+# The regression: pci_write_msg_msix() skips an all-zero message, so an entry freed with
+# pci_msix_free_irq() keeps its old address and data in the table (checked by
+# freed_entry_masked_and_cleared).
+ZERO_MSG_SKIPPED = Edit(
+    MSI, "\tif (desc->pci.msi_attrib.is_virtual)\n\t\treturn;\n",
+    "\tif (desc->pci.msi_attrib.is_virtual)\n\t\treturn;\n"
+    "\t/* An empty message changes nothing: the entry is masked by now */\n"
+    "\tif (!msg->address_lo && !msg->address_hi && !msg->data)\n\t\treturn;\n")
+
+# The oops: pci_msix_alloc_irq_at() reads affdesc without checking it, and most dynamic
+# allocations pass none (a NULL pointer dereference in the guest driver's first one).
+MANAGED_DEREF = Edit(
+    API, "\treturn msi_domain_alloc_irq_at(&dev->dev, MSI_DEFAULT_DOMAIN, index, affdesc, NULL);\n",
+    "\t/* Managed interrupts are set up when MSI-X is enabled, not later */\n"
+    "\tif (affdesc->is_managed)\n\t\treturn map;\n\n"
+    "\treturn msi_domain_alloc_irq_at(&dev->dev, MSI_DEFAULT_DOMAIN, index, affdesc, NULL);\n")
+
+
+def _series(culprit_at: int, culprit: tuple[str, Edit], tag: str) -> tuple[tuple[str, tuple[Edit, ...]], ...]:
+    harmless = [
+        ("PCI/MSI: Document where dynamic allocation lives", _note(DOC, DOC_ANCHOR, f"{tag} 1")),
+        ("PCI/MSI: Note the API file's scope", _note(API, API_INCLUDES, f"{tag}: exported API")),
+        ("PCI/MSI: Note the core file's scope", _note(MSI, MSI_INCLUDES, f"{tag}: core")),
+        ("PCI/MSI: Note the irqdomain file's scope", _note(DOMAIN, DOMAIN_INCLUDES, f"{tag}: domains")),
+        ("PCI/MSI: Document MSI-X table ownership", _note(DOC, DOC_ANCHOR, f"{tag} 2")),
+        ("PCI/MSI: Note the API's locking", _note(API, API_INCLUDES, f"{tag}: locking")),
+        ("PCI/MSI: Note the write ordering", _note(MSI, MSI_INCLUDES, f"{tag}: ordering")),
+    ]
+    commits = [(subject, (edit,)) for subject, edit in harmless]
+    commits.insert(culprit_at, (culprit[0], (culprit[1],)))
+    return tuple(commits)
+
+
+# name -> the commits on top of base; the culprit's position is its index.
+SERIES = {
+    "msix-regression": _series(4, ("PCI/MSI: Skip table writes of an empty message",
+                                   ZERO_MSG_SKIPPED), "regression series"),
+    "oops": _series(2, ("PCI/MSI: Refuse managed affinity in dynamic allocation",
+                        MANAGED_DEREF), "oops series"),
+}
+CULPRITS = {"msix-regression": 4, "oops": 2}
+
+
+def fixture_hash() -> str:
+    text = repr(sorted((name, commits) for name, commits in SERIES.items())) + repr(CULPRITS)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _git(repo: Path, *args: str, date: int = 0) -> str:
+    stamp = f"@{1700000000 + date} +0000"
+    env = {**os.environ, **GIT_ENV, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          env=env, timeout=1800, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise SourceError(f"git {' '.join(args)} in {repo} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def ensure_bisect_fixture(**build_args) -> dict:
+    """The fixture repository (made first if needed): ``{"path", "base", "series":
+    {name: {"tip", "culprit", "commits"}}}``."""
+    test_kernel = ensure_test_kernel(**build_args)
+    root = kernel_cache() / "bisect"
+    out = root / f"{test_kernel.path.name}-{fixture_hash()}"
+    stamp = out.with_name(out.name + ".json")
+    if stamp.is_file():
+        return json.loads(stamp.read_text())
+    with exclusive(root / (out.name + ".lock"), timeout=LOCK_TIMEOUT,
+                   what=f"another msixlab build of the bisect fixture {out.name}"):
+        if not stamp.is_file():
+            _write_json(stamp, _make_fixture(test_kernel.path, out))
+    return json.loads(stamp.read_text())
+
+
+def _make_fixture(source: Path, out: Path) -> dict:
+    work = out.with_name(out.name + ".making")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.monotonic()
+    subprocess.run(["cp", "-a", str(source), str(work)], check=True, timeout=3600)
+    ignore = work / ".gitignore"        # Debian's packaging ignores everything at the top
+    ignore.write_text("".join(l for l in ignore.read_text().splitlines(keepends=True)
+                              if l.strip() != "/*"))
+    _git(work, "init", "-q", "-b", "base")
+    _git(work, "config", "gc.auto", "0")
+    _git(work, "add", "-A")
+    _git(work, "commit", "-q", "-m", f"{PACKAGE} as Debian ships it")
+    info = {"path": str(out), "base": _git(work, "rev-parse", "HEAD"), "series": {}}
+    for name, commits in SERIES.items():
+        _git(work, "checkout", "-q", "-b", name, "base")
+        shas = []
+        for i, (subject, edits) in enumerate(commits, 1):
+            for edit in edits:
+                edit.apply(work)
+            _git(work, "commit", "-q", "-a", "-m", subject, date=i)
+            shas.append(_git(work, "rev-parse", "HEAD"))
+        info["series"][name] = {"tip": shas[-1], "culprit": shas[CULPRITS[name]],
+                                "commits": shas}
+    _git(work, "checkout", "-q", "base")
+    log.info("made the bisect fixture in %.1f s", time.monotonic() - started)
+    os.rename(work, out)
+    return info
+
+
+def reset_fixture(info: dict, branch: str) -> Git:
+    """Put the fixture back on ``branch`` with no bisect under way and no tracked changes
+    (a test interrupted mid-bisect may have left it otherwise)."""
+    repo = Path(info["path"])
+    git = Git(repo)
+    if git.bisecting():
+        git.run("bisect", "reset")
+    git.run("checkout", "-q", "-f", branch)
+    return git

@@ -1,0 +1,94 @@
+"""The rig's kernel fragment and the .config check (sans-I/O), and `kernel config`."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.host import cli
+from agent.host.kernel import config as kconfig
+
+FRAGMENT = """\
+# comment
+#@ required
+CONFIG_64BIT=y
+CONFIG_NR_CPUS=8
+#@ module-ok: CONFIG_9P_FS
+CONFIG_9P_FS=y
+CONFIG_OVERLAY_FS=y
+#@ preferred
+CONFIG_PVH=y
+# CONFIG_SWAP is not set
+"""
+
+
+def test_fragment_sections_and_module_ok():
+    fragment = kconfig.parse_fragment(FRAGMENT)
+    assert fragment.required == {"CONFIG_64BIT": "y", "CONFIG_NR_CPUS": "8",
+                                 "CONFIG_9P_FS": "y", "CONFIG_OVERLAY_FS": "y"}
+    assert fragment.preferred == {"CONFIG_PVH": "y", "CONFIG_SWAP": "n"}
+    assert fragment.module_ok == {"CONFIG_9P_FS"}
+
+
+@pytest.mark.parametrize("line", ["#@ optional", "CONFIG_X", "bogus text"])
+def test_fragment_rejects_what_it_does_not_know(line):
+    with pytest.raises(ValueError, match="fragment line 2"):
+        kconfig.parse_fragment("#@ required\n" + line + "\n")
+
+
+def test_check_names_missing_unset_and_wrong_options():
+    fragment = kconfig.parse_fragment(FRAGMENT)
+    config = kconfig.parse_config("CONFIG_64BIT=y\nCONFIG_NR_CPUS=4\n# CONFIG_OVERLAY_FS is not set\n")
+    problems = {p.option: p for p in kconfig.check(config, fragment)}
+    assert set(problems) == {"CONFIG_NR_CPUS", "CONFIG_9P_FS", "CONFIG_OVERLAY_FS"}
+    assert str(problems["CONFIG_NR_CPUS"]) == "CONFIG_NR_CPUS is 4; the rig needs 8"
+    assert "is missing" in str(problems["CONFIG_9P_FS"]) and "y or m" in str(problems["CONFIG_9P_FS"])
+    assert str(problems["CONFIG_OVERLAY_FS"]) == "CONFIG_OVERLAY_FS is not set; the rig needs y"
+
+
+def test_module_ok_accepts_m_only_where_named():
+    fragment = kconfig.parse_fragment(FRAGMENT)
+    config = kconfig.parse_config("CONFIG_64BIT=y\nCONFIG_NR_CPUS=8\nCONFIG_9P_FS=m\nCONFIG_OVERLAY_FS=m\n")
+    assert [p.option for p in kconfig.check(config, fragment)] == ["CONFIG_OVERLAY_FS"]
+
+
+def test_preferred_options_are_never_required_but_are_reported_dropped():
+    fragment = kconfig.parse_fragment(FRAGMENT)
+    config = kconfig.parse_config("CONFIG_64BIT=y\nCONFIG_NR_CPUS=8\nCONFIG_9P_FS=y\nCONFIG_OVERLAY_FS=y\n")
+    assert kconfig.check(config, fragment) == []
+    assert [p.option for p in kconfig.dropped(config, fragment)] == ["CONFIG_PVH"]   # absent: not set
+    config["CONFIG_SWAP"] = "y"
+    assert [p.option for p in kconfig.dropped(config, fragment)] == ["CONFIG_PVH", "CONFIG_SWAP"]
+
+
+def test_the_real_fragment_parses_and_needs_what_the_guest_uses():
+    fragment = kconfig.load_fragment()
+    for option in ("CONFIG_PCI_MSI", "CONFIG_9P_FS", "CONFIG_OVERLAY_FS", "CONFIG_VIRTIO_CONSOLE",
+                   "CONFIG_MODULES", "CONFIG_ACPI", "CONFIG_PRINTK_TIME", "CONFIG_64BIT"):
+        assert fragment.required[option] == "y", option
+    assert fragment.module_ok >= {"CONFIG_9P_FS", "CONFIG_OVERLAY_FS"}
+
+
+def test_kernel_config_prints_the_fragment(capsys):
+    assert cli.main(["kernel", "config"]) == 0
+    assert capsys.readouterr().out == kconfig.FRAGMENT.read_text()
+
+
+def test_kernel_config_names_a_missing_option(tmp_path, capsys):
+    fragment = kconfig.load_fragment()
+    lines = [f"{k}={v}" for k, v in fragment.required.items() if k != "CONFIG_PCI_MSI"]
+    (tmp_path / ".config").write_text("\n".join(lines) + "\n# CONFIG_PCI_MSI is not set\n")
+    assert cli.main(["kernel", "config", str(tmp_path)]) == 125
+    err = capsys.readouterr().err
+    assert "CONFIG_PCI_MSI is not set; the rig needs y" in err
+    assert "1 option(s)" in err
+
+
+def test_kernel_config_passes_a_complete_config(tmp_path):
+    fragment = kconfig.load_fragment()
+    (tmp_path / ".config").write_text("".join(f"{k}={v}\n" for k, v in fragment.required.items()))
+    assert cli.main(["kernel", "config", str(tmp_path)]) == 0
+
+
+def test_kernel_config_of_a_dir_without_config_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["kernel", "config", str(tmp_path)]) == 125
+    assert "has no .config" in capsys.readouterr().err
