@@ -17,9 +17,7 @@ import hashlib
 import json
 import logging
 import shlex
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,39 +26,28 @@ from rich.console import Console
 from images.build import ensure_image
 
 from . import accel as accel_mod
+from . import dry_run
 from . import scenarios
-from .device_server import DeviceServer
 from .errors import MsixlabError
 from .kernel import options as kernel_options
-from .kmod import kmod_dir
 from .lab import Lab
 from .outcome import Outcome, RunVerdict
-from .qemu_argv import build_argv
 from .report import render, write_routing_json
 from .results import write_all as write_result_files
 from .routing import Snapshot, Verdict
 from .scenario import Scenario
-from .session import PROJECT_DIR, RunDirs, guest_spec
+from .session import PROJECT_DIR, RunDirs
 
 log = logging.getLogger(__name__)
 
 
-def _dry_run(args, console: Console, image, kernel, qemu) -> int:
-    scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
-    dirs = RunDirs.create(scratch, prefix="dry-run")
-    try:
-        devices = [DeviceServer.for_run(dirs, args.vectors, nic=i)
-                   for i in range(getattr(args, "nics", 1))]
-        spec = guest_spec(image, kernel, dirs, mode="agent", cpus=args.cpus, qemu=qemu,
-                          nic_sockets=tuple(d.socket_path for d in devices),
-                          kmod_dir=kmod_dir(image, kernel, dirs.results), agent=True,
-                          iommu=getattr(args, "iommu", False))
-        for device in devices:
-            print(shlex.join(device.argv))
-        print(shlex.join(build_argv(spec)))
-    finally:
-        dirs.cleanup()
-        shutil.rmtree(scratch, ignore_errors=True)
+def _dry_run(args, image, kernel, qemu) -> int:
+    for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
+                                 cpus=args.cpus, nics=getattr(args, "nics", 1), qemu=qemu,
+                                 msix_maskable=args.msix_maskable,
+                                 msix_noresize=args.msix_noresize,
+                                 iommu=getattr(args, "iommu", False)):
+        print(shlex.join(argv))
     return 0
 
 
@@ -175,7 +162,7 @@ def run_main_job(args, console: Console) -> int:
     image = ensure_image()
     kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:
-        return _dry_run(args, console, image, kernel, qemu)
+        return _dry_run(args, image, kernel, qemu)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
     console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, "

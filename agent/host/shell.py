@@ -11,10 +11,8 @@ reachable from another terminal, and their paths are printed first.  In the gues
 from __future__ import annotations
 
 import shlex
-import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -23,8 +21,9 @@ from images.image import Image
 from msixlab_common.lifetime import die_with_parent
 
 from .device_server import DeviceServer
+from .dry_run import commands as dry_run_commands
 from .kernel.under_test import KernelUnderTest, as_kernel
-from .kmod import ensure_kmod, kmod_dir
+from .kmod import ensure_kmod
 from .qemu_argv import build_argv
 from .session import RunDirs, guest_spec
 
@@ -37,35 +36,29 @@ def shell_session(image: Image, kernel: KernelUnderTest | str, results_root: Pat
     """Run QEMU in the foreground on this terminal; returns QEMU's exit status."""
     kernel = as_kernel(image, kernel)
     if dry_run:                      # the paths printed are a throwaway run's
-        results_root = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
-    else:
-        kernel.check_supported()
-    try:
-        return _session(image, kernel, results_root, console, accel, vectors, cpus, nic,
-                        kmod, dry_run, {"msix_maskable": msix_maskable,
-                                        "msix_noresize": msix_noresize}, iommu, qemu)
-    finally:
-        if dry_run:
-            shutil.rmtree(results_root, ignore_errors=True)
+        for argv in dry_run_commands(image, kernel, mode="shell", accel=accel, vectors=vectors,
+                                     cpus=cpus, nics=1 if nic else 0, kmod=kmod, qemu=qemu,
+                                     msix_maskable=msix_maskable, msix_noresize=msix_noresize,
+                                     iommu=iommu, interactive=True):
+            print(shlex.join(argv))
+        return 0
+    kernel.check_supported()
+    return _session(image, kernel, results_root, console, accel, vectors, cpus, nic, kmod,
+                    {"msix_maskable": msix_maskable, "msix_noresize": msix_noresize},
+                    iommu, qemu)
 
 
 def _session(image, kernel, results_root, console, accel, vectors, cpus, nic, kmod,
-             dry_run, msix_modes, iommu=False, qemu=None) -> int:
+             msix_modes, iommu=False, qemu=None) -> int:
     with RunDirs.create(results_root, prefix="shell") as dirs:
         device = DeviceServer.for_run(dirs, vectors, **msix_modes)
         module = None
         if kmod:
-            module = (kmod_dir(image, kernel, dirs.results) if dry_run
-                      else ensure_kmod(image, kernel, run_dir=dirs.results))
+            module = ensure_kmod(image, kernel, run_dir=dirs.results)
         spec = guest_spec(image, kernel, dirs, mode="shell", accel=accel, cpus=cpus, qemu=qemu,
                           nic_sockets=(device.socket_path,) if nic else (),
                           kmod_dir=module, interactive=True, iommu=iommu)
         argv = build_argv(spec)
-        if dry_run:
-            if nic:
-                print(shlex.join(device.argv))
-            print(shlex.join(argv))
-            return 0
         if nic:
             device.start()
         try:
