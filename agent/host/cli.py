@@ -207,7 +207,9 @@ def parser() -> argparse.ArgumentParser:
                        default=64, help=f"MSI-X table size of the NIC ({min_vectors}..{MAX_VECTORS})")
         p.add_argument("--cpus", type=bounded_int("--cpus", 1, MAX_CPUS), default=2,
                        help=f"guest CPUs (1..{MAX_CPUS})")
-        p.add_argument("--dry-run", action="store_true", help="print the exact device-server and QEMU commands; start and build nothing (the image must exist: it is built first if missing)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the exact device-server and QEMU commands; start and "
+                            "build nothing (only the image is built first if missing)")
         p.add_argument("--msix-maskable", action="store_true",
                        help="the NIC advertises per-vector MSI-X masking (MASKABLE)")
         p.add_argument("--iommu", action="store_true",
