@@ -2,5 +2,5 @@
 
 Layout: protocol (wire format), connection (sans-I/O framing and state), handlers
 (dispatch), device/ (config space, registers, MSI-X, DMA, the NIC), transport and server
-(sockets and the selector loop), control and eventlog, cli.
+(sockets and the epoll loop), control and eventlog, cli.
 """

@@ -4,14 +4,20 @@ Concepts owned here:
 - A check is a small named function that takes records or snapshots (routing.py) and
   returns one CheckResult for one vector index: pass, fail (with evidence: what was
   seen against what was expected) or skip (with the reason it does not apply).
-- Record checks judge one snapshot: the message the guest caches, the table the guest
-  reads and QEMU's table agree (cached_msg_matches_table); the message targets a CPU
-  in the effective affinity (destination_matches_affinity).
+- Record checks judge one snapshot (``RECORD_CHECKS``): the message the guest caches,
+  the table the guest reads and QEMU's table agree (cached_msg_matches_table); the
+  message targets a CPU in the effective affinity (destination_matches_affinity); the
+  effective affinity lies within what was asked, or the kernel's mask
+  (affinity_honoured).
 - Scenario checks judge a before/after pair of snapshots around a known number of
-  device-side raises: counted once on the target CPU (raise_counted_once_on_cpu); a
-  freed entry is masked, cleared and delivers nothing (freed_entry_masked_and_cleared);
-  a raise before allocation is held pending and delivered once after it
-  (pending_delivered_after_alloc).
+  raises: counted once on the target CPU (raise_counted_once_on_cpu); a freed entry is
+  masked, cleared and delivers nothing (freed_entry_masked_and_cleared); a raise before
+  allocation is held pending and delivered once after it
+  (pending_delivered_after_alloc); a raise held while an index was free reaches its next
+  owner once (freed_raise_delivered_once_on_reuse); the kernel's own view of an IRQ
+  agrees with the driver's (kernel_irq_view_agrees).
+- The checks against what the scenario asked for and did (the ledger) live in
+  accounting.py; docs/routing.md tables every check, and a test keeps it complete.
 
 Checks never raise on bad views; they fail or skip and say why.
 """

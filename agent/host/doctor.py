@@ -1,7 +1,8 @@
 """``msixlab doctor``: what this machine has for msixlab, and how to fix what it lacks.
 
-Concepts: a read-only survey.  It never builds anything; for each missing piece it names
-the command that provides it.  ``report()`` returns one JSON-able dict (the ``--json``
+Concepts: a survey.  It builds nothing; it boots nothing either, except that with
+``--accel kvm|auto`` it makes the same probe boot ``run`` would (KVM must prove itself).
+For each missing piece it names the command that provides it.  ``report()`` returns one JSON-able dict (the ``--json``
 output, a stable contract for scripts); ``render()`` prints it for people.
 """
 
