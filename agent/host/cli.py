@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from images import recipe
 from images.build import ensure_image, manifest
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MsixlabError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")   # messages may hold [brackets]
         return getattr(err, "exit_code", EXIT_INFRA)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from images.build import ensure_image
 
@@ -92,7 +93,7 @@ def run_main_job(args, console: Console) -> int:
             }
             write_routing_json(dirs.results / "routing.json", final, metadata, lab.apic_map)
     except MsixlabError as err:
-        console.print(f"[red]could not judge:[/] {err}")
+        console.print(f"[red]could not judge:[/] {escape(str(err))}")
         console.print(f"artifacts: {dirs.results}")
         return getattr(err, "exit_code", EXIT_INFRA)
     status = render(console, final)
