@@ -27,7 +27,9 @@ def test_kernel(image):
 
 @pytest.fixture(scope="module")
 def fixture(test_kernel):
-    return testtrees.ensure_bisect_fixture(niceness=10)
+    """The bisect fixture, held by this module until its last test is done."""
+    with testtrees.fixture_in_use(testtrees.ensure_bisect_fixture(niceness=10)) as info:
+        yield info
 
 
 def msixlab(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
