@@ -19,6 +19,10 @@ from agent.host.errors import EXIT_INFRA, EXIT_PASS
 from agent.host.kernel import testtrees
 from agent.host.session import PROJECT_DIR
 
+# The first test fetches and builds the kernel (minutes on a fresh machine, more under
+# load) inside its fixture setup, which the per-test timeout counts.
+pytestmark = pytest.mark.timeout(3600)
+
 
 @pytest.fixture(scope="module")
 def test_kernel(image):
