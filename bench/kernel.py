@@ -37,7 +37,7 @@ def _say(text: str) -> None:
     print(f"bench.kernel: {text}", flush=True)
 
 
-def bench_builds(skip_scratch: bool) -> dict:
+def bench_builds(skip_scratch: bool, fixture: dict) -> dict:
     """From-scratch and one-file-incremental build seconds of the minimal kernel."""
     out: dict = {"jobs": os.cpu_count()}
     if skip_scratch:
@@ -46,7 +46,8 @@ def bench_builds(skip_scratch: bool) -> dict:
         if record.is_file():
             out["from_scratch_s"] = json.loads(record.read_text())["seconds"]
             out["from_scratch_note"] = "recorded when the cached test kernel was built"
-        tree = Path(testtrees.ensure_bisect_fixture()["path"])
+        testtrees.reset_fixture(fixture, "base")
+        tree = Path(fixture["path"])
         scratch = None
     else:
         scratch = Path(tempfile.mkdtemp(prefix="msixlab-bench-kernel-"))
@@ -132,7 +133,6 @@ def main(argv=None) -> int:
     image = ensure_image()
     report: dict = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
                     "load_average_at_start": os.getloadavg()}
-    report["build"] = bench_builds(args.skip_scratch)
     minimal = testtrees.ensure_test_kernel()
     kernels = {"minimal": KernelUnderTest.from_tree(minimal.tree),
                "debian": KernelUnderTest.from_flavor(image, "default")}
@@ -140,7 +140,9 @@ def main(argv=None) -> int:
     report["boot"] = bench_boots(image, kernels, args.boots)
     report["main_job"] = bench_main_job({"minimal": ["--kernel-tree", str(minimal.path)],
                                          "debian": ["--flavor", "default"]})
-    report["bisect"] = bench_bisect(testtrees.ensure_bisect_fixture())
+    with testtrees.fixture_in_use(testtrees.ensure_bisect_fixture()) as fixture:
+        report["build"] = bench_builds(args.skip_scratch, fixture)
+        report["bisect"] = bench_bisect(fixture)
     measured = {"boot_to_ready_minimal_s": report["boot"]["minimal"]["median_s"],
                 "main_job_minimal_s": report["main_job"]["minimal"]["job_wall_s"],
                 "bisect_step_s": report["bisect"]["max_step_s"]}

@@ -19,6 +19,10 @@ from agent.host.errors import EXIT_INFRA, EXIT_PASS
 from agent.host.kernel import testtrees
 from agent.host.session import PROJECT_DIR
 
+# The first test fetches and builds the kernel (minutes on a fresh machine, more under
+# load) inside its fixture setup, which the per-test timeout counts.
+pytestmark = pytest.mark.timeout(3600)
+
 
 @pytest.fixture(scope="module")
 def test_kernel(image):
@@ -27,7 +31,9 @@ def test_kernel(image):
 
 @pytest.fixture(scope="module")
 def fixture(test_kernel):
-    return testtrees.ensure_bisect_fixture(niceness=10)
+    """The bisect fixture, held by this module until its last test is done."""
+    with testtrees.fixture_in_use(testtrees.ensure_bisect_fixture(niceness=10)) as info:
+        yield info
 
 
 def msixlab(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:

@@ -360,3 +360,20 @@ def test_a_run_that_could_not_judge_with_a_clean_console_is_a_skip(repo, tmp_pat
     assert all(step["verdict"] == "skip" for step in summary["steps"])
     assert summary["first_bad"] is None
     assert all("guest-agent closed the connection" in s["reason"] for s in summary["steps"])
+
+
+def test_a_second_bisect_of_the_same_tree_is_refused_while_one_runs(repo, tmp_path):
+    root, shas = repo
+    seen = []
+
+    def nested(step_dir, attempt):
+        second, _ = make_bisect(root, shas[0], shas[8], tmp_path / "second")
+        with pytest.raises(BisectError, match="another msixlab bisect is running"):
+            second.run()
+        seen.append(True)
+        return 0, [], ""
+
+    bisect, _ = make_bisect(root, shas[0], shas[8], tmp_path, runner=nested)
+    bisect.run()
+    assert seen and not (tmp_path / "second").exists()
+    assert_untouched(root, shas[8])

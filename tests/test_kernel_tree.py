@@ -323,3 +323,13 @@ def test_the_tree_driver_build_is_skipped_only_when_nothing_it_reads_is_newer(tm
         os.utime(newer, ns=(later, later))
         assert not kmod._up_to_date(kernel, build), newer
         os.utime(newer, ns=(later - 2 * 10**9, later - 2 * 10**9))
+
+
+def test_an_error_message_with_brackets_is_printed_not_taken_for_markup(tmp_path, monkeypatch, capsys):
+    """make's own lines look like rich markup ("[/root/linux/Makefile:1398: vmlinux]")."""
+    monkeypatch.setenv("BREAK", "1")
+    tree = _make_tree(tmp_path / "t")
+    (tree.path / "Makefile").write_text(MAKEFILE.replace(
+        "error: expected ';' before '}' token", "error: [/root/linux/Makefile:1398: vmlinux] [bold]"))
+    assert cli.main(["kernel", "build", str(tree.path), "--results", str(tmp_path / "r")]) == 125
+    assert "[/root/linux/Makefile:1398: vmlinux] [bold]" in _flat(capsys.readouterr().err)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from images import recipe
 from images.build import ensure_image, manifest
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict = RunVerdict.from_error(err)
         if verdict.outcome is Outcome.INTERNAL_ERROR:
             console.print_exception()
-        console.print(f"[red]error ({verdict.outcome}):[/] {err or type(err).__name__}")
+        console.print(f"[red]error ({verdict.outcome}):[/] "
+                      + escape(str(err) or type(err).__name__))
         return verdict.exit_code
 
 

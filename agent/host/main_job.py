@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from images.build import ensure_image
 
@@ -187,7 +188,8 @@ def run_main_job(args, console: Console) -> int:
                 modes["irq_info_flags"] = lab.device_command("state")["msix"]["irq_info_flags"]
                 for spec in getattr(args, "device_fault", []):
                     armed.append(lab.device_command("fault", **spec))
-                    console.print(f"[yellow]device fault armed on purpose:[/] {armed[-1]}")
+                    console.print("[yellow]device fault armed on purpose:[/] "
+                                  + escape(str(armed[-1])))
                 final = scenario.run()
                 lab.guard()          # a splat while the last views were read
                 verdict = judge(scenario, _faults(lab, armed))
@@ -228,7 +230,7 @@ def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapsho
                            verdict=verdict, results=scenario.results)
         write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
     except (OSError, MsixlabError) as err:
-        console.print(f"[red]could not write the results ({err}); the verdict above "
-                      f"stands[/]")
+        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
+                      f"above stands[/]")
     console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
     return verdict.exit_code

@@ -38,6 +38,8 @@ import logging
 import time
 from typing import Callable
 
+from rich.markup import escape
+
 from msixlab_common.deadline import Deadline
 
 from . import accounting, checks
@@ -105,7 +107,7 @@ class Scenario:
             result = dataclasses.replace(result, step=self.step)
             self.results.append(result)
             if result.verdict is Verdict.FAIL:
-                self.say(f"[red]FAIL[/] {result.label}: {result.summary}")
+                self.say(f"[red]FAIL[/] {escape(result.label)}: {escape(result.summary)}")
 
     def failed(self) -> bool:
         return any(r.verdict is Verdict.FAIL for r in self.results)
@@ -210,7 +212,7 @@ class Scenario:
         self.step = ""
         for result in self.not_judged():
             self.results.append(result)
-            self.say(f"[red]FAIL[/] {result.label}: declared but not judged")
+            self.say(f"[red]FAIL[/] {escape(result.label)}: declared but not judged")
 
     # --- the steps -------------------------------------------------------------------------
     def step_pending_before_alloc(self) -> Snapshot:

@@ -16,13 +16,15 @@ Concepts:
   rewritten after every step, so an interrupted bisect still leaves what it learnt.
 - Safety: the revisions and the tree are checked before anything is touched (a tree
   with tracked changes, a bisect already under way, unknown or equal revisions, a good
-  revision that is not an ancestor of the bad one are refused).  Once started, the tree
+  revision that is not an ancestor of the bad one are refused, and so is a second msixlab
+  bisect of the same tree while one runs).  Once started, the tree
   always ends with ``git bisect reset``, on success, error, Ctrl-C or SIGTERM alike.
 """
 
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import logging
 import os
@@ -198,6 +200,26 @@ class Bisect:
     # --- the bisect ---------------------------------------------------------------------
     def run(self) -> dict:
         """Bisect; returns the summary (also written to summary.json)."""
+        with self._tree_lock():
+            return self._run()
+
+    @contextmanager
+    def _tree_lock(self):
+        """One msixlab bisect per tree at a time (refused at once, not waited for)."""
+        if self.git.toplevel() is None:
+            raise BisectError(f"{self.tree.path} is not a git work tree", tree=self.tree.path)
+        with open(self.git.git_path("msixlab-bisect.lock"), "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BisectError(f"another msixlab bisect is running in {self.tree.path}",
+                                  tree=self.tree.path) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _run(self) -> dict:
         self.validate()
         self.dir = self.results_root / new_run_id("bisect")
         self.dir.mkdir(parents=True)

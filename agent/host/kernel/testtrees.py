@@ -13,7 +13,8 @@ Concepts:
   ``drivers/pci/msi/`` or its documentation, one of which plants a bug.  Commits are
   made with fixed names and dates, so the same inputs give the same shas.  The
   repository is kept under ``<cache>/kernel/bisect/`` with its build products, so a
-  bisect of it rebuilds only what a step changes.
+  bisect of it rebuilds only what a step changes; ``fixture_in_use`` lends it to one
+  user (a test module, a bench) at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -236,6 +238,16 @@ def _make_fixture(source: Path, out: Path) -> dict:
     log.info("made the bisect fixture in %.1f s", time.monotonic() - started)
     os.rename(work, out)
     return info
+
+
+@contextmanager
+def fixture_in_use(info: dict, timeout: float = LOCK_TIMEOUT):
+    """Hold the fixture for one user at a time (two test sessions on one machine would
+    otherwise check out and bisect the same repository at once)."""
+    path = Path(info["path"])
+    with exclusive(path.with_name(path.name + ".use.lock"), timeout=timeout,
+                   what=f"another user of the bisect fixture {path.name}"):
+        yield info
 
 
 def reset_fixture(info: dict, branch: str) -> Git:
