@@ -11,16 +11,9 @@ import pytest
 from qemu_device.device.dma import DmaMap
 from qemu_device.errors import DeviceError
 from qemu_device.fdio import OsFdPort
-from qemu_device.testing import FakeFdPort, FdWatch
+from qemu_device.testing import FdWatch
 
 RAM = 64 * 1024
-
-
-@pytest.fixture
-def port():
-    p = FakeFdPort()
-    yield p
-    assert p.problems == []
 
 
 @pytest.fixture

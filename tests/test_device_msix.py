@@ -13,14 +13,6 @@ from qemu_device.device.msix import MsixLayout, Outcome
 from qemu_device.device.nic import Device, shared_layout
 from qemu_device.errors import ConfigurationError, DeviceError
 from qemu_device.fdio import OsFdPort
-from qemu_device.testing import FakeFdPort
-
-
-@pytest.fixture
-def port():
-    p = FakeFdPort()
-    yield p
-    assert p.problems == []
 
 
 @pytest.fixture

@@ -4,14 +4,6 @@ import pytest
 
 from qemu_device.device import registers as R
 from qemu_device.device.nic import Device
-from qemu_device.testing import FakeFdPort
-
-
-@pytest.fixture
-def port():
-    p = FakeFdPort()
-    yield p
-    assert p.problems == []
 
 
 @pytest.fixture

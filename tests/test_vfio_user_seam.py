@@ -13,16 +13,8 @@ from qemu_device.device.nic import Device
 from qemu_device.handlers import Endpoint
 from qemu_device.protocol import (Command as C, DmaMap, Header, IrqSet, RegionAccess,
                                   pack_message)
-from qemu_device.testing import FakeFdPort
 
 _ids = iter(range(1, 1 << 16))
-
-
-@pytest.fixture
-def port():
-    p = FakeFdPort()
-    yield p
-    assert p.problems == []
 
 
 @pytest.fixture
