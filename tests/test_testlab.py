@@ -29,11 +29,15 @@ def test_bad_options_are_named(options, says):
     assert says in options.problems()
 
 
-def test_an_option_the_lab_cannot_boot_yet_is_refused(tmp_path):
-    """Lab grows kernel-tree support in another change; until then the option is refused
-    with a reason, never silently ignored."""
-    problems = LabOptions(kernel_tree=tmp_path).problems()
-    assert problems == [] or any("cannot boot it yet" in p for p in problems)
+def test_kernel_choices_are_consistent(tmp_path):
+    """A tree, or a prebuilt kernel with its kdir: never both, never a kernel alone."""
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"")
+    assert LabOptions(kernel_tree=tmp_path).problems() == []
+    assert LabOptions(kernel=image, kdir=tmp_path).problems() == []
+    assert any("kdir" in p for p in LabOptions(kernel=image).problems())
+    assert any("not both" in p
+               for p in LabOptions(kernel_tree=tmp_path, kernel=image, kdir=tmp_path).problems())
 
 
 @pytest.mark.parametrize("args,says", [

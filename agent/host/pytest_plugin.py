@@ -41,6 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="boot this kernel build tree's bzImage instead of a flavor")
     group.addoption("--msixlab-kernel", default=None, type=Path, metavar="BZIMAGE",
                     help="boot this prebuilt kernel image instead of a flavor")
+    group.addoption("--msixlab-kdir", default=None, type=Path, metavar="DIR",
+                    help="with --msixlab-kernel: the build tree it came from")
     group.addoption("--msixlab-qemu", default=None, type=Path, metavar="PATH",
                     help="another QEMU binary (at least 10.1, with vfio-user-pci)")
     group.addoption("--msixlab-vectors", default=64, type=int, metavar="N",
@@ -74,6 +76,7 @@ def _options(config: pytest.Config):
                          accel=os.environ.get("MSIXLAB_ACCEL", "tcg"),
                          kernel_tree=config.getoption("msixlab_kernel_tree"),
                          kernel=config.getoption("msixlab_kernel"),
+                         kdir=config.getoption("msixlab_kdir"),
                          qemu=config.getoption("msixlab_qemu"))
     problems = options.problems()
     if problems:

@@ -26,7 +26,6 @@ Concepts owned here:
 from __future__ import annotations
 
 import errno as errno_mod
-import inspect
 import logging
 import os
 import time
@@ -123,6 +122,7 @@ class LabOptions:
     accel: str = "tcg"
     kernel_tree: Path | None = None
     kernel: Path | None = None
+    kdir: Path | None = None
     qemu: Path | None = None
 
     def problems(self) -> list[str]:
@@ -133,22 +133,34 @@ class LabOptions:
         if not 1 <= self.cpus <= MAX_CPUS:
             found.append(f"cpus must be 1..{MAX_CPUS}, not {self.cpus}")
         for name, path, want_dir in (("kernel tree", self.kernel_tree, True),
-                                     ("kernel", self.kernel, False), ("qemu", self.qemu, False)):
+                                     ("kernel", self.kernel, False), ("kdir", self.kdir, True),
+                                     ("qemu", self.qemu, False)):
             if path is not None and not (path.is_dir() if want_dir else path.is_file()):
                 kind = "directory" if want_dir else "file"
                 found.append(f"{name} {path} is not an existing {kind}")
-        takes = inspect.signature(Lab).parameters
-        found += [f"{name.replace('_', ' ')} {value}: this msixlab's Lab cannot boot it yet "
-                  f"(it takes no {name!r})" for name, value in self.lab_kwargs().items()
-                  if name not in takes]
+        if self.kernel_tree is not None and self.kernel is not None:
+            found.append("a kernel tree or a prebuilt kernel, not both")
+        if (self.kernel is None) != (self.kdir is None):
+            found.append("a prebuilt kernel needs its build tree (kdir), and kdir a kernel")
         return found
 
+    def kernel_under_test(self, image: Image):
+        """The ``KernelUnderTest`` these options name: a tree, a prebuilt kernel with
+        its build tree, or the image's flavor."""
+        from .kernel.build import KernelTree
+        from .kernel.under_test import KernelUnderTest
+        if self.kernel_tree is not None:
+            return KernelUnderTest.from_tree(KernelTree.at(self.kernel_tree))
+        if self.kernel is not None:
+            return KernelUnderTest.from_prebuilt(self.kernel, self.kdir)
+        return KernelUnderTest.from_flavor(image, self.flavor)
+
     def lab_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Lab``; the kernel and QEMU choices only when given."""
+        """Keyword arguments for ``Lab`` besides the kernel (``kernel_under_test``)."""
         kwargs: dict[str, Any] = {"vectors": self.vectors, "cpus": self.cpus, "accel": self.accel}
-        for name in ("kernel_tree", "kernel", "qemu"):
-            if getattr(self, name) is not None:
-                kwargs[name] = getattr(self, name)
+        if self.qemu is not None:
+            from .qemu_binary import check_qemu
+            kwargs["qemu"] = check_qemu(str(self.qemu)).argv
         return kwargs
 
 
@@ -185,7 +197,8 @@ class SharedLab:
     def _start(self) -> None:
         self.results_root.mkdir(parents=True, exist_ok=True)
         dirs = RunDirs.create(self.results_root, prefix=self.name)
-        lab = Lab(self.image, self.options.flavor, dirs, **self.options.lab_kwargs())
+        lab = Lab(self.image, self.options.kernel_under_test(self.image), dirs,
+                  **self.options.lab_kwargs())
         try:
             lab.start()
         except BaseException:
