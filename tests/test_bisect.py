@@ -23,6 +23,9 @@ from agent.host.kernel.errors import BisectError, KernelBuildFailed
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": "/dev/null"}
 
+# the make step's sleep, unique to this process so no other test run's sleep is counted
+SLOW = f"300.{os.getpid() % 100000:05d}"
+
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
@@ -294,7 +297,7 @@ def test_sigterm_during_a_build_stops_make_and_resets_the_tree(tmp_path):
     from agent.host.kernel import config as kconfig
     from agent.host.session import PROJECT_DIR
     root, shas = make_repo(tmp_path / "linux", "VERSION = 7\nPATCHLEVEL = 3\nbzImage modules:\n"
-                                              "\t@echo '  CC      slow.o'; sleep 300\n")
+                                              f"\t@echo '  CC      slow.o'; sleep {SLOW}\n")
     head = shas[-1]
     (root / ".config").write_text("".join(f"{k}={v}\n" for k, v in
                                           kconfig.load_fragment().options.items() if v != "n"))
@@ -314,7 +317,8 @@ def test_sigterm_during_a_build_stops_make_and_resets_the_tree(tmp_path):
             proc.kill()
     assert proc.returncode == 125, output
     assert_untouched(root, head)
-    sleeps = subprocess.run(["pgrep", "-f", "-x", "sleep 300"], capture_output=True, text=True)
+    sleeps = subprocess.run(["pgrep", "-f", "-x", f"sleep {SLOW}"], capture_output=True,
+                            text=True)
     assert sleeps.stdout.strip() == "", "make's children outlived the bisect"
 
 
