@@ -71,15 +71,6 @@ def test_a_tree_that_does_not_build_is_a_named_125(fixture, tmp_path):
     assert git.tracked_changes() == [] and not git.bisecting()
 
 
-FLAKY_IN_FULL_SUITE = pytest.mark.xfail(
-    strict=False,
-    reason="known issue: in full `make test` runs (2 xdist workers, loaded host) the bisect "
-           "twice named a commit before the planted one (an earlier step was judged bad); "
-           "the same test passes when run alone. Not yet root-caused (stale incremental "
-           "build vs. a load-sensitive check); see the closing note of the session")
-
-
-@FLAKY_IN_FULL_SUITE
 def test_a_kernel_without_dynamic_msix_is_a_named_125(fixture, tmp_path):
     """The driver's probe says pci_msix_can_alloc_dyn() is false: no verdict, 125."""
     git = testtrees.reset_fixture(fixture, "base")
@@ -118,7 +109,6 @@ def _first_bad_lines(stdout: str) -> list[str]:
     return lines[start:]
 
 
-@FLAKY_IN_FULL_SUITE
 def test_bisect_names_the_planted_msix_regression(fixture, tmp_path):
     done, summary = _bisect(fixture, "msix-regression", tmp_path)
     culprit = fixture["series"]["msix-regression"]["culprit"]
@@ -134,7 +124,6 @@ def test_bisect_names_the_planted_msix_regression(fixture, tmp_path):
         assert (tmp_path / summary["id"] / step["commit"] / "build.log").is_file()
 
 
-@FLAKY_IN_FULL_SUITE
 def test_bisect_names_the_planted_oops_as_bad_never_skip(fixture, tmp_path):
     done, summary = _bisect(fixture, "oops", tmp_path)
     culprit = fixture["series"]["oops"]["culprit"]
