@@ -110,6 +110,9 @@ class Connection:
         self._carry_fds: list[int] = []   # fds for the message at the head of _buf
         self._discard = 0                 # payload bytes of a rejected message to skip
         self.messages_in = 0
+        #: bytes, fds or a skip are held for a message not yet complete (kept up to date
+        #: by receive_data and pending_fds; a plain attribute for the hot path)
+        self.partial = False
 
     # -- state ---------------------------------------------------------------------
     def transition(self, what: Transition) -> ConnState:
@@ -143,16 +146,25 @@ class Connection:
 
     def has_partial(self) -> bool:
         """Bytes, fds or a skip are held for a message not yet complete."""
-        return bool(self._buf or self._carry_fds or self._discard)
+        return self.partial
+
+    def _update_partial(self) -> None:
+        self.partial = bool(self._buf or self._carry_fds or self._discard)
 
     def pending_fds(self) -> list[int]:
         """fds held for a message not yet complete (the caller closes them at the end)."""
         fds, self._carry_fds = self._carry_fds, []
+        self._update_partial()
         return fds
 
     # -- framing -------------------------------------------------------------------
     def receive_data(self, data: bytes, fds: list[int] | tuple = ()) -> list[Event]:
         """Feed bytes (and the fds that came with them); return complete events."""
+        events = self._receive(data, fds)
+        self._update_partial()
+        return events
+
+    def _receive(self, data: bytes, fds: list[int] | tuple) -> list[Event]:
         if self.state is ConnState.CLOSED:
             return [self._stray(fds, "data after a fatal error")] if fds else []
         if self._discard:

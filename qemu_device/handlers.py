@@ -23,6 +23,7 @@ from typing import Callable
 
 from .connection import BadMessage, ConnState, Connection, Request, Transition
 from .device.nic import Device
+from .device.registers import REG_BLOCK_SIZE
 from .errors import (DeviceError, LocalProtocolError, QemuDeviceError,
                      RemoteProtocolError)
 from .protocol import (HEADER_SIZE, IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_DATA_TYPE_MASK,
@@ -54,6 +55,9 @@ _READ_SIZE = HEADER_SIZE + _RA_SIZE
 _REPLY_FLAG = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY)
 #: A REGION_READ request and its reply prefix in one: header, then offset, region, count.
 _READ_MSG = struct.Struct("<HHIIIQII")
+#: The reply to a 4-byte REGION_READ: _READ_MSG then the value.
+_READ4_REPLY = struct.Struct("<HHIIIQIII")
+_READ4_SIZE = _READ_SIZE + 4
 _READY = ConnState.READY
 
 Sink = Callable[[dict], None]
@@ -83,6 +87,9 @@ class Endpoint:
         self.fds = device.fds
         self.sink = sink
         self.counts = {"messages": 0, "errors": 0, "bad_messages": 0}
+        self._faults = device.faults
+        self._device_read = device.region_read
+        self._register_dword = device.register_dword
         self._table: dict[int, Callable[[Request], bytes]] = {
             C.VFIO_USER_VERSION: self._version,
             C.VFIO_USER_DMA_MAP: self._dma_map,
@@ -104,7 +111,7 @@ class Endpoint:
 
     def receive_data(self, data: bytes, fds=()) -> list[bytes]:
         """Feed received bytes and fds; return the replies to send, in order."""
-        if not fds and len(data) == _READ_SIZE:
+        if len(data) == _READ_SIZE and not fds and self.sink is None:
             r = self._fast_read(data)
             if r is not None:
                 return [r]
@@ -116,18 +123,21 @@ class Endpoint:
         return out
 
     def _fast_read(self, data: bytes) -> bytes | None:
-        """The hot path: one whole, well-formed REGION_READ with nothing to log or inject.
-        Anything unusual returns None and takes the general path."""
+        """The hot path: one whole, well-formed REGION_READ with nothing to log (the
+        caller checked there is no sink) or inject, on a connection with nothing under
+        way.  Anything unusual returns None and takes the general path."""
         msg_id, cmd, size, flags, _, offset, region, count = _READ_MSG.unpack_from(data)
         conn = self.conn
         if (cmd != _READ_CMD or size != _READ_SIZE or flags or count > MAX_DATA_XFER_SIZE
-                or self.sink is not None or conn.state is not _READY or conn.has_partial()
-                or self.device.faults.any_command):
+                or conn.state is not _READY or conn.partial or self._faults.any_command):
             return None
         self.counts["messages"] += 1
         conn.messages_in += 1
+        if count == 4 and region == 0 and not offset & 3 and offset < REG_BLOCK_SIZE:
+            return _READ4_REPLY.pack(msg_id, _READ_CMD, _READ4_SIZE, _REPLY_FLAG, 0, offset,
+                                     0, 4, self._register_dword(offset))  # a BAR0 register
         try:
-            value = self.device.region_read(region, offset, count)
+            value = self._device_read(region, offset, count)
         except QemuDeviceError as err:     # answered here: a retry would count twice
             return self._error(Request(msg_id, _READ_CMD, flags, data[HEADER_SIZE:]), err)
         return _READ_MSG.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0, offset,

@@ -41,17 +41,20 @@ from .device.nic import Device
 from .eventlog import EventBus
 from .fdio import close_fds
 from .handlers import Endpoint
-from .transport import OutBuffer, listen_unix, recv_chunk
+from .transport import ChunkReader, OutBuffer, listen_unix
 
 log = logging.getLogger(__name__)
 
 
 _R = select.EPOLLIN
 _RW = select.EPOLLIN | select.EPOLLOUT
+_OUT = select.EPOLLOUT
+_NOT_OUT = ~select.EPOLLOUT
 #: epoll's timeout is a C int of milliseconds: never ask for more than this many seconds.
 MAX_POLL_S = 3600.0
 _FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _PAUSE_S = 0.5               # a listener that cannot accept rests this long
+_CLOSED = ConnState.CLOSED
 
 
 @dataclass
@@ -110,6 +113,7 @@ class _Client:
         self.sock = sock
         self.endpoint = endpoint
         self.out = OutBuffer(sock, limit)
+        self.read = ChunkReader().read     # read(sock) -> (data, fds, fds_truncated)
         self.number = number
         self.log = log.getChild(f"client{number}")
         self.since = now                   # connected, or the start of a message
@@ -124,6 +128,10 @@ class _Ctl:
 
 class Server:
     """The device server: bind(), then serve_forever() (or run_once() from a test)."""
+
+    #: reads of the vfio-user client per readiness event before the loop looks at the
+    #: other sockets, the timers and the deadlines again
+    read_burst = 16
 
     def __init__(self, device: Device, socket_path: str, control_path: str | None = None,
                  log_path: str | None = None, limits: Limits | None = None,
@@ -220,7 +228,11 @@ class Server:
     def run_once(self, timeout: float | None = 0.0) -> None:
         """Wait at most ``timeout`` seconds (None: until something is due) for socket
         events, handle them, then run the timers and deadlines that are due."""
-        wake = self._next_wake()
+        deadline = self._client_deadline()
+        wake = deadline
+        timers = self._timers
+        if timers and (wake is None or timers[0][0] < wake):
+            wake = timers[0][0]
         if wake is not None:
             wait = max(0.0, wake - self.clock())
             timeout = wait if timeout is None else min(timeout, wait)
@@ -231,30 +243,26 @@ class Server:
             entry = smap.get(fd)
             if entry is None:           # dropped by an earlier callback of this round
                 continue
-            if events & select.EPOLLOUT:
+            if events & _OUT:
                 self._writable(entry[0])
                 entry = smap.get(fd)
                 if entry is None:
                     continue
-            if events & ~select.EPOLLOUT:
+            if events & _NOT_OUT:
                 entry[1](entry[0])
         while self._doomed:
             self._drop_ctl(self._doomed.pop())
-        if self._timers:
+        if timers:
             now = self.clock()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, fn = heapq.heappop(self._timers)
+            while timers and timers[0][0] <= now:
+                _, _, fn = heapq.heappop(timers)
                 self._guarded(fn, "timer")
-        deadline = self._client_deadline()
+        # A deadline set during this round lies a whole timeout ahead: only the one that
+        # was already running can be due now (events may have moved or ended it).
         if deadline is not None and self.clock() >= deadline:
-            self._client_timed_out()
-
-    def _next_wake(self) -> float | None:
-        deadline = self._client_deadline()
-        if not self._timers:
-            return deadline
-        first = self._timers[0][0]
-        return first if deadline is None or first < deadline else deadline
+            deadline = self._client_deadline()
+            if deadline is not None and self.clock() >= deadline:
+                self._client_timed_out()
 
     def _guarded(self, fn: Callable[[], None], what: str) -> None:
         try:
@@ -279,53 +287,62 @@ class Server:
             self.bus.emit({"event": "connect", "client": self._clients_served})
 
     def _client_readable(self, sock: socket.socket) -> None:
+        """Read a chunk from the client and answer every whole message in it; then read
+        again at once, up to ``read_burst`` reads in all, while reads find data and every
+        reply went out (a client that answers fast saves the server an epoll wait per
+        message).  Every rule applies to each read alike."""
         client = self.client
-        try:
-            data, fds, truncated = recv_chunk(sock)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            client.log.info("receive failed: %s", err)
-            self._drop_client("error")
-            return
-        if truncated:                       # fds were lost: the stream cannot be trusted
-            close_fds(fds)
-            self.counters["fds_truncated"] += 1
-            client.log.error("the kernel dropped fds sent with a message (more than we "
-                             "take, or this process has no fd left): dropping the client")
-            self._drop_client("fds truncated")
-            return
-        if not data:
-            close_fds(fds)
+        read, endpoint, out = client.read, client.endpoint, client.out
+        conn = endpoint.conn
+        for _ in range(self.read_burst):
+            try:
+                data, fds, truncated = read(sock)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                client.log.info("receive failed: %s", err)
+                self._drop_client("error")
+                return
+            if truncated or not data:
+                self._client_input_ended(client, fds, truncated)
+                return
+            try:
+                replies = endpoint.receive_data(data, fds)
+            except Exception:               # a bug must cost the client, not the server
+                self.counters["internal_errors"] += 1
+                client.log.exception("internal error; dropping the client")
+                self._drop_client("internal error")
+                return
+            if conn.partial is not client.partial:
+                client.partial = conn.partial
+                if client.partial:
+                    client.since = self.clock()     # a message begins: its clock starts
+            if self.limits.idle_timeout:
+                client.last_input = self.clock()
+            try:
+                for r in replies:
+                    out.send(r)
+            except (OSError, BufferError) as err:
+                client.log.info("send failed: %s", err)
+                self._drop_client("error")
+                return
+            if conn.state is _CLOSED:
+                self._drop_client("protocol error")
+                return
+            if out:                             # the client does not read: wait for it
+                self.sel.modify(sock, _RW, self._client_readable)
+                return
+
+    def _client_input_ended(self, client: _Client, fds, truncated: bool) -> None:
+        """The read brought EOF, or the kernel dropped fds: the client goes."""
+        close_fds(fds)
+        if not truncated:
             self._drop_client("eof")
             return
-        try:
-            replies = client.endpoint.receive_data(data, fds)
-        except Exception:                   # a bug must cost the client, not the server
-            self.counters["internal_errors"] += 1
-            client.log.exception("internal error; dropping the client")
-            self._drop_client("internal error")
-            return
-        self._note_progress(client)
-        try:
-            for r in replies:
-                client.out.send(r)
-        except (OSError, BufferError) as err:
-            client.log.info("send failed: %s", err)
-            self._drop_client("error")
-            return
-        if client.out:
-            self.sel.modify(sock, _RW, self._client_readable)
-        if client.endpoint.closed:
-            self._drop_client("protocol error")
-
-    def _note_progress(self, client: _Client) -> None:
-        partial = client.endpoint.conn.has_partial()
-        if partial and not client.partial:
-            client.since = self.clock()     # a message begins: its clock starts
-        client.partial = partial
-        if self.limits.idle_timeout:
-            client.last_input = self.clock()
+        self.counters["fds_truncated"] += 1     # fds were lost: the stream cannot be trusted
+        client.log.error("the kernel dropped fds sent with a message (more than we take, "
+                         "or this process has no fd left): dropping the client")
+        self._drop_client("fds truncated")
 
     def _client_deadline(self) -> float | None:
         """When the connected client will have taken too long, or None."""
