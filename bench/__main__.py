@@ -1,10 +1,14 @@
-"""python -m bench [--iterations N] [--out DIR]
+"""python -m bench [--iterations N] [--repeat R] [--out DIR]
 
 Concepts: REGION_READ round-trip latency of the device server, measured with a raw
 client (pre-packed request, one send and one recv per round trip), against a raw
 UNIX-socket ping-pong of the same sizes as the floor. Each is run with server and
-client pinned to one core, and unpinned. Reports median, p99 and messages/s and writes
-JSON to results/bench/.
+client pinned to one core, and unpinned. Floor and server runs alternate, R times each
+with fresh processes (one run's latency moves by a microsecond or more with where the
+processes land, so one pair alone says little). Reports median, p99 and messages/s of
+all samples of each, the ratios server/floor of the medians and of the p99s, the
+per-repeat median ratios, whether the ratio goal (``GOAL_RATIO``) is met and the load
+average before and after, and writes JSON to results/bench/.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from qemu_device.protocol import Command, RegionAccess, pack_message
 from qemu_device.testing import QEMU_CAPS
 
 REG_SCRATCH = 0x18
+#: the REGION_READ round trip may take at most this many times the ping-pong floor
+GOAL_RATIO = 1.3
 
 
 def _start(argv: list[str], cpu: int | None) -> subprocess.Popen:
@@ -74,7 +80,7 @@ def _summary(samples_ns: list[int]) -> dict:
             "min_us": round(s[0] / 1e3, 2), "msgs_per_s": round(len(s) / total)}
 
 
-def bench_server(tmp: str, cpu: int | None, n: int) -> dict:
+def _server_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
     path = os.path.join(tmp, "nic.sock")
     proc = _start([sys.executable, "-m", "qemu_device", "serve", "--socket", path], cpu)
     try:
@@ -86,60 +92,86 @@ def bench_server(tmp: str, cpu: int | None, n: int) -> dict:
         req = pack_message(1, Command.VFIO_USER_REGION_READ,
                            RegionAccess(REG_SCRATCH, 0, 4).pack())
         _rounds(s, req, 36, min(n, 2000))                      # warm up
-        result = _summary(_rounds(s, req, 36, n))
+        samples = _rounds(s, req, 36, n)
         s.close()
-        return result
+        return samples
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def bench_pingpong(tmp: str, cpu: int | None, n: int) -> dict:
+def _pingpong_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
     path = os.path.join(tmp, "pp.sock")
     proc = _start([sys.executable, "-m", "bench.pingpong", path], cpu)
     try:
         s = _connect(path)
         req = b"\0" * 32
         _rounds(s, req, 36, min(n, 2000))
-        result = _summary(_rounds(s, req, 36, n))
+        samples = _rounds(s, req, 36, n)
         s.close()
-        return result
+        return samples
     finally:
         proc.wait(10)
+
+
+def compare(floor: list[list[int]], server: list[list[int]]) -> dict:
+    """The floor and server runs of one mode (alternating, same sizes and pinning):
+    pooled summaries, the ratios of their medians and p99s, and per-repeat ratios."""
+    f, r = _summary(sum(floor, [])), _summary(sum(server, []))
+    per_run = [round(statistics.median(b) / statistics.median(a), 2)
+               for a, b in zip(floor, server)]
+    ratio = round(r["median_us"] / f["median_us"], 2)
+    return {"pingpong_floor": f, "region_read": r, "ratio_to_floor": ratio,
+            "p99_ratio_to_floor": round(r["p99_us"] / f["p99_us"], 2),
+            "ratio_per_repeat": per_run, "goal_ratio": GOAL_RATIO,
+            "goal_met": ratio <= GOAL_RATIO}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--iterations", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="floor/server run pairs per mode, alternating (default 3)")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
+    if args.iterations < 100 or args.repeat < 1:
+        ap.error("--iterations must be at least 100 and --repeat at least 1")
     cpu = min(os.sched_getaffinity(0))
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],
-              "cpus": os.cpu_count(), "iterations": args.iterations, "runs": {}}
+              "cpus": os.cpu_count(), "iterations": args.iterations, "repeat": args.repeat,
+              "loadavg_before": [round(x, 2) for x in os.getloadavg()], "runs": {}}
     original = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="qd-bench-") as tmp:
         for mode in ("same_core", "unpinned"):
             pin = cpu if mode == "same_core" else None
             os.sched_setaffinity(0, {cpu} if pin is not None else original)
-            report["runs"][mode] = {
-                "pingpong_floor": bench_pingpong(tmp, pin, args.iterations),
-                "region_read": bench_server(tmp, pin, args.iterations)}
-            r = report["runs"][mode]
-            r["ratio_to_floor"] = round(r["region_read"]["median_us"] /
-                                        r["pingpong_floor"]["median_us"], 2)
+            floor, server = [], []
+            for _ in range(args.repeat):
+                floor.append(_pingpong_samples(tmp, pin, args.iterations))
+                server.append(_server_samples(tmp, pin, args.iterations))
+            report["runs"][mode] = compare(floor, server)
     os.sched_setaffinity(0, original)
+    report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"region-read-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
+    _print(report)
+    print(f"written {path}")
+    return 0
+
+
+def _print(report: dict) -> None:
+    print(f"load average {report['loadavg_before']} -> {report['loadavg_after']}, "
+          f"{report['repeat']} x {report['iterations']} round trips per mode and side")
     for mode, r in report["runs"].items():
         for what in ("pingpong_floor", "region_read"):
             x = r[what]
             print(f"{mode:10} {what:15} median {x['median_us']:7.2f} us  p99 "
                   f"{x['p99_us']:7.2f} us  {x['msgs_per_s']:7d} msg/s")
-        print(f"{mode:10} ratio to floor {r['ratio_to_floor']}")
-    print(f"written {path}")
-    return 0
+        print(f"{mode:10} ratio to floor: median {r['ratio_to_floor']} (goal <= "
+              f"{r['goal_ratio']}: {'met' if r['goal_met'] else 'NOT met'}), p99 "
+              f"{r['p99_ratio_to_floor']}, per repeat {r['ratio_per_repeat']}")
 
 
 if __name__ == "__main__":
