@@ -32,6 +32,7 @@ _NO_REPLY = int(HeaderFlags.VFIO_USER_F_NO_REPLY)
 _REPLY = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY)
 _ERROR_REPLY = int(HeaderFlags.VFIO_USER_F_TYPE_REPLY | HeaderFlags.VFIO_USER_F_ERROR)
 _KNOWN_COMMANDS = frozenset(int(c) for c in Command)
+_VERSION = int(Command.VFIO_USER_VERSION)
 #: fds that may wait for a message not yet complete: what one message may carry.
 MAX_PENDING_FDS = MAX_MSG_FDS
 
@@ -58,6 +59,8 @@ TRANSITIONS: dict[tuple[ConnState, Transition], ConnState] = {
     (ConnState.CLOSED, Transition.FATAL_ERROR): ConnState.CLOSED,
     (ConnState.CLOSED, Transition.PEER_CLOSED): ConnState.CLOSED,
 }
+# Per-message checks use these (an Enum.MEMBER lookup costs a call).
+_READY, _AWAIT_VERSION, _CLOSED = ConnState.READY, ConnState.AWAIT_VERSION, ConnState.CLOSED
 
 
 @dataclass(slots=True)
@@ -127,13 +130,13 @@ class Connection:
 
     def check_allowed(self, req: Request) -> None:
         """Raise RemoteProtocolError if req may not be handled in the current state."""
-        if self.state is ConnState.READY:
-            if req.command == Command.VFIO_USER_VERSION:
+        if self.state is _READY:
+            if req.command == _VERSION:
                 raise RemoteProtocolError("VERSION sent twice", errno=errno.EINVAL,
                                           msg_id=req.msg_id)
             return
-        if self.state is ConnState.AWAIT_VERSION:
-            if req.command != Command.VFIO_USER_VERSION:
+        if self.state is _AWAIT_VERSION:
+            if req.command != _VERSION:
                 raise RemoteProtocolError(
                     f"{req.command} before VERSION", errno=errno.EINVAL, msg_id=req.msg_id)
             return
@@ -142,7 +145,7 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self.state is ConnState.CLOSED
+        return self.state is _CLOSED
 
     def has_partial(self) -> bool:
         """Bytes, fds or a skip are held for a message not yet complete."""
@@ -165,7 +168,7 @@ class Connection:
         return events
 
     def _receive(self, data: bytes, fds: list[int] | tuple) -> list[Event]:
-        if self.state is ConnState.CLOSED:
+        if self.state is _CLOSED:
             return [self._stray(fds, "data after a fatal error")] if fds else []
         if self._discard:
             skip = min(self._discard, len(data))

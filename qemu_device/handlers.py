@@ -110,11 +110,24 @@ class Endpoint:
         return self.conn.closed
 
     def receive_data(self, data: bytes, fds=()) -> list[bytes]:
-        """Feed received bytes and fds; return the replies to send, in order."""
+        """Feed received bytes and fds; return the replies to send, in order.
+
+        The hot path is answered here, inline: one whole, well-formed REGION_READ with
+        no fds, nothing to log (no sink) or inject, on a connection with nothing under
+        way; a BAR0 register is read as one dword and packed with the reply in one go.
+        Anything unusual takes the general path (framing, ``handle``)."""
         if len(data) == _READ_SIZE and not fds and self.sink is None:
-            r = self._fast_read(data)
-            if r is not None:
-                return [r]
+            msg_id, cmd, size, flags, _, offset, region, count = _READ_MSG.unpack_from(data)
+            conn = self.conn
+            if (cmd == _READ_CMD and size == _READ_SIZE and not flags
+                    and count <= MAX_DATA_XFER_SIZE and conn.state is _READY
+                    and not conn.partial and not self._faults.any_command):
+                self.counts["messages"] += 1
+                conn.messages_in += 1
+                if count == 4 and region == 0 and not offset & 3 and offset < REG_BLOCK_SIZE:
+                    return [_READ4_REPLY.pack(msg_id, _READ_CMD, _READ4_SIZE, _REPLY_FLAG, 0,
+                                              offset, 0, 4, self._register_dword(offset))]
+                return [self._fast_read(msg_id, offset, region, count, data)]
         out = []
         for ev in self.conn.receive_data(data, fds):
             r = self.handle(ev)
@@ -122,24 +135,14 @@ class Endpoint:
                 out.append(r)
         return out
 
-    def _fast_read(self, data: bytes) -> bytes | None:
-        """The hot path: one whole, well-formed REGION_READ with nothing to log (the
-        caller checked there is no sink) or inject, on a connection with nothing under
-        way.  Anything unusual returns None and takes the general path."""
-        msg_id, cmd, size, flags, _, offset, region, count = _READ_MSG.unpack_from(data)
-        conn = self.conn
-        if (cmd != _READ_CMD or size != _READ_SIZE or flags or count > MAX_DATA_XFER_SIZE
-                or conn.state is not _READY or conn.partial or self._faults.any_command):
-            return None
-        self.counts["messages"] += 1
-        conn.messages_in += 1
-        if count == 4 and region == 0 and not offset & 3 and offset < REG_BLOCK_SIZE:
-            return _READ4_REPLY.pack(msg_id, _READ_CMD, _READ4_SIZE, _REPLY_FLAG, 0, offset,
-                                     0, 4, self._register_dword(offset))  # a BAR0 register
+    def _fast_read(self, msg_id: int, offset: int, region: int, count: int,
+                   data: bytes) -> bytes:
+        """A hot-path REGION_READ that is not one register (``receive_data`` checked
+        the rest); an error is answered here (a retry would count the message twice)."""
         try:
             value = self._device_read(region, offset, count)
-        except QemuDeviceError as err:     # answered here: a retry would count twice
-            return self._error(Request(msg_id, _READ_CMD, flags, data[HEADER_SIZE:]), err)
+        except QemuDeviceError as err:
+            return self._error(Request(msg_id, _READ_CMD, 0, data[HEADER_SIZE:]), err)
         return _READ_MSG.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0, offset,
                               region, count) + value
 

@@ -54,7 +54,9 @@ _NOT_OUT = ~select.EPOLLOUT
 MAX_POLL_S = 3600.0
 _FD_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _PAUSE_S = 0.5               # a listener that cannot accept rests this long
+# Enum members as module constants: in the loop, each Enum.MEMBER lookup costs a call.
 _CLOSED = ConnState.CLOSED
+_AWAIT_VERSION = ConnState.AWAIT_VERSION
 
 
 @dataclass
@@ -128,12 +130,6 @@ class _Ctl:
 
 class Server:
     """The device server: bind(), then serve_forever() (or run_once() from a test)."""
-
-    #: reads of the vfio-user client per readiness event before the loop looks at the
-    #: other sockets, the timers and the deadlines again.  1: a read ahead saved nothing
-    #: measurable in ``python -m bench`` (the client rarely has its next request in
-    #: by then) and costs a failed recvmsg per message when it has not, as with QEMU.
-    read_burst = 1
 
     def __init__(self, device: Device, socket_path: str, control_path: str | None = None,
                  log_path: str | None = None, limits: Limits | None = None,
@@ -289,51 +285,49 @@ class Server:
             self.bus.emit({"event": "connect", "client": self._clients_served})
 
     def _client_readable(self, sock: socket.socket) -> None:
-        """Read a chunk from the client and answer every whole message in it; then read
-        again at once, up to ``read_burst`` reads in all, while reads find data and every
-        reply went out (a client that answers fast saves the server an epoll wait per
-        message).  Every rule applies to each read alike."""
+        """Read a chunk from the client and answer every whole message in it.  (Reading
+        again before the next epoll wait was measured: no gain in ``python -m bench``,
+        since the client has rarely sent its next request by then, and a failed recvmsg
+        per message when it has not, as with QEMU.)"""
         client = self.client
-        read, endpoint, out = client.read, client.endpoint, client.out
+        try:
+            data, fds, truncated = client.read(sock)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            client.log.info("receive failed: %s", err)
+            self._drop_client("error")
+            return
+        if truncated or not data:
+            self._client_input_ended(client, fds, truncated)
+            return
+        endpoint = client.endpoint
+        try:
+            replies = endpoint.receive_data(data, fds)
+        except Exception:                   # a bug must cost the client, not the server
+            self.counters["internal_errors"] += 1
+            client.log.exception("internal error; dropping the client")
+            self._drop_client("internal error")
+            return
         conn = endpoint.conn
-        for _ in range(self.read_burst):
-            try:
-                data, fds, truncated = read(sock)
-            except BlockingIOError:
-                return
-            except OSError as err:
-                client.log.info("receive failed: %s", err)
-                self._drop_client("error")
-                return
-            if truncated or not data:
-                self._client_input_ended(client, fds, truncated)
-                return
-            try:
-                replies = endpoint.receive_data(data, fds)
-            except Exception:               # a bug must cost the client, not the server
-                self.counters["internal_errors"] += 1
-                client.log.exception("internal error; dropping the client")
-                self._drop_client("internal error")
-                return
-            if conn.partial is not client.partial:
-                client.partial = conn.partial
-                if client.partial:
-                    client.since = self.clock()     # a message begins: its clock starts
-            if self.limits.idle_timeout:
-                client.last_input = self.clock()
-            try:
-                for r in replies:
-                    out.send(r)
-            except (OSError, BufferError) as err:
-                client.log.info("send failed: %s", err)
-                self._drop_client("error")
-                return
-            if conn.state is _CLOSED:
-                self._drop_client("protocol error")
-                return
-            if out:                             # the client does not read: wait for it
-                self.sel.modify(sock, _RW, self._client_readable)
-                return
+        if conn.partial is not client.partial:
+            client.partial = conn.partial
+            if client.partial:
+                client.since = self.clock()     # a message begins: its clock starts
+        if self.limits.idle_timeout:
+            client.last_input = self.clock()
+        flushed = True
+        try:
+            for r in replies:
+                flushed = client.out.send(r)
+        except (OSError, BufferError) as err:
+            client.log.info("send failed: %s", err)
+            self._drop_client("error")
+            return
+        if not flushed:                         # the client does not read: wait for it
+            self.sel.modify(sock, _RW, self._client_readable)
+        if conn.state is _CLOSED:
+            self._drop_client("protocol error")
 
     def _client_input_ended(self, client: _Client, fds, truncated: bool) -> None:
         """The read brought EOF, or the kernel dropped fds: the client goes."""
@@ -348,12 +342,12 @@ class Server:
 
     def _client_deadline(self) -> float | None:
         """When the connected client will have taken too long, or None."""
-        c, lim = self.client, self.limits
+        c = self.client
         if c is None:
             return None
+        lim = self.limits
         deadline = None
-        if lim.message_timeout and (c.partial or
-                                    c.endpoint.conn.state is ConnState.AWAIT_VERSION):
+        if lim.message_timeout and (c.partial or c.endpoint.conn.state is _AWAIT_VERSION):
             deadline = c.since + lim.message_timeout
         if lim.idle_timeout and not c.partial:
             idle = c.last_input + lim.idle_timeout

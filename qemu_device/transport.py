@@ -99,18 +99,20 @@ class OutBuffer:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def send(self, data: bytes) -> None:
-        """Send data now if possible, else queue it. Raises OSError on a dead peer and
-        BufferError past the limit."""
+    def send(self, data: bytes) -> bool:
+        """Send data now if possible, else queue it; True when nothing is left queued.
+        Raises OSError on a dead peer and BufferError past the limit."""
         if self._pending:
             self._queue(data)
-            return
+            return False
         try:
             n = self.sock.send(data)
         except BlockingIOError:
             n = 0
         if n < len(data):
             self._queue(data[n:])
+            return False
+        return True
 
     def _queue(self, data: bytes) -> None:
         if len(self._pending) + len(data) > self.limit:
