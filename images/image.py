@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
+from . import bytecode
 from .errors import ImageError
 
 LIBDIR = "usr/lib/x86_64-linux-gnu"
@@ -61,6 +62,37 @@ class Image:
             str(root / "usr/bin/qemu-system-x86_64"),
             "-L", str(root / "usr/share/qemu"), "-L", str(root / "usr/share/seabios"),
         ]
+
+    # --- the guest's Python -------------------------------------------------------------
+    @cached_property
+    def python_version(self) -> str | None:
+        """The guest interpreter's version, e.g. ``"3.13"`` (from ``usr/bin/python3``'s
+        link target), or None when the image has no such link."""
+        try:
+            target = (self.rootfs / "usr/bin/python3").readlink().name
+        except OSError:
+            return None
+        match = re.fullmatch(r"python(\d+)\.(\d+)", target)
+        return f"{match.group(1)}.{match.group(2)}" if match else None
+
+    def python_command(self) -> list[str] | None:
+        """The argv prefix that runs the image's Python on this host (None without one)."""
+        if self.python_version is None:
+            return None
+        root = self.rootfs
+        return ["env", "-u", "PYTHONPATH", "-u", "PYTHONPYCACHEPREFIX", "-u", "PYTHONSTARTUP",
+                f"PYTHONHOME={root / 'usr'}",
+                str(root / LOADER), "--library-path", str(root / LIBDIR),
+                str(root / f"usr/bin/python{self.python_version}"), "-s"]
+
+    def prepare_guest_bytecode(self, project: Path) -> bool:
+        """Compile the guest agent of checkout ``project`` for the image's Python (see
+        images/bytecode.py); True when the guest will find it all fresh."""
+        command = self.python_command()
+        if command is None:
+            return False
+        tag = "cpython-" + self.python_version.replace(".", "")
+        return bytecode.ensure(command, tag, Path(project))
 
     def _qemu_output(self, *args: str) -> str:
         argv = self.qemu_command() + list(args)

@@ -33,7 +33,7 @@ from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .outcome import CouldNotJudge, DriverCallFailed, GuestUnresponsive, Outcome
 from .sentinel import Sentinel
-from .session import RunDirs, guest_spec
+from .session import PROJECT_DIR, RunDirs, guest_spec
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Lab:
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
+        self.image.prepare_guest_bytecode(PROJECT_DIR)
         self.device.start()
         for device in self.extra_devices:
             device.start()
