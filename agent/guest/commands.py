@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable
+from collections.abc import Callable
 
 from msixlab_common.deadline import Deadline, wait_until
 from msixlab_common.errors import WaitTimeout
@@ -64,12 +64,12 @@ class Agent:
         except AgentError:
             return None
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> dict[str, object]:
         """The start event: kernel release, the device's info (or why there is none) and
         ``dyn_alloc``: whether the kernel can allocate MSI-X vectors after enable on this
         device (``pci_msix_can_alloc_dyn()``), null when there is no device to ask."""
-        device: dict[str, Any] | None = None
-        event: dict[str, Any] = {"event": "hello", "kernel": os.uname().release}
+        device: dict[str, object] | None = None
+        event: dict[str, object] = {"event": "hello", "kernel": os.uname().release}
         try:
             device = self._need_driver().info()
         except AgentError as err:
@@ -78,7 +78,7 @@ class Agent:
         event["dyn_alloc"] = device["dyn_alloc"] if device else None
         return event
 
-    def _with_asked(self, vector: dict[str, Any]) -> dict[str, Any]:
+    def _with_asked(self, vector: dict[str, object]) -> dict[str, object]:
         """Put what set_affinity asked for in ``affinity.requested`` (same group only)."""
         asked = self.asked.get(vector["index"])
         if asked is not None and asked[0] == vector["group"]:
@@ -87,40 +87,40 @@ class Agent:
 
     # ---- handlers ----
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         return self._need_driver().info()
 
     def alloc_group(self, min: int, max: int, start: int | None, cpu: int | None,
-                    managed: bool) -> dict[str, Any]:
+                    managed: bool) -> dict[str, object]:
         return self._need_driver().alloc_group(min, max, start, cpu, managed)
 
-    def free_group(self, group: int) -> dict[str, Any]:
+    def free_group(self, group: int) -> dict[str, object]:
         freed = self._need_driver().free_group(group)
         self.asked = {i: a for i, a in self.asked.items() if a[0] != group}
         return freed
 
-    def list_groups(self) -> list[dict[str, Any]]:
+    def list_groups(self) -> list[dict[str, object]]:
         return self._need_driver().list_groups()
 
-    def routing(self) -> list[dict[str, Any]]:
+    def routing(self) -> list[dict[str, object]]:
         return [self._with_asked(v) for v in self._need_driver().routing()]
 
-    def vector(self, index: int) -> dict[str, Any]:
+    def vector(self, index: int) -> dict[str, object]:
         return self._with_asked(self._need_driver().vector(index))
 
-    def raise_(self, index: int, timeout_ms: int) -> dict[str, Any]:
+    def raise_(self, index: int, timeout_ms: int) -> dict[str, object]:
         return self._need_driver().raise_vector(index, timeout_ms)
 
-    def read_pba(self) -> dict[str, Any]:
+    def read_pba(self) -> dict[str, object]:
         return self._need_driver().read_pba()
 
-    def read_entry(self, index: int) -> dict[str, Any]:
+    def read_entry(self, index: int) -> dict[str, object]:
         return self._need_driver().read_entry(index)
 
-    def function_mask(self, masked: bool) -> dict[str, Any]:
+    def function_mask(self, masked: bool) -> dict[str, object]:
         return self._need_driver().function_mask(masked)
 
-    def set_affinity(self, index: int, cpus: list) -> dict[str, Any]:
+    def set_affinity(self, index: int, cpus: list) -> dict[str, object]:
         """Write ``cpus`` to /proc/irq/<irq>/smp_affinity_list of the vector at ``index``;
         return the vector afterwards (requested = ``cpus``)."""
         if not cpus or any(type(c) is not int or not 0 <= c <= CPU_MAX for c in cpus):
@@ -136,18 +136,18 @@ class Agent:
         vector["move_pending"] = vector["affinity"]["mask"] != cpus
         return vector
 
-    def cpu_online(self, cpu: int, online: bool) -> dict[str, Any]:
+    def cpu_online(self, cpu: int, online: bool) -> dict[str, object]:
         """Take ``cpu`` offline or bring it back; return the online CPUs afterwards."""
         sysview.set_cpu_online(cpu, online, self.root)
         return {"cpu": cpu, "online": online, "online_cpus": sysview.online_cpus(self.root)}
 
-    def msi_irqs(self) -> dict[str, Any]:
+    def msi_irqs(self) -> dict[str, object]:
         bdf = self._bdf() or self.unbound
         if bdf is None:
             raise GuestError(errno.ENODEV, self.device_error or "no driver")
         return sysview.msi_irqs(bdf, self.root)
 
-    def crash(self, kind: str, delay_ms: int | None) -> dict[str, Any]:
+    def crash(self, kind: str, delay_ms: int | None) -> dict[str, object]:
         """WARN or panic from the agent's own ioctl; an oops from a child's."""
         if kind not in uapi.CRASH_KINDS:
             raise RequestError(errno.EINVAL, f"crash: argument 'kind' must be one of "
@@ -163,7 +163,7 @@ class Agent:
             return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
         return driver.crash(kind)
 
-    def _oops_in_child(self, path: str) -> dict[str, Any]:
+    def _oops_in_child(self, path: str) -> dict[str, object]:
         pid = os.fork()
         if pid == 0:                                  # the child: oops, or say why not
             code = 0
@@ -192,7 +192,7 @@ class Agent:
         raise DriverError(code, f"crash(kind=oops): {errno.errorcode.get(code, code)} "
                           f"({meaning}); the child exited instead of oopsing")
 
-    def interrupts(self, all: bool) -> dict[str, Any]:
+    def interrupts(self, all: bool) -> dict[str, object]:
         path = os.path.join(self.root, "proc/interrupts")
         try:
             with open(path, encoding="utf-8") as f:
@@ -204,13 +204,13 @@ class Agent:
         rows = parsed["rows"] if all else sysview.device_rows(parsed, bdf, name)
         return {"cpus": parsed["cpus"], "bdf": bdf, "rows": rows}
 
-    def irq_sysfs(self, irq: int) -> dict[str, Any]:
+    def irq_sysfs(self, irq: int) -> dict[str, object]:
         return sysview.irq_sysfs(irq, self._bdf(), self.root)
 
-    def lspci(self) -> dict[str, Any]:
+    def lspci(self) -> dict[str, object]:
         return sysview.run_tool(["lspci", "-vv", "-nn", "-d", "1234:11e9"])
 
-    def dmesg(self, lines: int) -> dict[str, Any]:
+    def dmesg(self, lines: int) -> dict[str, object]:
         out = sysview.run_tool(["dmesg"])
         text = out["stdout"].splitlines()
         return {"returncode": out["returncode"], "lines": text[-lines:]}
@@ -225,17 +225,17 @@ class Agent:
         self.asked = {}                  # group ids start again at 1 after a rebind
         return bdf
 
-    def _reopen(self, path: str) -> dict[str, Any]:
+    def _reopen(self, path: str) -> dict[str, object]:
         self.driver, self.device_error = Driver(path), None
         return self.driver.info()
 
-    def unbind(self) -> dict[str, Any]:
+    def unbind(self) -> dict[str, object]:
         bdf = self._release()
         binding.unbind(bdf, self.root)
         self.unbound = bdf
         return {"unbound": bdf}
 
-    def bind(self) -> dict[str, Any]:
+    def bind(self) -> dict[str, object]:
         bdf = self.unbound
         if bdf is None:
             raise GuestError(errno.EINVAL, "bind: nothing was unbound by this agent")
@@ -243,7 +243,7 @@ class Agent:
         self.unbound = None
         return info
 
-    def await_device(self, present: bool, timeout_s: int) -> dict[str, Any]:
+    def await_device(self, present: bool, timeout_s: int) -> dict[str, object]:
         """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
         is gone or going) and wait for /dev/msixlab<N> to vanish; with ``present``, wait
         for it to appear and open it (group ids start again at 1)."""
@@ -256,7 +256,7 @@ class Agent:
             return {"devices": []}
         return self._reopen(binding.wait_devices(True, self.root, timeout_s)[0])
 
-    def select_nic(self, bdf: str) -> dict[str, Any]:
+    def select_nic(self, bdf: str) -> dict[str, object]:
         """Several NICs (``msixlab run --nics N``): make the driver device bound to
         ``bdf`` the one every later command uses; the others stay open, each keeping
         what set_affinity asked on it.  Returns its ``info``."""
@@ -279,7 +279,7 @@ class Agent:
         self.driver = None
         raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound to {bdf}")
 
-    def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, Any]:
+    def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, object]:
         path = path or binding.module_path(self.root)
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
@@ -289,7 +289,7 @@ class Agent:
         self._release()
         return self._reopen(binding.reload(path, fault_injection))
 
-    def shutdown(self) -> dict[str, Any]:
+    def shutdown(self) -> dict[str, object]:
         for driver, _ in self.others.values():
             driver.close()
         self.others = {}

@@ -12,13 +12,12 @@ CPU lists.  ``find_devices`` lists the misc devices the driver registered.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import glob
 import os
 import re
-from typing import Any
+from array import array
 
 from . import uapi
 from .errors import DriverError
@@ -66,7 +65,7 @@ class Driver:
             os.close(self.fd)
             self.fd = -1
 
-    def _ioctl(self, name: str, what: str, **values: Any) -> dict[str, Any]:
+    def _ioctl(self, name: str, what: str, **values: object) -> dict[str, object]:
         number, layout = uapi.IOCTLS[name]
         buf = layout.pack(**values)
         try:
@@ -79,7 +78,7 @@ class Driver:
 
     # ---- operations ----
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         raw = self._ioctl("MSIXLAB_IOC_INFO", "info")
         if raw["version"] != uapi.UAPI_VERSION:
             raise DriverError(errno.EPROTO, f"info: the driver speaks uapi version "
@@ -107,7 +106,7 @@ class Driver:
         }
 
     @staticmethod
-    def _group(raw: dict[str, Any]) -> dict[str, Any]:
+    def _group(raw: dict[str, object]) -> dict[str, object]:
         return {
             "group": raw["id"],
             "count": raw["count"],
@@ -120,7 +119,7 @@ class Driver:
         }
 
     def alloc_group(self, min: int, max: int, start: int | None = None,
-                    cpu: int | None = None, managed: bool = False) -> dict[str, Any]:
+                    cpu: int | None = None, managed: bool = False) -> dict[str, object]:
         what = (f"alloc_group(min={min}, max={max}, start={start}, cpu={cpu}, "
                 f"managed={managed})")
         raw = self._ioctl("MSIXLAB_IOC_ALLOC_GROUP", what, min=min, max=max,
@@ -129,11 +128,11 @@ class Driver:
                           flags=uapi.GROUP_MANAGED if managed else 0)
         return self._group(raw)
 
-    def free_group(self, group: int) -> dict[str, Any]:
+    def free_group(self, group: int) -> dict[str, object]:
         raw = self._ioctl("MSIXLAB_IOC_FREE_GROUP", f"free_group(group={group})", id=group)
         return {"group": group, "freed": raw["count"]}
 
-    def list_groups(self) -> list[dict[str, Any]]:
+    def list_groups(self) -> list[dict[str, object]]:
         groups, next_id = [], 0
         while True:
             try:
@@ -146,22 +145,25 @@ class Driver:
             groups.append(self._group(raw))
             next_id = raw["id"] + 1
 
-    def vector(self, index: int) -> dict[str, Any]:
+    def vector(self, index: int) -> dict[str, object]:
         """One allocated vector: its group, IRQ, cached message, live table entry, what
         its allocation asked for (``affinity.requested``, None when nothing was), the
         kernel's affinity mask and effective affinity, and per-CPU counts."""
         if self._nr_cpu_ids is None:
             self.info()
         n = self._nr_cpu_ids
-        cpus = ctypes.create_string_buffer(n * uapi.VECTOR_CPU.size)
+        # the driver writes the per-CPU entries into this buffer (array, not ctypes: the
+        # address is all that is needed, and ctypes is slow to import under TCG)
+        cpus = array("B", bytes(n * uapi.VECTOR_CPU.size))
         raw = self._ioctl("MSIXLAB_IOC_VECTOR", f"vector(index={index})", index=index,
-                          cpus=ctypes.addressof(cpus), cpus_len=n)
-        entries = [uapi.VECTOR_CPU.unpack(cpus.raw[i * uapi.VECTOR_CPU.size:])
+                          cpus=cpus.buffer_info()[0], cpus_len=n)
+        data = cpus.tobytes()
+        entries = [uapi.VECTOR_CPU.unpack(data[i * uapi.VECTOR_CPU.size:])
                    for i in range(raw["nr_cpus"])]
         return self._vector(raw, entries)
 
     @staticmethod
-    def _vector(raw: dict[str, Any], cpus: list[dict[str, Any]]) -> dict[str, Any]:
+    def _vector(raw: dict[str, object], cpus: list[dict[str, object]]) -> dict[str, object]:
         """The vector record from msixlab_vector and its per-CPU entries."""
         return {
             "group": raw["group"],
@@ -180,36 +182,36 @@ class Driver:
             "last_cpu": None if raw["last_cpu"] == uapi.NO_CPU else raw["last_cpu"],
         }
 
-    def routing(self) -> list[dict[str, Any]]:
+    def routing(self) -> list[dict[str, object]]:
         return [self.vector(index) for index in self.info()["allocated"]]
 
-    def raise_vector(self, index: int, timeout_ms: int = 0) -> dict[str, Any]:
+    def raise_vector(self, index: int, timeout_ms: int = 0) -> dict[str, object]:
         raw = self._ioctl("MSIXLAB_IOC_RAISE",
                           f"raise(index={index}, timeout_ms={timeout_ms or uapi.RAISE_DEFAULT_MS})",
                           index=index, timeout_ms=timeout_ms)
         return {"index": index, "irq": raw["irq"], "cpu": raw["cpu"],
                 "latency_ns": raw["latency_ns"], "total": raw["total"]}
 
-    def read_pba(self) -> dict[str, Any]:
+    def read_pba(self) -> dict[str, object]:
         raw = self._ioctl("MSIXLAB_IOC_READ_PBA", "read_pba")
         size = raw["table_size"]
         words = raw["bits"][: (size + 63) // 64]
         return {"table_size": size, "pending": uapi.bits_to_list(words, size),
                 "words": words}
 
-    def read_entry(self, index: int) -> dict[str, Any]:
+    def read_entry(self, index: int) -> dict[str, object]:
         raw = self._ioctl("MSIXLAB_IOC_READ_ENTRY", f"read_entry(index={index})", index=index)
         return {"index": index, "address_lo": raw["address_lo"],
                 "address_hi": raw["address_hi"], "data": raw["data"], "ctrl": raw["ctrl"]}
 
-    def function_mask(self, masked: bool) -> dict[str, Any]:
+    def function_mask(self, masked: bool) -> dict[str, object]:
         """Set or clear MSI-X Function Mask; the Message Control register read back."""
         raw = self._ioctl("MSIXLAB_IOC_FUNCTION_MASK", f"function_mask(masked={masked})",
                           masked=int(masked))
         return {"masked": bool(raw["control"] & PCI_MSIX_FLAGS_MASKALL),
                 "control": raw["control"]}
 
-    def crash(self, kind: str, delay_ms: int = 0) -> dict[str, Any]:
+    def crash(self, kind: str, delay_ms: int = 0) -> dict[str, object]:
         """MSIXLAB_IOC_CRASH (the module must be loaded with fault_injection=1)."""
         self._ioctl("MSIXLAB_IOC_CRASH", f"crash(kind={kind}, delay_ms={delay_ms})",
                     kind=uapi.CRASH_KINDS[kind], delay_ms=delay_ms)

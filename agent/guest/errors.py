@@ -10,7 +10,6 @@ sent something wrong.  ``DriverError``: the driver's ioctl failed with that errn
 from __future__ import annotations
 
 import errno as errno_mod
-from typing import Any
 
 from msixlab_common.errors import MsixlabError
 
@@ -18,7 +17,7 @@ from msixlab_common.errors import MsixlabError
 class AgentError(MsixlabError):
     source = "agent"
 
-    def __init__(self, errno: int, message: str, **fields: Any):
+    def __init__(self, errno: int, message: str, **fields: object):
         super().__init__(message)
         self.errno = errno
         self.message = message
@@ -28,7 +27,7 @@ class AgentError(MsixlabError):
     def code(self) -> str:
         return errno_mod.errorcode.get(self.errno, f"E{self.errno}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"errno": self.errno, "code": self.code, "message": self.message,
                 "source": self.source, **self.fields}
 
