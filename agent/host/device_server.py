@@ -31,7 +31,8 @@ class DeviceServer:
     def __init__(self, socket_path: Path, control_path: Path, event_log: Path,
                  stderr_log: Path, vectors: int = 64, extra: tuple[str, ...] = ()):
         self.socket_path, self.control_path = socket_path, control_path
-        self.stderr_log = stderr_log
+        self.event_log, self.stderr_log = event_log, stderr_log
+        self.name = "the device server"
         self.argv = [sys.executable, "-m", "qemu_device", "serve", "--socket", str(socket_path),
                      "--control", str(control_path), "--vectors", str(vectors),
                      "--log", str(event_log), *extra]
@@ -48,9 +49,12 @@ class DeviceServer:
         extra = (("--msix-maskable",) if msix_maskable else ()) + (
             ("--msix-noresize",) if msix_noresize else ())
         suffix = f"-nic{nic}" if nic else ""      # NIC 0 keeps the historical names
-        return cls(dirs.runtime / f"nic{nic}.sock", dirs.runtime / f"nic{nic}.ctl",
-                   dirs.results / f"device-events{suffix}.jsonl",
-                   dirs.results / f"device-server{suffix}.log", vectors=vectors, extra=extra)
+        server = cls(dirs.runtime / f"nic{nic}.sock", dirs.runtime / f"nic{nic}.ctl",
+                     dirs.results / f"device-events{suffix}.jsonl",
+                     dirs.results / f"device-server{suffix}.log", vectors=vectors, extra=extra)
+        if nic:
+            server.name = f"the device server of NIC {nic}"
+        return server
 
     def start(self, timeout: float = 20.0) -> None:
         log.info("starting the device server: %s", " ".join(self.argv))

@@ -102,10 +102,8 @@ class Lab:
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
-        self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
-                                 qemu=self.machine.poll, device=self._device_exit,
-                                 qemu_log=self.machine.qemu_log,
-                                 device_log=self.device.stderr_log,
+        self.sentinel = Sentinel(spec.console_log, qemu=self.machine.poll,
+                                 qemu_log=self.machine.qemu_log, devices=lambda: self.devices,
                                  splats=self.end_on_splat)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
@@ -247,10 +245,6 @@ class Lab:
     @property
     def devices(self) -> list[DeviceServer]:
         return [self.device, *self.extra_devices]
-
-    def _device_exit(self) -> int | None:
-        """The first device server's exit code (the sentinel's view), None while all run."""
-        return next((code for d in self.devices if (code := d.poll()) is not None), None)
 
     def select_nic(self, nic: int) -> None:
         """Make NIC ``nic`` the one the guest agent's commands use (by its address)."""
