@@ -40,6 +40,9 @@ class Arg:
     maximum: int | None = None
 
     def check(self, command: str, value: Any) -> Any:
+        """``value`` checked for ``command``: a missing one is the default (or ``RequestError``
+        if required); otherwise exact type and bounds, else ``RequestError`` (EINVAL) naming
+        the argument."""
         if value is _MISSING or value is None:
             if self.required:
                 raise RequestError(errno.EINVAL, f"{command}: missing argument {self.name!r}",
@@ -65,12 +68,17 @@ class Arg:
 
 @dataclass(frozen=True)
 class Command:
+    """One agent command: its ``name``, the ``handler`` called with the checked arguments,
+    their ``Arg`` specs, and whether the session ``stops`` after replying."""
     name: str
     handler: Callable[..., Any]
     args: tuple[Arg, ...] = ()
     stops: bool = False        # the session ends after replying
 
     def bind(self, raw: Any) -> dict[str, Any]:
+        """The handler's keyword arguments from the request's ``args`` (``None`` = none): every
+        spec checked and defaulted; a non-object or an unknown argument is a
+        ``RequestError``."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -99,10 +107,12 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:
+    """The success reply to ``request_id`` carrying ``result``."""
     return {"id": request_id, "ok": True, "result": result}
 
 
 def error_reply(request_id: Any, err: AgentError) -> dict[str, Any]:
+    """The error reply to ``request_id`` carrying ``err.to_dict()``."""
     return {"id": request_id, "ok": False, "error": err.to_dict()}
 
 
@@ -157,6 +167,9 @@ class Session:
     stopped: bool = False
 
     def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes read from the host; return the encoded replies to send (one per complete
+        line, an error reply with a null id for a line the framer rejects).  Lines after a
+        stopping command are not run."""
         out = bytearray()
         for item in self.framer.feed(data):
             if self.stopped:
@@ -168,6 +181,10 @@ class Session:
         return bytes(out)
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
+        """The reply to one request line: parse, look the command up (ENOSYS if unknown), check
+        the arguments, run the handler. Never raises: an ``AgentError`` becomes its error
+        reply and any other exception an EIO internal-error reply (logged with its
+        traceback)."""
         request_id = None
         try:
             request_id, cmd, raw_args = parse_request(line)
