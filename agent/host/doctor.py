@@ -23,6 +23,9 @@ from . import accel as accel_mod
 
 
 def report(requested_accel: str | None = None) -> dict:
+    """What is here and what is missing, as one JSON-able dict: image key, cache, rootfs, QEMU,
+    kernels, flavors, Python, the accelerator choice and /dev/kvm, and ``missing`` (each with
+    the command that fixes it). Probes KVM only if ``requested_accel`` asks for it."""
     image = find_image()
     out: dict = {
         "image_key": image_key(),
@@ -61,6 +64,7 @@ def report(requested_accel: str | None = None) -> dict:
 
 
 def render(info: dict, console: Console) -> None:
+    """Print ``report()``'s dict for people: a table, then each missing piece with its fix."""
     table = Table(title="msixlab doctor", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
