@@ -75,8 +75,8 @@ def _summary(samples_ns: list[int]) -> dict:
 
 
 def bench_server(tmp: str, cpu: int | None, n: int) -> dict:
-    """REGION_READ round trips against a fresh device server (pinned to ``cpu`` if given): ``n``
-    measured after a warm-up."""
+    """REGION_READ round trips against a fresh device server (pinned to ``cpu`` if given):
+    ``n`` measured after a warm-up."""
     path = os.path.join(tmp, "nic.sock")
     proc = _start([sys.executable, "-m", "qemu_device", "serve", "--socket", path], cpu)
     try:

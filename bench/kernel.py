@@ -84,8 +84,8 @@ def bench_boots(image, kernels: dict, boots: int) -> dict:
 
 
 def bench_main_job(kernel_args: dict) -> dict:
-    """Run ``msixlab run`` once with each option list of ``kernel_args``: exit code, process and
-    job wall seconds."""
+    """Run ``msixlab run`` once with each option list of ``kernel_args``: exit code, process
+    and job wall seconds."""
     out = {}
     for name, extra in kernel_args.items():
         results = Path(tempfile.mkdtemp(prefix="msixlab-bench-run-"))
@@ -103,8 +103,8 @@ def bench_main_job(kernel_args: dict) -> dict:
 
 
 def bench_bisect(fixture: dict) -> dict:
-    """Bisect the fixture's regression series: steps, seconds per step, and whether it named the
-    culprit and reset the tree."""
+    """Bisect the fixture's regression series: steps, seconds per step, and whether it named
+    the culprit and reset the tree."""
     git = testtrees.reset_fixture(fixture, "msix-regression")
     series = fixture["series"]["msix-regression"]
     results = Path(tempfile.mkdtemp(prefix="msixlab-bench-bisect-"))

@@ -114,8 +114,8 @@ def check_applies(mutant: Mutant, root: Path) -> None:
 
 
 def apply(mutant: Mutant, tree: Path) -> None:
-    """Make the mutant's edits in ``tree`` (each ``old`` replaced once); ``CatalogueRot`` if one
-    does not apply."""
+    """Make the mutant's edits in ``tree`` (each ``old`` replaced once); ``CatalogueRot`` if
+    one does not apply."""
     check_applies(mutant, tree)
     for edit in mutant.edits:
         path = tree / edit.path

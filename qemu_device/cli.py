@@ -103,8 +103,8 @@ def _layout(args):
 
 def cmd_serve(args) -> int:
     """`serve`: build the device from the options, listen on the vfio-user and control
-    sockets, print the JSON ready line, then serve until SIGINT/SIGTERM.  Returns 0, or 2
-    when the device options are inconsistent (the reason goes to stderr)."""
+    sockets, print the JSON ready line, then serve until SIGTERM, SIGINT or SIGHUP.  Returns
+    0, or 2 when the device options are inconsistent (the reason goes to stderr)."""
     from .device.nic import Device
     from .fdio import OsFdPort
     from .server import Server

@@ -50,7 +50,7 @@ class OsFdPort:
     def map_memory(self, fd: int, offset: int, size: int, readable: bool,
                    writable: bool) -> mmap.mmap:
         """Map ``size`` bytes of the regular file ``fd`` at ``offset``, shared, with the
-        permissions asked for. Raises ``DeviceError``: EBADF if ``fd`` cannot be stat'ed,
+        permissions asked for.  Raises ``DeviceError``: EBADF if ``fd`` cannot be stat'ed,
         EINVAL if it is not a regular file or the range passes its end, the mmap errno if
         mmap fails."""
         try:

@@ -43,8 +43,8 @@ class ReplyError(AssertionError):
 
 @dataclass
 class Reply:
-    """One reply as the fake client read it: the header, the payload after it, the fds that came
-    with it."""
+    """One reply as the fake client read it: the header, the payload after it, the fds that
+    came with it."""
     header: Header
     payload: bytes
     fds: list[int]
@@ -78,9 +78,9 @@ class EndpointHarness:
 
     def pump(self) -> None:
         """Run the endpoint on everything the client has sent so far, without blocking: feed
-        each read (and its fds) in, send back the replies, and stop at EAGAIN. At EOF the
-        received fds are closed and ``eof`` is set; once the endpoint closes, the server side
-        is shut down."""
+        each read (and its fds) in, send back the replies, and stop at EAGAIN.  At EOF the
+        received fds are closed and ``eof`` is set; once the endpoint closes, the server
+        side is shut down."""
         while True:
             try:
                 data, fds = recv_with_fds(self.server_sock)
@@ -211,7 +211,7 @@ class FakeQemu:
     def dma_map(self, addr: int, size: int, offset: int = 0, flags: int = 3,
                 fd: int | None = None, **kw) -> Reply:
         """DMA_MAP ``size`` bytes at IOVA ``addr`` from ``offset`` in ``fd`` (no fd if
-        ``None``), ``flags`` 3 = read and write. Extra keywords go to ``request``."""
+        ``None``), ``flags`` 3 = read and write.  Extra keywords go to ``request``."""
         p = DmaMap(32, flags, offset, addr, size).pack()
         return self.request(C.VFIO_USER_DMA_MAP, p, [fd] if fd is not None else (), **kw)
 
@@ -473,9 +473,9 @@ class FakeFdPort:
 
     def map_memory(self, fd: int, offset: int, size: int, readable: bool,
                    writable: bool) -> FakeWindow:
-        """A ``FakeWindow`` onto ``size`` bytes at ``offset`` of fake memory file ``fd``. Raises
-        ``DeviceError`` (EINVAL) if ``fd`` is not an open memory file or the range passes its
-        end."""
+        """A ``FakeWindow`` onto ``size`` bytes at ``offset`` of fake memory file ``fd``.
+        Raises ``DeviceError`` (EINVAL) if ``fd`` is not an open memory file or the range
+        passes its end."""
         if fd not in self.open or self.kinds.get(fd) != "memfd":
             raise DeviceError("DMA map fd is not a memory file", errno=errno.EINVAL)
         data = self.files[fd]

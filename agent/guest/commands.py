@@ -99,7 +99,7 @@ class Agent:
                     managed: bool) -> dict[str, Any]:
         """``alloc_group``: allocate between ``min`` and ``max`` vectors as one group, at the
         lowest free indices or from ``start``, with affinity to ``cpu`` (``managed``: a
-        managed affinity). Returns the group; the driver's errno on failure."""
+        managed affinity).  Returns the group; the driver's errno on failure."""
         return self._need_driver().alloc_group(min, max, start, cpu, managed)
 
     def free_group(self, group: int) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class Agent:
 
     def raise_(self, index: int, timeout_ms: int) -> dict[str, Any]:
         """``raise``: ring the device's doorbell for vector ``index`` and wait, at most
-        ``timeout_ms`` (0 = the driver's default, 1 s), for its handler to count it. Returns
+        ``timeout_ms`` (0 = the driver's default, 1 s), for its handler to count it.  Returns
         the CPU and IRQ that took it, the latency and the new total; a raise not counted in
         time fails with ETIMEDOUT."""
         return self._need_driver().raise_vector(index, timeout_ms)
@@ -314,7 +314,7 @@ class Agent:
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, Any]:
         """``reload_module``: close the driver, remove and insert the module again (``path``
         defaults to the kernel command line's msixlab.kmod=, ``fault_injection`` to how the
-        rig loaded it) and reopen the device. Returns the new ``info``; EINVAL without a
+        rig loaded it) and reopen the device.  Returns the new ``info``; EINVAL without a
         path."""
         path = path or binding.module_path(self.root)
         if path is None:

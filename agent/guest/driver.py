@@ -83,7 +83,7 @@ class Driver:
 
     def info(self) -> dict[str, Any]:
         """The device as the driver sees it: address, ids, MSI-X layout, ``dyn_alloc``, fault
-        injection, Message Control, CPU ids, groups, vectors and allocated indices. Raises
+        injection, Message Control, CPU ids, groups, vectors and allocated indices.  Raises
         ``DriverError`` on an ioctl failure, EPROTO if the driver speaks another uapi
         version."""
         raw = self._ioctl("MSIXLAB_IOC_INFO", "info")
@@ -128,9 +128,9 @@ class Driver:
     def alloc_group(self, min: int, max: int, start: int | None = None,
                     cpu: int | None = None, managed: bool = False) -> dict[str, Any]:
         """Allocate between ``min`` and ``max`` vectors as one group at the lowest free indices
-        (or from ``start``), with affinity to ``cpu`` (``managed``: managed affinity).
-        Returns the group record; ``DriverError`` with the driver's errno (ENOSPC, EINVAL
-        ...)."""
+        (or from ``start``), with affinity to ``cpu`` (``managed``: managed
+        affinity).  Returns the group record; ``DriverError`` with the driver's errno
+        (ENOSPC or EBUSY when the indices are taken, EINVAL ...)."""
         what = (f"alloc_group(min={min}, max={max}, start={start}, cpu={cpu}, "
                 f"managed={managed})")
         raw = self._ioctl("MSIXLAB_IOC_ALLOC_GROUP", what, min=min, max=max,
@@ -140,7 +140,7 @@ class Driver:
         return self._group(raw)
 
     def free_group(self, group: int) -> dict[str, Any]:
-        """Free ``group``; returns ``{group, freed}``. ``DriverError`` (ENOENT) for an unknown
+        """Free ``group``; returns ``{group, freed}``.  ``DriverError`` (ENOENT) for an unknown
         group."""
         raw = self._ioctl("MSIXLAB_IOC_FREE_GROUP", f"free_group(group={group})", id=group)
         return {"group": group, "freed": raw["count"]}
@@ -199,7 +199,7 @@ class Driver:
 
     def raise_vector(self, index: int, timeout_ms: int = 0) -> dict[str, Any]:
         """Ring the doorbell for ``index`` and wait in the driver, at most ``timeout_ms`` (0 =
-        ``RAISE_DEFAULT_MS``), interruptibly, for the handler to count it. Returns index,
+        ``RAISE_DEFAULT_MS``), interruptibly, for the handler to count it.  Returns index,
         IRQ, CPU, latency in ns and the vector's total; ``DriverError`` ETIMEDOUT if not
         counted in time, EINTR if interrupted."""
         raw = self._ioctl("MSIXLAB_IOC_RAISE",

@@ -182,7 +182,7 @@ class Session:
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
         """The reply to one request line: parse, look the command up (ENOSYS if unknown), check
-        the arguments, run the handler. Never raises: an ``AgentError`` becomes its error
+        the arguments, run the handler.  Never raises: an ``AgentError`` becomes its error
         reply and any other exception an EIO internal-error reply (logged with its
         traceback)."""
         request_id = None

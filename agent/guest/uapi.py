@@ -67,7 +67,7 @@ class Layout:
 
     def pack(self, **values: int | list[int]) -> bytearray:
         """The structure as a mutable buffer, from field values (missing ones are 0; array
-        fields take lists, zero-filled). ``KeyError`` for an unknown field, ``ValueError``
+        fields take lists, zero-filled).  ``KeyError`` for an unknown field, ``ValueError``
         for a list longer than its array."""
         unknown = set(values) - {name for name, _, _ in self.fields}
         if unknown:

@@ -58,8 +58,8 @@ class DeviceServer:
 
     def start(self, timeout: float = 20.0) -> None:
         """Start the server and wait at most ``timeout`` seconds for its JSON ready line, then
-        connect to its control socket (5 s). Raises ``LaunchError`` (with argv, exit code and
-        stderr tail) if it exits first or writes something else, ``WaitTimeout`` (after
+        connect to its control socket (5 s).  Raises ``LaunchError`` (with argv, exit code
+        and stderr tail) if it exits first or writes something else, ``WaitTimeout`` (after
         stopping it) if it is not ready in time."""
         log.info("starting the device server: %s", " ".join(self.argv))
         with open(self.stderr_log, "w") as err:
@@ -117,8 +117,8 @@ class DeviceServer:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Close the control connection and stop the server: SIGTERM, then SIGKILL after
-        ``timeout`` seconds. Returns its exit code, ``None`` if it was never started. Safe to
-        call twice."""
+        ``timeout`` seconds.  Returns its exit code, ``None`` if it was never started.  Safe
+        to call twice."""
         self.control.close()
         if self._proc is None:
             return None

@@ -24,8 +24,9 @@ from . import accel as accel_mod
 
 def report(requested_accel: str | None = None) -> dict:
     """What is here and what is missing, as one JSON-able dict: image key, cache, rootfs, QEMU,
-    kernels, flavors, Python, the accelerator choice and /dev/kvm, and ``missing`` (each with
-    the command that fixes it). Probes KVM only if ``requested_accel`` asks for it."""
+    kernels, flavors, Python, the accelerator choice and /dev/kvm, and ``missing`` (each
+    with the command that fixes it).  It boots a KVM probe only when the accelerator asked
+    for (``requested_accel``, else ``MSIXLAB_ACCEL``) is kvm or auto."""
     image = find_image()
     out: dict = {
         "image_key": image_key(),

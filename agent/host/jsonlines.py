@@ -30,7 +30,7 @@ MAX_LINE = 16 << 20
 class JsonLinesClient:
     """A JSON-lines client on the UNIX socket ``path`` (the device's control channel or the
     guest agent), called ``name`` in errors and traces.  Replies are matched by id; other
-    messages are kept as ``events``.  Not thread-safe: one caller at a time."""
+    messages are kept as ``events``."""
     def __init__(self, path: Path, name: str):
         self.path = Path(path)
         self.name = name

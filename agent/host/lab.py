@@ -100,9 +100,9 @@ class Lab:
         """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
         the guest driver, start the device servers, launch QEMU, start the sentinel, connect
         to the guest agent and wait at most ``boot_timeout`` seconds for its hello (then
-        check it). Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option, a build or
-        launch failure, no hello in time), or ``KernelMisbehaved`` when the console shows why
-        the guest never answered. Records ``kmod_build_s`` and ``boot_to_agent_s`` in
+        check it).  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option, a build
+        or launch failure, no hello in time), or ``KernelMisbehaved`` when the console shows
+        why the guest never answered.  Records ``kmod_build_s`` and ``boot_to_agent_s`` in
         ``timings``. On failure the caller still calls ``stop()``."""
         t0 = time.monotonic()
         self.kernel.check_supported()
@@ -185,9 +185,10 @@ class Lab:
 
     def stop(self) -> None:
         """Tear down in reverse, each step bounded, whatever state the lab is in: stop the
-        sentinel, ask the agent to shut down (5 s) and let the guest power off (10 s grace,
-        none if the agent did not answer), then QEMU's shutdown, the agent socket and every
-        device server. Safe to call more than once and after a failed ``start``."""
+        sentinel, ask the agent to shut down (5 s), then ``Machine.shutdown``: the guest
+        gets 10 s to power off (none if the agent did not answer), then QMP quit, then
+        SIGKILL; then close the agent socket and stop every device server.  Safe to call more
+        than once and after a failed ``start``."""
         if self.sentinel is not None:
             self.sentinel.stop()
         try:

@@ -82,8 +82,8 @@ class Machine:
     # --- launch -------------------------------------------------------------------------
     def launch(self, qmp_timeout: float = 20.0) -> None:
         """Start QEMU (output to ``qemu_log``) and connect to its QMP socket, waiting at most
-        ``qmp_timeout`` seconds. Raises ``LaunchError`` if QEMU cannot start or exits before
-        QMP answers."""
+        ``qmp_timeout`` seconds.  Raises ``LaunchError`` if QEMU cannot start or exits before
+        QMP answers, ``WaitTimeout`` if QMP does not answer in time."""
         self.log.info("launching: %s", " ".join(self.argv))
         self.spec.console_log.touch()
         with open(self.qemu_log, "w") as out:

@@ -59,8 +59,9 @@ class GuestSpec:
 
 
 def kernel_cmdline(spec: GuestSpec) -> str:
-    """The guest kernel's command line for ``spec``: serial console, panic reboots off, the
-    msixlab mode and driver, intel_iommu when asked, then ``spec.append``."""
+    """The guest kernel's command line for ``spec``: serial console, ``panic=-1`` (reboot at
+    once, which ``-no-reboot`` turns into QEMU exiting), the msixlab mode and driver,
+    ``intel_iommu=on`` with the IOMMU, then ``spec.append``."""
     # loglevel=5: messages up to KERN_WARNING reach the console, so a WARN's "WARNING:"
     # line (KERN_WARNING) is there for the console watcher, not only in dmesg.
     # no_timer_check: on a loaded host a TCG guest can fail the IO-APIC timer check and

@@ -192,10 +192,10 @@ class Scenario:
     # --- running ---------------------------------------------------------------------------
     def run(self) -> Snapshot:
         """Run the ``PLAN``'s steps in order and return the last snapshot with every check
-        result. The first step with a failed check ends the run (``stopped_at``); after a
-        full run every declared check that never ran is added as a failure. Each step's wall
-        time goes to ``steps``. Raises ``HostError`` for a table under ``MIN_TABLE`` vectors;
-        errors of the lab (a splat, a dead guest) propagate."""
+        result.  The first step with a failed check ends the run (``stopped_at``); after a
+        full run every declared check that never ran is added as a failure.  Each step's wall
+        time goes to ``steps``.  Raises ``HostError`` for a table under ``MIN_TABLE``
+        vectors; errors of the lab (a splat, a dead guest) propagate."""
         size = self.lab.device_command("state")["msix"]["table_size"]
         if size < MIN_TABLE:
             raise HostError(f"the default scenario needs a table of at least {MIN_TABLE} "
@@ -273,8 +273,8 @@ class Scenario:
         return self._account(after)
 
     def step_raise_device(self) -> Snapshot:
-        """Step ``raise-device``: raise every live vector from the device; each counted once, on
-        its CPU."""
+        """Step ``raise-device``: raise every live vector from the device; each counted once,
+        on its CPU."""
         return self._raise_all(doorbell=False)
 
     def step_raise_doorbell(self) -> Snapshot:
@@ -370,9 +370,9 @@ class Scenario:
         return self._account(snap)
 
     def step_exhaustion(self) -> Snapshot:
-        """Step ``exhaustion``: groups of 8 until ENOSPC (which must leave the table as it was),
-        the rest taken, everything freed, then group F (4 on the last CPU) allocated and
-        raised."""
+        """Step ``exhaustion``: groups of 8 until ENOSPC (which must leave the table as it
+        was), the rest taken, everything freed, then group F (4 on the last CPU) allocated
+        and raised."""
         labels, size = [], self.ledger.table_size
         while len(self.ledger.live()) + 8 <= size:
             labels.append(self._alloc(f"X{len(labels)}", min=8, max=8))

@@ -159,14 +159,14 @@ class DmaMap:
             i += 1
 
     def read(self, iova: int, length: int) -> bytes:
-        """``length`` bytes at ``iova``, possibly across adjacent regions. Raises
+        """``length`` bytes at ``iova``, possibly across adjacent regions.  Raises
         ``DeviceError``: EFAULT if any byte is unmapped or mapped without an fd, EPERM
         without READ permission."""
         pieces = list(self._pieces(iova, length, _READ))
         return b"".join(r.mem[o:o + n] for r, o, n in pieces)
 
     def write(self, iova: int, data: bytes) -> None:
-        """Write ``data`` at ``iova``, possibly across adjacent regions. Every piece is checked
+        """Write ``data`` at ``iova``, possibly across adjacent regions.  Every piece is checked
         before the first byte is written; raises ``DeviceError`` (EFAULT unmapped or no fd,
         EPERM without WRITE permission)."""
         pieces = list(self._pieces(iova, len(data), _WRITE))

@@ -131,8 +131,9 @@ class NicRegisters:
 
     def doorbell(self, vector: int, source: str) -> None:
         """Raise ``vector`` on behalf of ``source`` (``ics`` or ``queueN``) and remember it as
-        the last vector; a vector beyond the table counts as a register error (the raise is
-        still passed on, and counted out of range by the MSI-X state)."""
+        the last vector.  A vector in the table counts in IRQ_TOTAL; one beyond it counts as
+        a register error (the raise is still passed on and counted out of range by the MSI-X
+        state)."""
         self.last_vector = vector
         if vector >= self.msix.n:
             self.errors += 1

@@ -24,7 +24,7 @@ class Git:
 
     def run(self, *args: str, check: bool = True,
             timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess:
-        """``git -C TREE args...``, at most ``timeout`` seconds, no pager, no prompt. With
+        """``git -C TREE args...``, at most ``timeout`` seconds, no pager, no prompt.  With
         ``check`` a non-zero exit raises ``BisectError`` quoting git's last line; a timeout
         or a missing git is a ``BisectError`` too."""
         argv = ["git", "-C", str(self.tree), *args]

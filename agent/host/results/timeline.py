@@ -37,8 +37,8 @@ class Mark:
 
 @dataclass
 class Lane:
-    """One vector's marks, its pending spans (start, end or ``None`` if never ended), marks left
-    out, raises and deliveries."""
+    """One vector's marks, its pending spans (start, end or ``None`` if never ended), marks
+    left out, raises and deliveries."""
     vector: int
     marks: list[Mark] = field(default_factory=list)
     spans: list[tuple[float, float | None]] = field(default_factory=list)   # pending

@@ -65,7 +65,7 @@ class PerNic(Scenario):
     def run(self) -> Snapshot:
         """Run the scenario on each NIC in turn (results under ``nic<i>/<step>``), stopping at
         the first NIC whose run stopped; then the ``isolation`` step checks every NIC's
-        counts still match its own ledger. Returns NIC 0's snapshot; ``nic_records`` keeps
+        counts still match its own ledger.  Returns NIC 0's snapshot; ``nic_records`` keeps
         every NIC's."""
         inners, first = [], None
         for nic in range(self.nics):
