@@ -23,6 +23,8 @@ LOADER = "usr/lib64/ld-linux-x86-64.so.2"
 
 @dataclass(frozen=True)
 class Kernel:
+    """One kernel of the image: flavor, version, bzImage, headers build tree and modules
+    directory."""
     flavor: str
     version: str
     image: Path       # bootable bzImage
@@ -30,6 +32,7 @@ class Kernel:
     modules: Path     # /lib/modules/VERSION
 
     def as_json(self) -> dict:
+        """The kernel's fields as strings."""
         return {k: str(v) for k, v in asdict(self).items()}
 
 
@@ -105,6 +108,8 @@ class Image:
 
     @cached_property
     def qemu_version(self) -> str:
+        """The image's QEMU version (``11.1.3``); ``ImageError`` if QEMU cannot run or does not
+        say."""
         match = re.search(r"version (\d+\.\d+\.\d+)", self._qemu_output("--version"))
         if not match:
             raise ImageError("cannot read the QEMU version", step="inspect")
@@ -112,11 +117,14 @@ class Image:
 
     @cached_property
     def has_vfio_user_pci(self) -> bool:
+        """Whether the image's QEMU lists ``vfio-user-pci`` in ``-device help``."""
         return '"vfio-user-pci"' in self._qemu_output("-device", "help")
 
     # --- kernels ----------------------------------------------------------------------
     @cached_property
     def kernels(self) -> list[Kernel]:
+        """The image's kernels from dpkg's database: ``default`` is what linux-image-amd64
+        depends on, any other is ``lts``."""
         status = (self.rootfs / "var/lib/dpkg/status").read_text(errors="replace")
         packages = _dpkg_packages(status)
         meta = packages.get("linux-image-amd64", {}).get("Depends", "")
@@ -138,6 +146,7 @@ class Image:
         return sorted(kernels, key=lambda k: k.flavor)
 
     def kernel(self, flavor: str) -> Kernel:
+        """The kernel of ``flavor``; ``ImageError`` naming the kernels there are if none has it."""
         for kernel in self.kernels:
             if kernel.flavor == flavor:
                 return kernel
@@ -146,6 +155,8 @@ class Image:
                          step="kernel")
 
     def summary(self) -> dict:
+        """The image for ``doctor`` and the manifest: rootfs, QEMU (version, vfio-user-pci,
+        command), kernels."""
         return {
             "rootfs": str(self.rootfs),
             "qemu": {"version": self.qemu_version, "vfio_user_pci": self.has_vfio_user_pci,

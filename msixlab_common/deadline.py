@@ -29,6 +29,7 @@ class Deadline:
         return max(0.0, self.ends - self._clock())
 
     def expired(self) -> bool:
+        """Whether the deadline has passed."""
         return self._clock() >= self.ends
 
     def timeout(self, detail: str = "") -> WaitTimeout:

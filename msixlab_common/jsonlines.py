@@ -220,9 +220,12 @@ class Decoder:
 
     @property
     def pending(self) -> int:
+        """Bytes held for a line not yet complete."""
         return self.framer.pending
 
     def feed(self, data: bytes) -> list[object | JsonLinesError]:
+        """The decoded values of the complete lines in ``data``, with a ``JsonLinesError`` in
+        place of each refused line."""
         out: list[object | JsonLinesError] = []
         for item in self.framer.feed(data):
             if isinstance(item, JsonLinesError):

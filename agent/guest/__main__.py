@@ -30,6 +30,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def serve(agent: Agent, read_fd: int, write_fd: int, eof_ends: bool) -> int:
+    """Send the hello event on ``write_fd``, then answer requests read from ``read_fd`` until
+    a ``shutdown``.  At EOF: stop if ``eof_ends`` (stdin), else wait and read again (a
+    virtio-serial port whose host end is not connected).  A failed reply write is logged.
+    Returns 0."""
     session = Session(agent.commands())
     _write_all(write_fd, encode(agent.hello()))
     while not session.stopped:
@@ -104,6 +108,8 @@ def _usage_error(reason: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The agent's entry point: open the driver, then serve the virtio-serial ``--port`` or
+    stdin/stdout.  Returns 1 if the port cannot be opened, else ``serve``'s code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="msixlab-agent: %(levelname)s %(name)s: %(message)s")

@@ -32,6 +32,10 @@ CRASH_CHILD_S = 10.0               # an oops kills the child at once; bound the 
 
 
 class Agent:
+    """The guest agent's command handlers over one open driver device (or the reason there
+    is none).  ``commands()`` is the command table the session dispatches on; every handler
+    takes validated arguments and returns a JSON-ready result, or raises an ``AgentError``
+    (``GuestError`` ENODEV naming why when the driver is needed and missing)."""
     def __init__(self, device: str | None = None, root: str = "/",
                  opener: Callable[[str], Driver] = Driver):
         """Open ``device`` (default: the first /dev/msixlab<N>); remember why if none."""
@@ -88,36 +92,52 @@ class Agent:
     # ---- handlers ----
 
     def info(self) -> dict[str, object]:
+        """``info``: the driver's view of the device (``Driver.info``)."""
         return self._need_driver().info()
 
     def alloc_group(self, min: int, max: int, start: int | None, cpu: int | None,
                     managed: bool) -> dict[str, object]:
+        """``alloc_group``: allocate between ``min`` and ``max`` vectors as one group, at the
+        lowest free indices or from ``start``, with affinity to ``cpu`` (``managed``: a
+        managed affinity).  Returns the group; the driver's errno on failure."""
         return self._need_driver().alloc_group(min, max, start, cpu, managed)
 
     def free_group(self, group: int) -> dict[str, object]:
+        """``free_group``: free every vector of ``group``; forgets what set_affinity asked on
+        them."""
         freed = self._need_driver().free_group(group)
         self.asked = {i: a for i, a in self.asked.items() if a[0] != group}
         return freed
 
     def list_groups(self) -> list[dict[str, object]]:
+        """``list_groups``: every allocated group, by id."""
         return self._need_driver().list_groups()
 
     def routing(self) -> list[dict[str, object]]:
+        """``routing``: every allocated vector (``vector``), with what set_affinity asked."""
         return [self._with_asked(v) for v in self._need_driver().routing()]
 
     def vector(self, index: int) -> dict[str, object]:
+        """``vector``: one allocated vector's routing record, with what set_affinity asked."""
         return self._with_asked(self._need_driver().vector(index))
 
     def raise_(self, index: int, timeout_ms: int) -> dict[str, object]:
+        """``raise``: ring the device's doorbell for vector ``index`` and wait, at most
+        ``timeout_ms`` (0 = the driver's default, 1 s), for its handler to count it.  Returns
+        the CPU and IRQ that took it, the latency and the new total; a raise not counted in
+        time fails with ETIMEDOUT."""
         return self._need_driver().raise_vector(index, timeout_ms)
 
     def read_pba(self) -> dict[str, object]:
+        """``read_pba``: the Pending Bit Array: table size, pending indices and the raw words."""
         return self._need_driver().read_pba()
 
     def read_entry(self, index: int) -> dict[str, object]:
+        """``read_entry``: MSI-X table entry ``index`` as read through MMIO (allocated or not)."""
         return self._need_driver().read_entry(index)
 
     def function_mask(self, masked: bool) -> dict[str, object]:
+        """``function_mask``: set or clear MSI-X Function Mask; Message Control read back."""
         return self._need_driver().function_mask(masked)
 
     def set_affinity(self, index: int, cpus: list) -> dict[str, object]:
@@ -142,6 +162,8 @@ class Agent:
         return {"cpu": cpu, "online": online, "online_cpus": sysview.online_cpus(self.root)}
 
     def msi_irqs(self) -> dict[str, object]:
+        """``msi_irqs``: every entry of the device's sysfs ``msi_irqs/`` directory (also after
+        ``unbind``); ENODEV if the agent knows no device."""
         bdf = self._bdf() or self.unbound
         if bdf is None:
             raise GuestError(errno.ENODEV, self.device_error or "no driver")
@@ -193,6 +215,8 @@ class Agent:
                           f"({meaning}); the child exited instead of oopsing")
 
     def interrupts(self, all: bool) -> dict[str, object]:
+        """``interrupts``: /proc/interrupts parsed (CPUs and rows); only the device's rows
+        unless ``all``.  A read failure is a ``GuestError`` with its errno."""
         path = os.path.join(self.root, "proc/interrupts")
         try:
             with open(path, encoding="utf-8") as f:
@@ -205,12 +229,16 @@ class Agent:
         return {"cpus": parsed["cpus"], "bdf": bdf, "rows": rows}
 
     def irq_sysfs(self, irq: int) -> dict[str, object]:
+        """``irq_sysfs``: what sysfs and procfs say about IRQ ``irq`` (ENOENT if there is no
+        such IRQ)."""
         return sysview.irq_sysfs(irq, self._bdf(), self.root)
 
     def lspci(self) -> dict[str, object]:
+        """``lspci``: ``lspci -vv -nn`` of the rig's NIC (1234:11e9): return code and output."""
         return sysview.run_tool(["lspci", "-vv", "-nn", "-d", "1234:11e9"])
 
     def dmesg(self, lines: int) -> dict[str, object]:
+        """``dmesg``: the last ``lines`` lines of the kernel log, with dmesg's return code."""
         out = sysview.run_tool(["dmesg"])
         text = out["stdout"].splitlines()
         return {"returncode": out["returncode"], "lines": text[-lines:]}
@@ -230,12 +258,16 @@ class Agent:
         return self.driver.info()
 
     def unbind(self) -> dict[str, object]:
+        """``unbind``: close the driver and unbind the device from it (sysfs), waiting for its
+        misc device to go.  Returns the address; ``bind`` binds that address again."""
         bdf = self._release()
         binding.unbind(bdf, self.root)
         self.unbound = bdf
         return {"unbound": bdf}
 
     def bind(self) -> dict[str, object]:
+        """``bind``: bind the device this agent unbound and reopen the driver (EINVAL if it
+        unbound none).  Returns the new ``info``; group ids start again at 1."""
         bdf = self.unbound
         if bdf is None:
             raise GuestError(errno.EINVAL, "bind: nothing was unbound by this agent")
@@ -280,6 +312,10 @@ class Agent:
         raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound to {bdf}")
 
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, object]:
+        """``reload_module``: close the driver, remove and insert the module again (``path``
+        defaults to the kernel command line's msixlab.kmod=, ``fault_injection`` to how the
+        rig loaded it) and reopen the device.  Returns the new ``info``; EINVAL without a
+        path."""
         path = path or binding.module_path(self.root)
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
@@ -290,6 +326,7 @@ class Agent:
         return self._reopen(binding.reload(path, fault_injection))
 
     def shutdown(self) -> dict[str, object]:
+        """``shutdown``: close every open driver device; the session ends after this reply."""
         for driver, _ in self.others.values():
             driver.close()
         self.others = {}
@@ -302,6 +339,7 @@ class Agent:
     # ---- the table ----
 
     def commands(self) -> dict[str, Command]:
+        """The command table: each command's name, handler and argument specs (bounds included)."""
         index = Arg("index", int, minimum=0, maximum=TABLE_MAX)
         table = [
             Command("info", self.info),

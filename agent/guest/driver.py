@@ -42,6 +42,7 @@ MEANINGS = {
 
 
 def find_devices(dev_root: str = "/dev") -> list[str]:
+    """The driver's misc devices under ``dev_root`` (``msixlab<N>``), by number."""
     def number(path: str) -> int:
         match = re.search(r"(\d+)$", path)
         return int(match.group(1)) if match else -1
@@ -61,6 +62,7 @@ class Driver:
         self._nr_cpu_ids: int | None = None
 
     def close(self) -> None:
+        """Close the device file (once; later calls do nothing)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -79,6 +81,10 @@ class Driver:
     # ---- operations ----
 
     def info(self) -> dict[str, object]:
+        """The device as the driver sees it: address, ids, MSI-X layout, ``dyn_alloc``, fault
+        injection, Message Control, CPU ids, groups, vectors and allocated indices.  Raises
+        ``DriverError`` on an ioctl failure, EPROTO if the driver speaks another uapi
+        version."""
         raw = self._ioctl("MSIXLAB_IOC_INFO", "info")
         if raw["version"] != uapi.UAPI_VERSION:
             raise DriverError(errno.EPROTO, f"info: the driver speaks uapi version "
@@ -120,6 +126,10 @@ class Driver:
 
     def alloc_group(self, min: int, max: int, start: int | None = None,
                     cpu: int | None = None, managed: bool = False) -> dict[str, object]:
+        """Allocate between ``min`` and ``max`` vectors as one group at the lowest free indices
+        (or from ``start``), with affinity to ``cpu`` (``managed``: managed
+        affinity).  Returns the group record; ``DriverError`` with the driver's errno
+        (ENOSPC or EBUSY when the indices are taken, EINVAL ...)."""
         what = (f"alloc_group(min={min}, max={max}, start={start}, cpu={cpu}, "
                 f"managed={managed})")
         raw = self._ioctl("MSIXLAB_IOC_ALLOC_GROUP", what, min=min, max=max,
@@ -129,10 +139,13 @@ class Driver:
         return self._group(raw)
 
     def free_group(self, group: int) -> dict[str, object]:
+        """Free ``group``; returns ``{group, freed}``.  ``DriverError`` (ENOENT) for an unknown
+        group."""
         raw = self._ioctl("MSIXLAB_IOC_FREE_GROUP", f"free_group(group={group})", id=group)
         return {"group": group, "freed": raw["count"]}
 
     def list_groups(self) -> list[dict[str, object]]:
+        """Every allocated group, in id order (fetched one ioctl at a time)."""
         groups, next_id = [], 0
         while True:
             try:
@@ -183,9 +196,14 @@ class Driver:
         }
 
     def routing(self) -> list[dict[str, object]]:
+        """The routing record (``vector``) of every allocated index."""
         return [self.vector(index) for index in self.info()["allocated"]]
 
     def raise_vector(self, index: int, timeout_ms: int = 0) -> dict[str, object]:
+        """Ring the doorbell for ``index`` and wait in the driver, at most ``timeout_ms`` (0 =
+        ``RAISE_DEFAULT_MS``), interruptibly, for the handler to count it.  Returns index,
+        IRQ, CPU, latency in ns and the vector's total; ``DriverError`` ETIMEDOUT if not
+        counted in time, EINTR if interrupted."""
         raw = self._ioctl("MSIXLAB_IOC_RAISE",
                           f"raise(index={index}, timeout_ms={timeout_ms or uapi.RAISE_DEFAULT_MS})",
                           index=index, timeout_ms=timeout_ms)
@@ -193,6 +211,7 @@ class Driver:
                 "latency_ns": raw["latency_ns"], "total": raw["total"]}
 
     def read_pba(self) -> dict[str, object]:
+        """The PBA: table size, pending indices and the raw 64-bit words."""
         raw = self._ioctl("MSIXLAB_IOC_READ_PBA", "read_pba")
         size = raw["table_size"]
         words = raw["bits"][: (size + 63) // 64]
@@ -200,6 +219,8 @@ class Driver:
                 "words": words}
 
     def read_entry(self, index: int) -> dict[str, object]:
+        """MSI-X table entry ``index`` read through MMIO: address low/high, data, vector
+        control."""
         raw = self._ioctl("MSIXLAB_IOC_READ_ENTRY", f"read_entry(index={index})", index=index)
         return {"index": index, "address_lo": raw["address_lo"],
                 "address_hi": raw["address_hi"], "data": raw["data"], "ctrl": raw["ctrl"]}

@@ -39,6 +39,9 @@ class Arg(namedtuple("Arg", "name type required default minimum maximum",
     __slots__ = ()
 
     def check(self, command: str, value: object) -> object:
+        """``value`` checked for ``command``: a missing one is the default (or ``RequestError``
+        if required); otherwise exact type and bounds, else ``RequestError`` (EINVAL) naming
+        the argument."""
         if value is _MISSING or value is None:
             if self.required:
                 raise RequestError(errno.EINVAL, f"{command}: missing argument {self.name!r}",
@@ -63,13 +66,15 @@ class Arg(namedtuple("Arg", "name type required default minimum maximum",
 
 
 class Command(namedtuple("Command", "name handler args stops", defaults=((), False))):
-    """One entry of the command table: its name, its handler (called with the bound
-    arguments as keywords), its ``Arg`` specs, and ``stops``: the session ends after the
-    reply."""
+    """One agent command: its ``name``, the ``handler`` called with the checked arguments
+    as keywords, their ``Arg`` specs, and whether the session ``stops`` after replying."""
 
     __slots__ = ()
 
     def bind(self, raw: object) -> dict[str, object]:
+        """The handler's keyword arguments from the request's ``args`` (``None`` = none): every
+        spec checked and defaulted; a non-object or an unknown argument is a
+        ``RequestError``."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -98,10 +103,12 @@ def encode(message: dict[str, object]) -> bytes:
 
 
 def ok_reply(request_id: object, result: object) -> dict[str, object]:
+    """The success reply to ``request_id`` carrying ``result``."""
     return {"id": request_id, "ok": True, "result": result}
 
 
 def error_reply(request_id: object, err: AgentError) -> dict[str, object]:
+    """The error reply to ``request_id`` carrying ``err.to_dict()``."""
     return {"id": request_id, "ok": False, "error": err.to_dict()}
 
 
@@ -156,6 +163,9 @@ class Session:
         self.stopped = False
 
     def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes read from the host; return the encoded replies to send (one per complete
+        line, an error reply with a null id for a line the framer rejects).  Lines after a
+        stopping command are not run."""
         out = bytearray()
         for item in self.framer.feed(data):
             if self.stopped:
@@ -167,6 +177,10 @@ class Session:
         return bytes(out)
 
     def handle_line(self, line: bytes) -> dict[str, object]:
+        """The reply to one request line: parse, look the command up (ENOSYS if unknown), check
+        the arguments, run the handler.  Never raises: an ``AgentError`` becomes its error
+        reply and any other exception an EIO internal-error reply (logged with its
+        traceback)."""
         request_id = None
         try:
             request_id, cmd, raw_args = parse_request(line)

@@ -98,6 +98,9 @@ def _int_list(text: str | None) -> list[int] | None:
 
 
 def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, object]:
+    """IRQ ``irq`` as the kernel shows it: /sys/kernel/irq/N (hwirq and per-CPU counts as
+    numbers), /proc/irq/N's affinity lists and node, and with ``bdf`` the device's
+    msi_irqs/N (``None`` once freed).  ``GuestError`` (ENOENT) if the IRQ does not exist."""
     sys_dir = os.path.join(root, "sys/kernel/irq", str(irq))
     proc_dir = os.path.join(root, "proc/irq", str(irq))
     if not os.path.isdir(sys_dir) and not os.path.isdir(proc_dir):
@@ -170,6 +173,7 @@ def parse_cpu_list(text: str) -> list[int]:
 
 
 def online_cpus(root: str = "/") -> list[int]:
+    """The online CPU numbers (sysfs); ``GuestError`` if the list cannot be read or parsed."""
     path = os.path.join(root, "sys/devices/system/cpu/online")
     try:
         with open(path, encoding="ascii") as f:

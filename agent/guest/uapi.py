@@ -49,13 +49,16 @@ class Layout(namedtuple("Layout", "name fields")):
 
     @property
     def format(self) -> str:
+        """The ``struct`` format of the layout: little-endian, no implicit padding."""
         return "<" + "".join(f"{count}{code}" for _, code, count in self.fields)
 
     @property
     def size(self) -> int:
+        """The structure's size in bytes."""
         return struct.calcsize(self.format)
 
     def offset(self, field: str) -> int:
+        """The byte offset of ``field``; ``KeyError`` if there is no such field."""
         fmt = "<"
         for name, code, count in self.fields:
             if name == field:
@@ -64,6 +67,9 @@ class Layout(namedtuple("Layout", "name fields")):
         raise KeyError(f"{self.name} has no field {field!r}")
 
     def pack(self, **values: int | list[int]) -> bytearray:
+        """The structure as a mutable buffer, from field values (missing ones are 0; array
+        fields take lists, zero-filled).  ``KeyError`` for an unknown field, ``ValueError``
+        for a list longer than its array."""
         unknown = set(values) - {name for name, _, _ in self.fields}
         if unknown:
             raise KeyError(f"{self.name} has no field(s) {sorted(unknown)}")
@@ -80,6 +86,7 @@ class Layout(namedtuple("Layout", "name fields")):
         return bytearray(struct.pack(self.format, *flat))
 
     def unpack(self, buf: bytes | bytearray) -> dict[str, int | list[int]]:
+        """Field values from the first ``size`` bytes of ``buf`` (arrays as lists)."""
         flat = struct.unpack(self.format, bytes(buf[: self.size]))
         out: dict[str, int | list[int]] = {}
         pos = 0
@@ -172,6 +179,8 @@ def bits_to_list(words: list[int], limit: int | None = None) -> list[int]:
 
 
 def list_to_bits(items: list[int], words: int) -> list[int]:
+    """A bitmap of ``words`` 64-bit words with the bits in ``items`` set; ``ValueError`` for a
+    bit outside it."""
     out = [0] * words
     for i in items:
         if not 0 <= i < words * 64:

@@ -55,6 +55,15 @@ def check_hello(hello: dict) -> None:
 
 
 class Lab:
+    """One guest and its NICs, for one run or one test module.  Built from the image, the
+    kernel under test (a ``KernelUnderTest`` or a flavor name) and the run's directories;
+    nothing runs until ``start()``.  Options: ``accel``, ``vectors`` per NIC, ``cpus``,
+    QEMU ``trace`` patterns, another ``qemu`` argv, the MSI-X modes the device advertises
+    (``msix_maskable``, ``msix_noresize``), ``iommu`` (intel-iommu with interrupt remapping),
+    ``nics`` device servers, and ``end_on_splat`` (False for tests that provoke kernel
+    reports).  Use as a context manager, or call ``stop()`` in ``finally``.  Every call that
+    talks to the guest, QEMU or a device first ``guard()``s: once the sentinel has seen the
+    run end, it raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
     def __init__(self, image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *,
                  accel: str = "tcg", vectors: int = 64, cpus: int = 2,
                  trace: tuple[str, ...] = (), qemu: list[str] | None = None,
@@ -88,6 +97,13 @@ class Lab:
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
+        """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
+        the guest driver, start the device servers, launch QEMU, start the sentinel, connect
+        to the guest agent and wait at most ``boot_timeout`` seconds for its hello (then
+        check it).  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option, a build
+        or launch failure, no hello in time), or ``KernelMisbehaved`` when the console shows
+        why the guest never answered.  Records ``kmod_build_s`` and ``boot_to_agent_s`` in
+        ``timings``. On failure the caller still calls ``stop()``."""
         t0 = time.monotonic()
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
@@ -167,6 +183,11 @@ class Lab:
                             console_tail=console)
 
     def stop(self) -> None:
+        """Tear down in reverse, each step bounded, whatever state the lab is in: stop the
+        sentinel, ask the agent to shut down (5 s), then ``Machine.shutdown``: the guest
+        gets 10 s to power off (none if the agent did not answer), then QMP quit, then
+        SIGKILL; then close the agent socket and stop every device server.  Safe to call more
+        than once and after a failed ``start``."""
         if self.sentinel is not None:
             self.sentinel.stop()
         try:
@@ -244,6 +265,7 @@ class Lab:
     # --- several NICs (--nics N) ---------------------------------------------------------
     @property
     def devices(self) -> list[DeviceServer]:
+        """Every NIC's device server, NIC 0 first."""
         return [self.device, *self.extra_devices]
 
     def select_nic(self, nic: int) -> None:
@@ -270,6 +292,7 @@ class Lab:
         return old_pid, self.device.pid
 
     def nic_present(self) -> bool:
+        """Whether QEMU's PCI tree (``query-pci``) still holds the rig's NIC."""
         try:
             qemu_view.find_nic_bars(self.qmp("query-pci"))
         except HostError:
@@ -324,6 +347,7 @@ class Lab:
         return routing.resolve_remapped(snap, irtes, self.apic_map, irta["x2apic"])
 
     def save(self, name: str, content: str) -> Path:
+        """Write ``content`` to ``name`` in the run's results directory; return its path."""
         path = self.dirs.results / name
         path.write_text(content)
         return path

@@ -97,6 +97,7 @@ class Sentinel:
 
     @property
     def kernel_started(self) -> bool:
+        """Whether the console shows the guest kernel has started."""
         return self.console.kernel_started
 
     def check(self) -> Exception | None:
@@ -151,6 +152,8 @@ class Sentinel:
                              last_lines=tail(self._qemu_log, 8))
 
     def start(self, on_end: Callable[[Exception], None], interval: float = 0.1) -> None:
+        """Run ``check()`` every ``interval`` seconds in a daemon thread; call ``on_end`` once,
+        from that thread, with the first ending found, then stop watching."""
         def run() -> None:
             while not self._stop.wait(interval):
                 ending = self.check()
@@ -161,6 +164,7 @@ class Sentinel:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the watching thread and wait for it, at most 5 s (not when called from it)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
