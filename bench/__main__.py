@@ -81,6 +81,8 @@ def _summary(samples_ns: list[int]) -> dict:
 
 
 def _server_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
+    """REGION_READ round trips against a fresh device server (pinned to ``cpu`` if given):
+    ``n`` measured after a warm-up, in ns."""
     path = os.path.join(tmp, "nic.sock")
     proc = _start([sys.executable, "-m", "qemu_device", "serve", "--socket", path], cpu)
     try:
@@ -101,6 +103,8 @@ def _server_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
 
 
 def _pingpong_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
+    """The same round trips against a raw UNIX-socket echo server: the floor the device server
+    is compared with."""
     path = os.path.join(tmp, "pp.sock")
     proc = _start([sys.executable, "-m", "bench.pingpong", path], cpu)
     try:
@@ -128,6 +132,9 @@ def compare(floor: list[list[int]], server: list[list[int]]) -> dict:
 
 
 def main(argv=None) -> int:
+    """``python -m bench``: floor and server alternating ``--repeat`` times, pinned to one
+    core and unpinned, printed and written as JSON under ``--out``.  Returns 0 (the goal
+    is reported, not enforced: performance is never a test verdict)."""
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3,
