@@ -59,6 +59,9 @@ _READ_MSG = struct.Struct("<HHIIIQII")
 _READ4_REPLY = struct.Struct("<HHIIIQIII")
 _READ4_SIZE = _READ_SIZE + 4
 _READY = ConnState.READY
+_WRITE_CMD = int(C.VFIO_USER_REGION_WRITE)
+_NO_REPLY = int(HeaderFlags.VFIO_USER_F_NO_REPLY)
+_WRITE_MAX = _READ_SIZE + 8           # the fast path takes writes of up to 8 bytes
 
 Sink = Callable[[dict], None]
 
@@ -90,6 +93,8 @@ class Endpoint:
         self._faults = device.faults
         self._device_read = device.region_read
         self._register_dword = device.register_dword
+        self._set_register_dword = device.set_register_dword
+        self._device_write = device.region_write
         self._table: dict[int, Callable[[Request], bytes]] = {
             C.VFIO_USER_VERSION: self._version,
             C.VFIO_USER_DMA_MAP: self._dma_map,
@@ -112,22 +117,32 @@ class Endpoint:
     def receive_data(self, data: bytes, fds=()) -> list[bytes]:
         """Feed received bytes and fds; return the replies to send, in order.
 
-        The hot path is answered here, inline: one whole, well-formed REGION_READ with
-        no fds, nothing to log (no sink) or inject, on a connection with nothing under
-        way; a BAR0 register is read as one dword and packed with the reply in one go.
-        Anything unusual takes the general path (framing, ``handle``)."""
-        if len(data) == _READ_SIZE and not fds and self.sink is None:
+        The hot path is answered here, inline: one whole, well-formed REGION_READ, or
+        REGION_WRITE of 1 to 8 bytes (posted or not), with no fds, nothing to log (no
+        sink) or inject, on a connection with nothing under way; a BAR0 register is read
+        or written as one dword.  Anything unusual takes the general path (framing,
+        ``handle``), which answers the same."""
+        n = len(data)
+        if _READ_SIZE <= n <= _WRITE_MAX and not fds and self.sink is None:
             msg_id, cmd, size, flags, _, offset, region, count = _READ_MSG.unpack_from(data)
             conn = self.conn
-            if (cmd == _READ_CMD and size == _READ_SIZE and not flags
-                    and count <= MAX_DATA_XFER_SIZE and conn.state is _READY
-                    and not conn.partial and not self._faults.any_command):
-                self.counts["messages"] += 1
-                conn.messages_in += 1
-                if count == 4 and region == 0 and not offset & 3 and offset < REG_BLOCK_SIZE:
-                    return [_READ4_REPLY.pack(msg_id, _READ_CMD, _READ4_SIZE, _REPLY_FLAG, 0,
-                                              offset, 0, 4, self._register_dword(offset))]
-                return [self._fast_read(msg_id, offset, region, count, data)]
+            if (size == n and conn.state is _READY and not conn.partial
+                    and not self._faults.any_command):
+                if (cmd == _READ_CMD and n == _READ_SIZE and not flags
+                        and count <= MAX_DATA_XFER_SIZE):
+                    self.counts["messages"] += 1
+                    conn.messages_in += 1
+                    if (count == 4 and region == 0 and not offset & 3
+                            and offset < REG_BLOCK_SIZE):
+                        return [_READ4_REPLY.pack(msg_id, _READ_CMD, _READ4_SIZE, _REPLY_FLAG,
+                                                  0, offset, 0, 4,
+                                                  self._register_dword(offset))]
+                    return [self._fast_read(msg_id, offset, region, count, data)]
+                if (cmd == _WRITE_CMD and n == _READ_SIZE + count and count
+                        and flags & ~_NO_REPLY == 0):
+                    self.counts["messages"] += 1
+                    conn.messages_in += 1
+                    return self._fast_write(msg_id, flags, offset, region, count, data)
         out = []
         for ev in self.conn.receive_data(data, fds):
             r = self.handle(ev)
@@ -135,16 +150,43 @@ class Endpoint:
                 out.append(r)
         return out
 
+    def _fast_write(self, msg_id: int, flags: int, offset: int, region: int, count: int,
+                    data: bytes) -> list[bytes]:
+        """A hot-path REGION_WRITE of 1 to 8 bytes (``receive_data`` checked the rest;
+        ``flags`` is 0 or NO_REPLY): a BAR0 register dword is written as one int."""
+        try:
+            if count == 4 and region == 0 and not offset & 3 and offset < REG_BLOCK_SIZE:
+                self._set_register_dword(offset, int.from_bytes(data[_READ_SIZE:], "little"),
+                                         True)
+            else:
+                self._device_write(region, offset, data[_READ_SIZE:])
+        except Exception as err:            # noqa: BLE001 - answered as handle() would
+            r = self._fast_error(Request(msg_id, _WRITE_CMD, flags, data[HEADER_SIZE:]), err)
+            return [] if r is None else [r]
+        if flags:                           # NO_REPLY (a posted write)
+            return []
+        return [_READ_MSG.pack(msg_id, _WRITE_CMD, _READ_SIZE, _REPLY_FLAG, 0, offset, region,
+                               count)]
+
     def _fast_read(self, msg_id: int, offset: int, region: int, count: int,
                    data: bytes) -> bytes:
         """A hot-path REGION_READ that is not one register (``receive_data`` checked
         the rest); an error is answered here (a retry would count the message twice)."""
         try:
             value = self._device_read(region, offset, count)
-        except QemuDeviceError as err:
-            return self._error(Request(msg_id, _READ_CMD, 0, data[HEADER_SIZE:]), err)
+        except Exception as err:            # noqa: BLE001 - answered as handle() would
+            return self._fast_error(Request(msg_id, _READ_CMD, 0, data[HEADER_SIZE:]), err)
         return _READ_MSG.pack(msg_id, _READ_CMD, _READ_SIZE + count, _REPLY_FLAG, 0, offset,
                               region, count) + value
+
+    def _fast_error(self, req: Request, err: Exception) -> bytes | None:
+        """The error reply ``handle`` gives: the errno of a QemuDeviceError, EIO (and
+        the traceback logged) for anything else.  Never a retry: the message counted."""
+        if not isinstance(err, QemuDeviceError):
+            log.error("msg %d %s: internal error", req.msg_id, command_name(req.command),
+                      exc_info=err)
+            err = LocalProtocolError(f"internal error: {err!r}", errno=errno.EIO)
+        return self._error(req, err)
 
     def handle(self, ev: Request | BadMessage) -> bytes | None:
         """The reply bytes for one parsed message (an errno reply for a bad one), or None

@@ -87,6 +87,9 @@ class Device:
         #: ``REG_BLOCK_SIZE`` in BAR0, exactly what region_read(0, offset, 4) returns (as
         #: an int): the endpoint's REGION_READ fast path uses it
         self.register_dword = self.regs.read32
+        #: set_register_dword(offset, value, True): exactly region_write(0, offset, value
+        #: as 4 little-endian bytes) for the same registers (the REGION_WRITE fast path)
+        self.set_register_dword = self.regs.write32
         self._build_bars()
         self.regs.bus_master = lambda: self.config.bus_master
         self.config.msix_listener = self.msix.set_control
