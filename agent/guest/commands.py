@@ -111,6 +111,20 @@ class Agent:
     def raise_(self, index: int, timeout_ms: int) -> dict[str, Any]:
         return self._need_driver().raise_vector(index, timeout_ms)
 
+    def totals(self, want: dict | None, timeout_ms: int) -> dict[str, Any]:
+        """Every allocated index's interrupt total ({"<index>": total}) in one driver
+        call; with ``want`` ({"<index>": count}) the driver first waits, bounded by
+        ``timeout_ms``, until each reached its count (``short``: how many did not)."""
+        counts: dict[int, int] = {}
+        for key, value in (want or {}).items():
+            if (not key.isdigit() or int(key) > TABLE_MAX or type(value) is not int
+                    or not 0 <= value < 1 << 64):
+                raise RequestError(errno.EINVAL, f"totals: argument 'want' maps an index "
+                                   f"(0..{TABLE_MAX}) to a count, got {key!r}: {value!r}",
+                                   command="totals", argument="want")
+            counts[int(key)] = value
+        return self._need_driver().totals(counts, timeout_ms)
+
     def read_pba(self) -> dict[str, Any]:
         return self._need_driver().read_pba()
 
@@ -319,6 +333,11 @@ class Agent:
             Command("vector", self.vector, (index,)),
             Command("raise", self.raise_, (
                 index,
+                Arg("timeout_ms", int, required=False, default=0, minimum=0,
+                    maximum=uapi.RAISE_MAX_MS),
+            )),
+            Command("totals", self.totals, (
+                Arg("want", dict, required=False),
                 Arg("timeout_ms", int, required=False, default=0, minimum=0,
                     maximum=uapi.RAISE_MAX_MS),
             )),

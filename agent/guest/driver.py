@@ -190,6 +190,29 @@ class Driver:
         return {"index": index, "irq": raw["irq"], "cpu": raw["cpu"],
                 "latency_ns": raw["latency_ns"], "total": raw["total"]}
 
+    def totals(self, want: dict[int, int] | None = None,
+               timeout_ms: int = 0) -> dict[str, Any]:
+        """MSIXLAB_IOC_TOTALS: every allocated index's interrupt total in one call;
+        with ``want`` ({index: count}), first wait (bounded by ``timeout_ms``) until each
+        allocated index reached its count.  ``short``: allocated indices still below."""
+        info = self.info()
+        size = info["table_size"]
+        totals = (ctypes.c_uint64 * size)()
+        wanted = None
+        if want:
+            wanted = (ctypes.c_uint64 * size)()
+            for index, count in want.items():
+                if not 0 <= index < size:
+                    raise DriverError(errno.EINVAL, f"totals: index {index} is outside "
+                                      f"the {size}-entry table")
+                wanted[index] = count
+        raw = self._ioctl("MSIXLAB_IOC_TOTALS", f"totals(want={len(want or {})} indices, "
+                    f"timeout_ms={timeout_ms})", count=size, timeout_ms=timeout_ms,
+                    totals=ctypes.addressof(totals),
+                    want=ctypes.addressof(wanted) if wanted is not None else 0)
+        return {"totals": {str(i): totals[i] for i in info["allocated"]},
+                "short": raw["short_count"]}
+
     def read_pba(self) -> dict[str, Any]:
         raw = self._ioctl("MSIXLAB_IOC_READ_PBA", "read_pba")
         size = raw["table_size"]
