@@ -55,6 +55,7 @@ class SoakStats:
     enospc: int = 0
     reconciliations: int = 0
     rss_kib: list[int] = field(default_factory=list)
+    device: dict[str, int] = field(default_factory=dict)   # the last state read's sums
 
     def to_dict(self, seconds: float) -> dict[str, Any]:
         raises = sum(self.raises.values())
@@ -62,6 +63,7 @@ class SoakStats:
                 "raises": raises, "raises_by_source": dict(self.raises),
                 "interrupts": self.interrupts, "alloc_enospc": self.enospc,
                 "reconciliations": self.reconciliations, "seconds": round(seconds, 3),
+                "device": dict(self.device),
                 "interrupts_per_s": round(self.interrupts / seconds, 1) if seconds else 0.0,
                 "device_rss_kib": {"samples": list(self.rss_kib),
                                    "first": self.rss_kib[0] if self.rss_kib else None,
@@ -101,6 +103,7 @@ class Soak:
         self.stats = SoakStats()
         self.totals: dict[int, int] = {}
         self.elapsed = 0.0
+        self.started = time.monotonic()
         self.step = ""
 
     # --- bookkeeping -----------------------------------------------------------------------
@@ -122,8 +125,9 @@ class Soak:
         state = self.lab.device_command("state")
         self.ledger = Ledger(state["msix"]["table_size"], self.lab.cpus)
         self.step = "start"
+        self._baseline()
         self._reconcile(())
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         next_tick = started + TICK_S
         while not self.failures:
             self.elapsed = time.monotonic() - started
@@ -143,9 +147,23 @@ class Soak:
             self.step = "final"
             self._final()
 
+    def _baseline(self) -> None:
+        """What the static vector (index 0) counted before the soak: the ledger counts
+        from there (a lab reused between tests keeps its driver, not its counts)."""
+        totals = self.lab.agent("totals")["totals"]
+        for index in self.ledger.live():
+            self.ledger.accounts[index].counted = totals.get(str(index), 0)
+            self.totals[index] = totals.get(str(index), 0)
+
     def _every_second(self) -> None:
-        self._add(accounting.device_counters_match(self.ledger,
-                                                   self.lab.device_command("state")))
+        self.elapsed = time.monotonic() - self.started
+        state = self.lab.device_command("state")
+        self._add(accounting.device_counters_match(self.ledger, state))
+        vectors = state.get("vectors", [])
+        self.stats.device = {"raised": sum(v.get("raised", 0) for v in vectors),
+                             "delivered": sum(v.get("delivered", 0) for v in vectors),
+                             "dropped": sum(v.get("dropped", 0) for v in vectors),
+                             "irq_total": state.get("irq_total")}
         rss = device_rss_kib(self.lab.device.pid)
         if rss is not None:
             self.stats.rss_kib.append(rss)
