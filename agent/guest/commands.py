@@ -111,10 +111,19 @@ class Agent:
     def raise_(self, index: int, timeout_ms: int) -> dict[str, Any]:
         return self._need_driver().raise_vector(index, timeout_ms)
 
-    def totals(self, want: dict | None, timeout_ms: int) -> dict[str, Any]:
+    def totals(self, want: dict | None, want_each: int | None, first: int, last: int,
+               timeout_ms: int) -> dict[str, Any]:
         """Every allocated index's interrupt total ({"<index>": total}) in one driver
-        call; with ``want`` ({"<index>": count}) the driver first waits, bounded by
-        ``timeout_ms``, until each reached its count (``short``: how many did not)."""
+        call; with ``want`` ({"<index>": count}), or ``want_each`` (one count for every
+        index from ``first`` to ``last``), the driver first waits, bounded by
+        ``timeout_ms``, until each allocated index reached its count (``short``: how
+        many did not)."""
+        if want is not None and want_each is not None:
+            raise RequestError(errno.EINVAL, "totals: give 'want' or 'want_each', not both",
+                               command="totals", argument="want_each")
+        if want_each is not None:
+            return self._need_driver().totals(None, timeout_ms,
+                                              each=(want_each, first, last))
         counts: dict[int, int] = {}
         for key, value in (want or {}).items():
             if (not key.isdigit() or int(key) > TABLE_MAX or type(value) is not int
@@ -338,6 +347,10 @@ class Agent:
             )),
             Command("totals", self.totals, (
                 Arg("want", dict, required=False),
+                Arg("want_each", int, required=False, minimum=0, maximum=(1 << 64) - 1),
+                Arg("first", int, required=False, default=0, minimum=0, maximum=TABLE_MAX),
+                Arg("last", int, required=False, default=TABLE_MAX, minimum=0,
+                    maximum=TABLE_MAX),
                 Arg("timeout_ms", int, required=False, default=0, minimum=0,
                     maximum=uapi.RAISE_MAX_MS),
             )),

@@ -190,16 +190,24 @@ class Driver:
         return {"index": index, "irq": raw["irq"], "cpu": raw["cpu"],
                 "latency_ns": raw["latency_ns"], "total": raw["total"]}
 
-    def totals(self, want: dict[int, int] | None = None,
-               timeout_ms: int = 0) -> dict[str, Any]:
+    def totals(self, want: dict[int, int] | None = None, timeout_ms: int = 0,
+               each: tuple[int, int, int] | None = None) -> dict[str, Any]:
         """MSIXLAB_IOC_TOTALS: every allocated index's interrupt total in one call;
-        with ``want`` ({index: count}), first wait (bounded by ``timeout_ms``) until each
-        allocated index reached its count.  ``short``: allocated indices still below."""
+        with ``want`` ({index: count}), or ``each`` ((count, first, last): that count
+        for every index first..last inside the table), first wait (bounded by
+        ``timeout_ms``) until each allocated index reached its count.  ``short``:
+        allocated indices still below."""
         info = self.info()
         size = info["table_size"]
         totals = (ctypes.c_uint64 * size)()
         wanted = None
-        if want:
+        if each is not None:
+            count, first, last = each
+            last = min(last, size - 1)
+            wanted = (ctypes.c_uint64 * size)()
+            if first <= last:
+                wanted[first:last + 1] = [count] * (last + 1 - first)
+        elif want:
             wanted = (ctypes.c_uint64 * size)()
             for index, count in want.items():
                 if not 0 <= index < size:
