@@ -65,3 +65,21 @@ def test_lost_interrupts_fail_the_soak_with_a_named_check(msixlab_lab, msixlab_d
     assert lost and lost[0].index == 0, soak.failures
     assert any(label.endswith("no_interrupt_lost[0]") for label in verdict.failed)
     assert len(soak.op_log) < 40          # it stopped at the first failure
+
+
+def test_totals_waits_bounded_and_checks_its_arguments(msixlab_guest, msixlab_device):
+    import time
+
+    from agent.host.testlab import CommandError
+    group = msixlab_guest.request("alloc_group", min=2, max=2)
+    a, b = group["indices"]
+    msixlab_device.request("raise", vectors=[a])
+    got = msixlab_guest.request("totals", want={str(a): 1}, timeout_ms=5000)
+    assert got["short"] == 0 and got["totals"][str(a)] == 1 and got["totals"][str(b)] == 0
+    started = time.monotonic()
+    got = msixlab_guest.request("totals", want_each=1, first=a, last=b, timeout_ms=300)
+    assert got["short"] == 1 and 0.25 <= time.monotonic() - started < 5   # b never raised
+    for bad in ({"want": {"x": 1}}, {"want": {str(a): -1}}, {"want": {}, "want_each": 1}):
+        with pytest.raises(CommandError) as err:
+            msixlab_guest.request("totals", **bad)
+        assert err.value.code == "EINVAL" and "totals" in err.value.message
