@@ -55,6 +55,40 @@ def _allocate_all(lab: Lab, table: int) -> list[int]:
     return sorted(live)
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of process ``pid`` (all its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _qemu_pid(lab: Lab) -> int | None:
+    """The QEMU of ``lab``: the process whose command line is a qemu-system binary
+    naming the lab's runtime dir (its sockets)."""
+    needle = str(lab.dirs.runtime).encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"qemu-system" in arg for arg in argv[:8]) and any(needle in arg for arg in argv):
+            return int(entry.name)
+    return None
+
+
+def _cpu_use(lab: Lab) -> dict[str, float | None]:
+    """CPU seconds so far of the device server, QEMU and this process."""
+    return {"device_server": _cpu_seconds(lab.device.pid),
+            "qemu": _cpu_seconds(_qemu_pid(lab)),
+            "host_agent": _cpu_seconds(os.getpid())}
+
+
 def _halves(live: list[int]) -> list[list[int]]:
     """Two halves of the live vectors, each a contiguous run of indices (the guest
     allocates the lowest free ones), so ``want_each`` with ``first``/``last`` names one."""
@@ -128,9 +162,11 @@ def irq_rate(image, results: Path, raises: int, vectors: int, cpus: int,
         before = {int(k): v for k, v in lab.agent("totals")["totals"].items()}
         if any(before.values()):
             raise SystemExit(f"bench: vectors counted interrupts before the bench: {before}")
+        cpu_before = _cpu_use(lab)
         started = time.monotonic()
         expected, raise_s, wait_s = (_pipelined if pipelined else _serial)(lab, live, raises)
         elapsed = time.monotonic() - started
+        cpu_after = _cpu_use(lab)
         totals = {int(k): v for k, v in lab.agent("totals")["totals"].items()}
         state = lab.device_command("state")
     made = sum(expected.values())
@@ -147,6 +183,8 @@ def irq_rate(image, results: Path, raises: int, vectors: int, cpus: int,
         and made >= raises and counted / elapsed >= GOAL_PER_S,
         "device_raised": sum(v["raised"] for v in state["vectors"]),
         "device_delivered": sum(v["delivered"] for v in state["vectors"]),
+        "cpu_seconds": {name: None if cpu_before[name] is None or cpu_after[name] is None
+                        else round(cpu_after[name] - cpu_before[name], 2) for name in cpu_after},
         "round_ms": {"device_raise_median": round(statistics.median(raise_s) * 1000, 2),
                           "guest_wait_median": round(statistics.median(wait_s) * 1000, 2),
                           "device_raise_total_s": round(sum(raise_s), 3),
@@ -202,7 +240,8 @@ def main(argv=None) -> int:
               f"over {rate['raises']} raises on {rate['vectors_live']} vectors, "
               f"{rate['lost']} lost, {rate['extra']} extra; per wait: device raise "
               f"{rate['round_ms']['device_raise_median']} ms, guest wait "
-              f"{rate['round_ms']['guest_wait_median']} ms (goal >= {GOAL_PER_S}/s, 0 lost: "
+              f"{rate['round_ms']['guest_wait_median']} ms; CPU s: {rate['cpu_seconds']} "
+              f"in {rate['seconds']} s (goal >= {GOAL_PER_S}/s, 0 lost: "
               f"{'met' if rate['goal_met'] else 'NOT met'})", flush=True)
     rss = device_rss(image, scratch, args.rss_seconds, 64, 2)
     print(f"device RSS over a {rss['seconds']:.0f} s soak: first {rss['first_kib']} KiB, "
