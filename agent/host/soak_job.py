@@ -76,8 +76,11 @@ def _progress_line(console: Console, soak: Soak):
 def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
     table = Table(title="soak summary", show_header=False)
     rss = summary["device_rss_kib"]
-    rows = [("ops", f"{summary['ops']} ({', '.join(f'{k} {v}' for k, v in sorted(summary['ops_by_kind'].items()))})"),
-            ("raises", f"{summary['raises']} ({', '.join(f'{k} {v}' for k, v in sorted(summary['raises_by_source'].items()))})"),
+    def split(counts: dict[str, int]) -> str:
+        return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+
+    rows = [("ops", f"{summary['ops']} ({split(summary['ops_by_kind'])})"),
+            ("raises", f"{summary['raises']} ({split(summary['raises_by_source'])})"),
             ("interrupts counted", f"{summary['interrupts']} in {summary['seconds']} s "
                                    f"({summary['interrupts_per_s']}/s)"),
             ("reconciliations", str(summary["reconciliations"])),
@@ -122,32 +125,12 @@ def run_soak(args, console: Console) -> int:
               iommu=args.iommu)
     soak = Soak(lab, seed, args.seconds, args.ops, say=console.print)
     soak.tick = _progress_line(console, soak)
-    armed: list = []
     started = time.monotonic()
     with dirs:
         try:
-            try:
-                lab.start()
-                console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
-                              f"(kernel {lab.hello.get('kernel')})")
-                for spec in args.device_fault:
-                    armed.append(lab.device_command("fault", **spec))
-                    console.print("[yellow]device fault armed on purpose:[/] "
-                                  + escape(str(armed[-1])))
-                soak.run()
-                lab.guard()
-                verdict = judge(soak, _faults(lab, armed))
-            except BaseException as err:   # classified, never lost (Ctrl-C included)
-                verdict = RunVerdict.from_error(err, _faults(lab, armed))
-                if verdict.outcome is Outcome.INTERNAL_ERROR:
-                    log.exception("internal error")
-            if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
-                _save_guest_views(lab)
+            verdict = _soak_in_lab(lab, soak, args.device_fault, console)
         finally:
             lab.stop()
-    for failure in soak.failures[:20]:
-        console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
-    summary = soak.stats.to_dict(soak.elapsed)
     record = {
         "run_id": dirs.run_id, "kind": "soak", "seed": seed, "verdict": verdict.to_dict(),
         "options": {"seconds": args.seconds, "ops": args.ops, "vectors": args.vectors,
@@ -156,13 +139,44 @@ def run_soak(args, console: Console) -> int:
                     "msix_maskable": args.msix_maskable, "msix_noresize": args.msix_noresize,
                     "iommu": args.iommu, "device_faults": list(args.device_fault)},
         "kernel": lab.hello.get("kernel"), "qemu": image.qemu_version,
-        "summary": summary, "checks_passed": dict(soak.passed),
-        "failures": [r.to_dict() for r in soak.failures],
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
         "msixlab_commit": msixlab_commit(), "reproduce": reproduce_command(args, seed),
-        "op_log": soak.op_log,
     }
+    return _finish(console, dirs, soak, verdict, record)
+
+
+def _soak_in_lab(lab: Lab, soak: Soak, faults: list, console: Console) -> RunVerdict:
+    """Start the lab, arm the faults, soak; however it ends, one classified verdict."""
+    armed: list = []
+    try:
+        lab.start()
+        console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
+                      f"(kernel {lab.hello.get('kernel')})")
+        for spec in faults:
+            armed.append(lab.device_command("fault", **spec))
+            console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
+        soak.run()
+        lab.guard()
+        verdict = judge(soak, _faults(lab, armed))
+    except BaseException as err:   # classified, never lost (Ctrl-C included)
+        verdict = RunVerdict.from_error(err, _faults(lab, armed))
+        if verdict.outcome is Outcome.INTERNAL_ERROR:
+            log.exception("internal error")
+    if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
+        _save_guest_views(lab)
+    return verdict
+
+
+def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
+            record: dict[str, Any]) -> int:
+    """Print the failures, the summary and the verdict, then write soak.json; a write
+    failure is reported and keeps the verdict's exit code."""
+    for failure in soak.failures[:20]:
+        console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
+    summary = soak.stats.to_dict(soak.elapsed)
+    record.update(summary=summary, checks_passed=dict(soak.passed),
+                  failures=[r.to_dict() for r in soak.failures], op_log=soak.op_log)
     console.print(_summary_table(summary, verdict))
     console.print(f"[{'green' if verdict.exit_code == 0 else 'red'}]{verdict.outcome}[/] "
                   f"(exit {verdict.exit_code}): {escape(verdict.summary)}")
