@@ -39,6 +39,11 @@ def test_soak_cli_passes_and_its_summary_reconciles(image, tmp_path):
     delivered_live = by_source["device"] + by_source["doorbell"]
     assert delivered_live <= summary["interrupts"] <= summary["raises"]
     assert summary["interrupts_per_s"] > 0 and not record["failures"]
+    # the result files, as for run: routing.json's verdict and a junit.xml with no failure
+    routing = json.loads((run_dir / "routing.json").read_text())
+    assert routing["verdict"]["exit_code"] == 0 and routing["checks"]["fail"] == 0
+    junit = (run_dir / "junit.xml").read_text()
+    assert 'failures="0"' in junit and "no_interrupt_lost" in junit
 
 
 def _soak(lab, seed: int, ops: int) -> Soak:

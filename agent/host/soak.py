@@ -34,7 +34,7 @@ from typing import Any
 from . import accounting
 from .ledger import GroupRequest, Ledger
 from .outcome import DriverCallFailed
-from .routing import CheckResult, Verdict
+from .routing import CheckResult, Snapshot, Verdict
 from .soak_plan import Op, SoakView, next_op, reconcile
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Soak:
         self.stats = SoakStats()
         self.totals: dict[int, int] = {}
         self.elapsed = 0.0
+        self.final: Snapshot | None = None    # every view at the end (routing.json)
         self.started = time.monotonic()
         self.step = ""
 
@@ -114,6 +115,13 @@ class Soak:
                                                  result.summary, result.evidence, self.step))
             elif result.verdict is Verdict.PASS:
                 self.passed[result.name] += 1
+
+    def results(self) -> list[CheckResult]:
+        """Every failure, and one PASS per check that passed (how often, in its summary):
+        what routing.json and the result files record of a soak."""
+        return self.failures + [CheckResult(name, None, Verdict.PASS, f"passed {n} times",
+                                            step="soak")
+                                for name, n in sorted(self.passed.items())]
 
     def view(self) -> SoakView:
         return SoakView(self.ledger.table_size, self.ledger.cpus,
@@ -173,7 +181,7 @@ class Soak:
     def _final(self) -> None:
         """Every view against the ledger once more, as the scenario's final step."""
         self._every_second()
-        snap = self.lab.snapshot()
+        snap = self.final = self.lab.snapshot()
         irqs = [entry["irq"] for entry in self.lab.agent("msi_irqs")["irqs"]]
         self._add(accounting.live_set_checks(self.ledger, snap, irqs))
         self._add(accounting.counts_match_raises(self.ledger, snap))

@@ -7,8 +7,9 @@ every check passed, 1 when a check failed (a lost, duplicated or spurious interr
 device counter or a view that disagrees with the ledger) or the kernel misbehaved
 otherwise, 125 when the run could not judge.  A progress line every second, a summary
 at the end.  Everything goes to ``results/soak-<id>/``: ``soak.json`` (verdict, options,
-seed, summary, failed checks and the op log: the same seed replays the same ops), the
-console, QEMU's and the device's logs, and the guest's views as far as it could give them.
+seed, summary, failed checks and the op log: the same seed replays the same ops),
+routing.json (the final views and the check results) with the result files built from
+it as for ``run`` (results.ktap, junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the guest's views as far as it could give them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from . import dry_run
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .main_job import _faults, _save_guest_views, msixlab_commit
+from .main_job import _faults, _save_guest_views, config_hash, msixlab_commit
 from .outcome import Outcome, RunVerdict
+from .report import write_routing_json
+from .results import write_all as write_result_files
+from .routing import Snapshot
 from .session import RunDirs
 from .soak import Soak, SoakStats
 
@@ -132,18 +136,20 @@ def run_soak(args, console: Console) -> int:
         finally:
             lab.stop()
     record = {
-        "run_id": dirs.run_id, "kind": "soak", "seed": seed, "verdict": verdict.to_dict(),
+        "run_id": dirs.run_id, "kind": "soak", "scenario": "soak", "flavor": kernel.flavor,
+        "vectors": args.vectors, "cpus": args.cpus, "accel": choice.accel, "steps": [], "seed": seed, "verdict": verdict.to_dict(),
         "options": {"seconds": args.seconds, "ops": args.ops, "vectors": args.vectors,
                     "cpus": args.cpus, "flavor": kernel.flavor,
                     "kernel_under_test": kernel.as_json(), "accel": choice.accel,
                     "msix_maskable": args.msix_maskable, "msix_noresize": args.msix_noresize,
                     "iommu": args.iommu, "device_faults": list(args.device_fault)},
         "kernel": lab.hello.get("kernel"), "qemu": image.qemu_version,
+        "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
         "msixlab_commit": msixlab_commit(), "reproduce": reproduce_command(args, seed),
     }
-    return _finish(console, dirs, soak, verdict, record)
+    return _finish(console, dirs, soak, verdict, record, lab)
 
 
 def _soak_in_lab(lab: Lab, soak: Soak, faults: list, console: Console) -> RunVerdict:
@@ -169,9 +175,11 @@ def _soak_in_lab(lab: Lab, soak: Soak, faults: list, console: Console) -> RunVer
 
 
 def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
-            record: dict[str, Any]) -> int:
-    """Print the failures, the summary and the verdict, then write soak.json; a write
-    failure is reported and keeps the verdict's exit code."""
+            record: dict[str, Any], lab: Lab) -> int:
+    """Print the failures, the summary and the verdict, then write soak.json, and
+    routing.json with the final views and the result files built from it as for
+    ``run`` (results.ktap, junit.xml, kcidb.json, report.html); a write failure is
+    reported and keeps the verdict's exit code."""
     for failure in soak.failures[:20]:
         console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
     summary = soak.stats.to_dict(soak.elapsed)
@@ -182,8 +190,14 @@ def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
                   f"(exit {verdict.exit_code}): {escape(verdict.summary)}")
     try:
         (dirs.results / "soak.json").write_text(json.dumps(record, indent=1) + "\n")
+        results = soak.results()
+        snapshot = (soak.final or Snapshot(())).with_checks(results)
+        metadata = {k: v for k, v in record.items() if k not in ("op_log", "failures")}
+        write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
+                           verdict=verdict, results=results)
+        write_result_files(dirs.results)
     except (OSError, MsixlabError) as err:
-        console.print(f"[red]could not write soak.json ({escape(str(err))}); the verdict "
+        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
                       f"above stands[/]")
     console.print(f"reproduce: {record['reproduce']}; artifacts in {dirs.results}")
     return verdict.exit_code
