@@ -145,7 +145,9 @@ class Soak:
                 break
             self.step = f"op{done}"
             op = next_op(self.rng, self.view())
-            self.op_log.append({**op.to_dict(), **self._apply(op)})
+            entry = op.to_dict()
+            self.op_log.append(entry)        # logged first: an op that raises is in the log
+            entry.update(self._apply(op))
             self.stats.ops[op.kind] += 1
             if time.monotonic() >= next_tick:
                 next_tick += TICK_S * max(1, int((time.monotonic() - next_tick) / TICK_S) + 1)
