@@ -1,6 +1,8 @@
 """``msixlab soak`` in the real guest: a short soak passes with every number in its
-summary reconciled, the same seed replays the same op log, and a lost interrupt (the
-device dropping raises of vector 0 on purpose) fails the soak with a named check."""
+summary reconciled, the same seed replays the same op log, a lost interrupt (the device
+dropping raises of vector 0 on purpose) and an interrupt nobody raised (a real raise
+behind the soak's back) fail it with a named check, and the agent's ``totals`` waits
+bounded and checks its arguments."""
 
 from __future__ import annotations
 
@@ -88,3 +90,25 @@ def test_totals_waits_bounded_and_checks_its_arguments(msixlab_guest, msixlab_de
         with pytest.raises(CommandError) as err:
             msixlab_guest.request("totals", **bad)
         assert err.value.code == "EINVAL" and "totals" in err.value.message
+
+
+def test_an_interrupt_nobody_raised_fails_the_soak(msixlab_lab):
+    """One real raise of vector 0 from the device behind the soak's back (after its first
+    second): the next reconciliation finds a count the ledger does not expect."""
+    lab = msixlab_lab.lab
+    soak = Soak(lab, seed=8, seconds=20)
+    planted = []
+
+    def plant(elapsed, stats):
+        if not planted:
+            before = int(lab.agent("totals")["totals"]["0"])
+            lab.device_command("raise", vector=0)
+            planted.append(lab.agent("totals", want={"0": before + 1},
+                                     timeout_ms=5000)["short"])
+    soak.tick = plant
+    soak.run()
+    assert planted == [0]                                   # the extra one was counted
+    first = soak.failures[0]
+    assert (first.name, first.index) in {("no_spurious_interrupt", 0),
+                                         ("no_interrupt_duplicated", 0)}, soak.failures
+    assert judge(soak, []).exit_code == 1 and soak.elapsed < 10
