@@ -253,8 +253,10 @@ def main(argv=None) -> int:
     path = out / f"irq-rate-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {path} (the labs' logs in {scratch})")
-    met = any(rate["goal_met"] for rate in rates)
-    return 0 if met and rss["flat"] and not rss["soak_failures"] else 1
+    # a rate below the goal is reported, not failed (it depends on the host's load); a
+    # lost or extra interrupt, a failed soak check or a growing RSS fails the bench
+    exact = all(rate["lost"] == 0 and rate["extra"] == 0 for rate in rates)
+    return 0 if exact and rss["flat"] and not rss["soak_failures"] else 1
 
 
 if __name__ == "__main__":
