@@ -7,7 +7,7 @@ MSIXLAB := $(VENV)/bin/msixlab
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
 
-.PHONY: setup image run test unit guest-test matrix fuzz bench mutate doctor boot kmod clean clean-cache
+.PHONY: setup image run test unit guest-test guest-test-random matrix fuzz bench mutate doctor boot kmod clean clean-cache
 
 setup: $(STAMP)
 
@@ -41,6 +41,16 @@ unit: setup
 
 guest-test: image
 	$(GUEST_PYTEST)
+
+# The guest tests in a random order (modules shuffled, and the tests inside each module),
+# to show no test depends on another's leftovers.  The seed is printed; SEED=N replays an
+# order (every xdist worker must shuffle alike, so the seed is chosen here, once).
+ifeq ($(origin SEED),undefined)
+SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+endif
+guest-test-random: image
+	@echo "guest tests in random order: SEED=$(SEED)"
+	$(GUEST_PYTEST) -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
 # Every scenario but hotplug x (no IOMMU, --iommu) x (MSI-X default, maskable, noresize)
 # x (2, 4 CPUs), one run after another: 24 runs of 60-80 s each on the loaded 2-core

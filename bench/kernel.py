@@ -72,6 +72,7 @@ def bench_builds(skip_scratch: bool, fixture: dict) -> dict:
 
 
 def bench_boots(image, kernels: dict, boots: int) -> dict:
+    """The boot-to-ready seconds of ``boots`` boots of each of ``kernels``, and their median."""
     out = {}
     for name, kernel in kernels.items():
         ready = [boot_ready(image, kernel, timeout=180, keep=False).ready_seconds
@@ -83,6 +84,8 @@ def bench_boots(image, kernels: dict, boots: int) -> dict:
 
 
 def bench_main_job(kernel_args: dict) -> dict:
+    """Run ``msixlab run`` once with each option list of ``kernel_args``: exit code, process
+    and job wall seconds."""
     out = {}
     for name, extra in kernel_args.items():
         results = Path(tempfile.mkdtemp(prefix="msixlab-bench-run-"))
@@ -100,6 +103,8 @@ def bench_main_job(kernel_args: dict) -> dict:
 
 
 def bench_bisect(fixture: dict) -> dict:
+    """Bisect the fixture's regression series: steps, seconds per step, and whether it named
+    the culprit and reset the tree."""
     git = testtrees.reset_fixture(fixture, "msix-regression")
     series = fixture["series"]["msix-regression"]
     results = Path(tempfile.mkdtemp(prefix="msixlab-bench-bisect-"))
@@ -124,6 +129,8 @@ def bench_bisect(fixture: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    """``python -m bench.kernel``: measure builds, boots, main jobs and a bisect on the
+    minimal and the Debian kernel, compare them with the goals and write the JSON report."""
     ap = argparse.ArgumentParser(prog="python -m bench.kernel")
     ap.add_argument("--skip-scratch", action="store_true",
                     help="report the cached test kernel's recorded from-scratch time instead")

@@ -13,6 +13,8 @@ REPLY_EXTRA = b"\0\0\0\0"
 
 
 def serve(path: str) -> None:
+    """Listen on ``path``, print ``ready``, then answer each read from the one client with it
+    plus 4 bytes, until it closes."""
     if os.path.exists(path):
         os.unlink(path)
     ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

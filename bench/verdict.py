@@ -32,6 +32,8 @@ CASES = {
 
 
 def one_run(options: tuple[str, ...], flavor: str) -> dict:
+    """One ``msixlab run`` with ``options`` on ``flavor`` in a scratch dir: exit, wall seconds,
+    outcome, boot-to-agent and step seconds."""
     with tempfile.TemporaryDirectory(prefix="msixlab-bench-") as tmp:
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--flavor", flavor,
@@ -48,6 +50,8 @@ def one_run(options: tuple[str, ...], flavor: str) -> dict:
 
 
 def main(argv=None) -> int:
+    """``python -m bench.verdict``: run every case ``--runs`` times, print the medians against
+    the goals, write the JSON; 1 if any run exited otherwise than expected."""
     ap = argparse.ArgumentParser(prog="python -m bench.verdict")
     ap.add_argument("--runs", type=int, default=3, help="runs per case (median reported)")
     ap.add_argument("--flavor", default="default")

@@ -104,6 +104,27 @@ def test_a_device_error_reply_cannot_judge(lab):
     assert seconds < FAST_S
 
 
+def test_a_device_error_reply_of_another_nic_cannot_judge(image, tmp_path):
+    """Every NIC's device server is watched, not only the first one's."""
+    from agent.host.scenarios.nics import PerNic
+    with RunDirs.create(tmp_path) as dirs, Lab(image, "default", dirs, nics=2) as lab:
+        def arm():
+            lab.device_command_on(lab.devices[1], "fault", kind="errno_reply",
+                                  command="DEVICE_SET_IRQS", errno="EIO")
+        started = time.monotonic()
+        try:
+            arm()
+            PerNic(lab, Scenario, 2).run()
+            lab.guard()
+        except BaseException as err:      # noqa: BLE001 - what main_job does
+            verdict, seconds = RunVerdict.from_error(err), time.monotonic() - started
+        else:
+            pytest.fail("the run ended normally")
+    assert verdict.outcome is Outcome.DEVICE_FAULT and verdict.exit_code == 125, verdict
+    assert "NIC 1" in verdict.summary and "SET_IRQS" in verdict.summary
+    assert seconds < 2 * FAST_S
+
+
 def _run(tmp_path, *options):
     done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--results",
                            str(tmp_path), *options], cwd=PROJECT_DIR, capture_output=True,

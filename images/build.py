@@ -37,6 +37,7 @@ LOCK_TIMEOUT = 60 * 60
 
 
 def image_key() -> str:
+    """The image's cache key: ``trixie-`` and the recipe's hash."""
     return f"trixie-{recipe.recipe_hash()}"
 
 
@@ -151,4 +152,5 @@ def ensure_image(on_step: OnStep = _quiet, root: Path | None = None) -> Image:
 
 
 def manifest(image: Image) -> dict:
+    """The built image's manifest.json (key, QEMU version, kernels, size, build seconds)."""
     return json.loads((image.rootfs.parent / "manifest.json").read_text())

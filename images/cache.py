@@ -23,6 +23,8 @@ from .errors import ImageError
 
 
 def cache_dir(environ=os.environ) -> Path:
+    """The msixlab cache: ``$MSIXLAB_CACHE``, else ``$XDG_CACHE_HOME/msixlab``, else
+    ``~/.cache/msixlab``."""
     if environ.get("MSIXLAB_CACHE"):
         return Path(environ["MSIXLAB_CACHE"])
     xdg = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -30,6 +32,7 @@ def cache_dir(environ=os.environ) -> Path:
 
 
 def images_dir(root: Path | None = None) -> Path:
+    """Where built images live: ``images/`` under ``root`` (default: the cache)."""
     return (root or cache_dir()) / "images"
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
+from . import bytecode
 from .errors import ImageError
 
 LIBDIR = "usr/lib/x86_64-linux-gnu"
@@ -22,6 +23,8 @@ LOADER = "usr/lib64/ld-linux-x86-64.so.2"
 
 @dataclass(frozen=True)
 class Kernel:
+    """One kernel of the image: flavor, version, bzImage, headers build tree and modules
+    directory."""
     flavor: str
     version: str
     image: Path       # bootable bzImage
@@ -29,6 +32,7 @@ class Kernel:
     modules: Path     # /lib/modules/VERSION
 
     def as_json(self) -> dict:
+        """The kernel's fields as strings."""
         return {k: str(v) for k, v in asdict(self).items()}
 
 
@@ -62,6 +66,37 @@ class Image:
             "-L", str(root / "usr/share/qemu"), "-L", str(root / "usr/share/seabios"),
         ]
 
+    # --- the guest's Python -------------------------------------------------------------
+    @cached_property
+    def python_version(self) -> str | None:
+        """The guest interpreter's version, e.g. ``"3.13"`` (from ``usr/bin/python3``'s
+        link target), or None when the image has no such link."""
+        try:
+            target = (self.rootfs / "usr/bin/python3").readlink().name
+        except OSError:
+            return None
+        match = re.fullmatch(r"python(\d+)\.(\d+)", target)
+        return f"{match.group(1)}.{match.group(2)}" if match else None
+
+    def python_command(self) -> list[str] | None:
+        """The argv prefix that runs the image's Python on this host (None without one)."""
+        if self.python_version is None:
+            return None
+        root = self.rootfs
+        return ["env", "-u", "PYTHONPATH", "-u", "PYTHONPYCACHEPREFIX", "-u", "PYTHONSTARTUP",
+                f"PYTHONHOME={root / 'usr'}",
+                str(root / LOADER), "--library-path", str(root / LIBDIR),
+                str(root / f"usr/bin/python{self.python_version}"), "-s"]
+
+    def prepare_guest_bytecode(self, project: Path) -> bool:
+        """Compile the guest agent of checkout ``project`` for the image's Python (see
+        images/bytecode.py); True when the guest will find it all fresh."""
+        command = self.python_command()
+        if command is None:
+            return False
+        tag = "cpython-" + self.python_version.replace(".", "")
+        return bytecode.ensure(command, tag, Path(project))
+
     def _qemu_output(self, *args: str) -> str:
         argv = self.qemu_command() + list(args)
         try:
@@ -73,6 +108,8 @@ class Image:
 
     @cached_property
     def qemu_version(self) -> str:
+        """The image's QEMU version (``11.1.3``); ``ImageError`` if QEMU cannot run or does not
+        say."""
         match = re.search(r"version (\d+\.\d+\.\d+)", self._qemu_output("--version"))
         if not match:
             raise ImageError("cannot read the QEMU version", step="inspect")
@@ -80,11 +117,14 @@ class Image:
 
     @cached_property
     def has_vfio_user_pci(self) -> bool:
+        """Whether the image's QEMU lists ``vfio-user-pci`` in ``-device help``."""
         return '"vfio-user-pci"' in self._qemu_output("-device", "help")
 
     # --- kernels ----------------------------------------------------------------------
     @cached_property
     def kernels(self) -> list[Kernel]:
+        """The image's kernels from dpkg's database: ``default`` is what linux-image-amd64
+        depends on, any other is ``lts``."""
         status = (self.rootfs / "var/lib/dpkg/status").read_text(errors="replace")
         packages = _dpkg_packages(status)
         meta = packages.get("linux-image-amd64", {}).get("Depends", "")
@@ -106,6 +146,7 @@ class Image:
         return sorted(kernels, key=lambda k: k.flavor)
 
     def kernel(self, flavor: str) -> Kernel:
+        """The kernel of ``flavor``; ``ImageError`` naming the kernels there are if none has it."""
         for kernel in self.kernels:
             if kernel.flavor == flavor:
                 return kernel
@@ -114,6 +155,8 @@ class Image:
                          step="kernel")
 
     def summary(self) -> dict:
+        """The image for ``doctor`` and the manifest: rootfs, QEMU (version, vfio-user-pci,
+        command), kernels."""
         return {
             "rootfs": str(self.rootfs),
             "qemu": {"version": self.qemu_version, "vfio_user_pci": self.has_vfio_user_pci,

@@ -54,18 +54,23 @@ class Cpio:
         self._out.write(b"\0" * (-self._out.tell() % 4))
 
     def directory(self, name: str) -> None:
+        """Add directory ``name`` (mode 0755)."""
         self._entry(name, stat.S_IFDIR | 0o755)
 
     def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        """Add regular file ``name`` holding ``data``, with permissions ``perm``."""
         self._entry(name, stat.S_IFREG | perm, data)
 
     def symlink(self, name: str, target: str) -> None:
+        """Add symlink ``name`` pointing at ``target``."""
         self._entry(name, stat.S_IFLNK | 0o777, target.encode())
 
     def char_device(self, name: str, major: int, minor: int) -> None:
+        """Add character device ``name`` (``major``, ``minor``), mode 0600."""
         self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
 
     def finish(self) -> bytes:
+        """Add the trailer and return the whole archive (uncompressed)."""
         self._entry("TRAILER!!!", 0)
         return self._out.getvalue()
 

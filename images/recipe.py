@@ -37,6 +37,8 @@ PACKAGES = (
 
 @dataclass(frozen=True)
 class Flavor:
+    """A kernel flavor of the image: its name, the suite whose linux-image-amd64 it follows, a
+    summary."""
     name: str
     release: str      # the suite whose linux-image-amd64 this flavor follows
     summary: str

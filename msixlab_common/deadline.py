@@ -10,11 +10,9 @@ socket, an interrupt count) goes through these, so every timeout says what it wa
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
 
 from .errors import WaitTimeout
-
-T = TypeVar("T")
 
 
 class Deadline:
@@ -31,6 +29,7 @@ class Deadline:
         return max(0.0, self.ends - self._clock())
 
     def expired(self) -> bool:
+        """Whether the deadline has passed."""
         return self._clock() >= self.ends
 
     def timeout(self, detail: str = "") -> WaitTimeout:
@@ -43,9 +42,10 @@ class Deadline:
             raise self.timeout(detail() if callable(detail) else detail)
 
 
-def wait_until(condition: Callable[[], T], timeout: float | Deadline, what: str = "", *,
+def wait_until(condition: Callable[[], object], timeout: float | Deadline, what: str = "",
+               *,
                interval: float = 0.02, detail: Callable[[], str] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> T:
+               sleep: Callable[[float], None] = time.sleep) -> object:
     """Poll ``condition`` every ``interval`` seconds until it returns something truthy,
     and return that.  Past the deadline (``timeout`` seconds, or a shared ``Deadline``)
     raise ``WaitTimeout`` naming ``what`` and, if given, ``detail()``.  The condition is

@@ -31,7 +31,6 @@ import math
 import re
 from array import array
 from itertools import accumulate
-from typing import Any
 
 from .errors import MsixlabError
 
@@ -129,11 +128,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> object:
     raise JsonLinesError(NON_FINITE, f"{name} is not allowed")
 
 
-def loads(line: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(line: bytes | str, *, max_depth: int = MAX_DEPTH) -> object:
     """Decode one JSON line under the module's rules, or raise ``JsonLinesError``."""
     if isinstance(line, (bytes, bytearray)):
         if max_depth is not None and line.count(b"[") + line.count(b"{") > max_depth:
@@ -167,7 +166,7 @@ def loads_object(line: bytes | str, *, max_depth: int = MAX_DEPTH) -> dict:
     return value
 
 
-def dumps(value: Any) -> bytes:
+def dumps(value: object) -> bytes:
     """One compact JSON line (with its newline).  NaN and Infinity are refused."""
     try:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
@@ -176,7 +175,7 @@ def dumps(value: Any) -> bytes:
     return text.encode() + b"\n"
 
 
-def check_id(value: Any, *, required: bool = True) -> int | str | None:
+def check_id(value: object, *, required: bool = True) -> int | str | None:
     """``value`` if it is a valid request id, else ``JsonLinesError(BAD_ID)``."""
     if value is None and not required:
         return None
@@ -188,7 +187,7 @@ def check_id(value: Any, *, required: bool = True) -> int | str | None:
                          f"string of at most {MAX_ID_LEN} characters, not {_describe(value)}")
 
 
-def request_id(obj: Any) -> int | str | None:
+def request_id(obj: object) -> int | str | None:
     """The id to echo in a reply to ``obj``: its ``id`` if valid, else None."""
     if isinstance(obj, dict):
         try:
@@ -198,13 +197,13 @@ def request_id(obj: Any) -> int | str | None:
     return None
 
 
-def _json_type(value: Any) -> str:
+def _json_type(value: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
             int: "a number", float: "a number", type(None): "null"}.get(type(value),
                                                                         type(value).__name__)
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     if isinstance(value, str):
         return f"a string of {len(value)} characters"
     if type(value) is int:
@@ -221,10 +220,13 @@ class Decoder:
 
     @property
     def pending(self) -> int:
+        """Bytes held for a line not yet complete."""
         return self.framer.pending
 
-    def feed(self, data: bytes) -> list[Any | JsonLinesError]:
-        out: list[Any | JsonLinesError] = []
+    def feed(self, data: bytes) -> list[object | JsonLinesError]:
+        """The decoded values of the complete lines in ``data``, with a ``JsonLinesError`` in
+        place of each refused line."""
+        out: list[object | JsonLinesError] = []
         for item in self.framer.feed(data):
             if isinstance(item, JsonLinesError):
                 out.append(item)

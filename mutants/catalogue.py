@@ -31,6 +31,7 @@ HOST = "agent/host"
 
 @dataclass(frozen=True)
 class Edit:
+    """One exact replacement in one file: ``old`` (which must occur once) becomes ``new``."""
     path: str     # relative to the project root
     old: str      # must occur exactly once in the file
     new: str
@@ -38,6 +39,8 @@ class Edit:
 
 @dataclass(frozen=True)
 class Mutant:
+    """One named bug: its kind, description, expected set, edits and, for a splat, the console
+    line it must cause."""
     name: str
     kind: str                   # "bug", "unjudged" or "weakened"
     description: str            # the bug it plants, one line
@@ -47,6 +50,7 @@ class Mutant:
 
     @property
     def paths(self) -> tuple[str, ...]:
+        """The files the mutant edits, each once, in edit order."""
         return tuple(dict.fromkeys(e.path for e in self.edits))
 
 
@@ -283,4 +287,5 @@ EQUIVALENT = {
 
 
 def by_name() -> dict[str, Mutant]:
+    """The catalogue by mutant name."""
     return {m.name: m for m in MUTANTS}

@@ -56,6 +56,10 @@ class CatalogueRot(Exception):
 
 @dataclass
 class MutantResult:
+    """What one mutant's run gave: the mutant (name, kind, description, expected set), the
+    run's exit code, outcome, summary and failed checks, which expected names it ``matched``,
+    whether it was ``killed``, seconds, where its ``artifacts`` are, whether the guest came
+    up, and the number of attempts."""
     name: str
     kind: str
     description: str
@@ -73,6 +77,7 @@ class MutantResult:
 
     @property
     def first_failed(self) -> str:
+        """The first failed check the verdict named, or ``""``."""
         return self.failed[0] if self.failed else ""
 
 
@@ -89,6 +94,7 @@ def project_files(root: Path) -> list[str]:
 
 
 def copy_project(root: Path, dest: Path, files: list[str]) -> None:
+    """Copy each of ``files`` (relative paths) from ``root`` to ``dest``, keeping metadata."""
     for rel in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +114,8 @@ def check_applies(mutant: Mutant, root: Path) -> None:
 
 
 def apply(mutant: Mutant, tree: Path) -> None:
+    """Make the mutant's edits in ``tree`` (each ``old`` replaced once); ``CatalogueRot`` if
+    one does not apply."""
     check_applies(mutant, tree)
     for edit in mutant.edits:
         path = tree / edit.path
@@ -139,6 +147,9 @@ def guest_was_up(routing: dict) -> bool:
 
 
 def judge(mutant: Mutant, exit_code: int | None, verdict: dict | None) -> MutantResult:
+    """The ``MutantResult`` of a run that exited ``exit_code`` with ``verdict`` (routing.json's,
+    or ``None``): killed only on exit 1 with a failed check or outcome in the expected set (a
+    splat must match the mutant's ``splat`` pattern)."""
     out = MutantResult(mutant.name, mutant.kind, mutant.description, sorted(mutant.expected),
                   exit_code=exit_code)
     if verdict:
@@ -198,6 +209,8 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
 
 
 def select(patterns: list[str]) -> list[Mutant]:
+    """The mutants whose names match any of the fnmatch ``patterns`` (all when none);
+    ``CatalogueRot`` for a pattern that matches none."""
     if not patterns:
         return list(MUTANTS)
     chosen = [m for m in MUTANTS if any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
@@ -231,6 +244,8 @@ def _list(console: Console) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The mutation suite's options; a bad ``--jobs`` or ``--retries`` exits 2 with argparse's
+    usage."""
     parser = argparse.ArgumentParser(prog="python -m mutants.run",
                                      description="msixlab's mutation suite (docs/mutate.md)")
     parser.add_argument("patterns", nargs="*", metavar="NAME-OR-GLOB",
@@ -257,6 +272,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m mutants.run``: check the catalogue applies, run the baseline, then every
+    chosen mutant (``--jobs`` at once, survivors whose guest never came up retried), print
+    the table and write summary.json.  Returns 0 all killed, 1 a survivor, 2 when the
+    catalogue rotted or the baseline did not pass."""
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 200)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

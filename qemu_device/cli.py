@@ -102,6 +102,9 @@ def _layout(args):
 
 
 def cmd_serve(args) -> int:
+    """`serve`: build the device from the options, listen on the vfio-user and control
+    sockets, print the JSON ready line, then serve until SIGTERM, SIGINT or SIGHUP.  Returns
+    0, or 2 when the device options are inconsistent (the reason goes to stderr)."""
     from .device.nic import Device
     from .fdio import OsFdPort
     from .server import Server
@@ -183,6 +186,10 @@ def _parse_request(words: list[str]) -> dict:
 
 
 def cmd_ctl(args) -> int:
+    """`ctl`: send one control request and print its reply (a table for a successful
+    `state` unless --json, JSON otherwise); `subscribe` prints events until the server closes
+    or Ctrl-C.  Returns 0, 1 when there is no reply or it is not JSON we accept, 2 for a bad
+    request on the command line."""
     try:
         req = _parse_request(args.request)
     except UsageError as err:
@@ -239,6 +246,8 @@ def _print_state(st: dict) -> None:
 
 
 def cmd_log(args) -> int:
+    """`log`: print the event log at ``args.path`` one readable line per event, times
+    relative to the first event, only the kinds in ``--kind`` if given.  Returns 0."""
     from rich.console import Console
     from .eventlog import format_event, read_log
     con = Console(highlight=False)
@@ -254,6 +263,8 @@ def cmd_log(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The qemu-device entry point: run one subcommand and return its exit code (1 for
+    an OS or configuration error, 130 on Ctrl-C)."""
     args = _build_parser().parse_args(argv)
     try:
         return {"serve": cmd_serve, "ctl": cmd_ctl, "log": cmd_log}[args.command](args)

@@ -37,12 +37,14 @@ MAX_PENDING_FDS = MAX_MSG_FDS
 
 
 class ConnState(enum.Enum):
+    """The states of a connection: before version negotiation, ready, closed."""
     AWAIT_VERSION = "await_version"
     READY = "ready"
     CLOSED = "closed"
 
 
 class Transition(enum.Enum):
+    """What moves a connection between states (the keys of ``TRANSITIONS``)."""
     VERSION_NEGOTIATED = "version_negotiated"
     FATAL_ERROR = "fatal_error"
     PEER_CLOSED = "peer_closed"
@@ -72,9 +74,11 @@ class Request:
 
     @property
     def no_reply(self) -> bool:
+        """Whether the client asked for no reply (NO_REPLY flag)."""
         return bool(self.flags & _NO_REPLY)
 
     def take_fds(self) -> list[int]:
+        """Hand over the fds that came with this message; the message keeps none."""
         fds, self.fds = self.fds, []
         return fds
 
@@ -90,9 +94,11 @@ class BadMessage:
 
     @property
     def no_reply(self) -> bool:
+        """Whether no reply may be sent: NO_REPLY was set, or the message is itself a reply."""
         return bool(self.flags & _NO_REPLY) or (self.flags & F_TYPE_MASK) == _REPLY
 
     def take_fds(self) -> list[int]:
+        """Hand over the fds that came with this message (for the caller to close)."""
         fds, self.fds = self.fds, []
         return fds
 
@@ -113,6 +119,8 @@ class Connection:
 
     # -- state ---------------------------------------------------------------------
     def transition(self, what: Transition) -> ConnState:
+        """Move to the state ``TRANSITIONS`` gives for ``what`` and return it; raise
+        ``LocalProtocolError`` if the table has no such move from the current state."""
         try:
             new = TRANSITIONS[(self.state, what)]
         except KeyError:
@@ -139,6 +147,7 @@ class Connection:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection has reached ``CLOSED``."""
         return self.state is ConnState.CLOSED
 
     def has_partial(self) -> bool:

@@ -134,6 +134,7 @@ class ControlSession:
         return _line({"id": req_id, "ok": False, "error": error})
 
     def close(self) -> None:
+        """End the session: drop its event subscription, if any.  Safe to call twice."""
         if self.subscribed:
             self.ctx.bus.unsubscribe(self.key)
             self.subscribed = False

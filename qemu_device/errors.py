@@ -30,6 +30,7 @@ class QemuDeviceError(MsixlabError):
 
     @property
     def code(self) -> str:
+        """The errno's symbolic name (``EINVAL``), or the number as text if it has none."""
         return _errno.errorcode.get(self.errno, str(self.errno))
 
     def __str__(self) -> str:

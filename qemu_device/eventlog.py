@@ -45,21 +45,28 @@ class EventBus:
 
     @property
     def active(self) -> bool:
+        """Whether anyone listens: a log file is open or a subscriber is attached."""
         return self._fd is not None or bool(self._listeners)
 
     def sink(self) -> Listener | None:
+        """``emit`` while anyone listens, else ``None`` so producers skip building events."""
         return self.emit if self.active else None
 
     def subscribe(self, key: int, listener: Listener) -> None:
+        """Send every later event to ``listener``, under ``key``; notifies ``on_change``."""
         self._listeners[key] = listener
         if self.on_change:
             self.on_change()
 
     def unsubscribe(self, key: int) -> None:
+        """Stop sending events to the listener under ``key`` (unknown keys are ignored)."""
         if self._listeners.pop(key, None) is not None and self.on_change:
             self.on_change()
 
     def emit(self, event: dict) -> None:
+        """Stamp ``event`` with ``ts`` (wall) and ``mono`` (monotonic) seconds, append it to the
+        log file if one is open (a failed write is counted in ``lost``), and hand it to every
+        subscriber."""
         event = {"ts": round(time.time(), 6), "mono": round(time.monotonic(), 6), **event}
         if self._fd is not None:
             self._write(event)
@@ -100,12 +107,16 @@ class EventBus:
                 "last_error": self.last_error}
 
     def close(self) -> None:
+        """Close the log file, if open.  Subscribers are kept."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
 
 def read_log(path: str) -> Iterator[dict]:
+    """The events of the JSON-lines log at ``path``, in order; blank lines are skipped and
+    a line that is not a JSON object yields ``{"event": "unparsable", "line", "text"}``.
+    Raises ``OSError`` if the file cannot be read."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()

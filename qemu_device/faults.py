@@ -26,6 +26,7 @@ from .validate import check_fields, errno_value, integer, optional
 
 
 class FaultKind(enum.Enum):
+    """The kinds of fault that can be armed (see the module docstring for each)."""
     DROP_RAISE = "drop_raise"
     DELAY_RAISE = "delay_raise"
     ERRNO_REPLY = "errno_reply"
@@ -37,6 +38,9 @@ _RAISE_KINDS = frozenset({FaultKind.DROP_RAISE, FaultKind.DELAY_RAISE})
 
 @dataclass
 class Fault:
+    """One armed fault: its ``id``, ``kind``, the vector it watches (raise faults; ``None`` for
+    any), the command it answers (errno_reply) with ``errno``, ``delay_ms`` (delay_raise),
+    ``count`` firings left (0 = until cleared) and how many times it has ``fired``."""
     id: int
     kind: FaultKind
     vector: int | None = None        # raise faults: None = any vector
@@ -47,6 +51,7 @@ class Fault:
     fired: int = 0
 
     def to_json(self) -> dict:
+        """The fault for the control channel: its fields, kind by name, command by short name."""
         d = asdict(self)
         d["kind"] = self.kind.value
         if self.command is not None:
@@ -94,6 +99,8 @@ _REQUIRED = {FaultKind.ERRNO_REPLY: ("command",), FaultKind.RAISE_ON_DISABLE: ("
 
 
 def parse_kind(value) -> FaultKind:
+    """The ``FaultKind`` named ``value``; anything else raises ``FieldError`` on ``kind``
+    listing the kinds."""
     try:
         return FaultKind(value)
     except (ValueError, TypeError):
@@ -136,12 +143,15 @@ class FaultTable:
         return fault
 
     def clear(self, fault_id: int | None = None) -> int:
+        """Disarm the fault ``fault_id``, or every fault when it is ``None``; return how many
+        were disarmed."""
         before = len(self._faults)
         self._faults = [f for f in self._faults if fault_id is not None and f.id != fault_id]
         self._refresh()
         return before - len(self._faults)
 
     def list(self) -> list[dict]:
+        """The armed faults, as ``Fault.to_json`` dicts, in the order they were armed."""
         return [f.to_json() for f in self._faults]
 
     def _refresh(self) -> None:

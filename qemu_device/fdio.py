@@ -29,12 +29,15 @@ class OsFdPort:
     """``FdPort`` with real system calls (see ``fdport.FdPort`` for the contract)."""
 
     def close(self, fd: int) -> None:
+        """``os.close(fd)``; a failure is logged, never raised."""
         try:
             os.close(fd)
         except OSError as err:
             log.warning("closing fd %d: %s", fd, err)
 
     def is_eventfd(self, fd: int) -> bool:
+        """Whether ``fd`` is an eventfd (its ``/proc/self/fd`` link); ``False`` if it cannot be
+        read."""
         try:
             return os.readlink(f"/proc/self/fd/{fd}") == _EVENTFD_LINK
         except OSError:
@@ -46,6 +49,10 @@ class OsFdPort:
 
     def map_memory(self, fd: int, offset: int, size: int, readable: bool,
                    writable: bool) -> mmap.mmap:
+        """Map ``size`` bytes of the regular file ``fd`` at ``offset``, shared, with the
+        permissions asked for.  Raises ``DeviceError``: EBADF if ``fd`` cannot be stat'ed,
+        EINVAL if it is not a regular file or the range passes its end, the mmap errno if
+        mmap fails."""
         try:
             st = os.fstat(fd)
         except OSError as err:

@@ -32,7 +32,8 @@ class MemoryWindow(Protocol):
 
     def __setitem__(self, index: slice, data: bytes) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Unmap the window; it must not be used after."""
 
 
 class FdPort(Protocol):

@@ -25,6 +25,7 @@ PAGE_SIZE = 4096
 
 
 class Command(enum.IntEnum):
+    """vfio-user command numbers (the spec's names)."""
     VFIO_USER_VERSION = 1
     VFIO_USER_DMA_MAP = 2
     VFIO_USER_DMA_UNMAP = 3
@@ -46,10 +47,13 @@ class Command(enum.IntEnum):
 
     @property
     def short(self) -> str:
+        """The name without ``VFIO_USER_`` (``DMA_MAP``), as logs and the control channel show
+        it."""
         return self.name.removeprefix("VFIO_USER_")
 
 
 class HeaderFlags(enum.IntFlag):
+    """The header's flags word: message type (command or reply), NO_REPLY, ERROR."""
     VFIO_USER_F_TYPE_COMMAND = 0x0
     VFIO_USER_F_TYPE_REPLY = 0x1
     VFIO_USER_F_NO_REPLY = 0x10
@@ -60,11 +64,13 @@ F_TYPE_MASK = 0xF
 
 
 class DeviceFlags(enum.IntFlag):
+    """``vfio_device_info.flags`` (linux/vfio.h)."""
     VFIO_DEVICE_FLAGS_RESET = 1
     VFIO_DEVICE_FLAGS_PCI = 2
 
 
 class RegionIndex(enum.IntEnum):
+    """The region indexes of a vfio PCI device (linux/vfio.h)."""
     VFIO_PCI_BAR0_REGION_INDEX = 0
     VFIO_PCI_BAR1_REGION_INDEX = 1
     VFIO_PCI_BAR2_REGION_INDEX = 2
@@ -80,6 +86,7 @@ VFIO_PCI_NUM_REGIONS = 9
 
 
 class RegionInfoFlags(enum.IntFlag):
+    """``vfio_region_info.flags`` (linux/vfio.h)."""
     VFIO_REGION_INFO_FLAG_READ = 1
     VFIO_REGION_INFO_FLAG_WRITE = 2
     VFIO_REGION_INFO_FLAG_MMAP = 4
@@ -87,6 +94,7 @@ class RegionInfoFlags(enum.IntFlag):
 
 
 class IrqIndex(enum.IntEnum):
+    """The interrupt indexes of a vfio PCI device (linux/vfio.h)."""
     VFIO_PCI_INTX_IRQ_INDEX = 0
     VFIO_PCI_MSI_IRQ_INDEX = 1
     VFIO_PCI_MSIX_IRQ_INDEX = 2
@@ -98,6 +106,7 @@ VFIO_PCI_NUM_IRQS = 5
 
 
 class IrqInfoFlags(enum.IntFlag):
+    """``vfio_irq_info.flags`` (linux/vfio.h)."""
     VFIO_IRQ_INFO_EVENTFD = 1
     VFIO_IRQ_INFO_MASKABLE = 2
     VFIO_IRQ_INFO_AUTOMASKED = 4
@@ -105,6 +114,7 @@ class IrqInfoFlags(enum.IntFlag):
 
 
 class IrqSetFlags(enum.IntFlag):
+    """``vfio_irq_set.flags``: one DATA_* kind and one ACTION_* (linux/vfio.h)."""
     VFIO_IRQ_SET_DATA_NONE = 1
     VFIO_IRQ_SET_DATA_BOOL = 2
     VFIO_IRQ_SET_DATA_EVENTFD = 4
@@ -118,11 +128,13 @@ IRQ_SET_ACTION_TYPE_MASK = 0x38
 
 
 class DmaMapFlags(enum.IntFlag):
+    """DMA_MAP flags: the region's permissions."""
     VFIO_DMA_MAP_FLAG_READ = 1
     VFIO_DMA_MAP_FLAG_WRITE = 2
 
 
 class DmaUnmapFlags(enum.IntFlag):
+    """DMA_UNMAP flags: unmap all, or also return the dirty bitmap."""
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP = 1
     VFIO_DMA_UNMAP_FLAG_ALL = 2
 
@@ -142,6 +154,9 @@ class _Wire:
 
 @dataclass(frozen=True, slots=True)
 class Header(_Wire):
+    """The 16-byte vfio-user message header: ``msg_id``, ``command``, ``size`` (the whole
+    message, header included, in bytes), ``flags`` (``HeaderFlags``) and ``error`` (an errno,
+    in error replies)."""
     msg_id: int
     command: int
     size: int
@@ -160,6 +175,8 @@ class Version(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class DmaMap(_Wire):
+    """DMA_MAP's body: map ``size`` bytes of guest memory at IOVA ``addr``, found at
+    ``offset`` in the fd sent with the message (if any), with ``DmaMapFlags``."""
     argsz: int
     flags: int
     offset: int
@@ -170,6 +187,7 @@ class DmaMap(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class DmaUnmap(_Wire):
+    """DMA_UNMAP's body: unmap ``size`` bytes at IOVA ``addr`` (or all, by ``DmaUnmapFlags``)."""
     argsz: int
     flags: int
     addr: int
@@ -179,6 +197,7 @@ class DmaUnmap(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class DeviceInfo(_Wire):
+    """DEVICE_GET_INFO's reply body: ``DeviceFlags`` and the numbers of regions and IRQ indexes."""
     argsz: int
     flags: int
     num_regions: int
@@ -188,6 +207,8 @@ class DeviceInfo(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class RegionInfo(_Wire):
+    """DEVICE_GET_REGION_INFO's body: region ``index``, its ``RegionInfoFlags``, ``size``
+    in bytes, the ``offset`` used to mmap it and ``cap_offset`` of its capability chain."""
     argsz: int
     flags: int
     index: int
@@ -199,6 +220,7 @@ class RegionInfo(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class IrqInfo(_Wire):
+    """DEVICE_GET_IRQ_INFO's body: ``count`` vectors at IRQ ``index``, with ``IrqInfoFlags``."""
     argsz: int
     flags: int
     index: int
@@ -248,6 +270,7 @@ SERVER_CAPS_JSON = ('{"capabilities":{"max_msg_fds":%d,"max_data_xfer_size":%d,'
 
 
 def command_name(cmd: int) -> str:
+    """The short name of command number ``cmd`` (``DMA_MAP``), or ``CMD_<n>`` if unknown."""
     try:
         return Command(cmd).short
     except ValueError:

@@ -166,6 +166,9 @@ class Server:
         self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def install_signal_handlers(self) -> None:
+        """Make SIGTERM, SIGINT and SIGHUP stop the loop cleanly: each sets the stop flag and
+        wakes the epoll through a socketpair (``signal.set_wakeup_fd``).  Call from the main
+        thread, before ``serve_forever``."""
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)

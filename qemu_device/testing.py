@@ -43,12 +43,15 @@ class ReplyError(AssertionError):
 
 @dataclass
 class Reply:
+    """One reply as the fake client read it: the header, the payload after it, the fds that
+    came with it."""
     header: Header
     payload: bytes
     fds: list[int]
 
     @property
     def error(self) -> int:
+        """The reply's errno if it has the ERROR flag, else 0."""
         return self.header.error if self.header.flags & HeaderFlags.VFIO_USER_F_ERROR else 0
 
 
@@ -74,6 +77,10 @@ class EndpointHarness:
         self.eof = False
 
     def pump(self) -> None:
+        """Run the endpoint on everything the client has sent so far, without blocking: feed
+        each read (and its fds) in, send back the replies, and stop at EAGAIN.  At EOF the
+        received fds are closed and ``eof`` is set; once the endpoint closes, the server
+        side is shut down."""
         while True:
             try:
                 data, fds = recv_with_fds(self.server_sock)
@@ -91,6 +98,7 @@ class EndpointHarness:
                 return
 
     def close(self) -> None:
+        """Close both ends of the socket pair."""
         self.client_sock.close()
         self.server_sock.close()
 
@@ -108,17 +116,22 @@ class FakeQemu:
     # -- raw ---------------------------------------------------------------------------
     def send(self, command: int, payload: bytes = b"", fds=(), flags: int = 0,
              msg_id: int | None = None) -> int:
+        """Send one message (one sendmsg, ``fds`` as SCM_RIGHTS) without waiting for a reply;
+        ``msg_id`` defaults to the next id.  Returns the id used."""
         if msg_id is None:
             msg_id, self.next_id = self.next_id, (self.next_id + 1) & 0xFFFF
         self.send_raw(pack_message(msg_id, command, payload, flags=flags), fds)
         return msg_id
 
     def send_raw(self, data: bytes, fds=()) -> None:
+        """Send ``data`` as is in one sendmsg, with ``fds`` as SCM_RIGHTS."""
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         n = self.sock.sendmsg([data], anc)
         assert n == len(data)
 
     def recv_reply(self) -> Reply:
+        """Read one reply the way QEMU does: a header-sized recvmsg (with any fds), then the
+        payload.  Blocks on the socket; raises ``ReplyError`` if the server closes mid-reply."""
         data, fds = recv_with_fds(self.sock, HEADER_SIZE)
         if len(data) < HEADER_SIZE:
             data += self._recv_exact(HEADER_SIZE - len(data))
@@ -156,6 +169,10 @@ class FakeQemu:
 
     @staticmethod
     def check_reply(r: Reply, msg_id: int, command: int, size: int, payload: bytes) -> None:
+        """Check reply ``r`` to the request ``msg_id``/``command`` of ``size`` bytes as QEMU
+        would: same id, reply type, consistent size, no payload on an error, no larger than
+        QEMU's receive buffer for that request, fds only on GET_REGION_INFO.  Raises
+        ``ReplyError`` naming the first broken rule."""
         h = r.header
         if h.msg_id != msg_id:
             raise ReplyError(f"reply id {h.msg_id} for request {msg_id}")
@@ -183,6 +200,8 @@ class FakeQemu:
 
     # -- messages as QEMU builds them ---------------------------------------------------
     def version(self) -> dict:
+        """Negotiate the version with QEMU's capabilities; remember the server's
+        ``max_msg_fds`` and return the server's JSON."""
         caps = json.dumps(QEMU_CAPS).encode() + b"\0"
         r = self.request(C.VFIO_USER_VERSION, b"\0\0\0\0" + caps)
         server = json.loads(r.payload[4:].split(b"\0", 1)[0])
@@ -191,28 +210,38 @@ class FakeQemu:
 
     def dma_map(self, addr: int, size: int, offset: int = 0, flags: int = 3,
                 fd: int | None = None, **kw) -> Reply:
+        """DMA_MAP ``size`` bytes at IOVA ``addr`` from ``offset`` in ``fd`` (no fd if
+        ``None``), ``flags`` 3 = read and write.  Extra keywords go to ``request``."""
         p = DmaMap(32, flags, offset, addr, size).pack()
         return self.request(C.VFIO_USER_DMA_MAP, p, [fd] if fd is not None else (), **kw)
 
     def dma_unmap(self, addr: int, size: int, flags: int = 0, **kw) -> Reply:
+        """DMA_UNMAP ``size`` bytes at IOVA ``addr``; extra keywords go to ``request``."""
         return self.request(C.VFIO_USER_DMA_UNMAP, DmaUnmap(24, flags, addr, size).pack(),
                             **kw)
 
     def get_info(self) -> DeviceInfo:
+        """DEVICE_GET_INFO: the device's ``DeviceInfo``."""
         r = self.request(C.VFIO_USER_DEVICE_GET_INFO, DeviceInfo(16, 0, 0, 0).pack())
         return DeviceInfo.unpack(r.payload)
 
     def region_info(self, index: int, **kw) -> RegionInfo | Reply:
+        """GET_REGION_INFO of region ``index``: its ``RegionInfo``, or the error ``Reply`` when
+        one was expected."""
         r = self.request(C.VFIO_USER_DEVICE_GET_REGION_INFO,
                          RegionInfo(32, 0, index, 0, 0, 0).pack(), **kw)
         return RegionInfo.unpack(r.payload) if not r.error else r
 
     def irq_info(self, index: int, **kw) -> IrqInfo | Reply:
+        """GET_IRQ_INFO of IRQ ``index``: its ``IrqInfo``, or the error ``Reply`` when one was
+        expected."""
         r = self.request(C.VFIO_USER_DEVICE_GET_IRQ_INFO, IrqInfo(16, 0, index, 0).pack(),
                          **kw)
         return IrqInfo.unpack(r.payload) if not r.error else r
 
     def read(self, region: int, offset: int, count: int, **kw) -> bytes:
+        """REGION_READ ``count`` bytes at ``offset`` of ``region``: the bytes, or ``b""`` for an
+        expected error reply.  Raises ``ReplyError`` if the reply carries another count."""
         r = self.request(C.VFIO_USER_REGION_READ,
                          RegionAccess(offset, region, count).pack(), **kw)
         if r.error:
@@ -222,10 +251,13 @@ class FakeQemu:
         return r.payload[16:]
 
     def read32(self, region: int, offset: int) -> int:
+        """The little-endian dword at ``offset`` of ``region``."""
         return int.from_bytes(self.read(region, offset, 4), "little")
 
     def write(self, region: int, offset: int, data: bytes, posted: bool = False,
               **kw) -> Reply | None:
+        """REGION_WRITE ``data`` at ``offset`` of ``region``: the reply, or ``None`` when
+        ``posted`` (sent with NO_REPLY, as QEMU posts BAR writes)."""
         p = RegionAccess(offset, region, len(data)).pack() + data
         if posted:
             self.posted(C.VFIO_USER_REGION_WRITE, p)
@@ -233,14 +265,18 @@ class FakeQemu:
         return self.request(C.VFIO_USER_REGION_WRITE, p, **kw)
 
     def write32(self, region: int, offset: int, value: int, posted: bool = False) -> None:
+        """Write the dword ``value`` at ``offset`` of ``region`` (posted if asked)."""
         self.write(region, offset, value.to_bytes(4, "little"), posted=posted)
 
     def set_irqs(self, index: int, flags: int, start: int, count: int, fds=(),
                  data: bytes = b"", **kw) -> Reply:
+        """DEVICE_SET_IRQS on IRQ ``index`` for vectors ``start`` .. ``start+count-1`` with
+        ``flags`` (``IrqSetFlags``), sending ``fds`` and ``data``."""
         p = IrqSet(20 + len(data), flags, index, start, count).pack() + data
         return self.request(C.VFIO_USER_DEVICE_SET_IRQS, p, fds, **kw)
 
     def reset(self, **kw) -> Reply:
+        """DEVICE_RESET."""
         return self.request(C.VFIO_USER_DEVICE_RESET, **kw)
 
     # -- QEMU's sequences (reference §4) -----------------------------------------------
@@ -272,6 +308,9 @@ class FakeQemu:
         return facts
 
     def machine_reset(self) -> None:
+        """What QEMU does to the device on a machine reset: clear the Command register's I/O,
+        memory, bus-master and INTx-disable bits, DEVICE_RESET, read the interrupt pin, zero
+        the six BARs."""
         cmd = int.from_bytes(self.read(CONFIG, 0x04, 2), "little")
         self.write(CONFIG, 0x04, (cmd & ~0x407).to_bytes(2, "little"))
         self.reset()
@@ -356,6 +395,7 @@ class FakeWindow:
         self._data[span] = data
 
     def close(self) -> None:
+        """Mark the window unmapped (``FakeFdPort.live_windows`` stops counting it)."""
         self.closed = True
 
 
@@ -387,24 +427,29 @@ class FakeFdPort:
         return fd
 
     def eventfd(self) -> int:
+        """A new open fake eventfd, its signal count at 0."""
         fd = self._new("eventfd")
         self.signals[fd] = 0
         return fd
 
     def memfd(self, size: int, data: bytes = b"") -> int:
+        """A new open fake memory file of ``size`` bytes starting with ``data``."""
         fd = self._new("memfd")
         self.files[fd] = bytearray(data.ljust(size, b"\0"))
         return fd
 
     def other(self) -> int:
+        """A new open fd that is neither an eventfd nor a memory file (a socket)."""
         return self._new("socket")
 
     def take(self, fd: int) -> int:
+        """The number of signals eventfd ``fd`` received since the last take; resets it to 0."""
         n, self.signals[fd] = self.signals[fd], 0
         return n
 
     # -- the FdPort contract ------------------------------------------------------------
     def close(self, fd: int) -> None:
+        """Close ``fd``; closing an fd that is not open is recorded in ``problems``."""
         if fd not in self.open:
             self.problems.append(f"close of fd {fd}, which is not open")
             return
@@ -412,9 +457,13 @@ class FakeFdPort:
         self.closed.append(fd)
 
     def is_eventfd(self, fd: int) -> bool:
+        """Whether ``fd`` is an open fake eventfd."""
         return fd in self.open and self.kinds.get(fd) == "eventfd"
 
     def signal(self, fd: int) -> None:
+        """Count one signal on eventfd ``fd``.  An fd that is not an open eventfd is recorded
+        in ``problems`` and raises ``OSError`` (EBADF); an fd in ``fail_signal`` raises
+        ``OSError`` (EAGAIN)."""
         if not self.is_eventfd(fd):
             self.problems.append(f"signal of fd {fd}, which is not an open eventfd")
             raise OSError(errno.EBADF, "Bad file descriptor")
@@ -424,6 +473,9 @@ class FakeFdPort:
 
     def map_memory(self, fd: int, offset: int, size: int, readable: bool,
                    writable: bool) -> FakeWindow:
+        """A ``FakeWindow`` onto ``size`` bytes at ``offset`` of fake memory file ``fd``.
+        Raises ``DeviceError`` (EINVAL) if ``fd`` is not an open memory file or the range
+        passes its end."""
         if fd not in self.open or self.kinds.get(fd) != "memfd":
             raise DeviceError("DMA map fd is not a memory file", errno=errno.EINVAL)
         data = self.files[fd]
@@ -435,10 +487,13 @@ class FakeFdPort:
         return w
 
     def live_windows(self) -> int:
+        """How many windows are mapped and not yet closed."""
         return sum(not w.closed for w in self.windows)
 
 
 def find_cap(config: bytes, cap_id: int) -> int:
+    """The offset of capability ``cap_id`` in ``config`` (following the list from 0x34,
+    at most 48 steps); raises ``ReplyError`` if it is not there."""
     pos = config[0x34]
     seen = 0
     while pos and seen < 48:

@@ -51,11 +51,15 @@ def wait_devices(present: bool, root: str = "/", timeout: float | None = None) -
 
 
 def unbind(bdf: str, root: str = "/") -> None:
+    """Unbind ``bdf`` from the msixlab driver (sysfs) and wait, at most ``WAIT_S``, for its
+    misc devices to go.  ``GuestError`` if the write fails or the wait expires."""
     _write(os.path.join(root, DRIVER_DIR, "unbind"), bdf)
     wait_devices(False, root)
 
 
 def bind(bdf: str, root: str = "/") -> str:
+    """Bind ``bdf`` to the msixlab driver (sysfs) and wait, at most ``WAIT_S``, for a misc
+    device; return its path.  ``GuestError`` if the write fails or the wait expires."""
     _write(os.path.join(root, DRIVER_DIR, "bind"), bdf)
     return wait_devices(True, root)[0]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable
+from collections.abc import Callable
 
 from msixlab_common.deadline import Deadline, wait_until
 from msixlab_common.errors import WaitTimeout
@@ -32,6 +32,10 @@ CRASH_CHILD_S = 10.0               # an oops kills the child at once; bound the 
 
 
 class Agent:
+    """The guest agent's command handlers over one open driver device (or the reason there
+    is none).  ``commands()`` is the command table the session dispatches on; every handler
+    takes validated arguments and returns a JSON-ready result, or raises an ``AgentError``
+    (``GuestError`` ENODEV naming why when the driver is needed and missing)."""
     def __init__(self, device: str | None = None, root: str = "/",
                  opener: Callable[[str], Driver] = Driver):
         """Open ``device`` (default: the first /dev/msixlab<N>); remember why if none."""
@@ -64,12 +68,12 @@ class Agent:
         except AgentError:
             return None
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> dict[str, object]:
         """The start event: kernel release, the device's info (or why there is none) and
         ``dyn_alloc``: whether the kernel can allocate MSI-X vectors after enable on this
         device (``pci_msix_can_alloc_dyn()``), null when there is no device to ask."""
-        device: dict[str, Any] | None = None
-        event: dict[str, Any] = {"event": "hello", "kernel": os.uname().release}
+        device: dict[str, object] | None = None
+        event: dict[str, object] = {"event": "hello", "kernel": os.uname().release}
         try:
             device = self._need_driver().info()
         except AgentError as err:
@@ -78,7 +82,7 @@ class Agent:
         event["dyn_alloc"] = device["dyn_alloc"] if device else None
         return event
 
-    def _with_asked(self, vector: dict[str, Any]) -> dict[str, Any]:
+    def _with_asked(self, vector: dict[str, object]) -> dict[str, object]:
         """Put what set_affinity asked for in ``affinity.requested`` (same group only)."""
         asked = self.asked.get(vector["index"])
         if asked is not None and asked[0] == vector["group"]:
@@ -87,32 +91,45 @@ class Agent:
 
     # ---- handlers ----
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
+        """``info``: the driver's view of the device (``Driver.info``)."""
         return self._need_driver().info()
 
     def alloc_group(self, min: int, max: int, start: int | None, cpu: int | None,
-                    managed: bool) -> dict[str, Any]:
+                    managed: bool) -> dict[str, object]:
+        """``alloc_group``: allocate between ``min`` and ``max`` vectors as one group, at the
+        lowest free indices or from ``start``, with affinity to ``cpu`` (``managed``: a
+        managed affinity).  Returns the group; the driver's errno on failure."""
         return self._need_driver().alloc_group(min, max, start, cpu, managed)
 
-    def free_group(self, group: int) -> dict[str, Any]:
+    def free_group(self, group: int) -> dict[str, object]:
+        """``free_group``: free every vector of ``group``; forgets what set_affinity asked on
+        them."""
         freed = self._need_driver().free_group(group)
         self.asked = {i: a for i, a in self.asked.items() if a[0] != group}
         return freed
 
-    def list_groups(self) -> list[dict[str, Any]]:
+    def list_groups(self) -> list[dict[str, object]]:
+        """``list_groups``: every allocated group, by id."""
         return self._need_driver().list_groups()
 
-    def routing(self) -> list[dict[str, Any]]:
+    def routing(self) -> list[dict[str, object]]:
+        """``routing``: every allocated vector (``vector``), with what set_affinity asked."""
         return [self._with_asked(v) for v in self._need_driver().routing()]
 
-    def vector(self, index: int) -> dict[str, Any]:
+    def vector(self, index: int) -> dict[str, object]:
+        """``vector``: one allocated vector's routing record, with what set_affinity asked."""
         return self._with_asked(self._need_driver().vector(index))
 
-    def raise_(self, index: int, timeout_ms: int) -> dict[str, Any]:
+    def raise_(self, index: int, timeout_ms: int) -> dict[str, object]:
+        """``raise``: ring the device's doorbell for vector ``index`` and wait, at most
+        ``timeout_ms`` (0 = the driver's default, 1 s), for its handler to count it.  Returns
+        the CPU and IRQ that took it, the latency and the new total; a raise not counted in
+        time fails with ETIMEDOUT."""
         return self._need_driver().raise_vector(index, timeout_ms)
 
     def totals(self, want: dict | None, want_each: int | None, first: int, last: int,
-               timeout_ms: int) -> dict[str, Any]:
+               timeout_ms: int) -> dict[str, object]:
         """Every allocated index's interrupt total ({"<index>": total}) in one driver
         call; with ``want`` ({"<index>": count}), or ``want_each`` (one count for every
         index from ``first`` to ``last``), the driver first waits, bounded by
@@ -134,16 +151,19 @@ class Agent:
             counts[int(key)] = value
         return self._need_driver().totals(counts, timeout_ms)
 
-    def read_pba(self) -> dict[str, Any]:
+    def read_pba(self) -> dict[str, object]:
+        """``read_pba``: the Pending Bit Array: table size, pending indices and the raw words."""
         return self._need_driver().read_pba()
 
-    def read_entry(self, index: int) -> dict[str, Any]:
+    def read_entry(self, index: int) -> dict[str, object]:
+        """``read_entry``: MSI-X table entry ``index`` as read through MMIO (allocated or not)."""
         return self._need_driver().read_entry(index)
 
-    def function_mask(self, masked: bool) -> dict[str, Any]:
+    def function_mask(self, masked: bool) -> dict[str, object]:
+        """``function_mask``: set or clear MSI-X Function Mask; Message Control read back."""
         return self._need_driver().function_mask(masked)
 
-    def set_affinity(self, index: int, cpus: list) -> dict[str, Any]:
+    def set_affinity(self, index: int, cpus: list) -> dict[str, object]:
         """Write ``cpus`` to /proc/irq/<irq>/smp_affinity_list of the vector at ``index``;
         return the vector afterwards (requested = ``cpus``)."""
         if not cpus or any(type(c) is not int or not 0 <= c <= CPU_MAX for c in cpus):
@@ -159,18 +179,20 @@ class Agent:
         vector["move_pending"] = vector["affinity"]["mask"] != cpus
         return vector
 
-    def cpu_online(self, cpu: int, online: bool) -> dict[str, Any]:
+    def cpu_online(self, cpu: int, online: bool) -> dict[str, object]:
         """Take ``cpu`` offline or bring it back; return the online CPUs afterwards."""
         sysview.set_cpu_online(cpu, online, self.root)
         return {"cpu": cpu, "online": online, "online_cpus": sysview.online_cpus(self.root)}
 
-    def msi_irqs(self) -> dict[str, Any]:
+    def msi_irqs(self) -> dict[str, object]:
+        """``msi_irqs``: every entry of the device's sysfs ``msi_irqs/`` directory (also after
+        ``unbind``); ENODEV if the agent knows no device."""
         bdf = self._bdf() or self.unbound
         if bdf is None:
             raise GuestError(errno.ENODEV, self.device_error or "no driver")
         return sysview.msi_irqs(bdf, self.root)
 
-    def crash(self, kind: str, delay_ms: int | None) -> dict[str, Any]:
+    def crash(self, kind: str, delay_ms: int | None) -> dict[str, object]:
         """WARN or panic from the agent's own ioctl; an oops from a child's."""
         if kind not in uapi.CRASH_KINDS:
             raise RequestError(errno.EINVAL, f"crash: argument 'kind' must be one of "
@@ -186,7 +208,7 @@ class Agent:
             return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
         return driver.crash(kind)
 
-    def _oops_in_child(self, path: str) -> dict[str, Any]:
+    def _oops_in_child(self, path: str) -> dict[str, object]:
         pid = os.fork()
         if pid == 0:                                  # the child: oops, or say why not
             code = 0
@@ -215,7 +237,9 @@ class Agent:
         raise DriverError(code, f"crash(kind=oops): {errno.errorcode.get(code, code)} "
                           f"({meaning}); the child exited instead of oopsing")
 
-    def interrupts(self, all: bool) -> dict[str, Any]:
+    def interrupts(self, all: bool) -> dict[str, object]:
+        """``interrupts``: /proc/interrupts parsed (CPUs and rows); only the device's rows
+        unless ``all``.  A read failure is a ``GuestError`` with its errno."""
         path = os.path.join(self.root, "proc/interrupts")
         try:
             with open(path, encoding="utf-8") as f:
@@ -227,13 +251,17 @@ class Agent:
         rows = parsed["rows"] if all else sysview.device_rows(parsed, bdf, name)
         return {"cpus": parsed["cpus"], "bdf": bdf, "rows": rows}
 
-    def irq_sysfs(self, irq: int) -> dict[str, Any]:
+    def irq_sysfs(self, irq: int) -> dict[str, object]:
+        """``irq_sysfs``: what sysfs and procfs say about IRQ ``irq`` (ENOENT if there is no
+        such IRQ)."""
         return sysview.irq_sysfs(irq, self._bdf(), self.root)
 
-    def lspci(self) -> dict[str, Any]:
+    def lspci(self) -> dict[str, object]:
+        """``lspci``: ``lspci -vv -nn`` of the rig's NIC (1234:11e9): return code and output."""
         return sysview.run_tool(["lspci", "-vv", "-nn", "-d", "1234:11e9"])
 
-    def dmesg(self, lines: int) -> dict[str, Any]:
+    def dmesg(self, lines: int) -> dict[str, object]:
+        """``dmesg``: the last ``lines`` lines of the kernel log, with dmesg's return code."""
         out = sysview.run_tool(["dmesg"])
         text = out["stdout"].splitlines()
         return {"returncode": out["returncode"], "lines": text[-lines:]}
@@ -248,17 +276,21 @@ class Agent:
         self.asked = {}                  # group ids start again at 1 after a rebind
         return bdf
 
-    def _reopen(self, path: str) -> dict[str, Any]:
+    def _reopen(self, path: str) -> dict[str, object]:
         self.driver, self.device_error = Driver(path), None
         return self.driver.info()
 
-    def unbind(self) -> dict[str, Any]:
+    def unbind(self) -> dict[str, object]:
+        """``unbind``: close the driver and unbind the device from it (sysfs), waiting for its
+        misc device to go.  Returns the address; ``bind`` binds that address again."""
         bdf = self._release()
         binding.unbind(bdf, self.root)
         self.unbound = bdf
         return {"unbound": bdf}
 
-    def bind(self) -> dict[str, Any]:
+    def bind(self) -> dict[str, object]:
+        """``bind``: bind the device this agent unbound and reopen the driver (EINVAL if it
+        unbound none).  Returns the new ``info``; group ids start again at 1."""
         bdf = self.unbound
         if bdf is None:
             raise GuestError(errno.EINVAL, "bind: nothing was unbound by this agent")
@@ -266,7 +298,7 @@ class Agent:
         self.unbound = None
         return info
 
-    def await_device(self, present: bool, timeout_s: int) -> dict[str, Any]:
+    def await_device(self, present: bool, timeout_s: int) -> dict[str, object]:
         """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
         is gone or going) and wait for /dev/msixlab<N> to vanish; with ``present``, wait
         for it to appear and open it (group ids start again at 1)."""
@@ -279,7 +311,7 @@ class Agent:
             return {"devices": []}
         return self._reopen(binding.wait_devices(True, self.root, timeout_s)[0])
 
-    def select_nic(self, bdf: str) -> dict[str, Any]:
+    def select_nic(self, bdf: str) -> dict[str, object]:
         """Several NICs (``msixlab run --nics N``): make the driver device bound to
         ``bdf`` the one every later command uses; the others stay open, each keeping
         what set_affinity asked on it.  Returns its ``info``."""
@@ -302,7 +334,11 @@ class Agent:
         self.driver = None
         raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound to {bdf}")
 
-    def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, Any]:
+    def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, object]:
+        """``reload_module``: close the driver, remove and insert the module again (``path``
+        defaults to the kernel command line's msixlab.kmod=, ``fault_injection`` to how the
+        rig loaded it) and reopen the device.  Returns the new ``info``; EINVAL without a
+        path."""
         path = path or binding.module_path(self.root)
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
@@ -312,7 +348,8 @@ class Agent:
         self._release()
         return self._reopen(binding.reload(path, fault_injection))
 
-    def shutdown(self) -> dict[str, Any]:
+    def shutdown(self) -> dict[str, object]:
+        """``shutdown``: close every open driver device; the session ends after this reply."""
         for driver, _ in self.others.values():
             driver.close()
         self.others = {}
@@ -325,6 +362,7 @@ class Agent:
     # ---- the table ----
 
     def commands(self) -> dict[str, Command]:
+        """The command table: each command's name, handler and argument specs (bounds included)."""
         index = Arg("index", int, minimum=0, maximum=TABLE_MAX)
         table = [
             Command("info", self.info),

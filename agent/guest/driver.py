@@ -12,13 +12,12 @@ CPU lists.  ``find_devices`` lists the misc devices the driver registered.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import glob
 import os
 import re
-from typing import Any
+from array import array
 
 from . import uapi
 from .errors import DriverError
@@ -43,6 +42,7 @@ MEANINGS = {
 
 
 def find_devices(dev_root: str = "/dev") -> list[str]:
+    """The driver's misc devices under ``dev_root`` (``msixlab<N>``), by number."""
     def number(path: str) -> int:
         match = re.search(r"(\d+)$", path)
         return int(match.group(1)) if match else -1
@@ -62,11 +62,12 @@ class Driver:
         self._nr_cpu_ids: int | None = None
 
     def close(self) -> None:
+        """Close the device file (once; later calls do nothing)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def _ioctl(self, name: str, what: str, **values: Any) -> dict[str, Any]:
+    def _ioctl(self, name: str, what: str, **values: object) -> dict[str, object]:
         number, layout = uapi.IOCTLS[name]
         buf = layout.pack(**values)
         try:
@@ -79,7 +80,11 @@ class Driver:
 
     # ---- operations ----
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
+        """The device as the driver sees it: address, ids, MSI-X layout, ``dyn_alloc``, fault
+        injection, Message Control, CPU ids, groups, vectors and allocated indices.  Raises
+        ``DriverError`` on an ioctl failure, EPROTO if the driver speaks another uapi
+        version."""
         raw = self._ioctl("MSIXLAB_IOC_INFO", "info")
         if raw["version"] != uapi.UAPI_VERSION:
             raise DriverError(errno.EPROTO, f"info: the driver speaks uapi version "
@@ -107,7 +112,7 @@ class Driver:
         }
 
     @staticmethod
-    def _group(raw: dict[str, Any]) -> dict[str, Any]:
+    def _group(raw: dict[str, object]) -> dict[str, object]:
         return {
             "group": raw["id"],
             "count": raw["count"],
@@ -120,7 +125,11 @@ class Driver:
         }
 
     def alloc_group(self, min: int, max: int, start: int | None = None,
-                    cpu: int | None = None, managed: bool = False) -> dict[str, Any]:
+                    cpu: int | None = None, managed: bool = False) -> dict[str, object]:
+        """Allocate between ``min`` and ``max`` vectors as one group at the lowest free indices
+        (or from ``start``), with affinity to ``cpu`` (``managed``: managed
+        affinity).  Returns the group record; ``DriverError`` with the driver's errno
+        (ENOSPC or EBUSY when the indices are taken, EINVAL ...)."""
         what = (f"alloc_group(min={min}, max={max}, start={start}, cpu={cpu}, "
                 f"managed={managed})")
         raw = self._ioctl("MSIXLAB_IOC_ALLOC_GROUP", what, min=min, max=max,
@@ -129,11 +138,14 @@ class Driver:
                           flags=uapi.GROUP_MANAGED if managed else 0)
         return self._group(raw)
 
-    def free_group(self, group: int) -> dict[str, Any]:
+    def free_group(self, group: int) -> dict[str, object]:
+        """Free ``group``; returns ``{group, freed}``.  ``DriverError`` (ENOENT) for an unknown
+        group."""
         raw = self._ioctl("MSIXLAB_IOC_FREE_GROUP", f"free_group(group={group})", id=group)
         return {"group": group, "freed": raw["count"]}
 
-    def list_groups(self) -> list[dict[str, Any]]:
+    def list_groups(self) -> list[dict[str, object]]:
+        """Every allocated group, in id order (fetched one ioctl at a time)."""
         groups, next_id = [], 0
         while True:
             try:
@@ -146,22 +158,25 @@ class Driver:
             groups.append(self._group(raw))
             next_id = raw["id"] + 1
 
-    def vector(self, index: int) -> dict[str, Any]:
+    def vector(self, index: int) -> dict[str, object]:
         """One allocated vector: its group, IRQ, cached message, live table entry, what
         its allocation asked for (``affinity.requested``, None when nothing was), the
         kernel's affinity mask and effective affinity, and per-CPU counts."""
         if self._nr_cpu_ids is None:
             self.info()
         n = self._nr_cpu_ids
-        cpus = ctypes.create_string_buffer(n * uapi.VECTOR_CPU.size)
+        # the driver writes the per-CPU entries into this buffer (array, not ctypes: the
+        # address is all that is needed, and ctypes is slow to import under TCG)
+        cpus = array("B", bytes(n * uapi.VECTOR_CPU.size))
         raw = self._ioctl("MSIXLAB_IOC_VECTOR", f"vector(index={index})", index=index,
-                          cpus=ctypes.addressof(cpus), cpus_len=n)
-        entries = [uapi.VECTOR_CPU.unpack(cpus.raw[i * uapi.VECTOR_CPU.size:])
+                          cpus=cpus.buffer_info()[0], cpus_len=n)
+        data = cpus.tobytes()
+        entries = [uapi.VECTOR_CPU.unpack(data[i * uapi.VECTOR_CPU.size:])
                    for i in range(raw["nr_cpus"])]
         return self._vector(raw, entries)
 
     @staticmethod
-    def _vector(raw: dict[str, Any], cpus: list[dict[str, Any]]) -> dict[str, Any]:
+    def _vector(raw: dict[str, object], cpus: list[dict[str, object]]) -> dict[str, object]:
         """The vector record from msixlab_vector and its per-CPU entries."""
         return {
             "group": raw["group"],
@@ -180,10 +195,15 @@ class Driver:
             "last_cpu": None if raw["last_cpu"] == uapi.NO_CPU else raw["last_cpu"],
         }
 
-    def routing(self) -> list[dict[str, Any]]:
+    def routing(self) -> list[dict[str, object]]:
+        """The routing record (``vector``) of every allocated index."""
         return [self.vector(index) for index in self.info()["allocated"]]
 
-    def raise_vector(self, index: int, timeout_ms: int = 0) -> dict[str, Any]:
+    def raise_vector(self, index: int, timeout_ms: int = 0) -> dict[str, object]:
+        """Ring the doorbell for ``index`` and wait in the driver, at most ``timeout_ms`` (0 =
+        ``RAISE_DEFAULT_MS``), interruptibly, for the handler to count it.  Returns index,
+        IRQ, CPU, latency in ns and the vector's total; ``DriverError`` ETIMEDOUT if not
+        counted in time, EINTR if interrupted."""
         raw = self._ioctl("MSIXLAB_IOC_RAISE",
                           f"raise(index={index}, timeout_ms={timeout_ms or uapi.RAISE_DEFAULT_MS})",
                           index=index, timeout_ms=timeout_ms)
@@ -191,7 +211,7 @@ class Driver:
                 "latency_ns": raw["latency_ns"], "total": raw["total"]}
 
     def totals(self, want: dict[int, int] | None = None, timeout_ms: int = 0,
-               each: tuple[int, int, int] | None = None) -> dict[str, Any]:
+               each: tuple[int, int, int] | None = None) -> dict[str, object]:
         """MSIXLAB_IOC_TOTALS: every allocated index's interrupt total in one call;
         with ``want`` ({index: count}), or ``each`` ((count, first, last): that count
         for every index first..last inside the table), first wait (bounded by
@@ -199,48 +219,52 @@ class Driver:
         allocated indices still below."""
         info = self.info()
         size = info["table_size"]
-        totals = (ctypes.c_uint64 * size)()
+        # __u64 arrays the driver reads and writes by address (array, not ctypes)
+        totals = array("Q", bytes(8 * size))
         wanted = None
         if each is not None:
             count, first, last = each
             last = min(last, size - 1)
-            wanted = (ctypes.c_uint64 * size)()
+            wanted = array("Q", bytes(8 * size))
             if first <= last:
-                wanted[first:last + 1] = [count] * (last + 1 - first)
+                wanted[first:last + 1] = array("Q", [count]) * (last + 1 - first)
         elif want:
-            wanted = (ctypes.c_uint64 * size)()
+            wanted = array("Q", bytes(8 * size))
             for index, count in want.items():
                 if not 0 <= index < size:
                     raise DriverError(errno.EINVAL, f"totals: index {index} is outside "
                                       f"the {size}-entry table")
                 wanted[index] = count
         raw = self._ioctl("MSIXLAB_IOC_TOTALS", f"totals(want={len(want or {})} indices, "
-                    f"timeout_ms={timeout_ms})", count=size, timeout_ms=timeout_ms,
-                    totals=ctypes.addressof(totals),
-                    want=ctypes.addressof(wanted) if wanted is not None else 0)
+                          f"timeout_ms={timeout_ms})", count=size, timeout_ms=timeout_ms,
+                          totals=totals.buffer_info()[0],
+                          want=wanted.buffer_info()[0] if wanted is not None else 0)
         return {"totals": {str(i): totals[i] for i in info["allocated"]},
                 "short": raw["short_count"]}
 
-    def read_pba(self) -> dict[str, Any]:
+    def read_pba(self) -> dict[str, object]:
+        """The PBA: table size, pending indices and the raw 64-bit words."""
         raw = self._ioctl("MSIXLAB_IOC_READ_PBA", "read_pba")
         size = raw["table_size"]
         words = raw["bits"][: (size + 63) // 64]
         return {"table_size": size, "pending": uapi.bits_to_list(words, size),
                 "words": words}
 
-    def read_entry(self, index: int) -> dict[str, Any]:
+    def read_entry(self, index: int) -> dict[str, object]:
+        """MSI-X table entry ``index`` read through MMIO: address low/high, data, vector
+        control."""
         raw = self._ioctl("MSIXLAB_IOC_READ_ENTRY", f"read_entry(index={index})", index=index)
         return {"index": index, "address_lo": raw["address_lo"],
                 "address_hi": raw["address_hi"], "data": raw["data"], "ctrl": raw["ctrl"]}
 
-    def function_mask(self, masked: bool) -> dict[str, Any]:
+    def function_mask(self, masked: bool) -> dict[str, object]:
         """Set or clear MSI-X Function Mask; the Message Control register read back."""
         raw = self._ioctl("MSIXLAB_IOC_FUNCTION_MASK", f"function_mask(masked={masked})",
                           masked=int(masked))
         return {"masked": bool(raw["control"] & PCI_MSIX_FLAGS_MASKALL),
                 "control": raw["control"]}
 
-    def crash(self, kind: str, delay_ms: int = 0) -> dict[str, Any]:
+    def crash(self, kind: str, delay_ms: int = 0) -> dict[str, object]:
         """MSIXLAB_IOC_CRASH (the module must be loaded with fault_injection=1)."""
         self._ioctl("MSIXLAB_IOC_CRASH", f"crash(kind={kind}, delay_ms={delay_ms})",
                     kind=uapi.CRASH_KINDS[kind], delay_ms=delay_ms)

@@ -10,15 +10,16 @@ sent something wrong.  ``DriverError``: the driver's ioctl failed with that errn
 from __future__ import annotations
 
 import errno as errno_mod
-from typing import Any
 
 from msixlab_common.errors import MsixlabError
 
 
 class AgentError(MsixlabError):
+    """The root of the agent's errors: an errno, a message naming what was wrong, the
+    ``source`` that raised it and structured ``fields``; sent to the host as ``to_dict()``."""
     source = "agent"
 
-    def __init__(self, errno: int, message: str, **fields: Any):
+    def __init__(self, errno: int, message: str, **fields: object):
         super().__init__(message)
         self.errno = errno
         self.message = message
@@ -26,20 +27,25 @@ class AgentError(MsixlabError):
 
     @property
     def code(self) -> str:
+        """The errno's symbolic name (``EINVAL``), or ``E<n>`` if it has none."""
         return errno_mod.errorcode.get(self.errno, f"E{self.errno}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
+        """The error as the protocol sends it: errno, code, message, source and the fields."""
         return {"errno": self.errno, "code": self.code, "message": self.message,
                 "source": self.source, **self.fields}
 
 
 class RequestError(AgentError):
+    """The host sent something wrong (a bad line, command or argument)."""
     source = "request"
 
 
 class DriverError(AgentError):
+    """The driver's ioctl failed with this errno."""
     source = "driver"
 
 
 class GuestError(AgentError):
+    """The guest could not do something itself (a file, a program, a wait)."""
     source = "guest"

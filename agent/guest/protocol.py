@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections import namedtuple
 
 from msixlab_common import jsonlines
 
@@ -28,18 +27,21 @@ MAX_LINE = jsonlines.MAX_LINE
 _MISSING = object()
 
 
-@dataclass(frozen=True)
-class Arg:
-    """One command argument: its type, whether it is required, its default and range."""
+class Arg(namedtuple("Arg", "name type required default minimum maximum",
+                     defaults=(True, None, None, None))):
+    """One command argument: its name, its type, whether it is required, its default and
+    its range (``minimum``/``maximum``, None for no bound).
 
-    name: str
-    type: type
-    required: bool = True
-    default: Any = None
-    minimum: int | None = None
-    maximum: int | None = None
+    The records here are named tuples rather than dataclasses, and no annotation names
+    are imported from ``typing``: the guest starts under TCG, where importing
+    ``dataclasses`` and ``typing`` costs about a fifth of a second."""
 
-    def check(self, command: str, value: Any) -> Any:
+    __slots__ = ()
+
+    def check(self, command: str, value: object) -> object:
+        """``value`` checked for ``command``: a missing one is the default (or ``RequestError``
+        if required); otherwise exact type and bounds, else ``RequestError`` (EINVAL) naming
+        the argument."""
         if value is _MISSING or value is None:
             if self.required:
                 raise RequestError(errno.EINVAL, f"{command}: missing argument {self.name!r}",
@@ -63,14 +65,16 @@ class Arg:
         return value
 
 
-@dataclass(frozen=True)
-class Command:
-    name: str
-    handler: Callable[..., Any]
-    args: tuple[Arg, ...] = ()
-    stops: bool = False        # the session ends after replying
+class Command(namedtuple("Command", "name handler args stops", defaults=((), False))):
+    """One agent command: its ``name``, the ``handler`` called with the checked arguments
+    as keywords, their ``Arg`` specs, and whether the session ``stops`` after replying."""
 
-    def bind(self, raw: Any) -> dict[str, Any]:
+    __slots__ = ()
+
+    def bind(self, raw: object) -> dict[str, object]:
+        """The handler's keyword arguments from the request's ``args`` (``None`` = none): every
+        spec checked and defaulted; a non-object or an unknown argument is a
+        ``RequestError``."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -87,7 +91,7 @@ class Command:
         return {arg.name: arg.check(self.name, raw.get(arg.name, _MISSING)) for arg in self.args}
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, object]) -> bytes:
     """One reply line.  A reply that cannot be JSON (a NaN in a result) becomes an error
     reply naming why, so the host always gets valid JSON."""
     try:
@@ -98,11 +102,13 @@ def encode(message: dict[str, Any]) -> bytes:
                                            GuestError(errno.EIO, f"internal error: {err}")))
 
 
-def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:
+def ok_reply(request_id: object, result: object) -> dict[str, object]:
+    """The success reply to ``request_id`` carrying ``result``."""
     return {"id": request_id, "ok": True, "result": result}
 
 
-def error_reply(request_id: Any, err: AgentError) -> dict[str, Any]:
+def error_reply(request_id: object, err: AgentError) -> dict[str, object]:
+    """The error reply to ``request_id`` carrying ``err.to_dict()``."""
     return {"id": request_id, "ok": False, "error": err.to_dict()}
 
 
@@ -119,7 +125,7 @@ class LineFramer(jsonlines.LineFramer):
                 for item in super().feed(data)]
 
 
-def parse_request(line: bytes) -> tuple[Any, str, Any]:
+def parse_request(line: bytes) -> tuple[object, str, object]:
     """Return (id, cmd, args) of one request line or raise RequestError (with its id)."""
     try:
         message = jsonlines.loads_object(line)
@@ -148,15 +154,18 @@ def parse_request(line: bytes) -> tuple[Any, str, Any]:
     return request_id, cmd, message.get("args")
 
 
-@dataclass
 class Session:
     """One agent conversation: bytes in, bytes out, per the command table."""
 
-    commands: dict[str, Command]
-    framer: LineFramer = field(default_factory=LineFramer)
-    stopped: bool = False
+    def __init__(self, commands: dict[str, Command], framer: LineFramer | None = None):
+        self.commands = commands
+        self.framer = framer if framer is not None else LineFramer()
+        self.stopped = False
 
     def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes read from the host; return the encoded replies to send (one per complete
+        line, an error reply with a null id for a line the framer rejects).  Lines after a
+        stopping command are not run."""
         out = bytearray()
         for item in self.framer.feed(data):
             if self.stopped:
@@ -167,7 +176,11 @@ class Session:
                 out += encode(self.handle_line(item))
         return bytes(out)
 
-    def handle_line(self, line: bytes) -> dict[str, Any]:
+    def handle_line(self, line: bytes) -> dict[str, object]:
+        """The reply to one request line: parse, look the command up (ENOSYS if unknown), check
+        the arguments, run the handler.  Never raises: an ``AgentError`` becomes its error
+        reply and any other exception an EIO internal-error reply (logged with its
+        traceback)."""
         request_id = None
         try:
             request_id, cmd, raw_args = parse_request(line)

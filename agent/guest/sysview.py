@@ -18,14 +18,13 @@ import errno
 import os
 import re
 import subprocess
-from typing import Any
 
 from .errors import GuestError
 
 _HWIRQ = re.compile(r"^(\d+)-(\S+)$")
 
 
-def parse_interrupts(text: str) -> dict[str, Any]:
+def parse_interrupts(text: str) -> dict[str, object]:
     """Parse /proc/interrupts: {"cpus": ["CPU0", ...], "rows": [...], "other": [...]}.
 
     Numbered rows give {"irq", "counts", "chip", "hwirq", "handler", "actions"};
@@ -48,7 +47,7 @@ def parse_interrupts(text: str) -> dict[str, Any]:
         if not name.isdigit():
             other.append({"name": name, "counts": counts, "description": " ".join(tokens)})
             continue
-        row: dict[str, Any] = {"irq": int(name), "counts": counts, "chip": None,
+        row: dict[str, object] = {"irq": int(name), "counts": counts, "chip": None,
                                "hwirq": None, "handler": None, "actions": []}
         if tokens:
             row["chip"] = tokens.pop(0)
@@ -61,8 +60,8 @@ def parse_interrupts(text: str) -> dict[str, Any]:
     return {"cpus": cpus, "rows": rows, "other": other}
 
 
-def device_rows(parsed: dict[str, Any], bdf: str | None,
-                name: str | None = None) -> list[dict[str, Any]]:
+def device_rows(parsed: dict[str, object], bdf: str | None,
+                name: str | None = None) -> list[dict[str, object]]:
     """The rows of one device: the chip ends with its BDF, or an action is named
     ``<name>[<index>]`` (the driver names its handlers after /dev/<name>)."""
     action_prefix = f"{name}[" if name else None
@@ -98,7 +97,10 @@ def _int_list(text: str | None) -> list[int] | None:
     return out
 
 
-def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, Any]:
+def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, object]:
+    """IRQ ``irq`` as the kernel shows it: /sys/kernel/irq/N (hwirq and per-CPU counts as
+    numbers), /proc/irq/N's affinity lists and node, and with ``bdf`` the device's
+    msi_irqs/N (``None`` once freed).  ``GuestError`` (ENOENT) if the IRQ does not exist."""
     sys_dir = os.path.join(root, "sys/kernel/irq", str(irq))
     proc_dir = os.path.join(root, "proc/irq", str(irq))
     if not os.path.isdir(sys_dir) and not os.path.isdir(proc_dir):
@@ -108,7 +110,7 @@ def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, An
            for name in ("chip_name", "hwirq", "name", "type", "wakeup", "actions",
                         "per_cpu_count")}
     per_cpu = sys["per_cpu_count"]
-    out: dict[str, Any] = {
+    out: dict[str, object] = {
         "irq": irq,
         "sys": {**sys,
                 "hwirq": int(sys["hwirq"]) if (sys["hwirq"] or "").isdigit() else sys["hwirq"],
@@ -127,7 +129,7 @@ def irq_sysfs(irq: int, bdf: str | None = None, root: str = "/") -> dict[str, An
     return out
 
 
-def msi_irqs(bdf: str, root: str = "/") -> dict[str, Any]:
+def msi_irqs(bdf: str, root: str = "/") -> dict[str, object]:
     """The device's /sys/bus/pci/devices/<bdf>/msi_irqs/ entries, by IRQ number.
 
     ``{"bdf", "irqs": [{"irq": N, "mode": "msix"|"msi"}...]}``; the directory exists only
@@ -171,6 +173,7 @@ def parse_cpu_list(text: str) -> list[int]:
 
 
 def online_cpus(root: str = "/") -> list[int]:
+    """The online CPU numbers (sysfs); ``GuestError`` if the list cannot be read or parsed."""
     path = os.path.join(root, "sys/devices/system/cpu/online")
     try:
         with open(path, encoding="ascii") as f:
@@ -198,7 +201,7 @@ def set_cpu_online(cpu: int, online: bool, root: str = "/") -> None:
                          f"({path}): {err.strerror}", argument="cpu") from err
 
 
-def run_tool(argv: list[str], timeout: float = 10.0) -> dict[str, Any]:
+def run_tool(argv: list[str], timeout: float = 10.0) -> dict[str, object]:
     """Run a guest program; a missing program or a timeout is a GuestError."""
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",

@@ -26,11 +26,13 @@ CHOICES = ("tcg", "kvm", "auto")
 
 @dataclass(frozen=True)
 class AccelChoice:
+    """The accelerator to use and why it was chosen."""
     accel: str
     reason: str
 
 
 def kvm_device_usable() -> tuple[bool, str]:
+    """Whether /dev/kvm exists and this user may read and write it, and why not."""
     if not os.path.exists("/dev/kvm"):
         return False, "/dev/kvm does not exist"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -62,6 +64,9 @@ def probe_kvm(image: Image, flavor: str, timeout: float = 30.0) -> tuple[bool, s
 
 
 def choose(requested: str | None, image: Image | None, flavor: str = "default") -> AccelChoice:
+    """The accelerator for ``requested`` (else ``$MSIXLAB_ACCEL``, else tcg): ``tcg`` as is;
+    ``kvm`` only if a probe boot under KVM reaches the ready marker (``HostError`` if not);
+    ``auto`` falls back to TCG.  An unknown name is a ``HostError``."""
     requested = (requested or os.environ.get("MSIXLAB_ACCEL") or "tcg").lower()
     if requested not in CHOICES:
         raise HostError(f"unknown accelerator {requested!r}: choose one of {', '.join(CHOICES)}")

@@ -24,6 +24,8 @@ READY = r"MSIXLAB-READY kernel=(\S+) mode=(\S+) uptime=([0-9.]+)"
 
 @dataclass(frozen=True)
 class BootResult:
+    """One ready boot: the kernel, its timings (see the fields), QEMU's exit code and the
+    results directory (``None`` when not kept)."""
     kernel: str
     ready_seconds: float     # wall time, QEMU launch to ready marker
     guest_uptime: float      # guest's /proc/uptime at the marker

@@ -54,6 +54,8 @@ def _image_with_progress():
 
 
 def cmd_doctor(args) -> int:
+    """``msixlab doctor``: print what is here and what is missing (JSON with --json); 1 if
+    anything is missing."""
     info = doctor.report(args.accel)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -63,6 +65,8 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_image(args) -> int:
+    """``msixlab image build|clean|path``: build the image (with progress), remove it, or print
+    the cache dir."""
     if args.action == "build":
         image = _image_with_progress()
         info = manifest(image)
@@ -78,6 +82,9 @@ def cmd_image(args) -> int:
 
 
 def cmd_boot(args) -> int:
+    """``msixlab boot``: boot the chosen kernel to the ready marker ``--count`` times and
+    print each boot's times and the median (JSON with --json).  A kernel the rig cannot use
+    raises ``CouldNotJudge``."""
     from .boot import boot_ready
     image = _image_with_progress()
     kernel, qemu = kernel_options.select(args, image, console)
@@ -109,6 +116,8 @@ def cmd_boot(args) -> int:
 
 
 def cmd_shell(args) -> int:
+    """``msixlab shell``: a manual session on the guest's console (``--dry-run`` prints the
+    commands)."""
     from .shell import shell_session
     image = _image_with_progress()
     kernel, qemu = kernel_options.select(args, image, console)
@@ -121,6 +130,7 @@ def cmd_shell(args) -> int:
 
 
 def cmd_scenarios(args) -> int:
+    """``msixlab scenarios``: one line per scenario, name and summary."""
     width = max(len(name) for name, _ in scenarios_mod.listing())
     for name, summary in scenarios_mod.listing():
         print(f"{name:<{width}}  {summary}")
@@ -128,6 +138,7 @@ def cmd_scenarios(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """``msixlab run``: the main job once (``run_main_job``), or ``--repeat N`` times."""
     from .main_job import run_main_job
     if args.repeat > 1 and not args.dry_run:
         from .repeat import run_repeated
@@ -163,6 +174,7 @@ class Parser(argparse.ArgumentParser):
     would take 2 for a bad commit."""
 
     def error(self, message: str):
+        """Print the usage and exit 125 (``bad_option``), naming the error."""
         self.print_usage(sys.stderr)
         self.exit(EXIT_INFRA, f"{self.prog}: error: {message} "
                               f"(exit {EXIT_INFRA}: {Outcome.BAD_OPTION})\n")
@@ -214,6 +226,7 @@ def device_fault(text: str) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``msixlab`` argument parser: every subcommand and its options."""
     top = Parser(prog="msixlab", description=__doc__.split("\n")[0])
     top.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: traces)")
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -311,6 +324,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``msixlab`` entry point: parse ``argv``, set up logging, run the subcommand and
+    return its exit code.  SIGTERM and SIGHUP interrupt as Ctrl-C does; any exception that
+    escapes is classified (``RunVerdict.from_error``) and printed, so the code is always 0, 1
+    or 125 (a bug in msixlab: 125 with its traceback)."""
     args = parser().parse_args(argv)
     if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and os.environ.get("KERNEL_FLAVOR"):
         args.flavor = os.environ["KERNEL_FLAVOR"]

@@ -49,6 +49,8 @@ _STARTED = re.compile(_STAMP + "|msixlab init: |Linux version \\d")
 
 @dataclass(frozen=True)
 class Splat:
+    """The first kernel report found on a console: its kind, the line, and its 1-based line
+    number."""
     kind: str       # one of SPLATS' kinds
     line: str       # the console line, stripped
     lineno: int     # 1-based line number in the console file

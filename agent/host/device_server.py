@@ -28,10 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class DeviceServer:
+    """One ``qemu-device serve`` process for a run: its vfio-user socket (``socket_path``,
+    given to QEMU), its control socket, event log and stderr log, and the ``vectors`` and
+    ``extra`` options it serves with.  ``start()`` before QEMU, ``stop()`` always; in
+    between every request goes through ``command()``."""
     def __init__(self, socket_path: Path, control_path: Path, event_log: Path,
                  stderr_log: Path, vectors: int = 64, extra: tuple[str, ...] = ()):
         self.socket_path, self.control_path = socket_path, control_path
-        self.stderr_log = stderr_log
+        self.event_log, self.stderr_log = event_log, stderr_log
+        self.name = "the device server"
         self.argv = [sys.executable, "-m", "qemu_device", "serve", "--socket", str(socket_path),
                      "--control", str(control_path), "--vectors", str(vectors),
                      "--log", str(event_log), *extra]
@@ -48,11 +53,18 @@ class DeviceServer:
         extra = (("--msix-maskable",) if msix_maskable else ()) + (
             ("--msix-noresize",) if msix_noresize else ())
         suffix = f"-nic{nic}" if nic else ""      # NIC 0 keeps the historical names
-        return cls(dirs.runtime / f"nic{nic}.sock", dirs.runtime / f"nic{nic}.ctl",
-                   dirs.results / f"device-events{suffix}.jsonl",
-                   dirs.results / f"device-server{suffix}.log", vectors=vectors, extra=extra)
+        server = cls(dirs.runtime / f"nic{nic}.sock", dirs.runtime / f"nic{nic}.ctl",
+                     dirs.results / f"device-events{suffix}.jsonl",
+                     dirs.results / f"device-server{suffix}.log", vectors=vectors, extra=extra)
+        if nic:
+            server.name = f"the device server of NIC {nic}"
+        return server
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start the server and wait at most ``timeout`` seconds for its JSON ready line, then
+        connect to its control socket (5 s).  Raises ``LaunchError`` (with argv, exit code
+        and stderr tail) if it exits first or writes something else, ``WaitTimeout`` (after
+        stopping it) if it is not ready in time."""
         log.info("starting the device server: %s", " ".join(self.argv))
         with open(self.stderr_log, "w") as err:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
@@ -83,6 +95,7 @@ class DeviceServer:
 
     @property
     def pid(self) -> int | None:
+        """The server's process id, or ``None`` before ``start``."""
         return None if self._proc is None else self._proc.pid
 
     def poll(self) -> int | None:
@@ -90,18 +103,26 @@ class DeviceServer:
         return None if self._proc is None else self._proc.poll()
 
     def command(self, cmd: str, timeout: float = 10.0, **fields) -> dict:
+        """Send control command ``cmd`` with ``fields`` and return its ``result``, waiting at
+        most ``timeout`` seconds.  An error reply raises ``DeviceControlError`` carrying the
+        server's error; no reply in time raises ``WaitTimeout``."""
         reply = self.control.request({"cmd": cmd, **fields}, timeout)
         if not reply.get("ok"):
             raise DeviceControlError(cmd, reply.get("error", {}))
         return reply["result"]
 
     def state(self) -> dict:
+        """The control channel's ``state``: the device's whole view (docs/device.md)."""
         return self.command("state")
 
     def raise_vectors(self, vectors: list[int]) -> dict:
+        """Raise each of ``vectors`` on the device; the reply tells each raise's outcome."""
         return self.command("raise", vectors=list(vectors))
 
     def stop(self, timeout: float = 5.0) -> int | None:
+        """Close the control connection and stop the server: SIGTERM, then SIGKILL after
+        ``timeout`` seconds.  Returns its exit code, ``None`` if it was never started.  Safe
+        to call twice."""
         self.control.close()
         if self._proc is None:
             return None

@@ -23,6 +23,10 @@ from . import accel as accel_mod
 
 
 def report(requested_accel: str | None = None) -> dict:
+    """What is here and what is missing, as one JSON-able dict: image key, cache, rootfs, QEMU,
+    kernels, flavors, Python, the accelerator choice and /dev/kvm, and ``missing`` (each
+    with the command that fixes it).  It boots a KVM probe only when the accelerator asked
+    for (``requested_accel``, else ``MSIXLAB_ACCEL``) is kvm or auto."""
     image = find_image()
     out: dict = {
         "image_key": image_key(),
@@ -61,6 +65,7 @@ def report(requested_accel: str | None = None) -> dict:
 
 
 def render(info: dict, console: Console) -> None:
+    """Print ``report()``'s dict for people: a table, then each missing piece with its fix."""
     table = Table(title="msixlab doctor", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")

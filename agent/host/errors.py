@@ -18,6 +18,8 @@ __all__ = ["MsixlabError", "ImageError", "HostError", "LaunchError", "WaitTimeou
 
 
 class HostError(MsixlabError):
+    """The root of the host agent's errors; a run that ends in one could not judge (125) unless
+    a subclass says otherwise."""
     exit_code = EXIT_INFRA
 
 

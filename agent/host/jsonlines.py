@@ -28,6 +28,9 @@ MAX_LINE = 16 << 20
 
 
 class JsonLinesClient:
+    """A JSON-lines client on the UNIX socket ``path`` (the device's control channel or the
+    guest agent), called ``name`` in errors and traces.  Replies are matched by id; other
+    messages are kept as ``events``."""
     def __init__(self, path: Path, name: str):
         self.path = Path(path)
         self.name = name
@@ -39,6 +42,8 @@ class JsonLinesClient:
         self.events: deque[dict] = deque()
 
     def connect(self, timeout: float) -> None:
+        """Connect, retrying while the socket is not there yet, for at most ``timeout``
+        seconds; then ``WaitTimeout`` naming the socket and the last error."""
         deadline = Deadline(timeout, f"{self.name} socket {self.path}")
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -62,11 +67,14 @@ class JsonLinesClient:
                 pass
 
     def close(self) -> None:
+        """Close the socket, if open.  Safe to call twice."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
     def send(self, obj: dict) -> None:
+        """Send ``obj`` as one line.  ``HostError`` if not connected or ``obj`` cannot be
+        encoded; a socket error propagates as ``OSError``."""
         if self._sock is None:
             raise HostError(f"{self.name}: not connected")
         self.log.debug("--> %s", obj)

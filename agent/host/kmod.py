@@ -48,6 +48,8 @@ class KmodBuildError(HostError):
 
 
 def sources_hash() -> str:
+    """12 hex digits naming the driver's sources (every .c, .h, .sh and build file of
+    agent/kmod)."""
     digest = hashlib.sha256()
     for path in sorted(KMOD_DIR.iterdir()):
         if path.suffix in (".c", ".h", ".sh") or path.name in SOURCES:

@@ -33,7 +33,7 @@ from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .outcome import CouldNotJudge, DriverCallFailed, GuestUnresponsive, Outcome
 from .sentinel import Sentinel
-from .session import RunDirs, guest_spec
+from .session import PROJECT_DIR, RunDirs, guest_spec
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ def check_hello(hello: dict) -> None:
 
 
 class Lab:
+    """One guest and its NICs, for one run or one test module.  Built from the image, the
+    kernel under test (a ``KernelUnderTest`` or a flavor name) and the run's directories;
+    nothing runs until ``start()``.  Options: ``accel``, ``vectors`` per NIC, ``cpus``,
+    QEMU ``trace`` patterns, another ``qemu`` argv, the MSI-X modes the device advertises
+    (``msix_maskable``, ``msix_noresize``), ``iommu`` (intel-iommu with interrupt remapping),
+    ``nics`` device servers, and ``end_on_splat`` (False for tests that provoke kernel
+    reports).  Use as a context manager, or call ``stop()`` in ``finally``.  Every call that
+    talks to the guest, QEMU or a device first ``guard()``s: once the sentinel has seen the
+    run end, it raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
     def __init__(self, image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *,
                  accel: str = "tcg", vectors: int = 64, cpus: int = 2,
                  trace: tuple[str, ...] = (), qemu: list[str] | None = None,
@@ -88,10 +97,18 @@ class Lab:
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
+        """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
+        the guest driver, start the device servers, launch QEMU, start the sentinel, connect
+        to the guest agent and wait at most ``boot_timeout`` seconds for its hello (then
+        check it).  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option, a build
+        or launch failure, no hello in time), or ``KernelMisbehaved`` when the console shows
+        why the guest never answered.  Records ``kmod_build_s`` and ``boot_to_agent_s`` in
+        ``timings``. On failure the caller still calls ``stop()``."""
         t0 = time.monotonic()
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
+        self.image.prepare_guest_bytecode(PROJECT_DIR)
         self.device.start()
         for device in self.extra_devices:
             device.start()
@@ -101,10 +118,8 @@ class Lab:
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
-        self.sentinel = Sentinel(spec.console_log, self.dirs.results / "device-events.jsonl",
-                                 qemu=self.machine.poll, device=self._device_exit,
-                                 qemu_log=self.machine.qemu_log,
-                                 device_log=self.device.stderr_log,
+        self.sentinel = Sentinel(spec.console_log, qemu=self.machine.poll,
+                                 qemu_log=self.machine.qemu_log, devices=lambda: self.devices,
                                  splats=self.end_on_splat)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
@@ -168,6 +183,11 @@ class Lab:
                             console_tail=console)
 
     def stop(self) -> None:
+        """Tear down in reverse, each step bounded, whatever state the lab is in: stop the
+        sentinel, ask the agent to shut down (5 s), then ``Machine.shutdown``: the guest
+        gets 10 s to power off (none if the agent did not answer), then QMP quit, then
+        SIGKILL; then close the agent socket and stop every device server.  Safe to call more
+        than once and after a failed ``start``."""
         if self.sentinel is not None:
             self.sentinel.stop()
         try:
@@ -245,11 +265,8 @@ class Lab:
     # --- several NICs (--nics N) ---------------------------------------------------------
     @property
     def devices(self) -> list[DeviceServer]:
+        """Every NIC's device server, NIC 0 first."""
         return [self.device, *self.extra_devices]
-
-    def _device_exit(self) -> int | None:
-        """The first device server's exit code (the sentinel's view), None while all run."""
-        return next((code for d in self.devices if (code := d.poll()) is not None), None)
 
     def select_nic(self, nic: int) -> None:
         """Make NIC ``nic`` the one the guest agent's commands use (by its address)."""
@@ -275,6 +292,7 @@ class Lab:
         return old_pid, self.device.pid
 
     def nic_present(self) -> bool:
+        """Whether QEMU's PCI tree (``query-pci``) still holds the rig's NIC."""
         try:
             qemu_view.find_nic_bars(self.qmp("query-pci"))
         except HostError:
@@ -329,6 +347,7 @@ class Lab:
         return routing.resolve_remapped(snap, irtes, self.apic_map, irta["x2apic"])
 
     def save(self, name: str, content: str) -> Path:
+        """Write ``content`` to ``name`` in the run's results directory; return its path."""
         path = self.dirs.results / name
         path.write_text(content)
         return path

@@ -33,6 +33,9 @@ class LedgerError(ValueError):
 
 @dataclass(frozen=True)
 class GroupRequest:
+    """One live group as the scenario asked for it and the driver gave it: its ``label``,
+    group id, the allocated ``indices``, and the request (``min``, ``max``, explicit
+    ``start``, ``cpu``, ``managed``)."""
     label: str
     group: int
     indices: tuple[int, ...]
@@ -45,6 +48,7 @@ class GroupRequest:
 
 @dataclass
 class IndexAccount:
+    """What should have happened at one table index (see the field comments)."""
     raised: int = 0          # raises the device saw for the index (whole run)
     delivered: int = 0       # eventfd writes the device should have made
     pending: bool = False    # the device should hold one raise pending (PBA bit set)
@@ -54,6 +58,11 @@ class IndexAccount:
 
 @dataclass
 class Ledger:
+    """What the scenario asked for and did, and so what every view should show: the live
+    groups by id, one ``IndexAccount`` per table index, the function mask, retired group ids,
+    vectors moved by set_affinity, doorbell raises and vectors the kernel shut down.  Group
+    0 (index 0, the driver's static vector) is always live.  Methods that record an action
+    raise ``LedgerError`` for one that makes no sense (a scenario bug)."""
     table_size: int
     cpus: int
     groups: dict[int, GroupRequest] = field(default_factory=dict)
@@ -74,12 +83,14 @@ class Ledger:
         return {i for group in self.groups.values() for i in group.indices}
 
     def owner(self, index: int) -> GroupRequest | None:
+        """The live group holding ``index``, or ``None``."""
         for group in self.groups.values():
             if index in group.indices:
                 return group
         return None
 
     def dynamic_groups(self) -> list[GroupRequest]:
+        """The live groups other than the static group 0, by id."""
         return [g for gid, g in sorted(self.groups.items()) if gid != 0]
 
     # --- allocation and free ------------------------------------------------------------
@@ -103,6 +114,8 @@ class Ledger:
                 account.counted += 1
 
     def freed(self, group: int) -> GroupRequest:
+        """Record that ``group`` was freed and return its request; its id is retired.
+        ``LedgerError`` for group 0 or a group that is not live."""
         request = self.groups.pop(group, None)
         if request is None or group == 0:
             raise LedgerError(f"group {group} is not a live dynamic group")
@@ -164,9 +177,11 @@ class Ledger:
 
     # --- expectations ---------------------------------------------------------------------
     def expected_counts(self) -> dict[int, int]:
+        """For every live index, the interrupts its owner's handler should have counted."""
         return {i: self.accounts[i].counted for i in sorted(self.live())}
 
     def expected_pending(self) -> set[int]:
+        """The indices whose PBA bit the device should have set."""
         return {i for i, a in self.accounts.items() if a.pending}
 
     def expected_device(self) -> dict[int, tuple[int, int, bool]]:
@@ -174,6 +189,7 @@ class Ledger:
         return {i: (a.raised, a.delivered, a.pending) for i, a in self.accounts.items()}
 
     def total_raised(self) -> int:
+        """All raises the device saw, every index, the whole run."""
         return sum(a.raised for a in self.accounts.values())
 
     def retarget(self, index: int, cpu: int) -> None:
@@ -193,8 +209,10 @@ class Ledger:
         return (owner.cpu,)
 
     def ids_in_use(self) -> set[int]:
+        """The ids of the live groups (0 included)."""
         return set(self.groups)
 
     def indices_of(self, labels: Iterable[str]) -> list[int]:
+        """The indices of the live groups with one of ``labels``, sorted."""
         wanted = set(labels)
         return sorted(i for g in self.groups.values() if g.label in wanted for i in g.indices)

@@ -35,6 +35,7 @@ QMP_TIMEOUT = 30.0   # seconds for any one QMP command
 
 
 class State(enum.Enum):
+    """A machine's life: created, running (QEMU started), stopped, or failed."""
     CREATED = "created"
     RUNNING = "running"
     STOPPED = "stopped"
@@ -50,6 +51,7 @@ TRANSITIONS = {
 
 
 def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of ``path``, or ``""`` if it cannot be read."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -57,6 +59,9 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 class Machine:
+    """One QEMU process built from a ``GuestSpec``: its argv, QMP connection, logs
+    (``qemu_log``, the spec's console log) and ``State``.  ``launch()`` starts it;
+    ``shutdown()`` (or leaving the ``with`` block) always stops it."""
     def __init__(self, spec: GuestSpec, qemu_log: Path, name: str = "vm0"):
         self.spec = spec
         self.qemu_log = qemu_log
@@ -76,6 +81,9 @@ class Machine:
 
     # --- launch -------------------------------------------------------------------------
     def launch(self, qmp_timeout: float = 20.0) -> None:
+        """Start QEMU (output to ``qemu_log``) and connect to its QMP socket, waiting at most
+        ``qmp_timeout`` seconds.  Raises ``LaunchError`` if QEMU cannot start or exits before
+        QMP answers, ``WaitTimeout`` if QMP does not answer in time."""
         self.log.info("launching: %s", " ".join(self.argv))
         self.spec.console_log.touch()
         with open(self.qemu_log, "w") as out:
@@ -92,6 +100,8 @@ class Machine:
         self._connect_qmp(qmp_timeout)
 
     def died(self, what: str) -> LaunchError:
+        """The ``LaunchError`` for a QEMU found dead while doing ``what`` (to raise): exit code,
+        argv and the tail of its log (or the console's).  Moves the machine to ``FAILED``."""
         self.exitcode = self._proc.poll() if self._proc else None
         self._to(State.FAILED)
         return LaunchError(f"QEMU exited while {what}", argv=self.argv,
@@ -132,6 +142,7 @@ class Machine:
         return reply
 
     def hmp(self, command_line: str) -> str:
+        """Run an HMP ``command_line`` through QMP; return its text output."""
         return self.qmp("human-monitor-command", **{"command-line": command_line})
 
     def elapsed(self) -> float:
@@ -143,6 +154,7 @@ class Machine:
         return None if self._proc is None else self._proc.poll()
 
     def is_running(self) -> bool:
+        """Whether the QEMU process has been started and has not exited."""
         return self._proc is not None and self._proc.poll() is None
 
     def wait_console(self, pattern: str, timeout: float, what: str) -> re.Match:
@@ -170,6 +182,8 @@ class Machine:
             time.sleep(0.05)
 
     def wait_exit(self, timeout: float) -> int | None:
+        """Wait at most ``timeout`` seconds for QEMU to exit; its exit code, or ``None`` if
+        still running."""
         try:
             self.exitcode = self._proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -113,6 +113,8 @@ def _faults(lab: Lab, armed: list) -> list:
 
 
 def msixlab_commit() -> str:
+    """The msixlab checkout's HEAD, ``-dirty`` if tracked files changed; ``unknown`` without
+    git."""
     try:
         head = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"],
                               capture_output=True, text=True, timeout=5).stdout.strip()
@@ -135,6 +137,8 @@ def config_hash(config: Path | None) -> str | None:
 
 
 def reproduce_command(args) -> str:
+    """The ``msixlab run`` command line that repeats a run with ``args`` (kernel paths
+    absolute)."""
     faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
                                                            if k != "kind")
               for spec in getattr(args, "device_fault", [])]
@@ -157,6 +161,15 @@ def reproduce_command(args) -> str:
 
 
 def run_main_job(args, console: Console) -> int:
+    """``msixlab run``: run one scenario (``--scenario``, per NIC with ``--nics``) on a fresh
+    lab and return the verdict's exit code: 0 every declared check passed, 1 the kernel
+    under test misbehaved, 125 the run could not judge.  Bad options, the image, the kernel
+    and the accelerator are dealt with first: a problem there raises (a ``MsixlabError``
+    the CLI classifies) before anything boots; ``--dry-run`` prints the commands instead.
+    Once the lab exists every exception (Ctrl-C included) becomes the ``RunVerdict``; the
+    lab is always stopped.  The verdict is printed, then routing.json and the other result
+    files are written to ``results/<run-id>/`` (a write failure is reported and keeps the
+    verdict's code)."""
     scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
     nics = getattr(args, "nics", 1)
     scenarios.check_options(scenario_cls, args.cpus, nics)

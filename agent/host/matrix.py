@@ -24,15 +24,19 @@ CPUS = ("2", "4")
 
 
 def cells() -> list[list[str]]:
+    """Every cell's ``msixlab run`` options: scenario x iommu x MSI-X mode x CPUs."""
     return [["--scenario", scenario, *iommu, *mode, "--cpus", cpus]
             for scenario, iommu, mode, cpus in itertools.product(SCENARIOS, IOMMU, MODES, CPUS)]
 
 
 def worst(codes: list[int]) -> int:
+    """The worst of ``codes``: 1 if any is 1, else 125 if any is not 0, else 0."""
     return 1 if 1 in codes else 125 if any(c != 0 for c in codes) else 0
 
 
 def main(results: str = "results") -> int:
+    """``make matrix``: run every cell one after another (each at most 30 min), print a line
+    each, write ``results/matrix-<time>.json`` and return the worst exit code."""
     root = Path(results)
     root.mkdir(parents=True, exist_ok=True)
     rows, started = [], time.monotonic()

@@ -37,6 +37,7 @@ EXIT_PASS, EXIT_FAIL, EXIT_INFRA = 0, 1, 125
 
 
 class Outcome(enum.StrEnum):
+    """Every way a run can end; ``exit_code`` gives its class (0, 1 or 125)."""
     PASS = "pass"
     # the kernel under test misbehaved (exit 1)
     CHECK_FAILED = "check_failed"
@@ -55,12 +56,15 @@ class Outcome(enum.StrEnum):
 
     @property
     def exit_code(self) -> int:
+        """0 for ``PASS``, 1 when the kernel under test misbehaved, 125 when the run could not
+        judge."""
         if self is Outcome.PASS:
             return EXIT_PASS
         return EXIT_FAIL if self in KERNEL_MISBEHAVED else EXIT_INFRA
 
     @property
     def meaning(self) -> str:
+        """One line saying what this outcome means (for the verdict's text and JSON)."""
         return MEANING[self]
 
 
@@ -192,9 +196,11 @@ class RunVerdict:
 
     @property
     def exit_code(self) -> int:
+        """The exit code of the verdict's outcome."""
         return self.outcome.exit_code
 
     def to_dict(self) -> dict[str, Any]:
+        """The verdict as routing.json holds it under ``verdict``."""
         return {"outcome": str(self.outcome), "exit_code": self.exit_code,
                 "meaning": self.outcome.meaning, "summary": self.summary,
                 "failed": list(self.failed), "evidence": dict(self.evidence),
@@ -202,6 +208,9 @@ class RunVerdict:
 
     @classmethod
     def from_error(cls, err: BaseException, faults: Sequence[Mapping[str, Any]] = ()) -> "RunVerdict":
+        """The verdict for an exception that ended a run: its class by ``classify``, its first
+        line (at most 500 characters) as summary, with the device ``faults`` armed on
+        purpose."""
         outcome, evidence = classify(err)
         text = str(err) or type(err).__name__
         if outcome is Outcome.INTERRUPTED:

@@ -29,14 +29,18 @@ class _Label:
 
 
 class Phase:
+    """A long step shown as a spinner with its label and elapsed seconds (nothing off a
+    terminal)."""
     def __init__(self, label: _Label):
         self._label = label
 
     def update(self, label: str) -> None:
+        """Change the label shown."""
         self._label.label = label
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the phase started."""
         return time.monotonic() - self._label.started
 
 

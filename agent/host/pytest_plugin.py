@@ -33,6 +33,7 @@ _OPTIONS = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the ``--msixlab-*`` options."""
     group = parser.getgroup("msixlab", "msixlab: a booted lab (device server, QEMU, guest agent)")
     group.addoption("--msixlab-flavor", default=None, metavar="NAME",
                     help="kernel flavor of the image "
@@ -57,6 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``msixlab_fresh_lab`` marker and check the options (a bad one stops pytest)."""
     config.addinivalue_line("markers", "msixlab_fresh_lab: run this test on a freshly booted "
                                        "msixlab lab")
     config.stash[_OPTIONS] = _options(config)      # a bad option stops pytest here
@@ -144,6 +146,8 @@ def msixlab_qemu(msixlab_lab):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Fail a test during which the guest kernel reported a splat, attaching the console from
+    there on; on any failure, name where the lab's artifacts are."""
     report = yield
     shared = item.stash.get(_LAB, None)
     if shared is None or call.when != "call":
@@ -164,6 +168,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
+    """The header line: flavor, vectors, CPUs, and whether each test gets a fresh lab."""
     flavor = config.getoption("msixlab_flavor") or os.environ.get("KERNEL_FLAVOR") or "default"
     return (f"msixlab: flavor {flavor}, {config.getoption('msixlab_vectors')} vectors, "
             f"{config.getoption('msixlab_cpus')} CPUs"

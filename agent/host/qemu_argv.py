@@ -24,6 +24,7 @@ def escape(value: object) -> str:
 
 @dataclass(frozen=True)
 class Share:
+    """A host directory shared with the guest over 9p under ``tag`` (read-only unless told)."""
     tag: str
     path: Path
     readonly: bool = True
@@ -31,6 +32,11 @@ class Share:
 
 @dataclass(frozen=True)
 class GuestSpec:
+    """Everything one QEMU boot needs: the QEMU argv prefix, kernel, initramfs, console log,
+    QMP socket, 9p shares, the guest's mode, accelerator, CPUs, memory in MiB, the NICs'
+    vfio-user sockets, the agent's socket, the driver to load, extra kernel arguments, QEMU
+    trace patterns and their log, an interactive console, the intel-iommu, and extra QEMU
+    arguments."""
     qemu: list[str]                  # argv prefix running the image's QEMU
     kernel: Path
     initramfs: Path
@@ -53,6 +59,9 @@ class GuestSpec:
 
 
 def kernel_cmdline(spec: GuestSpec) -> str:
+    """The guest kernel's command line for ``spec``: serial console, ``panic=-1`` (reboot at
+    once, which ``-no-reboot`` turns into QEMU exiting), the msixlab mode and driver,
+    ``intel_iommu=on`` with the IOMMU, then ``spec.append``."""
     # loglevel=5: messages up to KERN_WARNING reach the console, so a WARN's "WARNING:"
     # line (KERN_WARNING) is there for the console watcher, not only in dmesg.
     # no_timer_check: on a loaded host a TCG guest can fail the IO-APIC timer check and
@@ -131,6 +140,8 @@ def _machine(spec: GuestSpec) -> str:
 
 
 def build_argv(spec: GuestSpec) -> list[str]:
+    """QEMU's argv for ``spec``: an argv list (never a shell string), option values escaped for
+    QEMU."""
     mem = f"{spec.memory_mb}M"
     argv = list(spec.qemu) + [
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

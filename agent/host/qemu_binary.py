@@ -23,11 +23,13 @@ PROBE_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class QemuBinary:
+    """A QEMU binary that passed the checks, and its version."""
     path: Path
     version: str
 
     @property
     def argv(self) -> list[str]:
+        """The argv prefix that runs it."""
         return [str(self.path)]
 
 

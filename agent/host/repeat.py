@@ -50,6 +50,8 @@ def _verdict_of(run_dir: Path | None) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat summary of ``runs``: each run, the overall exit code, whether they disagreed
+    (``flaky``), and how many ended with each code."""
     codes = [r["exit_code"] for r in runs]
     failed_sets = {tuple(sorted(r.get("failed") or ())) for r in runs}
     return {"repeat": len(runs), "runs": runs, "exit_code": overall_exit(codes),

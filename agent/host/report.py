@@ -73,6 +73,8 @@ class ReportError(HostError, ValueError):
 
 @dataclass(frozen=True)
 class ExitStatus:
+    """The exit code a set of check results means, the failed checks (``name[index]``) and a
+    message."""
     code: int
     failed: tuple[str, ...]  # "name[index]" of each failed check
     message: str
@@ -104,6 +106,8 @@ def exit_status(results: Iterable[CheckResult]) -> ExitStatus:
 # --- routing.json ----------------------------------------------------------------------
 
 def checks_summary(results: Iterable[CheckResult]) -> dict[str, Any]:
+    """routing.json's ``checks`` summary: totals per verdict, per check, the failures and the
+    exit code."""
     results = list(results)
     totals = Counter(str(r.verdict) for r in results)
     by_check: dict[str, Counter] = {}
@@ -181,6 +185,8 @@ def snapshot_from_document(document: Mapping[str, Any]) -> tuple[ApicMap, Snapsh
 
 
 def read_routing_json(path: Path) -> tuple[ApicMap, Snapshot]:
+    """The APIC map and snapshot of the routing.json at ``path``; ``ReportError`` if it is not
+    JSON or not that schema."""
     with open(path, encoding="utf-8") as src:
         try:
             document = json.load(src)

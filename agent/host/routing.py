@@ -67,17 +67,22 @@ class RoutingViewError(HostError, ValueError):
 
 
 class MsiFormat(enum.StrEnum):
+    """How an MSI message is to be read: compatibility format, remappable (an IRTE handle), or
+    not an MSI at all."""
     COMPAT = "compat"  # destination and vector in the message itself
     REMAPPABLE = "remappable"  # an IRTE handle: destination and vector in the IOMMU
     NOT_MSI = "not_msi"  # address_lo is not 0xFEExxxxx (e.g. a cleared entry)
 
 
 class DestMode(enum.StrEnum):
+    """The destination mode bit of a compatibility-format address: physical or logical APIC ID."""
     PHYSICAL = "physical"
     LOGICAL = "logical"
 
 
 class DeliveryMode(enum.IntEnum):
+    """The delivery mode field of the MSI data word (fixed, lowest priority, SMI, NMI, INIT,
+    ExtINT)."""
     FIXED = 0
     LOWPRIO = 1
     SMI = 2
@@ -87,11 +92,13 @@ class DeliveryMode(enum.IntEnum):
 
 
 class Trigger(enum.StrEnum):
+    """The trigger mode bit of the MSI data word."""
     EDGE = "edge"
     LEVEL = "level"
 
 
 class Verdict(enum.StrEnum):
+    """A check's result on one vector: pass, fail, or skip (does not apply, or views missing)."""
     PASS = "pass"
     FAIL = "fail"
     SKIP = "skip"  # the check does not apply, or the views needed are missing
@@ -117,20 +124,24 @@ class CheckResult:
         return f"{self.step + '/' if self.step else ''}{self.name}{where}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as routing.json holds it: name, index, verdict, summary, evidence, step."""
         return {"name": self.name, "index": self.index, "verdict": str(self.verdict),
                 "summary": self.summary, "evidence": dict(self.evidence), "step": self.step}
 
 
 @dataclass(frozen=True)
 class MsiMessage:
+    """One MSI message: the three 32-bit words (address low, address high, data)."""
     address_lo: int
     address_hi: int
     data: int
 
     def to_dict(self) -> dict[str, int]:
+        """The words as integers, by name."""
         return {name: getattr(self, name) for name in MSG_FIELDS}
 
     def to_hex(self) -> dict[str, str]:
+        """The words as ``0x%08x`` strings, by name."""
         return {name: f"{getattr(self, name):#010x}" for name in MSG_FIELDS}
 
 
@@ -145,10 +156,12 @@ class TableEntry:
 
     @property
     def message(self) -> MsiMessage:
+        """The entry's message words, without vector control."""
         return MsiMessage(self.address_lo, self.address_hi, self.data)
 
     @property
     def masked(self) -> bool:
+        """Whether the entry's vector control has the mask bit set."""
         return bool(self.ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT)
 
     @property
@@ -157,9 +170,11 @@ class TableEntry:
         return self.address_lo == 0 and self.address_hi == 0 and self.data == 0
 
     def to_dict(self) -> dict[str, int]:
+        """The four words as integers, by name."""
         return {name: getattr(self, name) for name in TABLE_FIELDS}
 
     def to_hex(self) -> dict[str, str]:
+        """The four words as ``0x%08x`` strings, by name."""
         return {name: f"{getattr(self, name):#010x}" for name in TABLE_FIELDS}
 
 
@@ -178,6 +193,7 @@ class Affinity:
         return self.mask if self.requested is None else self.requested
 
     def to_dict(self) -> dict[str, list[int] | None]:
+        """The three CPU lists (``requested`` is ``None`` when nothing was asked)."""
         return {"requested": None if self.requested is None else list(self.requested),
                 "mask": list(self.mask), "effective": list(self.effective)}
 
@@ -193,9 +209,12 @@ class GuestView:
 
     @property
     def total(self) -> int:
+        """Interrupts the guest counted on this vector, all CPUs."""
         return sum(self.counts)
 
     def to_dict(self) -> dict[str, Any]:
+        """The guest's view as routing.json holds it: cached message, table entry, affinity,
+        per-CPU counts."""
         return {"msg": self.msg.to_dict(), "table": self.table.to_dict(),
                 "affinity": self.affinity.to_dict(), "counts": list(self.counts)}
 
@@ -210,6 +229,8 @@ class DeviceView:
     pending: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """The device's view as routing.json holds it: eventfd assigned, raised, delivered,
+        pending."""
         return {"eventfd": self.eventfd, "raised": self.raised,
                 "delivered": self.delivered, "pending": self.pending}
 
@@ -231,6 +252,8 @@ class DecodedMsi:
     irte_present: bool | None = None  # remappable: the IRTE was read (and is present)
 
     def to_dict(self) -> dict[str, Any]:
+        """The decoding as routing.json holds it (``irte_present`` only for remappable
+        messages)."""
         extra = {} if self.format is not MsiFormat.REMAPPABLE else {
             "irte_present": self.irte_present}
         return extra | {
@@ -287,6 +310,7 @@ class ApicMap:
 
     @classmethod
     def identity(cls) -> ApicMap:
+        """The map that takes APIC ID n to CPU n (the default)."""
         return cls(None)
 
     @classmethod
@@ -300,6 +324,7 @@ class ApicMap:
         return cls(pairs)
 
     def cpu_for(self, apic_id: int) -> int | None:
+        """The CPU whose APIC ID is ``apic_id``, or ``None`` if no CPU has it."""
         if self.pairs is None:
             return apic_id
         for cpu, apic in self.pairs:
@@ -395,11 +420,17 @@ def _sub(raw: Mapping[str, Any], key: str, view: str, index: int | None) -> Mapp
 
 def table_entry_from_dict(raw: Mapping[str, Any], view: str = "qemu",
                           index: int | None = None) -> TableEntry:
+    """A ``TableEntry`` from the raw dict of ``view`` (``qemu`` or ``guest``) for vector
+    ``index``; a missing, non-integer or negative word raises ``RoutingViewError`` naming the
+    view, the index and the field."""
     return TableEntry(*(_int(raw, name, view, index) for name in TABLE_FIELDS))
 
 
 def message_from_dict(raw: Mapping[str, Any], view: str = "guest",
                       index: int | None = None) -> MsiMessage:
+    """An ``MsiMessage`` from the raw dict of ``view`` for vector ``index``; a missing,
+    non-integer or negative word raises ``RoutingViewError`` naming the view, index and
+    field."""
     return MsiMessage(*(_int(raw, name, view, index) for name in MSG_FIELDS))
 
 
@@ -447,9 +478,12 @@ class RoutingRecord:
 
     @property
     def allocated(self) -> bool:
+        """Whether the guest has this vector allocated (it has a guest view)."""
         return self.guest is not None
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as routing.json holds it: index, group, IRQ, the three views, the
+        decoding, the checks."""
         def opt(view):
             return None if view is None else view.to_dict()
         return {"index": self.index, "group": self.group, "irq": self.irq,
@@ -496,12 +530,14 @@ class Snapshot:
     records: tuple[RoutingRecord, ...]
 
     def get(self, index: int) -> RoutingRecord | None:
+        """The record of table index ``index``, or ``None``."""
         for record in self.records:
             if record.index == index:
                 return record
         return None
 
     def allocated(self) -> tuple[RoutingRecord, ...]:
+        """The records of the vectors the guest has allocated."""
         return tuple(record for record in self.records if record.allocated)
 
     def with_checks(self, results: Iterable[CheckResult]) -> Snapshot:
@@ -518,6 +554,7 @@ class Snapshot:
             for record in self.records))
 
     def results(self) -> tuple[CheckResult, ...]:
+        """Every check result of every record, in record order."""
         return tuple(result for record in self.records for result in record.checks)
 
 

@@ -110,6 +110,7 @@ class Scenario:
                 self.say(f"[red]FAIL[/] {escape(result.label)}: {escape(result.summary)}")
 
     def failed(self) -> bool:
+        """Whether any check so far has failed."""
         return any(r.verdict is Verdict.FAIL for r in self.results)
 
     def not_judged(self) -> list[CheckResult]:
@@ -125,6 +126,7 @@ class Scenario:
 
     # --- the guest's views --------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        """The three views of every vector now (``Lab.snapshot``)."""
         return self.lab.snapshot()
 
     def _counts(self, snap: Snapshot) -> dict[int, int]:
@@ -189,6 +191,11 @@ class Scenario:
 
     # --- running ---------------------------------------------------------------------------
     def run(self) -> Snapshot:
+        """Run the ``PLAN``'s steps in order and return the last snapshot with every check
+        result.  The first step with a failed check ends the run (``stopped_at``); after a
+        full run every declared check that never ran is added as a failure.  Each step's wall
+        time goes to ``steps``.  Raises ``HostError`` for a table under ``MIN_TABLE``
+        vectors; errors of the lab (a splat, a dead guest) propagate."""
         size = self.lab.device_command("state")["msix"]["table_size"]
         if size < MIN_TABLE:
             raise HostError(f"the default scenario needs a table of at least {MIN_TABLE} "
@@ -216,6 +223,8 @@ class Scenario:
 
     # --- the steps -------------------------------------------------------------------------
     def step_pending_before_alloc(self) -> Snapshot:
+        """Step ``pending-before-alloc``: raise index E while nothing owns it; the device must
+        hold it (PBA bit)."""
         self.early = self.ledger.table_size - 4
         self._device_raise([self.early])
         self.pending_snap = self.snapshot()
@@ -226,6 +235,8 @@ class Scenario:
         return self.pending_snap
 
     def step_alloc(self) -> Snapshot:
+        """Step ``alloc``: allocate groups A, B (on the last CPU), C (from E, which must get its
+        held raise once) and D; each exactly as asked, with a fresh group id."""
         last_cpu = self.lab.cpus - 1
         self.a = self._alloc("A", min=4, max=4)
         self.b = self._alloc("B", min=2, max=2, cpu=last_cpu)
@@ -262,12 +273,18 @@ class Scenario:
         return self._account(after)
 
     def step_raise_device(self) -> Snapshot:
+        """Step ``raise-device``: raise every live vector from the device; each counted once,
+        on its CPU."""
         return self._raise_all(doorbell=False)
 
     def step_raise_doorbell(self) -> Snapshot:
+        """Step ``raise-doorbell``: raise every live vector through the ICS doorbell; each
+        counted once, on its CPU."""
         return self._raise_all(doorbell=True)
 
     def step_function_mask(self) -> Snapshot:
+        """Step ``function-mask``: with MASKALL set a raise is held pending and nothing is
+        counted; once cleared it is counted exactly once."""
         index = self.a.indices[0]
         self.lab.agent("function_mask", masked=True)
         self.ledger.function_mask(True)
@@ -331,6 +348,8 @@ class Scenario:
         return self._account(after)
 
     def step_free_and_reuse(self) -> Snapshot:
+        """Step ``free-and-reuse``: free B and raise its indices (held behind the mask); a group
+        of B's size reuses them and gets each held raise exactly once."""
         freed = list(self.b.indices)
         self._free("B", self.b)
         before = self.snapshot()
@@ -351,6 +370,9 @@ class Scenario:
         return self._account(snap)
 
     def step_exhaustion(self) -> Snapshot:
+        """Step ``exhaustion``: groups of 8 until ENOSPC (which must leave the table as it
+        was), the rest taken, everything freed, then group F (4 on the last CPU) allocated
+        and raised."""
         labels, size = [], self.ledger.table_size
         while len(self.ledger.live()) + 8 <= size:
             labels.append(self._alloc(f"X{len(labels)}", min=8, max=8))
@@ -401,6 +423,8 @@ class Scenario:
                            {"changed": changed} if changed else {})
 
     def step_final(self) -> Snapshot:
+        """Step ``final``: the kernel's sysfs/procfs view of every vector agrees with the
+        driver's."""
         snap = self.snapshot()
         for record in snap.allocated():
             self._add(checks.kernel_irq_view_agrees(record, self.lab.agent("irq_sysfs",

@@ -31,6 +31,7 @@ from .outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
 
 log = logging.getLogger(__name__)
 
+
 def describe_exit(code: int) -> str:
     """'exit status 3' or 'killed by SIGSEGV'."""
     if code < 0:
@@ -39,6 +40,7 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
 
 class EventLogTail:
     """Reads the device's event log (JSON lines) incrementally for error replies."""
@@ -69,18 +71,25 @@ class EventLogTail:
                 found.append(event)
         return found
 
-class Sentinel:
-    """Watches one lab: ``console`` and ``events`` paths, and the two processes as
-    callables returning their exit code or None while they run."""
 
-    def __init__(self, console: Path, events: Path, *, qemu: Callable[[], int | None],
-                 device: Callable[[], int | None], qemu_log: Path, device_log: Path,
-                 splats: bool = True):
+class Sentinel:
+    """Watches one lab: the ``console`` path, QEMU (``qemu``: a callable returning its
+    exit code, None while it runs, and its log) and every device server of the run.
+
+    ``devices``: a callable returning the run's device servers now (one per NIC; the
+    hotplug scenario replaces one by a new process), each with ``name`` (said in the
+    verdict), ``poll()`` (its exit code, None while it runs or before it starts),
+    ``event_log`` (its JSON-lines event log, read for error replies; a restarted server
+    appends to its predecessor's, which is read on from where it was) and ``stderr_log``
+    (quoted when it dies).  ``agent.host.device_server.DeviceServer`` is one."""
+
+    def __init__(self, console: Path, *, qemu: Callable[[], int | None], qemu_log: Path,
+                 devices: Callable[[], list], splats: bool = True):
         self.console = ConsoleWatch(console)
         self.splats = splats          # False: a kernel report does not end the run
-        self.events = EventLogTail(events)
-        self._qemu, self._device = qemu, device
-        self._qemu_log, self._device_log = qemu_log, device_log
+        self._devices = devices
+        self._tails: dict[Path, EventLogTail] = {}
+        self._qemu, self._qemu_log = qemu, qemu_log
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,6 +97,7 @@ class Sentinel:
 
     @property
     def kernel_started(self) -> bool:
+        """Whether the console shows the guest kernel has started."""
         return self.console.kernel_started
 
     def check(self) -> Exception | None:
@@ -103,19 +113,26 @@ class Sentinel:
         splat = self.console.poll()
         if splat is not None and self.splats:
             return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
-        device = self._device()
-        if device is not None:
-            return CouldNotJudge(Outcome.PROCESS_FAILED,
-                                 f"the device server died ({describe_exit(device)})",
-                                 process="device server", exit=describe_exit(device),
-                                 log=str(self._device_log), last_lines=tail(self._device_log, 8))
-        errors = self.events.errors()
-        if errors:
-            first = errors[0]
-            return CouldNotJudge(Outcome.DEVICE_FAULT,
-                                 f"the device answered QEMU's {first.get('cmd')} (message "
-                                 f"{first.get('id')}) with errno {first.get('error')}",
-                                 replies=errors[:5])
+        devices = self._devices()
+        for device in devices:
+            code = device.poll()
+            if code is not None:
+                return CouldNotJudge(Outcome.PROCESS_FAILED,
+                                     f"{device.name} died ({describe_exit(code)})",
+                                     process=device.name, exit=describe_exit(code),
+                                     log=str(device.stderr_log),
+                                     last_lines=tail(device.stderr_log, 8))
+        for device in devices:
+            events = self._tails.setdefault(Path(device.event_log),
+                                            EventLogTail(Path(device.event_log)))
+            errors = events.errors()
+            if errors:
+                first = errors[0]
+                return CouldNotJudge(Outcome.DEVICE_FAULT,
+                                     f"{device.name} answered QEMU's {first.get('cmd')} "
+                                     f"(message {first.get('id')}) with errno "
+                                     f"{first.get('error')}",
+                                     process=device.name, replies=errors[:5])
         qemu = self._qemu()
         if qemu is not None:
             return self._qemu_ended(qemu)
@@ -135,6 +152,8 @@ class Sentinel:
                              last_lines=tail(self._qemu_log, 8))
 
     def start(self, on_end: Callable[[Exception], None], interval: float = 0.1) -> None:
+        """Run ``check()`` every ``interval`` seconds in a daemon thread; call ``on_end`` once,
+        from that thread, with the first ending found, then stop watching."""
         def run() -> None:
             while not self._stop.wait(interval):
                 ending = self.check()
@@ -145,6 +164,7 @@ class Sentinel:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the watching thread and wait for it, at most 5 s (not when called from it)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)

@@ -44,6 +44,7 @@ RUN_ID_BYTES = 6            # 48 random bits: a collision is a one in 2**48 even
 
 
 def new_run_id(prefix: str = "run") -> str:
+    """A new run id: ``prefix``, the local time and 48 random bits in hex."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(RUN_ID_BYTES)}"
 
 
@@ -109,6 +110,8 @@ def clean_stale_runtime_dirs(root: Path | None = None) -> list[Path]:
 
 @dataclass
 class RunDirs:
+    """A run's two directories: ``results`` (kept) and ``runtime`` (private, for sockets,
+    removed at the end)."""
     run_id: str
     results: Path    # kept: results/<run-id>/
     runtime: Path    # private, removed at the end
@@ -137,6 +140,7 @@ class RunDirs:
         return cls(run_id, results, runtime)
 
     def cleanup(self) -> None:
+        """Remove the runtime directory (errors ignored); the results stay."""
         shutil.rmtree(self.runtime, ignore_errors=True)
 
     def __enter__(self) -> "RunDirs":
@@ -152,6 +156,10 @@ def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mo
                agent: bool = False, trace: tuple[str, ...] = (),
                append: tuple[str, ...] = (), interactive: bool = False,
                iommu: bool = False, qemu: list[str] | None = None) -> GuestSpec:
+    """The ``GuestSpec`` of one boot of ``kernel`` from ``image`` with ``dirs``' console log and
+    sockets: the rootfs and the project shared over 9p (and ``kmod_dir`` when the driver is
+    to be loaded), the agent's socket if ``agent``, and the image's QEMU unless ``qemu`` is
+    given.  Builds the kernel's initramfs if it is not cached."""
     kernel = as_kernel(image, kernel)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", PROJECT_DIR)]
     if kmod_dir is not None:

@@ -25,7 +25,7 @@ from .dry_run import commands as dry_run_commands
 from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod
 from .qemu_argv import build_argv
-from .session import RunDirs, guest_spec
+from .session import PROJECT_DIR, RunDirs, guest_spec
 
 
 def shell_session(image: Image, kernel: KernelUnderTest | str, results_root: Path,
@@ -55,6 +55,7 @@ def _session(image, kernel, results_root, console, accel, vectors, cpus, nic, km
         module = None
         if kmod:
             module = ensure_kmod(image, kernel, run_dir=dirs.results)
+        image.prepare_guest_bytecode(PROJECT_DIR)
         spec = guest_spec(image, kernel, dirs, mode="shell", accel=accel, cpus=cpus, qemu=qemu,
                           nic_sockets=(device.socket_path,) if nic else (),
                           kmod_dir=module, interactive=True, iommu=iommu)

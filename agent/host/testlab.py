@@ -68,6 +68,9 @@ class GuestClient:
         self._lab = lab
 
     def request(self, cmd: str, /, *, timeout: float = 30.0, **args: Any) -> Any:
+        """Send agent command ``cmd`` with ``args`` and return its result, waiting at most
+        ``timeout`` seconds (``WaitTimeout``).  An error reply raises ``CommandError`` (peer
+        ``guest``) with the errno, code and message."""
         reply = self._lab.agent_client.request({"cmd": cmd, "args": args}, timeout)
         if reply.get("ok"):
             return reply.get("result")
@@ -84,6 +87,9 @@ class DeviceClient:
         self._lab = lab
 
     def request(self, cmd: str, /, *, timeout: float = 10.0, **fields: Any) -> Any:
+        """Send control command ``cmd`` with ``fields`` to NIC 0's device server and return its
+        result, waiting at most ``timeout`` seconds (``WaitTimeout``).  An error reply raises
+        ``CommandError`` (peer ``device``)."""
         reply = self._lab.device.control.request({"cmd": cmd, **fields}, timeout)
         if reply.get("ok"):
             return reply.get("result")
@@ -101,9 +107,12 @@ class QemuClient:
         self._lab = lab
 
     def qmp(self, command: str, **args: Any) -> Any:
+        """Run one QMP command; its return value (``HostError`` if it fails, ``WaitTimeout`` if
+        QEMU does not answer)."""
         return self._lab.machine.qmp(command, **args)
 
     def hmp(self, command_line: str) -> str:
+        """Run an HMP command line; its text output."""
         return self._lab.machine.hmp(command_line)
 
     def table(self) -> dict[int, dict]:
@@ -111,11 +120,15 @@ class QemuClient:
         return self._lab.qemu_table()
 
     def entry(self, index: int) -> dict:
+        """MSI-X table entry ``index`` as QEMU holds it (``KeyError`` outside the table)."""
         return self.table()[index]
 
 
 @dataclass(frozen=True)
 class LabOptions:
+    """What lab to boot: a kernel ``flavor``, or a ``kernel_tree``, or a prebuilt ``kernel``
+    with its module build dir ``kdir``; another ``qemu`` binary; ``vectors``, ``cpus`` and
+    ``accel``.  Checked by ``check()`` before anything starts."""
     flavor: str = "default"
     vectors: int = 64
     cpus: int = 2
@@ -213,6 +226,7 @@ class SharedLab:
                  lab.timings.get("boot_to_agent_s", 0.0), dirs.results)
 
     def stop(self) -> None:
+        """Stop the lab, if booted, and remove its directories; the next use boots a fresh one."""
         lab, dirs, self.lab, self.dirs, self.watch = self.lab, self.dirs, None, None, None
         try:
             if lab is not None:
@@ -222,6 +236,7 @@ class SharedLab:
                 dirs.cleanup()
 
     def reboot(self, reason: str) -> None:
+        """Stop the lab and boot a fresh one with the same options, recording ``reason``."""
         log.warning("%s: rebooting the lab: %s", self.name, reason)
         self.reboot_reasons.append(reason)
         self.stop()
@@ -235,14 +250,17 @@ class SharedLab:
 
     @property
     def guest(self) -> GuestClient:
+        """The guest agent's client (boots the lab on first use)."""
         return GuestClient(self._booted())
 
     @property
     def device(self) -> DeviceClient:
+        """NIC 0's device control client (boots the lab on first use)."""
         return DeviceClient(self._booted())
 
     @property
     def qemu(self) -> QemuClient:
+        """QEMU's client (boots the lab on first use)."""
         return QemuClient(self._booted())
 
     @property

@@ -120,15 +120,23 @@ class ConfigSpace:
     # -- access -----------------------------------------------------------------------
     @staticmethod
     def check(offset: int, count: int) -> None:
+        """Raise ``DeviceError`` (EINVAL) unless ``count`` > 0 bytes at ``offset`` lie inside
+        the 4 KiB space."""
         if count == 0 or offset >= CONFIG_SIZE or offset + count > CONFIG_SIZE:
             raise DeviceError(f"config access {offset:#x}+{count} out of range",
                               errno=errno.EINVAL)
 
     def read(self, offset: int, count: int) -> bytes:
+        """``count`` bytes at ``offset``; a range outside the space raises ``DeviceError``
+        (EINVAL)."""
         self.check(offset, count)
         return bytes(self.data[offset:offset + count])
 
     def write(self, offset: int, value: bytes) -> None:
+        """Write ``value`` at ``offset`` through the masks: only RW bits change, RW1C bits
+        where ``value`` has 1s are cleared, the rest stays.  A write touching MSI-X Message
+        Control calls the MSI-X listener with the new enable and function-mask bits.  Out of
+        range raises ``DeviceError`` (EINVAL)."""
         count = len(value)
         self.check(offset, count)
         end = offset + count
@@ -142,6 +150,7 @@ class ConfigSpace:
             self.msix_listener(*self.msix_control())
 
     def word(self, offset: int) -> int:
+        """The little-endian 16-bit value at ``offset`` (no range check)."""
         return int.from_bytes(self.data[offset:offset + 2], "little")
 
     def msix_control(self) -> tuple[bool, bool]:
@@ -151,4 +160,5 @@ class ConfigSpace:
 
     @property
     def bus_master(self) -> bool:
+        """Whether the Command register's Bus Master Enable bit is set."""
         return bool(self.word(PCI_COMMAND) & PCI_COMMAND_MASTER)

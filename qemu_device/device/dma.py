@@ -34,6 +34,8 @@ _IOVA_LIMIT = 1 << 64
 
 @dataclass
 class DmaRegion:
+    """One DMA map: ``size`` bytes at ``iova`` with DMA_MAP ``flags`` (READ/WRITE), and
+    the window onto the client's fd at ``fd_offset`` (``None`` when mapped without an fd)."""
     iova: int
     size: int
     flags: int
@@ -42,9 +44,11 @@ class DmaRegion:
 
     @property
     def end(self) -> int:
+        """The first IOVA after the region."""
         return self.iova + self.size
 
     def to_json(self) -> dict:
+        """The region for the control channel's state: iova, size, flags, offset, mapped."""
         return {"iova": self.iova, "size": self.size, "flags": self.flags,
                 "offset": self.fd_offset, "mapped": self.mem is not None}
 
@@ -65,6 +69,7 @@ class DmaMap:
         return len(self._regions)
 
     def regions(self) -> list[DmaRegion]:
+        """A copy of the current regions, in IOVA order."""
         return list(self._regions)
 
     def add(self, iova: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRegion:
@@ -105,6 +110,8 @@ class DmaMap:
                                   f"{r.iova:#x}+{r.size:#x}", errno=errno.EEXIST)
 
     def remove(self, iova: int, size: int) -> DmaRegion:
+        """Unmap the region that starts at ``iova`` and is exactly ``size`` bytes, close its
+        window and return it; anything else raises ``DeviceError`` (ENOENT)."""
         i = bisect.bisect_left(self._starts, iova)
         if i == len(self._starts) or self._starts[i] != iova or self._regions[i].size != size:
             raise DeviceError(f"no DMA map {iova:#x}+{size:#x}", errno=errno.ENOENT)
@@ -115,6 +122,7 @@ class DmaMap:
         return region
 
     def clear(self) -> int:
+        """Unmap every region (closing their windows) and return how many there were."""
         n = len(self._regions)
         for r in self._regions:
             self._release(r)
@@ -151,10 +159,16 @@ class DmaMap:
             i += 1
 
     def read(self, iova: int, length: int) -> bytes:
+        """``length`` bytes at ``iova``, possibly across adjacent regions.  Raises
+        ``DeviceError``: EFAULT if any byte is unmapped or mapped without an fd, EPERM
+        without READ permission."""
         pieces = list(self._pieces(iova, length, _READ))
         return b"".join(r.mem[o:o + n] for r, o, n in pieces)
 
     def write(self, iova: int, data: bytes) -> None:
+        """Write ``data`` at ``iova``, possibly across adjacent regions.  Every piece is checked
+        before the first byte is written; raises ``DeviceError`` (EFAULT unmapped or no fd,
+        EPERM without WRITE permission)."""
         pieces = list(self._pieces(iova, len(data), _WRITE))
         pos = 0
         for r, o, n in pieces:

@@ -47,6 +47,9 @@ def pba_size(vectors: int) -> int:
 
 @dataclass(frozen=True)
 class MsixLayout:
+    """Where the MSI-X table and PBA live: ``vectors`` entries, the table at
+    ``table_offset`` in BAR ``table_bar``, the PBA at ``pba_offset`` in BAR ``pba_bar``
+    (offsets in bytes)."""
     vectors: int = 64
     table_bar: int = 2
     table_offset: int = 0
@@ -55,10 +58,12 @@ class MsixLayout:
 
     @property
     def table_size(self) -> int:
+        """Bytes of the MSI-X table (16 per vector)."""
         return self.vectors * ENTRY_SIZE
 
     @property
     def pba_size(self) -> int:
+        """Bytes of the PBA (one bit per vector, in whole 64-bit words)."""
         return pba_size(self.vectors)
 
     def extents(self) -> list[tuple[int, int, int, str]]:
@@ -90,6 +95,8 @@ class MsixLayout:
 
 
 class Outcome(enum.Enum):
+    """What became of one raise: delivered (eventfd signalled), pending (PBA bit set),
+    dropped or delayed (by an armed fault), or out of range (no such vector)."""
     DELIVERED = "delivered"
     PENDING = "pending"
     DROPPED = "dropped"
@@ -183,6 +190,7 @@ class MsixState:
         return True
 
     def is_pending(self, v: int) -> bool:
+        """Whether vector ``v``'s PBA bit is set."""
         return bool(self.pending[v >> 3] & (1 << (v & 7)))
 
     def flush_pending(self, vectors: Iterable[int] | None = None) -> list[int]:
@@ -202,6 +210,7 @@ class MsixState:
 
     # -- eventfds (SET_IRQS ACTION_TRIGGER) ----------------------------------------------
     def check_range(self, start: int, count: int) -> None:
+        """Raise ``DeviceError`` (EINVAL) unless vectors ``start`` .. ``start+count-1`` exist."""
         if start + count > self.n or count < 0 or start < 0:
             raise DeviceError(f"MSI-X vectors {start}+{count} beyond {self.n}",
                               errno=errno.EINVAL)
@@ -218,6 +227,9 @@ class MsixState:
         self.flush_pending(range(start, start + len(fds)))
 
     def deassign(self, start: int, count: int) -> None:
+        """Drop the eventfds of vectors ``start`` .. ``start+count-1``, closing each through
+        the port; vectors without one are left alone.  Out of range raises ``DeviceError``
+        (EINVAL).  Mask bits and pending bits are kept."""
         self.check_range(start, count)
         for v in range(start, start + count):
             old = self.eventfds[v]
@@ -227,6 +239,7 @@ class MsixState:
                 self._emit("eventfd_deassign", v)
 
     def deassign_all(self) -> None:
+        """Drop every vector's eventfd (see ``deassign``)."""
         self.deassign(0, self.n)
 
     def disable_all(self) -> None:
@@ -267,6 +280,8 @@ class MsixState:
 
     # -- function enable / mask (config writes) ---------------------------------------
     def set_control(self, enabled: bool, function_mask: bool) -> None:
+        """Take the MSI-X enable and function-mask bits from Message Control; on a change,
+        emit ``msix_control`` and deliver whatever pending interrupts may now go."""
         changed = (enabled, function_mask) != (self.enabled, self.function_mask)
         self.enabled, self.function_mask = enabled, function_mask
         if changed:
@@ -275,17 +290,21 @@ class MsixState:
 
     # -- table and PBA as BAR contents --------------------------------------------------
     def reset_table(self) -> None:
+        """Zero the table copy with every entry's mask bit set (the reset value)."""
         self.table[:] = bytes(len(self.table))
         for v in range(self.n):
             self.table[v * ENTRY_SIZE + 12] = PCI_MSIX_ENTRY_CTRL_MASKBIT
 
     def read_table(self, offset: int, count: int) -> bytes:
+        """``count`` bytes of the table copy at ``offset`` (informational; never consulted)."""
         return bytes(self.table[offset:offset + count])
 
     def write_table(self, offset: int, data: bytes) -> None:
+        """Store ``data`` in the table copy at ``offset`` (informational; never consulted)."""
         self.table[offset:offset + len(data)] = data
 
     def read_pba(self, offset: int, count: int) -> bytes:
+        """``count`` bytes of the PBA at ``offset``."""
         return bytes(self.pending[offset:offset + count])
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -299,6 +318,7 @@ class MsixState:
         self.reset_table()
 
     def reset_counters(self) -> None:
+        """Zero the raised, delivered and dropped counters and the error counts."""
         self.raised = [0] * self.n
         self.delivered = [0] * self.n
         self.dropped = [0] * self.n
@@ -306,6 +326,8 @@ class MsixState:
             self.errors[k] = 0
 
     def vector_state(self, v: int) -> dict:
+        """Vector ``v`` for the control channel's state: index, whether it has an eventfd,
+        masked, raised, delivered, pending, dropped."""
         return {"index": v, "eventfd": self.eventfds[v] is not None,
                 "masked": bool(self.masked[v]), "raised": self.raised[v],
                 "delivered": self.delivered[v], "pending": self.is_pending(v),

@@ -67,6 +67,8 @@ class NicRegisters:
         self._simple = self._simple_table()
 
     def reset(self) -> None:
+        """The device-reset values: scratch, error count, last vector and the IVAR table
+        cleared."""
         self.scratch = 0
         self.errors = 0
         self.last_vector = 0
@@ -74,6 +76,7 @@ class NicRegisters:
 
     # -- dword level ------------------------------------------------------------------
     def read32(self, off: int) -> int:
+        """The dword register at ``off`` (a multiple of 4); unknown offsets read 0."""
         if off < 0x30:
             fn = self._simple.get(off)
             return fn() if fn is not None else 0
@@ -127,6 +130,10 @@ class NicRegisters:
             self.ivar[(off - REG_IVAR) >> 2] = value & (IVAR_VALID | IVAR_VECTOR_MASK)
 
     def doorbell(self, vector: int, source: str) -> None:
+        """Raise ``vector`` on behalf of ``source`` (``ics`` or ``queueN``) and remember it as
+        the last vector.  A vector in the table counts in IRQ_TOTAL; one beyond it counts as
+        a register error (the raise is still passed on and counted out of range by the MSI-X
+        state)."""
         self.last_vector = vector
         if vector >= self.msix.n:
             self.errors += 1
@@ -135,6 +142,8 @@ class NicRegisters:
         self.msix.raise_vector(vector, source)
 
     def kick_queue(self, q: int) -> None:
+        """Queue ``q``'s kick doorbell: raise the vector its IVAR entry names, or count a
+        register error when the entry is not valid."""
         entry = self.ivar[q]
         if not entry & IVAR_VALID:
             self.errors += 1
@@ -143,6 +152,7 @@ class NicRegisters:
 
     # -- byte level ---------------------------------------------------------------------
     def read(self, offset: int, count: int) -> bytes:
+        """``count`` bytes at ``offset``, from the dwords that contain them."""
         first = offset & ~3
         last = (offset + count + 3) & ~3
         if count == 4 and first == offset:
@@ -151,6 +161,9 @@ class NicRegisters:
         return raw[offset - first:offset - first + count]
 
     def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``, dword by dword: a partly written dword is merged
+        with its current value; doorbells act only on whole-dword writes (a partial one is
+        counted as an error)."""
         end = offset + len(data)
         o = offset & ~3
         while o < end:

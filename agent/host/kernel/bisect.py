@@ -55,6 +55,7 @@ STOP_GRACE = 60.0
 
 
 class StepVerdict(enum.StrEnum):
+    """What one bisect step says of its commit: good, bad, or skip (could not tell)."""
     GOOD = "good"
     BAD = "bad"
     SKIP = "skip"
@@ -83,6 +84,9 @@ def combine(verdicts: list[StepVerdict]) -> StepVerdict:
 
 @dataclass
 class Step:
+    """One bisect step: the ``commit`` and its ``subject``, its ``verdict``, each run's exit
+    code, the failed checks and reason of the run that decided, build and run seconds, and
+    the directory holding its ``results``."""
     commit: str
     subject: str
     verdict: StepVerdict | None = None
@@ -94,6 +98,7 @@ class Step:
     results: str = ""
 
     def as_json(self) -> dict:
+        """The step as summary.json and step.json hold it (seconds rounded to 0.01)."""
         out = asdict(self)
         out["verdict"] = str(self.verdict) if self.verdict else None
         out["build_seconds"] = round(self.build_seconds, 2)
@@ -150,6 +155,10 @@ def sigterm_interrupts():
 
 
 class Bisect:
+    """One ``msixlab bisect`` of ``tree`` between ``good`` and ``bad``: ``validate()`` checks
+    everything first, then ``run()`` drives ``git bisect``, building each step with ``build``
+    and running the main job ``repeat`` times with ``run_options`` (and ``qemu``).  Results
+    go under ``results_root/bisect-<id>/``; progress lines go to ``say``."""
     def __init__(self, tree: KernelTree, good: str, bad: str, *, results_root: Path,
                  build: BuildFn, repeat: int = 1, run_options: tuple[str, ...] = (),
                  qemu: str | None = None, say: Say = lambda text: log.info("%s", text),
@@ -274,6 +283,9 @@ class Bisect:
 
     # --- one step -----------------------------------------------------------------------
     def step(self, sha: str) -> Step:
+        """Test commit ``sha`` (checked out by git bisect): build it (a build failure is a
+        skip), then run the main job up to ``repeat`` times, stopping at the first bad run.
+        Records the step (step.json, the summary) and returns it."""
         step = Step(sha, self.git.subject(sha))
         step_dir = self.dir / sha
         step_dir.mkdir(exist_ok=True)
@@ -312,6 +324,8 @@ class Bisect:
         return step
 
     def run_argv(self, results: Path) -> list[str]:
+        """The ``msixlab run --kernel-tree`` command of one step's run, results under
+        ``results``."""
         argv = [sys.executable, "-m", "agent.host", "run", "--kernel-tree", str(self.tree.path),
                 "--results", str(results)]
         if self.qemu:
@@ -360,6 +374,8 @@ class Bisect:
 
     # --- the summary --------------------------------------------------------------------
     def summary(self) -> dict:
+        """The bisect so far: id, tree, good, bad, options, every step, ``first_bad``,
+        candidates, seconds."""
         return {
             "id": self.dir.name if self.dir else None, "tree": str(self.tree.path),
             "good": self.good, "bad": self.bad, "repeat": self.repeat,
@@ -371,6 +387,8 @@ class Bisect:
         }
 
     def write_summary(self) -> dict:
+        """Write ``summary()`` to summary.json atomically (temp file, then rename) and return
+        it."""
         summary = self.summary()
         path = self.dir / "summary.json"
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -50,6 +50,7 @@ _ERRORS = (
 
 @dataclass(frozen=True)
 class KernelTree:
+    """A Linux source tree at ``path``, built in place (``KernelTree.at`` checks it is one)."""
     path: Path
 
     @classmethod
@@ -76,13 +77,16 @@ class KernelTree:
 
     @property
     def config_path(self) -> Path:
+        """The tree's ``.config``."""
         return self.path / ".config"
 
     @property
     def bzimage(self) -> Path:
+        """Where the build leaves the bzImage (arch/x86/boot/bzImage)."""
         return self.path / BZIMAGE
 
     def config(self) -> dict[str, str]:
+        """The tree's ``.config`` as options (empty when there is none)."""
         if not self.config_path.is_file():
             return {}
         return kconfig.parse_config(self.config_path.read_text(errors="replace"))
@@ -106,6 +110,8 @@ def first_error(lines: Iterable[str], context: int = 2) -> str:
 
 @dataclass
 class BuildResult:
+    """A finished build: the tree, wall seconds, kbuild progress lines seen, the log,
+    whether configure changed ``.config``, and the warnings of the configure step."""
     tree: KernelTree
     seconds: float
     steps: int                      # kbuild progress lines seen

@@ -28,6 +28,9 @@ from .progress import build_with_progress
 
 
 def cmd_config(args, console: Console) -> int:
+    """``msixlab kernel config [DIR]``: print the fragment, or check DIR's ``.config`` (or a
+    config file) against it, naming every missing or wrong option: 0 when none, 125 when
+    any.  ``KernelTreeError`` when there is no ``.config``."""
     if args.dir is None:
         print(kconfig.FRAGMENT.read_text(), end="")
         return EXIT_PASS
@@ -49,6 +52,8 @@ def cmd_config(args, console: Console) -> int:
 
 
 def cmd_build(args, console: Console) -> int:
+    """``msixlab kernel build DIR``: configure and build the tree with progress, log under
+    ``results/``; 0 when built (a failed build raises ``KernelBuildFailed``)."""
     tree = KernelTree.at(args.dir)
     log_path = Path(args.results) / new_run_id("kernel-build") / "build.log"
     result = build_with_progress(tree, log_path, console, jobs=args.jobs, niceness=args.nice)
@@ -60,6 +65,9 @@ def cmd_build(args, console: Console) -> int:
 
 
 def cmd_bisect(args, console: Console) -> int:
+    """``msixlab bisect``: bisect the tree with the main job and print ``first bad commit:
+    <sha> <subject>`` and its failed checks; 0 when it named one, 125 when it could not
+    (``BisectError`` for a refused tree or revisions)."""
     tree = KernelTree.at(args.kernel_tree)
     options = list(args.run_options)
     if options[:1] == ["--"]:
@@ -85,6 +93,7 @@ def _build_step(tree: KernelTree, log_path: Path, *, console: Console, jobs, nic
 
 
 def add_parsers(sub, console: Console) -> None:
+    """Add the ``kernel`` and ``bisect`` subcommands to the ``msixlab`` parser's ``sub``."""
     def bind(func):
         return lambda args: func(args, console)
 

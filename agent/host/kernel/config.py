@@ -24,12 +24,15 @@ _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 @dataclass(frozen=True)
 class Fragment:
+    """The rig's options: ``required`` (checked), ``preferred`` (merged only), and those that
+    may be modules."""
     required: dict[str, str]
     preferred: dict[str, str]
     module_ok: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def options(self) -> dict[str, str]:
+        """Every option to merge into a build, required and preferred."""
         return {**self.required, **self.preferred}
 
 
@@ -69,6 +72,7 @@ def parse_fragment(text: str) -> Fragment:
 
 
 def load_fragment(path: Path = FRAGMENT) -> Fragment:
+    """The fragment file at ``path`` parsed (``OSError`` if unreadable)."""
     return parse_fragment(path.read_text())
 
 
@@ -83,6 +87,8 @@ def parse_config(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Problem:
+    """One required option a config lacks or sets otherwise: the option, what the rig wants,
+    what it has."""
     option: str
     want: str          # e.g. "y", "y or m"
     have: str | None   # None: the option is not in the config at all

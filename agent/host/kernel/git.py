@@ -18,11 +18,15 @@ GIT_TIMEOUT = 300.0
 
 
 class Git:
+    """git commands on the work tree ``tree``."""
     def __init__(self, tree: Path):
         self.tree = tree
 
     def run(self, *args: str, check: bool = True,
             timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess:
+        """``git -C TREE args...``, at most ``timeout`` seconds, no pager, no prompt.  With
+        ``check`` a non-zero exit raises ``BisectError`` quoting git's last line; a timeout
+        or a missing git is a ``BisectError`` too."""
         argv = ["git", "-C", str(self.tree), *args]
         env = {**os.environ, "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
         try:
@@ -41,6 +45,7 @@ class Git:
         return done
 
     def toplevel(self) -> Path | None:
+        """The top of the work tree holding ``tree``, or ``None`` if it is not in one."""
         done = self.run("rev-parse", "--show-toplevel", check=False)
         return Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
 
@@ -53,16 +58,20 @@ class Git:
         return done.stdout.strip() if done.returncode == 0 else None
 
     def head(self) -> str:
+        """The full sha of HEAD."""
         return self.run("rev-parse", "HEAD").stdout.strip()
 
     def branch(self) -> str | None:
+        """The branch HEAD is on, or ``None`` when HEAD is detached."""
         done = self.run("symbolic-ref", "-q", "--short", "HEAD", check=False)
         return done.stdout.strip() or None
 
     def subject(self, sha: str) -> str:
+        """The subject line of commit ``sha``."""
         return self.run("log", "-1", "--format=%s", sha).stdout.strip()
 
     def is_ancestor(self, older: str, newer: str) -> bool:
+        """Whether ``older`` is an ancestor of ``newer`` (or the same commit)."""
         return self.run("merge-base", "--is-ancestor", older, newer, check=False).returncode == 0
 
     def tracked_changes(self) -> list[str]:
@@ -71,10 +80,12 @@ class Git:
         return [line for line in done.stdout.splitlines() if line.strip()]
 
     def git_path(self, name: str) -> Path:
+        """The path of ``name`` inside the repository's git directory (worktrees included)."""
         path = Path(self.run("rev-parse", "--git-path", name).stdout.strip())
         return path if path.is_absolute() else self.tree / path
 
     def bisecting(self) -> bool:
+        """Whether a git bisect is under way in the tree."""
         return self.git_path("BISECT_START").exists()
 
     def count(self, good: str, bad: str) -> int:

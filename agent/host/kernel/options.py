@@ -26,6 +26,8 @@ from ..qemu_binary import check_qemu
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
+    """Add the kernel-under-test options (``--kernel-tree``, ``--build``, ``--jobs``,
+    ``--kernel``, ``--kdir``) and ``--qemu`` to ``p``."""
     group = p.add_argument_group("kernel under test (default: the image's --flavor)")
     group.add_argument("--kernel-tree", metavar="DIR",
                        help="boot DIR/arch/x86/boot/bzImage, build the driver against DIR")

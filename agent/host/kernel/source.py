@@ -35,6 +35,7 @@ APT_TIMEOUT = 30 * 60
 
 @dataclass(frozen=True)
 class SourcePackage:
+    """A downloaded kernel source package: its name, version and .deb file."""
     name: str
     version: str
     deb: Path
@@ -46,6 +47,7 @@ class SourcePackage:
 
 
 def kernel_cache() -> Path:
+    """Where kernel sources, trees and the private apt configuration are cached."""
     return cache_dir() / "kernel"
 
 
@@ -74,6 +76,8 @@ def apt_argv(root: Path, *args: str) -> list[str]:
 
 
 def write_apt_config(root: Path, mirror: str) -> None:
+    """Write msixlab's own apt configuration under ``root``: the dirs apt needs and a sources
+    list for ``mirror``."""
     for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     signed = f" [signed-by={KEYRING}]" if KEYRING.is_file() else ""
@@ -98,6 +102,8 @@ def _run(argv: list[str], log_path: Path, what: str, cwd: Path | None = None) ->
 
 
 def cached_debs(package: str = PACKAGE) -> list[SourcePackage]:
+    """The .deb files of ``package`` already downloaded, with their versions, sorted by file
+    name."""
     debs = []
     for path in sorted((kernel_cache() / "debs").glob(f"{package}_*_all.deb")):
         version = path.name[len(package) + 1:-len("_all.deb")].replace("%3a", ":")

@@ -48,17 +48,21 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "msixlab", "GIT_AUTHOR_EMAIL": "msixlab@localhost"
 
 
 def config_hash() -> str:
+    """12 hex digits naming the test kernel's configuration (the fragment, tinyconfig and the
+    targets)."""
     digest = hashlib.sha256(kconfig.FRAGMENT.read_bytes() + b"\0tinyconfig\0bzImage modules")
     return digest.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
 class CachedTree:
+    """A built test kernel tree in the cache and its ``<tree>.json`` record."""
     tree: kbuild.KernelTree
     info: dict
 
     @property
     def path(self) -> Path:
+        """The tree's directory."""
         return self.tree.path
 
 
@@ -115,6 +119,8 @@ class Edit:
     text: str
 
     def apply(self, tree: Path) -> None:
+        """Make the edit in ``tree``; ``SourceError`` unless its anchor occurs exactly once in
+        the file."""
         path = tree / self.path
         content = path.read_text()
         if content.count(self.anchor) != 1:
@@ -180,6 +186,8 @@ CULPRITS = {"msix-regression": 4, "oops": 2}
 
 
 def fixture_hash() -> str:
+    """12 hex digits naming the bisect fixture's series and culprits (a change makes a new
+    fixture)."""
     text = repr(sorted((name, commits) for name, commits in SERIES.items())) + repr(CULPRITS)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

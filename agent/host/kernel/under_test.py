@@ -37,6 +37,8 @@ ROOT_OPTIONS = {"CONFIG_NET_9P_VIRTIO": "9pnet_virtio", "CONFIG_9P_FS": "9p",
 
 
 class DriverBuild(enum.Enum):
+    """Where the guest driver is built: in the image rootfs against Debian's headers, or on the
+    host against a kernel build dir."""
     IMAGE = "image"     # build.sh in the image rootfs, against linux-headers-RELEASE
     KDIR = "kdir"       # make -C KDIR M=... with the host's compiler
 
@@ -51,6 +53,10 @@ def release_version(release: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class KernelUnderTest:
+    """One kernel to boot and judge: its ``label``, the ``bzimage`` QEMU boots, its
+    ``release``, the ``kdir`` and ``driver_build`` the guest driver is built with, the
+    ``root_modules`` the initramfs loads, its ``.config`` (if known) and image ``flavor`` (if
+    it is one).  Made by ``from_flavor``, ``from_tree`` or ``from_prebuilt``."""
     label: str                      # "default", "lts", "tree /path", "bzImage /path"
     bzimage: Path
     release: str
@@ -62,11 +68,14 @@ class KernelUnderTest:
 
     @property
     def version(self) -> tuple[int, int]:
+        """(major, minor) of the release."""
         return release_version(self.release)
 
     # --- the three sources --------------------------------------------------------------
     @classmethod
     def from_flavor(cls, image: Image, flavor: str) -> "KernelUnderTest":
+        """The image's kernel of ``flavor``: driver built in the image, Debian's 9p/overlay
+        modules."""
         kernel = image.kernel(flavor)
         return cls(label=flavor, bzimage=kernel.image, release=kernel.version,
                    kdir=kernel.headers, driver_build=DriverBuild.IMAGE,
@@ -118,6 +127,8 @@ class KernelUnderTest:
 
     # --- what the rig needs -------------------------------------------------------------
     def config_problems(self) -> list[kconfig.Problem]:
+        """Every fragment option the ``.config`` lacks or sets wrong (none when there is no
+        ``.config``)."""
         if self.config is None:
             return []
         return kconfig.check(kconfig.parse_config(self.config.read_text(errors="replace")),
@@ -141,9 +152,11 @@ class KernelUnderTest:
                 kernel=self.label, options=[p.option for p in problems])
 
     def initramfs(self, image: Image) -> Path:
+        """The initramfs for this kernel (with its root modules), built and cached on first use."""
         return initramfs.ensure(image, self.root_modules, self.release)
 
     def as_json(self) -> dict:
+        """The kernel as routing.json's metadata records it (paths as strings)."""
         return {"label": self.label, "bzimage": str(self.bzimage), "release": self.release,
                 "kdir": str(self.kdir), "driver_build": self.driver_build.value,
                 "root_modules": [str(p) for p in self.root_modules],

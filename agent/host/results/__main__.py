@@ -9,6 +9,8 @@ from . import ResultsError, write_all
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the result files (KTAP, JUnit, KCIDB, HTML) of each run directory and print their
+    paths; 1 if any directory could not be read."""
     parser = argparse.ArgumentParser(prog="python -m agent.host.results", description=__doc__)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="a results/<run-id>/ directory")

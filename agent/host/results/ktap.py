@@ -71,6 +71,8 @@ def render(run: RunResult) -> str:
 
 @dataclass
 class KtapTest:
+    """One KTAP test line as ``parse`` reads it: number, ok, name, directive, and its nested
+    subtests."""
     number: int
     ok: bool
     name: str

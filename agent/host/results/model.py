@@ -51,6 +51,8 @@ class ResultsError(HostError):
 
 @dataclass(frozen=True)
 class Provenance:
+    """What identifies a run for whoever reproduces it; a field the run did not record reads
+    ``unknown``."""
     kernel_release: str = UNKNOWN
     config_hash: str = UNKNOWN
     qemu_version: str = UNKNOWN
@@ -65,6 +67,7 @@ class Provenance:
                 ("seed", self.seed), ("reproduce", self.reproduce)]
 
     def as_dict(self) -> dict[str, str]:
+        """The six fields by name."""
         return {"kernel_release": self.kernel_release, "config_hash": self.config_hash,
                 "qemu_version": self.qemu_version, "msixlab_commit": self.msixlab_commit,
                 "seed": self.seed, "reproduce": self.reproduce}
@@ -72,6 +75,7 @@ class Provenance:
 
 @dataclass(frozen=True)
 class CheckRow:
+    """One check result of a run, with its step and a test name unique within the step."""
     step: str
     name: str
     index: int | None
@@ -82,16 +86,19 @@ class CheckRow:
 
     @property
     def failed(self) -> bool:
+        """Whether the verdict is anything but pass or skip (fail, not_judged, ...)."""
         return self.verdict not in PASSING
 
 
 @dataclass(frozen=True)
 class Step:
+    """One scenario step of a run and its check rows, in the order they ran."""
     name: str
     checks: tuple[CheckRow, ...]
 
     @property
     def failed(self) -> bool:
+        """Whether any of the step's checks failed."""
         return any(c.failed for c in self.checks)
 
 
@@ -110,11 +117,15 @@ class RunVerdictView:
 
     @property
     def passed(self) -> bool:
+        """Whether the run's exit code is 0."""
         return self.exit_code == 0
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """One run as the result writers see it: its directory and id, routing.json's
+    metadata, the provenance, the verdict, the steps with their checks, the vector records,
+    the log files present and the start time (UTC)."""
     run_dir: Path
     run_id: str
     metadata: Mapping[str, Any]
@@ -126,6 +137,7 @@ class RunResult:
     started: datetime            # UTC
 
     def checks(self) -> list[CheckRow]:
+        """Every check row, step by step."""
         return [check for step in self.steps for check in step.checks]
 
     @property
@@ -137,6 +149,7 @@ class RunResult:
                                        and any(c.failed for c in self.checks()))
 
     def counts(self) -> dict[str, int]:
+        """How many checks in all, passed, failed (not_judged included) and skipped."""
         tally = Counter("fail" if c.failed else c.verdict for c in self.checks())
         return {"total": sum(tally.values()), "pass": tally["pass"], "fail": tally["fail"],
                 "skip": tally["skip"]}
@@ -178,6 +191,8 @@ def from_document(document: Any, run_dir: Path) -> RunResult:
 
 
 def provenance(metadata: Mapping[str, Any]) -> Provenance:
+    """The ``Provenance`` of a run from routing.json's ``metadata``: missing fields read
+    ``unknown``, except the commit (asked of git) and the command (rebuilt from the options)."""
     def text(*keys: str) -> str:
         for key in keys:
             value = metadata.get(key)
@@ -222,6 +237,8 @@ def reproduce_command(metadata: Mapping[str, Any]) -> str:
 
 
 def verdict_of(document: Mapping[str, Any]) -> RunVerdictView:
+    """The verdict of routing.json ``document``: its ``verdict`` object when it has one,
+    else derived from the ``checks`` summary (a document without either reads as 125)."""
     raw = document.get("verdict")
     if isinstance(raw, dict) and isinstance(raw.get("exit_code"), int):
         return RunVerdictView(

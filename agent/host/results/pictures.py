@@ -34,6 +34,8 @@ CELL_W, CELL_H, LEFT, BLOCK = 15, 20, 64, 64
 
 @dataclass
 class GroupInfo:
+    """One group of the run, for the picture: id, label, colour, its indices, and whether it is
+    live at the end."""
     gid: int
     label: str
     colour: str
@@ -43,6 +45,8 @@ class GroupInfo:
 
 @dataclass
 class Entry:
+    """One MSI-X table index in the routing map: its state, group (and the freed group it had
+    before), target CPU, per-CPU counts, pending, failed, tooltip text."""
     index: int
     state: str = "never"            # live, freed, never
     group: GroupInfo | None = None
@@ -82,6 +86,8 @@ def groups_of(run: RunResult) -> dict[int, GroupInfo]:
 
 
 def entries_of(run: RunResult, groups: dict[int, GroupInfo]) -> list[Entry]:
+    """One ``Entry`` per table index of ``run`` (none when it recorded no vectors), from its
+    records and ``groups``."""
     if not run.records:
         return []
     size = _int(run.metadata.get("vectors")) or 0

@@ -28,6 +28,8 @@ INTERRUPT_EVENTS = frozenset(_RAISE_OUTCOMES) | {"deliver_pending"}
 
 @dataclass(frozen=True)
 class Mark:
+    """One event on a lane: ``t`` seconds after the first interrupt event, its kind, and a
+    raise's source."""
     t: float
     kind: str            # raise, deliver, drop, assign, deassign
     source: str = ""
@@ -35,6 +37,8 @@ class Mark:
 
 @dataclass
 class Lane:
+    """One vector's marks, its pending spans (start, end or ``None`` if never ended), marks
+    left out, raises and deliveries."""
     vector: int
     marks: list[Mark] = field(default_factory=list)
     spans: list[tuple[float, float | None]] = field(default_factory=list)   # pending
@@ -51,6 +55,8 @@ class Lane:
 
 @dataclass
 class Timeline:
+    """Every vector's lane on one time axis, the axis's start and end, the last interrupt, and
+    unreadable lines."""
     lanes: dict[int, Lane] = field(default_factory=dict)
     start: float | None = None        # monotonic time of t = 0
     end: float = 0.0                  # seconds after start of the last event
@@ -58,9 +64,11 @@ class Timeline:
     bad_lines: int = 0
 
     def lane(self, vector: int) -> Lane:
+        """The lane of ``vector``, created empty on first use."""
         return self.lanes.setdefault(vector, Lane(vector))
 
     def sorted_lanes(self) -> list[Lane]:
+        """The lanes in vector order."""
         return [self.lanes[v] for v in sorted(self.lanes)]
 
 

@@ -106,6 +106,7 @@ class CpuHotplug(Scenario):
 
     @property
     def victim(self) -> int:
+        """The CPU taken offline: the guest's last (x86 cannot offline CPU 0)."""
         return self.lab.cpus - 1
 
     def _managed(self) -> list[int]:
@@ -141,6 +142,8 @@ class CpuHotplug(Scenario):
 
     # --- the steps -------------------------------------------------------------------------
     def step_alloc(self) -> Snapshot:
+        """Step ``alloc``: groups N, M (managed) and K, each exactly as asked, on the CPUs
+        asked."""
         self.n = self._alloc("N", min=3, max=3, cpu=self.victim)
         self.m = self._alloc("M", min=2, max=2, cpu=self.victim, managed=True)
         self.k = self._alloc("K", min=2, max=2)
@@ -150,6 +153,7 @@ class CpuHotplug(Scenario):
         return self._account(snap)
 
     def step_raise_before(self) -> Snapshot:
+        """Step ``raise-before``: every live vector raised, counted once on its CPU."""
         return self._raise_all(doorbell=False)
 
     def _offline_settled(self) -> bool:
@@ -161,6 +165,9 @@ class CpuHotplug(Scenario):
         return moved and masked
 
     def step_cpu_offline(self) -> Snapshot:
+        """Step ``cpu-offline``: the victim goes offline; non-managed vectors move off it, M's
+        are shut down (masked in QEMU); a raise of each is counted once on its new CPU, M's
+        are held."""
         self._cpu_online(False)
         self.broken = {i for i in self._nonmanaged()
                        if self.ledger.requested_cpus(i) == (self.victim,)}
@@ -210,6 +217,8 @@ class CpuHotplug(Scenario):
                    and not r.qemu.masked and r.guest.total >= n for i, n in want.items())
 
     def step_cpu_online(self) -> Snapshot:
+        """Step ``cpu-online``: the victim comes back; M's vectors start on it and their held
+        raise is counted once; then every vector is raised again."""
         before = self.snapshot()
         want = {i: before.get(i).guest.total + 1 for i in self._managed() if before.get(i)}
         self._cpu_online(True)
@@ -247,6 +256,8 @@ class CpuHotplug(Scenario):
                         count_deltas=deltas)]
 
     def step_final(self) -> Snapshot:
+        """Step ``final``: the kernel's sysfs/procfs view agrees with the driver's; the
+        requested affinity holds except for the vectors whose affinity the offline broke."""
         snap = self.snapshot()
         for record in snap.allocated():
             self._add(checks.kernel_irq_view_agrees(record, self.lab.agent("irq_sysfs",

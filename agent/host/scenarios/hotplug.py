@@ -70,6 +70,8 @@ class Hotplug(Scenario):
     MIN_CPUS = 1
 
     def step_alloc(self) -> Snapshot:
+        """Step ``alloc``: groups A and B (on the last CPU), as asked; every view against the
+        ledger."""
         self.a = self._alloc("A", min=4, max=4)
         self.b = self._alloc("B", min=2, max=2, cpu=self.lab.cpus - 1)
         snap = self.snapshot()
@@ -77,9 +79,13 @@ class Hotplug(Scenario):
         return self._account(snap)
 
     def step_raise(self) -> Snapshot:
+        """Step ``raise``: every live vector raised, counted once on its CPU."""
         return self._raise_all(doorbell=False)
 
     def step_unplug(self) -> Snapshot:
+        """Step ``unplug``: ``device_del`` of nic0; QEMU removes it, the driver's device node
+        goes, no interrupt row of the driver remains, and the driver's remove freed every
+        live vector (from dmesg)."""
         snap = self.snapshot()
         live = len(self.ledger.live())
         self.lab.qmp("device_del", id="nic0")
@@ -110,6 +116,8 @@ class Hotplug(Scenario):
         return snap
 
     def step_replug(self) -> Snapshot:
+        """Step ``replug``: a new device server process, ``device_add`` on the same root port;
+        the driver probes it with only the static vector live and dynamic MSI-X available."""
         old_pid, new_pid = self.lab.restart_device_server()
         self._add(_result("device_server_restarted", [] if new_pid and new_pid != old_pid
                           else [f"pid {old_pid} -> {new_pid}"], old=old_pid, new=new_pid))
@@ -129,6 +137,8 @@ class Hotplug(Scenario):
         return self.snapshot()
 
     def step_again(self) -> Snapshot:
+        """Step ``again``: the default scenario on the new NIC, its results kept under
+        ``again/<step>``."""
         inner = Scenario(self.lab, say=self.say)
         try:
             snap = inner.run()

@@ -28,20 +28,25 @@ class NicView:
         self.lab, self.nic, self.cpus = lab, nic, lab.cpus
 
     def agent(self, cmd: str, timeout: float = 30.0, **args):
+        """Select this NIC's driver device in the guest, then run agent command ``cmd``."""
         self.lab.select_nic(self.nic)
         return self.lab.agent(cmd, timeout, **args)
 
     def device_command(self, cmd: str, **fields):
+        """Send control command ``cmd`` to this NIC's device server."""
         return self.lab.device_command_on(self.lab.devices[self.nic], cmd, **fields)
 
     def snapshot(self) -> Snapshot:
+        """The three views of this NIC's vectors."""
         self.lab.select_nic(self.nic)
         return self.lab.snapshot(nic=self.nic)
 
     def guard(self) -> None:
+        """``Lab.guard``: raise the run's ending if it has ended."""
         self.lab.guard()
 
     def wait_until(self, condition, timeout: float, what: str, detail=None):
+        """``Lab.wait_until``, with the NIC named in what is waited for."""
         return self.lab.wait_until(condition, timeout, f"NIC {self.nic}: {what}", detail)
 
 
@@ -58,6 +63,10 @@ class PerNic(Scenario):
         self.nic_records: dict[str, list] = {}
 
     def run(self) -> Snapshot:
+        """Run the scenario on each NIC in turn (results under ``nic<i>/<step>``), stopping at
+        the first NIC whose run stopped; then the ``isolation`` step checks every NIC's
+        counts still match its own ledger.  Returns NIC 0's snapshot; ``nic_records`` keeps
+        every NIC's."""
         inners, first = [], None
         for nic in range(self.nics):
             self.say(f"[bold]NIC {nic}[/]")

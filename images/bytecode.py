@@ -1,0 +1,78 @@
+"""The guest agent's bytecode, compiled on the host by the image's own Python.
+
+Concepts: the guest imports the agent from the project checkout, shared read-only over 9p
+at /opt/msixlab, with PYTHONDONTWRITEBYTECODE set.  Without bytecode beside the sources
+every boot compiles the agent again under TCG, which costs about half a second of the
+guest's start.  So before a guest starts, the image's Python (run on the host through the
+image's loader, as QEMU is) compiles the guest packages into their ``__pycache__``
+directories, where the guest's interpreter looks for them; the file names carry the
+interpreter's tag (``cpython-313``), so they never clash with the host's own.
+
+The guest validates each file by the source's mtime and size (9p passes both through),
+so stale bytecode is never used: the guest then compiles in memory as before.  Compiling
+is skipped when every file is fresh, and a checkout the host cannot write is left alone
+(the guest compiles; nothing fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The packages the guest imports (agent/guest/__main__.py and what it imports).
+GUEST_PACKAGES = ("agent", "agent/guest", "msixlab_common")
+COMPILE_TIMEOUT_S = 60
+
+
+def _sources(project: Path) -> list[Path]:
+    return sorted(p for pkg in GUEST_PACKAGES for p in (project / pkg).glob("*.py"))
+
+
+def is_fresh(source: Path, tag: str) -> bool:
+    """Whether ``source`` has bytecode for interpreter ``tag`` that matches its mtime
+    and size (the fields a timestamp-validated .pyc header holds)."""
+    pyc = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+    try:
+        header = pyc.read_bytes()[:16]
+        st = source.stat()
+    except OSError:
+        return False
+    if len(header) < 16:
+        return False
+    flags, mtime, size = struct.unpack("<III", header[4:16])
+    return flags == 0 and mtime == (int(st.st_mtime) & 0xFFFFFFFF) \
+        and size == (st.st_size & 0xFFFFFFFF)
+
+
+def stale(project: Path, tag: str) -> list[Path]:
+    """The guest sources whose ``tag`` bytecode is missing or out of date."""
+    return [s for s in _sources(project) if not is_fresh(s, tag)]
+
+
+def ensure(python: list[str], tag: str, project: Path) -> bool:
+    """Compile the guest packages of ``project`` with ``python`` (an argv prefix that runs
+    the image's interpreter) when any is stale.  Returns True when all are fresh after.
+    Never raises: a failure only costs the guest its compile time, so it is logged."""
+    todo = stale(project, tag)
+    if not todo:
+        return True
+    if not os.access(project, os.W_OK):
+        log.debug("checkout %s is not writable: the guest compiles its agent", project)
+        return False
+    argv = python + ["-m", "py_compile", *map(str, todo)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("compiling the guest agent with the image's Python failed: %s", err)
+        return False
+    if done.returncode != 0:
+        log.warning("compiling the guest agent failed (%d): %s", done.returncode,
+                    done.stderr.strip()[-500:])
+        return False
+    return not stale(project, tag)
