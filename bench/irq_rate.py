@@ -156,6 +156,9 @@ def _pipelined(lab: Lab, live: list[int], raises: int) -> tuple[dict[int, int], 
 
 def irq_rate(image, results: Path, raises: int, vectors: int, cpus: int,
              pipelined: bool) -> dict:
+    """Boot a lab with ``vectors`` entries and ``cpus`` CPUs, allocate all it can and
+    raise them (serial or pipelined rounds) until ``raises`` were made; the rate, the
+    lost and extra counts and where the time went."""
     with RunDirs.create(results, prefix="bench-irq") as dirs, \
             Lab(image, "default", dirs, vectors=vectors, cpus=cpus) as lab:
         live = _allocate_all(lab, vectors)
@@ -193,6 +196,8 @@ def irq_rate(image, results: Path, raises: int, vectors: int, cpus: int,
 
 
 def device_rss(image, results: Path, seconds: float, vectors: int, cpus: int) -> dict:
+    """Soak a lab for ``seconds``; the device server's VmRSS samples (one a second),
+    first, last, max and whether they are flat."""
     with RunDirs.create(results, prefix="bench-rss") as dirs, \
             Lab(image, "default", dirs, vectors=vectors, cpus=cpus) as lab:
         soak = Soak(lab, seed=9, seconds=seconds)
@@ -219,6 +224,8 @@ def _config(text: str) -> tuple[str, int]:
 
 
 def main(argv=None) -> int:
+    """Run the configurations and the RSS soak; print and write the JSON; exit 1 on a
+    lost or extra interrupt, a soak failure or an RSS that is not flat."""
     ap = argparse.ArgumentParser(prog="python -m bench.irq_rate", description=__doc__)
     ap.add_argument("--raises", type=int, default=100_000)
     ap.add_argument("--vectors", type=int, default=2048)

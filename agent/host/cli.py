@@ -148,6 +148,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_soak(args) -> int:
+    """``msixlab soak``: the soak in a real guest (soak_job.run_soak); its exit code."""
     from .soak_job import run_soak
     with progress.phase(console, "msixlab soak"):
         return run_soak(args, console)

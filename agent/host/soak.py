@@ -58,6 +58,7 @@ class SoakStats:
     device: dict[str, int] = field(default_factory=dict)   # the last state read's sums
 
     def to_dict(self, seconds: float) -> dict[str, Any]:
+        """The summary of soak.json; rates over ``seconds`` of soaking."""
         raises = sum(self.raises.values())
         return {"ops": sum(self.ops.values()), "ops_by_kind": dict(self.ops),
                 "raises": raises, "raises_by_source": dict(self.raises),
@@ -124,12 +125,16 @@ class Soak:
                                 for name, n in sorted(self.passed.items())]
 
     def view(self) -> SoakView:
+        """What the op generator may look at now: the ledger's live groups."""
         return SoakView(self.ledger.table_size, self.ledger.cpus,
                         {gid: g.indices for gid, g in self.ledger.groups.items()},
                         live_cap=min(LIVE_CAP, self.ledger.table_size))
 
     # --- running ---------------------------------------------------------------------------
     def run(self) -> None:
+        """Soak until the time or op budget is spent or a check fails; every failure in
+        ``failures``, the ops in ``op_log``, the numbers in ``stats``.  Errors of the
+        lab (a splat, a driver error, a dead process) propagate, classified by the caller."""
         state = self.lab.device_command("state")
         self.ledger = Ledger(state["msix"]["table_size"], self.lab.cpus)
         self.step = "start"

@@ -98,6 +98,7 @@ def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
 
 
 def reproduce_command(args, seed: int) -> str:
+    """The ``msixlab soak`` command line that replays this soak (with its seed)."""
     faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
                                                            if k != "kind")
               for spec in args.device_fault]
@@ -108,6 +109,8 @@ def reproduce_command(args, seed: int) -> str:
 
 
 def run_soak(args, console: Console) -> int:
+    """``msixlab soak``: boot, soak, judge, write the results; returns the exit code
+    (0 pass, 1 the kernel misbehaved, 125 could not judge)."""
     image = ensure_image()
     kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:

@@ -46,6 +46,7 @@ class Op:
     args: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The op as the op log records it: ``{"op": kind, **args}``."""
         return {"op": self.kind, **self.args}
 
 
@@ -60,13 +61,16 @@ class SoakView:
     live_cap: int | None = None        # allocate only while fewer vectors are live
 
     def live(self) -> list[int]:
+        """Every live index, ascending."""
         return sorted(i for indices in self.groups.values() for i in indices)
 
     def free_indices(self) -> list[int]:
+        """Every index no group owns, ascending."""
         live = set(self.live())
         return [i for i in range(self.table_size) if i not in live]
 
     def dynamic_groups(self) -> list[int]:
+        """The ids of the live groups but group 0, ascending."""
         return sorted(g for g in self.groups if g != 0)
 
 
