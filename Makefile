@@ -67,6 +67,7 @@ bench: image
 	$(PY) -m bench
 	$(PY) -m bench.verdict
 	$(PY) -m bench.kernel
+	$(PY) -m bench.irq_rate
 
 # The mutation suite (docs/mutate.md): every planted bug must make the main job exit 1
 # naming an expected check.  About 25 minutes (loaded 2-core host), so not in `make test`

@@ -60,3 +60,17 @@ def test_msixlab_run_bad_options_start_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+
+
+def test_msixlab_soak_options_are_checked_before_anything_starts(capsys):
+    top = cli.parser()
+    args = top.parse_args(["soak", "--seconds", "2.5", "--seed", "7", "--ops", "10"])
+    assert (args.seconds, args.seed, args.ops, args.func) == (2.5, 7, 10, cli.cmd_soak)
+    assert top.parse_args(["soak"]).seed is None          # a random seed, drawn and printed
+    for options, named in ((["--seconds", "nan"], "--seconds"), (["--seconds", "-1"], "--seconds"),
+                           (["--seed", "-3"], "--seed"), (["--ops", "0"], "--ops"),
+                           (["--vectors", "1"], "--vectors")):
+        with pytest.raises(SystemExit) as err:
+            top.parse_args(["soak", *options])
+        assert err.value.code == 125, options
+        assert f"argument {named}" in capsys.readouterr().err, options

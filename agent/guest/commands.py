@@ -128,6 +128,29 @@ class Agent:
         time fails with ETIMEDOUT."""
         return self._need_driver().raise_vector(index, timeout_ms)
 
+    def totals(self, want: dict | None, want_each: int | None, first: int, last: int,
+               timeout_ms: int) -> dict[str, object]:
+        """Every allocated index's interrupt total ({"<index>": total}) in one driver
+        call; with ``want`` ({"<index>": count}), or ``want_each`` (one count for every
+        index from ``first`` to ``last``), the driver first waits, bounded by
+        ``timeout_ms``, until each allocated index reached its count (``short``: how
+        many did not)."""
+        if want is not None and want_each is not None:
+            raise RequestError(errno.EINVAL, "totals: give 'want' or 'want_each', not both",
+                               command="totals", argument="want_each")
+        if want_each is not None:
+            return self._need_driver().totals(None, timeout_ms,
+                                              each=(want_each, first, last))
+        counts: dict[int, int] = {}
+        for key, value in (want or {}).items():
+            if (not key.isdigit() or int(key) > TABLE_MAX or type(value) is not int
+                    or not 0 <= value < 1 << 64):
+                raise RequestError(errno.EINVAL, f"totals: argument 'want' maps an index "
+                                   f"(0..{TABLE_MAX}) to a count, got {key!r}: {value!r}",
+                                   command="totals", argument="want")
+            counts[int(key)] = value
+        return self._need_driver().totals(counts, timeout_ms)
+
     def read_pba(self) -> dict[str, object]:
         """``read_pba``: the Pending Bit Array: table size, pending indices and the raw words."""
         return self._need_driver().read_pba()
@@ -357,6 +380,15 @@ class Agent:
             Command("vector", self.vector, (index,)),
             Command("raise", self.raise_, (
                 index,
+                Arg("timeout_ms", int, required=False, default=0, minimum=0,
+                    maximum=uapi.RAISE_MAX_MS),
+            )),
+            Command("totals", self.totals, (
+                Arg("want", dict, required=False),
+                Arg("want_each", int, required=False, minimum=0, maximum=(1 << 64) - 1),
+                Arg("first", int, required=False, default=0, minimum=0, maximum=TABLE_MAX),
+                Arg("last", int, required=False, default=TABLE_MAX, minimum=0,
+                    maximum=TABLE_MAX),
                 Arg("timeout_ms", int, required=False, default=0, minimum=0,
                     maximum=uapi.RAISE_MAX_MS),
             )),

@@ -210,6 +210,38 @@ class Driver:
         return {"index": index, "irq": raw["irq"], "cpu": raw["cpu"],
                 "latency_ns": raw["latency_ns"], "total": raw["total"]}
 
+    def totals(self, want: dict[int, int] | None = None, timeout_ms: int = 0,
+               each: tuple[int, int, int] | None = None) -> dict[str, object]:
+        """MSIXLAB_IOC_TOTALS: every allocated index's interrupt total in one call;
+        with ``want`` ({index: count}), or ``each`` ((count, first, last): that count
+        for every index first..last inside the table), first wait (bounded by
+        ``timeout_ms``) until each allocated index reached its count.  ``short``:
+        allocated indices still below."""
+        info = self.info()
+        size = info["table_size"]
+        # __u64 arrays the driver reads and writes by address (array, not ctypes)
+        totals = array("Q", bytes(8 * size))
+        wanted = None
+        if each is not None:
+            count, first, last = each
+            last = min(last, size - 1)
+            wanted = array("Q", bytes(8 * size))
+            if first <= last:
+                wanted[first:last + 1] = array("Q", [count]) * (last + 1 - first)
+        elif want:
+            wanted = array("Q", bytes(8 * size))
+            for index, count in want.items():
+                if not 0 <= index < size:
+                    raise DriverError(errno.EINVAL, f"totals: index {index} is outside "
+                                      f"the {size}-entry table")
+                wanted[index] = count
+        raw = self._ioctl("MSIXLAB_IOC_TOTALS", f"totals(want={len(want or {})} indices, "
+                          f"timeout_ms={timeout_ms})", count=size, timeout_ms=timeout_ms,
+                          totals=totals.buffer_info()[0],
+                          want=wanted.buffer_info()[0] if wanted is not None else 0)
+        return {"totals": {str(i): totals[i] for i in info["allocated"]},
+                "short": raw["short_count"]}
+
     def read_pba(self) -> dict[str, object]:
         """The PBA: table size, pending indices and the raw 64-bit words."""
         raw = self._ioctl("MSIXLAB_IOC_READ_PBA", "read_pba")

@@ -5,7 +5,8 @@ code, count) packed little-endian with no implicit padding, the C side carries e
 ``pad`` fields so both agree (and the driver rejects a non-zero pad).  ``IOCTLS`` holds
 the ioctl numbers computed with the asm-generic ``_IOC`` encoding.  Per-CPU data has no
 fixed size: ``VECTOR`` points at a buffer of ``VECTOR_CPU`` entries, one per CPU id
-(``nr_cpu_ids`` of them).  tests/test_kmod_uapi.py compiles the header with the host
+(``nr_cpu_ids`` of them); ``TOTALS`` points at two arrays of ``__u64``, one per table
+index (every total out, the counts to wait for in).  tests/test_kmod_uapi.py compiles the header with the host
 compiler and checks every size, offset, constant and ioctl number here against it.
 """
 
@@ -127,8 +128,13 @@ ENTRY = Layout("msixlab_entry", _u32("index", "address_lo", "address_hi", "data"
 FUNCTION_MASK = Layout("msixlab_function_mask",
                        (("masked", "I", 1), ("control", "H", 1), ("pad", "H", 1)))
 CRASH = Layout("msixlab_crash", _u32("kind", "delay_ms"))
+TOTALS = Layout("msixlab_totals", (
+    *_u32("count", "timeout_ms"), ("totals", "Q", 1), ("want", "Q", 1),
+    *_u32("short_count", "pad"),
+))
 
-LAYOUTS = (INFO, GROUP, FREE, VECTOR_CPU, VECTOR, RAISE, PBA, ENTRY, FUNCTION_MASK, CRASH)
+LAYOUTS = (INFO, GROUP, FREE, VECTOR_CPU, VECTOR, RAISE, PBA, ENTRY, FUNCTION_MASK, CRASH,
+           TOTALS)
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
@@ -147,6 +153,7 @@ IOCTLS: dict[str, tuple[int, Layout]] = {
     "MSIXLAB_IOC_FUNCTION_MASK": (_ioc(_IOC_READ | _IOC_WRITE, 0x08, FUNCTION_MASK.size),
                                   FUNCTION_MASK),
     "MSIXLAB_IOC_CRASH": (_ioc(_IOC_WRITE, 0x09, CRASH.size), CRASH),
+    "MSIXLAB_IOC_TOTALS": (_ioc(_IOC_READ | _IOC_WRITE, 0x0A, TOTALS.size), TOTALS),
 }
 
 CONSTANTS = {

@@ -5,7 +5,9 @@ Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|pat
 session on the guest's console), ``run`` (the main job:
 a scenario, ``default`` unless ``--scenario`` names another, against the emulated NIC;
 exit 0 pass, 1 check failed, 125 could not judge), ``scenarios`` (one line each),
-``kernel config|build`` (the rig's kernel options; build a kernel tree) and ``bisect``
+``soak`` (random alloc/free churn and raises at full rate for ``--seconds``, every
+interrupt reconciled; same exit codes as ``run``), ``kernel config|build`` (the rig's
+kernel options; build a kernel tree) and ``bisect``
 (git bisect a kernel tree with the main job).  ``run``, ``shell`` and ``boot`` take the
 kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or ``--kernel BZIMAGE
 --kdir DIR``, and another QEMU from ``--qemu PATH``.
@@ -145,6 +147,13 @@ def cmd_run(args) -> int:
         return run_main_job(args, console)
 
 
+def cmd_soak(args) -> int:
+    """``msixlab soak``: the soak in a real guest (soak_job.run_soak); its exit code."""
+    from .soak_job import run_soak
+    with progress.phase(console, "msixlab soak"):
+        return run_soak(args, console)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -158,6 +167,7 @@ def _positive(text: str) -> int:
 MAX_VECTORS = 2048     # the MSI-X table size limit (PCI spec)
 MAX_NICS = 8           # root ports and device servers the rig starts
 MAX_CPUS = 64          # what the rig boots and reads back per-CPU counts for
+MAX_SOAK_S = 7 * 86400  # a week
 
 
 class Parser(argparse.ArgumentParser):
@@ -180,6 +190,20 @@ def bounded_int(name: str, low: int, high: int):
             raise argparse.ArgumentTypeError(f"{name} takes an integer, not {text!r}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}, not {value}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
+def bounded_float(name: str, low: float, high: float):
+    """An argparse type: a finite number in low..high, else an error naming the option."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes a number, not {text!r}") from None
+        if not low <= value <= high:     # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{name} must be {low:g}..{high:g}, not {text}")
         return value
     parse.__name__ = name
     return parse
@@ -276,6 +300,23 @@ def parser() -> argparse.ArgumentParser:
                    help="run the main job N times to detect flaky results; exit with the "
                         "worst (1, then 125, then 0)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("soak", help="random alloc/free churn and raises at full rate in a "
+                                    "real guest, every interrupt reconciled (docs/soak.md)")
+    guest_options(p)
+    nic_options(p, min_vectors=2)
+    p.add_argument("--seconds", type=bounded_float("--seconds", 0.0, MAX_SOAK_S), default=60.0,
+                   help="how long to churn (default: %(default)s)")
+    p.add_argument("--seed", type=bounded_int("--seed", 0, 2**63 - 1), default=None,
+                   help="the random seed: the same seed replays the same ops "
+                        "(default: a random one, printed and recorded)")
+    p.add_argument("--ops", type=bounded_int("--ops", 1, 10**9), default=None,
+                   help="stop after this many ops (whichever of --seconds and --ops "
+                        "comes first)")
+    p.add_argument("--device-fault", type=device_fault, action="append", default=[],
+                   metavar="KIND[:K=V,...]",
+                   help="arm a fault on the device before the soak, as for run")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("scenarios", help="list the scenarios `run --scenario` takes, one line each")
     p.set_defaults(func=cmd_scenarios)

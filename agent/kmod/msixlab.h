@@ -12,6 +12,9 @@
  *  - ml->lock serialises every control operation except the raise's wait
  *    and the fault injection (they run without it); the interrupt handler
  *    only touches the vector's counters and the raise wait queue.
+ *  - ml->irqs counts every interrupt of the device's handlers, so a caller
+ *    waiting for several vectors at once (MSIXLAB_IOC_TOTALS) sleeps until
+ *    any count moved, then re-reads them all under ml->lock.
  *  - A vector is reference counted: ml->vecs[] holds one reference and a
  *    raise waiting for it another, so a free or an unbind during the wait
  *    marks it dead and wakes the waiter instead of freeing it under it.
@@ -91,6 +94,7 @@ struct msixlab_dev {
 	u32 next_group;
 	u32 nr_vectors;
 	wait_queue_head_t raise_wq;	/* every handler wakes it */
+	atomic64_t irqs;		/* interrupts every handler counted */
 	struct delayed_work crash_work;	/* a delayed MSIXLAB_CRASH_PANIC */
 };
 
@@ -110,6 +114,7 @@ int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v);
 int msixlab_read_entry(struct msixlab_dev *ml, struct msixlab_entry *e);
 int msixlab_read_pba(struct msixlab_dev *ml, struct msixlab_pba *p);
 int msixlab_raise(struct msixlab_dev *ml, struct msixlab_raise *r);
+int msixlab_totals(struct msixlab_dev *ml, struct msixlab_totals *t);
 int msixlab_function_mask(struct msixlab_dev *ml,
 			  struct msixlab_function_mask *fm);
 u16 msixlab_msix_control(struct msixlab_dev *ml);

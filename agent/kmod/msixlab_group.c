@@ -37,6 +37,7 @@ static irqreturn_t msixlab_irq(int irq, void *data)
 	 * (or those of a later interrupt), never older ones.
 	 */
 	atomic64_inc_return_release(&vec->total);
+	atomic64_inc_return_release(&vec->ml->irqs);
 	wake_up(&vec->ml->raise_wq);
 	return IRQ_HANDLED;
 }

@@ -118,6 +118,11 @@ static int msixlab_ioc_crash(struct msixlab_dev *ml, void *arg)
 	return msixlab_crash(ml, arg);
 }
 
+static int msixlab_ioc_totals(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_totals(ml, arg);
+}
+
 struct msixlab_ioc {
 	unsigned int cmd;
 	int (*fn)(struct msixlab_dev *ml, void *arg);
@@ -135,6 +140,7 @@ static const struct msixlab_ioc msixlab_iocs[] = {
 	{ MSIXLAB_IOC_READ_ENTRY,	msixlab_ioc_entry },
 	{ MSIXLAB_IOC_FUNCTION_MASK,	msixlab_ioc_function_mask },
 	{ MSIXLAB_IOC_CRASH,		msixlab_ioc_crash,	true },
+	{ MSIXLAB_IOC_TOTALS,		msixlab_ioc_totals,	true },
 };
 
 static const struct msixlab_ioc *msixlab_ioc_find(unsigned int cmd)
@@ -286,6 +292,7 @@ static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&ml->lock);
 	INIT_LIST_HEAD(&ml->groups);
 	init_waitqueue_head(&ml->raise_wq);
+	atomic64_set(&ml->irqs, 0);
 	msixlab_crash_init(ml);
 	ml->next_group = 1;
 

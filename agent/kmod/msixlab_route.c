@@ -223,6 +223,85 @@ int msixlab_raise(struct msixlab_dev *ml, struct msixlab_raise *r)
 	return ret;
 }
 
+/*
+ * One read of every index's total under ml->lock (0 when not allocated);
+ * *short_count: allocated indices below want (none without want).  *seen:
+ * ml->irqs before the read, for the wait on the next interrupt.
+ */
+static int msixlab_totals_read(struct msixlab_dev *ml, u64 *totals,
+			       const u64 *want, u32 *short_count, s64 *seen)
+{
+	u32 i;
+
+	*short_count = 0;
+	mutex_lock(&ml->lock);
+	if (ml->gone) {
+		mutex_unlock(&ml->lock);
+		return -ENODEV;
+	}
+	/* Acquire: pairs with the release in msixlab_irq(). */
+	*seen = atomic64_read_acquire(&ml->irqs);
+	for (i = 0; i < ml->table_size; i++) {
+		struct msixlab_vec *vec = ml->vecs[i];
+
+		totals[i] = vec ? atomic64_read_acquire(&vec->total) : 0;
+		if (vec && want && totals[i] < want[i])
+			(*short_count)++;
+	}
+	mutex_unlock(&ml->lock);
+	return 0;
+}
+
+/*
+ * Every index's total, after waiting (bounded, interruptibly, without the
+ * lock) until each allocated index reached want[index], if want is given.
+ */
+int msixlab_totals(struct msixlab_dev *ml, struct msixlab_totals *t)
+{
+	u64 *totals, *want = NULL;
+	long left;
+	s64 seen;
+	int ret;
+
+	if (t->pad || t->timeout_ms > MSIXLAB_RAISE_MAX_MS ||
+	    t->count > MSIXLAB_MAX_VECTORS || !t->totals)
+		return -EINVAL;
+	if (t->count < READ_ONCE(ml->table_size))
+		return -EOVERFLOW;
+	totals = kcalloc(t->count, sizeof(*totals), GFP_KERNEL);
+	if (!totals)
+		return -ENOMEM;
+	if (t->want) {
+		want = memdup_user(u64_to_user_ptr(t->want),
+				   t->count * sizeof(*want));
+		if (IS_ERR(want)) {
+			kfree(totals);
+			return PTR_ERR(want);
+		}
+	}
+	left = want ? msecs_to_jiffies(t->timeout_ms) : 0;
+	for (;;) {
+		ret = msixlab_totals_read(ml, totals, want, &t->short_count,
+					  &seen);
+		if (ret || !t->short_count || !left)
+			break;
+		/* Acquire: pairs with the release in msixlab_irq(). */
+		left = wait_event_interruptible_timeout(ml->raise_wq,
+				atomic64_read_acquire(&ml->irqs) != seen ||
+				READ_ONCE(ml->gone), left);
+		if (left < 0) {
+			ret = -EINTR;
+			break;
+		}
+	}
+	if (!ret && copy_to_user(u64_to_user_ptr(t->totals), totals,
+				 t->count * sizeof(*totals)))
+		ret = -EFAULT;
+	kfree(want);
+	kfree(totals);
+	return ret;
+}
+
 u16 msixlab_msix_control(struct msixlab_dev *ml)
 {
 	u16 control = 0;

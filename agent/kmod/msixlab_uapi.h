@@ -27,7 +27,8 @@
  *  EOPNOTSUPP the device's MSI domain cannot allocate after enable
  *  ETIMEDOUT  a raised vector was not counted within timeout_ms
  *  EINTR      a signal interrupted a raise's wait (the doorbell was rung)
- *  EOVERFLOW  the per-CPU buffer holds fewer than nr_cpu_ids entries
+ *  EOVERFLOW  the per-CPU buffer holds fewer than nr_cpu_ids entries, or
+ *             MSIXLAB_IOC_TOTALS' count is below the table size
  *  EIO        the kernel gave a vector another index than the one asked
  *             for, or one the driver already holds (the kernel misbehaved)
  *  EACCES     fault injection is off (module parameter fault_injection=0)
@@ -218,6 +219,27 @@ struct msixlab_crash {
 	__u32 delay_ms;		/* <= MSIXLAB_CRASH_MAX_DELAY_MS */
 };
 
+/*
+ * MSIXLAB_IOC_TOTALS: every index's interrupt count in one call, and
+ * optionally a bounded wait for counts to reach given values.  totals is
+ * the user address of __u64[count]; the driver writes there, for each index
+ * below table_size, the vector's total (0 for an index not allocated).  With
+ * want != 0 (the address of __u64[count]) it first waits, interruptibly and
+ * bounded by timeout_ms (<= MSIXLAB_RAISE_MAX_MS), until every allocated
+ * index i has a total >= want[i] (an index not allocated is never waited
+ * for); a wait that runs out is not an error: short counts the allocated
+ * indices still below want when the counts were read.  count must be at
+ * least table_size (EOVERFLOW) and at most MSIXLAB_MAX_VECTORS (EINVAL).
+ */
+struct msixlab_totals {
+	__u32 count;		/* in: entries at totals (and want) */
+	__u32 timeout_ms;	/* in: the wait's bound (with want) */
+	__u64 totals;		/* in: address of __u64[count] (out there) */
+	__u64 want;		/* in: address of __u64[count], or 0: no wait */
+	__u32 short_count;	/* out: allocated indices below want */
+	__u32 pad;
+};
+
 #define MSIXLAB_IOC_MAGIC	0xC4
 
 #define MSIXLAB_IOC_INFO	_IOR(MSIXLAB_IOC_MAGIC, 0x00, struct msixlab_info)
@@ -230,5 +252,6 @@ struct msixlab_crash {
 #define MSIXLAB_IOC_READ_ENTRY	_IOWR(MSIXLAB_IOC_MAGIC, 0x07, struct msixlab_entry)
 #define MSIXLAB_IOC_FUNCTION_MASK _IOWR(MSIXLAB_IOC_MAGIC, 0x08, struct msixlab_function_mask)
 #define MSIXLAB_IOC_CRASH	_IOW(MSIXLAB_IOC_MAGIC, 0x09, struct msixlab_crash)
+#define MSIXLAB_IOC_TOTALS	_IOWR(MSIXLAB_IOC_MAGIC, 0x0a, struct msixlab_totals)
 
 #endif /* _UAPI_MSIXLAB_H */

@@ -1,0 +1,206 @@
+"""``msixlab soak``: the soak (soak.py) in a real guest, ending in one classified verdict.
+
+Concepts: as ``msixlab run`` (main_job.py): the options are checked before anything
+starts, the image is found, a lab is booted, device faults are armed on purpose if
+asked, and however the soak ended becomes one ``RunVerdict`` (outcome.py): exit 0 when
+every check passed, 1 when a check failed (a lost, duplicated or spurious interrupt, a
+device counter or a view that disagrees with the ledger) or the kernel misbehaved
+otherwise, 125 when the run could not judge.  A progress line every second, a summary
+at the end.  Everything goes to ``results/soak-<id>/``: ``soak.json`` (verdict, options,
+seed, summary, failed checks and the op log: the same seed replays the same ops),
+routing.json (the final views and the check results) with the result files built from
+it as for ``run`` (results.ktap, junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the guest's views as far as it could give them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from images.build import ensure_image
+
+from . import accel as accel_mod
+from . import dry_run
+from .errors import MsixlabError
+from .kernel import options as kernel_options
+from .lab import Lab
+from .main_job import _faults, _save_guest_views, config_hash, msixlab_commit
+from .outcome import Outcome, RunVerdict
+from .report import write_routing_json
+from .results import write_all as write_result_files
+from .routing import Snapshot
+from .session import RunDirs
+from .soak import Soak, SoakStats
+
+log = logging.getLogger(__name__)
+MAX_SEED = 2**63 - 1
+
+
+def judge(soak: Soak, faults: list) -> RunVerdict:
+    """The verdict of a soak that ran to its end or stopped at its first failure."""
+    failed = tuple(r.label for r in soak.failures)
+    counts = {"passed": sum(soak.passed.values()), "failed": len(failed),
+              "checks": len(set(soak.passed) | {r.name for r in soak.failures})}
+    if failed:
+        return RunVerdict(Outcome.CHECK_FAILED, f"{len(failed)} check(s) failed (stopped at "
+                          f"{soak.failures[0].step}): " + ", ".join(failed[:8])
+                          + (" ..." if len(failed) > 8 else ""), failed,
+                          faults=tuple(faults), counts=counts)
+    if not soak.stats.reconciliations:
+        return RunVerdict(Outcome.INTERNAL_ERROR, "no count was reconciled",
+                          faults=tuple(faults), counts=counts)
+    return RunVerdict(Outcome.PASS, f"{sum(soak.stats.ops.values())} ops, "
+                      f"{sum(soak.stats.raises.values())} raises, every count reconciled "
+                      f"({counts['passed']} check results passed)", faults=tuple(faults),
+                      counts=counts)
+
+
+def _progress_line(console: Console, soak: Soak):
+    def tick(elapsed: float, stats: SoakStats) -> None:
+        live = soak.ledger.live() if soak.ledger else set()
+        rate = stats.interrupts / elapsed if elapsed else 0.0
+        rss = f", device RSS {stats.rss_kib[-1] / 1024:.1f} MiB" if stats.rss_kib else ""
+        console.print(f"[dim]{elapsed:5.1f} s[/] {sum(stats.ops.values())} ops, "
+                      f"{sum(stats.raises.values())} raises, {stats.interrupts} interrupts "
+                      f"({rate:.0f}/s), {len(live)} vectors live in "
+                      f"{len(soak.ledger.groups) if soak.ledger else 0} groups, "
+                      f"{len(soak.failures)} failures{rss}")
+    return tick
+
+
+def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
+    table = Table(title="soak summary", show_header=False)
+    rss = summary["device_rss_kib"]
+    def split(counts: dict[str, int]) -> str:
+        return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+
+    rows = [("ops", f"{summary['ops']} ({split(summary['ops_by_kind'])})"),
+            ("raises", f"{summary['raises']} ({split(summary['raises_by_source'])})"),
+            ("interrupts counted", f"{summary['interrupts']} in {summary['seconds']} s "
+                                   f"({summary['interrupts_per_s']}/s)"),
+            ("reconciliations", str(summary["reconciliations"])),
+            ("alloc ENOSPC", str(summary["alloc_enospc"])),
+            ("device RSS KiB", f"first {rss['first']}, last {rss['last']}, max {rss['max']}"),
+            ("failures", str(len(verdict.failed))),
+            ("verdict", f"{verdict.outcome} (exit {verdict.exit_code})")]
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    return table
+
+
+def reproduce_command(args, seed: int) -> str:
+    """The ``msixlab soak`` command line that replays this soak (with its seed)."""
+    faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
+                                                           if k != "kind")
+              for spec in args.device_fault]
+    ops = ["--ops", str(args.ops)] if args.ops is not None else []
+    return shlex.join(["msixlab", "soak", "--seconds", f"{args.seconds:g}", "--seed", str(seed),
+                       *ops, "--flavor", args.flavor, "--vectors", str(args.vectors),
+                       "--cpus", str(args.cpus), *faults])
+
+
+def run_soak(args, console: Console) -> int:
+    """``msixlab soak``: boot, soak, judge, write the results; returns the exit code
+    (0 pass, 1 the kernel misbehaved, 125 could not judge)."""
+    image = ensure_image()
+    kernel, qemu = kernel_options.select(args, image, console)
+    if args.dry_run:
+        for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
+                                     cpus=args.cpus, nics=1, qemu=qemu,
+                                     msix_maskable=args.msix_maskable,
+                                     msix_noresize=args.msix_noresize, iommu=args.iommu):
+            print(shlex.join(argv))
+        return 0
+    seed = args.seed if args.seed is not None else secrets.randbelow(MAX_SEED)
+    choice = accel_mod.choose(args.accel, image, args.flavor)
+    dirs = RunDirs.create(Path(args.results), prefix="soak")
+    console.print(f"soak {dirs.run_id}: seed {seed}, {args.seconds:g} s"
+                  + (f" or {args.ops} ops" if args.ops is not None else "")
+                  + f", kernel {kernel.release} ({kernel.label}), {choice.accel}, "
+                  f"{args.vectors} vectors, {args.cpus} CPUs; results in {dirs.results}")
+    lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
+              qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
+              iommu=args.iommu)
+    soak = Soak(lab, seed, args.seconds, args.ops, say=console.print)
+    soak.tick = _progress_line(console, soak)
+    started = time.monotonic()
+    with dirs:
+        try:
+            verdict = _soak_in_lab(lab, soak, args.device_fault, console)
+        finally:
+            lab.stop()
+    record = {
+        "run_id": dirs.run_id, "kind": "soak", "scenario": "soak", "flavor": kernel.flavor,
+        "vectors": args.vectors, "cpus": args.cpus, "accel": choice.accel, "steps": [], "seed": seed, "verdict": verdict.to_dict(),
+        "options": {"seconds": args.seconds, "ops": args.ops, "vectors": args.vectors,
+                    "cpus": args.cpus, "flavor": kernel.flavor,
+                    "kernel_under_test": kernel.as_json(), "accel": choice.accel,
+                    "msix_maskable": args.msix_maskable, "msix_noresize": args.msix_noresize,
+                    "iommu": args.iommu, "device_faults": list(args.device_fault)},
+        "kernel": lab.hello.get("kernel"), "qemu": image.qemu_version,
+        "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
+        "timings": {k: round(v, 3) for k, v in lab.timings.items()},
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "msixlab_commit": msixlab_commit(), "reproduce": reproduce_command(args, seed),
+    }
+    return _finish(console, dirs, soak, verdict, record, lab)
+
+
+def _soak_in_lab(lab: Lab, soak: Soak, faults: list, console: Console) -> RunVerdict:
+    """Start the lab, arm the faults, soak; however it ends, one classified verdict."""
+    armed: list = []
+    try:
+        lab.start()
+        console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
+                      f"(kernel {lab.hello.get('kernel')})")
+        for spec in faults:
+            armed.append(lab.device_command("fault", **spec))
+            console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
+        soak.run()
+        lab.guard()
+        verdict = judge(soak, _faults(lab, armed))
+    except BaseException as err:   # classified, never lost (Ctrl-C included)
+        verdict = RunVerdict.from_error(err, _faults(lab, armed))
+        if verdict.outcome is Outcome.INTERNAL_ERROR:
+            log.exception("internal error")
+    if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
+        _save_guest_views(lab)
+    return verdict
+
+
+def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
+            record: dict[str, Any], lab: Lab) -> int:
+    """Print the failures, the summary and the verdict, then write soak.json, and
+    routing.json with the final views and the result files built from it as for
+    ``run`` (results.ktap, junit.xml, kcidb.json, report.html); a write failure is
+    reported and keeps the verdict's exit code."""
+    for failure in soak.failures[:20]:
+        console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
+    summary = soak.stats.to_dict(soak.elapsed)
+    record.update(summary=summary, checks_passed=dict(soak.passed),
+                  failures=[r.to_dict() for r in soak.failures], op_log=soak.op_log)
+    console.print(_summary_table(summary, verdict))
+    console.print(f"[{'green' if verdict.exit_code == 0 else 'red'}]{verdict.outcome}[/] "
+                  f"(exit {verdict.exit_code}): {escape(verdict.summary)}")
+    try:
+        (dirs.results / "soak.json").write_text(json.dumps(record, indent=1) + "\n")
+        results = soak.results()
+        snapshot = (soak.final or Snapshot(())).with_checks(results)
+        metadata = {k: v for k, v in record.items() if k not in ("op_log", "failures")}
+        write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
+                           verdict=verdict, results=results)
+        write_result_files(dirs.results)
+    except (OSError, MsixlabError) as err:
+        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
+                      f"above stands[/]")
+    console.print(f"reproduce: {record['reproduce']}; artifacts in {dirs.results}")
+    return verdict.exit_code

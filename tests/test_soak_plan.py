@@ -1,0 +1,108 @@
+"""The soak's pure parts: ops drawn from a seed, and the reconciliation of counts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.host.routing import Verdict
+from agent.host.soak_plan import (MAX_DOORBELLS, OP_KINDS, RECONCILE_CHECKS, SoakView,
+                                  generate, next_op, reconcile)
+
+
+def churn(seed: int, table: int = 64, cpus: int = 2, count: int = 600) -> list[dict]:
+    """Ops for ``count`` steps against a table that allocates the lowest free indices
+    (any index) or start, start+1, ... (explicit), as the driver does."""
+    rng = random.Random(seed)
+    groups: dict[int, tuple[int, ...]] = {0: (0,)}
+    next_id, log = 1, []
+    for _ in range(count):
+        view = SoakView(table, cpus, dict(groups))
+        op = next_op(rng, view)
+        check_op(op, view)
+        entry = op.to_dict()
+        if op.kind == "alloc":
+            free = view.free_indices()
+            start = op.args.get("start")
+            if start is None:
+                got = free[:op.args["max"]]
+            else:
+                got = []
+                while start + len(got) < table and start + len(got) in free \
+                        and len(got) < op.args["max"]:
+                    got.append(start + len(got))
+            groups[next_id] = tuple(got)
+            entry["group"] = next_id
+            next_id += 1
+        elif op.kind == "free":
+            del groups[op.args["group"]]
+        log.append(entry)
+    return log
+
+
+def check_op(op, view: SoakView) -> None:
+    live, free = set(view.live()), set(view.free_indices())
+    assert op.kind in OP_KINDS
+    if op.kind == "alloc":
+        a = op.args
+        assert 1 <= a["min"] <= a["max"] and a["min"] <= len(free)
+        if "start" in a:
+            wanted = set(range(a["start"], a["start"] + a["min"]))
+            assert wanted <= free, (a, sorted(free))
+        if a.get("managed"):
+            assert "cpu" in a
+        if "cpu" in a:
+            assert 0 <= a["cpu"] < view.cpus
+    elif op.kind == "free":
+        assert op.args["group"] in view.dynamic_groups()
+    else:
+        vectors = op.args["vectors"]
+        assert len(set(vectors)) == len(vectors) >= 1, "one raise in flight per vector"
+        assert set(vectors) <= (free if op.kind == "raise_unowned" else live)
+        if op.kind == "raise_doorbell":
+            assert len(vectors) <= MAX_DOORBELLS
+
+
+def test_same_seed_same_ops_other_seed_other_ops():
+    assert churn(5) == churn(5)
+    assert churn(5) != churn(6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_kind_is_drawn_and_every_op_is_valid(seed):
+    log = churn(seed, table=32, cpus=3)
+    kinds = {entry["op"] for entry in log}
+    assert kinds == set(OP_KINDS)
+    allocs = [e for e in log if e["op"] == "alloc"]
+    assert any("start" in e for e in allocs) and any("start" not in e for e in allocs)
+    assert any(e.get("managed") for e in allocs) and any("cpu" not in e for e in allocs)
+
+
+def test_a_full_table_is_only_raised_or_freed():
+    view = SoakView(4, 1, {0: (0,), 1: (1, 2, 3)})
+    ops = generate(1, view, 200)
+    assert {op.kind for op in ops} == {"raise_device", "raise_doorbell", "free"}
+
+
+def test_live_cap_stops_allocation():
+    view = SoakView(64, 2, {0: (0,), 1: tuple(range(1, 8))}, live_cap=8)
+    assert "alloc" not in {op.kind for op in generate(2, view, 200)}
+
+
+def test_reconcile_names_lost_duplicated_and_spurious():
+    expected = {0: 1, 5: 2, 6: 1, 7: 0}
+    before = {0: 1, 5: 1, 6: 0, 7: 0}
+    totals = {0: 1, 5: 1, 6: 2, 7: 1}      # 5 lost one, 6 counted twice, 7 unraised
+    results = reconcile(expected, before, totals, raised=[5, 6])
+    failed = {(r.name, r.index) for r in results if r.verdict is Verdict.FAIL}
+    assert failed == {("no_interrupt_lost", 5), ("no_interrupt_duplicated", 6),
+                      ("no_spurious_interrupt", 7)}
+    assert all(r.verdict is Verdict.FAIL for r in results)
+
+
+def test_reconcile_passes_when_every_count_agrees_and_flags_a_missing_vector():
+    results = reconcile({0: 3, 4: 1}, {0: 2}, {0: 3, 4: 1}, raised=[0, 4])
+    assert [(r.name, r.verdict) for r in results] == [(n, Verdict.PASS) for n in RECONCILE_CHECKS]
+    (missing,) = [r for r in reconcile({9: 1}, {}, {}, [9]) if r.verdict is Verdict.FAIL]
+    assert missing.name == "no_interrupt_lost" and missing.index == 9
