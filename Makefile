@@ -53,8 +53,8 @@ guest-test-random: image
 	$(GUEST_PYTEST) -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
 # Every scenario but hotplug x (no IOMMU, --iommu) x (MSI-X default, maskable, noresize)
-# x (2, 4 CPUs), one run after another: 24 runs of 60-80 s each on the loaded 2-core
-# development host (measured per run; the whole matrix was not timed): 25-35 min.
+# x (2, 4 CPUs), one run after another: 24 runs, 4.5 min on the idle 2-core development
+# host (9-14 s each), several times that under load (docs/scenarios.md).
 matrix: image
 	$(PY) -m agent.host.matrix
 
