@@ -132,3 +132,45 @@ def test_requested_affinity_judged_against_the_request_not_the_read_back():
     snap = build_snapshot(guest=[guest(0, 30), guest(1, 31, cpu=0, requested=(0,), mask=(0,))])
     (result,) = accounting.requested_affinity_honoured(book, snap)
     assert result.verdict is Verdict.FAIL and "asked for [1]" in result.summary
+
+
+# --- the fourth view of masking: the device's mask bits against QEMU's table ------------------
+
+def masking_state(masked=(), maskable=False, mask=0, unmask=0, eventfds=(0, 1, 2)):
+    return {"msix": {"maskable": maskable, "requests": {"mask": mask, "unmask": unmask,
+                                                        "disable_all": 0}},
+            "vectors": [{"index": i, "eventfd": i in eventfds, "masked": i in masked}
+                        for i in range(4)]}
+
+
+def test_no_forwarded_masking_and_no_device_bits_agrees():
+    _, snap = world()
+    for maskable in (False, True):      # QEMU 11.1.3 sends no MASK even when MASKABLE
+        result = accounting.device_masks_match_qemu(snap, masking_state(maskable=maskable))
+        assert result.verdict is Verdict.PASS, result
+
+
+def test_a_device_that_masks_on_its_own_fails():
+    _, snap = world()
+    result = accounting.device_masks_match_qemu(snap, masking_state(masked=(2,), maskable=True))
+    assert result.verdict is Verdict.FAIL and "masks [2]" in result.summary
+    assert result.evidence["forwarded"] is False
+
+
+def test_forwarded_masks_agree_with_the_table():
+    """Entry 2 freed: QEMU masked it in its table and forwarded the MASK."""
+    _, snap = world(live=(0, 1))
+    result = accounting.device_masks_match_qemu(
+        snap, masking_state(masked=(2,), maskable=True, mask=1))
+    assert result.verdict is Verdict.PASS, result
+
+
+@pytest.mark.parametrize("device_masked, qemu_live, missing", [
+    ((), (0, 1), "QEMU's table masks [2], which the device has unmasked"),
+    ((1, 2), (0, 1), "the device masks [1], which QEMU's table has unmasked"),
+])
+def test_forwarded_masks_that_differ_fail(device_masked, qemu_live, missing):
+    _, snap = world(live=qemu_live)
+    result = accounting.device_masks_match_qemu(
+        snap, masking_state(masked=device_masked, maskable=True, mask=2, unmask=1))
+    assert result.verdict is Verdict.FAIL and missing in result.summary, result

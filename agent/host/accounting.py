@@ -13,6 +13,8 @@ Concepts owned here:
   expects (nothing lost, duplicated or spurious, whatever step it happened in); the
   device's raised, delivered and pending equal the ledger's; its interrupt total register
   equals all raises made.
+- The fourth view of masking, table-wide: the device's per-vector mask bits equal QEMU's
+  table where QEMU forwards masking, and are all clear where it does not.
 - Request checks, per index: the vector runs where the scenario asked (effective affinity
   within the requested CPU, the message targeting it), judged against the request, not
   against what the kernel read back.
@@ -161,6 +163,40 @@ def device_counters_match(ledger: Ledger, device_state: Mapping[str, Any]) -> li
                             f"{ledger.doorbell_raises}"],
                            irq_total=total, doorbell_raises=ledger.doorbell_raises))
     return results
+
+
+def device_masks_match_qemu(snapshot: Snapshot,
+                            device_state: Mapping[str, Any]) -> CheckResult:
+    """The fourth view of masking: the device's per-vector mask bits against QEMU's table.
+
+    A client that forwards per-vector masking (the device advertises MASKABLE and QEMU has
+    sent SET_IRQS MASK or UNMASK) must leave the device's bit of every vector it gave an
+    eventfd (and of any the device masks) equal to that entry's mask bit in QEMU's table.  A client that does not (no
+    MASKABLE, or QEMU 11.1.3, which keeps the masks in its own table: docs/device.md)
+    must leave every device bit clear: a set bit is a device that masks on its own."""
+    msix = device_state.get("msix") or {}
+    requests = msix.get("requests") or {}
+    forwarded = bool(msix.get("maskable")) and bool(requests.get("mask") or requests.get("unmask"))
+    vectors = device_state.get("vectors", [])
+    device = {v["index"] for v in vectors if v.get("masked")}
+    if forwarded:
+        # the vectors QEMU gave an eventfd, and any the device masks (QEMU must have)
+        scope = {v["index"] for v in vectors if v.get("eventfd")} | device
+        qemu = {r.index for r in snapshot.records
+                if r.index in scope and r.qemu is not None and r.qemu.masked}
+        problems = []
+        if device - qemu:
+            problems.append(f"the device masks {sorted(device - qemu)}, which QEMU's table "
+                            f"has unmasked")
+        if qemu - device:
+            problems.append(f"QEMU's table masks {sorted(qemu - device)}, which the device "
+                            f"has unmasked")
+        return _result("device_masks_match_qemu_table", None, problems, forwarded=True,
+                       device_masked=sorted(device), qemu_masked=sorted(qemu))
+    problems = [] if not device else [
+        f"the device masks {sorted(device)} though QEMU forwarded no per-vector mask"]
+    return _result("device_masks_match_qemu_table", None, problems, forwarded=False,
+                   maskable=bool(msix.get("maskable")), device_masked=sorted(device))
 
 
 # --- requests ------------------------------------------------------------------------------

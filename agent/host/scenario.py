@@ -57,7 +57,7 @@ MIN_TABLE = 24
 
 ACCOUNT = ("live_vectors_match_driver", "live_vectors_match_qemu_table", "msi_irqs_match_driver",
            "counts_match_raises", "device_counters_match", "irq_total_matches",
-           "pba_matches_pending")
+           "pba_matches_pending", "device_masks_match_qemu_table")
 RECORD = ("cached_msg_matches_table", "destination_matches_affinity", "affinity_honoured")
 GROUP = ("group_allocated_as_requested", "group_id_unique")
 
@@ -151,7 +151,9 @@ class Scenario:
         snap = snap or self.snapshot()
         self._add(accounting.live_set_checks(self.ledger, snap, self._msi_irqs()))
         self._add(accounting.counts_match_raises(self.ledger, snap))
-        self._add(accounting.device_counters_match(self.ledger, self.lab.device_command("state")))
+        state = self.lab.device_command("state")
+        self._add(accounting.device_counters_match(self.ledger, state))
+        self._add(accounting.device_masks_match_qemu(snap, state))
         self._add(accounting.pba_matches_pending(self.ledger, self._pba()))
         return snap
 
