@@ -98,7 +98,8 @@ class Lab:
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0) -> None:
         """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
-        the guest driver, start the device servers, launch QEMU, start the sentinel, connect
+        the guest driver, compile the guest agent's bytecode for the image's Python
+        (images/bytecode.py; a failure only costs boot time), start the device servers, launch QEMU, start the sentinel, connect
         to the guest agent and wait at most ``boot_timeout`` seconds for its hello (then
         check it).  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option, a build
         or launch failure, no hello in time), or ``KernelMisbehaved`` when the console shows
