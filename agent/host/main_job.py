@@ -19,6 +19,7 @@ import logging
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -112,6 +113,33 @@ def _faults(lab: Lab, armed: list) -> list:
     return list(by_id.values())
 
 
+def run_in_lab(lab: Lab, console: Console, faults: list[dict], work: Callable[[], object],
+               judge_run: Callable[[list], RunVerdict]) -> RunVerdict:
+    """Start ``lab``, arm ``faults`` on its device (each printed as armed on purpose), run
+    ``work()``, then return ``judge_run(every fault armed)``; however it ends (Ctrl-C
+    included) the result is one classified verdict.  The guest's views are saved unless
+    the run was interrupted.  The caller stops the lab.  ``msixlab run`` and
+    ``msixlab soak`` both run this way."""
+    armed: list = []
+    try:
+        lab.start()
+        console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
+                      f"(kernel {lab.hello.get('kernel')})")
+        for spec in faults:
+            armed.append(lab.device_command("fault", **spec))
+            console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
+        work()
+        lab.guard()          # a splat while the last views were read
+        verdict = judge_run(_faults(lab, armed))
+    except BaseException as err:   # classified, never lost (Ctrl-C included)
+        verdict = RunVerdict.from_error(err, _faults(lab, armed))
+        if verdict.outcome is Outcome.INTERNAL_ERROR:
+            log.exception("internal error")
+    if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
+        _save_guest_views(lab)
+    return verdict
+
+
 def msixlab_commit() -> str:
     """The msixlab checkout's HEAD, ``-dirty`` if tracked files changed; ``unknown`` without
     git."""
@@ -191,27 +219,16 @@ def run_main_job(args, console: Console) -> int:
     scenario = (scenario_cls(lab, say=console.print) if nics == 1 else
                 scenarios.PerNic(lab, scenario_cls, nics, say=console.print))
     final: Snapshot | None = None
-    armed: list = []
+
+    def work() -> None:
+        nonlocal final
+        modes["irq_info_flags"] = lab.device_command("state")["msix"]["irq_info_flags"]
+        final = scenario.run()
+
     with dirs:
         try:
-            try:
-                lab.start()
-                console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
-                              f"(kernel {lab.hello.get('kernel')})")
-                modes["irq_info_flags"] = lab.device_command("state")["msix"]["irq_info_flags"]
-                for spec in getattr(args, "device_fault", []):
-                    armed.append(lab.device_command("fault", **spec))
-                    console.print("[yellow]device fault armed on purpose:[/] "
-                                  + escape(str(armed[-1])))
-                final = scenario.run()
-                lab.guard()          # a splat while the last views were read
-                verdict = judge(scenario, _faults(lab, armed))
-            except BaseException as err:   # classified, never lost (Ctrl-C included)
-                verdict = RunVerdict.from_error(err, _faults(lab, armed))
-                if verdict.outcome is Outcome.INTERNAL_ERROR:
-                    log.exception("internal error")
-            if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
-                _save_guest_views(lab)
+            verdict = run_in_lab(lab, console, getattr(args, "device_fault", []), work,
+                                 lambda faults: judge(scenario, faults))
         finally:
             lab.stop()
     metadata = {

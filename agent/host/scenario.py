@@ -79,6 +79,22 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def ring_doorbell(lab, ledger: Ledger, index: int, timeout_ms: int) -> bool:
+    """The guest raises ``index`` through the ICS doorbell (the agent's ``raise``) and the
+    ledger records it; returns whether the driver counted it within ``timeout_ms``.  A
+    timeout is not an error here (the checks that follow judge what arrived); any other
+    driver error is (``DriverCallFailed``)."""
+    counted = True
+    try:
+        lab.agent("raise", index=index, timeout_ms=timeout_ms)
+    except DriverCallFailed as err:
+        if err.code != "ETIMEDOUT":
+            raise
+        counted = False
+    ledger.raised(index, has_eventfd=True, doorbell=True)
+    return counted
+
+
 class Scenario:
     """The default scenario against a started ``Lab``; ``run()`` returns the final
     snapshot carrying every per-vector result, ``results`` holds them all.  Other
@@ -257,12 +273,7 @@ class Scenario:
         counts = self._counts(before)
         if doorbell:
             for index in live:
-                try:
-                    self.lab.agent("raise", index=index, timeout_ms=DOORBELL_WAIT_MS)
-                except DriverCallFailed as err:
-                    if err.code != "ETIMEDOUT":
-                        raise
-                self.ledger.raised(index, has_eventfd=True, doorbell=True)
+                ring_doorbell(self.lab, self.ledger, index, DOORBELL_WAIT_MS)
         else:
             self._device_raise(live)
         after = self._wait_counts({i: counts.get(i, 0) + 1 for i in live},

@@ -33,7 +33,7 @@ from . import dry_run
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .main_job import _faults, _save_guest_views, config_hash, msixlab_commit
+from .main_job import config_hash, msixlab_commit, run_in_lab
 from .outcome import Outcome, RunVerdict
 from .report import write_routing_json
 from .results import write_all as write_result_files
@@ -135,12 +135,14 @@ def run_soak(args, console: Console) -> int:
     started = time.monotonic()
     with dirs:
         try:
-            verdict = _soak_in_lab(lab, soak, args.device_fault, console)
+            verdict = run_in_lab(lab, console, args.device_fault, soak.run,
+                                 lambda faults: judge(soak, faults))
         finally:
             lab.stop()
     record = {
         "run_id": dirs.run_id, "kind": "soak", "scenario": "soak", "flavor": kernel.flavor,
-        "vectors": args.vectors, "cpus": args.cpus, "accel": choice.accel, "steps": [], "seed": seed, "verdict": verdict.to_dict(),
+        "vectors": args.vectors, "cpus": args.cpus, "accel": choice.accel, "steps": [],
+        "seed": seed, "verdict": verdict.to_dict(),
         "options": {"seconds": args.seconds, "ops": args.ops, "vectors": args.vectors,
                     "cpus": args.cpus, "flavor": kernel.flavor,
                     "kernel_under_test": kernel.as_json(), "accel": choice.accel,
@@ -153,28 +155,6 @@ def run_soak(args, console: Console) -> int:
         "msixlab_commit": msixlab_commit(), "reproduce": reproduce_command(args, seed),
     }
     return _finish(console, dirs, soak, verdict, record, lab)
-
-
-def _soak_in_lab(lab: Lab, soak: Soak, faults: list, console: Console) -> RunVerdict:
-    """Start the lab, arm the faults, soak; however it ends, one classified verdict."""
-    armed: list = []
-    try:
-        lab.start()
-        console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
-                      f"(kernel {lab.hello.get('kernel')})")
-        for spec in faults:
-            armed.append(lab.device_command("fault", **spec))
-            console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
-        soak.run()
-        lab.guard()
-        verdict = judge(soak, _faults(lab, armed))
-    except BaseException as err:   # classified, never lost (Ctrl-C included)
-        verdict = RunVerdict.from_error(err, _faults(lab, armed))
-        if verdict.outcome is Outcome.INTERNAL_ERROR:
-            log.exception("internal error")
-    if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
-        _save_guest_views(lab)
-    return verdict
 
 
 def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
