@@ -2,14 +2,17 @@
 
 Concepts: REGION_READ round-trip latency of the device server, measured with a raw
 client (pre-packed request, one send and one recv per round trip), against a raw
-UNIX-socket ping-pong of the same sizes as the floor.  Each is run with server and
-client pinned to one core, pinned to two cores, and unpinned (which mixes the two from
-run to run).  Floor and server runs alternate, R pairs with fresh processes (a run's
-latency moves by a microsecond or more with where the processes land, so one pair alone
-says little).  Reports median, p99 and messages/s of all samples of each side, the
-median over the pairs of the server/floor ratio of medians and of p99s (and each pair's),
-whether the ratio goal (``GOAL_RATIO``) is met and the load average before and after,
-and writes JSON to results/bench/.
+UNIX-socket ping-pong of the same sizes as the floor, and an epoll ping-pong that reads
+as the device server does (the least any such Python server can do).  Each is run with
+server and client pinned to one core, pinned to two cores, and unpinned (which mixes the
+two from run to run).  Floor, epoll floor and server runs alternate, R rounds with fresh
+processes (a run's latency moves by a microsecond or more with where the processes land,
+so one run alone says little).  Reports median, p99 and messages/s of all samples of
+each side and its server's context switches per round trip (waited, preempted), the
+median over the rounds of the server/floor ratio of medians and of p99s (and each
+round's), the epoll floor's ratio to the floor and the server's to it, whether the ratio
+goal (``GOAL_RATIO``) is met and the load average before and after, and writes JSON to
+results/bench/.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import namedtuple
 from pathlib import Path
 
 from qemu_device.protocol import Command, RegionAccess, pack_message
 from qemu_device.testing import QEMU_CAPS
 
 REG_SCRATCH = 0x18
+#: One side's run: round-trip times (ns) and its server's context switches per round
+#: trip, voluntary (it waited) and involuntary (it was preempted).
+Side = namedtuple("Side", "samples voluntary preempted")
 #: the REGION_READ round trip may take at most this many times the ping-pong floor
 GOAL_RATIO = 1.3
 
@@ -81,7 +88,29 @@ def _summary(samples_ns: list[int]) -> dict:
             "min_us": round(s[0] / 1e3, 2), "msgs_per_s": round(len(s) / total)}
 
 
-def _server_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
+def switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of process ``pid`` so far, summed over
+    its threads (``/proc/PID/status``)."""
+    counts = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if "ctxt_switches:" in line:
+                key, value = line.split(":")
+                counts[key] = int(value)
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
+
+
+def _measure(proc: subprocess.Popen, s: socket.socket, req: bytes, n: int) -> Side:
+    """Warm up, then ``n`` round trips; the server process's context switches over the
+    measured ones."""
+    _rounds(s, req, 36, min(n, 2000))
+    before = switches(proc.pid)
+    samples = _rounds(s, req, 36, n)
+    after = switches(proc.pid)
+    return Side(samples, (after[0] - before[0]) / n, (after[1] - before[1]) / n)
+
+
+def _server_run(tmp: str, cpu: int | None, n: int) -> Side:
     """REGION_READ round trips against a fresh device server (pinned to ``cpu`` if given):
     ``n`` measured after a warm-up, in ns."""
     path = os.path.join(tmp, "nic.sock")
@@ -94,44 +123,67 @@ def _server_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
         _recv_exact(s, int.from_bytes(hdr[4:8], "little") - 16)
         req = pack_message(1, Command.VFIO_USER_REGION_READ,
                            RegionAccess(REG_SCRATCH, 0, 4).pack())
-        _rounds(s, req, 36, min(n, 2000))                      # warm up
-        samples = _rounds(s, req, 36, n)
+        side = _measure(proc, s, req, n)
         s.close()
-        return samples
+        return side
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _pingpong_samples(tmp: str, cpu: int | None, n: int) -> list[int]:
-    """The same round trips against a raw UNIX-socket echo server: the floor the device server
-    is compared with."""
+def _pingpong_run(tmp: str, cpu: int | None, n: int, epoll: bool = False) -> Side:
+    """The same round trips against a raw UNIX-socket echo server (``bench.pingpong``):
+    the floor the device server is judged against, or with ``epoll`` the floor of any
+    epoll server reading with ``recvmsg_into``."""
     path = os.path.join(tmp, "pp.sock")
-    proc = _start([sys.executable, "-m", "bench.pingpong", path], cpu)
+    proc = _start([sys.executable, "-m", "bench.pingpong", path]
+                  + (["--epoll"] if epoll else []), cpu)
     try:
         s = _connect(path)
-        req = b"\0" * 32
-        _rounds(s, req, 36, min(n, 2000))
-        samples = _rounds(s, req, 36, n)
+        side = _measure(proc, s, b"\0" * 32, n)
         s.close()
-        return samples
+        return side
     finally:
         proc.wait(10)
 
 
-def compare(floor: list[list[int]], server: list[list[int]]) -> dict:
-    """The floor and server runs of one mode (alternating, same sizes and pinning): the
-    pooled summary of each, and the ratios server/floor of each adjacent pair's median
-    and p99.  The mode's ratios are the medians of the pairs' ratios: a pair ran under
-    the same conditions (unpinned, one pair may share a core and the next not)."""
-    pairs = [(_summary(a), _summary(b)) for a, b in zip(floor, server)]
-    per_median = [round(r["median_us"] / f["median_us"], 2) for f, r in pairs]
-    per_p99 = [round(r["p99_us"] / f["p99_us"], 2) for f, r in pairs]
+def _ratios(floor: list[list[int]], other: list[list[int]]) -> tuple[list[float], list[float]]:
+    """Per adjacent pair, other/floor of the medians and of the p99s."""
+    pairs = [(_summary(a), _summary(b)) for a, b in zip(floor, other)]
+    return ([round(r["median_us"] / f["median_us"], 2) for f, r in pairs],
+            [round(r["p99_us"] / f["p99_us"], 2) for f, r in pairs])
+
+
+def _side(runs: list[Side]) -> dict:
+    """The pooled summary of one side's runs, and its server's context switches per
+    round trip (the median over the runs)."""
+    out = _summary(sum((r.samples for r in runs), []))
+    out["switches_per_round_trip"] = {
+        "voluntary": round(statistics.median(r.voluntary for r in runs), 2),
+        "preempted": round(statistics.median(r.preempted for r in runs), 2)}
+    return out
+
+
+def compare(floor: list[Side], server: list[Side], epoll: list[Side] | None = None) -> dict:
+    """The runs of one mode (alternating, same sizes and pinning): the pooled summary of
+    each side, and the ratios server/floor of each adjacent pair's median and p99.  The
+    mode's ratios are the medians of the pairs' ratios: a pair ran under the same
+    conditions (unpinned, one pair may share a core and the next not).  With ``epoll``
+    runs, also the epoll floor's ratio to the floor and the server's to the epoll floor."""
+    per_median, per_p99 = _ratios([r.samples for r in floor], [r.samples for r in server])
     ratio = round(statistics.median(per_median), 2)
-    return {"pingpong_floor": _summary(sum(floor, [])), "region_read": _summary(sum(server, [])),
-            "ratio_to_floor": ratio, "p99_ratio_to_floor": round(statistics.median(per_p99), 2),
-            "ratio_per_repeat": per_median, "p99_ratio_per_repeat": per_p99,
-            "goal_ratio": GOAL_RATIO, "goal_met": ratio <= GOAL_RATIO}
+    out = {"pingpong_floor": _side(floor), "region_read": _side(server),
+           "ratio_to_floor": ratio, "p99_ratio_to_floor": round(statistics.median(per_p99), 2),
+           "ratio_per_repeat": per_median, "p99_ratio_per_repeat": per_p99,
+           "goal_ratio": GOAL_RATIO, "goal_met": ratio <= GOAL_RATIO}
+    if epoll:
+        floor_s, epoll_s = [r.samples for r in floor], [r.samples for r in epoll]
+        out["epoll_floor"] = _side(epoll)
+        out["epoll_floor_ratio_to_floor"] = round(statistics.median(
+            _ratios(floor_s, epoll_s)[0]), 2)
+        out["ratio_to_epoll_floor"] = round(statistics.median(
+            _ratios(epoll_s, [r.samples for r in server])[0]), 2)
+    return out
 
 
 def _modes(cpus: set[int]) -> list[tuple[str, set[int], int | None]]:
@@ -165,11 +217,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="qd-bench-") as tmp:
         for mode, mine, pin in _modes(original):
             os.sched_setaffinity(0, mine)
-            floor, server = [], []
+            floor, epoll, server = [], [], []
             for _ in range(args.repeat):
-                floor.append(_pingpong_samples(tmp, pin, args.iterations))
-                server.append(_server_samples(tmp, pin, args.iterations))
-            report["runs"][mode] = compare(floor, server)
+                floor.append(_pingpong_run(tmp, pin, args.iterations))
+                epoll.append(_pingpong_run(tmp, pin, args.iterations, epoll=True))
+                server.append(_server_run(tmp, pin, args.iterations))
+            report["runs"][mode] = compare(floor, server, epoll)
     os.sched_setaffinity(0, original)
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
@@ -185,13 +238,17 @@ def _print(report: dict) -> None:
     print(f"load average {report['loadavg_before']} -> {report['loadavg_after']}, "
           f"{report['repeat']} x {report['iterations']} round trips per mode and side")
     for mode, r in report["runs"].items():
-        for what in ("pingpong_floor", "region_read"):
+        for what in ("pingpong_floor", "epoll_floor", "region_read"):
             x = r[what]
+            sw = x["switches_per_round_trip"]
             print(f"{mode:10} {what:15} median {x['median_us']:7.2f} us  p99 "
-                  f"{x['p99_us']:7.2f} us  {x['msgs_per_s']:7d} msg/s")
+                  f"{x['p99_us']:7.2f} us  {x['msgs_per_s']:7d} msg/s  switches/rt "
+                  f"{sw['voluntary']:.2f} waited {sw['preempted']:.2f} preempted")
         print(f"{mode:10} ratio to floor: median {r['ratio_to_floor']} (goal <= "
               f"{r['goal_ratio']}: {'met' if r['goal_met'] else 'NOT met'}), p99 "
-              f"{r['p99_ratio_to_floor']}; per pair {r['ratio_per_repeat']}")
+              f"{r['p99_ratio_to_floor']}; per pair {r['ratio_per_repeat']}; epoll floor "
+              f"{r['epoll_floor_ratio_to_floor']}x the floor, the server "
+              f"{r['ratio_to_epoll_floor']}x the epoll floor")
 
 
 if __name__ == "__main__":
