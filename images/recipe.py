@@ -6,8 +6,10 @@ two kernel *flavors* with their headers and compiler: ``default`` (trixie-backpo
 ``linux-image-amd64``) and ``lts`` (trixie's own kernel).  Both flavors live in the same
 rootfs, so switching flavor never rebuilds; ``KERNEL_FLAVOR`` picks one at boot.
 
-The cache key is a hash of this file: a change to it rebuilds, nothing else does (the
-initramfs and the guest init scripts are cached separately, see initramfs.py).
+The cache key is a hash of the mmdebstrap command this recipe gives, with the mirror and
+the target left out: a change to what is built (suites, packages, options, hooks)
+rebuilds; a comment, a docstring or the mirror does not (the initramfs and the guest
+init scripts are cached separately, see initramfs.py).
 """
 
 from __future__ import annotations
@@ -61,9 +63,15 @@ echo "lts kernel: $img $hdr"
 chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$img/trixie" "$hdr/trixie"
 """
 
+#: stand-ins for the mirror and the target in the command the cache key hashes
+_ANY_MIRROR, _ANY_TARGET = "MIRROR", Path("TARGET")
+
+
 def recipe_hash() -> str:
-    """Hash of this recipe, which alone decides the rootfs' contents (12 hex digits)."""
-    return hashlib.sha256((HERE / "recipe.py").read_bytes()).hexdigest()[:12]
+    """Hash of the build command, which alone decides the rootfs' contents (12 hex
+    digits): ``mmdebstrap_argv`` with stand-ins for the mirror and the target."""
+    argv = mmdebstrap_argv(_ANY_MIRROR, _ANY_TARGET)
+    return hashlib.sha256("\0".join(argv).encode()).hexdigest()[:12]
 
 
 def mmdebstrap_argv(mirror: str, target: Path) -> list[str]:

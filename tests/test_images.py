@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,12 +74,19 @@ def test_mmdebstrap_argv_uses_given_mirror_and_both_suites(tmp_path):
     assert str(tmp_path / "rootfs") in argv
 
 
-def test_recipe_hash_follows_recipe_text(tmp_path, monkeypatch):
+def test_recipe_hash_follows_what_is_built_and_nothing_else(monkeypatch):
     original = recipe.recipe_hash()
-    copy = tmp_path / "recipe.py"
-    copy.write_text((recipe.HERE / "recipe.py").read_text() + "\n# changed\n")
-    monkeypatch.setattr(recipe, "HERE", tmp_path)
-    assert recipe.recipe_hash() != original
+    assert re.fullmatch(r"[0-9a-f]{12}", original)
+    for name, value in (("PACKAGES", recipe.PACKAGES + ("strace",)),
+                        ("SUITES", ("trixie",)),
+                        ("DEFAULT_RELEASE", "trixie"),
+                        ("LTS_HOOK", recipe.LTS_HOOK + "true\n")):
+        with monkeypatch.context() as m:
+            m.setattr(recipe, name, value)
+            assert recipe.recipe_hash() != original, name
+    # the mirror and the target are not part of the key; the same recipe, the same key
+    assert recipe.recipe_hash() == original
+    assert "MIRROR" in recipe.mmdebstrap_argv(recipe._ANY_MIRROR, recipe._ANY_TARGET)[-1]
 
 
 def test_lock_excludes_a_second_holder(tmp_path):
