@@ -164,9 +164,10 @@ def config_hash(config: Path | None) -> str | None:
         return None
 
 
-def reproduce_command(args) -> str:
-    """The ``msixlab run`` command line that repeats a run with ``args`` (kernel paths
-    absolute)."""
+def option_words(args) -> list[str]:
+    """The command-line words of the options a run or a soak was given that decide what
+    it does (kernel paths absolute): kernel (or flavor) and QEMU, vectors, CPUs, MSI-X
+    modes, IOMMU, NICs and armed device faults."""
     faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
                                                            if k != "kind")
               for spec in getattr(args, "device_fault", [])]
@@ -174,8 +175,6 @@ def reproduce_command(args) -> str:
              if getattr(args, f"msix_{mode}", False)]
     modes += ["--iommu"] if getattr(args, "iommu", False) else []
     modes += ["--nics", str(args.nics)] if getattr(args, "nics", 1) > 1 else []
-    name = getattr(args, "scenario", scenarios.DEFAULT)
-    chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
     kernel = ["--flavor", args.flavor]
     if getattr(args, "kernel_tree", None):
         kernel = ["--kernel-tree", str(Path(args.kernel_tree).resolve())]
@@ -184,8 +183,16 @@ def reproduce_command(args) -> str:
                   str(Path(args.kdir).resolve())]
     if getattr(args, "qemu", None):
         kernel += ["--qemu", str(Path(args.qemu).resolve())]
-    return shlex.join(["msixlab", "run", *chosen, *kernel, "--vectors", str(args.vectors),
-                       "--cpus", str(args.cpus), *modes, *faults])
+    return [*kernel, "--vectors", str(args.vectors), "--cpus", str(args.cpus), *modes,
+            *faults]
+
+
+def reproduce_command(args) -> str:
+    """The ``msixlab run`` command line that repeats a run with ``args`` (kernel paths
+    absolute)."""
+    name = getattr(args, "scenario", scenarios.DEFAULT)
+    chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
+    return shlex.join(["msixlab", "run", *chosen, *option_words(args)])
 
 
 def run_main_job(args, console: Console) -> int:

@@ -33,7 +33,7 @@ from . import dry_run
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .main_job import config_hash, msixlab_commit, run_in_lab
+from .main_job import config_hash, msixlab_commit, option_words, run_in_lab
 from .outcome import Outcome, RunVerdict
 from .report import write_routing_json
 from .results import write_all as write_result_files
@@ -98,14 +98,11 @@ def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
 
 
 def reproduce_command(args, seed: int) -> str:
-    """The ``msixlab soak`` command line that replays this soak (with its seed)."""
-    faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
-                                                           if k != "kind")
-              for spec in args.device_fault]
+    """The ``msixlab soak`` command line that replays this soak (with its seed and every
+    option that decides what it does, as ``run``'s)."""
     ops = ["--ops", str(args.ops)] if args.ops is not None else []
     return shlex.join(["msixlab", "soak", "--seconds", f"{args.seconds:g}", "--seed", str(seed),
-                       *ops, "--flavor", args.flavor, "--vectors", str(args.vectors),
-                       "--cpus", str(args.cpus), *faults])
+                       *ops, *option_words(args)])
 
 
 def run_soak(args, console: Console) -> int:
