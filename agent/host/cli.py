@@ -4,13 +4,13 @@ Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|pat
 ``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
 session on the guest's console), ``run`` (the main job:
 a scenario, ``default`` unless ``--scenario`` names another, against the emulated NIC;
-exit 0 pass, 1 check failed, 125 could not judge), ``scenarios`` (one line each),
+exit 0 pass, 1 the kernel misbehaved, 125 could not judge), ``scenarios`` (one line each),
 ``soak`` (random alloc/free churn and raises at full rate for ``--seconds``, every
 interrupt reconciled; same exit codes as ``run``), ``kernel config|build`` (the rig's
 kernel options; build a kernel tree) and ``bisect``
-(git bisect a kernel tree with the main job).  ``run``, ``shell`` and ``boot`` take the
-kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or ``--kernel BZIMAGE
---kdir DIR``, and another QEMU from ``--qemu PATH``.
+(git bisect a kernel tree with the main job).  ``run``, ``soak``, ``shell`` and ``boot``
+take the kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or
+``--kernel BZIMAGE --kdir DIR``, and another QEMU from ``--qemu PATH``.
 """
 
 from __future__ import annotations
