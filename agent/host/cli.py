@@ -268,8 +268,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("boot", help="boot the guest to its ready marker and time it")
     guest_options(p)
-    p.add_argument("--count", type=int, default=1, help="boots to make (median reported)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
+    p.add_argument("--count", type=bounded_int("--count", 1, 1000), default=1,
+                   help="boots to make, 1..1000 (median reported)")
+    p.add_argument("--timeout", type=bounded_float("--timeout", 1.0, 3600.0), default=120.0,
+                   help="seconds to wait for ready, 1..3600 (default: %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_boot)
 
@@ -329,9 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     return its exit code.  SIGTERM and SIGHUP interrupt as Ctrl-C does; any exception that
     escapes is classified (``RunVerdict.from_error``) and printed, so the code is always 0, 1
     or 125 (a bug in msixlab: 125 with its traceback)."""
-    args = parser().parse_args(argv)
-    if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and os.environ.get("KERNEL_FLAVOR"):
-        args.flavor = os.environ["KERNEL_FLAVOR"]
+    top = parser()
+    args = top.parse_args(argv)
+    env_flavor = os.environ.get("KERNEL_FLAVOR")
+    if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and env_flavor:
+        if env_flavor not in recipe.FLAVORS:
+            top.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
+                      f"not {env_flavor!r}")
+        args.flavor = env_flavor
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])
