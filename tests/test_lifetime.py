@@ -196,3 +196,41 @@ def test_stale_runtime_dirs_of_dead_runs_are_cleaned(tmp_path):
     for kept in (live, foreign, garbage, other):
         assert kept.exists()
     assert not stale.exists() and not reused.exists()
+
+
+@pytest.mark.parametrize("builder", ["kernel_make", "driver_make"])
+def test_a_build_msixlab_started_stops_when_msixlab_is_killed(builder, tmp_path):
+    """A kernel tree's make (its own process group) and the driver's make against a
+    tree get SIGTERM when msixlab dies by SIGKILL, and make passes it to the job it runs."""
+    (tmp_path / "Makefile").write_text("all modules:\n\techo $$$$ > job.pid; exec sleep 120\n")
+    call = {
+        "kernel_make": """
+            from agent.host.kernel import build
+            build._make(SimpleNamespace(path=tree), ["all"], open(tree / "log", "w"), None,
+                        300, 0, "build", tree / "log")""",
+        "driver_make": """
+            from agent.host import kmod
+            (tree / "out").mkdir()
+            kmod._make_against_kdir(SimpleNamespace(kdir=tree, release="test"),
+                                    tree / "out", 300)""",
+    }[builder]
+    setup = f"""
+        from pathlib import Path
+        from types import SimpleNamespace
+        tree = Path({str(tmp_path)!r})
+    """
+    parent = _run_python(textwrap.dedent(setup) + textwrap.dedent(call))
+    pid_file = tmp_path / "job.pid"
+    try:
+        wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip(), 30,
+                   "the make job to start")
+        job = int(pid_file.read_text())
+        assert process_alive(job)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=20)
+        wait_until(lambda: not process_alive(job), 10, f"the make job (pid {job}) to stop")
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()

@@ -164,7 +164,8 @@ def _make_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> No
             handle.write(f"$ {' '.join(argv)}\n")
             handle.flush()
             done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=timeout)
+                                  stdin=subprocess.DEVNULL, timeout=timeout,
+                                  preexec_fn=die_with_parent(signal.SIGTERM))
     except subprocess.TimeoutExpired as err:
         raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} took longer than "
                              f"{timeout} s", log=log) from err

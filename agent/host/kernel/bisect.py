@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from msixlab_common.lifetime import die_with_parent
+
 from ..console import ConsoleWatch, Splat
 from ..session import PROJECT_DIR, new_run_id
 from .build import BuildResult, KernelTree
@@ -341,7 +343,8 @@ class Bisect:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=PROJECT_DIR)
+                                    stdin=subprocess.DEVNULL, cwd=PROJECT_DIR,
+                                    preexec_fn=die_with_parent(signal.SIGTERM))
             try:
                 code = proc.wait(timeout=self.run_timeout)
             except subprocess.TimeoutExpired:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from msixlab_common.lifetime import die_with_parent
+
 from . import config as kconfig
 from .errors import KernelBuildFailed, KernelTreeError
 
@@ -120,6 +122,18 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _make_preexec(niceness: int) -> Callable[[], None]:
+    """make's ``preexec_fn``: SIGTERM when msixlab dies, however it dies (GNU make passes a
+    SIGTERM on to the jobs it runs), and ``niceness``."""
+    die = die_with_parent(signal.SIGTERM)
+
+    def preexec() -> None:
+        die()
+        if niceness:
+            os.nice(niceness)
+    return preexec
+
+
 def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
           timeout: float, niceness: int, step: str, log_path: Path) -> int:
     argv = ["make", "-C", str(tree.path), *args]
@@ -131,7 +145,7 @@ def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace",
                                 start_new_session=True,     # its own group: stopped as one
-                                preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+                                preexec_fn=_make_preexec(niceness))
     except OSError as err:
         raise KernelBuildFailed(f"cannot run make: {err}", tree=tree.path, step=step,
                                 log=log_path) from err
