@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from msixlab_common.lifetime import die_with_parent
 
 SCENARIOS = ("default", "cpu-hotplug")
 IOMMU = ((), ("--iommu",))
@@ -44,7 +47,8 @@ def main(results: str = "results") -> int:
         t0 = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "agent.host", "run", *argv,
                                "--results", str(root)], capture_output=True, text=True,
-                              timeout=1800, check=False)
+                              timeout=1800, check=False,
+                              preexec_fn=die_with_parent(signal.SIGTERM))
         rows.append({"argv": argv, "exit": done.returncode,
                      "seconds": round(time.monotonic() - t0, 1)})
         print(f"{done.returncode:>3}  {rows[-1]['seconds']:>6.1f} s  {' '.join(argv)}",

@@ -16,12 +16,14 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from images.cache import cache_dir, exclusive
 from images.mirror import debian_mirror
+from msixlab_common.lifetime import die_with_parent
 
 from .errors import SourceError
 
@@ -89,7 +91,7 @@ def _run(argv: list[str], log_path: Path, what: str, cwd: Path | None = None) ->
     log.info("%s: %s", what, " ".join(argv))
     try:
         done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=APT_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM))
     except (OSError, subprocess.TimeoutExpired) as err:
         raise SourceError(f"{what} failed: {err}", log=log_path) from err
     with open(log_path, "a") as out:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from images.cache import exclusive
+from msixlab_common.lifetime import die_with_parent
 
 from . import build as kbuild
 from . import config as kconfig
@@ -223,7 +225,8 @@ def _make_fixture(source: Path, out: Path) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
-    subprocess.run(["cp", "-a", str(source), str(work)], check=True, timeout=3600)
+    subprocess.run(["cp", "-a", str(source), str(work)], check=True, timeout=3600,
+                   preexec_fn=die_with_parent(signal.SIGTERM))
     ignore = work / ".gitignore"        # Debian's packaging ignores everything at the top
     ignore.write_text("".join(l for l in ignore.read_text().splitlines(keepends=True)
                               if l.strip() != "/*"))
