@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import accounting
@@ -226,7 +226,13 @@ class Soak:
         """Wait (in the driver, bounded) for every live vector's expected count on every
         NIC, then judge every NIC's totals against its ledger; ``raised``: the indices
         raised (or reallocated with a held raise) on NIC ``raised_on`` by this op."""
+        self.judge_totals([nic.wait_totals() for nic in self.nics], raised_on, raised)
+
+    def judge_totals(self, totals: Sequence[Mapping[int, int]], raised_on: NicSoak | None,
+                     raised: Iterable[int]) -> None:
+        """Judge ``totals[i]`` (NIC i's totals, read now) against NIC i's ledger, every
+        NIC: a count that is not where the ledger expects it fails on the NIC it was
+        expected on (lost) and on the NIC it came up on (spurious), each named."""
         raised = list(raised)
-        for nic in self.nics:
-            totals = nic.wait_totals()
-            self._add(nic, nic.judge(totals, raised if nic is raised_on else ()))
+        for nic, counted in zip(self.nics, totals, strict=True):
+            self._add(nic, nic.judge(counted, raised if nic is raised_on else ()))

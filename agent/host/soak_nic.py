@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from . import accounting
@@ -98,11 +99,16 @@ class NicSoak:
 
     def __init__(self, lab, nic: int, nics: int):
         self.lab, self.nic, self.several = lab, nic, nics > 1
-        self.target = NicView(lab, nic)
         self.ledger: Ledger | None = None
         self.totals: dict[int, int] = {}       # index -> the total last reconciled
         self.stats = SoakStats()
         self.passed: Counter = Counter()
+
+    @cached_property
+    def target(self) -> NicView:
+        """The lab bound to this NIC: agent commands to its driver, device commands to its
+        server, QEMU's table at its BARs."""
+        return NicView(self.lab, self.nic)
 
     @property
     def name(self) -> str:
