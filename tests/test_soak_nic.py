@@ -123,3 +123,17 @@ def test_soak_defaults_to_one_nic_and_reproduces_its_nics():
     assert words[words.index("--nics") + 1] == "3"
     assert "--device-fault=drop_raise:nic=2,count=0" in words
     assert "--nics" not in reproduce_command(cli.parser().parse_args(["soak"]), 7)
+
+
+def test_the_live_cap_is_shared_by_every_nic():
+    """The CPUs' vector space is one for all NICs: a NIC allocates only while fewer than
+    LIVE_CAP vectors are live on all of them together."""
+    from agent.host.ledger import GroupRequest
+    from agent.host.soak_nic import LIVE_CAP
+    soak = soak_on(2)
+    for nic in soak.nics:
+        nic.begin(256, 2, {})
+    soak.nics[0].ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 151)), 150, 150))
+    assert [view.live_cap for view in soak._views()] == [LIVE_CAP - 1, LIVE_CAP - 151]
+    one = soak_on(1)
+    assert one._views()[0].live_cap == min(LIVE_CAP, 64)

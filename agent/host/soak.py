@@ -40,7 +40,7 @@ from .outcome import DriverCallFailed
 from .routing import CheckResult, Snapshot, Verdict
 from .scenario import ring_doorbell
 from .soak_nic import NicSoak, SoakStats
-from .soak_plan import Op, next_nic_op
+from .soak_plan import Op, SoakView, next_nic_op
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Soak:
                                                 and done >= self.max_ops):
                 break
             self.step = f"op{done}"
-            op = next_nic_op(self.rng, [nic.view() for nic in self.nics])
+            op = next_nic_op(self.rng, self._views())
             nic = self.nics[op.nic or 0]
             entry = op.to_dict()
             self.op_log.append(entry)        # logged first: an op that raises is in the log
@@ -134,6 +134,11 @@ class Soak:
         if not self.failures:
             self.step = "final"
             self._final()
+
+    def _views(self) -> list[SoakView]:
+        """Every NIC's view for the op generator, the live cap shared by all NICs."""
+        live = [len(nic.ledger.live()) for nic in self.nics]
+        return [nic.view(sum(live) - own) for nic, own in zip(self.nics, live)]
 
     def _every_second(self) -> None:
         self.elapsed = time.monotonic() - self.started

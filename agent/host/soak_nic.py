@@ -31,7 +31,7 @@ from .scenarios.nics import NicView
 from .soak_plan import SoakView, reconcile
 
 WAIT_MS = 5000          # how long the driver waits for a batch's counts (then: judged)
-LIVE_CAP = 192          # allocate while fewer vectors are live (x86 has ~200 per CPU)
+LIVE_CAP = 192          # allocate while fewer vectors are live on all NICs (x86 has ~200 per CPU)
 
 
 @dataclass
@@ -129,11 +129,14 @@ class NicSoak:
         self.begin(state["msix"]["table_size"], self.lab.cpus,
                    self.target.agent("totals")["totals"])
 
-    def view(self) -> SoakView:
-        """What the op generator may look at on this NIC: the ledger's live groups."""
+    def view(self, live_elsewhere: int = 0) -> SoakView:
+        """What the op generator may look at on this NIC: the ledger's live groups.  The
+        CPUs' vector space is shared by every NIC, so this NIC allocates only while fewer
+        than ``LIVE_CAP`` vectors are live on all of them (``live_elsewhere``: on the
+        others)."""
         return SoakView(self.ledger.table_size, self.ledger.cpus,
                         {gid: g.indices for gid, g in self.ledger.groups.items()},
-                        live_cap=min(LIVE_CAP, self.ledger.table_size))
+                        live_cap=min(LIVE_CAP - live_elsewhere, self.ledger.table_size))
 
     def named(self, result: CheckResult, step: str) -> CheckResult:
         """``result`` made at ``step``, named for this NIC when there are several."""
