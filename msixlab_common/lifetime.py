@@ -1,8 +1,9 @@
 """Process lifetime: children that die with msixlab, and SIGTERM/SIGHUP handled as Ctrl-C.
 
-Concepts: every process msixlab starts (QEMU, the device server, build commands) is
-started with ``preexec_fn=die_with_parent(sig)``: in the child, between fork and exec, it
-asks the kernel for a *parent-death signal* (``prctl(PR_SET_PDEATHSIG)``), so the child
+Concepts: QEMU, the device server, the image build and the driver build in the image are
+started with ``preexec_fn=die_with_parent(sig)`` (a kernel tree's ``make``, the driver
+build against a tree and a bisect step's run are not): in the child, between fork and
+exec, it asks the kernel for a *parent-death signal* (``prctl(PR_SET_PDEATHSIG)``), so the child
 gets ``sig`` the moment msixlab dies, however it dies (SIGKILL included).  If msixlab
 died before the request took effect, the child is already an orphan: it checks that its
 parent is still the process that forked it and, if not, sends itself ``sig``.  The kernel

@@ -50,3 +50,24 @@ def test_switches_reads_a_real_process():
         assert waited >= 20                                 # each sleep waited once
     finally:
         sleeper.communicate("\n", timeout=10)
+
+
+def test_each_side_really_answers(tmp_path, monkeypatch):
+    """The floor, the epoll floor and the device server each answer 100 round trips of
+    36-byte replies (``_rounds`` reads exactly that much per request), unpinned.  The
+    client socket gets a timeout here (the bench has none: a timeout makes every recv
+    poll first), so a side that answers short fails instead of hanging."""
+    connect = bench._connect
+
+    def with_timeout(path):
+        s = connect(path)
+        s.settimeout(10)
+        return s
+
+    monkeypatch.setattr(bench, "_connect", with_timeout)
+    for run in (lambda: bench._pingpong_run(str(tmp_path), None, 100),
+                lambda: bench._pingpong_run(str(tmp_path), None, 100, epoll=True),
+                lambda: bench._server_run(str(tmp_path), None, 100)):
+        side = run()
+        assert len(side.samples) == 100 and min(side.samples) > 0
+        assert side.voluntary >= 0 and side.preempted >= 0

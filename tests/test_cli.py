@@ -41,6 +41,25 @@ def test_kernel_flavor_from_the_environment(monkeypatch):
     assert seen["f"] == "lts"
 
 
+def test_a_bad_kernel_flavor_in_the_environment_is_a_bad_option(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setenv("KERNEL_FLAVOR", "bogus")
+    monkeypatch.setattr(cli, "parser", _parser_with(lambda args: ran.append(args) or 0))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run"])
+    assert exited.value.code == 125 and not ran
+    assert "KERNEL_FLAVOR must be one of default, lts, not 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("words", [["--count", "0"], ["--count", "-3"], ["--timeout", "0"],
+                                   ["--timeout", "nan"], ["--timeout", "inf"]])
+def test_boot_bounds_its_count_and_timeout(words, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(["boot", *words])
+    assert exited.value.code == 125
+    assert f"{words[0]} must be" in capsys.readouterr().err
+
+
 def test_every_subcommand_is_wired():
     top = cli.parser()
     for argv in (["doctor", "--json"], ["image", "path"], ["boot", "--count", "2"],

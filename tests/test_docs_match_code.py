@@ -31,6 +31,9 @@ def test_every_declared_check_is_documented():
     rows = table_rows(DOCS / "routing.md", "check")
     documented = {name for row in rows for name in re.findall(r"`(\w+)`", row[0])}
     declared = {name for cls in REGISTRY.values() for _, names in cls.PLAN for name in names}
+    from agent.host.scenarios import PerNic
+    declared |= {name for _, names in PerNic(None, REGISTRY["default"], 2).PLAN
+                 for name in names}                 # --nics adds the isolation step
     assert declared <= documented, sorted(declared - documented)
 
 

@@ -333,3 +333,25 @@ def test_an_error_message_with_brackets_is_printed_not_taken_for_markup(tmp_path
         "error: expected ';' before '}' token", "error: [/root/linux/Makefile:1398: vmlinux] [bold]"))
     assert cli.main(["kernel", "build", str(tree.path), "--results", str(tmp_path / "r")]) == 125
     assert "[/root/linux/Makefile:1398: vmlinux] [bold]" in _flat(capsys.readouterr().err)
+
+
+def test_an_image_kernel_carries_debians_config_when_the_image_has_it(tmp_path, monkeypatch):
+    from images import initramfs
+    from images.image import Image
+    release = "7.3.4+deb13-amd64"
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "var/lib/dpkg").mkdir(parents=True)
+    (rootfs / "var/lib/dpkg/status").write_text(
+        f"Package: linux-image-amd64\nStatus: install ok installed\n"
+        f"Depends: linux-image-{release}\n\n"
+        f"Package: linux-image-{release}\nStatus: install ok installed\n\n")
+    (rootfs / "boot").mkdir()
+    (rootfs / f"boot/vmlinuz-{release}").write_bytes(b"bz")
+    monkeypatch.setattr(initramfs, "debian_modules", lambda kernel: [])
+    image = Image(rootfs)
+    assert KernelUnderTest.from_flavor(image, "default").config is None     # no config there
+    (rootfs / f"boot/config-{release}").write_text("CONFIG_PCI_MSI=y\n")
+    kernel = KernelUnderTest.from_flavor(image, "default")
+    assert kernel.config == rootfs / f"boot/config-{release}"
+    assert kernel.as_json()["config"] == str(kernel.config)
+    assert kernel.config_problems()            # a config lacking the fragment is judged

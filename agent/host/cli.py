@@ -4,13 +4,13 @@ Subcommands: ``doctor`` (what is here, what is missing), ``image build|clean|pat
 ``boot`` (boot the guest to its ready marker and measure it), ``shell`` (a manual
 session on the guest's console), ``run`` (the main job:
 a scenario, ``default`` unless ``--scenario`` names another, against the emulated NIC;
-exit 0 pass, 1 check failed, 125 could not judge), ``scenarios`` (one line each),
+exit 0 pass, 1 the kernel misbehaved, 125 could not judge), ``scenarios`` (one line each),
 ``soak`` (random alloc/free churn and raises at full rate for ``--seconds``, every
 interrupt reconciled; same exit codes as ``run``), ``kernel config|build`` (the rig's
 kernel options; build a kernel tree) and ``bisect``
-(git bisect a kernel tree with the main job).  ``run``, ``shell`` and ``boot`` take the
-kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or ``--kernel BZIMAGE
---kdir DIR``, and another QEMU from ``--qemu PATH``.
+(git bisect a kernel tree with the main job).  ``run``, ``soak``, ``shell`` and ``boot``
+take the kernel under test from ``--flavor``, ``--kernel-tree DIR [--build]`` or
+``--kernel BZIMAGE --kdir DIR``, and another QEMU from ``--qemu PATH``.
 """
 
 from __future__ import annotations
@@ -272,8 +272,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("boot", help="boot the guest to its ready marker and time it")
     guest_options(p)
-    p.add_argument("--count", type=int, default=1, help="boots to make (median reported)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
+    p.add_argument("--count", type=bounded_int("--count", 1, 1000), default=1,
+                   help="boots to make, 1..1000 (median reported)")
+    p.add_argument("--timeout", type=bounded_float("--timeout", 1.0, 3600.0), default=120.0,
+                   help="seconds to wait for ready, 1..3600 (default: %(default)s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_boot)
 
@@ -335,9 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     return its exit code.  SIGTERM and SIGHUP interrupt as Ctrl-C does; any exception that
     escapes is classified (``RunVerdict.from_error``) and printed, so the code is always 0, 1
     or 125 (a bug in msixlab: 125 with its traceback)."""
-    args = parser().parse_args(argv)
-    if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and os.environ.get("KERNEL_FLAVOR"):
-        args.flavor = os.environ["KERNEL_FLAVOR"]
+    top = parser()
+    args = top.parse_args(argv)
+    env_flavor = os.environ.get("KERNEL_FLAVOR")
+    if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and env_flavor:
+        if env_flavor not in recipe.FLAVORS:
+            top.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
+                      f"not {env_flavor!r}")
+        args.flavor = env_flavor
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])

@@ -3,8 +3,8 @@
 Concepts owned here:
 - ``Outcome``: every way a run can end, each with its exit code.  0 means every declared
   check passed.  1 means the *kernel under test* misbehaved: a check failed, the console
-  shows a kernel splat (oops, panic, BUG, WARN, KASAN, UBSAN, lockdep, hung task,
-  lockup), the guest driver returned an error where the scenario needs success, or the
+  shows a kernel splat (oops, panic, BUG, WARN, KASAN, KFENCE, UBSAN, lockdep, hung
+  task, lockup), the guest driver returned an error where the scenario needs success, or the
   guest stopped answering after its agent had answered.  125 means the run could not
   judge: an image or build failure, QEMU or the device server failing for a reason that
   is not the guest's, a host resource error, a kernel without what the rig needs

@@ -6,8 +6,9 @@ Concepts owned here:
   a checks summary; written atomically, read back into a Snapshot (docs/routing.md).
 - The terminal table: one row per vector, rendered with `rich` on a console the caller
   passes in, failures listed under it.
-- The verdict contract: 0 every check passed, 1 a check failed (named), 125 nothing
-  could be judged.
+- ``judge_exit`` for a bare list of results: 0 every check passed, 1 a check failed
+  (named), 125 nothing could be judged.  A run's verdict is a ``RunVerdict``
+  (outcome.py); ``render`` prints it last and returns its exit code.
 """
 
 from __future__ import annotations

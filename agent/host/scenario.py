@@ -7,7 +7,8 @@ step ``_account`` compares every view with it: the driver's live vectors, QEMU's
 entries and the kernel's msi_irqs against the expected set, every owner's count against
 the raises made (nothing lost, duplicated or spurious), the device's counters and the
 guest-visible PBA against what the device should have done.  A step raises all its
-vectors at once and waits for all of them under one deadline; a wait that expires is
+vectors (from the device in one request, through the doorbell one after the other) and
+waits for all of them under one deadline; a wait that expires is
 not an error of the run, the checks that follow judge what arrived.  The first step with
 a failed check ends the scenario (fail fast); a declared check that did not run is a
 failure, "not judged", unless an earlier failure ended the run.

@@ -75,11 +75,14 @@ class KernelUnderTest:
     @classmethod
     def from_flavor(cls, image: Image, flavor: str) -> "KernelUnderTest":
         """The image's kernel of ``flavor``: driver built in the image, Debian's 9p/overlay
-        modules."""
+        modules, Debian's ``/boot/config-<release>`` as its ``.config`` (checked against
+        the fragment and hashed into the results as any kernel's)."""
         kernel = image.kernel(flavor)
+        config = kernel.image.parent / f"config-{kernel.version}"    # Debian's boot/config-*
         return cls(label=flavor, bzimage=kernel.image, release=kernel.version,
                    kdir=kernel.headers, driver_build=DriverBuild.IMAGE,
-                   root_modules=tuple(initramfs.debian_modules(kernel)), flavor=flavor)
+                   root_modules=tuple(initramfs.debian_modules(kernel)), flavor=flavor,
+                   config=config if config.is_file() else None)
 
     @classmethod
     def from_tree(cls, tree: KernelTree | Path | str) -> "KernelUnderTest":
