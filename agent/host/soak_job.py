@@ -2,15 +2,17 @@
 
 Concepts: as ``msixlab run`` (main_job.py): the options are checked before anything
 starts, the image is found, a lab is booted (with ``--nics N`` NICs), device faults are
-armed on purpose if asked (each on the NIC its ``nic=`` names), and however the soak ended becomes one ``RunVerdict`` (outcome.py): exit 0 when
-every check passed, 1 when a check failed (a lost, duplicated or spurious interrupt, a
-device counter or a view that disagrees with the ledger) or the kernel misbehaved
-otherwise, 125 when the run could not judge.  A progress line every second, a summary
-at the end, each with every NIC's own numbers besides the totals when there are
-several.  Everything goes to ``results/soak-<id>/``: ``soak.json`` (verdict, options,
-seed, summary, failed checks and the op log: the same seed replays the same ops),
-routing.json (the final views and the check results) with the result files built from
-it as for ``run`` (results.ktap, junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the guest's views as far as it could give them.
+armed on purpose if asked (each on the NIC its ``nic=`` names), and however the soak
+ended becomes one ``RunVerdict`` (outcome.py): exit 0 when every check passed, 1 when a
+check failed (a lost, duplicated or spurious interrupt, a device counter or a view that
+disagrees with the ledger) or the kernel misbehaved otherwise, 125 when the run could
+not judge. A progress line every second, a summary at the end, each with every NIC's own
+numbers besides the totals when there are several. Everything goes to
+``results/soak-<id>/``: ``soak.json`` (verdict, options, seed, summary, failed checks
+and the op log: the same seed replays the same ops), routing.json (the final views and
+the check results) with the result files built from it as for ``run`` (results.ktap,
+junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the
+guest's views as far as it could give them.
 """
 
 from __future__ import annotations
