@@ -57,3 +57,22 @@ def test_run_reproduce_keeps_every_option():
                                     "--iommu", "--msix-maskable", "--nics", "2",
                                     "--device-fault", "drop_raise:vector=3"])
     same_options(args, reparsed(run_reproduce(args)), ("scenario", "nics"))
+
+
+@pytest.mark.parametrize("metadata, expect", [
+    ({"flavor": "lts", "vectors": 128, "cpus": 4, "seed": 0, "accel": "tcg"},
+     {"flavor": "lts", "vectors": 128, "cpus": 4}),
+    ({"flavor": None, "vectors": 64, "cpus": 2,
+      "kernel_under_test": {"label": "tree /src/linux", "kdir": "/src/linux",
+                            "bzimage": "/src/linux/arch/x86/boot/bzImage"}},
+     {"kernel_tree": "/src/linux"}),
+    ({"vectors": 64, "cpus": 2,
+      "kernel_under_test": {"label": "bzImage /k/bzImage", "bzimage": "/k/bzImage",
+                            "kdir": "/k/build"}},
+     {"kernel": "/k/bzImage", "kdir": "/k/build"}),
+])
+def test_the_fallback_reproduce_command_of_an_old_routing_json_parses(metadata, expect):
+    from agent.host.results.model import reproduce_command
+    again = reparsed(reproduce_command(metadata))
+    for name, value in expect.items():
+        assert getattr(again, name) == value, name

@@ -224,11 +224,26 @@ def msixlab_commit(project_dir: Path = _PROJECT_DIR) -> str:
 
 
 def reproduce_command(metadata: Mapping[str, Any]) -> str:
-    """``msixlab run`` with the options the metadata records."""
+    """``msixlab run`` with the options the metadata records, for a routing.json written
+    without its own ``reproduce`` line.  The kernel under test comes from
+    ``kernel_under_test`` (a tree, or a bzImage with its build directory) when recorded;
+    a run's seed is not an option of ``run`` (its scenarios draw nothing at random)."""
     argv = ["msixlab", "run"]
-    for option, key in (("--flavor", "flavor"), ("--vectors", "vectors"), ("--cpus", "cpus"),
-                        ("--seed", "seed"), ("--kernel-tree", "kernel_tree"),
-                        ("--kernel", "kernel_image"), ("--qemu", "qemu_binary")):
+    kernel = metadata.get("kernel_under_test") or {}
+    tree = metadata.get("kernel_tree") or (kernel.get("kdir")
+                                            if kernel.get("label", "").startswith("tree ")
+                                            else None)
+    image = metadata.get("kernel_image") or (kernel.get("bzimage")
+                                              if kernel.get("label", "").startswith("bzImage ")
+                                              else None)
+    kdir = metadata.get("kdir") or kernel.get("kdir")
+    if tree:
+        argv += ["--kernel-tree", str(tree)]
+    elif image and kdir:
+        argv += ["--kernel", str(image), "--kdir", str(kdir)]
+    elif metadata.get("flavor"):
+        argv += ["--flavor", str(metadata["flavor"])]
+    for option, key in (("--vectors", "vectors"), ("--cpus", "cpus"), ("--qemu", "qemu_binary")):
         if metadata.get(key) not in (None, ""):
             argv += [option, str(metadata[key])]
     if metadata.get("accel") not in (None, "", "tcg"):
