@@ -36,3 +36,11 @@ def test_shell_without_a_nic_prints_only_qemu(image, tmp_path):
     (qemu,) = dry(tmp_path, "shell", "--no-nic")
     assert not any("vfio-user-pci" in word for word in qemu)
     assert any("msixlab.mode=shell" in word for word in qemu)
+
+
+def test_soak_prints_a_device_server_per_nic(image, tmp_path):
+    *servers, qemu = dry(tmp_path, "soak", "--nics", "3", "--seed", "1")
+    assert len(servers) == 3
+    assert [argv[argv.index("--socket") + 1].rsplit("/", 1)[-1] for argv in servers] \
+        == ["nic0.sock", "nic1.sock", "nic2.sock"]
+    assert sum("vfio-user-pci" in word for word in qemu) == 3

@@ -2,7 +2,9 @@
 summary reconciled, the same seed replays the same op log, a lost interrupt (the device
 dropping raises of vector 0 on purpose) and an interrupt nobody raised (a real raise
 behind the soak's back) fail it with a named check, and the agent's ``totals`` waits
-bounded and checks its arguments."""
+bounded and checks its arguments.  With ``--nics 2``: the soak passes with ops and
+interrupts on both NICs, replays its NIC choices, and a device dropping every raise of
+NIC 1 (``--device-fault drop_raise:nic=1``) fails it with checks named for NIC 1 only."""
 
 from __future__ import annotations
 
@@ -46,6 +48,59 @@ def test_soak_cli_passes_and_its_summary_reconciles(image, tmp_path):
     assert routing["verdict"]["exit_code"] == 0 and routing["checks"]["fail"] == 0
     junit = (run_dir / "junit.xml").read_text()
     assert 'failures="0"' in junit and "no_interrupt_lost" in junit
+
+
+def soak_cli(tmp_path, *words: str) -> tuple[int, dict, dict, str]:
+    """``msixlab soak`` as a user runs it; (exit code, soak.json, routing.json, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "agent.host", "soak", *words,
+                           "--results", str(tmp_path)], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=600)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("soak-")]
+    return (done.returncode, json.loads((run_dir / "soak.json").read_text()),
+            json.loads((run_dir / "routing.json").read_text()), done.stderr)
+
+
+TWO_NICS = ("--nics", "2", "--ops", "60", "--seed", "7")
+
+
+def test_two_nic_soak_passes_with_ops_and_interrupts_on_both(image, tmp_path):
+    code, record, routing, stderr = soak_cli(tmp_path / "a", *TWO_NICS)
+    assert code == 0, stderr[-4000:]
+    summary, nics = record["summary"], record["summary"]["nics"]
+    ops_by_nic = [sum(e["nic"] == nic for e in record["op_log"]) for nic in (0, 1)]
+    assert min(ops_by_nic) > 10 and sum(ops_by_nic) == summary["ops"] == 60
+    assert [nics[f"nic{i}"]["ops"] for i in (0, 1)] == ops_by_nic
+    for name, nic in nics.items():
+        # each NIC's device saw its own raises, dropped none, and its driver counted them
+        assert nic["interrupts"] > 0 and nic["device"]["raised"] == nic["raises"], name
+        assert nic["device"]["dropped"] == 0, name
+        assert nic["raises_by_source"].get("device", 0) <= nic["interrupts"] <= nic["raises"]
+    assert summary["interrupts"] == sum(n["interrupts"] for n in nics.values())
+    assert summary["raises"] == sum(n["raises"] for n in nics.values())
+    assert "--nics 2" in record["reproduce"] and record["options"]["nics"] == 2
+    assert set(record["nic_records"]) == {"nic0", "nic1"}
+    assert routing["verdict"]["exit_code"] == 0 and routing["checks"]["fail"] == 0
+    assert {r["step"] for r in routing["results"]} == {"nic0/soak", "nic1/soak"}
+    assert "nic1: " in stderr and "nic1: ops, raises, interrupts" in stderr
+    # the same seed replays the same ops on the same NICs
+    code, again, _, stderr = soak_cli(tmp_path / "b", *TWO_NICS)
+    assert code == 0 and again["op_log"] == record["op_log"], stderr[-2000:]
+
+
+def test_raises_dropped_on_nic1_fail_the_soak_named_for_nic1(image, tmp_path):
+    code, record, routing, stderr = soak_cli(tmp_path, *TWO_NICS, "--device-fault",
+                                             "drop_raise:nic=1,count=0")
+    assert code == 1, stderr[-4000:]
+    failed = record["verdict"]["failed"]
+    assert failed and all(label.startswith("nic1/") for label in failed), failed
+    assert any("/no_interrupt_lost[" in label for label in failed), failed
+    assert all(f["evidence"]["nic"] == 1 and f["summary"].startswith("NIC 1: ")
+               for f in record["failures"])
+    assert not any(label.startswith("nic0/") for label in failed)
+    assert [f["nic"] for f in record["verdict"]["faults_armed"]] == [1]
+    assert record["summary"]["nics"]["nic0"]["device"].get("dropped", 0) == 0
+    assert routing["verdict"]["exit_code"] == 1 and routing["checks"]["fail"] == len(failed)
+    assert "nic1/" in stderr and "--device-fault=drop_raise:nic=1,count=0" in record["reproduce"]
 
 
 def _soak(lab, seed: int, ops: int) -> Soak:

@@ -31,11 +31,12 @@ def same_options(a, b, extra=()):
     [],
     ["--flavor", "lts", "--vectors", "300", "--cpus", "4"],
     ["--msix-maskable", "--msix-noresize", "--iommu", "--device-fault", "drop_raise:vector=3"],
+    ["--nics", "3", "--device-fault", "drop_raise:nic=2,count=0"],
 ])
 def test_soak_reproduce_keeps_every_option(words, tmp_path):
     args = cli.parser().parse_args(["soak", "--seconds", "7", "--ops", "50", *words])
     again = reparsed(soak_reproduce(args, 1234))
-    same_options(args, again, ("seconds", "ops"))
+    same_options(args, again, ("seconds", "ops", "nics"))
     assert again.seed == 1234
 
 

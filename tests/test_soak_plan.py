@@ -1,25 +1,32 @@
-"""The soak's pure parts: ops drawn from a seed, and the reconciliation of counts."""
+"""The soak's pure parts: ops drawn from a seed (on one NIC or several), and the
+reconciliation of counts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from collections import Counter
 
 import pytest
 
 from agent.host.routing import Verdict
 from agent.host.soak_plan import (MAX_DOORBELLS, OP_KINDS, RECONCILE_CHECKS, SoakView,
-                                  generate, next_op, reconcile)
+                                  generate, next_nic_op, next_op, reconcile)
 
 
-def churn(seed: int, table: int = 64, cpus: int = 2, count: int = 600) -> list[dict]:
-    """Ops for ``count`` steps against a table that allocates the lowest free indices
-    (any index) or start, start+1, ... (explicit), as the driver does."""
+def churn(seed: int, table: int = 64, cpus: int = 2, count: int = 600,
+          nics: int = 1) -> list[dict]:
+    """Ops for ``count`` steps on ``nics`` NICs, each a table that allocates the lowest
+    free indices (any index) or start, start+1, ... (explicit), as the driver does."""
     rng = random.Random(seed)
-    groups: dict[int, tuple[int, ...]] = {0: (0,)}
-    next_id, log = 1, []
+    tables = [{0: (0,)} for _ in range(nics)]
+    next_ids, log = [1] * nics, []
     for _ in range(count):
-        view = SoakView(table, cpus, dict(groups))
-        op = next_op(rng, view)
+        views = [SoakView(table, cpus, dict(groups)) for groups in tables]
+        op = next_nic_op(rng, views)
+        nic = 0 if op.nic is None else op.nic
+        groups, view = tables[nic], views[nic]
         check_op(op, view)
         entry = op.to_dict()
         if op.kind == "alloc":
@@ -32,9 +39,9 @@ def churn(seed: int, table: int = 64, cpus: int = 2, count: int = 600) -> list[d
                 while start + len(got) < table and start + len(got) in free \
                         and len(got) < op.args["max"]:
                     got.append(start + len(got))
-            groups[next_id] = tuple(got)
-            entry["group"] = next_id
-            next_id += 1
+            groups[next_ids[nic]] = tuple(got)
+            entry["group"] = next_ids[nic]
+            next_ids[nic] += 1
         elif op.kind == "free":
             del groups[op.args["group"]]
         log.append(entry)
@@ -77,6 +84,33 @@ def test_every_kind_is_drawn_and_every_op_is_valid(seed):
     allocs = [e for e in log if e["op"] == "alloc"]
     assert any("start" in e for e in allocs) and any("start" not in e for e in allocs)
     assert any(e.get("managed") for e in allocs) and any("cpu" not in e for e in allocs)
+
+
+# sha256 (16 hex digits) of json.dumps(churn(seed)) made by the generator before the
+# soak had NICs (commit 6dadcd9): a one-NIC soak must still make exactly these ops
+BEFORE_NICS = {5: "27368247cc18175b", 7: "1dd51d410a97cfe4"}
+
+
+@pytest.mark.parametrize("seed", sorted(BEFORE_NICS))
+def test_one_nic_makes_the_ops_it_made_before_nics_existed(seed):
+    log = churn(seed, nics=1)
+    assert hashlib.sha256(json.dumps(log).encode()).hexdigest()[:16] == BEFORE_NICS[seed]
+    assert not any("nic" in entry for entry in log)
+    view = SoakView(64, 2, {0: (0,), 1: (1, 2, 3)})
+    rng = random.Random(seed)
+    assert generate(seed, view, 300, nics=1) == [next_op(rng, view) for _ in range(300)]
+
+
+@pytest.mark.parametrize("nics", [2, 3, 8])
+def test_nic_choices_replay_and_every_nic_gets_every_kind(nics):
+    log = churn(5, nics=nics, count=300 * nics)
+    assert log == churn(5, nics=nics, count=300 * nics)       # the same NIC choices too
+    assert [e["nic"] for e in log] != [e["nic"] for e in churn(6, nics=nics, count=300 * nics)]
+    by_nic = Counter(entry["nic"] for entry in log)
+    assert set(by_nic) == set(range(nics))
+    assert min(by_nic.values()) > 200                          # drawn evenly enough
+    for nic in range(nics):
+        assert {e["op"] for e in log if e["nic"] == nic} == set(OP_KINDS), nic
 
 
 def test_a_full_table_is_only_raised_or_freed():

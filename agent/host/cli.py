@@ -240,6 +240,10 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--results", default="results", help="results root (default: %(default)s)")
         kernel_options.add_options(p)
 
+    def nics_option(p, what: str):
+        p.add_argument("--nics", type=bounded_int("--nics", 1, MAX_NICS), default=1,
+                       help=f"NICs, each with its own device server; {what} (1..{MAX_NICS})")
+
     def nic_options(p, min_vectors: int = 1):
         p.add_argument("--vectors", type=bounded_int("--vectors", min_vectors, MAX_VECTORS),
                        default=64, help=f"MSI-X table size of the NIC ({min_vectors}..{MAX_VECTORS})")
@@ -289,15 +293,14 @@ def parser() -> argparse.ArgumentParser:
                    metavar="KIND[:K=V,...]",
                    help="arm a fault on the device before the scenario, e.g. "
                         "drop_raise:vector=1 or errno_reply:command=SET_IRQS (repeatable; "
-                        "reported in the verdict; see docs/device.md)")
+                        "reported in the verdict; see docs/device.md); nic=I arms it on "
+                        "NIC I of --nics (default 0)")
     p.add_argument("--scenario", default=scenarios_mod.DEFAULT,
                    choices=list(scenarios_mod.REGISTRY),
                    help="the scenario to run (default: %(default)s; `msixlab scenarios` "
                         "lists them)")
-    p.add_argument("--nics", type=bounded_int("--nics", 1, MAX_NICS), default=1,
-                   help=f"NICs, each with its own device server; the scenario runs on each "
-                        f"in turn, then no NIC may have counted another's raises "
-                        f"(1..{MAX_NICS})")
+    nics_option(p, "the scenario runs on each in turn, then no NIC may have counted "
+                   "another's raises")
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="run the main job N times to detect flaky results; exit with the "
                         "worst (1, then 125, then 0)")
@@ -317,7 +320,10 @@ def parser() -> argparse.ArgumentParser:
                         "comes first)")
     p.add_argument("--device-fault", type=device_fault, action="append", default=[],
                    metavar="KIND[:K=V,...]",
-                   help="arm a fault on the device before the soak, as for run")
+                   help="arm a fault on the device before the soak, as for run "
+                        "(nic=I: on NIC I)")
+    nics_option(p, "every op is done on one of them, drawn from the seed, and every "
+                   "count reconciled on every NIC")
     p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("scenarios", help="list the scenarios `run --scenario` takes, one line each")

@@ -33,7 +33,7 @@ from . import scenarios
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .outcome import Outcome, RunVerdict
+from .outcome import CouldNotJudge, Outcome, RunVerdict
 from .report import render, write_routing_json
 from .results import write_all as write_result_files
 from .routing import Snapshot, Verdict
@@ -43,7 +43,9 @@ from .session import PROJECT_DIR, RunDirs
 log = logging.getLogger(__name__)
 
 
-def _dry_run(args, image, kernel, qemu) -> int:
+def print_dry_run(args, image, kernel, qemu) -> int:
+    """``--dry-run`` of ``run`` and ``soak``: print every device server's command (one per
+    NIC of ``--nics``) and QEMU's; returns 0."""
     for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
                                  cpus=args.cpus, nics=getattr(args, "nics", 1), qemu=qemu,
                                  msix_maskable=args.msix_maskable,
@@ -101,21 +103,46 @@ def judge(scenario: Scenario, faults: list) -> RunVerdict:
                       faults=tuple(faults), counts=counts)
 
 
+def check_fault_nics(faults: list[dict], nics: int) -> None:
+    """Refuse, before anything starts, a ``--device-fault`` whose ``nic`` key (the NIC to
+    arm it on; NIC 0 without one) is not an integer 0..``nics``-1 (exit 125, bad option)."""
+    for spec in faults:
+        nic = spec.get("nic", 0)
+        if isinstance(nic, bool) or not isinstance(nic, int) or not 0 <= nic < nics:
+            raise CouldNotJudge(Outcome.BAD_OPTION, f"--device-fault {spec.get('kind')}: "
+                                f"nic={nic!r} names no NIC of this run (0..{nics - 1}, "
+                                f"--nics {nics})", fault=dict(spec), nics=nics)
+
+
+def _arm(lab: Lab, spec: dict) -> dict:
+    """Arm one fault on the NIC its ``nic`` key names (NIC 0 without one); the armed
+    fault as its device server returned it, with ``nic`` when the lab has several."""
+    nic = spec.get("nic", 0)
+    armed = lab.device_command_on(lab.devices[nic], "fault",
+                                  **{k: v for k, v in spec.items() if k != "nic"})
+    return {**armed, "nic": nic} if len(lab.devices) > 1 else armed
+
+
 def _faults(lab: Lab, armed: list) -> list:
-    """Every fault armed on the device during the run: those this run armed (even if
-    already used up) and any still armed, by id."""
-    try:
-        current = list(lab.device.command("faults", timeout=3))
-    except Exception:                # a dead device server has no faults to report
-        current = []
-    by_id = {f.get("id"): f for f in armed}
-    by_id.update({f.get("id"): f for f in current})
+    """Every fault armed on a device during the run: those this run armed (even if
+    already used up) and any still armed, by NIC and id (``nic`` in each with several
+    NICs)."""
+    several, current = len(lab.devices) > 1, []
+    for nic, device in enumerate(lab.devices):
+        try:
+            faults = list(device.command("faults", timeout=3))
+        except Exception:            # a dead device server has no faults to report
+            continue
+        current += [{**f, "nic": nic} if several else f for f in faults]
+    by_id = {(f.get("nic", 0), f.get("id")): f for f in armed}
+    by_id.update({(f.get("nic", 0), f.get("id")): f for f in current})
     return list(by_id.values())
 
 
 def run_in_lab(lab: Lab, console: Console, faults: list[dict], work: Callable[[], object],
                judge_run: Callable[[list], RunVerdict]) -> RunVerdict:
-    """Start ``lab``, arm ``faults`` on its device (each printed as armed on purpose), run
+    """Start ``lab``, arm ``faults`` on its devices (each on the NIC its ``nic`` key names,
+    NIC 0 without one; each printed as armed on purpose), run
     ``work()``, then return ``judge_run(every fault armed)``; however it ends (Ctrl-C
     included) the result is one classified verdict.  The guest's views are saved unless
     the run was interrupted.  The caller stops the lab.  ``msixlab run`` and
@@ -126,7 +153,7 @@ def run_in_lab(lab: Lab, console: Console, faults: list[dict], work: Callable[[]
         console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
                       f"(kernel {lab.hello.get('kernel')})")
         for spec in faults:
-            armed.append(lab.device_command("fault", **spec))
+            armed.append(_arm(lab, spec))
             console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
         work()
         lab.guard()          # a splat while the last views were read
@@ -208,10 +235,11 @@ def run_main_job(args, console: Console) -> int:
     scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
     nics = getattr(args, "nics", 1)
     scenarios.check_options(scenario_cls, args.cpus, nics)
+    check_fault_nics(getattr(args, "device_fault", []), nics)
     image = ensure_image()
     kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:
-        return _dry_run(args, image, kernel, qemu)
+        return print_dry_run(args, image, kernel, qemu)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results))
     console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, "

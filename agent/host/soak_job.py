@@ -1,15 +1,18 @@
 """``msixlab soak``: the soak (soak.py) in a real guest, ending in one classified verdict.
 
 Concepts: as ``msixlab run`` (main_job.py): the options are checked before anything
-starts, the image is found, a lab is booted, device faults are armed on purpose if
-asked, and however the soak ended becomes one ``RunVerdict`` (outcome.py): exit 0 when
-every check passed, 1 when a check failed (a lost, duplicated or spurious interrupt, a
-device counter or a view that disagrees with the ledger) or the kernel misbehaved
-otherwise, 125 when the run could not judge.  A progress line every second, a summary
-at the end.  Everything goes to ``results/soak-<id>/``: ``soak.json`` (verdict, options,
-seed, summary, failed checks and the op log: the same seed replays the same ops),
-routing.json (the final views and the check results) with the result files built from
-it as for ``run`` (results.ktap, junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the guest's views as far as it could give them.
+starts, the image is found, a lab is booted (with ``--nics N`` NICs), device faults are
+armed on purpose if asked (each on the NIC its ``nic=`` names), and however the soak
+ended becomes one ``RunVerdict`` (outcome.py): exit 0 when every check passed, 1 when a
+check failed (a lost, duplicated or spurious interrupt, a device counter or a view that
+disagrees with the ledger) or the kernel misbehaved otherwise, 125 when the run could
+not judge. A progress line every second, a summary at the end, each with every NIC's own
+numbers besides the totals when there are several. Everything goes to
+``results/soak-<id>/``: ``soak.json`` (verdict, options, seed, summary, failed checks
+and the op log: the same seed replays the same ops), routing.json (the final views and
+the check results) with the result files built from it as for ``run`` (results.ktap,
+junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the
+guest's views as far as it could give them.
 """
 
 from __future__ import annotations
@@ -29,17 +32,18 @@ from rich.table import Table
 from images.build import ensure_image
 
 from . import accel as accel_mod
-from . import dry_run
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .main_job import config_hash, msixlab_commit, option_words, run_in_lab
+from .main_job import (check_fault_nics, config_hash, msixlab_commit, option_words,
+                       print_dry_run, run_in_lab)
 from .outcome import Outcome, RunVerdict
 from .report import write_routing_json
 from .results import write_all as write_result_files
 from .routing import Snapshot
 from .session import RunDirs
-from .soak import Soak, SoakStats
+from .soak import Soak
+from .soak_nic import SoakStats
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
@@ -66,15 +70,22 @@ def judge(soak: Soak, faults: list) -> RunVerdict:
 
 def _progress_line(console: Console, soak: Soak):
     def tick(elapsed: float, stats: SoakStats) -> None:
-        live = soak.ledger.live() if soak.ledger else set()
+        ledgers = [nic.ledger for nic in soak.nics if nic.ledger]
+        live = sum(len(ledger.live()) for ledger in ledgers)
         rate = stats.interrupts / elapsed if elapsed else 0.0
         rss = f", device RSS {stats.rss_kib[-1] / 1024:.1f} MiB" if stats.rss_kib else ""
-        console.print(f"[dim]{elapsed:5.1f} s[/] {sum(stats.ops.values())} ops, "
-                      f"{sum(stats.raises.values())} raises, {stats.interrupts} interrupts "
-                      f"({rate:.0f}/s), {len(live)} vectors live in "
-                      f"{len(soak.ledger.groups) if soak.ledger else 0} groups, "
-                      f"{len(soak.failures)} failures{rss}")
+        per_nic = "" if len(soak.nics) == 1 else "; " + "; ".join(
+            f"{nic.name}: {_counts(nic.stats)}" for nic in soak.nics)
+        console.print(f"[dim]{elapsed:5.1f} s[/] {_counts(stats)} "
+                      f"({rate:.0f}/s), {live} vectors live in "
+                      f"{sum(len(ledger.groups) for ledger in ledgers)} groups, "
+                      f"{len(soak.failures)} failures{rss}{per_nic}")
     return tick
+
+
+def _counts(stats: SoakStats) -> str:
+    return (f"{sum(stats.ops.values())} ops, {sum(stats.raises.values())} raises, "
+            f"{stats.interrupts} interrupts")
 
 
 def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
@@ -89,7 +100,13 @@ def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
                                    f"({summary['interrupts_per_s']}/s)"),
             ("reconciliations", str(summary["reconciliations"])),
             ("alloc ENOSPC", str(summary["alloc_enospc"])),
-            ("device RSS KiB", f"first {rss['first']}, last {rss['last']}, max {rss['max']}"),
+            ("device RSS KiB", f"first {rss['first']}, last {rss['last']}, max {rss['max']}"
+                               + (" (summed over the device servers)" if "nics" in summary
+                                  else "")),
+            *((f"{name}: ops, raises, interrupts",
+               f"{nic['ops']}, {nic['raises']}, {nic['interrupts']} (device RSS KiB last "
+               f"{nic['device_rss_kib']['last']})")
+              for name, nic in summary.get("nics", {}).items()),
             ("failures", str(len(verdict.failed))),
             ("verdict", f"{verdict.outcome} (exit {verdict.exit_code})")]
     for name, value in rows:
@@ -108,26 +125,24 @@ def reproduce_command(args, seed: int) -> str:
 def run_soak(args, console: Console) -> int:
     """``msixlab soak``: boot, soak, judge, write the results; returns the exit code
     (0 pass, 1 the kernel misbehaved, 125 could not judge)."""
+    check_fault_nics(args.device_fault, args.nics)
     image = ensure_image()
     kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:
-        for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
-                                     cpus=args.cpus, nics=1, qemu=qemu,
-                                     msix_maskable=args.msix_maskable,
-                                     msix_noresize=args.msix_noresize, iommu=args.iommu):
-            print(shlex.join(argv))
-        return 0
+        return print_dry_run(args, image, kernel, qemu)
     seed = args.seed if args.seed is not None else secrets.randbelow(MAX_SEED)
     choice = accel_mod.choose(args.accel, image, args.flavor)
     dirs = RunDirs.create(Path(args.results), prefix="soak")
     console.print(f"soak {dirs.run_id}: seed {seed}, {args.seconds:g} s"
                   + (f" or {args.ops} ops" if args.ops is not None else "")
                   + f", kernel {kernel.release} ({kernel.label}), {choice.accel}, "
-                  f"{args.vectors} vectors, {args.cpus} CPUs; results in {dirs.results}")
+                  f"{args.vectors} vectors, {args.cpus} CPUs"
+                  + (f", {args.nics} NICs" if args.nics > 1 else "")
+                  + f"; results in {dirs.results}")
     lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-              iommu=args.iommu)
-    soak = Soak(lab, seed, args.seconds, args.ops, say=console.print)
+              iommu=args.iommu, nics=args.nics)
+    soak = Soak(lab, seed, args.seconds, args.ops, say=console.print, nics=args.nics)
     soak.tick = _progress_line(console, soak)
     started = time.monotonic()
     with dirs:
@@ -138,10 +153,11 @@ def run_soak(args, console: Console) -> int:
             lab.stop()
     record = {
         "run_id": dirs.run_id, "kind": "soak", "scenario": "soak", "flavor": kernel.flavor,
-        "vectors": args.vectors, "cpus": args.cpus, "accel": choice.accel, "steps": [],
+        "vectors": args.vectors, "cpus": args.cpus, "nics": args.nics,
+        "accel": choice.accel, "steps": [],
         "seed": seed, "verdict": verdict.to_dict(),
         "options": {"seconds": args.seconds, "ops": args.ops, "vectors": args.vectors,
-                    "cpus": args.cpus, "flavor": kernel.flavor,
+                    "cpus": args.cpus, "nics": args.nics, "flavor": kernel.flavor,
                     "kernel_under_test": kernel.as_json(), "accel": choice.accel,
                     "msix_maskable": args.msix_maskable, "msix_noresize": args.msix_noresize,
                     "iommu": args.iommu, "device_faults": list(args.device_fault)},
@@ -163,6 +179,9 @@ def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
     for failure in soak.failures[:20]:
         console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
     summary = soak.stats.to_dict(soak.elapsed)
+    if len(soak.nics) > 1:
+        summary["nics"] = {nic.name: nic.summary(soak.elapsed) for nic in soak.nics}
+        record["nic_records"] = soak.nic_records
     record.update(summary=summary, checks_passed=dict(soak.passed),
                   failures=[r.to_dict() for r in soak.failures], op_log=soak.op_log)
     console.print(_summary_table(summary, verdict))

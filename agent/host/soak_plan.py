@@ -11,7 +11,9 @@ Concepts owned here:
 - ``next_op(rng, view)``: the next operation, drawn from a ``random.Random(seed)`` and
   the live groups (``SoakView``) only, so a seed replays the same sequence on a kernel
   that answers the same (the driver hands out the lowest free indices and group ids in
-  order).  At most one raise per vector is in flight: every raise op names distinct
+  order).  ``next_nic_op(rng, views)``: with several NICs (one view each) the same
+  generator first draws the NIC, then its op, and the op names the NIC; with one NIC it
+  is ``next_op`` and draws nothing more (a one-NIC soak makes the ops it always made).  At most one raise per vector is in flight: every raise op names distinct
   vectors, and the runner waits for each to be counted before the next op.
 - ``reconcile(expected, before, totals, raised)``: the guest's per-vector totals
   against what the ledger expects, each difference named: ``no_interrupt_lost`` (a
@@ -24,8 +26,8 @@ Pure data and arithmetic: no I/O, unit-tested on its own (tests/test_soak_plan.p
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .routing import CheckResult, Verdict
@@ -40,14 +42,18 @@ RECONCILE_CHECKS = ("no_interrupt_lost", "no_interrupt_duplicated", "no_spurious
 
 @dataclass(frozen=True)
 class Op:
-    """One operation; ``args`` is JSON-ready (what the op log records)."""
+    """One operation; ``args`` is JSON-ready (what the op log records); ``nic`` the NIC
+    it is done on when the soak has several (None with one)."""
 
     kind: str
     args: Mapping[str, Any] = field(default_factory=dict)
+    nic: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The op as the op log records it: ``{"op": kind, **args}``."""
-        return {"op": self.kind, **self.args}
+        """The op as the op log records it: ``{"op": kind, "nic": nic, **args}``, without
+        ``nic`` on a one-NIC soak."""
+        nic = {} if self.nic is None else {"nic": self.nic}
+        return {"op": self.kind, **nic, **self.args}
 
 
 @dataclass(frozen=True)
@@ -134,10 +140,21 @@ def next_op(rng: random.Random, view: SoakView) -> Op:
     return Op(kind, {"vectors": picked})
 
 
-def generate(seed: int, view: SoakView, count: int) -> list[Op]:
-    """``count`` ops for a view that never changes (the generator's own replay test)."""
+def next_nic_op(rng: random.Random, views: Sequence[SoakView]) -> Op:
+    """The next operation of a soak on ``len(views)`` NICs (``views[i]``: NIC i's live
+    groups): with one NIC ``next_op`` itself; with several the NIC is drawn first, with
+    the same ``rng``, and the op names it."""
+    if len(views) == 1:
+        return next_op(rng, views[0])
+    nic = rng.randrange(len(views))
+    return replace(next_op(rng, views[nic]), nic=nic)
+
+
+def generate(seed: int, view: SoakView, count: int, nics: int = 1) -> list[Op]:
+    """``count`` ops for ``nics`` NICs whose view never changes (the generator's own
+    replay test)."""
     rng = random.Random(seed)
-    return [next_op(rng, view) for _ in range(count)]
+    return [next_nic_op(rng, [view] * nics) for _ in range(count)]
 
 
 # --- reconciliation ------------------------------------------------------------------------
