@@ -381,3 +381,39 @@ def test_a_second_bisect_of_the_same_tree_is_refused_while_one_runs(repo, tmp_pa
     bisect.run()
     assert seen and not (tmp_path / "second").exists()
     assert_untouched(root, shas[8])
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--dry-run"], "--dry-run cannot be a run option"),   # exit 0 each step: "good"
+    (["--dry"], "--dry-run cannot be a run option"),       # argparse's abbreviation
+    (["--help"], "--help prints help"),
+    (["--kernel-tree", "/elsewhere"], "--kernel-tree cannot be a run option"),
+    (["--kernel", "/b", "--kdir", "/k"], "--kernel cannot be a run option"),
+    (["--res", "/elsewhere"], "--results cannot be a run option"),
+    (["--qemu", "/opt/qemu"], "--qemu cannot be a run option"),
+    (["--vectors", "0"], "--vectors must be"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--scenario", "cpu-hotplug", "--cpus", "1"], "needs --cpus of at least 2"),
+    (["--device-fault", "bogus"], "'kind' must be one of")])
+def test_run_options_are_checked_before_the_tree_is_touched(repo, tmp_path, capsys, options,
+                                                            named):
+    # They were passed on unchecked: every step was built, then its run refused them
+    # (a skip), or --dry-run exited 0 at every step and the bisect named --bad as the
+    # first bad commit, exit 0.
+    root, shas = repo
+    head = git(root, "rev-parse", "HEAD")
+    results = tmp_path / "results"
+    assert cli.main(["bisect", "--kernel-tree", str(root), "--good", shas[0], "--bad", shas[8],
+                     "--results", str(results), "--", *options]) == 125
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error (bad_option): -- RUN-OPTIONS" in err and named in err, err
+    assert not results.exists()
+    assert_untouched(root, head)
+
+
+def test_good_run_options_pass_the_check():
+    from agent.host.kernel.commands import check_run_options
+    run = cli.parser()._subparsers._group_actions[0].choices["run"]
+    check_run_options(run, ["--vectors", "32", "--scenario", "cpu-hotplug", "--cpus", "4",
+                            "--repeat", "2", "--device-fault", "drop_raise:vector=1"])
+    check_run_options(run, [])

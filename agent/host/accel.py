@@ -19,6 +19,7 @@ from images.cache import cache_dir
 from images.image import Image
 
 from .errors import HostError
+from .outcome import CouldNotJudge, Outcome
 
 log = logging.getLogger(__name__)
 CHOICES = ("tcg", "kvm", "auto")
@@ -63,13 +64,23 @@ def probe_kvm(image: Image, flavor: str, timeout: float = 30.0) -> tuple[bool, s
     return ok, why
 
 
+def requested_name(requested: str | None, environ=os.environ) -> str:
+    """The accelerator asked for: ``requested`` (``--accel``), else ``$MSIXLAB_ACCEL``, else
+    tcg.  A name that is none of ``CHOICES`` is a bad option (``CouldNotJudge``, exit 125)
+    naming where it came from."""
+    where = "--accel" if requested else "MSIXLAB_ACCEL"
+    name = requested or environ.get("MSIXLAB_ACCEL") or "tcg"
+    if name.lower() not in CHOICES:
+        raise CouldNotJudge(Outcome.BAD_OPTION, f"{where} must be one of {', '.join(CHOICES)}, "
+                            f"not {name!r}", accel=name)
+    return name.lower()
+
+
 def choose(requested: str | None, image: Image | None, flavor: str = "default") -> AccelChoice:
     """The accelerator for ``requested`` (else ``$MSIXLAB_ACCEL``, else tcg): ``tcg`` as is;
     ``kvm`` only if a probe boot under KVM reaches the ready marker (``HostError`` if not);
-    ``auto`` falls back to TCG.  An unknown name is a ``HostError``."""
-    requested = (requested or os.environ.get("MSIXLAB_ACCEL") or "tcg").lower()
-    if requested not in CHOICES:
-        raise HostError(f"unknown accelerator {requested!r}: choose one of {', '.join(CHOICES)}")
+    ``auto`` falls back to TCG.  An unknown name is a bad option (``requested_name``)."""
+    requested = requested_name(requested)
     if requested == "tcg":
         return AccelChoice("tcg", "TCG is the default; KVM is opt-in (MSIXLAB_ACCEL=kvm or auto)")
     if image is None:

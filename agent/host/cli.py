@@ -34,12 +34,13 @@ from images.cache import cache_dir, clean
 from msixlab_common.lifetime import interrupt_on
 
 from . import accel as accel_mod
+from .argtypes import bounded_float, bounded_int, path_text
 from . import doctor, progress
 from . import scenarios as scenarios_mod
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .kernel import commands as kernel_commands
 from .kernel import options as kernel_options
-from .outcome import Outcome, RunVerdict
+from .outcome import CouldNotJudge, Outcome, RunVerdict
 from .scenario import MIN_TABLE
 
 # Wide enough for the routing table when the output is a log file rather than a terminal.
@@ -181,34 +182,6 @@ class Parser(argparse.ArgumentParser):
                               f"(exit {EXIT_INFRA}: {Outcome.BAD_OPTION})\n")
 
 
-def bounded_int(name: str, low: int, high: int):
-    """An argparse type: an integer in low..high, else an error naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} takes an integer, not {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}, not {value}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
-def bounded_float(name: str, low: float, high: float):
-    """An argparse type: a finite number in low..high, else an error naming the option."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} takes a number, not {text!r}") from None
-        if not low <= value <= high:     # NaN fails this too
-            raise argparse.ArgumentTypeError(f"{name} must be {low:g}..{high:g}, not {text}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
 def device_fault(text: str) -> dict:
     """``KIND[:key=value,...]`` -> a device fault spec (integers where they parse)."""
     kind, _, rest = text.partition(":")
@@ -237,7 +210,8 @@ def parser() -> argparse.ArgumentParser:
                        help="kernel flavor (default: %(default)s; env KERNEL_FLAVOR)")
         p.add_argument("--accel", choices=accel_mod.CHOICES, default=None,
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
-        p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+        p.add_argument("--results", default="results", type=path_text("--results"),
+                       help="results root (default: %(default)s)")
         kernel_options.add_options(p)
 
     def nics_option(p, what: str):
@@ -292,9 +266,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device-fault", type=device_fault, action="append", default=[],
                    metavar="KIND[:K=V,...]",
                    help="arm a fault on the device before the scenario, e.g. "
-                        "drop_raise:vector=1 or errno_reply:command=SET_IRQS (repeatable; "
-                        "reported in the verdict; see docs/device.md); nic=I arms it on "
-                        "NIC I of --nics (default 0)")
+                        "drop_raise:vector=1 or errno_reply:command=DEVICE_SET_IRQS "
+                        "(repeatable; checked before anything starts; reported in the "
+                        "verdict; see docs/device.md); nic=I arms it on NIC I of --nics "
+                        "(default 0)")
     p.add_argument("--scenario", default=scenarios_mod.DEFAULT,
                    choices=list(scenarios_mod.REGISTRY),
                    help="the scenario to run (default: %(default)s; `msixlab scenarios` "
@@ -345,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             top.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
                       f"not {env_flavor!r}")
         args.flavor = env_flavor
+    if hasattr(args, "accel") and args.command != "doctor":   # doctor reports it instead
+        try:
+            accel_mod.requested_name(args.accel)
+        except CouldNotJudge as err:
+            top.error(str(err))
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from images.build import ensure_image
+from qemu_device.errors import QemuDeviceError
+from qemu_device.faults import FaultTable
 
 from . import accel as accel_mod
 from . import dry_run
@@ -103,8 +105,10 @@ def judge(scenario: Scenario, faults: list) -> RunVerdict:
                       faults=tuple(faults), counts=counts)
 
 
-def check_fault_nics(faults: list[dict], nics: int) -> None:
-    """Refuse, before anything starts, a ``--device-fault`` whose ``nic`` key (the NIC to
+def check_faults(faults: list[dict], nics: int) -> None:
+    """Refuse, before anything starts, a ``--device-fault`` the device server would refuse
+    once the guest is up (an unknown kind, a field that kind does not take, a value out of
+    range: checked by the device's own ``FaultTable``), or whose ``nic`` key (the NIC to
     arm it on; NIC 0 without one) is not an integer 0..``nics``-1 (exit 125, bad option)."""
     for spec in faults:
         nic = spec.get("nic", 0)
@@ -112,6 +116,22 @@ def check_fault_nics(faults: list[dict], nics: int) -> None:
             raise CouldNotJudge(Outcome.BAD_OPTION, f"--device-fault {spec.get('kind')}: "
                                 f"nic={nic!r} names no NIC of this run (0..{nics - 1}, "
                                 f"--nics {nics})", fault=dict(spec), nics=nics)
+        try:
+            FaultTable().add({k: v for k, v in spec.items() if k != "nic"})
+        except QemuDeviceError as err:
+            raise CouldNotJudge(Outcome.BAD_OPTION, f"--device-fault {spec.get('kind')}: "
+                                f"{err.message}",
+                                fault=dict(spec)) from err
+
+
+def check_options(args) -> type[Scenario]:
+    """Refuse, before anything starts, options ``msixlab run`` cannot run with (the
+    scenario's needs, the device faults); returns the scenario's class."""
+    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
+    nics = getattr(args, "nics", 1)
+    scenarios.check_options(scenario_cls, args.cpus, nics)
+    check_faults(getattr(args, "device_fault", []), nics)
+    return scenario_cls
 
 
 def _arm(lab: Lab, spec: dict) -> dict:
@@ -232,10 +252,8 @@ def run_main_job(args, console: Console) -> int:
     lab is always stopped.  The verdict is printed, then routing.json and the other result
     files are written to ``results/<run-id>/`` (a write failure is reported and keeps the
     verdict's code)."""
-    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
+    scenario_cls = check_options(args)
     nics = getattr(args, "nics", 1)
-    scenarios.check_options(scenario_cls, args.cpus, nics)
-    check_fault_nics(getattr(args, "device_fault", []), nics)
     image = ensure_image()
     kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:

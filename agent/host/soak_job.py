@@ -35,7 +35,7 @@ from . import accel as accel_mod
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .main_job import (check_fault_nics, config_hash, msixlab_commit, option_words,
+from .main_job import (check_faults, config_hash, msixlab_commit, option_words,
                        print_dry_run, run_in_lab)
 from .outcome import Outcome, RunVerdict
 from .report import write_routing_json
@@ -125,7 +125,7 @@ def reproduce_command(args, seed: int) -> str:
 def run_soak(args, console: Console) -> int:
     """``msixlab soak``: boot, soak, judge, write the results; returns the exit code
     (0 pass, 1 the kernel misbehaved, 125 could not judge)."""
-    check_fault_nics(args.device_fault, args.nics)
+    check_faults(args.device_fault, args.nics)
     image = ensure_image()
     kernel, qemu = kernel_options.select(args, image, console)
     if args.dry_run:

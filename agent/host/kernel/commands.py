@@ -12,19 +12,30 @@ not (only skipped commits left, a bad option, an interruption).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
+import re
+import shlex
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
+from ..argtypes import bounded_int, path_text
 from ..errors import EXIT_INFRA, EXIT_PASS
+from ..outcome import CouldNotJudge
+from .options import MAX_JOBS
 from ..session import new_run_id
 from . import config as kconfig
 from .bisect import Bisect
 from .build import KernelTree
-from .errors import KernelTreeError
+from .errors import BisectError, KernelTreeError
 from .progress import build_with_progress
+
+
+#: Runs per bisect step at most (``--repeat``).
+MAX_REPEAT = 100
 
 
 def cmd_config(args, console: Console) -> int:
@@ -64,14 +75,57 @@ def cmd_build(args, console: Console) -> int:
     return EXIT_PASS
 
 
-def cmd_bisect(args, console: Console) -> int:
+#: ``msixlab run`` options a bisect step sets itself (bisect's own ``--qemu`` and
+#: ``--results``), or that make its run judge nothing (``--dry-run`` exits 0: "good").
+STEP_SETS = {"kernel_tree": "--kernel-tree", "kernel": "--kernel", "kdir": "--kdir",
+             "qemu": "--qemu", "results": "--results", "build": "--build",
+             "dry_run": "--dry-run"}
+
+
+def check_run_options(run_parser: argparse.ArgumentParser, options: list[str]) -> None:
+    """Refuse, before the bisect touches the tree, RUN-OPTIONS that ``msixlab run`` would
+    refuse (every step would be built, then skipped), that replace what a step sets itself,
+    or that make a run judge nothing (``--dry-run``, ``--help``: exit 0, so every step
+    would be "good" and the --bad revision named the first bad commit).  A
+    ``BisectError`` (bad option) names the option."""
+    from ..main_job import check_options          # the run's own pre-start checks
+    unset = object()
+    given = argparse.Namespace(**{dest: unset for dest in STEP_SETS})
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            run_args = run_parser.parse_args(options, namespace=given)
+    except SystemExit as exited:
+        last = (said.getvalue().strip().splitlines() or [""])[-1]
+        reason = re.sub(r" \(exit \d+: \w+\)$", "", last.split("error: ", 1)[-1]) \
+            if exited.code else "--help prints help, it runs nothing"
+        raise BisectError(f"-- RUN-OPTIONS {shlex.join(options)}: {reason}") from None
+    for dest, option in STEP_SETS.items():
+        if getattr(run_args, dest) is not unset:
+            why = {"dry_run": "a run with it judges nothing",
+                   "build": "the step builds the tree itself",
+                   "qemu": "give it to bisect", "results": "give it to bisect"}.get(
+                dest, "the step sets it itself")
+            raise BisectError(f"-- RUN-OPTIONS: {option} cannot be a run option of a bisect "
+                              f"step ({why})")
+        setattr(run_args, dest, None)
+    try:
+        check_options(run_args)
+    except CouldNotJudge as err:
+        raise BisectError(f"-- RUN-OPTIONS {shlex.join(options)}: {err}") from err
+
+
+def cmd_bisect(args, console: Console, run_parser: argparse.ArgumentParser | None = None) -> int:
     """``msixlab bisect``: bisect the tree with the main job and print ``first bad commit:
     <sha> <subject>`` and its failed checks; 0 when it named one, 125 when it could not
-    (``BisectError`` for a refused tree or revisions)."""
+    (``BisectError`` for a refused tree, revisions or RUN-OPTIONS, checked against
+    ``run_parser`` before anything starts)."""
     tree = KernelTree.at(args.kernel_tree)
     options = list(args.run_options)
     if options[:1] == ["--"]:
         options = options[1:]
+    if run_parser is not None:
+        check_run_options(run_parser, options)
     build = functools.partial(_build_step, console=console, jobs=args.jobs, niceness=args.nice)
     bisect = Bisect(tree, args.good, args.bad, results_root=Path(args.results), build=build,
                     repeat=args.repeat, run_options=tuple(options), qemu=args.qemu,
@@ -100,30 +154,37 @@ def add_parsers(sub, console: Console) -> None:
     p = sub.add_parser("kernel", help="the rig's kernel config; build a kernel tree")
     actions = p.add_subparsers(dest="action", required=True)
     c = actions.add_parser("config", help="print the fragment, or check DIR/.config against it")
-    c.add_argument("dir", nargs="?", metavar="DIR")
+    c.add_argument("dir", nargs="?", metavar="DIR", type=path_text("DIR"))
     c.set_defaults(func=bind(cmd_config))
     b = actions.add_parser("build", help="build bzImage and modules in DIR (tinyconfig + "
                            "fragment when DIR has no .config, else the fragment merged)")
-    b.add_argument("dir", metavar="DIR")
+    b.add_argument("dir", metavar="DIR", type=path_text("DIR"))
     _build_options(b)
     b.set_defaults(func=bind(cmd_build))
 
     p = sub.add_parser("bisect", help="git bisect a kernel tree with the main job",
                        usage="%(prog)s --kernel-tree DIR --good REV --bad REV [--repeat N] "
                              "[-- RUN-OPTIONS]")
-    p.add_argument("--kernel-tree", required=True, metavar="DIR")
+    p.add_argument("--kernel-tree", required=True, metavar="DIR",
+                   type=path_text("--kernel-tree"))
     p.add_argument("--good", required=True, metavar="REV", help="a commit without the regression")
     p.add_argument("--bad", required=True, metavar="REV", help="a commit with it")
-    p.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="runs per step; a step is bad if any run fails (default: 1)")
-    p.add_argument("--qemu", metavar="PATH", help="another QEMU for every run")
+    p.add_argument("--repeat", type=bounded_int("--repeat", 1, MAX_REPEAT), default=1,
+                   metavar="N",
+                   help=f"runs per step, 1..{MAX_REPEAT}; a step is bad if any run fails "
+                        "(default: 1)")
+    p.add_argument("--qemu", metavar="PATH", type=path_text("--qemu"),
+                   help="another QEMU for every run")
     _build_options(p)
     p.add_argument("run_options", nargs=argparse.REMAINDER, metavar="-- RUN-OPTIONS",
                    help="options passed to every `msixlab run`")
-    p.set_defaults(func=bind(cmd_bisect))
+    p.set_defaults(func=lambda args: cmd_bisect(args, console, sub.choices.get("run")))
 
 
 def _build_options(p) -> None:
-    p.add_argument("--jobs", type=int, default=None, metavar="N", help="make -jN (default: CPUs)")
-    p.add_argument("--nice", type=int, default=0, metavar="N", help="run make at nice N")
-    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--jobs", type=bounded_int("--jobs", 1, MAX_JOBS), default=None, metavar="N",
+                   help=f"make -jN, 1..{MAX_JOBS} (default: CPUs)")
+    p.add_argument("--nice", type=bounded_int("--nice", 0, 19), default=0, metavar="N",
+                   help="run make at nice N, 0..19")
+    p.add_argument("--results", default="results", type=path_text("--results"),
+                   help="results root (default: %(default)s)")

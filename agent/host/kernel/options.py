@@ -17,6 +17,7 @@ from rich.console import Console
 
 from images.image import Image
 
+from ..argtypes import bounded_int, path_text
 from ..session import new_run_id
 from .build import KernelTree
 from .errors import KernelTreeError
@@ -25,20 +26,26 @@ from .under_test import KernelUnderTest
 from ..qemu_binary import check_qemu
 
 
+#: ``make -jN`` bound for ``--jobs``.
+MAX_JOBS = 1024
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add the kernel-under-test options (``--kernel-tree``, ``--build``, ``--jobs``,
     ``--kernel``, ``--kdir``) and ``--qemu`` to ``p``."""
     group = p.add_argument_group("kernel under test (default: the image's --flavor)")
-    group.add_argument("--kernel-tree", metavar="DIR",
+    group.add_argument("--kernel-tree", metavar="DIR", type=path_text("--kernel-tree"),
                        help="boot DIR/arch/x86/boot/bzImage, build the driver against DIR")
     group.add_argument("--build", action="store_true",
                        help="with --kernel-tree: build the tree first (incrementally)")
-    group.add_argument("--jobs", type=int, default=None, metavar="N",
+    group.add_argument("--jobs", type=bounded_int("--jobs", 1, MAX_JOBS), default=None,
+                       metavar="N",
                        help="make -jN for --build (default: the number of CPUs)")
-    group.add_argument("--kernel", metavar="BZIMAGE", help="a prebuilt kernel (needs --kdir)")
-    group.add_argument("--kdir", metavar="DIR",
+    group.add_argument("--kernel", metavar="BZIMAGE", type=path_text("--kernel"),
+                       help="a prebuilt kernel (needs --kdir)")
+    group.add_argument("--kdir", metavar="DIR", type=path_text("--kdir"),
                        help="with --kernel: the build tree it came from (.config, Module.symvers)")
-    p.add_argument("--qemu", metavar="PATH",
+    p.add_argument("--qemu", metavar="PATH", type=path_text("--qemu"),
                    help="another QEMU binary (>= 10.1, with vfio-user-pci)")
 
 
@@ -50,6 +57,10 @@ def _defaults(args) -> None:
 
 def _validate(args) -> None:
     _defaults(args)
+    for name in ("kernel_tree", "kernel", "kdir", "qemu"):
+        value = getattr(args, name)
+        if value is not None and not str(value).strip():    # "" is not "not given"
+            raise KernelTreeError(f"--{name.replace('_', '-')} needs a path, not {value!r}")
     if args.build and not args.kernel_tree:
         raise KernelTreeError("--build needs --kernel-tree DIR")
     if args.kernel_tree and (args.kernel or args.kdir):
