@@ -60,3 +60,25 @@ def test_dropped_raise_is_a_failed_check_not_a_crash(image, tmp_path):
                   and r.name == "raise_counted_once_on_cpu"]
     assert failure.evidence["device_deltas"] == {"raised": 1, "delivered": 0}
     assert failure.evidence["count_deltas"] == {}
+
+
+def test_a_full_results_disk_keeps_a_failed_check_and_says_so(image, tmp_path):
+    # The guest's views were saved outside the verdict's guard: on a full disk their
+    # OSError escaped and a run the kernel failed (exit 1) ended as a bare 125.
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--results", str(full),
+                               "--device-fault", "drop_raise:vector=1"],
+                              cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == EXIT_FAIL, done.stderr[-4000:]
+    assert "exit 1 (check_failed)" in said
+    assert "could not write the results" in said and "No space left on device" in said
+    assert "Traceback" not in done.stderr

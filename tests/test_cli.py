@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -182,3 +183,65 @@ def test_the_device_fault_examples_in_the_help_are_accepted():
     assert len(examples) == 2, text
     for example in examples:                      # errno_reply:command=SET_IRQS was refused
         check_faults([cli.device_fault(example)], 1)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--results", "/proc/msixlab-x"], ["run", "--results", "/etc/passwd"],
+    ["soak", "--results", "/etc/passwd/under-a-file"],
+    ["kernel", "build", "{tree}", "--results", "/proc/msixlab-x"],
+    ["bisect", "--kernel-tree", "{tree}", "--good", "HEAD~1", "--bad", "HEAD",
+     "--results", "/proc/msixlab-x"]])
+def test_a_results_root_that_cannot_hold_results_is_host_resource(argv, tmp_path):
+    # /proc/x was internal_error (ENOENT, a traceback) for every command; kernel build and
+    # bisect made their results dir with a bare mkdir.
+    from test_bisect import git, make_repo
+    tree, _ = make_repo(tmp_path / "linux")
+    head = git(tree, "rev-parse", "HEAD")
+    done = subprocess.run([sys.executable, "-m", "agent.host",
+                           *(w.format(tree=tree) for w in argv)], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125, done.stderr
+    assert "error (host_resource): the results dir" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "internal_error" not in done.stderr
+    assert git(tree, "rev-parse", "HEAD") == head and not (tree / ".config").exists()
+
+
+def test_the_results_dir_of_a_step_or_build_is_made_or_named(tmp_path):
+    from agent.host.outcome import CouldNotJudge, Outcome
+    from agent.host.session import check_results_root, make_results_dir
+    assert make_results_dir(tmp_path / "a" / "b").is_dir()
+    check_results_root(tmp_path / "not" / "yet")              # made later, nothing made now
+    assert not (tmp_path / "not").exists()
+    (tmp_path / "file").write_text("")
+    for bad in (tmp_path / "file", tmp_path / "file" / "x"):
+        with pytest.raises(CouldNotJudge) as raised:
+            check_results_root(bad)
+        assert raised.value.outcome is Outcome.HOST_RESOURCE and "not a directory" in str(raised.value)
+    with pytest.raises(CouldNotJudge, match="the results dir /proc/msixlab-x cannot be made"):
+        make_results_dir(Path("/proc/msixlab-x"))
+
+
+@pytest.mark.parametrize("outcome, after", [("pass", "host_resource"),
+                                            ("check_failed", "check_failed"),
+                                            ("kernel_splat", "kernel_splat"),
+                                            ("process_failed", "process_failed")])
+def test_results_that_cannot_be_written_turn_only_a_pass_into_125(outcome, after):
+    # A full results disk ate the console and the device event log the sentinel reads,
+    # and the run still said pass (exit 0); or a full disk while the guest's views were
+    # saved lost the verdict (a check_failed became a bare 125).
+    import errno
+
+    from agent.host.main_job import report_unwritten, unwritten
+    from agent.host.outcome import Outcome, RunVerdict
+    from rich.console import Console
+    verdict = RunVerdict(Outcome(outcome), "as judged", counts={"passed": 3})
+    err = OSError(errno.ENOSPC, "No space left on device", "/r/routing.json")
+    assert str(unwritten(verdict, err).outcome) == after
+    if after == "host_resource":
+        changed = unwritten(verdict, err)
+        assert changed.exit_code == 125 and changed.evidence["was"] == "pass"
+        assert changed.evidence["path"] == "/r/routing.json" and changed.counts == {"passed": 3}
+    said = Console(record=True, width=300)
+    assert report_unwritten(said, verdict, ValueError("a writer bug")) is verdict
+    assert report_unwritten(said, verdict, err).outcome is unwritten(verdict, err).outcome
+    assert "could not write the results" in said.export_text()

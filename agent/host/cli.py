@@ -42,6 +42,7 @@ from .kernel import commands as kernel_commands
 from .kernel import options as kernel_options
 from .outcome import CouldNotJudge, Outcome, RunVerdict
 from .scenario import MIN_TABLE
+from .session import check_results_root
 
 # Wide enough for the routing table when the output is a log file rather than a terminal.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -325,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             accel_mod.requested_name(args.accel)
         except CouldNotJudge as err:
             top.error(str(err))
+    if getattr(args, "results", None):
+        try:
+            check_results_root(args.results)
+        except CouldNotJudge as err:
+            console.print(f"[red]error ({err.outcome}):[/] {escape(str(err))}")
+            return err.exit_code
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(name)s: %(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)])

@@ -69,7 +69,8 @@ GUEST_VIEWS = (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}
 
 
 def _save_guest_views(lab: Lab) -> None:
-    """Best effort: a guest that crashed gives nothing, and that is recorded."""
+    """Best effort: a guest that crashed gives nothing, and that is recorded.  A file that
+    cannot be written raises ``OSError`` (``run_in_lab`` keeps the verdict)."""
     for name, cmd, args in GUEST_VIEWS:
         try:
             result = lab.agent(cmd, timeout=10, **args)
@@ -183,8 +184,27 @@ def run_in_lab(lab: Lab, console: Console, faults: list[dict], work: Callable[[]
         if verdict.outcome is Outcome.INTERNAL_ERROR:
             log.exception("internal error")
     if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
-        _save_guest_views(lab)
+        try:
+            _save_guest_views(lab)
+        except OSError as err:            # the verdict survives; a pass cannot
+            verdict = unwritten(verdict, err)
     return verdict
+
+
+def unwritten(verdict: RunVerdict, err: OSError) -> RunVerdict:
+    """The verdict of a run whose results could not be written (``err``: a full disk, a
+    read-only or vanished results directory).  A pass becomes ``host_resource`` (125): the
+    console and the device's event log the sentinel judged from are written to the same
+    directory, so a kernel report or a device error may never have reached them.  A
+    kernel that misbehaved (1) was seen misbehaving, and a 125 is a 125: both stand."""
+    if verdict.outcome is not Outcome.PASS:
+        return verdict
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return RunVerdict(Outcome.HOST_RESOURCE, f"the results could not be written ({text}): "
+                      "the console and device log this pass rests on may be incomplete",
+                      evidence={"error": text, "path": getattr(err, "filename", None),
+                                "was": str(verdict.outcome)},
+                      faults=verdict.faults, counts=verdict.counts)
 
 
 def msixlab_commit() -> str:
@@ -250,8 +270,8 @@ def run_main_job(args, console: Console) -> int:
     the CLI classifies) before anything boots; ``--dry-run`` prints the commands instead.
     Once the lab exists every exception (Ctrl-C included) becomes the ``RunVerdict``; the
     lab is always stopped.  The verdict is printed, then routing.json and the other result
-    files are written to ``results/<run-id>/`` (a write failure is reported and keeps the
-    verdict's code)."""
+    files are written to ``results/<run-id>/`` (a write failure is reported; it turns a
+    pass into ``host_resource``, 125, and keeps any other verdict: ``unwritten``)."""
     scenario_cls = check_options(args)
     nics = getattr(args, "nics", 1)
     image = ensure_image()
@@ -305,7 +325,7 @@ def run_main_job(args, console: Console) -> int:
 def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapshot | None,
             scenario: Scenario, metadata: dict, lab: Lab) -> int:
     """Print the verdict, then write routing.json; a write failure is reported and keeps
-    the verdict's exit code (the kernel was judged; only its record is incomplete)."""
+    the verdict's exit code unless it was a pass (``unwritten``: 125, ``host_resource``)."""
     snapshot = final or Snapshot(()).with_checks([])
     render(console, snapshot, verdict, scenario.results)
     try:
@@ -313,7 +333,20 @@ def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapsho
                            verdict=verdict, results=scenario.results)
         write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
     except (OSError, MsixlabError) as err:
-        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
-                      f"above stands[/]")
+        verdict = report_unwritten(console, verdict, err)
     console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
     return verdict.exit_code
+
+
+def report_unwritten(console: Console, verdict: RunVerdict, err: BaseException) -> RunVerdict:
+    """Say that the results could not be written (``err``) and return the verdict that
+    stands: ``unwritten``'s for an ``OSError``, else (a bug in a writer) the one printed."""
+    after = unwritten(verdict, err) if isinstance(err, OSError) else verdict
+    if after is verdict:
+        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
+                      f"above stands[/]")
+    else:
+        console.print(f"[red]could not write the results ({escape(str(err))}): exit "
+                      f"{after.exit_code} ({after.outcome}), not {verdict.outcome}: "
+                      f"{escape(after.summary)}[/]")
+    return after

@@ -30,6 +30,7 @@ from images.image import Image
 from msixlab_common.lifetime import process_alive, process_start_time
 
 from .errors import HostError
+from .outcome import CouldNotJudge, Outcome
 from .kernel.under_test import KernelUnderTest, as_kernel
 from .qemu_argv import GuestSpec, Share
 
@@ -108,6 +109,34 @@ def clean_stale_runtime_dirs(root: Path | None = None) -> list[Path]:
     return removed
 
 
+def _unusable_root(root: Path, why: str) -> CouldNotJudge:
+    what = "is not a directory" if root.exists() and not root.is_dir() else "cannot be made"
+    return CouldNotJudge(Outcome.HOST_RESOURCE, f"the results dir {root} {what} ({why})",
+                         path=str(root))
+
+
+def make_results_dir(path: Path, *, exist_ok: bool = True) -> Path:
+    """``mkdir -p path`` for results; a failure, whatever its errno (ENOENT under /proc
+    too), is ``host_resource`` (``CouldNotJudge``, 125) naming the path, never a bug."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as err:
+        raise _unusable_root(path, err.strerror or str(err)) from err
+    return path
+
+
+def check_results_root(root: Path | str) -> None:
+    """Refuse, before anything starts and without creating anything, a results root
+    (``--results``) that cannot hold results: a file, or a path whose nearest existing
+    ancestor is not a writable directory (``CouldNotJudge``, ``host_resource``, 125)."""
+    root = Path(root).absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists() or p == Path("/"))
+    if not existing.is_dir():
+        raise _unusable_root(root, f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _unusable_root(root, f"{existing} is not writable")
+
+
 @dataclass
 class RunDirs:
     """A run's two directories: ``results`` (kept) and ``runtime`` (private, for sockets,
@@ -123,7 +152,7 @@ class RunDirs:
         removing the runtime dirs of dead runs."""
         clean_stale_runtime_dirs()
         results_root = Path(results_root)
-        results_root.mkdir(parents=True, exist_ok=True)
+        make_results_dir(results_root)
         for _ in range(8):
             run_id = new_run_id(prefix)
             results = results_root / run_id

@@ -36,7 +36,7 @@ from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
 from .main_job import (check_faults, config_hash, msixlab_commit, option_words,
-                       print_dry_run, run_in_lab)
+                       print_dry_run, report_unwritten, run_in_lab)
 from .outcome import Outcome, RunVerdict
 from .report import write_routing_json
 from .results import write_all as write_result_files
@@ -175,7 +175,8 @@ def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
     """Print the failures, the summary and the verdict, then write soak.json, and
     routing.json with the final views and the result files built from it as for
     ``run`` (results.ktap, junit.xml, kcidb.json, report.html); a write failure is
-    reported and keeps the verdict's exit code."""
+    reported and keeps the verdict's exit code unless it was a pass (then 125,
+    ``host_resource``: ``main_job.unwritten``)."""
     for failure in soak.failures[:20]:
         console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
     summary = soak.stats.to_dict(soak.elapsed)
@@ -196,7 +197,6 @@ def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
                            verdict=verdict, results=results)
         write_result_files(dirs.results)
     except (OSError, MsixlabError) as err:
-        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
-                      f"above stands[/]")
+        verdict = report_unwritten(console, verdict, err)
     console.print(f"reproduce: {record['reproduce']}; artifacts in {dirs.results}")
     return verdict.exit_code

@@ -41,7 +41,7 @@ from typing import Callable
 from msixlab_common.lifetime import die_with_parent
 
 from ..console import ConsoleWatch, Splat
-from ..session import PROJECT_DIR, new_run_id
+from ..session import PROJECT_DIR, make_results_dir, new_run_id
 from .build import BuildResult, KernelTree
 from .errors import BisectError, KernelBuildFailed
 from .git import Git
@@ -233,7 +233,7 @@ class Bisect:
     def _run(self) -> dict:
         self.validate()
         self.dir = self.results_root / new_run_id("bisect")
-        self.dir.mkdir(parents=True)
+        make_results_dir(self.dir, exist_ok=False)
         self.started = time.monotonic()
         start_head, branch = self.git.head(), self.git.branch()
         self.say(f"bisect {self.dir.name}: {self.git.count(self.good, self.bad)} commit(s) in "

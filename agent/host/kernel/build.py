@@ -225,8 +225,9 @@ def build(tree: KernelTree, log_path: Path, *, jobs: int | None = None,
           on_line: OnLine | None = None, niceness: int = 0,
           timeout: float = BUILD_TIMEOUT) -> BuildResult:
     """Configure (if needed) and build ``bzImage`` and ``modules`` in ``tree``."""
+    from ..session import make_results_dir      # session imports this module
     started = time.monotonic()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    make_results_dir(log_path.parent)
     log_path.write_text("")
     changed, warnings = configure(tree, log_path, niceness=niceness)
     for warning in warnings:
