@@ -84,6 +84,21 @@ def test_a_guest_that_stops_answering(lab):
     assert time.monotonic() - started < FAST_S
 
 
+def test_a_guest_the_host_stopped_is_not_the_kernels_doing(lab):
+    # QEMU stopped by SIGSTOP past an agent timeout (36 s against `msixlab run`'s 30 s)
+    # ended as guest_unresponsive, exit 1: a bisect would call a good commit bad.
+    lab.machine._proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(BaseException) as err:
+            lab.agent("info", timeout=3)
+    finally:
+        lab.machine._proc.send_signal(signal.SIGCONT)
+    verdict = RunVerdict.from_error(err.value)
+    assert verdict.outcome is Outcome.PROCESS_FAILED and verdict.exit_code == 125, verdict
+    assert "QEMU was stopped (SIGSTOP)" in verdict.summary
+    assert lab.agent("info", timeout=30)          # the guest lives on once QEMU runs again
+
+
 @pytest.mark.parametrize("victim,who", [("device", "device server"), ("qemu", "QEMU")])
 def test_a_dead_process_cannot_judge(lab, victim, who):
     def kill():

@@ -90,6 +90,12 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+def process_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped now (state T, SIGSTOP or SIGTSTP; or t, by a tracer)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] in (b"T", b"t")
+
+
 def process_alive(pid: int, start_time: int | None = None) -> bool:
     """``pid`` runs (not a zombie) and, if ``start_time`` is given, is the process that
     started then rather than a later one that reused the pid."""

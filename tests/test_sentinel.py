@@ -151,3 +151,36 @@ def test_the_first_ending_is_kept_and_reported_once(lab):
     finally:
         watch.stop()
     assert len(ended) == 1 and ended[0].outcome is Outcome.DEVICE_FAULT
+
+
+def test_a_rig_process_seen_stopped_is_named(lab):
+    # A stopped QEMU or device server cannot run the guest: a guest that did not answer
+    # meanwhile is the rig's doing (lab._no_answer asks stopped_since).
+    import signal
+    import time
+    _, _, state, sentinel = lab
+    qemu = subprocess.Popen(["sleep", "60"])
+    server = subprocess.Popen(["sleep", "60"])
+    state["devices"][1].pid = server.pid
+    try:
+        watch = sentinel(qemu_pid=lambda: qemu.pid)
+        before = time.monotonic()
+        assert watch.check() is None and watch.stopped_since(before) is None
+        for proc, name in ((qemu, "QEMU"), (server, "the device server of NIC 1")):
+            proc.send_signal(signal.SIGSTOP)
+            wait_until_stopped(proc.pid)
+            assert watch.check() is None                 # being stopped ends nothing
+            proc.send_signal(signal.SIGCONT)
+            assert watch.stopped_since(before) == name   # seen by that look, now running
+            before = time.monotonic()
+            assert watch.stopped_since(before) is None
+    finally:
+        for proc in (qemu, server):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def wait_until_stopped(pid: int) -> None:
+    from msixlab_common.deadline import wait_until
+    from msixlab_common.lifetime import process_stopped
+    wait_until(lambda: process_stopped(pid), 10, f"pid {pid} to stop")

@@ -121,7 +121,7 @@ class Lab:
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, qemu=self.machine.poll,
                                  qemu_log=self.machine.qemu_log, devices=lambda: self.devices,
-                                 splats=self.end_on_splat)
+                                 splats=self.end_on_splat, qemu_pid=self.machine.pid)
         self.sentinel.start(self._ended)
         self.agent_client.connect(timeout=10)
         deadline = Deadline(boot_timeout, "the guest agent's hello")
@@ -173,10 +173,18 @@ class Lab:
                             f"no hello from the agent, no kernel report on the console)",
                             console_tail=console)
 
-    def _no_answer(self, what: str) -> None:
-        """The guest did not answer: the kernel's failure once it started, else the rig's."""
+    def _no_answer(self, what: str, since: float | None = None) -> None:
+        """The guest did not answer: the kernel's failure once it started, else the rig's;
+        also the rig's when QEMU or a device server was seen stopped (SIGSTOP) since
+        ``since``: the guest could not run, so nothing is known about the kernel."""
         self.guard()
         console = tail(self.machine.spec.console_log, 10) if self.machine else ""
+        stopped = (self.sentinel.stopped_since(since)
+                   if self.sentinel is not None and since is not None else None)
+        if stopped is not None:
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"no {what}, and {stopped} was "
+                                "stopped (SIGSTOP) meanwhile: the guest could not run",
+                                process=stopped, console_tail=console)
         if self.sentinel is not None and self.sentinel.kernel_started:
             raise GuestUnresponsive(f"the guest stopped answering: no {what}",
                                     console_tail=console)
@@ -224,12 +232,13 @@ class Lab:
         (``DriverCallFailed``, catch it where the scenario expects one); no answer is
         classified by ``_no_answer``; an ending found meanwhile is raised instead."""
         self.guard()
+        asked = time.monotonic()
         try:
             reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
         except (WaitTimeout, HostError, OSError) as err:
             self.guard(grace=0 if isinstance(err, WaitTimeout) else 2.0)
             if isinstance(err, WaitTimeout):
-                self._no_answer(f"answer to {cmd!r} within {timeout:g} s")
+                self._no_answer(f"answer to {cmd!r} within {timeout:g} s", since=asked)
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's channel broke "
                                 f"on {cmd!r}: {err}") from err
         if not reply.get("ok"):

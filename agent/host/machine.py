@@ -149,6 +149,10 @@ class Machine:
         """Seconds since QEMU was launched."""
         return time.monotonic() - self.launched_at
 
+    def pid(self) -> int | None:
+        """QEMU's process id, None before ``launch``."""
+        return None if self._proc is None else self._proc.pid
+
     def poll(self) -> int | None:
         """QEMU's exit code (negative: the signal that killed it), None while it runs."""
         return None if self._proc is None else self._proc.poll()

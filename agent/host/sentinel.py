@@ -14,6 +14,9 @@ Concepts owned here:
 - ``Sentinel.start(on_end)`` runs ``check()`` every ``interval`` seconds in a daemon thread
   and calls ``on_end`` once with the ending, so callers blocked on the guest can be
   released at once.  ``check()`` is thread-safe.
+- A rig process seen *stopped* (SIGSTOP: QEMU or a device server in state T) is noted at
+  every look; ``stopped_since`` tells a guest that could not answer because the host
+  stopped it from one that stopped answering by itself.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import json
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Callable
+
+from msixlab_common.lifetime import process_stopped
 
 from .console import ConsoleWatch
 from .machine import tail
@@ -84,8 +90,11 @@ class Sentinel:
     (quoted when it dies).  ``agent.host.device_server.DeviceServer`` is one."""
 
     def __init__(self, console: Path, *, qemu: Callable[[], int | None], qemu_log: Path,
-                 devices: Callable[[], list], splats: bool = True):
+                 devices: Callable[[], list], splats: bool = True,
+                 qemu_pid: Callable[[], int | None] = lambda: None):
         self.console = ConsoleWatch(console)
+        self._qemu_pid = qemu_pid
+        self._stopped: dict[str, float] = {}     # rig process -> last time seen stopped
         self.splats = splats          # False: a kernel report does not end the run
         self._devices = devices
         self._tails: dict[Path, EventLogTail] = {}
@@ -109,7 +118,26 @@ class Sentinel:
                     log.warning("run ends: %s", self.ending)
             return self.ending
 
+    def _rig_pids(self) -> list[tuple[str, int | None]]:
+        return [("QEMU", self._qemu_pid()),
+                *((device.name, getattr(device, "pid", None)) for device in self._devices())]
+
+    def _note_stopped(self) -> None:
+        for name, pid in self._rig_pids():
+            if pid is not None and process_stopped(pid):
+                self._stopped[name] = time.monotonic()
+
+    def stopped_since(self, since: float) -> str | None:
+        """The rig process (QEMU or a device server) seen stopped (SIGSTOP) at or after
+        monotonic time ``since``, looked at every poll and now; None if none was: a guest
+        that did not answer meanwhile could not run, which is not the kernel's doing."""
+        with self._lock:
+            self._note_stopped()
+            return next((name for name, when in self._stopped.items() if when >= since),
+                        None)
+
     def _look(self) -> Exception | None:
+        self._note_stopped()
         splat = self.console.poll()
         if splat is not None and self.splats:
             return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
