@@ -45,10 +45,19 @@ def test_kernel_choices_are_consistent(tmp_path):
     (["--msixlab-cpus", "999"], "cpus must be 1..64"),
     (["--msixlab-flavor", "nosuch"], "--msixlab-flavor 'nosuch'"),
     (["--msixlab-kernel", "/nonexistent/bzImage"], "/nonexistent/bzImage"),
+    # empty paths were Path("."): the current directory as kernel tree or results root
+    (["--msixlab-kernel-tree="], "--msixlab-kernel-tree needs a path"),
+    (["--msixlab-qemu", ""], "--msixlab-qemu needs a path"),
+    (["--msixlab-results="], "--msixlab-results needs a path"),
+    # MSIXLAB_ACCEL went to the lab as is: QEMU's argv refused it at every boot
+    (["MSIXLAB_ACCEL=warp"], "MSIXLAB_ACCEL must be one of tcg, kvm, auto, not 'warp'"),
 ])
 def test_bad_options_stop_pytest_before_anything_boots(tmp_path, args, says):
     (tmp_path / "test_x.py").write_text("def test_x(msixlab_guest):\n    pass\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.pop("MSIXLAB_ACCEL", None)
+    env.update(a.split("=", 1) for a in args if a.startswith("MSIXLAB_"))
+    args = [a for a in args if not a.startswith("MSIXLAB_")]
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                            "--msixlab-results", str(tmp_path / "labs"), *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

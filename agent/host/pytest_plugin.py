@@ -32,25 +32,37 @@ _SPLAT_BEFORE = pytest.StashKey()
 _OPTIONS = pytest.StashKey()
 
 
+def _path(name: str):
+    """An option's type: a non-empty path (``--msixlab-kernel-tree=`` is not the current
+    directory), as a ``Path``."""
+    from .argtypes import path_text
+    check = path_text(name)
+
+    def parse(text: str) -> Path:
+        return Path(check(text))
+    parse.__name__ = name
+    return parse
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Add the ``--msixlab-*`` options."""
     group = parser.getgroup("msixlab", "msixlab: a booted lab (device server, QEMU, guest agent)")
     group.addoption("--msixlab-flavor", default=None, metavar="NAME",
                     help="kernel flavor of the image "
                          "(default: $KERNEL_FLAVOR or the image's default)")
-    group.addoption("--msixlab-kernel-tree", default=None, type=Path, metavar="DIR",
+    group.addoption("--msixlab-kernel-tree", default=None, type=_path("--msixlab-kernel-tree"), metavar="DIR",
                     help="boot this kernel build tree's bzImage instead of a flavor")
-    group.addoption("--msixlab-kernel", default=None, type=Path, metavar="BZIMAGE",
+    group.addoption("--msixlab-kernel", default=None, type=_path("--msixlab-kernel"), metavar="BZIMAGE",
                     help="boot this prebuilt kernel image instead of a flavor")
-    group.addoption("--msixlab-kdir", default=None, type=Path, metavar="DIR",
+    group.addoption("--msixlab-kdir", default=None, type=_path("--msixlab-kdir"), metavar="DIR",
                     help="with --msixlab-kernel: the build tree it came from")
-    group.addoption("--msixlab-qemu", default=None, type=Path, metavar="PATH",
+    group.addoption("--msixlab-qemu", default=None, type=_path("--msixlab-qemu"), metavar="PATH",
                     help="another QEMU binary (at least 10.1, with vfio-user-pci)")
     group.addoption("--msixlab-vectors", default=64, type=int, metavar="N",
                     help="MSI-X table size of the emulated NIC (default: %(default)s)")
     group.addoption("--msixlab-cpus", default=2, type=int, metavar="N",
                     help="guest CPUs (default: %(default)s)")
-    group.addoption("--msixlab-results", default=None, type=Path, metavar="DIR",
+    group.addoption("--msixlab-results", default=None, type=_path("--msixlab-results"), metavar="DIR",
                     help="keep each lab's artifacts (console, logs) under DIR "
                          "(default: pytest's temporary directory)")
     group.addoption("--msixlab-fresh-lab", action="store_true", default=False,
@@ -73,9 +85,14 @@ def _options(config: pytest.Config):
     if flavor not in recipe.FLAVORS:
         raise pytest.UsageError(f"--msixlab-flavor {flavor!r}: the image has "
                                 f"{', '.join(sorted(recipe.FLAVORS))}")
+    from .accel import requested_name
+    from .outcome import CouldNotJudge
+    try:
+        accel = requested_name(None)             # $MSIXLAB_ACCEL, else tcg
+    except CouldNotJudge as err:
+        raise pytest.UsageError(str(err)) from None
     options = LabOptions(flavor=flavor, vectors=config.getoption("msixlab_vectors"),
-                         cpus=config.getoption("msixlab_cpus"),
-                         accel=os.environ.get("MSIXLAB_ACCEL", "tcg"),
+                         cpus=config.getoption("msixlab_cpus"), accel=accel,
                          kernel_tree=config.getoption("msixlab_kernel_tree"),
                          kernel=config.getoption("msixlab_kernel"),
                          kdir=config.getoption("msixlab_kdir"),
@@ -100,10 +117,16 @@ def msixlab_lab(pytestconfig, msixlab_image, tmp_path_factory):
     ``results`` the current boot's artifact directory."""
     from .testlab import SharedLab
 
+    from dataclasses import replace
+
+    from .accel import choose
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     root = pytestconfig.getoption("msixlab_results") or tmp_path_factory.mktemp("msixlab")
-    shared = SharedLab(pytestconfig.stash[_OPTIONS], msixlab_image, Path(root),
-                       name=f"lab-{worker}")
+    options = pytestconfig.stash[_OPTIONS]
+    # kvm and auto must prove themselves (a probe boot) as for `msixlab run`; QEMU takes
+    # only tcg or kvm.
+    options = replace(options, accel=choose(options.accel, msixlab_image, options.flavor).accel)
+    shared = SharedLab(options, msixlab_image, Path(root), name=f"lab-{worker}")
     try:
         yield shared
     finally:
