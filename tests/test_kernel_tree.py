@@ -355,3 +355,20 @@ def test_an_image_kernel_carries_debians_config_when_the_image_has_it(tmp_path, 
     assert kernel.config == rootfs / f"boot/config-{release}"
     assert kernel.as_json()["config"] == str(kernel.config)
     assert kernel.config_problems()            # a config lacking the fragment is judged
+
+
+def test_a_qemu_probe_that_hangs_leaves_nothing_running(tmp_path):
+    # subprocess.run's timeout killed only the wrapper script: its children (here two
+    # sleeps, as a wrapper's QEMU would be) ran on after msixlab had given up on it.
+    from agent.host import qemu_binary
+    from msixlab_common.deadline import wait_until
+    from msixlab_common.lifetime import process_alive
+    pids = tmp_path / "pids"
+    qemu = _script(tmp_path / "qemu", f"sleep 300 &\necho $! > {pids}\nsleep 301 &\n"
+                                      f"echo $! >> {pids}\nwait\n")
+    with pytest.raises(CouldNotJudge, match="did not finish in 2 s"):
+        qemu_binary._output(qemu, "--version", timeout=2)
+    children = [int(p) for p in pids.read_text().split()]
+    assert len(children) == 2
+    wait_until(lambda: not any(process_alive(p) for p in children), 10,
+               "the probe's children to be gone")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from msixlab_common.lifetime import die_with_parent
 
 from .outcome import CouldNotJudge, Outcome
 
@@ -37,18 +40,41 @@ def _unsuitable(path: Path, why: str) -> CouldNotJudge:
     return CouldNotJudge(Outcome.BAD_OPTION, f"--qemu {path}: {why}", qemu=str(path))
 
 
-def _output(path: Path, *args: str) -> str:
+def _output(path: Path, *args: str, timeout: float = PROBE_TIMEOUT) -> str:
+    """``path args`` run to its end (at most ``timeout`` s) in its own process group, which
+    is killed whole however the probe ends: a wrapper script's children must not outlive
+    it (a ``--version`` that hung left them running)."""
     try:
-        done = subprocess.run([str(path), *args], capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as err:
-        raise _unsuitable(path, f"`{' '.join(args)}` did not finish in {PROBE_TIMEOUT:g} s") from err
+        proc = subprocess.Popen([str(path), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                start_new_session=True,
+                                preexec_fn=die_with_parent(signal.SIGKILL))
     except OSError as err:
         raise _unsuitable(path, f"cannot run it: {err.strerror}") from err
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-        raise _unsuitable(path, f"`{' '.join(args)}` failed with exit {done.returncode}: {last[0]}")
-    return done.stdout
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise _unsuitable(path, f"`{' '.join(args)}` did not finish in {timeout:g} s") from err
+    finally:
+        _kill_group(proc)
+    if proc.returncode != 0:
+        last = (stderr or stdout).strip().splitlines()[-1:] or [""]
+        raise _unsuitable(path, f"`{' '.join(args)}` failed with exit {proc.returncode}: {last[0]}")
+    return stdout
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the probe's process group (what is left of it) and reap the probe."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:                  # the group is empty: everything in it has exited
+        pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def check_qemu(path: Path | str) -> QemuBinary:
