@@ -183,6 +183,14 @@ def test_hello_without_device(agent):
     ("set_affinity", {"index": 0, "cpus": "0-1"}, "cpus", "must be list"),
     ("function_mask", {"masked": 1}, "masked", "must be bool"),
     ("reload_module", {"fault_injection": "yes"}, "fault_injection", "must be bool"),
+    # keys str.isdigit() takes but int() refuses, or too long for int() to convert
+    ("totals", {"want": {"\u00b2": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"\u0661": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"9" * 5000: 1}}, "want", "maps an index"),
+    ("totals", {"want": {"2048": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"-1": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"1": 1.5}}, "want", "maps an index"),
+    ("totals", {"want": {"1": 1 << 64}}, "want", "maps an index"),
 ])
 def test_new_commands_validate_before_needing_the_driver(session, cmd, args, argument,
                                                          needle):

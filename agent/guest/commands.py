@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable
 
 from msixlab_common.deadline import Deadline, wait_until
@@ -29,6 +30,7 @@ TABLE_MAX = uapi.MAX_VECTORS - 1
 CPU_MAX = uapi.NO_CPU - 1          # the driver checks against nr_cpu_ids and online CPUs
 PANIC_DELAY_MS = 500               # time for the reply to leave before the panic
 CRASH_CHILD_S = 10.0               # an oops kills the child at once; bound the wait
+_INDEX_KEY = re.compile(r"[0-9]{1,4}")   # a table index as a JSON object key (0..TABLE_MAX)
 
 
 class Agent:
@@ -143,7 +145,9 @@ class Agent:
                                               each=(want_each, first, last))
         counts: dict[int, int] = {}
         for key, value in (want or {}).items():
-            if (not key.isdigit() or int(key) > TABLE_MAX or type(value) is not int
+            # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and a
+            # key of thousands of digits would trip int()'s length limit
+            if (not _INDEX_KEY.fullmatch(key) or int(key) > TABLE_MAX or type(value) is not int
                     or not 0 <= value < 1 << 64):
                 raise RequestError(errno.EINVAL, f"totals: argument 'want' maps an index "
                                    f"(0..{TABLE_MAX}) to a count, got {key!r}: {value!r}",
