@@ -42,6 +42,7 @@ class Agent:
                  opener: Callable[[str], Driver] = Driver):
         """Open ``device`` (default: the first /dev/msixlab<N>); remember why if none."""
         self.root = root
+        self.opener = opener
         self.driver: Driver | None = None
         self.device_error: str | None = None
         self.unbound: str | None = None     # address this agent unbound, for bind
@@ -281,14 +282,20 @@ class Agent:
         return bdf
 
     def _reopen(self, path: str) -> dict[str, object]:
-        self.driver, self.device_error = Driver(path), None
+        self.driver, self.device_error = self.opener(path), None
         return self.driver.info()
+
+    def _known(self) -> list[str]:
+        """The device paths the other NICs' open drivers hold."""
+        return [driver.path for driver, _ in self.others.values()]
 
     def unbind(self) -> dict[str, object]:
         """``unbind``: close the driver and unbind the device from it (sysfs), waiting for its
-        misc device to go.  Returns the address; ``bind`` binds that address again."""
+        misc device to go (the other NICs' stay).  Returns the address; ``bind`` binds that
+        address again."""
+        path = self.driver.path if self.driver is not None else None
         bdf = self._release()
-        binding.unbind(bdf, self.root)
+        binding.unbind(bdf, self.root, path)
         self.unbound = bdf
         return {"unbound": bdf}
 
@@ -298,59 +305,96 @@ class Agent:
         bdf = self.unbound
         if bdf is None:
             raise GuestError(errno.EINVAL, "bind: nothing was unbound by this agent")
-        info = self._reopen(binding.bind(bdf, self.root))
+        info = self._reopen(binding.bind(bdf, self.root, known=self._known()))
         self.unbound = None
         return info
 
     def await_device(self, present: bool, timeout_s: int) -> dict[str, object]:
         """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
-        is gone or going) and wait for /dev/msixlab<N> to vanish; with ``present``, wait
-        for it to appear and open it (group ids start again at 1)."""
+        is gone or going) and wait for its /dev/msixlab<N> to vanish (every one when
+        there was none open); with ``present``, wait for one that no other NIC holds to
+        appear and open it (group ids start again at 1)."""
         if not present:
+            path = self.driver.path if self.driver is not None else None
             if self.driver is not None:
                 self.driver.close()
             self.driver, self.device_error = None, "the device was removed"
             self.asked = {}
-            binding.wait_devices(False, self.root, timeout_s)
+            if path is None:
+                binding.wait_devices(False, self.root, timeout_s, known=self._known())
+            else:
+                binding.wait_gone(path, timeout_s)
             return {"devices": []}
-        return self._reopen(binding.wait_devices(True, self.root, timeout_s)[0])
+        devices = binding.wait_devices(True, self.root, timeout_s, known=self._known())
+        return self._reopen(devices[0])
+
+    def _open_nic(self, bdf: str) -> Driver | None:
+        """An open driver on the /dev/msixlab<N> bound to ``bdf`` that no NIC holds yet."""
+        held = set(self._known()) | ({self.driver.path} if self.driver else set())
+        for path in find_devices(os.path.join(self.root, "dev")):
+            if path in held:
+                continue
+            try:
+                driver = self.opener(path)
+            except OSError:
+                continue                          # went away meanwhile: not the one
+            try:
+                if driver.info()["bdf"] == bdf:
+                    return driver
+            except AgentError:
+                pass
+            driver.close()
+        return None
 
     def select_nic(self, bdf: str) -> dict[str, object]:
         """Several NICs (``msixlab run --nics N``): make the driver device bound to
         ``bdf`` the one every later command uses; the others stay open, each keeping
-        what set_affinity asked on it.  Returns its ``info``."""
+        what set_affinity asked on it.  Returns its ``info``; ENODEV (and the selected
+        NIC unchanged) when no device is bound to ``bdf``."""
         current = self._bdf()
         if current == bdf:
             return self.driver.info()
-        if self.driver is not None:
-            self.others[current] = (self.driver, self.asked)
         if bdf in self.others:
-            self.driver, self.asked = self.others.pop(bdf)
-            return self.driver.info()
-        for path in find_devices(os.path.join(self.root, "dev")):
-            if any(d.path == path for d, _ in self.others.values()):
-                continue
-            driver = Driver(path)
-            if driver.info()["bdf"] == bdf:
-                self.driver, self.asked, self.device_error = driver, {}, None
-                return driver.info()
-            driver.close()
-        self.driver = None
-        raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound to {bdf}")
+            chosen, asked = self.others.pop(bdf)
+        else:
+            chosen, asked = self._open_nic(bdf), {}
+            if chosen is None:
+                raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound "
+                                 f"to {bdf!r}", argument="bdf")
+        if self.driver is not None and current is not None:
+            self.others[current] = (self.driver, self.asked)
+        elif self.driver is not None:
+            self.driver.close()                   # its device is gone: nothing to keep
+        self.driver, self.asked, self.device_error = chosen, asked, None
+        return chosen.info()
 
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, object]:
-        """``reload_module``: close the driver, remove and insert the module again (``path``
-        defaults to the kernel command line's msixlab.kmod=, ``fault_injection`` to how the
-        rig loaded it) and reopen the device.  Returns the new ``info``; EINVAL without a
-        path."""
+        """``reload_module``: close every open driver, remove and insert the module again
+        (``path`` defaults to the kernel command line's msixlab.kmod=, ``fault_injection``
+        to how the rig loaded it) and reopen the selected NIC's device.  Returns the new
+        ``info``; EINVAL without a path, ENOENT (before anything is unloaded) when the
+        path is not a file."""
         path = path or binding.module_path(self.root)
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
                              "on the kernel command line")
+        local = os.path.join(self.root, path.lstrip("/")) if os.path.isabs(path) else path
+        if not os.path.isfile(local):
+            raise GuestError(errno.ENOENT, f"reload_module: no module file {path!r}; "
+                             "nothing was unloaded", argument="path")
         if fault_injection is None:
             fault_injection = binding.fault_injection(self.root)
-        self._release()
-        return self._reopen(binding.reload(path, fault_injection))
+        bdf = self._release()
+        for driver, _ in self.others.values():   # an open file keeps the module in use
+            driver.close()
+        self.others = {}
+        binding.reload(path, fault_injection)
+        try:
+            self.driver = wait_until(lambda: self._open_nic(bdf), binding.WAIT_S,
+                                     f"a /dev/msixlab<N> bound to {bdf}")
+        except WaitTimeout as err:
+            raise GuestError(errno.ETIMEDOUT, f"reload_module: {err}") from err
+        return self.driver.info()
 
     def shutdown(self) -> dict[str, object]:
         """``shutdown``: close every open driver device; the session ends after this reply."""
