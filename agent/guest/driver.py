@@ -27,7 +27,7 @@ PCI_MSIX_FLAGS_MASKALL = 0x4000      # MSI-X Message Control: Function Mask
 # What each errno means for this driver (msixlab_uapi.h).
 MEANINGS = {
     errno.ENOENT: "no such group, or the index is not allocated",
-    errno.ENOSPC: "no room: fewer than min free table entries",
+    errno.ENOSPC: "no room: fewer than min free table entries (or CPU vectors)",
     errno.EBUSY: "an index of the explicit range is taken",
     errno.EINVAL: "bad argument or range",
     errno.EPERM: "group 0 cannot be freed",

@@ -37,7 +37,7 @@ HOLD_S = 0.5                      # how long the main thread lets a raise wait f
 # kernel reports in dmesg (the host's console watcher has the full list)
 REPORT = re.compile(r"WARNING:|BUG[: ]|Oops|Call Trace|UBSAN|KASAN|refcount_t|list_(add|del) corruption|"
                     r"hung_task|soft lockup|lockdep|possible recursive locking|"
-                    r"circular locking|Affinity broken")
+                    r"circular locking")
 
 
 def ioctl(fd: int, name: str, number: int | None = None, **values) -> dict:
