@@ -254,3 +254,24 @@ def test_crash_panic_replies_then_panics(image, tmp_path):
         assert "Kernel panic - not syncing: msixlab0: panic requested" in text
         assert "msixlab_crash_work" in text
         assert [kind for kind, _ in splats(text)] == ["panic"]
+
+
+# --- reload_module with a bad path ------------------------------------------------------
+
+def test_reload_module_of_a_missing_file_unloads_nothing(clean):
+    group = clean.agent("alloc_group", min=2, max=2)
+    error = refused(clean, "reload_module", path="/nonexistent/msixlab.ko")
+    assert (error["code"], error["argument"]) == ("ENOENT", "path"), error
+    assert [g["group"] for g in clean.agent("list_groups")] == [0, group["group"]]
+
+
+def test_reload_module_that_insmod_refuses_loads_the_booted_one_again(clean):
+    """An ELF file that is no module: rmmod runs, insmod refuses it; the booted module
+    (msixlab.kmod=) goes back in with the same fault injection, and the agent serves it."""
+    error = refused(clean, "reload_module", path="/usr/bin/python3")
+    assert (error["code"], error["argument"]) == ("EIO", "path"), error
+    assert "loaded again instead" in error["message"], error
+    info = clean.agent("info")
+    assert info["fault_injection"] is True and info["nr_groups"] == 1
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1

@@ -103,3 +103,10 @@ def test_reload_module_of_a_missing_file_unloads_nothing(agent, tree):
     assert (reply["error"]["code"], reply["error"]["argument"]) == ("ENOENT", "path")
     assert "nothing was unloaded" in reply["error"]["message"]
     assert not agent.driver.closed and ask(agent, "info")["result"]["bdf"] == NIC1
+
+
+def test_reload_module_of_a_file_that_is_no_module_unloads_nothing(agent, tree):
+    (tree / "notes.txt").write_text("not a kernel module\n")
+    reply = ask(agent, "reload_module", path="/notes.txt")
+    assert (reply["error"]["code"], reply["error"]["argument"]) == ("ENOEXEC", "path")
+    assert not agent.driver.closed and ask(agent, "info")["result"]["bdf"] == NIC1

@@ -85,11 +85,16 @@ def bind(bdf: str, root: str = "/", known: tuple[str, ...] | list[str] = ()) -> 
 
 
 def module_path(root: str = "/") -> str | None:
-    """The driver path the guest was booted with (msixlab.kmod= on the command line)."""
-    with open(os.path.join(root, "proc/cmdline"), encoding="ascii") as f:
-        for word in f.read().split():
-            if word.startswith("msixlab.kmod="):
-                return word.split("=", 1)[1]
+    """The driver path the guest was booted with (msixlab.kmod= on the command line);
+    None without one (or without /proc/cmdline)."""
+    try:
+        with open(os.path.join(root, "proc/cmdline"), encoding="ascii") as f:
+            words = f.read().split()
+    except FileNotFoundError:
+        return None
+    for word in words:
+        if word.startswith("msixlab.kmod="):
+            return word.split("=", 1)[1]
     return None
 
 
@@ -102,11 +107,27 @@ def fault_injection(root: str = "/") -> bool:
         return False
 
 
-def reload(path: str, fault_injection: bool = False) -> str:
-    """rmmod msixlab, insmod ``path`` [fault_injection=1]; returns the new device."""
-    insmod = ["insmod", path] + (["fault_injection=1"] if fault_injection else [])
-    for argv in (["rmmod", "msixlab"], insmod):
-        done = run_tool(argv)
-        if done["returncode"] != 0:
-            raise GuestError(errno.EIO, f"{' '.join(argv)} failed: {done['stderr'].strip()}")
-    return wait_devices(True)[0]
+def _insmod(path: str, fault_injection: bool) -> dict[str, object]:
+    return run_tool(["insmod", path] + (["fault_injection=1"] if fault_injection else []))
+
+
+def reload(path: str, fault_injection: bool = False, fallback: str | None = None) -> str:
+    """rmmod msixlab, insmod ``path`` [fault_injection=1]; returns the new device.  When
+    that insmod fails (not a module, built for another kernel) and ``fallback`` names
+    another module file, that one is inserted instead, so the guest keeps a driver; the
+    error (EIO, ``argument``: ``path``) then says so."""
+    done = run_tool(["rmmod", "msixlab"])
+    if done["returncode"] != 0:
+        raise GuestError(errno.EIO, f"rmmod msixlab failed: {done['stderr'].strip()}")
+    done = _insmod(path, fault_injection)
+    if done["returncode"] == 0:
+        return wait_devices(True)[0]
+    why = f"insmod {path} failed: {done['stderr'].strip()}"
+    if fallback is None or fallback == path:
+        raise GuestError(errno.EIO, why, argument="path")
+    again = _insmod(fallback, fault_injection)
+    if again["returncode"] != 0:
+        raise GuestError(errno.EIO, f"{why}; insmod {fallback} failed too: "
+                         f"{again['stderr'].strip()}", argument="path")
+    wait_devices(True)
+    raise GuestError(errno.EIO, f"{why}; {fallback} was loaded again instead", argument="path")

@@ -372,29 +372,52 @@ class Agent:
         """``reload_module``: close every open driver, remove and insert the module again
         (``path`` defaults to the kernel command line's msixlab.kmod=, ``fault_injection``
         to how the rig loaded it) and reopen the selected NIC's device.  Returns the new
-        ``info``; EINVAL without a path, ENOENT (before anything is unloaded) when the
-        path is not a file."""
-        path = path or binding.module_path(self.root)
+        ``info``; EINVAL without a path; ENOENT or ENOEXEC (before anything is unloaded)
+        when the path is not a readable ELF file; EIO when insmod refuses it, after
+        loading the booted module (msixlab.kmod=) again so the guest keeps a driver."""
+        booted = binding.module_path(self.root)
+        path = path or booted
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
                              "on the kernel command line")
-        local = os.path.join(self.root, path.lstrip("/")) if os.path.isabs(path) else path
-        if not os.path.isfile(local):
-            raise GuestError(errno.ENOENT, f"reload_module: no module file {path!r}; "
-                             "nothing was unloaded", argument="path")
+        self._check_module_file(path)
         if fault_injection is None:
             fault_injection = binding.fault_injection(self.root)
         bdf = self._release()
         for driver, _ in self.others.values():   # an open file keeps the module in use
             driver.close()
         self.others = {}
-        binding.reload(path, fault_injection)
         try:
-            self.driver = wait_until(lambda: self._open_nic(bdf), binding.WAIT_S,
-                                     f"a /dev/msixlab<N> bound to {bdf}")
-        except WaitTimeout as err:
-            raise GuestError(errno.ETIMEDOUT, f"reload_module: {err}") from err
+            binding.reload(path, fault_injection, fallback=booted)
+        finally:                                  # the booted driver, if it came back
+            self.driver = self.driver or self._wait_nic(bdf)
+        if self.driver is None:
+            raise GuestError(errno.ETIMEDOUT, f"reload_module: {self.device_error}")
         return self.driver.info()
+
+    def _check_module_file(self, path: str) -> None:
+        """ENOENT / ENOEXEC (``argument``: ``path``) unless ``path`` is an ELF file: found
+        before anything is unloaded."""
+        local = os.path.join(self.root, path.lstrip("/")) if os.path.isabs(path) else path
+        try:
+            with open(local, "rb") as f:
+                magic = f.read(4)
+        except OSError as err:
+            raise GuestError(err.errno or errno.ENOENT, f"reload_module: cannot read module "
+                             f"file {path!r}: {err.strerror}; nothing was unloaded",
+                             argument="path") from err
+        if magic != b"\x7fELF":
+            raise GuestError(errno.ENOEXEC, f"reload_module: {path!r} is not an ELF file; "
+                             "nothing was unloaded", argument="path")
+
+    def _wait_nic(self, bdf: str) -> Driver | None:
+        """The driver of ``bdf`` once its /dev/msixlab<N> is back (bounded), else None."""
+        try:
+            return wait_until(lambda: self._open_nic(bdf), binding.WAIT_S,
+                              f"a /dev/msixlab<N> bound to {bdf}")
+        except WaitTimeout:
+            self.device_error = f"no /dev/msixlab<N> bound to {bdf} after reloading the module"
+            return None
 
     def shutdown(self) -> dict[str, object]:
         """``shutdown``: close every open driver device; the session ends after this reply."""
