@@ -275,3 +275,9 @@ def test_reload_module_that_insmod_refuses_loads_the_booted_one_again(clean):
     assert info["fault_injection"] is True and info["nr_groups"] == 1
     index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
     assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1
+
+
+def test_totals_want_outside_the_table_names_the_argument(clean):
+    error = refused(clean, "totals", want={str(TABLE): 1})
+    assert (error["code"], error["source"], error["argument"]) == ("EINVAL", "request",
+                                                                   "want"), error

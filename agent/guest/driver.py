@@ -20,7 +20,7 @@ import re
 from array import array
 
 from . import uapi
-from .errors import DriverError
+from .errors import DriverError, RequestError
 
 PCI_MSIX_FLAGS_MASKALL = 0x4000      # MSI-X Message Control: Function Mask
 
@@ -232,8 +232,9 @@ class Driver:
             wanted = array("Q", bytes(8 * size))
             for index, count in want.items():
                 if not 0 <= index < size:
-                    raise DriverError(errno.EINVAL, f"totals: index {index} is outside "
-                                      f"the {size}-entry table")
+                    raise RequestError(errno.EINVAL, f"totals: argument 'want' names index "
+                                       f"{index}, outside the {size}-entry table",
+                                       command="totals", argument="want")
                 wanted[index] = count
         raw = self._ioctl("MSIXLAB_IOC_TOTALS", f"totals(want={len(want or {})} indices, "
                           f"timeout_ms={timeout_ms})", count=size, timeout_ms=timeout_ms,
