@@ -125,7 +125,11 @@ def reload(path: str, fault_injection: bool = False, fallback: str | None = None
     why = f"insmod {path} failed: {done['stderr'].strip()}"
     if fallback is None or fallback == path:
         raise GuestError(errno.EIO, why, argument="path")
-    again = _insmod(fallback, fault_injection)
+    try:
+        again = _insmod(fallback, fault_injection)
+    except GuestError as err:                 # e.g. a module that oopsed while loading
+        raise GuestError(errno.EIO, f"{why}; insmod {fallback}: {err}",  # blocks the name
+                         argument="path") from err
     if again["returncode"] != 0:
         raise GuestError(errno.EIO, f"{why}; insmod {fallback} failed too: "
                          f"{again['stderr'].strip()}", argument="path")
