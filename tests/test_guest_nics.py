@@ -110,3 +110,22 @@ def test_reload_module_of_a_file_that_is_no_module_unloads_nothing(agent, tree):
     reply = ask(agent, "reload_module", path="/notes.txt")
     assert (reply["error"]["code"], reply["error"]["argument"]) == ("ENOEXEC", "path")
     assert not agent.driver.closed and ask(agent, "info")["result"]["bdf"] == NIC1
+
+
+def test_await_device_present_while_one_is_open_closes_the_old_file(agent, tree):
+    old = agent.driver
+    assert ask(agent, "await_device", present=True, timeout_s=1)["result"]["bdf"] == NIC1
+    assert old.closed and agent.driver is not old
+
+
+def test_bind_after_selecting_another_nic_keeps_that_one_open(agent, tree):
+    ask(agent, "select_nic", bdf=NIC2)
+    (tree / "dev/msixlab1").unlink()
+    ask(agent, "unbind")
+    nic1 = ask(agent, "select_nic", bdf=NIC1)["result"]
+    assert nic1["bdf"] == NIC1
+    first = agent.driver
+    (tree / "dev/msixlab1").touch()
+    assert ask(agent, "bind")["result"]["bdf"] == NIC2
+    assert not first.closed and agent.others[NIC1][0] is first   # kept, not leaked
+    assert ask(agent, "select_nic", bdf=NIC1)["result"]["bdf"] == NIC1

@@ -282,12 +282,22 @@ class Agent:
         return bdf
 
     def _reopen(self, path: str) -> dict[str, object]:
-        self.driver, self.device_error = self.opener(path), None
-        return self.driver.info()
+        """Open ``path`` as the selected driver; one still selected is kept with the
+        other NICs (or closed when its device is gone), never leaked."""
+        new = self.opener(path)
+        if self.driver is not None:
+            current = self._bdf()
+            if current is not None and current not in self.others:
+                self.others[current] = (self.driver, self.asked)
+            else:
+                self.driver.close()
+        self.driver, self.asked, self.device_error = new, {}, None
+        return new.info()
 
     def _known(self) -> list[str]:
-        """The device paths the other NICs' open drivers hold."""
-        return [driver.path for driver, _ in self.others.values()]
+        """The device paths this agent's open drivers hold (the selected NIC's too)."""
+        held = [driver.path for driver, _ in self.others.values()]
+        return held + ([self.driver.path] if self.driver is not None else [])
 
     def unbind(self) -> dict[str, object]:
         """``unbind``: close the driver and unbind the device from it (sysfs), waiting for its
@@ -325,12 +335,15 @@ class Agent:
             else:
                 binding.wait_gone(path, timeout_s)
             return {"devices": []}
+        if self.driver is not None:           # replaced by what appears
+            self.driver.close()
+            self.driver = None
         devices = binding.wait_devices(True, self.root, timeout_s, known=self._known())
         return self._reopen(devices[0])
 
     def _open_nic(self, bdf: str) -> Driver | None:
         """An open driver on the /dev/msixlab<N> bound to ``bdf`` that no NIC holds yet."""
-        held = set(self._known()) | ({self.driver.path} if self.driver else set())
+        held = set(self._known())
         for path in find_devices(os.path.join(self.root, "dev")):
             if path in held:
                 continue
