@@ -35,8 +35,9 @@ from agent.guest.errors import DriverError
 LIBC = ctypes.CDLL(None, use_errno=True)
 HOLD_S = 0.5                      # how long the main thread lets a raise wait first
 # kernel reports in dmesg (the host's console watcher has the full list)
-REPORT = re.compile(r"WARNING:|BUG[: ]|Oops|Call Trace|UBSAN|KASAN|refcount_t|list_(add|del) corruption|"
-                    r"hung_task|soft lockup|lockdep|possible recursive locking|"
+REPORT = re.compile(r"WARNING:|BUG[: ]|Oops|Call Trace|UBSAN|KASAN|refcount_t|"
+                    r"list_(add|del) corruption|hung_task|soft lockup|lockdep|"
+                    r"possible recursive locking|"
                     r"circular locking")
 
 
