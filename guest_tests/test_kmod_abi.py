@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from agent.host.console import find_splat
 from test_shell import Terminal
 
 WAIT_S = 5.0          # the raises' timeout in the script
@@ -30,7 +31,10 @@ def got(tmp_path_factory):
         match = re.search(rb"MSIXLAB-KMOD-ABI (\{.*\})", term.seen)
         assert match, term.seen[-3000:]
         assert term.proc.wait(timeout=60) == 0
-        return json.loads(match.group(1))
+        measured = json.loads(match.group(1))
+        text = term.seen.decode(errors="replace")
+        measured["splats"] = [line for line in text.splitlines() if find_splat(line)]
+        return measured
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
@@ -79,3 +83,72 @@ def test_undelivered_raise_times_out_on_time(got):
 ])
 def test_malformed_requests_are_refused(got, case, code):
     assert got["abi"][case] == code, got["abi"]
+
+
+@pytest.mark.parametrize("case,code", [
+    ("alloc_min_0", "EINVAL"),
+    ("alloc_min_gt_max", "EINVAL"),
+    ("alloc_min_gt_table", "EINVAL"),
+    ("alloc_start_table", "EINVAL"),
+    ("alloc_start_top", "EINVAL"),
+    ("alloc_start_wraps", "EINVAL"),
+    ("alloc_cpu_nr_cpu_ids", "EINVAL"),
+    ("alloc_cpu_top", "EINVAL"),
+    ("alloc_unknown_flag", "EINVAL"),
+    ("alloc_managed_no_cpu", "EINVAL"),
+    ("free_0", "EPERM"),
+    ("free_never", "ENOENT"),
+    ("free_no_group", "ENOENT"),
+    ("get_group_top", "ENOENT"),
+    ("vector_top", "EINVAL"),
+    ("vector_table", "EINVAL"),
+    ("vector_bad_buffer", "EFAULT"),
+    ("vector_kernel_buffer", "EFAULT"),
+    ("raise_top", "EINVAL"),
+    ("raise_unallocated", "ENOENT"),
+    ("raise_timeout_over", "EINVAL"),
+    ("raise_timeout_top", "EINVAL"),
+    ("entry_top", "EINVAL"),
+    ("entry_table", "EINVAL"),
+    ("totals_count_0", "EOVERFLOW"),
+    ("totals_count_short", "EOVERFLOW"),
+    ("totals_count_over", "EINVAL"),
+    ("totals_count_top", "EINVAL"),
+    ("totals_no_buffer", "EINVAL"),
+    ("totals_bad_buffer", "EFAULT"),
+    ("totals_bad_want", "EFAULT"),
+    ("totals_timeout_over", "EINVAL"),
+    ("totals_pad", "EINVAL"),
+    ("totals_max", None),
+    ("crash_kind_4", "EINVAL"),
+    ("crash_panic_delay_over", "EINVAL"),
+    ("info_wrong_size", "ENOTTY"),
+    ("info_null", "EFAULT"),
+    ("alloc_null", "EFAULT"),
+])
+def test_hostile_requests_get_their_errno(got, case, code):
+    assert got["hostile"][case] == code, got["hostile"]
+
+
+def test_hostile_requests_leave_the_device_as_it_was(got):
+    assert got["hostile_left"] == {"rows": True, "allocated": [0]}, got["hostile_left"]
+
+
+def test_group_edges(got):
+    """A group freed twice is ENOENT the second time; max = 0xffffffff takes every free
+    entry (the lab's 64-entry table less index 0); a group outlives the file that
+    allocated it (groups belong to the device; unbind frees them)."""
+    assert got["groups"] == {"free_twice": "ENOENT", "max_top_count": 63,
+                             "kept_after_close": True}, got["groups"]
+
+
+def test_two_threads_on_two_files_leave_nothing_behind(got):
+    hammer = got["hammer"]
+    assert hammer["errors"] == [] and all(hammer["rounds"]), hammer
+    assert got["hammer_left"] == {"rows": True, "groups": [0], "allocated": [0]}, got
+
+
+def test_no_kernel_report_on_the_console(got):
+    """None of the above made the kernel WARN, oops or report anything (the console
+    watcher's patterns, over everything the shell showed)."""
+    assert got["splats"] == [] and got["dmesg_reports"] == [], got

@@ -254,3 +254,54 @@ def test_crash_panic_replies_then_panics(image, tmp_path):
         assert "Kernel panic - not syncing: msixlab0: panic requested" in text
         assert "msixlab_crash_work" in text
         assert [kind for kind, _ in splats(text)] == ["panic"]
+
+
+# --- reload_module with a bad path ------------------------------------------------------
+
+def test_reload_module_of_a_missing_file_unloads_nothing(clean):
+    group = clean.agent("alloc_group", min=2, max=2)
+    error = refused(clean, "reload_module", path="/nonexistent/msixlab.ko")
+    assert (error["code"], error["argument"]) == ("ENOENT", "path"), error
+    assert [g["group"] for g in clean.agent("list_groups")] == [0, group["group"]]
+
+
+def test_reload_module_that_insmod_refuses_loads_the_booted_one_again(clean):
+    """An ELF file that is no module: rmmod runs, insmod refuses it; the booted module
+    (msixlab.kmod=) goes back in with the same fault injection, and the agent serves it."""
+    error = refused(clean, "reload_module", path="/usr/bin/python3")
+    assert (error["code"], error["argument"]) == ("EIO", "path"), error
+    assert "loaded again instead" in error["message"], error
+    info = clean.agent("info")
+    assert info["fault_injection"] is True and info["nr_groups"] == 1
+    index = clean.agent("alloc_group", min=1, max=1)["indices"][0]
+    assert clean.agent("raise", index=index, timeout_ms=5000)["total"] == 1
+
+
+def test_totals_want_outside_the_table_names_the_argument(clean):
+    error = refused(clean, "totals", want={str(TABLE): 1})
+    assert (error["code"], error["source"], error["argument"]) == ("EINVAL", "request",
+                                                                   "want"), error
+
+
+# --- an offline CPU ----------------------------------------------------------------------
+
+def test_offline_cpu_is_einval_and_a_managed_group_on_it_frees_clean(clean):
+    """A group asked on an offline CPU is EINVAL (nothing allocated); a managed group whose
+    CPU goes offline is shut down by the kernel (its entry masked) and can still be
+    freed; nothing of it is left and the kernel reports nothing."""
+    before = len(splats(console(clean)))
+    managed = clean.agent("alloc_group", min=2, max=2, cpu=1, managed=True)
+    clean.agent("cpu_online", cpu=1, online=False)
+    try:
+        for managed_flag in (False, True):
+            error = refused(clean, "alloc_group", min=1, max=1, cpu=1, managed=managed_flag)
+            assert (error["code"], error["source"]) == ("EINVAL", "driver"), error
+        vector = clean.agent("vector", index=managed["indices"][0])
+        assert vector["table"]["ctrl"] & 1                  # shut down: the entry is masked
+        assert clean.agent("free_group", group=managed["group"])["freed"] == 2
+        assert clean.agent("info")["allocated"] == [0]
+    finally:
+        clean.agent("cpu_online", cpu=1, online=True)
+    index = clean.agent("alloc_group", min=1, max=1, cpu=1, managed=True)["indices"][0]
+    assert clean.agent("raise", index=index, timeout_ms=5000)["cpu"] == 1
+    assert len(splats(console(clean))) == before

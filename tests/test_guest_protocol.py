@@ -183,6 +183,14 @@ def test_hello_without_device(agent):
     ("set_affinity", {"index": 0, "cpus": "0-1"}, "cpus", "must be list"),
     ("function_mask", {"masked": 1}, "masked", "must be bool"),
     ("reload_module", {"fault_injection": "yes"}, "fault_injection", "must be bool"),
+    # keys str.isdigit() takes but int() refuses, or too long for int() to convert
+    ("totals", {"want": {"\u00b2": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"\u0661": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"9" * 5000: 1}}, "want", "maps an index"),
+    ("totals", {"want": {"2048": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"-1": 1}}, "want", "maps an index"),
+    ("totals", {"want": {"1": 1.5}}, "want", "maps an index"),
+    ("totals", {"want": {"1": 1 << 64}}, "want", "maps an index"),
 ])
 def test_new_commands_validate_before_needing_the_driver(session, cmd, args, argument,
                                                          needle):
@@ -249,3 +257,19 @@ def test_lines_the_shared_codec_refuses_get_one_error_with_id_null(session, raw,
     err = error_of(reply)
     assert err["code"] == code and needle in err["message"]
     assert request(session, {"id": 2, "cmd": "nope"})["id"] == 2      # the session goes on
+
+
+@pytest.mark.parametrize("message", [
+    {"id": 1, "cmd": "alloc_group", "args": {"min": "A" * 900_000, "max": 1}},
+    {"id": 1, "cmd": "A" * 900_000},
+    {"id": 1, "cmd": "alloc_group", "args": {"A" * 900_000: 1}},
+    {"id": 1, "cmd": "crash", "args": {"kind": "A" * 900_000}},
+    {"id": 1, "cmd": "totals", "args": {"want": {"A" * 900_000: 1}}},
+])
+def test_an_error_quoting_a_huge_value_stays_small(session, message):
+    """A request of almost a megabyte gets an error of a few kilobytes that still names
+    the culprit (it used to quote it whole, twice for an unknown command)."""
+    out = session.receive_data(json.dumps(message).encode() + b"\n")
+    assert len(out) < 4096, len(out)
+    err = json.loads(out)["error"]
+    assert err["code"] in ("EINVAL", "ENOSYS") and err["message"].endswith(" characters)")

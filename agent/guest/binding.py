@@ -5,7 +5,9 @@ allocated.  ``unbind``/``bind`` write the device's address to the PCI driver's s
 files; ``reload`` removes the module and inserts it again, with the fault injection
 setting the rig loads it with (``fault_injection=1``, see images/guest/stage2) unless
 told otherwise.  Each waits, bounded, for the driver's misc device to vanish or appear,
-so the agent can reopen it.
+so the agent can reopen it.  With several NICs bound (``msixlab run --nics N``) the
+others' devices stay: ``unbind`` then waits for the one device it unbound to go
+(``path``) and ``bind`` for a device that is not one of the others' (``known``).
 """
 
 from __future__ import annotations
@@ -33,14 +35,18 @@ def _write(path: str, value: str) -> None:
         raise GuestError(err.errno or errno.EIO, f"write {value!r} to {path}: {err.strerror}") from err
 
 
-def wait_devices(present: bool, root: str = "/", timeout: float | None = None) -> list[str]:
-    """Wait until /dev/msixlab<N> exists (``present``) or is gone; return the devices."""
+def wait_devices(present: bool, root: str = "/", timeout: float | None = None,
+                 known: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Wait until a /dev/msixlab<N> that is not in ``known`` exists (``present``; the new
+    ones first in the list returned) or until none but ``known`` ones is left; return the
+    devices."""
     timeout = WAIT_S if timeout is None else timeout
     state = "appear" if present else "go away"
 
     def settled() -> tuple[list[str]] | None:
         devices = find_devices(os.path.join(root, "dev"))
-        return (devices,) if bool(devices) == present else None
+        new = [d for d in devices if d not in known]
+        return (new + [d for d in devices if d in known],) if bool(new) == present else None
 
     try:
         (devices,) = wait_until(settled, timeout, f"/dev/msixlab<N> to {state}")
@@ -50,26 +56,45 @@ def wait_devices(present: bool, root: str = "/", timeout: float | None = None) -
     return devices
 
 
-def unbind(bdf: str, root: str = "/") -> None:
+def wait_gone(path: str, timeout: float | None = None) -> None:
+    """Wait until the device node ``path`` is gone; ``GuestError`` ETIMEDOUT if it stays."""
+    timeout = WAIT_S if timeout is None else timeout
+    try:
+        wait_until(lambda: not os.path.exists(path), timeout, f"{path} to go away")
+    except WaitTimeout as err:
+        raise GuestError(errno.ETIMEDOUT, f"{path} did not go away within {timeout} s") from err
+
+
+def unbind(bdf: str, root: str = "/", path: str | None = None) -> None:
     """Unbind ``bdf`` from the msixlab driver (sysfs) and wait, at most ``WAIT_S``, for its
-    misc devices to go.  ``GuestError`` if the write fails or the wait expires."""
+    misc device ``path`` to go (without ``path``: every /dev/msixlab<N>).  ``GuestError`` if
+    the write fails or the wait expires."""
     _write(os.path.join(root, DRIVER_DIR, "unbind"), bdf)
-    wait_devices(False, root)
+    if path is None:
+        wait_devices(False, root)
+    else:
+        wait_gone(path)
 
 
-def bind(bdf: str, root: str = "/") -> str:
+def bind(bdf: str, root: str = "/", known: tuple[str, ...] | list[str] = ()) -> str:
     """Bind ``bdf`` to the msixlab driver (sysfs) and wait, at most ``WAIT_S``, for a misc
-    device; return its path.  ``GuestError`` if the write fails or the wait expires."""
+    device that is not in ``known`` (the other NICs' devices); return its path.
+    ``GuestError`` if the write fails or the wait expires."""
     _write(os.path.join(root, DRIVER_DIR, "bind"), bdf)
-    return wait_devices(True, root)[0]
+    return wait_devices(True, root, known=known)[0]
 
 
 def module_path(root: str = "/") -> str | None:
-    """The driver path the guest was booted with (msixlab.kmod= on the command line)."""
-    with open(os.path.join(root, "proc/cmdline"), encoding="ascii") as f:
-        for word in f.read().split():
-            if word.startswith("msixlab.kmod="):
-                return word.split("=", 1)[1]
+    """The driver path the guest was booted with (msixlab.kmod= on the command line);
+    None without one (or without /proc/cmdline)."""
+    try:
+        with open(os.path.join(root, "proc/cmdline"), encoding="ascii") as f:
+            words = f.read().split()
+    except FileNotFoundError:
+        return None
+    for word in words:
+        if word.startswith("msixlab.kmod="):
+            return word.split("=", 1)[1]
     return None
 
 
@@ -82,11 +107,31 @@ def fault_injection(root: str = "/") -> bool:
         return False
 
 
-def reload(path: str, fault_injection: bool = False) -> str:
-    """rmmod msixlab, insmod ``path`` [fault_injection=1]; returns the new device."""
-    insmod = ["insmod", path] + (["fault_injection=1"] if fault_injection else [])
-    for argv in (["rmmod", "msixlab"], insmod):
-        done = run_tool(argv)
-        if done["returncode"] != 0:
-            raise GuestError(errno.EIO, f"{' '.join(argv)} failed: {done['stderr'].strip()}")
-    return wait_devices(True)[0]
+def _insmod(path: str, fault_injection: bool) -> dict[str, object]:
+    return run_tool(["insmod", path] + (["fault_injection=1"] if fault_injection else []))
+
+
+def reload(path: str, fault_injection: bool = False, fallback: str | None = None) -> str:
+    """rmmod msixlab, insmod ``path`` [fault_injection=1]; returns the new device.  When
+    that insmod fails (not a module, built for another kernel) and ``fallback`` names
+    another module file, that one is inserted instead, so the guest keeps a driver; the
+    error (EIO, ``argument``: ``path``) then says so."""
+    done = run_tool(["rmmod", "msixlab"])
+    if done["returncode"] != 0:
+        raise GuestError(errno.EIO, f"rmmod msixlab failed: {done['stderr'].strip()}")
+    done = _insmod(path, fault_injection)
+    if done["returncode"] == 0:
+        return wait_devices(True)[0]
+    why = f"insmod {path} failed: {done['stderr'].strip()}"
+    if fallback is None or fallback == path:
+        raise GuestError(errno.EIO, why, argument="path")
+    try:
+        again = _insmod(fallback, fault_injection)
+    except GuestError as err:                 # e.g. a module that oopsed while loading
+        raise GuestError(errno.EIO, f"{why}; insmod {fallback}: {err}",  # blocks the name
+                         argument="path") from err
+    if again["returncode"] != 0:
+        raise GuestError(errno.EIO, f"{why}; insmod {fallback} failed too: "
+                         f"{again['stderr'].strip()}", argument="path")
+    wait_devices(True)
+    raise GuestError(errno.EIO, f"{why}; {fallback} was loaded again instead", argument="path")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable
 
 from msixlab_common.deadline import Deadline, wait_until
@@ -29,6 +30,7 @@ TABLE_MAX = uapi.MAX_VECTORS - 1
 CPU_MAX = uapi.NO_CPU - 1          # the driver checks against nr_cpu_ids and online CPUs
 PANIC_DELAY_MS = 500               # time for the reply to leave before the panic
 CRASH_CHILD_S = 10.0               # an oops kills the child at once; bound the wait
+_INDEX_KEY = re.compile(r"[0-9]{1,4}")   # a table index as a JSON object key (0..TABLE_MAX)
 
 
 class Agent:
@@ -40,6 +42,7 @@ class Agent:
                  opener: Callable[[str], Driver] = Driver):
         """Open ``device`` (default: the first /dev/msixlab<N>); remember why if none."""
         self.root = root
+        self.opener = opener
         self.driver: Driver | None = None
         self.device_error: str | None = None
         self.unbound: str | None = None     # address this agent unbound, for bind
@@ -143,7 +146,9 @@ class Agent:
                                               each=(want_each, first, last))
         counts: dict[int, int] = {}
         for key, value in (want or {}).items():
-            if (not key.isdigit() or int(key) > TABLE_MAX or type(value) is not int
+            # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and a
+            # key of thousands of digits would trip int()'s length limit
+            if (not _INDEX_KEY.fullmatch(key) or int(key) > TABLE_MAX or type(value) is not int
                     or not 0 <= value < 1 << 64):
                 raise RequestError(errno.EINVAL, f"totals: argument 'want' maps an index "
                                    f"(0..{TABLE_MAX}) to a count, got {key!r}: {value!r}",
@@ -277,14 +282,30 @@ class Agent:
         return bdf
 
     def _reopen(self, path: str) -> dict[str, object]:
-        self.driver, self.device_error = Driver(path), None
-        return self.driver.info()
+        """Open ``path`` as the selected driver; one still selected is kept with the
+        other NICs (or closed when its device is gone), never leaked."""
+        new = self.opener(path)
+        if self.driver is not None:
+            current = self._bdf()
+            if current is not None and current not in self.others:
+                self.others[current] = (self.driver, self.asked)
+            else:
+                self.driver.close()
+        self.driver, self.asked, self.device_error = new, {}, None
+        return new.info()
+
+    def _known(self) -> list[str]:
+        """The device paths this agent's open drivers hold (the selected NIC's too)."""
+        held = [driver.path for driver, _ in self.others.values()]
+        return held + ([self.driver.path] if self.driver is not None else [])
 
     def unbind(self) -> dict[str, object]:
         """``unbind``: close the driver and unbind the device from it (sysfs), waiting for its
-        misc device to go.  Returns the address; ``bind`` binds that address again."""
+        misc device to go (the other NICs' stay).  Returns the address; ``bind`` binds that
+        address again."""
+        path = self.driver.path if self.driver is not None else None
         bdf = self._release()
-        binding.unbind(bdf, self.root)
+        binding.unbind(bdf, self.root, path)
         self.unbound = bdf
         return {"unbound": bdf}
 
@@ -294,59 +315,122 @@ class Agent:
         bdf = self.unbound
         if bdf is None:
             raise GuestError(errno.EINVAL, "bind: nothing was unbound by this agent")
-        info = self._reopen(binding.bind(bdf, self.root))
+        info = self._reopen(binding.bind(bdf, self.root, known=self._known()))
         self.unbound = None
         return info
 
     def await_device(self, present: bool, timeout_s: int) -> dict[str, object]:
         """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
-        is gone or going) and wait for /dev/msixlab<N> to vanish; with ``present``, wait
-        for it to appear and open it (group ids start again at 1)."""
+        is gone or going) and wait for its /dev/msixlab<N> to vanish (every one when
+        there was none open); with ``present``, wait for one that no other NIC holds to
+        appear and open it (group ids start again at 1)."""
         if not present:
+            path = self.driver.path if self.driver is not None else None
             if self.driver is not None:
                 self.driver.close()
             self.driver, self.device_error = None, "the device was removed"
             self.asked = {}
-            binding.wait_devices(False, self.root, timeout_s)
+            if path is None:
+                binding.wait_devices(False, self.root, timeout_s, known=self._known())
+            else:
+                binding.wait_gone(path, timeout_s)
             return {"devices": []}
-        return self._reopen(binding.wait_devices(True, self.root, timeout_s)[0])
+        if self.driver is not None:           # replaced by what appears
+            self.driver.close()
+            self.driver = None
+        devices = binding.wait_devices(True, self.root, timeout_s, known=self._known())
+        return self._reopen(devices[0])
+
+    def _open_nic(self, bdf: str) -> Driver | None:
+        """An open driver on the /dev/msixlab<N> bound to ``bdf`` that no NIC holds yet."""
+        held = set(self._known())
+        for path in find_devices(os.path.join(self.root, "dev")):
+            if path in held:
+                continue
+            try:
+                driver = self.opener(path)
+            except OSError:
+                continue                          # went away meanwhile: not the one
+            try:
+                if driver.info()["bdf"] == bdf:
+                    return driver
+            except AgentError:
+                pass
+            driver.close()
+        return None
 
     def select_nic(self, bdf: str) -> dict[str, object]:
         """Several NICs (``msixlab run --nics N``): make the driver device bound to
         ``bdf`` the one every later command uses; the others stay open, each keeping
-        what set_affinity asked on it.  Returns its ``info``."""
+        what set_affinity asked on it.  Returns its ``info``; ENODEV (and the selected
+        NIC unchanged) when no device is bound to ``bdf``."""
         current = self._bdf()
         if current == bdf:
             return self.driver.info()
-        if self.driver is not None:
-            self.others[current] = (self.driver, self.asked)
         if bdf in self.others:
-            self.driver, self.asked = self.others.pop(bdf)
-            return self.driver.info()
-        for path in find_devices(os.path.join(self.root, "dev")):
-            if any(d.path == path for d, _ in self.others.values()):
-                continue
-            driver = Driver(path)
-            if driver.info()["bdf"] == bdf:
-                self.driver, self.asked, self.device_error = driver, {}, None
-                return driver.info()
-            driver.close()
-        self.driver = None
-        raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound to {bdf}")
+            chosen, asked = self.others.pop(bdf)
+        else:
+            chosen, asked = self._open_nic(bdf), {}
+            if chosen is None:
+                raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound "
+                                 f"to {bdf!r}", argument="bdf")
+        if self.driver is not None and current is not None:
+            self.others[current] = (self.driver, self.asked)
+        elif self.driver is not None:
+            self.driver.close()                   # its device is gone: nothing to keep
+        self.driver, self.asked, self.device_error = chosen, asked, None
+        return chosen.info()
 
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, object]:
-        """``reload_module``: close the driver, remove and insert the module again (``path``
-        defaults to the kernel command line's msixlab.kmod=, ``fault_injection`` to how the
-        rig loaded it) and reopen the device.  Returns the new ``info``; EINVAL without a
-        path."""
-        path = path or binding.module_path(self.root)
+        """``reload_module``: close every open driver, remove and insert the module again
+        (``path`` defaults to the kernel command line's msixlab.kmod=, ``fault_injection``
+        to how the rig loaded it) and reopen the selected NIC's device.  Returns the new
+        ``info``; EINVAL without a path; ENOENT or ENOEXEC (before anything is unloaded)
+        when the path is not a readable ELF file; EIO when insmod refuses it, after
+        loading the booted module (msixlab.kmod=) again so the guest keeps a driver."""
+        booted = binding.module_path(self.root)
+        path = path or booted
         if path is None:
             raise GuestError(errno.EINVAL, "reload_module: no 'path' and no msixlab.kmod= "
                              "on the kernel command line")
+        self._check_module_file(path)
         if fault_injection is None:
             fault_injection = binding.fault_injection(self.root)
-        self._release()
-        return self._reopen(binding.reload(path, fault_injection))
+        bdf = self._release()
+        for driver, _ in self.others.values():   # an open file keeps the module in use
+            driver.close()
+        self.others = {}
+        try:
+            binding.reload(path, fault_injection, fallback=booted)
+        finally:                                  # the booted driver, if it came back
+            self.driver = self.driver or self._wait_nic(bdf)
+        if self.driver is None:
+            raise GuestError(errno.ETIMEDOUT, f"reload_module: {self.device_error}")
+        return self.driver.info()
+
+    def _check_module_file(self, path: str) -> None:
+        """ENOENT / ENOEXEC (``argument``: ``path``) unless ``path`` is an ELF file: found
+        before anything is unloaded."""
+        local = os.path.join(self.root, path.lstrip("/")) if os.path.isabs(path) else path
+        try:
+            with open(local, "rb") as f:
+                magic = f.read(4)
+        except OSError as err:
+            raise GuestError(err.errno or errno.ENOENT, f"reload_module: cannot read module "
+                             f"file {path!r}: {err.strerror}; nothing was unloaded",
+                             argument="path") from err
+        if magic != b"\x7fELF":
+            raise GuestError(errno.ENOEXEC, f"reload_module: {path!r} is not an ELF file; "
+                             "nothing was unloaded", argument="path")
+
+    def _wait_nic(self, bdf: str) -> Driver | None:
+        """The driver of ``bdf`` once its /dev/msixlab<N> is back (bounded), else None."""
+        try:
+            return wait_until(lambda: self._open_nic(bdf), binding.WAIT_S,
+                              f"a /dev/msixlab<N> bound to {bdf}")
+        except WaitTimeout:
+            self.device_error = f"no /dev/msixlab<N> bound to {bdf} after reloading the module"
+            return None
 
     def shutdown(self) -> dict[str, object]:
         """``shutdown``: close every open driver device; the session ends after this reply."""

@@ -20,14 +20,14 @@ import re
 from array import array
 
 from . import uapi
-from .errors import DriverError
+from .errors import DriverError, RequestError
 
 PCI_MSIX_FLAGS_MASKALL = 0x4000      # MSI-X Message Control: Function Mask
 
 # What each errno means for this driver (msixlab_uapi.h).
 MEANINGS = {
     errno.ENOENT: "no such group, or the index is not allocated",
-    errno.ENOSPC: "no room: fewer than min free table entries",
+    errno.ENOSPC: "no room: fewer than min free table entries (or CPU vectors)",
     errno.EBUSY: "an index of the explicit range is taken",
     errno.EINVAL: "bad argument or range",
     errno.EPERM: "group 0 cannot be freed",
@@ -232,8 +232,9 @@ class Driver:
             wanted = array("Q", bytes(8 * size))
             for index, count in want.items():
                 if not 0 <= index < size:
-                    raise DriverError(errno.EINVAL, f"totals: index {index} is outside "
-                                      f"the {size}-entry table")
+                    raise RequestError(errno.EINVAL, f"totals: argument 'want' names index "
+                                       f"{index}, outside the {size}-entry table",
+                                       command="totals", argument="want")
                 wanted[index] = count
         raw = self._ioctl("MSIXLAB_IOC_TOTALS", f"totals(want={len(want or {})} indices, "
                           f"timeout_ms={timeout_ms})", count=size, timeout_ms=timeout_ms,

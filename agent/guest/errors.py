@@ -4,7 +4,8 @@ Concepts: an ``AgentError`` carries an errno (its symbolic ``code`` is derived),
 message that names what was wrong, the ``source`` that produced it and optional
 structured fields (``argument``, ``command``, ``index`` ...).  ``RequestError``: the host
 sent something wrong.  ``DriverError``: the driver's ioctl failed with that errno.
-``GuestError``: the guest could not do something itself (a file, a program).
+``GuestError``: the guest could not do something itself (a file, a program).  A reply's
+text is bounded (``MAX_TEXT``): a message quoting a megabyte the host sent is cut.
 """
 
 from __future__ import annotations
@@ -31,9 +32,21 @@ class AgentError(MsixlabError):
         return errno_mod.errorcode.get(self.errno, f"E{self.errno}")
 
     def to_dict(self) -> dict[str, object]:
-        """The error as the protocol sends it: errno, code, message, source and the fields."""
-        return {"errno": self.errno, "code": self.code, "message": self.message,
-                "source": self.source, **self.fields}
+        """The error as the protocol sends it: errno, code, message, source and the fields.
+        Text longer than ``MAX_TEXT`` (a message or field quoting a huge value the host
+        sent) is cut there and says how long it was, so an error reply stays small."""
+        fields = {name: _clip(value) for name, value in self.fields.items()}
+        return {"errno": self.errno, "code": self.code, "message": _clip(self.message),
+                "source": self.source, **fields}
+
+
+MAX_TEXT = 1024
+
+
+def _clip(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return f"{value[:MAX_TEXT]}... ({len(value)} characters)"
+    return value
 
 
 class RequestError(AgentError):

@@ -38,6 +38,24 @@ from .session import PROJECT_DIR, RunDirs, guest_spec
 log = logging.getLogger(__name__)
 
 
+#: how much longer than the guest-side wait a request asks for the host waits for its answer
+AGENT_MARGIN_S = 30.0
+
+
+def answer_timeout(timeout: float, args: dict) -> float:
+    """How long to await the answer to a guest agent request with ``args``: ``timeout``,
+    or the guest-side wait the request asks for (``timeout_ms``, ``timeout_s``; a value
+    that is not a finite non-negative number is the agent's to refuse and counts as 0)
+    plus ``AGENT_MARGIN_S`` when that is longer."""
+    asked = 0.0
+    for key, scale in (("timeout_ms", 1e-3), ("timeout_s", 1.0)):
+        value = args.get(key)
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < float("inf")):
+            asked = max(asked, value * scale)
+    return max(timeout, asked + AGENT_MARGIN_S) if asked else timeout
+
+
 def check_hello(hello: dict) -> None:
     """Refuse, as a named could-not-judge, a guest whose agent found no device or whose
     kernel cannot allocate MSI-X vectors after enable on it (the hello's ``dyn_alloc``,
@@ -230,7 +248,11 @@ class Lab:
     def agent(self, cmd: str, timeout: float = 30.0, **args):
         """One guest agent request; returns its result.  A driver error is the kernel's
         (``DriverCallFailed``, catch it where the scenario expects one); no answer is
-        classified by ``_no_answer``; an ending found meanwhile is raised instead."""
+        classified by ``_no_answer``; an ending found meanwhile is raised instead.  The
+        answer is awaited ``timeout`` seconds, and never less than the wait the request
+        itself asks of the guest (``timeout_ms``, ``timeout_s``) plus ``AGENT_MARGIN_S``:
+        a guest that is still inside a wait it was asked for is not unresponsive."""
+        timeout = answer_timeout(timeout, args)
         self.guard()
         asked = time.monotonic()
         try:

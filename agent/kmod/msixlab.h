@@ -9,8 +9,8 @@
  *    handler's per-CPU counters.
  *  - struct msixlab_grp: vectors allocated by one request (group 0 is the
  *    enable-time vector at index 0).
- *  - ml->lock serialises every control operation except the raise's wait
- *    and the fault injection (they run without it); the interrupt handler
+ *  - ml->lock serialises every control operation except the waits of RAISE
+ *    and TOTALS and the fault injection (they run without it); the interrupt handler
  *    only touches the vector's counters and the raise wait queue.
  *  - ml->irqs counts every interrupt of the device's handlers, so a caller
  *    waiting for several vectors at once (MSIXLAB_IOC_TOTALS) sleeps until

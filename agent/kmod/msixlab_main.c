@@ -11,8 +11,9 @@
  *    is still open finds the device gone (ENODEV) instead of freed memory.
  *  - The control interface is one dispatch table from ioctl number to
  *    handler; handlers run under ml->lock and find the device present,
- *    except the two marked unlocked: RAISE (it takes the lock only to ring
- *    the doorbell, then waits without it) and CRASH (an oops must not die
+ *    except the three marked unlocked: RAISE (it takes the lock only to ring
+ *    the doorbell, then waits without it), TOTALS (it takes the lock for
+ *    each read and waits without it) and CRASH (an oops must not die
  *    holding the lock).
  */
 #include <linux/fs.h>
