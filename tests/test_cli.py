@@ -245,3 +245,25 @@ def test_results_that_cannot_be_written_turn_only_a_pass_into_125(outcome, after
     assert report_unwritten(said, verdict, ValueError("a writer bug")) is verdict
     assert report_unwritten(said, verdict, err).outcome is unwritten(verdict, err).outcome
     assert "could not write the results" in said.export_text()
+
+
+@pytest.mark.parametrize("argv, env, want", [
+    (["run", "--flavor", "default"], "lts", "default"),   # was lts: the variable won
+    (["run", "--flavor", "lts"], "default", "lts"),
+    (["run"], "lts", "lts"), (["run"], None, "default"), (["boot"], "lts", "lts")])
+def test_an_explicit_flavor_wins_over_kernel_flavor(monkeypatch, argv, env, want):
+    seen = {}
+    if env is None:
+        monkeypatch.delenv("KERNEL_FLAVOR", raising=False)
+    else:
+        monkeypatch.setenv("KERNEL_FLAVOR", env)
+    build = _parser_with(lambda args: seen.setdefault("f", args.flavor) and 0)
+
+    def parser():
+        top = build()
+        top._subparsers._group_actions[0].choices["boot"].set_defaults(
+            func=lambda args: seen.setdefault("f", args.flavor) and 0)
+        return top
+    monkeypatch.setattr(cli, "parser", parser)
+    cli.main(argv)
+    assert seen["f"] == want

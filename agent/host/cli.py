@@ -176,6 +176,19 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad option exits 125 (could not judge), never 2: ``git bisect run``
     would take 2 for a bad commit."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then a ``--flavor`` not given taken from ``$KERNEL_FLAVOR`` (else the
+        default flavor): an explicit ``--flavor`` wins; a variable naming no flavor is an
+        error of the parse."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if getattr(namespace, "flavor", "") is None:
+            env_flavor = os.environ.get("KERNEL_FLAVOR")
+            if env_flavor and env_flavor not in recipe.FLAVORS:
+                self.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
+                           f"not {env_flavor!r}")
+            namespace.flavor = env_flavor or recipe.DEFAULT_FLAVOR
+        return namespace, extras
+
     def error(self, message: str):
         """Print the usage and exit 125 (``bad_option``), naming the error."""
         self.print_usage(sys.stderr)
@@ -207,8 +220,9 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def guest_options(p):
-        p.add_argument("--flavor", default=recipe.DEFAULT_FLAVOR, choices=sorted(recipe.FLAVORS),
-                       help="kernel flavor (default: %(default)s; env KERNEL_FLAVOR)")
+        p.add_argument("--flavor", default=None, choices=sorted(recipe.FLAVORS),
+                       help=f"kernel flavor (default: $KERNEL_FLAVOR, else "
+                            f"{recipe.DEFAULT_FLAVOR}; the option wins over the variable)")
         p.add_argument("--accel", choices=accel_mod.CHOICES, default=None,
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
         p.add_argument("--results", default="results", type=path_text("--results"),
@@ -315,12 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     or 125 (a bug in msixlab: 125 with its traceback)."""
     top = parser()
     args = top.parse_args(argv)
-    env_flavor = os.environ.get("KERNEL_FLAVOR")
-    if getattr(args, "flavor", None) == recipe.DEFAULT_FLAVOR and env_flavor:
-        if env_flavor not in recipe.FLAVORS:
-            top.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
-                      f"not {env_flavor!r}")
-        args.flavor = env_flavor
     if hasattr(args, "accel") and args.command != "doctor":   # doctor reports it instead
         try:
             accel_mod.requested_name(args.accel)
