@@ -23,6 +23,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,38 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
             signal.signal(sig, signal.SIG_DFL)      # not the handler inherited from it
             os.kill(os.getpid(), sig)
     return preexec
+
+
+def run_in_group(argv: list[str], timeout: float, sig: int = signal.SIGTERM,
+                 **popen: object) -> subprocess.CompletedProcess:
+    """``argv`` run to its end, at most ``timeout`` seconds (then ``TimeoutExpired``), in
+    a process group of its own with a parent-death ``sig``; however it ends (done, timed
+    out, Ctrl-C), what is left of its group is killed before this returns or raises, so a
+    build's jobs or a wrapper's children never outlive it (one that keeps a captured
+    output pipe open is waited for up to ``timeout``, as the output is).  ``popen``:
+    Popen's keywords (``stdout``, ``stderr``, ``text``, ``env``, ``cwd``...)."""
+    proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent(sig),
+                            **popen)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of ``proc``'s process group (it leads one) and reap ``proc``;
+    its pipes are closed."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:                  # the group is empty: everything in it has exited
+        pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def interrupt_on(*signums: int) -> None:

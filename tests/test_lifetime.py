@@ -234,3 +234,19 @@ def test_a_build_msixlab_started_stops_when_msixlab_is_killed(builder, tmp_path)
         parent.wait()
         parent.stdout.close()
         parent.stderr.close()
+
+
+@pytest.mark.parametrize("script, timeout", [
+    ("sleep 120 & echo $! > bg.pid; sleep 120", 1.0),     # times out
+    ("sleep 120 >/dev/null 2>&1 & echo $! > bg.pid", 30.0),   # ends, leaving a child
+])
+def test_run_in_group_leaves_nothing_of_its_group_running(script, timeout, tmp_path):
+    from msixlab_common.lifetime import run_in_group
+    try:
+        done = run_in_group(["sh", "-c", script], timeout, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert done.returncode == 0 and timeout == 30.0
+    except subprocess.TimeoutExpired:
+        assert timeout == 1.0
+    child = int((tmp_path / "bg.pid").read_text())
+    wait_until(lambda: not process_alive(child), 10, f"the background sleep (pid {child}) to go")

@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 from images.cache import cache_dir, exclusive
 from images.image import Image
-from msixlab_common.lifetime import die_with_parent
+from msixlab_common.lifetime import run_in_group
 
 from .errors import HostError
 from .kernel.build import first_error
@@ -86,9 +85,9 @@ def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 60
         shutil.rmtree(tmp, ignore_errors=True)
         env = {**os.environ, "MSIXLAB_KVER": kernel.release}
         try:
-            done = subprocess.run(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
-                                  env=env, capture_output=True, text=True, timeout=timeout,
-                                  preexec_fn=die_with_parent(signal.SIGTERM))
+            done = run_in_group(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
+                                timeout, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         except subprocess.TimeoutExpired as err:
             raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s") from err
         if done.returncode != 0:
@@ -163,9 +162,8 @@ def _make_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> No
         with open(log, "w") as handle:
             handle.write(f"$ {' '.join(argv)}\n")
             handle.flush()
-            done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=timeout,
-                                  preexec_fn=die_with_parent(signal.SIGTERM))
+            done = run_in_group(argv, timeout, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as err:
         raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} took longer than "
                              f"{timeout} s", log=log) from err

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from msixlab_common.lifetime import die_with_parent
+from msixlab_common.lifetime import die_with_parent, kill_group
 
 from .outcome import CouldNotJudge, Outcome
 
@@ -56,25 +56,11 @@ def _output(path: Path, *args: str, timeout: float = PROBE_TIMEOUT) -> str:
     except subprocess.TimeoutExpired as err:
         raise _unsuitable(path, f"`{' '.join(args)}` did not finish in {timeout:g} s") from err
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     if proc.returncode != 0:
         last = (stderr or stdout).strip().splitlines()[-1:] or [""]
         raise _unsuitable(path, f"`{' '.join(args)}` failed with exit {proc.returncode}: {last[0]}")
     return stdout
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the probe's process group (what is left of it) and reap the probe."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:                  # the group is empty: everything in it has exited
-        pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 def check_qemu(path: Path | str) -> QemuBinary:
