@@ -173,3 +173,18 @@ def test_render_all_passed_exit_zero():
     out = console()
     assert render(out, snapshot([PASS_MSG])) == EXIT_PASS
     assert "exit 0: all 1 judged check(s) passed" in out.export_text()
+
+
+def test_write_text_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path, monkeypatch):
+    from agent.host import report
+    path = tmp_path / "soak.json"
+    report.write_text_atomic(path, "old\n")
+    report.write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["soak.json"]
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(report.os, "replace", no_space)
+    with pytest.raises(OSError):
+        report.write_text_atomic(path, "partial\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["soak.json"]

@@ -151,8 +151,17 @@ def write_routing_json(path: Path, snapshot: Snapshot, metadata: Mapping[str, An
                        results: Iterable[CheckResult] | None = None) -> Path:
     """Write routing.json atomically (temporary file, then rename); return its path."""
     path = Path(path)
-    text = json.dumps(routing_document(snapshot, metadata, apic_map, verdict=verdict,
-                                       results=results), indent=2) + "\n"
+    write_text_atomic(path, json.dumps(routing_document(snapshot, metadata, apic_map,
+                                                        verdict=verdict, results=results),
+                                       indent=2) + "\n")
+    log.info("wrote %s (%d records)", path, len(snapshot.records))
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a
+    rename: a reader sees the old file or the whole new one, never a part (a full disk
+    leaves no partial file)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -164,8 +173,6 @@ def write_routing_json(path: Path, snapshot: Snapshot, metadata: Mapping[str, An
         except OSError:
             pass
         raise
-    log.info("wrote %s (%d records)", path, len(snapshot.records))
-    return path
 
 
 def snapshot_from_document(document: Mapping[str, Any]) -> tuple[ApicMap, Snapshot]:

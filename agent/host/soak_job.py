@@ -38,7 +38,7 @@ from .lab import Lab
 from .main_job import (check_faults, config_hash, msixlab_commit, option_words,
                        print_dry_run, report_unwritten, run_in_lab)
 from .outcome import Outcome, RunVerdict
-from .report import write_routing_json
+from .report import write_routing_json, write_text_atomic
 from .results import write_all as write_result_files
 from .routing import Snapshot
 from .session import RunDirs
@@ -189,7 +189,7 @@ def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
     console.print(f"[{'green' if verdict.exit_code == 0 else 'red'}]{verdict.outcome}[/] "
                   f"(exit {verdict.exit_code}): {escape(verdict.summary)}")
     try:
-        (dirs.results / "soak.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_text_atomic(dirs.results / "soak.json", json.dumps(record, indent=1) + "\n")
         results = soak.results()
         snapshot = (soak.final or Snapshot(())).with_checks(results)
         metadata = {k: v for k, v in record.items() if k not in ("op_log", "failures")}
