@@ -41,15 +41,24 @@ def test_a_child_dies_with_its_parent_however_the_parent_dies(how):
     """)
     try:
         child = int(parent.stdout.readline())
-        assert process_alive(child)
-        parent.send_signal(how)
-        parent.wait(timeout=20)
-        wait_until(lambda: not process_alive(child), 10, f"sleep (pid {child}) to die")
+        _kill_and_see_go(parent, how, child, "sleep")
     finally:
-        parent.kill()
-        parent.wait()
-        parent.stdout.close()
-        parent.stderr.close()
+        _reap(parent)
+
+
+def _kill_and_see_go(parent: subprocess.Popen, how: int, child: int, what: str) -> None:
+    """``child`` is alive; kill ``parent`` with ``how``; ``child`` must be gone in 10 s."""
+    assert process_alive(child)
+    parent.send_signal(how)
+    parent.wait(timeout=20)
+    wait_until(lambda: not process_alive(child), 10, f"{what} (pid {child}) to go")
+
+
+def _reap(parent: subprocess.Popen) -> None:
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    parent.stderr.close()
 
 
 def _fork_and_wait(body) -> int:
@@ -224,16 +233,9 @@ def test_a_build_msixlab_started_stops_when_msixlab_is_killed(builder, tmp_path)
     try:
         wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip(), 30,
                    "the make job to start")
-        job = int(pid_file.read_text())
-        assert process_alive(job)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=20)
-        wait_until(lambda: not process_alive(job), 10, f"the make job (pid {job}) to stop")
+        _kill_and_see_go(parent, signal.SIGKILL, int(pid_file.read_text()), "the make job")
     finally:
-        parent.kill()
-        parent.wait()
-        parent.stdout.close()
-        parent.stderr.close()
+        _reap(parent)
 
 
 @pytest.mark.parametrize("script, timeout", [
