@@ -184,3 +184,43 @@ def wait_until_stopped(pid: int) -> None:
     from msixlab_common.deadline import wait_until
     from msixlab_common.lifetime import process_stopped
     wait_until(lambda: process_stopped(pid), 10, f"pid {pid} to stop")
+
+
+def test_a_failure_judged_while_the_host_stopped_qemu_cannot_judge(lab):
+    # A step whose raises were not counted in time because QEMU was stopped (SIGSTOP)
+    # says nothing about the kernel: Lab.check_not_stopped makes it 125, and the
+    # scenario asks it whenever a step failed, from that step's start.
+    import signal
+    import time
+
+    from agent.host.lab import Lab
+    from agent.host.routing import CheckResult, Verdict
+    from agent.host.scenario import Scenario
+    _, _, _, sentinel = lab
+    qemu = subprocess.Popen(["sleep", "60"])
+    try:
+        host = Lab.__new__(Lab)
+        host.machine, host.sentinel = None, sentinel(qemu_pid=lambda: qemu.pid)
+        before = time.monotonic()
+        host.check_not_stopped(before, "step x failed")          # nothing stopped: no raise
+
+        class OneStep(Scenario):
+            PLAN = [("boom", ["counted"])]
+
+            def step_boom(self):
+                qemu.send_signal(signal.SIGSTOP)
+                wait_until_stopped(qemu.pid)
+                host.sentinel.check()                             # a look sees it stopped
+                qemu.send_signal(signal.SIGCONT)
+                self._add(CheckResult("counted", 1, Verdict.FAIL, "raise not counted"))
+                return None
+
+        host.device_command = lambda cmd, **kw: {"msix": {"table_size": 64}}
+        host.cpus = 2
+        with pytest.raises(CouldNotJudge) as err:
+            OneStep(host).run()
+        assert err.value.outcome is Outcome.PROCESS_FAILED
+        assert "step boom failed, and QEMU was stopped (SIGSTOP)" in str(err.value)
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=10)

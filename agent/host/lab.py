@@ -191,18 +191,26 @@ class Lab:
                             f"no hello from the agent, no kernel report on the console)",
                             console_tail=console)
 
+    def check_not_stopped(self, since: float, what: str) -> None:
+        """Raise ``CouldNotJudge`` (process_failed, 125) when QEMU or a device server was
+        seen stopped (SIGSTOP) at or after monotonic time ``since``: ``what`` went wrong
+        meanwhile (no answer, a raise not counted in time) while the guest could not run,
+        so it says nothing about the kernel."""
+        stopped = self.sentinel.stopped_since(since) if self.sentinel is not None else None
+        if stopped is not None:
+            console = tail(self.machine.spec.console_log, 10) if self.machine else ""
+            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"{what}, and {stopped} was stopped "
+                                "(SIGSTOP) meanwhile: the guest could not run",
+                                process=stopped, console_tail=console)
+
     def _no_answer(self, what: str, since: float | None = None) -> None:
         """The guest did not answer: the kernel's failure once it started, else the rig's;
         also the rig's when QEMU or a device server was seen stopped (SIGSTOP) since
         ``since``: the guest could not run, so nothing is known about the kernel."""
         self.guard()
         console = tail(self.machine.spec.console_log, 10) if self.machine else ""
-        stopped = (self.sentinel.stopped_since(since)
-                   if self.sentinel is not None and since is not None else None)
-        if stopped is not None:
-            raise CouldNotJudge(Outcome.PROCESS_FAILED, f"no {what}, and {stopped} was "
-                                "stopped (SIGSTOP) meanwhile: the guest could not run",
-                                process=stopped, console_tail=console)
+        if since is not None:
+            self.check_not_stopped(since, f"no {what}")
         if self.sentinel is not None and self.sentinel.kernel_started:
             raise GuestUnresponsive(f"the guest stopped answering: no {what}",
                                     console_tail=console)

@@ -227,6 +227,9 @@ class Scenario:
             snap = getattr(self, "step_" + step.replace("-", "_"))()
             self.steps.append({"step": step, "seconds": round(time.monotonic() - started, 3)})
             if self.failed():
+                # a step that failed while the host stopped QEMU or a device server
+                # judged a guest that could not run: the run cannot judge (125)
+                self.lab.check_not_stopped(started, f"step {step} failed")
                 self.stopped_at = step
                 self.say(f"[red]step {step} failed: stopping the scenario[/]")
                 break

@@ -107,14 +107,18 @@ class Soak:
     def run(self) -> None:
         """Soak until the time or op budget is spent or a check fails; every failure in
         ``failures``, the ops in ``op_log``, the numbers in ``stats``.  Errors of the
-        lab (a splat, a driver error, a dead process) propagate, classified by the caller."""
+        lab (a splat, a driver error, a dead process) propagate, classified by the caller;
+        so does ``Lab.check_not_stopped``'s when the failing op ran while the host had
+        QEMU or a device server stopped."""
         self.step = "start"
+        since = time.monotonic()        # the start of what the next failure judged
         for nic in self.nics:
             nic.start()
         self._reconcile(None, ())
         self.started = started = time.monotonic()
         next_tick = started + TICK_S
         while not self.failures:
+            since = time.monotonic()
             self.elapsed = time.monotonic() - started
             done = len(self.op_log)
             if self.elapsed >= self.seconds or (self.max_ops is not None
@@ -133,7 +137,12 @@ class Soak:
         self.elapsed = time.monotonic() - started
         if not self.failures:
             self.step = "final"
+            since = time.monotonic()
             self._final()
+        if self.failures:
+            # failed while the host stopped QEMU or a device server: the guest could not
+            # run, so the failure says nothing about the kernel (125)
+            self.lab.check_not_stopped(since, f"{self.step} failed")
 
     def _views(self) -> list[SoakView]:
         """Every NIC's view for the op generator, the live cap shared by all NICs."""

@@ -45,6 +45,10 @@ class NicView:
         """``Lab.guard``: raise the run's ending if it has ended."""
         self.lab.guard()
 
+    def check_not_stopped(self, since: float, what: str) -> None:
+        """``Lab.check_not_stopped``, with the NIC named."""
+        self.lab.check_not_stopped(since, f"NIC {self.nic}: {what}")
+
     def wait_until(self, condition, timeout: float, what: str, detail=None):
         """``Lab.wait_until``, with the NIC named in what is waited for."""
         return self.lab.wait_until(condition, timeout, f"NIC {self.nic}: {what}", detail)
