@@ -61,6 +61,15 @@ def test_boot_bounds_its_count_and_timeout(words, capsys):
     assert f"{words[0]} must be" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seconds", ["0", "0.5", "-1", "nan"])
+def test_a_soak_of_no_time_is_a_bad_option(seconds, capsys):
+    # --seconds 0 made no op and passed, having tested nothing
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(["soak", "--seconds", seconds])
+    assert exited.value.code == 125
+    assert "--seconds must be 1..604800" in capsys.readouterr().err
+
+
 def test_every_subcommand_is_wired():
     top = cli.parser()
     for argv in (["doctor", "--json"], ["image", "path"], ["boot", "--count", "2"],

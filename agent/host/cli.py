@@ -300,8 +300,9 @@ def parser() -> argparse.ArgumentParser:
                                     "real guest, every interrupt reconciled (docs/soak.md)")
     guest_options(p)
     nic_options(p, min_vectors=2)
-    p.add_argument("--seconds", type=bounded_float("--seconds", 0.0, MAX_SOAK_S), default=60.0,
-                   help="how long to churn (default: %(default)s)")
+    p.add_argument("--seconds", type=bounded_float("--seconds", 1.0, MAX_SOAK_S), default=60.0,
+                   help=f"how long to churn, 1..{MAX_SOAK_S:g} (default: %(default)s; a soak "
+                        f"of no time would make no op and pass having tested nothing)")
     p.add_argument("--seed", type=bounded_int("--seed", 0, 2**63 - 1), default=None,
                    help="the random seed: the same seed replays the same ops "
                         "(default: a random one, printed and recorded)")
