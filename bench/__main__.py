@@ -30,6 +30,7 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+from msixlab_common.lifetime import process_status
 from qemu_device.protocol import Command, RegionAccess, pack_message
 from qemu_device.testing import QEMU_CAPS
 
@@ -91,13 +92,9 @@ def _summary(samples_ns: list[int]) -> dict:
 def switches(pid: int) -> tuple[int, int]:
     """(voluntary, involuntary) context switches of process ``pid`` so far, summed over
     its threads (``/proc/PID/status``)."""
-    counts = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if "ctxt_switches:" in line:
-                key, value = line.split(":")
-                counts[key] = int(value)
-    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
+    status = process_status(pid)
+    return (int(status["voluntary_ctxt_switches"]),
+            int(status["nonvoluntary_ctxt_switches"]))
 
 
 def _measure(proc: subprocess.Popen, s: socket.socket, req: bytes, n: int) -> Side:

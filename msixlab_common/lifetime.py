@@ -111,6 +111,17 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return stat[stat.rfind(b")") + 2:].split()
 
 
+def process_status(pid: int) -> dict[str, str]:
+    """The fields of /proc/PID/status (``VmRSS`` -> ``"18180 kB"``, ...), empty if there
+    is no such process or it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            return {key: value.strip() for key, _, value in
+                    (line.partition(":") for line in f)}
+    except OSError:
+        return {}
+
+
 def process_start_time(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot, or None if it is gone (a
     zombie counts as gone: it has exited, only nobody has reaped it)."""

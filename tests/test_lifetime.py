@@ -252,3 +252,15 @@ def test_run_in_group_leaves_nothing_of_its_group_running(script, timeout, tmp_p
         assert timeout == 1.0
     child = int((tmp_path / "bg.pid").read_text())
     wait_until(lambda: not process_alive(child), 10, f"the background sleep (pid {child}) to go")
+
+
+def test_process_status_reads_a_live_process_and_nothing_of_a_gone_one():
+    from agent.host.soak_nic import device_rss_kib
+    from msixlab_common.lifetime import process_status
+    status = process_status(os.getpid())
+    assert status["Pid"] == str(os.getpid()) and status["VmRSS"].endswith(" kB")
+    assert device_rss_kib(os.getpid()) == int(status["VmRSS"].split()[0]) > 1000
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert process_status(gone.pid) == {} and device_rss_kib(gone.pid) is None
+    assert device_rss_kib(None) is None

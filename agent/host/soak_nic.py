@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from msixlab_common.lifetime import process_status
+
 from . import accounting
 from .ledger import Ledger
 from .routing import CheckResult, Snapshot
@@ -81,16 +83,8 @@ class SoakStats:
 
 def device_rss_kib(pid: int | None) -> int | None:
     """VmRSS of process ``pid`` in KiB, None when it cannot be read."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    rss = process_status(pid).get("VmRSS", "") if pid is not None else ""
+    return int(rss.split()[0]) if rss[:1].isdigit() else None
 
 
 class NicSoak:

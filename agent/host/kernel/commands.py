@@ -25,12 +25,12 @@ from rich.markup import escape
 from ..argtypes import bounded_int, path_text
 from ..errors import EXIT_INFRA, EXIT_PASS
 from ..outcome import CouldNotJudge
-from .options import MAX_JOBS
 from ..session import new_run_id
 from . import config as kconfig
 from .bisect import Bisect
 from .build import KernelTree
 from .errors import BisectError, KernelTreeError
+from .options import MAX_JOBS
 from .progress import build_with_progress
 
 
