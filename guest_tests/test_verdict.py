@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from agent.host.lab import Lab
-from agent.host.outcome import Outcome, RunVerdict
+from agent.host.outcome import BootStalled, Outcome, RunVerdict
 from agent.host.scenario import Scenario
 from agent.host.session import PROJECT_DIR, RunDirs
 
@@ -164,3 +166,69 @@ def test_msixlab_run_unwritable_results_cannot_judge(tmp_path):
                            str(blocked)], cwd=PROJECT_DIR, capture_output=True, text=True,
                           timeout=120, env={**os.environ})
     assert done.returncode == 125 and "host_resource" in done.stderr, done.stderr[-2000:]
+
+
+class PauseBoots:
+    """Pause the vCPUs (QMP ``stop``) of each of a lab's first ``boots`` boots as soon as
+    its QEMU answers QMP: those boots stall with no kernel report and nothing gone, as a
+    TCG guest on a starved host does."""
+
+    def __init__(self, lab: Lab, boots: int):
+        self.lab, self.boots, self.paused = lab, boots, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.02) and len(self.paused) < self.boots:
+            machine, sentinel = self.lab.machine, self.lab.sentinel
+            if machine is not None and sentinel is not None and machine not in self.paused:
+                machine.qmp("stop")
+                self.paused.append(machine)
+
+    def __enter__(self) -> "PauseBoots":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+
+def test_a_boot_that_stalls_is_booted_again_and_kept(image, tmp_path):
+    with RunDirs.create(tmp_path) as dirs:
+        lab = Lab(image, "default", dirs)
+        try:
+            with PauseBoots(lab, boots=1) as paused:
+                lab.start(boot_timeout=30)
+            assert len(paused.paused) == 1 and lab.machine is not paused.paused[0]
+            assert lab.agent("info")["table_size"] == lab.vectors     # the second boot answers
+            Scenario(lab).run()
+        finally:
+            lab.stop()
+    assert [(s["attempt"], s["logs"]) for s in lab.boot_stalls] == [(1, "boot-attempt-1")]
+    assert "did not finish booting within 30 s" in lab.boot_stalls[0]["reason"]
+    aside = dirs.results / "boot-attempt-1"
+    registers = (aside / "cpus.txt").read_text()                # where each vCPU was
+    assert all(re.search(rf"CPU#{cpu}\n(.*\n)*?[ER]IP=[0-9a-f]+", registers)
+               for cpu in range(lab.cpus)), registers
+    for name in ("console.log", "qemu.log", "device-events.jsonl", "device-server.log"):
+        assert (aside / name).is_file() and (dirs.results / name).is_file(), name
+    assert "MSIXLAB-READY" not in (aside / "console.log").read_text(errors="replace")
+    assert "MSIXLAB-READY" in (dirs.results / "console.log").read_text(errors="replace")
+
+
+def test_a_boot_that_stalls_every_time_cannot_judge(image, tmp_path):
+    with RunDirs.create(tmp_path) as dirs:
+        lab = Lab(image, "default", dirs)
+        try:
+            with PauseBoots(lab, boots=2), pytest.raises(BootStalled) as err:
+                lab.start(boot_timeout=8, boot_attempts=2)
+        finally:
+            lab.stop()
+    verdict = RunVerdict.from_error(err.value)
+    assert verdict.outcome is Outcome.PROCESS_FAILED and verdict.exit_code == 125
+    assert "did not finish booting within 8 s" in verdict.summary
+    assert len(lab.boot_stalls) == 1                 # the first set aside, the last raised
+    assert (dirs.results / "boot-attempt-1" / "console.log").is_file()
+    assert (dirs.results / "console.log").is_file()
+    assert lab.machine.poll() is not None and all(d.poll() is not None for d in lab.devices)

@@ -37,6 +37,29 @@ def test_reply_matched_by_id_and_events_queued(pair):
     assert client.wait_event("hello", timeout=0.1)["kernel"] == "7.3"
 
 
+def test_a_reconnect_starts_clean(pair, tmp_path):
+    # a stalled boot is set aside and the guest booted again: nothing of the old
+    # connection (a half line, an unread event) may surface on the new one
+    client, server = pair
+    server.sendall(b'{"event": "stale"}\n{"event": "hel')
+    with pytest.raises(WaitTimeout):
+        client.wait_event("hello", timeout=0.05)
+    client.close()
+    server.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "again.sock"))
+    listener.listen(1)
+    client.path = tmp_path / "again.sock"
+    client.connect(timeout=1)
+    fresh, _ = listener.accept()
+    fresh.sendall(b'{"event": "hello", "boot": 2}\n')     # not glued to the old half line
+    assert client.wait_event("hello", timeout=1) == {"event": "hello", "boot": 2}
+    with pytest.raises(WaitTimeout):
+        client.wait_event("stale", timeout=0.05)
+    fresh.close()
+    listener.close()
+
+
 def test_request_timeout_names_what_it_waited_for(pair):
     client, _server = pair
     with pytest.raises(WaitTimeout, match=r"peer's reply to 'info' \(id 1\)"):

@@ -20,7 +20,8 @@ from agent.host.report import (
     snapshot_from_document,
     write_routing_json,
 )
-from agent.host.routing import ApicMap, CheckResult, Verdict, build_snapshot
+from agent.host.outcome import BootStalled, Outcome, RunVerdict
+from agent.host.routing import ApicMap, CheckResult, Snapshot, Verdict, build_snapshot
 
 PASS_MSG = CheckResult("cached_msg_matches_table", 1, Verdict.PASS)
 FAIL_RAISE = CheckResult("raise_counted_once_on_cpu", 1, Verdict.FAIL,
@@ -173,6 +174,22 @@ def test_render_all_passed_exit_zero():
     out = console()
     assert render(out, snapshot([PASS_MSG])) == EXIT_PASS
     assert "exit 0: all 1 judged check(s) passed" in out.export_text()
+
+
+def test_render_shows_the_console_tail_of_a_run_that_did_not_pass():
+    # a CI log keeps no artifacts: where the guest stopped must be in the printed verdict
+    tail = "[    0.77] smp: Bringing up secondary CPUs ...\n[    0.78] [x86] CPU 1"
+    stalled = RunVerdict.from_error(BootStalled("the guest did not finish booting within "
+                                                "180 s", console_tail=tail))
+    out = console()
+    assert render(out, Snapshot(()).with_checks([]), stalled) == 125
+    text = out.export_text()
+    assert "exit 125 (process_failed): the guest did not finish booting" in text
+    assert "the console's last lines:\n" + tail in text          # markup-like text kept whole
+    passed = RunVerdict(Outcome.PASS, "all passed", evidence={"console_tail": tail})
+    out = console()
+    render(out, Snapshot(()).with_checks([]), passed)
+    assert "smp:" not in out.export_text()
 
 
 def test_write_text_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path, monkeypatch):

@@ -77,6 +77,16 @@ def test_provenance_and_reproduce_command_are_shown(tmp_path):
     assert "PASS &middot; exit 0" in text
 
 
+def test_a_boot_that_stalled_and_was_booted_again_is_shown(tmp_path):
+    def stalled_once(doc):
+        doc["metadata"]["boot_stalls"] = [{"attempt": 1, "logs": "boot-attempt-1",
+                                           "reason": "the guest did not finish <booting>"}]
+    _, text = report(tmp_path, stalled_once)
+    assert ("<th>boot 1 stalled</th><td><code>the guest did not finish &lt;booting&gt; "
+            "(logs in boot-attempt-1/)</code></td>") in text
+    assert "stalled" not in report(tmp_path / "plain")[1]
+
+
 def test_links_point_at_the_run_directorys_files(tmp_path):
     run_dir, text = report(tmp_path)
     hrefs = Page(text).hrefs

@@ -67,10 +67,14 @@ class JsonLinesClient:
                 pass
 
     def close(self) -> None:
-        """Close the socket, if open.  Safe to call twice."""
+        """Close the socket, if open, and forget what was read on it (a later ``connect``
+        starts clean).  Safe to call twice."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._decoder = jsonlines.Decoder(max_line=MAX_LINE)
+        self._inbox.clear()
+        self.events.clear()
 
     def send(self, obj: dict) -> None:
         """Send ``obj`` as one line.  ``HostError`` if not connected or ``obj`` cannot be

@@ -31,12 +31,16 @@ from .jsonlines import JsonLinesClient
 from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod
 from .machine import Machine, tail
-from .outcome import CouldNotJudge, DriverCallFailed, GuestUnresponsive, Outcome
+from .outcome import (BootStalled, CouldNotJudge, DriverCallFailed, GuestUnresponsive,
+                      Outcome)
 from .sentinel import Sentinel
 from .session import PROJECT_DIR, RunDirs, guest_spec
 
 log = logging.getLogger(__name__)
 
+
+#: how many times in all a guest whose boot stalls silently is booted before the run gives up
+BOOT_ATTEMPTS = 2
 
 #: how much longer than the guest-side wait a request asks for the host waits for its answer
 AGENT_MARGIN_S = 30.0
@@ -110,24 +114,43 @@ class Lab:
         # first select_nic names one by its address instead of assuming which that is
         self.selected_nic: int | None = 0 if nics == 1 else None
         self.timings: dict[str, float] = {}
+        self.boot_stalls: list[dict] = []   # each stalled boot set aside (see start())
         self.sentinel: Sentinel | None = None
         self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
 
     # --- bring-up and tear-down ---------------------------------------------------------
-    def start(self, boot_timeout: float = 180.0) -> None:
+    def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:
         """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
         the guest driver, compile the guest agent's bytecode for the image's Python
-        (images/bytecode.py; a failure only costs boot time), start the device servers, launch QEMU, start the sentinel, connect
-        to the guest agent and wait at most ``boot_timeout`` seconds for its hello (then
-        check it).  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option, a build
-        or launch failure, no hello in time), or ``KernelMisbehaved`` when the console shows
-        why the guest never answered.  Records ``kmod_build_s`` and ``boot_to_agent_s`` in
-        ``timings``. On failure the caller still calls ``stop()``."""
+        (images/bytecode.py; a failure only costs boot time), then boot: start the device
+        servers, launch QEMU, start the sentinel, connect to the guest agent and wait at
+        most ``boot_timeout`` seconds for its hello (then check it).  A boot that stalls
+        (no hello, no kernel report, no process gone) is set aside (``_set_aside``) and
+        the guest booted afresh, ``boot_attempts`` boots in all; each stall is listed in
+        ``boot_stalls``.  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option,
+        a build or launch failure, ``BootStalled`` on the last boot), or
+        ``KernelMisbehaved`` when the console shows why the guest never answered.
+        Records ``kmod_build_s`` and ``boot_to_agent_s`` (of the boot that answered) in
+        ``timings``.  On failure the caller still calls ``stop()``."""
         t0 = time.monotonic()
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
         self.image.prepare_guest_bytecode(PROJECT_DIR)
+        for attempt in range(1, max(1, boot_attempts) + 1):
+            try:
+                self._boot(kmod_dir, boot_timeout)
+                break
+            except BootStalled as stall:
+                if attempt >= boot_attempts:
+                    raise
+                self._set_aside(attempt, stall)
+        self.timings["boot_to_agent_s"] = self.machine.elapsed()
+        check_hello(self.hello)
+
+    def _boot(self, kmod_dir: Path, boot_timeout: float) -> None:
+        """One boot: device servers, QEMU, sentinel, the agent's hello within
+        ``boot_timeout`` seconds (``BootStalled`` without one and nothing to explain it)."""
         self.device.start()
         for device in self.extra_devices:
             device.start()
@@ -146,13 +169,49 @@ class Lab:
         while True:
             try:
                 self.hello = self.agent_client.wait_event("hello", timeout=1)
-                break
+                return
             except (WaitTimeout, HostError, OSError):
                 self.guard()
                 if deadline.expired():
                     self._never_booted(boot_timeout)
-        self.timings["boot_to_agent_s"] = self.machine.elapsed()
-        check_hello(self.hello)
+
+    def _set_aside(self, attempt: int, stall: BootStalled) -> None:
+        """Keep the evidence of stalled boot ``attempt`` and clear the way for the next:
+        the vCPUs' registers (HMP ``info registers -a``, where each vCPU was) go to
+        ``boot-attempt-<attempt>/cpus.txt``, QEMU is quit at once (its agent never spoke),
+        the device servers are stopped, and the boot's logs (console, QEMU, device servers)
+        move into that directory."""
+        aside = self.dirs.results / f"boot-attempt-{attempt}"
+        aside.mkdir(exist_ok=True)
+        log.warning("boot %d stalled (%s): booting the guest again; its logs are in %s",
+                    attempt, stall, aside)
+        self.boot_stalls.append({"attempt": attempt, "reason": str(stall),
+                                 "logs": aside.name})
+        try:
+            (aside / "cpus.txt").write_text(self.machine.hmp("info registers -a"))
+        except (HostError, OSError) as err:
+            log.info("vCPU registers of the stalled boot: %s", err)
+        self.sentinel.stop()
+        self.machine.shutdown(grace=0)
+        self.agent_client.close()
+        for device in self.devices:
+            device.stop()
+        for path in self._boot_logs():
+            if path.exists():
+                path.rename(aside / path.name)
+        self.machine, self.sentinel, self.hello = None, None, {}
+        self._bars, self._nic_bars = None, {}
+        self.selected_nic = 0 if len(self.devices) == 1 else None
+
+    def _boot_logs(self) -> list[Path]:
+        """The files one boot writes in the results directory."""
+        spec = self.machine.spec if self.machine is not None else None
+        paths = [self.dirs.results / "qemu.log"]
+        if spec is not None:
+            paths += [spec.console_log] + ([spec.trace_log] if spec.trace_log else [])
+        for device in self.devices:
+            paths += [device.event_log, device.stderr_log]
+        return paths
 
     # --- what ends a run early ----------------------------------------------------------
     def _ended(self, ending: Exception) -> None:
@@ -185,11 +244,10 @@ class Lab:
         self.guard()
         console = tail(self.machine.spec.console_log, 10) if self.machine else ""
         started = self.sentinel is not None and self.sentinel.kernel_started
-        raise CouldNotJudge(Outcome.PROCESS_FAILED,
-                            f"the guest did not finish booting within {boot_timeout:g} s "
-                            f"(kernel {'started' if started else 'printed nothing'}, "
-                            f"no hello from the agent, no kernel report on the console)",
-                            console_tail=console)
+        raise BootStalled(f"the guest did not finish booting within {boot_timeout:g} s "
+                          f"(kernel {'started' if started else 'printed nothing'}, "
+                          f"no hello from the agent, no kernel report on the console)",
+                          console_tail=console)
 
     def check_not_stopped(self, since: float, what: str) -> None:
         """Raise ``CouldNotJudge`` (process_failed, 125) when QEMU or a device server was

@@ -200,7 +200,8 @@ class Machine:
         if self._proc is None or self.state is State.STOPPED:
             return
         if self.wait_exit(grace) is None:
-            self.log.warning("guest did not power off within %g s: sending QMP quit", grace)
+            self.log.log(logging.WARNING if grace else logging.INFO,   # 0 s: no wait meant
+                         "guest did not power off within %g s: sending QMP quit", grace)
             try:
                 self.qmp("quit")
             except Exception as err:

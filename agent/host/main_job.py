@@ -314,6 +314,7 @@ def run_main_job(args, console: Console) -> int:
         "nic_records": getattr(scenario, "nic_records", None),
         "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
+        "boot_stalls": lab.boot_stalls,
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,
         "msixlab_commit": msixlab_commit(), "seed": 0,

@@ -148,6 +148,15 @@ class CouldNotJudge(MsixlabError):
         self.outcome, self.evidence = outcome, evidence
 
 
+class BootStalled(CouldNotJudge):
+    """No hello from the guest agent within the boot timeout, with no kernel report and no
+    process gone to explain it (``process_failed``, 125): a boot that stalls cannot be told
+    from a starved host, so ``Lab.start`` boots once more before it gives up."""
+
+    def __init__(self, message: str, **evidence: Any):
+        super().__init__(Outcome.PROCESS_FAILED, message, **evidence)
+
+
 def _args(args: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in args.items())
 

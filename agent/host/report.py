@@ -300,8 +300,9 @@ def routing_table(snapshot: Snapshot, show_all: bool = False,
 
 def render(console: Console, snapshot: Snapshot, verdict: RunVerdict | None = None,
            results: Iterable[CheckResult] | None = None, show_all: bool = False) -> int:
-    """Print the table, each failure's summary, and the verdict line; return the exit
-    code (the verdict's, or judged from the snapshot's checks when none is given)."""
+    """Print the table, each failure's summary, and the verdict line (then, for a verdict
+    that is not a pass, the console's last lines when its evidence holds them); return the
+    exit code (the verdict's, or judged from the snapshot's checks when none is given)."""
     if snapshot.records:
         console.print(routing_table(snapshot, show_all))
     results = list(snapshot.results() if results is None else results)
@@ -324,4 +325,7 @@ def render(console: Console, snapshot: Snapshot, verdict: RunVerdict | None = No
         line = f"exit {code} ({verdict.outcome}): {verdict.summary}"
     style = {EXIT_PASS: "bold green", EXIT_FAIL: "bold red"}.get(code, "bold yellow")
     console.print(Text(line, style=style))
+    if verdict is not None and code != EXIT_PASS and verdict.evidence.get("console_tail"):
+        console.print(Text("the console's last lines:\n" + verdict.evidence["console_tail"],
+                           style="dim"))   # where the guest was, in a CI log that keeps no files
     return code

@@ -164,6 +164,7 @@ def run_soak(args, console: Console) -> int:
         "kernel": lab.hello.get("kernel"), "qemu": image.qemu_version,
         "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
+        "boot_stalls": lab.boot_stalls,
         "wall_seconds": round(time.monotonic() - started, 3),
         "msixlab_commit": msixlab_commit(), "reproduce": reproduce_command(args, seed),
     }

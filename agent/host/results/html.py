@@ -82,6 +82,9 @@ def _provenance(run: RunResult) -> str:
     rows.append(("started", run.started.strftime("%Y-%m-%d %H:%M:%S UTC")))
     if "wall_seconds" in meta:
         rows.append(("wall time", f"{meta['wall_seconds']} s"))
+    for stall in meta.get("boot_stalls") or ():      # a boot set aside and booted again
+        rows.append((f"boot {stall.get('attempt')} stalled",
+                     f"{stall.get('reason')} (logs in {stall.get('logs')}/)"))
     body = "".join(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in rows)
     return (f'<table class="kv">{body}</table><h3 style="font-size:14px;margin:12px 0 2px">'
             f'Reproduce</h3><pre>{_e(run.provenance.reproduce)}</pre>')
