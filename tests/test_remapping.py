@@ -99,7 +99,8 @@ def test_iommu_in_argv_and_on_the_kernel_command_line():
     argv = build_argv(spec)
     iommu = argv.index("intel-iommu,intremap=on,caching-mode=on")
     assert iommu < argv.index("pcie-root-port,id=rp0,chassis=1,slot=1")   # before devices
-    assert {"intel_iommu=on", "no_timer_check"} <= set(kernel_cmdline(spec).split())
+    words = kernel_cmdline(spec).split()
+    assert {"intel_iommu=on", "no_timer_check"} <= set(words) and len(set(words)) == len(words)
     kvm = build_argv(GuestSpec(**{**spec.__dict__, "accel": "kvm"}))
     assert "kernel-irqchip=split" in kvm[kvm.index("-machine") + 1]
     plain = build_argv(GuestSpec(**{**spec.__dict__, "iommu": False}))

@@ -66,15 +66,14 @@ def kernel_cmdline(spec: GuestSpec) -> str:
     # line (KERN_WARNING) is there for the console watcher, not only in dmesg.
     # no_timer_check: on a loaded host a TCG guest can fail the IO-APIC timer check and
     # panic at boot ("IO-APIC + timer doesn't work!"): the host's load, not the kernel.
+    # With interrupt remapping the same check goes through the remapped IO-APIC and the
+    # kernel panics instead of trying another timer route, so it is needed there too.
     words = ["console=ttyS0", "panic=-1", "loglevel=5", "no_timer_check", "rdinit=/init",
              f"msixlab.mode={spec.mode}"]
     if spec.kmod:
         words.append(f"msixlab.kmod={spec.kmod}")
     if spec.iommu:
-        # no_timer_check: under a loaded TCG host the boot-time check that the timer
-        # ticks through the (now remapped) IO-APIC can miss its window, and with
-        # remapping the kernel panics instead of trying another timer route.
-        words += ["intel_iommu=on", "no_timer_check"]
+        words.append("intel_iommu=on")
     return " ".join(words + list(spec.append))
 
 
