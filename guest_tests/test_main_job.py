@@ -82,3 +82,17 @@ def test_a_full_results_disk_keeps_a_failed_check_and_says_so(image, tmp_path):
     assert "exit 1 (check_failed)" in said
     assert "could not write the results" in said and "No space left on device" in said
     assert "Traceback" not in done.stderr
+
+
+def test_appended_kernel_parameters_reach_the_guest_kernel(image, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "agent.host", "run", "--append",
+                           'irqaffinity=1 dyndbg="file msi.c +p"', "--results", str(tmp_path)],
+                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
+    assert done.returncode == EXIT_PASS, done.stderr[-4000:]
+    (run_dir,) = tmp_path.iterdir()
+    meta = json.loads((run_dir / "routing.json").read_text())["metadata"]
+    assert meta["append"] == ["irqaffinity=1", "dyndbg=file msi.c +p"]
+    # the guest's own /proc/cmdline: the rig's parameters first, then the user's
+    assert meta["guest_cmdline"].startswith("console=ttyS0 panic=-1 loglevel=5 ")
+    assert meta["guest_cmdline"].endswith(' irqaffinity=1 dyndbg="file msi.c +p"')
+    assert "--append 'irqaffinity=1 dyndbg=\"file msi.c +p\"'" in meta["reproduce"]

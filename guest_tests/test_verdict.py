@@ -232,3 +232,20 @@ def test_a_boot_that_stalls_every_time_cannot_judge(image, tmp_path):
     assert (dirs.results / "boot-attempt-1" / "console.log").is_file()
     assert (dirs.results / "console.log").is_file()
     assert lab.machine.poll() is not None and all(d.poll() is not None for d in lab.devices)
+
+
+def test_a_boot_that_panics_is_the_kernels_and_never_booted_again(image, tmp_path):
+    # an init that is not there: the kernel finds no root either and panics at boot
+    with RunDirs.create(tmp_path) as dirs:
+        lab = Lab(image, "default", dirs, append=("rdinit=/no/such/init",))
+        started = time.monotonic()
+        try:
+            with pytest.raises(BaseException) as err:
+                lab.start(boot_timeout=60)
+        finally:
+            lab.stop()
+    verdict = RunVerdict.from_error(err.value)
+    assert verdict.outcome is Outcome.KERNEL_SPLAT and verdict.exit_code == 1, verdict
+    assert "Kernel panic" in verdict.evidence["line"]
+    assert lab.boot_stalls == [] and not (dirs.results / "boot-attempt-1").exists()
+    assert time.monotonic() - started < 60

@@ -276,3 +276,52 @@ def test_an_explicit_flavor_wins_over_kernel_flavor(monkeypatch, argv, env, want
     monkeypatch.setattr(cli, "parser", parser)
     cli.main(argv)
     assert seen["f"] == want
+
+
+@pytest.mark.parametrize("command", ["run", "soak", "boot", "shell"])
+def test_append_takes_kernel_parameters_split_as_a_shell_would(command):
+    args = cli.parser().parse_args([command, "--append", 'irqaffinity=1 dyndbg="file msi.c +p"',
+                                    "--append", "nokaslr"])
+    assert args.append == ["irqaffinity=1", "dyndbg=file msi.c +p", "nokaslr"]
+    assert cli.parser().parse_args([command]).append == []
+
+
+@pytest.mark.parametrize("text, named", [
+    ("loglevel=0", "'loglevel=0' sets what the rig owns"),      # would hide a WARN: false pass
+    ("quiet", "'quiet' sets what the rig owns"),
+    ("console=ttyS1", "'console=ttyS1' sets"), ("panic=0", "'panic=0' sets"),
+    ("rdinit=/bin/sh", "'rdinit=/bin/sh' sets"), ("init=/bin/sh", "'init=/bin/sh' sets"),
+    ("msixlab.mode=shell", "'msixlab.mode=shell' sets"),
+    ('x="a msixlab.kmod=/evil.ko"', "'x=a msixlab.kmod=/evil.ko' sets"),  # the init splits on spaces
+    ("nokaslr -- init-arg", "'--' sets"),
+    ("a=\u00e9", "holds a character"), ("a=\x01", "holds a character"),
+    ("'a\"b'", "holds a character"), ('dyndbg="open', "No closing quotation"),
+    ("x" * 1025, "1025 characters, more than 1024"),
+])
+def test_append_refuses_what_the_rig_owns_or_a_command_line_cannot_carry(text, named, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(["run", "--append", text])
+    assert exited.value.code == 125
+    err = capsys.readouterr().err
+    assert "argument --append" in err and named in err and "bad_option" in err
+
+
+def test_append_bounds_what_several_add_up_to(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(["soak", "--append", "a" * 700, "--append", "b" * 700])
+    assert exited.value.code == 125
+    assert "--append: 1401 characters in all, more than 1024" in capsys.readouterr().err
+
+
+def test_appended_parameters_follow_the_rigs_on_the_kernel_command_line():
+    from pathlib import Path
+    from agent.host.qemu_argv import GuestSpec, build_argv, kernel_cmdline
+    args = cli.parser().parse_args(["run", "--append", 'irqaffinity=1 dyndbg="file msi.c +p"'])
+    spec = GuestSpec(qemu=["qemu"], kernel=Path("/k"), initramfs=Path("/i"),
+                     console_log=Path("/c"), qmp_socket=Path("/q"), shares=(),
+                     append=tuple(args.append))
+    line = kernel_cmdline(spec)
+    assert line.startswith("console=ttyS0 panic=-1 loglevel=5 ")
+    assert line.endswith(' irqaffinity=1 dyndbg="file msi.c +p"')
+    argv = build_argv(spec)
+    assert argv[argv.index("-append") + 1] == line

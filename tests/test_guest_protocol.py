@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 
-from agent.guest import protocol
+from agent.guest import binding, protocol
 from agent.guest.commands import Agent
 from agent.guest.errors import GuestError, RequestError
 from agent.guest.protocol import Arg, Command, LineFramer, Session
@@ -170,6 +171,16 @@ def test_hello_without_device(agent):
     assert hello["event"] == "hello" and hello["device"] is None
     assert hello["kernel"] and hello["device_error"]["code"] == "ENODEV"
     assert hello["dyn_alloc"] is None                 # nothing to ask: cannot tell
+    assert hello["cmdline"] is None                   # no proc/cmdline under this root
+
+
+def test_hello_carries_the_kernel_command_line(agent):
+    proc = Path(agent.root) / "proc"
+    (proc / "cmdline").write_bytes(b'console=ttyS0 msixlab.kmod=/k.ko dyndbg="file msi.c +p"\n')
+    assert agent.hello()["cmdline"] == 'console=ttyS0 msixlab.kmod=/k.ko dyndbg="file msi.c +p"'
+    assert binding.module_path(agent.root) == "/k.ko"
+    (proc / "cmdline").write_bytes(b"quiet x=\xff\n")         # not ASCII: replaced, no error
+    assert agent.hello()["cmdline"] == "quiet x=\ufffd" and binding.module_path(agent.root) is None
 
 
 @pytest.mark.parametrize("cmd, args, argument, needle", [

@@ -13,7 +13,7 @@ from agent.host.main_job import reproduce_command as run_reproduce
 from agent.host.soak_job import reproduce_command as soak_reproduce
 
 DECISIVE = ("flavor", "kernel_tree", "kernel", "kdir", "qemu", "vectors", "cpus",
-            "msix_maskable", "msix_noresize", "iommu", "device_fault")
+            "msix_maskable", "msix_noresize", "iommu", "device_fault", "append")
 
 
 def reparsed(command: str):
@@ -32,6 +32,7 @@ def same_options(a, b, extra=()):
     ["--flavor", "lts", "--vectors", "300", "--cpus", "4"],
     ["--msix-maskable", "--msix-noresize", "--iommu", "--device-fault", "drop_raise:vector=3"],
     ["--nics", "3", "--device-fault", "drop_raise:nic=2,count=0"],
+    ["--append", 'irqaffinity=1 dyndbg="file msi.c +p"', "--append", "nokaslr"],
 ])
 def test_soak_reproduce_keeps_every_option(words, tmp_path):
     args = cli.parser().parse_args(["soak", "--seconds", "7", "--ops", "50", *words])
@@ -55,7 +56,8 @@ def test_soak_reproduce_keeps_the_kernel_under_test(tmp_path):
 def test_run_reproduce_keeps_every_option():
     args = cli.parser().parse_args(["run", "--scenario", "cpu-hotplug", "--cpus", "4",
                                     "--iommu", "--msix-maskable", "--nics", "2",
-                                    "--device-fault", "drop_raise:vector=3"])
+                                    "--device-fault", "drop_raise:vector=3",
+                                    "--append", "irqaffinity=0 pci=noaer"])
     same_options(args, reparsed(run_reproduce(args)), ("scenario", "nics"))
 
 

@@ -84,15 +84,20 @@ def bind(bdf: str, root: str = "/", known: tuple[str, ...] | list[str] = ()) -> 
     return wait_devices(True, root, known=known)[0]
 
 
+def cmdline(root: str = "/") -> str | None:
+    """The kernel's command line (/proc/cmdline, without its newline; bytes that are not
+    ASCII replaced), None without one."""
+    try:
+        with open(os.path.join(root, "proc/cmdline"), encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
 def module_path(root: str = "/") -> str | None:
     """The driver path the guest was booted with (msixlab.kmod= on the command line);
     None without one (or without /proc/cmdline)."""
-    try:
-        with open(os.path.join(root, "proc/cmdline"), encoding="ascii") as f:
-            words = f.read().split()
-    except FileNotFoundError:
-        return None
-    for word in words:
+    for word in (cmdline(root) or "").split():
         if word.startswith("msixlab.kmod="):
             return word.split("=", 1)[1]
     return None

@@ -72,11 +72,13 @@ class Agent:
             return None
 
     def hello(self) -> dict[str, object]:
-        """The start event: kernel release, the device's info (or why there is none) and
-        ``dyn_alloc``: whether the kernel can allocate MSI-X vectors after enable on this
-        device (``pci_msix_can_alloc_dyn()``), null when there is no device to ask."""
+        """The start event: kernel release and command line (null without /proc/cmdline),
+        the device's info (or why there is none) and ``dyn_alloc``: whether the kernel can
+        allocate MSI-X vectors after enable on this device (``pci_msix_can_alloc_dyn()``),
+        null when there is no device to ask."""
         device: dict[str, object] | None = None
-        event: dict[str, object] = {"event": "hello", "kernel": os.uname().release}
+        event: dict[str, object] = {"event": "hello", "kernel": os.uname().release,
+                                    "cmdline": binding.cmdline(self.root)}
         try:
             device = self._need_driver().info()
         except AgentError as err:

@@ -36,13 +36,14 @@ class BootResult:
 
 def boot_ready(image: Image, kernel: KernelUnderTest | str, *, accel: str = "tcg",
                timeout: float = 120.0, results_root: Path | None = None, keep: bool = True,
-               qemu: list[str] | None = None) -> BootResult:
-    """Boot ``kernel`` (or an image flavor) in ready mode; raises on any failure or
-    timeout."""
+               qemu: list[str] | None = None, append: tuple[str, ...] = ()) -> BootResult:
+    """Boot ``kernel`` (or an image flavor) in ready mode, with ``append``: more kernel
+    parameters; raises on any failure or timeout."""
     root = results_root if keep and results_root else Path(tempfile.mkdtemp(prefix="msixlab-boot-"))
     dirs = RunDirs.create(root, prefix="boot")
     try:
-        spec = guest_spec(image, kernel, dirs, mode="ready", accel=accel, qemu=qemu)
+        spec = guest_spec(image, kernel, dirs, mode="ready", accel=accel, qemu=qemu,
+                          append=append)
         with Machine(spec, dirs.results / "qemu.log") as vm:
             vm.launch()
             match = vm.wait_console(READY, timeout, "the guest's ready marker (MSIXLAB-READY)")

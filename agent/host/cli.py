@@ -34,13 +34,14 @@ from images.cache import cache_dir, clean
 from msixlab_common.lifetime import interrupt_on
 
 from . import accel as accel_mod
-from .argtypes import bounded_float, bounded_int, path_text
+from .argtypes import MAX_APPEND, bounded_float, bounded_int, kernel_words, path_text
 from . import doctor, progress
 from . import scenarios as scenarios_mod
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .kernel import commands as kernel_commands
 from .kernel import options as kernel_options
 from .outcome import CouldNotJudge, Outcome, RunVerdict
+from .qemu_argv import cmdline_text
 from .scenario import MIN_TABLE
 from .session import check_results_root
 
@@ -96,7 +97,8 @@ def cmd_boot(args) -> int:
     for i in range(args.count):
         with progress.phase(console, f"boot {i + 1}/{args.count}: {kernel.label} kernel"):
             result = boot_ready(image, kernel, accel=choice.accel, timeout=args.timeout,
-                                results_root=Path(args.results), qemu=qemu)
+                                results_root=Path(args.results), qemu=qemu,
+                                append=tuple(args.append))
         results.append(result)
         console.print(f"boot {i + 1}/{args.count}: {result.kernel} ready in "
                       f"{result.ready_seconds:.2f} s wall (guest uptime {result.guest_uptime:.2f} s), "
@@ -128,7 +130,7 @@ def cmd_shell(args) -> int:
                          vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
                          kmod=not args.no_kmod, dry_run=args.dry_run,
                          msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-                         iommu=args.iommu, qemu=qemu)
+                         iommu=args.iommu, qemu=qemu, append=tuple(args.append))
 
 
 def cmd_scenarios(args) -> int:
@@ -187,6 +189,9 @@ class Parser(argparse.ArgumentParser):
                 self.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
                            f"not {env_flavor!r}")
             namespace.flavor = env_flavor or recipe.DEFAULT_FLAVOR
+        appended = cmdline_text(getattr(namespace, "append", None) or ())
+        if len(appended) > MAX_APPEND:          # each --append was checked, not their sum
+            self.error(f"--append: {len(appended)} characters in all, more than {MAX_APPEND}")
         return namespace, extras
 
     def error(self, message: str):
@@ -227,6 +232,11 @@ def parser() -> argparse.ArgumentParser:
                        help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
         p.add_argument("--results", default="results", type=path_text("--results"),
                        help="results root (default: %(default)s)")
+        p.add_argument("--append", type=kernel_words("--append"), action="extend",
+                       default=[], metavar="PARAMS",
+                       help="more guest kernel parameters, after the rig's (repeatable; "
+                            "e.g. 'irqaffinity=0 dyndbg=\"file msi.c +p\"'); the console, "
+                            "loglevel, panic, init and msixlab.* ones are the rig's")
         kernel_options.add_options(p)
 
     def nics_option(p, what: str):

@@ -23,7 +23,7 @@ from .session import RunDirs, guest_spec
 def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: int = 1,
              msix_maskable: bool = False, msix_noresize: bool = False, iommu: bool = False,
              qemu: list[str] | None = None, kmod: bool = True, accel: str = "tcg",
-             interactive: bool = False) -> list[list[str]]:
+             interactive: bool = False, append: tuple[str, ...] = ()) -> list[list[str]]:
     """The argv of every device server (one per NIC, ``nics`` may be 0), then QEMU's."""
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     try:
@@ -33,7 +33,8 @@ def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: 
             spec = guest_spec(image, kernel, dirs, mode=mode, accel=accel, cpus=cpus,
                               qemu=qemu, nic_sockets=tuple(d.socket_path for d in devices),
                               kmod_dir=kmod_dir(image, kernel, dirs.results) if kmod else None,
-                              agent=mode == "agent", interactive=interactive, iommu=iommu)
+                              agent=mode == "agent", interactive=interactive, iommu=iommu,
+                              append=append)
             return [device.argv for device in devices] + [build_argv(spec)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -35,6 +35,7 @@ from . import scenarios
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
+from .qemu_argv import cmdline_text
 from .outcome import CouldNotJudge, Outcome, RunVerdict
 from .report import render, write_routing_json
 from .results import write_all as write_result_files
@@ -52,7 +53,8 @@ def print_dry_run(args, image, kernel, qemu) -> int:
                                  cpus=args.cpus, nics=getattr(args, "nics", 1), qemu=qemu,
                                  msix_maskable=args.msix_maskable,
                                  msix_noresize=args.msix_noresize,
-                                 iommu=getattr(args, "iommu", False)):
+                                 iommu=getattr(args, "iommu", False),
+                                 append=tuple(getattr(args, "append", ()))):
         print(shlex.join(argv))
     return 0
 
@@ -234,7 +236,7 @@ def config_hash(config: Path | None) -> str | None:
 def option_words(args) -> list[str]:
     """The command-line words of the options a run or a soak was given that decide what
     it does (kernel paths absolute): kernel (or flavor) and QEMU, vectors, CPUs, MSI-X
-    modes, IOMMU, NICs and armed device faults."""
+    modes, IOMMU, NICs, armed device faults and extra kernel parameters (``--append``)."""
     faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
                                                            if k != "kind")
               for spec in getattr(args, "device_fault", [])]
@@ -250,6 +252,8 @@ def option_words(args) -> list[str]:
                   str(Path(args.kdir).resolve())]
     if getattr(args, "qemu", None):
         kernel += ["--qemu", str(Path(args.qemu).resolve())]
+    append = getattr(args, "append", ())
+    modes += ["--append", cmdline_text(append)] if append else []
     return [*kernel, "--vectors", str(args.vectors), "--cpus", str(args.cpus), *modes,
             *faults]
 
@@ -287,7 +291,8 @@ def run_main_job(args, console: Console) -> int:
     started = time.monotonic()
     lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-              iommu=getattr(args, "iommu", False), nics=nics)
+              iommu=getattr(args, "iommu", False), nics=nics,
+              append=tuple(getattr(args, "append", ())))
     modes = dict(lab.msix_modes)
     scenario = (scenario_cls(lab, say=console.print) if nics == 1 else
                 scenarios.PerNic(lab, scenario_cls, nics, say=console.print))
@@ -311,6 +316,8 @@ def run_main_job(args, console: Console) -> int:
         "qemu_binary": qemu[-1] if qemu else None,
         "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
         "cpus": args.cpus, "iommu": getattr(args, "iommu", False), "nics": nics,
+        "append": list(getattr(args, "append", ())),
+        "guest_cmdline": lab.hello.get("cmdline"),
         "nic_records": getattr(scenario, "nic_records", None),
         "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},

@@ -32,6 +32,12 @@ _SPLAT_BEFORE = pytest.StashKey()
 _OPTIONS = pytest.StashKey()
 
 
+def _kernel_words(name: str):
+    """An option's type: kernel parameters, checked as ``msixlab run --append`` checks them."""
+    from .argtypes import kernel_words
+    return kernel_words(name)
+
+
 def _path(name: str):
     """An option's type: a non-empty path (``--msixlab-kernel-tree=`` is not the current
     directory), as a ``Path``."""
@@ -65,6 +71,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--msixlab-results", default=None, type=_path("--msixlab-results"), metavar="DIR",
                     help="keep each lab's artifacts (console, logs) under DIR "
                          "(default: pytest's temporary directory)")
+    group.addoption("--msixlab-append", default=[], action="extend", metavar="PARAMS",
+                    type=_kernel_words("--msixlab-append"),
+                    help="more guest kernel parameters, as msixlab run --append (repeatable)")
     group.addoption("--msixlab-fresh-lab", action="store_true", default=False,
                     help="boot a fresh lab for every test instead of restoring the shared one")
 
@@ -96,7 +105,8 @@ def _options(config: pytest.Config):
                          kernel_tree=config.getoption("msixlab_kernel_tree"),
                          kernel=config.getoption("msixlab_kernel"),
                          kdir=config.getoption("msixlab_kdir"),
-                         qemu=config.getoption("msixlab_qemu"))
+                         qemu=config.getoption("msixlab_qemu"),
+                         append=tuple(config.getoption("msixlab_append")))
     problems = options.problems()
     if problems:
         raise pytest.UsageError("msixlab options: " + "; ".join(problems))

@@ -74,7 +74,16 @@ def kernel_cmdline(spec: GuestSpec) -> str:
         words.append(f"msixlab.kmod={spec.kmod}")
     if spec.iommu:
         words.append("intel_iommu=on")
-    return " ".join(words + list(spec.append))
+    return " ".join(words) + (" " + cmdline_text(spec.append) if spec.append else "")
+
+
+def cmdline_text(words) -> str:
+    """``words`` as the kernel command line carries them: a value with a space is quoted
+    (``dyndbg="file msi.c +p"``), which the kernel's parser and ``shlex.split`` both undo."""
+    def one(word: str) -> str:
+        key, eq, value = word.partition("=")
+        return f'{key}="{value}"' if eq and " " in value else word
+    return " ".join(one(word) for word in words)
 
 
 def _accel(spec: GuestSpec) -> list[str]:

@@ -32,24 +32,26 @@ def shell_session(image: Image, kernel: KernelUnderTest | str, results_root: Pat
                   console: Console, *, accel: str = "tcg", vectors: int = 64, cpus: int = 2,
                   nic: bool = True, kmod: bool = True, dry_run: bool = False,
                   msix_maskable: bool = False, msix_noresize: bool = False,
-                  iommu: bool = False, qemu: list[str] | None = None) -> int:
-    """Run QEMU in the foreground on this terminal; returns QEMU's exit status."""
+                  iommu: bool = False, qemu: list[str] | None = None,
+                  append: tuple[str, ...] = ()) -> int:
+    """Run QEMU in the foreground on this terminal (``append``: more kernel parameters);
+    returns QEMU's exit status."""
     kernel = as_kernel(image, kernel)
     if dry_run:                      # the paths printed are a throwaway run's
         for argv in dry_run_commands(image, kernel, mode="shell", accel=accel, vectors=vectors,
                                      cpus=cpus, nics=1 if nic else 0, kmod=kmod, qemu=qemu,
                                      msix_maskable=msix_maskable, msix_noresize=msix_noresize,
-                                     iommu=iommu, interactive=True):
+                                     iommu=iommu, interactive=True, append=append):
             print(shlex.join(argv))
         return 0
     kernel.check_supported()
     return _session(image, kernel, results_root, console, accel, vectors, cpus, nic, kmod,
                     {"msix_maskable": msix_maskable, "msix_noresize": msix_noresize},
-                    iommu, qemu)
+                    iommu, qemu, append)
 
 
 def _session(image, kernel, results_root, console, accel, vectors, cpus, nic, kmod,
-             msix_modes, iommu=False, qemu=None) -> int:
+             msix_modes, iommu=False, qemu=None, append=()) -> int:
     with RunDirs.create(results_root, prefix="shell") as dirs:
         device = DeviceServer.for_run(dirs, vectors, **msix_modes)
         module = None
@@ -58,7 +60,7 @@ def _session(image, kernel, results_root, console, accel, vectors, cpus, nic, km
         image.prepare_guest_bytecode(PROJECT_DIR)
         spec = guest_spec(image, kernel, dirs, mode="shell", accel=accel, cpus=cpus, qemu=qemu,
                           nic_sockets=(device.socket_path,) if nic else (),
-                          kmod_dir=module, interactive=True, iommu=iommu)
+                          kmod_dir=module, interactive=True, iommu=iommu, append=append)
         argv = build_argv(spec)
         if nic:
             device.start()

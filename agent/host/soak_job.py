@@ -141,7 +141,7 @@ def run_soak(args, console: Console) -> int:
                   + f"; results in {dirs.results}")
     lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-              iommu=args.iommu, nics=args.nics)
+              iommu=args.iommu, nics=args.nics, append=tuple(args.append))
     soak = Soak(lab, seed, args.seconds, args.ops, say=console.print, nics=args.nics)
     soak.tick = _progress_line(console, soak)
     started = time.monotonic()
@@ -160,8 +160,10 @@ def run_soak(args, console: Console) -> int:
                     "cpus": args.cpus, "nics": args.nics, "flavor": kernel.flavor,
                     "kernel_under_test": kernel.as_json(), "accel": choice.accel,
                     "msix_maskable": args.msix_maskable, "msix_noresize": args.msix_noresize,
-                    "iommu": args.iommu, "device_faults": list(args.device_fault)},
-        "kernel": lab.hello.get("kernel"), "qemu": image.qemu_version,
+                    "iommu": args.iommu, "device_faults": list(args.device_fault),
+                    "append": list(args.append)},
+        "kernel": lab.hello.get("kernel"), "guest_cmdline": lab.hello.get("cmdline"),
+        "qemu": image.qemu_version,
         "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "boot_stalls": lab.boot_stalls,

@@ -25,6 +25,7 @@ Concepts owned here:
 
 from __future__ import annotations
 
+import argparse
 import errno as errno_mod
 import logging
 import os
@@ -36,10 +37,12 @@ from typing import Any
 from images.image import Image
 from msixlab_common.deadline import wait_until
 
+from .argtypes import kernel_words
 from .console import ConsoleWatch, Splat
 from .errors import HostError, MsixlabError
 from .lab import Lab
 from .outcome import CouldNotJudge, Outcome
+from .qemu_argv import cmdline_text
 from .session import RunDirs
 
 log = logging.getLogger(__name__)
@@ -127,8 +130,8 @@ class QemuClient:
 @dataclass(frozen=True)
 class LabOptions:
     """What lab to boot: a kernel ``flavor``, or a ``kernel_tree``, or a prebuilt ``kernel``
-    with its module build dir ``kdir``; another ``qemu`` binary; ``vectors``, ``cpus`` and
-    ``accel``.  Checked by ``check()`` before anything starts."""
+    with its module build dir ``kdir``; another ``qemu`` binary; ``vectors``, ``cpus``,
+    ``accel`` and ``append`` (more kernel parameters, checked by the plugin's parser).  Checked by ``check()`` before anything starts."""
     flavor: str = "default"
     vectors: int = 64
     cpus: int = 2
@@ -137,6 +140,7 @@ class LabOptions:
     kernel: Path | None = None
     kdir: Path | None = None
     qemu: Path | None = None
+    append: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
         """What is wrong with these options (empty when nothing is)."""
@@ -155,6 +159,11 @@ class LabOptions:
             found.append("a kernel tree or a prebuilt kernel, not both")
         if (self.kernel is None) != (self.kdir is None):
             found.append("a prebuilt kernel needs its build tree (kdir), and kdir a kernel")
+        if self.append:
+            try:
+                kernel_words("append")(cmdline_text(self.append))
+            except argparse.ArgumentTypeError as err:
+                found.append(f"append: {err}")
         return found
 
     def kernel_under_test(self, image: Image):
@@ -170,7 +179,8 @@ class LabOptions:
 
     def lab_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Lab`` besides the kernel (``kernel_under_test``)."""
-        kwargs: dict[str, Any] = {"vectors": self.vectors, "cpus": self.cpus, "accel": self.accel}
+        kwargs: dict[str, Any] = {"vectors": self.vectors, "cpus": self.cpus, "accel": self.accel,
+                                  "append": self.append}
         if self.qemu is not None:
             from .qemu_binary import check_qemu
             kwargs["qemu"] = check_qemu(str(self.qemu)).argv
