@@ -394,7 +394,8 @@ def test_a_second_bisect_of_the_same_tree_is_refused_while_one_runs(repo, tmp_pa
     (["--vectors", "0"], "--vectors must be"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--scenario", "cpu-hotplug", "--cpus", "1"], "needs --cpus of at least 2"),
-    (["--device-fault", "bogus"], "'kind' must be one of")])
+    (["--device-fault", "bogus"], "'kind' must be one of"),
+    (["--append", "loglevel=1"], "'loglevel=1' sets what the rig owns")])
 def test_run_options_are_checked_before_the_tree_is_touched(repo, tmp_path, capsys, options,
                                                             named):
     # They were passed on unchecked: every step was built, then its run refused them
@@ -415,5 +416,6 @@ def test_good_run_options_pass_the_check():
     from agent.host.kernel.commands import check_run_options
     run = cli.parser()._subparsers._group_actions[0].choices["run"]
     check_run_options(run, ["--vectors", "32", "--scenario", "cpu-hotplug", "--cpus", "4",
-                            "--repeat", "2", "--device-fault", "drop_raise:vector=1"])
+                            "--repeat", "2", "--device-fault", "drop_raise:vector=1",
+                            "--append", 'irqaffinity=1 dyndbg="file msi.c +p"'])
     check_run_options(run, [])
