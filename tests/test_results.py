@@ -204,6 +204,20 @@ def test_kcidb_tests_carry_status_path_and_provenance(tmp_path):
     assert doc["builds"][0]["misc"]["kernel_release"] == "7.3.4+deb13-amd64"
 
 
+def test_kcidb_environment_carries_the_guests_command_line_and_boot_stalls(tmp_path):
+    def booted_twice(doc):
+        doc["metadata"].update(iommu=True, guest_cmdline="console=ttyS0 irqaffinity=1",
+                               boot_stalls=[{"attempt": 1, "reason": "no hello",
+                                             "logs": "boot-attempt-1"}])
+    doc = kcidb.render(load(make_run(tmp_path, booted_twice)))
+    LATEST.validate(doc)
+    misc = doc["tests"][0]["environment"]["misc"]
+    assert misc["guest_cmdline"] == "console=ttyS0 irqaffinity=1" and misc["iommu"] is True
+    assert misc["boot_stalls"][0]["logs"] == "boot-attempt-1"
+    plain = kcidb.render(load(make_run(tmp_path / "plain")))["tests"][0]["environment"]["misc"]
+    assert not {"guest_cmdline", "boot_stalls", "iommu"} & set(plain)
+
+
 def test_kcidb_log_links_only_with_a_results_url(tmp_path):
     run = load(make_run(tmp_path))
     assert "log_url" not in kcidb.render(run)["tests"][0]

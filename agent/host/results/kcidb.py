@@ -40,8 +40,9 @@ def _environment(run: RunResult) -> dict[str, Any]:
                f"{meta.get('cpus', '?')} CPUs, msixlab NIC with {meta.get('vectors', '?')} "
                "MSI-X vectors over vfio-user")
     return {"comment": comment,
-            "misc": {key: meta[key] for key in ("accel", "cpus", "vectors", "flavor")
-                     if key in meta} | {"qemu_version": run.provenance.qemu_version}}
+            "misc": {key: meta[key] for key in ("accel", "cpus", "vectors", "flavor",
+                                                "iommu", "guest_cmdline", "boot_stalls")
+                     if meta.get(key)} | {"qemu_version": run.provenance.qemu_version}}
 
 
 def _files(run: RunResult, base_url: str | None) -> dict[str, Any]:
