@@ -99,4 +99,3 @@ def kernel_words(name: str):
         return words
     parse.__name__ = name
     return parse
-

@@ -131,7 +131,8 @@ class QemuClient:
 class LabOptions:
     """What lab to boot: a kernel ``flavor``, or a ``kernel_tree``, or a prebuilt ``kernel``
     with its module build dir ``kdir``; another ``qemu`` binary; ``vectors``, ``cpus``,
-    ``accel`` and ``append`` (more kernel parameters, checked by the plugin's parser).  Checked by ``check()`` before anything starts."""
+    ``accel`` and ``append`` (more kernel parameters, as ``msixlab run --append``).
+    Checked by ``problems()`` before anything starts."""
     flavor: str = "default"
     vectors: int = 64
     cpus: int = 2
