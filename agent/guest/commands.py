@@ -287,14 +287,19 @@ class Agent:
         """Open ``path`` as the selected driver; one still selected is kept with the
         other NICs (or closed when its device is gone), never leaked."""
         new = self.opener(path)
+        self._select(new, {}, self._bdf())
+        return new.info()
+
+    def _select(self, driver: Driver, asked: dict, current: str | None) -> None:
+        """Make ``driver`` (with what set_affinity ``asked`` on it) the selected NIC.  The
+        one selected until now, bound to ``current``, is kept with the other NICs, or
+        closed when its device is gone (``current`` None) or another already holds it."""
         if self.driver is not None:
-            current = self._bdf()
             if current is not None and current not in self.others:
                 self.others[current] = (self.driver, self.asked)
             else:
                 self.driver.close()
-        self.driver, self.asked, self.device_error = new, {}, None
-        return new.info()
+        self.driver, self.asked, self.device_error = driver, asked, None
 
     def _known(self) -> list[str]:
         """The device paths this agent's open drivers hold (the selected NIC's too)."""
@@ -376,11 +381,7 @@ class Agent:
             if chosen is None:
                 raise GuestError(errno.ENODEV, f"select_nic: no /dev/msixlab<N> is bound "
                                  f"to {bdf!r}", argument="bdf")
-        if self.driver is not None and current is not None:
-            self.others[current] = (self.driver, self.asked)
-        elif self.driver is not None:
-            self.driver.close()                   # its device is gone: nothing to keep
-        self.driver, self.asked, self.device_error = chosen, asked, None
+        self._select(chosen, asked, current)
         return chosen.info()
 
     def reload_module(self, path: str | None, fault_injection: bool | None) -> dict[str, object]:

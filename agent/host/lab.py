@@ -83,9 +83,10 @@ class Lab:
     QEMU ``trace`` patterns, another ``qemu`` argv, the MSI-X modes the device advertises
     (``msix_maskable``, ``msix_noresize``), ``iommu`` (intel-iommu with interrupt remapping),
     ``nics`` device servers, ``end_on_splat`` (False for tests that provoke kernel
-    reports) and ``append``: more guest kernel parameters, after the rig's.  Use as a context manager, or call ``stop()`` in ``finally``.  Every call that
-    talks to the guest, QEMU or a device first ``guard()``s: once the sentinel has seen the
-    run end, it raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
+    reports) and ``append``: more guest kernel parameters, after the rig's.  Use as a
+    context manager, or call ``stop()`` in ``finally``.  Every call that talks to the
+    guest, QEMU or a device first ``guard()``s: once the sentinel has seen the run end, it
+    raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
     def __init__(self, image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *,
                  accel: str = "tcg", vectors: int = 64, cpus: int = 2,
                  trace: tuple[str, ...] = (), qemu: list[str] | None = None,
@@ -181,9 +182,9 @@ class Lab:
     def _set_aside(self, attempt: int, stall: BootStalled) -> None:
         """Keep the evidence of stalled boot ``attempt`` and clear the way for the next:
         the vCPUs' registers (HMP ``info registers -a``, where each vCPU was) go to
-        ``boot-attempt-<attempt>/cpus.txt``, QEMU is quit at once (its agent never spoke),
-        the device servers are stopped, and the boot's logs (console, QEMU, device servers)
-        move into that directory."""
+        ``boot-attempt-<attempt>/cpus.txt``, the lab is stopped without asking the guest
+        (its agent never spoke), and the boot's logs (console, QEMU, device servers) move
+        into that directory."""
         aside = self.dirs.results / f"boot-attempt-{attempt}"
         aside.mkdir(exist_ok=True)
         log.warning("boot %d stalled (%s): booting the guest again; its logs are in %s",
@@ -194,11 +195,7 @@ class Lab:
             (aside / "cpus.txt").write_text(self.machine.hmp("info registers -a"))
         except (HostError, OSError) as err:
             log.info("vCPU registers of the stalled boot: %s", err)
-        self.sentinel.stop()
-        self.machine.shutdown(grace=0)
-        self.agent_client.close()
-        for device in self.devices:
-            device.stop()
+        self.stop(ask_guest=False)
         for path in self._boot_logs():
             if path.exists():
                 path.rename(aside / path.name)
@@ -278,16 +275,17 @@ class Lab:
         raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest never started: no {what}",
                             console_tail=console)
 
-    def stop(self) -> None:
+    def stop(self, ask_guest: bool = True) -> None:
         """Tear down in reverse, each step bounded, whatever state the lab is in: stop the
-        sentinel, ask the agent to shut down (5 s), then ``Machine.shutdown``: the guest
-        gets 10 s to power off (none if the agent did not answer), then QMP quit, then
-        SIGKILL; then close the agent socket and stop every device server.  Safe to call more
-        than once and after a failed ``start``."""
+        sentinel, ask the agent to shut down (5 s; not without ``ask_guest``), then
+        ``Machine.shutdown``: the guest gets 10 s to power off (none if the agent was not
+        asked or did not answer), then QMP quit, then SIGKILL; then close the agent socket
+        and stop every device server.  Safe to call more than once and after a failed
+        ``start``."""
         if self.sentinel is not None:
             self.sentinel.stop()
         try:
-            if self.machine is not None and self.machine.is_running():
+            if self.machine is not None and self.machine.is_running() and ask_guest:
                 grace = 10.0
                 try:
                     self.agent("shutdown", timeout=5)

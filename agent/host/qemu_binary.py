@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from msixlab_common.lifetime import die_with_parent, kill_group
+from msixlab_common.lifetime import run_in_group
 
 from .outcome import CouldNotJudge, Outcome
 
@@ -45,22 +45,17 @@ def _output(path: Path, *args: str, timeout: float = PROBE_TIMEOUT) -> str:
     is killed whole however the probe ends: a wrapper script's children must not outlive
     it (a ``--version`` that hung left them running)."""
     try:
-        proc = subprocess.Popen([str(path), *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                start_new_session=True,
-                                preexec_fn=die_with_parent(signal.SIGKILL))
+        done = run_in_group([str(path), *args], timeout, sig=signal.SIGKILL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
     except OSError as err:
         raise _unsuitable(path, f"cannot run it: {err.strerror}") from err
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as err:
         raise _unsuitable(path, f"`{' '.join(args)}` did not finish in {timeout:g} s") from err
-    finally:
-        kill_group(proc)
-    if proc.returncode != 0:
-        last = (stderr or stdout).strip().splitlines()[-1:] or [""]
-        raise _unsuitable(path, f"`{' '.join(args)}` failed with exit {proc.returncode}: {last[0]}")
-    return stdout
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+        raise _unsuitable(path, f"`{' '.join(args)}` failed with exit {done.returncode}: {last[0]}")
+    return done.stdout
 
 
 def check_qemu(path: Path | str) -> QemuBinary:
