@@ -60,6 +60,24 @@ def test_a_reconnect_starts_clean(pair, tmp_path):
     listener.close()
 
 
+def test_a_reconnect_forgets_lines_read_but_not_yet_taken(pair, tmp_path):
+    # two lines in one chunk: taking the first leaves the second decoded but untaken
+    client, server = pair
+    server.sendall(b'{"event": "first"}\n{"event": "untaken"}\n')
+    assert client.wait_event("first", timeout=1) == {"event": "first"}
+    client.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "again.sock"))
+    listener.listen(1)
+    client.path = tmp_path / "again.sock"
+    client.connect(timeout=1)
+    fresh, _ = listener.accept()
+    with pytest.raises(WaitTimeout):
+        client.wait_event("untaken", timeout=0.05)
+    fresh.close()
+    listener.close()
+
+
 def test_request_timeout_names_what_it_waited_for(pair):
     client, _server = pair
     with pytest.raises(WaitTimeout, match=r"peer's reply to 'info' \(id 1\)"):
