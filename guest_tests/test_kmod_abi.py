@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from agent.host.console import find_splat
-from test_shell import Terminal
+from test_shell import at_prompt
 
 WAIT_S = 5.0          # the raises' timeout in the script
 HOLD_S = 0.5          # how long the script lets a raise wait before acting
@@ -23,9 +23,8 @@ HOLD_S = 0.5          # how long the script lets a raise wait before acting
 @pytest.fixture(scope="module")
 def got(tmp_path_factory):
     results = tmp_path_factory.mktemp("kmod-abi")
-    term = Terminal([sys.executable, "-m", "agent.host", "shell", "--results", str(results)])
+    term = at_prompt([sys.executable, "-m", "agent.host", "shell", "--results", str(results)])
     try:
-        term.expect(b"msixlab-guest:", 180)
         term.type("python3 /opt/msixlab/guest_tests/guest_side/kmod_abi.py; exit")
         term.expect(b"MSIXLAB-POWEROFF", 120)
         match = re.search(rb"MSIXLAB-KMOD-ABI (\{.*\})", term.seen)
@@ -36,9 +35,7 @@ def got(tmp_path_factory):
         measured["splats"] = [line for line in text.splitlines() if find_splat(line)]
         return measured
     finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-            term.proc.wait()
+        term.kill()
 
 
 def test_raise_wait_does_not_hold_the_device_lock(got):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from agent.host.console import find_splat
 from agent.host.session import PROJECT_DIR
 
 
@@ -33,12 +34,41 @@ class Terminal:
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
 
+    def kill(self) -> None:
+        """End the session if it still runs (its children die with it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+#: the guest's shell prompt: the session reads input from there on
+PROMPT = b"msixlab-guest:"
+
+
+def at_prompt(argv: list[str], timeout: float = 150.0, boots: int = 2) -> Terminal:
+    """A ``msixlab shell`` session (``argv``) at the guest's prompt.  A boot that stalls
+    silently (no prompt within ``timeout`` s while the session runs, no kernel report on
+    the screen) is ended and the session started again, ``boots`` in all, as ``Lab.start``
+    does (docs/verdict.md): TCG guests were seen to stall in early boot, before any device
+    was touched.  A session that ends, or a kernel report, fails at once."""
+    for boot in range(1, boots + 1):
+        term = Terminal(argv)
+        try:
+            term.expect(PROMPT, timeout)
+        except AssertionError:
+            stalled = term.proc.poll() is None and not any(
+                find_splat(line) for line in term.seen.decode(errors="replace").splitlines())
+            term.kill()
+            if boot == boots or not stalled:
+                raise
+            continue
+        return term
+
 
 def test_shell_session_reaches_the_nic_and_exits_cleanly(tmp_path):
-    term = Terminal([sys.executable, "-m", "agent.host", "shell", "--results", str(tmp_path)])
+    term = at_prompt([sys.executable, "-m", "agent.host", "shell", "--results", str(tmp_path)])
     try:
-        term.expect(b"device control: qemu-device ctl --control ", 60)
-        term.expect(b"msixlab-guest:", 120)          # the prompt: the shell reads input now
+        assert b"device control: qemu-device ctl --control " in term.seen
         term.type("echo MARK-$((6*7)); ls /dev/msixlab*; lspci -d 1234:11e9")
         term.expect(b"MARK-42", 30)
         term.expect(b"/dev/msixlab0", 30)
@@ -49,6 +79,4 @@ def test_shell_session_reaches_the_nic_and_exits_cleanly(tmp_path):
         assert b"MSIXLAB-POWEROFF status=0" in term.seen
         assert b"unrecognized option" not in term.seen
     finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-            term.proc.wait()
+        term.kill()
