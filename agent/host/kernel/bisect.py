@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from msixlab_common.lifetime import die_with_parent
+from msixlab_common import streamed
 
 from ..console import ConsoleWatch, Splat
 from ..session import PROJECT_DIR, make_results_dir, new_run_id
@@ -342,18 +341,12 @@ class Bisect:
         with open(output, "w") as out:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=PROJECT_DIR,
-                                    preexec_fn=die_with_parent(signal.SIGTERM))
-            try:
-                code = proc.wait(timeout=self.run_timeout)
-            except subprocess.TimeoutExpired:
-                self._stop(proc)
+            done = streamed.stream(argv, timeout=self.run_timeout, log=out, cwd=PROJECT_DIR,
+                                   stop_sig=signal.SIGINT, grace=STOP_GRACE)
+            code = done.returncode
+            if done.timed_out:
                 code = 125
                 out.write(f"\nmsixlab bisect: the run took longer than {self.run_timeout:g} s\n")
-            except BaseException:
-                self._stop(proc)
-                raise
         runs = sorted((d for d in results.iterdir() if (d / "routing.json").is_file()),
                       key=lambda d: d.stat().st_mtime)
         failed, reason = failed_checks(runs[-1] if runs else results,
@@ -363,17 +356,6 @@ class Bisect:
             # the kernel misbehaving (bad), never a skip.
             return 1, [f"{splat.kind}: {splat.line}"], f"the guest kernel reported {splat.kind}"
         return code, failed, reason
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen) -> None:
-        """Let an interrupted run clean up (it handles SIGINT), then kill it."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     # --- the summary --------------------------------------------------------------------
     def summary(self) -> dict:

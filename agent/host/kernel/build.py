@@ -20,14 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from msixlab_common.lifetime import die_with_parent
+from msixlab_common import streamed
 
 from . import config as kconfig
 from .errors import KernelBuildFailed, KernelTreeError
@@ -122,71 +120,38 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _make_preexec(niceness: int) -> Callable[[], None]:
-    """make's ``preexec_fn``: SIGTERM when msixlab dies, however it dies (GNU make passes a
-    SIGTERM on to the jobs it runs), and ``niceness``."""
-    die = die_with_parent(signal.SIGTERM)
-
-    def preexec() -> None:
-        die()
-        if niceness:
-            os.nice(niceness)
-    return preexec
-
-
 def _make(tree: KernelTree, args: list[str], log_file, on_line: OnLine | None,
           timeout: float, niceness: int, step: str, log_path: Path) -> int:
+    """``make -C tree args``, streamed to ``log_file`` under a watchdog
+    (``msixlab_common.streamed``): a make or compiler that hangs printing nothing is
+    stopped at ``timeout`` all the same, with every job it started (kbuild's traps delete
+    half-written objects on SIGTERM).  Returns the number of progress lines."""
     argv = ["make", "-C", str(tree.path), *args]
     log_file.write(f"$ {' '.join(argv)}\n")
     log_file.flush()
     steps = 0
-    deadline = time.monotonic() + timeout
+
+    def line(text: str) -> None:
+        nonlocal steps
+        if PROGRESS.match(text):
+            steps += 1
+        if on_line:
+            on_line(text)
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                start_new_session=True,     # its own group: stopped as one
-                                preexec_fn=_make_preexec(niceness))
+        done = streamed.stream(argv, timeout=timeout, log=log_file, on_line=line,
+                               niceness=niceness)
     except OSError as err:
         raise KernelBuildFailed(f"cannot run make: {err}", tree=tree.path, step=step,
                                 log=log_path) from err
-    try:
-        for line in proc.stdout:
-            log_file.write(line)
-            log_file.flush()            # the log can be followed while make runs
-            if PROGRESS.match(line):
-                steps += 1
-            if on_line:
-                on_line(line.rstrip("\n"))
-            if time.monotonic() > deadline:
-                raise KernelBuildFailed(f"{step} took longer than {timeout:.0f} s",
-                                        tree=tree.path, step=step, log=log_path)
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except BaseException:
-        _stop_group(proc)
-        raise
-    finally:
-        log_file.flush()
-    if proc.returncode != 0:
+    if done.timed_out:
+        raise KernelBuildFailed(f"{step} took longer than {timeout:.0f} s and was stopped",
+                                tree=tree.path, step=step, log=log_path)
+    if done.returncode != 0:
         text = log_path.read_text(errors="replace").splitlines()
         error = first_error(text)
-        raise KernelBuildFailed(f"{step} of {tree.path} failed (make exit {proc.returncode})",
+        raise KernelBuildFailed(f"{step} of {tree.path} failed (make exit {done.returncode})",
                                 tree=tree.path, step=step, log=log_path, first_error=error)
     return steps
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop make and every compiler it started (kbuild's traps delete half-written
-    objects on SIGTERM), then kill what is left."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def configure(tree: KernelTree, log_path: Path, *, fragment_path: Path = kconfig.FRAGMENT,
@@ -204,9 +169,8 @@ def configure(tree: KernelTree, log_path: Path, *, fragment_path: Path = kconfig
                  str(fragment_path)]
         out.write(f"$ {' '.join(merge)}\n")
         out.flush()
-        done = subprocess.run(merge, cwd=tree.path, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, timeout=CONFIG_TIMEOUT)
-        if done.returncode != 0:
+        done = streamed.stream(merge, timeout=CONFIG_TIMEOUT, log=out, cwd=tree.path)
+        if done.returncode != 0 or done.timed_out:
             raise KernelBuildFailed(f"merging the fragment into {tree.config_path} failed",
                                     tree=tree.path, step="configure", log=log_path)
         _make(tree, ["olddefconfig"], out, None, CONFIG_TIMEOUT, niceness, "configure", log_path)
