@@ -38,7 +38,9 @@ static irqreturn_t msixlab_irq(int irq, void *data)
 	 */
 	atomic64_inc_return_release(&vec->total);
 	atomic64_inc_return_release(&vec->ml->irqs);
-	wake_up(&vec->ml->raise_wq);
+	/* Full barrier inside: pairs with the waiter's prepare_to_wait(). */
+	if (wq_has_sleeper(&vec->ml->raise_wq))
+		wake_up(&vec->ml->raise_wq);
 	return IRQ_HANDLED;
 }
 

@@ -135,7 +135,7 @@ static const struct msixlab_ioc msixlab_iocs[] = {
 	{ MSIXLAB_IOC_ALLOC_GROUP,	msixlab_ioc_alloc },
 	{ MSIXLAB_IOC_FREE_GROUP,	msixlab_ioc_free },
 	{ MSIXLAB_IOC_GET_GROUP,	msixlab_ioc_get },
-	{ MSIXLAB_IOC_VECTOR,		msixlab_ioc_vector },
+	{ MSIXLAB_IOC_VECTOR,		msixlab_ioc_vector,	true },
 	{ MSIXLAB_IOC_RAISE,		msixlab_ioc_raise,	true },
 	{ MSIXLAB_IOC_READ_PBA,		msixlab_ioc_pba },
 	{ MSIXLAB_IOC_READ_ENTRY,	msixlab_ioc_entry },

@@ -70,55 +70,36 @@ static u32 msixlab_cpu_flags(struct msixlab_vec *vec, unsigned int cpu,
 	return flags;
 }
 
-/* Write one msixlab_vector_cpu per CPU id to the caller's buffer. */
-static int msixlab_vector_cpus(struct msixlab_vec *vec, struct msixlab_vector *v)
+/* Fill one msixlab_vector_cpu per CPU id into cpus (nr_cpu_ids entries). */
+static void msixlab_vector_cpus(struct msixlab_vec *vec,
+				struct msixlab_vector_cpu *cpus)
 {
 	const struct cpumask *affinity = irq_get_affinity_mask(vec->map.virq);
 	const struct cpumask *effective =
 		irq_get_effective_affinity_mask(vec->map.virq);
-	struct msixlab_vector_cpu *cpus;
 	unsigned int cpu;
-	int ret = 0;
 
-	if (!v->cpus)
-		return v->cpus_len ? -EINVAL : 0;
-	if (v->cpus_len < nr_cpu_ids)
-		return -EOVERFLOW;
-	cpus = kcalloc(nr_cpu_ids, sizeof(*cpus), GFP_KERNEL);
-	if (!cpus)
-		return -ENOMEM;
 	for (cpu = 0; cpu < nr_cpu_ids; cpu++) {
 		if (cpu_possible(cpu))
-			cpus[cpu].count = *per_cpu_ptr(vec->counts, cpu);
+			cpus[cpu].count = READ_ONCE(*per_cpu_ptr(vec->counts, cpu));
 		cpus[cpu].flags = msixlab_cpu_flags(vec, cpu, affinity,
 						    effective);
 	}
-	if (copy_to_user(u64_to_user_ptr(v->cpus), cpus,
-			 nr_cpu_ids * sizeof(*cpus)))
-		ret = -EFAULT;
-	kfree(cpus);
-	return ret;
 }
 
-int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v)
+static void msixlab_vector_fill(struct msixlab_dev *ml, struct msixlab_vec *vec,
+				struct msixlab_vector *v,
+				struct msixlab_vector_cpu *cpus)
 {
-	struct msixlab_vec *vec;
 	struct msi_msg msg = { };
-	int cpu, ret;
-
-	if (v->pad)
-		return -EINVAL;
-	vec = msixlab_vec_lookup(ml, v->index, &ret);
-	if (!vec)
-		return ret;
+	int cpu;
 
 	/* Acquire: pairs with the release in msixlab_irq(). */
 	v->total = atomic64_read_acquire(&vec->total);
 	cpu = READ_ONCE(vec->last_cpu);
 	v->last_cpu = cpu < 0 ? MSIXLAB_NO_CPU : cpu;
-	ret = msixlab_vector_cpus(vec, v);
-	if (ret)
-		return ret;
+	if (cpus)
+		msixlab_vector_cpus(vec, cpus);
 	v->nr_cpus = nr_cpu_ids;
 	v->group = vec->grp->id;
 	v->irq = vec->map.virq;
@@ -129,7 +110,45 @@ int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v)
 	msixlab_entry_read(ml, v->index, &v->table_address_lo,
 			   &v->table_address_hi, &v->table_data,
 			   &v->table_ctrl);
-	return 0;
+}
+
+/*
+ * One vector's three views.  The per-CPU buffer is filled under the device
+ * lock into kernel memory and copied to the caller after unlocking, so a
+ * user buffer that faults never holds up the other ioctls or remove().
+ */
+int msixlab_vector_info(struct msixlab_dev *ml, struct msixlab_vector *v)
+{
+	struct msixlab_vector_cpu *cpus = NULL;
+	struct msixlab_vec *vec;
+	int ret = 0;
+
+	if (v->pad)
+		return -EINVAL;
+	if (v->cpus) {
+		if (v->cpus_len < nr_cpu_ids)
+			return -EOVERFLOW;
+		cpus = kcalloc(nr_cpu_ids, sizeof(*cpus), GFP_KERNEL);
+		if (!cpus)
+			return -ENOMEM;
+	} else if (v->cpus_len) {
+		return -EINVAL;
+	}
+
+	mutex_lock(&ml->lock);
+	vec = ml->gone ? NULL : msixlab_vec_lookup(ml, v->index, &ret);
+	if (ml->gone)
+		ret = -ENODEV;
+	if (vec)
+		msixlab_vector_fill(ml, vec, v, cpus);
+	mutex_unlock(&ml->lock);
+
+	if (!ret && cpus &&
+	    copy_to_user(u64_to_user_ptr(v->cpus), cpus,
+			 nr_cpu_ids * sizeof(*cpus)))
+		ret = -EFAULT;
+	kfree(cpus);
+	return ret;
 }
 
 int msixlab_read_entry(struct msixlab_dev *ml, struct msixlab_entry *e)
