@@ -80,3 +80,49 @@ def test_shell_session_reaches_the_nic_and_exits_cleanly(tmp_path):
         assert b"unrecognized option" not in term.seen
     finally:
         term.kill()
+
+
+def test_a_person_allocates_raises_shows_and_frees_with_msixlab_guest(tmp_path):
+    """msixlab-guest at the guest's prompt, against the real driver: each verb once as a
+    person would type it, and one bad command per verb (one plain line with the errno
+    name); the host prints how to raise from the device once the driver is up."""
+    term = at_prompt([sys.executable, "-m", "agent.host", "shell", "--results", str(tmp_path)])
+    try:
+        term.expect(b"raise vector 5 from the device:  qemu-device ctl --control ", 60)
+        term.expect(b"QEMU's view of the table:        qmp-shell -H ", 10)
+        term.type("msixlab-guest alloc 3 && msixlab-guest alloc 2 --start 40 --cpu 1 "
+                  "&& echo ALLOC-$?")
+        term.expect(b"ALLOC-0", 60)
+        # the driver's probe holds group 0 (index 0): the first group takes 1-3
+        assert b"group 1: 3 vector(s) at 1-3" in term.seen
+        term.expect(b"group 2: 2 vector(s) at 40-41, cpu 1", 5)
+        term.type("msixlab-guest raise 40; echo RAISE-$?")
+        term.expect(b"RAISE-0", 60)
+        assert b"vector 40 (irq " in term.seen and b"counted on CPU 1" in term.seen
+        term.type("msixlab-guest show; echo SHOW-$?")
+        term.expect(b"SHOW-0", 60)
+        shown = term.seen.decode(errors="replace")
+        assert "idx  grp  irq  address/data" in shown.replace("\r", "")
+        assert "6 of 64 table entries live" in shown
+        row40 = [line for line in shown.splitlines() if line.strip().startswith("40 ")]
+        assert row40 and row40[-1].split()[-2:] == ["1", "(1:1)"], row40
+        bad = ("msixlab-guest alloc 99 --start 60; echo E1-$?",
+               "msixlab-guest free 77; echo E2-$?",
+               "msixlab-guest raise 9999; echo E3-$?",
+               "msixlab-guest show --wide; echo E4-$?",
+               "msixlab-guest groups extra; echo E5-$?")
+        expected = (b"msixlab-guest: alloc: EINVAL: ", b"msixlab-guest: free: ENOENT: ",
+                    b"msixlab-guest: raise: EINVAL: ", b"msixlab-guest: show: EINVAL: ",
+                    b"msixlab-guest: groups: EINVAL: ")
+        statuses = (1, 1, 1, 2, 2)      # the driver's or the guest's error; a bad command line
+        for n, (line, error, status) in enumerate(zip(bad, expected, statuses), start=1):
+            term.type(line)
+            term.expect(f"E{n}-{status}".encode(), 60)
+            assert error in term.seen, (line, term.seen[-400:])
+        term.type("msixlab-guest free 2 && msixlab-guest groups; echo FREE-$?")
+        term.expect(b"FREE-0", 60)
+        assert b"group 2 freed: 2 vector(s)" in term.seen
+        term.type("exit")
+        assert term.proc.wait(timeout=60) == 0
+    finally:
+        term.kill()
