@@ -5,9 +5,11 @@ run's routing.json, and a repeat summary that calls the runs steady."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from kcidb_io.schema import LATEST
@@ -16,6 +18,17 @@ from agent.host.results import FILES, ktap
 from agent.host.session import PROJECT_DIR
 
 pytestmark = pytest.mark.guest
+
+
+def kci_dev_dry_run(kcidb: "Path", home: "Path") -> dict:
+    """What KernelCI's own client would send for a run (docs/results.md): ``kci-dev submit
+    build --from-json FILE --dry-run`` prints the payload without sending it."""
+    kci_dev = Path(sys.executable).with_name("kci-dev")
+    done = subprocess.run([str(kci_dev), "submit", "build", "--from-json", str(kcidb),
+                           "--dry-run"], capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(done.stdout)
 
 
 def test_run_repeat_writes_every_result_file(image, tmp_path):
@@ -40,6 +53,7 @@ def test_run_repeat_writes_every_result_file(image, tmp_path):
         LATEST.validate(kcidb)
         assert len(kcidb["tests"]) == judged
         assert kcidb["builds"][0]["misc"]["kernel_release"] == image.kernel("default").version
+        assert kci_dev_dry_run(run_dir / "kcidb.json", tmp_path) == kcidb
         page = (run_dir / "report.html").read_text()
         assert run_dir.name in page and "PASS &middot; exit 0" in page
         assert all((run_dir / name).stat().st_size > 0 for name in FILES)

@@ -1,10 +1,14 @@
 """examples/ci: both CI examples parse as YAML and show what the issue asks of them (a
-kernel matrix, the msixlab cache, results/ uploaded, the JUnit file published), and every
-``msixlab`` command line in them is accepted by msixlab's own argument parser."""
+kernel matrix, the msixlab cache, results/ uploaded, the JUnit file published), every
+``msixlab`` command line in them is accepted by msixlab's own argument parser, and each
+passes its platform's own checker: actionlint for the GitHub workflow, check-jsonschema's
+bundled GitLab CI schema for the GitLab file."""
 
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,36 @@ def test_gitlab_ci_example():
 def test_the_argv_check_catches_an_option_msixlab_lacks():
     with pytest.raises(pytest.fail.Exception, match="refuses"):
         assert_parses(["run", "--flavor", "default", "--no-such-option"])
+
+
+def _tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def test_github_actions_example_passes_actionlint():
+    """actionlint knows each action's runtime: a deprecated one (node20) fails here."""
+    done = subprocess.run([_tool("actionlint"), "-no-color", str(EXAMPLES / "github-actions.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_gitlab_example_passes_gitlabs_schema():
+    done = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci",
+                           str(EXAMPLES / "gitlab-ci.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("tool,argv,broken", [
+    ("actionlint", ["-no-color"], "jobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+                                  "      - run: echo ${{ matrix.nope }}\n"),
+    ("check-jsonschema", ["--builtin-schema", "vendor.gitlab-ci"],
+     "msixlab:\n  stage: test\n  script: 3\n  when: sometimes\n"),
+])
+def test_each_checker_refuses_a_broken_file(tool, argv, broken, tmp_path):
+    """The checkers can fail: a file each must refuse."""
+    path = tmp_path / "broken.yml"
+    path.write_text(("on: push\n" if tool == "actionlint" else "") + broken)
+    done = subprocess.run([_tool(tool), *argv, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0, done.stdout + done.stderr
