@@ -35,7 +35,7 @@ from msixlab_common.lifetime import interrupt_on
 
 from . import accel as accel_mod
 from .argtypes import MAX_APPEND, bounded_float, bounded_int, kernel_words, path_text
-from . import doctor, progress
+from . import doctor, progress, version
 from . import scenarios as scenarios_mod
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .kernel import commands as kernel_commands
@@ -218,10 +218,21 @@ def device_fault(text: str) -> dict:
     return spec
 
 
+class _Version(argparse.Action):
+    """``--version``: asks git only when given (not at every parse)."""
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version.describe())
+        parser.exit(0)
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``msixlab`` argument parser: every subcommand and its options."""
     top = Parser(prog="msixlab", description=__doc__.split("\n")[0])
     top.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: traces)")
+    top.add_argument("--version", action=_Version, help="the version, and the commit from a checkout")
     sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def guest_options(p):

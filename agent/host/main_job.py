@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import shlex
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,8 @@ from .report import render, write_routing_json
 from .results import write_all as write_result_files
 from .routing import Snapshot, Verdict
 from .scenario import Scenario
-from .session import PROJECT_DIR, RunDirs
+from .session import RunDirs
+from .version import what_ran
 
 log = logging.getLogger(__name__)
 
@@ -209,20 +209,6 @@ def unwritten(verdict: RunVerdict, err: OSError) -> RunVerdict:
                       faults=verdict.faults, counts=verdict.counts)
 
 
-def msixlab_commit() -> str:
-    """The msixlab checkout's HEAD, ``-dirty`` if tracked files changed; ``unknown`` without
-    git."""
-    try:
-        head = subprocess.run(["git", "-C", str(PROJECT_DIR), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(PROJECT_DIR), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("-dirty" if dirty else "")
-
-
 def config_hash(config: Path | None) -> str | None:
     """sha256 (first 16 hex digits) of the kernel's .config, or None without one."""
     if config is None:
@@ -324,7 +310,7 @@ def run_main_job(args, console: Console) -> int:
         "boot_stalls": lab.boot_stalls,
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,
-        "msixlab_commit": msixlab_commit(), "seed": 0,
+        "msixlab_commit": what_ran(), "seed": 0,
         "reproduce": reproduce_command(args),
     }
     return _finish(console, dirs, verdict, final, scenario, metadata, lab)

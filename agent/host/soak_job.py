@@ -35,13 +35,14 @@ from . import accel as accel_mod
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .main_job import (check_faults, config_hash, msixlab_commit, option_words,
+from .main_job import (check_faults, config_hash, option_words,
                        print_dry_run, report_unwritten, run_in_lab)
 from .outcome import Outcome, RunVerdict
 from .report import write_routing_json, write_text_atomic
 from .results import write_all as write_result_files
 from .routing import Snapshot
 from .session import RunDirs
+from .version import what_ran
 from .soak import Soak
 from .soak_nic import SoakStats
 
@@ -168,7 +169,7 @@ def run_soak(args, console: Console) -> int:
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "boot_stalls": lab.boot_stalls,
         "wall_seconds": round(time.monotonic() - started, 3),
-        "msixlab_commit": msixlab_commit(), "reproduce": reproduce_command(args, seed),
+        "msixlab_commit": what_ran(), "reproduce": reproduce_command(args, seed),
     }
     return _finish(console, dirs, soak, verdict, record, lab)
 

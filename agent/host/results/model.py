@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import subprocess
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.host.errors import HostError
+from agent.host.version import what_ran
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ LOG_FILES = ("console.log", "qemu.log", "device-server.log", "device-events.json
              "routing.json")
 PASSING = frozenset({"pass", "skip"})
 _FALLBACK_OUTCOME = {0: "pass", 1: "check_failed", 125: "could_not_judge"}
-_PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 
 class ResultsError(HostError):
@@ -203,24 +202,9 @@ def provenance(metadata: Mapping[str, Any]) -> Provenance:
     return Provenance(
         kernel_release=text("kernel_release", "kernel"), config_hash=text("config_hash"),
         qemu_version=text("qemu_version", "qemu"),
-        msixlab_commit=text("msixlab_commit") if "msixlab_commit" in metadata else msixlab_commit(),
+        msixlab_commit=text("msixlab_commit") if "msixlab_commit" in metadata else what_ran(),
         seed=text("seed"),
         reproduce=text("reproduce") if metadata.get("reproduce") else reproduce_command(metadata))
-
-
-def msixlab_commit(project_dir: Path = _PROJECT_DIR) -> str:
-    """The checkout's commit (``-dirty`` when it has changes), or ``unknown``."""
-    try:
-        head = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(project_dir), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as err:
-        log.info("no msixlab commit: %s", err)
-        return UNKNOWN
-    if head.returncode != 0:
-        return UNKNOWN
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def reproduce_command(metadata: Mapping[str, Any]) -> str:
