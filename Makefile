@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml images/host-setup.sh
-	sh images/host-setup.sh
+$(STAMP): pyproject.toml images/host_packages.py
+	$(PYTHON) images/host_packages.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

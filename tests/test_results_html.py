@@ -210,7 +210,7 @@ def colours(image, box=None) -> dict[tuple, int]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package "
-                    "chromium; images/host-setup.sh installs it)")
+                    "chromium; msixlab setup (images/host_packages.py) installs it)")
 def test_report_renders_in_headless_chromium(tmp_path):
     run_dir, text = report(tmp_path)
     image = screenshot(run_dir / "report.html", tmp_path / "shot.png", tmp_path / "profile")

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from images import recipe
+from images import host_packages, recipe
 from images.build import ensure_image, manifest
 from images.cache import cache_dir, clean
 from msixlab_common.lifetime import interrupt_on
@@ -54,6 +54,11 @@ def _image_with_progress():
         def on_step(step: str, line: str) -> None:
             status.update(f"image build, step [bold]{step}[/]: {line[:90]}")
         return ensure_image(on_step)
+
+
+def cmd_setup(args) -> int:
+    """``msixlab setup``: install the missing host packages (images/host_packages.py)."""
+    return host_packages.setup(dry_run=args.dry_run)
 
 
 def cmd_doctor(args) -> int:
@@ -270,6 +275,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--msix-noresize", action="store_true",
                        help="the NIC advertises NORESIZE: QEMU re-enables every vector "
                             "on each growth (the path before dynamic MSI-X)")
+
+    p = sub.add_parser("setup", help="install the host packages msixlab needs (apt, through "
+                                     "sudo when it may), or print the command")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, install nothing")
+    p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("doctor", help="what msixlab has here and what it lacks")
     p.add_argument("--json", action="store_true")
