@@ -205,3 +205,25 @@ def test_write_text_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path, mo
     with pytest.raises(OSError):
         report.write_text_atomic(path, "partial\n")
     assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["soak.json"]
+
+
+def test_the_terminal_table_keeps_live_rows_and_counts_the_rest():
+    """A 2,048-entry table must not print 2,048 rows: entries never live and never raised
+    (QEMU gave them an eventfd, nothing else) go to one caption line; --table all keeps
+    every row."""
+    from agent.host.report import routing_table
+    from agent.host.routing import DeviceView, RoutingRecord
+    records = []
+    for index in range(8):
+        live = index in (2, 5)
+        records.append(RoutingRecord(
+            index=index, group=1 if live else None, irq=30 + index if live else None,
+            guest=None, qemu=None,
+            device=DeviceView(eventfd=True, raised=1 if index == 5 else 0,
+                              delivered=1 if index == 5 else 0, pending=index == 7),
+            decoded=None))
+    snapshot = Snapshot(tuple(records))
+    table = routing_table(snapshot)
+    assert table.row_count == 3                   # 2 and 5 live, 7 holds a raise
+    assert table.caption.startswith("5 more of 8 entries were never live")
+    assert routing_table(snapshot, show_all=True).row_count == 8

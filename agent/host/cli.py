@@ -325,6 +325,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="run the main job N times to detect flaky results; exit with the "
                         "worst (1, then 125, then 0)")
+    p.add_argument("--table", choices=("live", "all"), default="live",
+                   help="the routing table's rows: the vectors ever live or with a failed "
+                        "check, the rest counted in one line (default), or every entry")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("soak", help="random alloc/free churn and raises at full rate in a "

@@ -313,15 +313,16 @@ def run_main_job(args, console: Console) -> int:
         "msixlab_commit": what_ran(), "seed": 0,
         "reproduce": reproduce_command(args),
     }
-    return _finish(console, dirs, verdict, final, scenario, metadata, lab)
+    return _finish(console, dirs, verdict, final, scenario, metadata, lab,
+                   show_all=getattr(args, "table", "live") == "all")
 
 
 def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapshot | None,
-            scenario: Scenario, metadata: dict, lab: Lab) -> int:
+            scenario: Scenario, metadata: dict, lab: Lab, show_all: bool = False) -> int:
     """Print the verdict, then write routing.json; a write failure is reported and keeps
     the verdict's exit code unless it was a pass (``unwritten``: 125, ``host_resource``)."""
     snapshot = final or Snapshot(()).with_checks([])
-    render(console, snapshot, verdict, scenario.results)
+    render(console, snapshot, verdict, scenario.results, show_all=show_all)
     try:
         write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
                            verdict=verdict, results=scenario.results)

@@ -272,22 +272,29 @@ def _checks_cell(record: RoutingRecord) -> Text:
 
 
 def _shown(record: RoutingRecord) -> bool:
+    """A row the default table keeps: a vector live now or during the run (it was judged,
+    raised or delivered, or holds a raise), or one whose check failed.  An entry QEMU gave
+    an eventfd but nothing ever used is left to the summary line."""
     device = record.device
-    return (record.allocated or bool(record.checks) or device is None
-            or device.eventfd or device.pending or device.raised > 0)
+    return (record.allocated or bool(record.checks) or record.group is not None
+            or (device is not None and (device.pending or device.raised > 0
+                                         or device.delivered > 0)))
 
 
 def routing_table(snapshot: Snapshot, show_all: bool = False,
                   title: str | None = "MSI-X routing") -> Table:
-    """One row per vector; quiet never-used entries are left out unless show_all."""
+    """One row per vector that was ever live or has a failed check; the other entries are
+    counted in the caption (``show_all``: every row)."""
     table = Table(title=title)
     for header, justify in (("idx", "right"), ("grp", "right"), ("irq", "right"),
                             ("address/data", "left"), ("decoded", "left"),
                             ("cpu", "right"), ("effective", "left"), ("counts", "left"),
                             ("device r/d ep", "left"), ("checks", "left")):
         table.add_column(header, justify=justify)
+    hidden = 0
     for record in snapshot.records:
         if not (show_all or _shown(record)):
+            hidden += 1
             continue
         effective = record.guest.affinity.effective if record.guest else ()
         table.add_row(
@@ -295,6 +302,9 @@ def routing_table(snapshot: Snapshot, show_all: bool = False,
             _message_cell(record), _decoded_cell(record),
             _opt(record.decoded.cpu if record.decoded else None), _cpus(effective),
             _counts_cell(record), _device_cell(record), _checks_cell(record))
+    if hidden:
+        table.caption = (f"{hidden} more of {len(snapshot.records)} entries were never live and "
+                         "never raised (--table all shows every row)")
     return table
 
 
