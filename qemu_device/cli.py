@@ -16,35 +16,12 @@ import socket
 import sys
 
 from msixlab_common import jsonlines
+from msixlab_common.argtypes import bounded_float, bounded_int
 
 from .errors import ConfigurationError
 from .server import Limits
 
 SHARED = "shared"
-
-
-def _int(text: str) -> int:
-    return int(text, 0)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"seconds must be in 0..86400, not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be in 1..1024, not {value}")
-    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -53,35 +30,44 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the device server")
     s.add_argument("--socket", required=True, help="vfio-user socket path to listen on")
-    s.add_argument("--vectors", type=_int, default=64, help="MSI-X vectors (1..2048)")
+    s.add_argument("--vectors", type=bounded_int("--vectors", 1, 2048), default=64,
+                   help="MSI-X vectors (1..2048)")
     s.add_argument("--control", help="control socket path (JSON lines)")
     s.add_argument("--log", help="event log path (JSON lines, appended)")
     s.add_argument("--msix-layout", choices=["own", SHARED], default="own",
                    help="own: table in BAR2, PBA in BAR4 (default); shared: both in BAR0")
-    s.add_argument("--table-bar", type=int, help="MSI-X table BIR (overrides the layout)")
-    s.add_argument("--table-offset", type=_int, help="MSI-X table offset in its BAR")
-    s.add_argument("--pba-bar", type=int, help="PBA BIR (overrides the layout)")
-    s.add_argument("--pba-offset", type=_int, help="PBA offset in its BAR")
+    s.add_argument("--table-bar", type=bounded_int("--table-bar", 0, 5),
+                   help="MSI-X table BIR (overrides the layout)")
+    s.add_argument("--table-offset", type=bounded_int("--table-offset", 0, 2**32 - 1),
+                   help="MSI-X table offset in its BAR")
+    s.add_argument("--pba-bar", type=bounded_int("--pba-bar", 0, 5),
+                   help="PBA BIR (overrides the layout)")
+    s.add_argument("--pba-offset", type=bounded_int("--pba-offset", 0, 2**32 - 1),
+                   help="PBA offset in its BAR")
     s.add_argument("--msix-maskable", action="store_true",
                    help="advertise VFIO_IRQ_INFO_MASKABLE on MSI-X (per-vector SET_IRQS "
                         "MASK/UNMASK)")
     s.add_argument("--msix-noresize", action="store_true",
                    help="advertise VFIO_IRQ_INFO_NORESIZE on MSI-X (QEMU re-enables all "
                         "vectors on every growth)")
-    s.add_argument("--message-timeout", type=_seconds, default=Limits.message_timeout,
+    s.add_argument("--message-timeout", type=bounded_float("--message-timeout", 0.0, 86400.0),
+                   default=Limits.message_timeout,
                    metavar="S", help="drop a vfio-user client that takes longer than S s to "
                    "finish a message it began, or to send VERSION (0: never; default "
                    "%(default)g; QEMU's own reply timeout is 5 s)")
-    s.add_argument("--idle-timeout", type=_seconds, default=Limits.idle_timeout, metavar="S",
+    s.add_argument("--idle-timeout", type=bounded_float("--idle-timeout", 0.0, 86400.0),
+                   default=Limits.idle_timeout, metavar="S",
                    help="drop a vfio-user client that sends nothing for S s (default 0: "
                    "never, QEMU may idle)")
-    s.add_argument("--max-control-clients", type=_count, default=Limits.max_control_clients,
+    s.add_argument("--max-control-clients", type=bounded_int("--max-control-clients", 1, 1024),
+                   default=Limits.max_control_clients,
                    metavar="N", help="control clients served at once (default %(default)d)")
     s.add_argument("--log-level", default=os.environ.get("QEMU_DEVICE_LOG_LEVEL", "WARNING"))
     c = sub.add_parser("ctl", help="send a control request")
     c.add_argument("--control", required=True, help="control socket path")
     c.add_argument("--json", action="store_true", help="print raw JSON replies")
-    c.add_argument("--timeout", type=float, default=10.0)
+    c.add_argument("--timeout", type=bounded_float("--timeout", 0.1, 3600.0), default=10.0,
+                   help="seconds to wait for the reply (default %(default)g)")
     c.add_argument("request", nargs="+",
                    help="state | raise V [V...] | reset_counters | subscribe [KIND...] | "
                         "fault KIND [key=value...] | faults | clear_faults [ID] | ping")

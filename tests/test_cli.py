@@ -325,3 +325,23 @@ def test_appended_parameters_follow_the_rigs_on_the_kernel_command_line():
     assert line.endswith(' irqaffinity=1 dyndbg="file msi.c +p"')
     argv = build_argv(spec)
     assert argv[argv.index("-append") + 1] == line
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["serve", "--socket", "s", "--vectors", "0"], "--vectors must be 1..2048, not 0"),
+    (["serve", "--socket", "s", "--vectors", "4096"], "--vectors must be 1..2048, not 4096"),
+    (["serve", "--socket", "s", "--table-bar", "6"], "--table-bar must be 0..5, not 6"),
+    (["serve", "--socket", "s", "--pba-offset", "-8"], "--pba-offset must be 0..4294967295"),
+    (["serve", "--socket", "s", "--idle-timeout", "nan"], "--idle-timeout must be 0..86400"),
+    (["serve", "--socket", "s", "--max-control-clients", "x"],
+     "--max-control-clients takes an integer, not 'x'"),
+    (["ctl", "--control", "c", "--timeout", "inf", "state"], "--timeout must be 0.1..3600"),
+])
+def test_qemu_device_takes_the_same_bounded_types(argv, words, capsys):
+    """qemu-device's numbers are checked by msixlab_common.argtypes, as msixlab's are: a
+    bad one is the parser's error naming the option, before any socket is made."""
+    from qemu_device.cli import _build_parser
+    with pytest.raises(SystemExit) as err:
+        _build_parser().parse_args(argv)
+    assert err.value.code == 2
+    assert words in capsys.readouterr().err

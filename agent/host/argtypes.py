@@ -1,13 +1,11 @@
-"""Argument types shared by the ``msixlab`` subcommands (argparse ``type=`` callables).
+"""Argument types of the ``msixlab`` subcommands (argparse ``type=`` callables).
 
 Concepts: every value is checked when the command line is parsed, so a bad one is the
 parser's error (exit 125, ``bad_option``, the option named) before anything starts.
-``bounded_int`` and ``bounded_float`` take a closed range (a float must be finite);
-``path_text`` takes a path that is not empty: an empty string (``--kernel-tree "$TREE"``
-with ``TREE`` unset) would otherwise mean "not given" or the current directory, and the
-run would judge another kernel, QEMU or directory than the one asked for.
-``kernel_words`` takes extra guest kernel parameters (``--append``), refusing those the
-rig owns (qemu_argv.cmdline_text writes them as the command line carries them).
+``bounded_int``, ``bounded_float`` and ``path_text`` are ``msixlab_common.argtypes``'
+(``qemu-device`` takes them too).  ``kernel_words`` takes extra guest kernel parameters
+(``--append``), refusing those the rig owns (qemu_argv.cmdline_text writes them as the
+command line carries them).
 """
 
 from __future__ import annotations
@@ -15,48 +13,12 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from msixlab_common.argtypes import bounded_float, bounded_int, path_text
+
 from .qemu_argv import cmdline_text
 
-
-def bounded_int(name: str, low: int, high: int):
-    """An argparse type: an integer in low..high, else an error naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} takes an integer, not {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}, not {value}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
-def bounded_float(name: str, low: float, high: float):
-    """An argparse type: a finite number in low..high, else an error naming the option."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} takes a number, not {text!r}") from None
-        if not low <= value <= high:     # NaN fails this too
-            raise argparse.ArgumentTypeError(f"{name} must be {low:g}..{high:g}, not {text}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
-def path_text(name: str):
-    """An argparse type: a path that is not empty or blank (kept as given), else an error
-    naming the option."""
-    def parse(text: str) -> str:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"{name} needs a path, not {text!r}")
-        if "\0" in text:
-            raise argparse.ArgumentTypeError(f"{name}: a path cannot hold a NUL byte")
-        return text
-    parse.__name__ = name
-    return parse
+__all__ = ["bounded_float", "bounded_int", "path_text", "kernel_words", "MAX_APPEND",
+           "RIG_KERNEL_PARAMS"]
 
 
 #: parameters the rig sets on the guest's kernel command line and a user may not change:
