@@ -96,6 +96,7 @@ def test_exhaustion_fills_the_table_only_when_the_cpus_can_hold_it():
     assert scenario.exhaustion_fill(2048, 2) == 2 * per_cpu    # x86 runs out first
     assert scenario.exhaustion_fill(512, 2) == 2 * per_cpu
     assert scenario.exhaustion_fill(512, 4) == 512             # 4 CPUs fill 512 entries
-    smallest = -(-2048 // per_cpu)                             # docs/scenarios.md names it
+    smallest = -(-2048 // per_cpu)
+    assert smallest == 15                                      # as docs/scenarios.md says
     assert scenario.exhaustion_fill(2048, smallest) == 2048
     assert scenario.exhaustion_fill(2048, smallest - 1) < 2048
