@@ -123,6 +123,32 @@ def test_known_state_is_restored_between_tests(outside):
     assert len(outcomes) == 4 and set(outcomes.values()) == {"passed"}, outcomes
 
 
+LEFTOVERS = '''
+import time
+
+def test_1_leaves_a_timer_and_an_offline_cpu(msixlab_guest, msixlab_device):
+    msixlab_device.request("fault", kind="delay_raise", vector=0, delay_ms=2000)
+    assert msixlab_device.request("raise", vectors=[0])["results"][0]["outcome"] == "delayed"
+    assert msixlab_guest.request("cpu_online", cpu=1, online=False)["online_cpus"] == [0]
+
+def test_2_no_timer_fires_and_every_cpu_is_online(msixlab_guest, msixlab_device):
+    # /proc/interrupts has a column per online CPU
+    assert msixlab_guest.request("interrupts")["cpus"] == ["CPU0", "CPU1"]
+    assert msixlab_device.request("state")["delayed"] == []
+    time.sleep(2.5)                                   # past test 1's delay
+    state = msixlab_device.request("state")
+    assert [v["index"] for v in state["vectors"] if v["delivered"] or v["pending"]] == []
+    assert msixlab_guest.request("vector", index=0)["total"] == 0
+'''
+
+
+def test_timers_and_offline_cpus_do_not_outlive_their_test(outside):
+    done, outcomes = run_user_pytest(outside, {"test_leftovers.py": LEFTOVERS})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert outcomes == {"test_1_leaves_a_timer_and_an_offline_cpu": "passed",
+                        "test_2_no_timer_fires_and_every_cpu_is_online": "passed"}, outcomes
+
+
 def splat_module(image, flavor: str) -> str:
     """Build (once per kernel and source) the module that oopses on load, where the
     guest sees it; return its path inside the guest."""

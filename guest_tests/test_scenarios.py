@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from agent.host.errors import EXIT_PASS
+from agent.host.scenario import VECTORS_PER_CPU
 from agent.host.session import PROJECT_DIR
 
 pytestmark = pytest.mark.guest
@@ -35,6 +36,17 @@ def test_default_scenario_on_8_cpus_targets_the_last_cpu(image, tmp_path):
     last = {r["index"]: r for r in doc["records"]}
     for index in doc["metadata"]["groups"]["F"]["indices"]:   # F asked for CPU 7
         assert last[index]["guest"]["affinity"]["effective"] == [7]
+
+
+def test_2048_vectors_on_2_cpus_pass_although_the_cpus_run_out_first(image, tmp_path):
+    """x86 holds about 193 vectors per CPU: the exhaustion step fills the budget, the
+    CPUs (not the table) end the allocation, and a correct kernel passes."""
+    doc = run(tmp_path, "--vectors", "2048", "--cpus", "2")
+    groups = doc["metadata"]["groups"]
+    taken = sum(len(g["indices"]) for label, g in groups.items() if label.startswith("X"))
+    assert 2 * VECTORS_PER_CPU <= taken < 2048 - 1, taken
+    (unchanged,) = [r for r in doc["results"] if r["name"] == "failed_alloc_leaves_table_unchanged"]
+    assert unchanged["verdict"] == "pass"
 
 
 def test_cpu_hotplug_on_4_cpus(image, tmp_path):

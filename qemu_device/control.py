@@ -179,7 +179,9 @@ class ControlSession:
         return self.ctx.device.faults.list()
 
     def _clear(self, fields: dict) -> dict:
-        return {"cleared": self.ctx.device.faults.clear(fields.get("fault"))}
+        fault = fields.get("fault")
+        cancelled = self.ctx.device.msix.cancel_delayed(fault)
+        return {"cleared": self.ctx.device.faults.clear(fault), "cancelled": cancelled}
 
     def _ping(self, fields: dict) -> dict:
         return {"pong": True}

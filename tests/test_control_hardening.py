@@ -150,7 +150,7 @@ def test_good_fields_are_accepted(ses):
     assert ok["result"]["errno"] == errno.EIO and ok["result"]["count"] == 0
     ok = ses.ask(id=3, cmd="fault", kind="delay_raise", vector=3, delay_ms=MAX_DELAY_MS)
     assert ok["result"]["delay_ms"] == MAX_DELAY_MS
-    assert ses.ask(id=4, cmd="clear_faults", fault=1)["result"] == {"cleared": 1}
+    assert ses.ask(id=4, cmd="clear_faults", fault=1)["result"] == {"cleared": 1, "cancelled": 0}
     assert ses.ask(id=5, cmd="raise", vector=70)["result"]["results"] == [
         {"vector": 70, "outcome": "out_of_range"}]
     assert ses.ask(id="s", cmd="subscribe", events=None)["result"] == {"subscribed": "all"}
@@ -279,3 +279,34 @@ def test_a_far_timer_never_overflows_the_poll_timeout(rig_factory):
     rig.server.run_once(None)                            # wakes for the request, no overflow
     assert rig.server.device.msix.raised[5] == 1
     assert rig.server._timers[-1][0] - rig.server.clock() <= MAX_POLL_S
+
+
+@pytest.mark.parametrize("clearing", [{"cmd": "clear_faults"}, {"cmd": "reset_counters"}])
+def test_a_delayed_raise_is_shown_and_cancelled_with_its_fault(rig_factory, clearing):
+    rig = rig_factory()
+    now = [rig.server.clock()]
+    rig.server.clock = lambda: now[0]
+    s = rig.connect()
+    fault = rig.ask(s, cmd="fault", kind="delay_raise", vector=3, delay_ms=1000, count=0)
+    other = rig.ask(s, cmd="fault", kind="delay_raise", vector=5, delay_ms=1000)
+    assert rig.ask(s, cmd="raise", vectors=[3, 5])["result"]["results"][0]["outcome"] == "delayed"
+    waiting = rig.ask(s, cmd="state")["result"]["delayed"]
+    assert waiting == [{"vector": 3, "fault": fault["result"]["id"], "delay_ms": 1000},
+                       {"vector": 5, "fault": other["result"]["id"], "delay_ms": 1000}]
+    assert rig.ask(s, **clearing)["ok"]
+    now[0] += 2.0                                         # both timers are due
+    rig.pump()
+    state = rig.ask(s, cmd="state")["result"]
+    assert state["delayed"] == []
+    assert [(v["pending"], v["delivered"]) for v in state["vectors"][3:6:2]] == [(False, 0)] * 2
+
+
+def test_clearing_one_fault_cancels_only_its_delayed_raises(rig_factory):
+    rig = rig_factory()
+    s = rig.connect()
+    first = rig.ask(s, cmd="fault", kind="delay_raise", vector=3, delay_ms=MAX_DELAY_MS)
+    rig.ask(s, cmd="fault", kind="delay_raise", vector=5, delay_ms=MAX_DELAY_MS)
+    rig.ask(s, cmd="raise", vectors=[3, 5])
+    cleared = rig.ask(s, cmd="clear_faults", fault=first["result"]["id"])["result"]
+    assert cleared == {"cleared": 0, "cancelled": 1}     # the fault itself fired already
+    assert [d["vector"] for d in rig.ask(s, cmd="state")["result"]["delayed"]] == [5]

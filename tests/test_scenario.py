@@ -72,6 +72,31 @@ def test_a_failed_allocation_must_leave_every_entry_as_it_was():
     assert result.verdict is Verdict.FAIL and result.evidence["changed"] == [2]
 
 
+def test_out_of_cpu_vectors_a_free_entry_may_keep_a_masked_stale_message():
+    blank = {"address_lo": 0, "address_hi": 0, "data": 0, "ctrl": 1}
+    stale = {"address_lo": 0xFEE00000, "address_hi": 0, "data": 0xEF, "ctrl": 1}
+    before = build_snapshot(qemu={7: blank})
+    after = build_snapshot(qemu={7: stale})
+    assert Scenario._unchanged(before, after).verdict is Verdict.FAIL   # the table's end
+    result = Scenario._unchanged(before, after, stale_masked_ok=True)
+    assert result.verdict is Verdict.PASS and result.evidence == {"stale_masked": [7]}
+    unmasked = build_snapshot(qemu={7: {**stale, "ctrl": 0}})
+    result = Scenario._unchanged(before, unmasked, stale_masked_ok=True)
+    assert result.verdict is Verdict.FAIL and result.evidence["changed"] == [7]
+
+
 def test_index_reuse():
     assert {r.verdict for r in Scenario.index_reused([5, 6], [6, 5])} == {Verdict.PASS}
     assert {r.verdict for r in Scenario.index_reused([5, 6], [5, 15])} == {Verdict.FAIL}
+
+
+def test_exhaustion_fills_the_table_only_when_the_cpus_can_hold_it():
+    per_cpu = scenario.VECTORS_PER_CPU
+    assert scenario.exhaustion_fill(64, 1) == 64               # the default table: all of it
+    assert scenario.exhaustion_fill(2048, 2) == 2 * per_cpu    # x86 runs out first
+    assert scenario.exhaustion_fill(512, 2) == 2 * per_cpu
+    assert scenario.exhaustion_fill(512, 4) == 512             # 4 CPUs fill 512 entries
+    smallest = -(-2048 // per_cpu)
+    assert smallest == 15                                      # as docs/scenarios.md says
+    assert scenario.exhaustion_fill(2048, smallest) == 2048
+    assert scenario.exhaustion_fill(2048, smallest - 1) < 2048

@@ -19,6 +19,7 @@ from pathlib import Path
 from msixlab_common import jsonlines
 from msixlab_common.lifetime import die_with_parent
 
+from msixlab_common.artifacts import create_artifact
 from msixlab_common.deadline import Deadline
 
 from .errors import DeviceControlError, LaunchError
@@ -66,7 +67,7 @@ class DeviceServer:
         and stderr tail) if it exits first or writes something else, ``WaitTimeout`` (after
         stopping it) if it is not ready in time."""
         log.info("starting the device server: %s", " ".join(self.argv))
-        with open(self.stderr_log, "w") as err:
+        with create_artifact(self.stderr_log) as err:
             self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.PIPE, stderr=err,
                                           preexec_fn=die_with_parent(signal.SIGTERM))

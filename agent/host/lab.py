@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from images.image import Image
+from msixlab_common.artifacts import write_artifact
 from msixlab_common.deadline import Deadline, wait_until
 
 from . import qemu_view, routing
@@ -447,6 +448,4 @@ class Lab:
 
     def save(self, name: str, content: str) -> Path:
         """Write ``content`` to ``name`` in the run's results directory; return its path."""
-        path = self.dirs.results / name
-        path.write_text(content)
-        return path
+        return write_artifact(self.dirs.results / name, content)

@@ -25,6 +25,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from msixlab_common.lifetime import die_with_parent
 
+from msixlab_common.artifacts import create_artifact
 from msixlab_common.deadline import Deadline
 
 from .errors import HostError, LaunchError, WaitTimeout
@@ -85,8 +86,8 @@ class Machine:
         ``qmp_timeout`` seconds.  Raises ``LaunchError`` if QEMU cannot start or exits before
         QMP answers, ``WaitTimeout`` if QMP does not answer in time."""
         self.log.info("launching: %s", " ".join(self.argv))
-        self.spec.console_log.touch()
-        with open(self.qemu_log, "w") as out:
+        create_artifact(self.spec.console_log).close()     # QEMU then opens our regular file
+        with create_artifact(self.qemu_log) as out:
             try:
                 self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                               stdout=out, stderr=subprocess.STDOUT,

@@ -19,6 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from msixlab_common.artifacts import write_artifact
+
 from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .progress import phase
 from .results.model import verdict_of
@@ -76,7 +78,7 @@ def run_repeated(args, console: Console, run_once: RunOnce) -> int:
     summary = summarize(runs)
     out = root / new_run_id("repeat")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_artifact(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _print(console, summary, out)
     return summary["exit_code"]
 

@@ -26,8 +26,10 @@ affinity-change: one of A's vectors moved to another CPU through /proc/irq/N: af
     the new destination, and the next raise lands there.
 free-and-reuse: B freed and its indices raised (QEMU holds them behind the mask, nothing
     arrives); E' of B's size reuses B's indices and gets each held raise exactly once.
-exhaustion: groups of 8 until ENOSPC (a group whose min cannot be met leaves the table
-    exactly as it was), the rest taken, everything freed, a group F (4, CPU = last)
+exhaustion: groups of 8 until the table is full, or until VECTORS_PER_CPU per CPU when
+    the CPUs run out of vectors first, each a success; a group whose min cannot be met
+    fails with ENOSPC and leaves the table exactly as it was; the rest taken (as much as
+    the CPUs hold), one more is ENOSPC; everything freed, a group F (4, CPU = last)
     allocated and raised.
 final: the kernel's own view of every vector (sysfs, procfs) agrees with the driver's.
 """
@@ -55,6 +57,11 @@ STEP_TIMEOUT_S = 5.0     # how long one step's raises may take to be counted, al
 QUIET_S = 0.2            # how long a vector that must receive nothing is watched
 DOORBELL_WAIT_MS = 50    # the driver's own wait per doorbell raise (the step waits after)
 MIN_TABLE = 24
+# The vectors a correct x86 guest kernel gives one device per CPU, for sure: a CPU has 204
+# device vectors (0x20..0xeb), less the legacy, timer and other devices' ones; 186 were had
+# on 1 CPU, 386 on 2 (7.3.4, TCG).  The margin keeps room for the vectors other NICs hold
+# (--nics 8: 7 x 5 after their scenario) and other kernels' devices.
+VECTORS_PER_CPU = 140
 
 ACCOUNT = ("live_vectors_match_driver", "live_vectors_match_qemu_table", "msi_irqs_match_driver",
            "counts_match_raises", "device_counters_match", "irq_total_matches",
@@ -78,6 +85,13 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "raise_counted_once_on_cpu") + GROUP + ACCOUNT),
     ("final", ("kernel_irq_view_agrees", "requested_affinity_honoured") + RECORD + ACCOUNT),
 )
+
+
+def exhaustion_fill(table_size: int, cpus: int) -> int:
+    """How many vectors the exhaustion step must get without a refusal: the whole table,
+    or ``VECTORS_PER_CPU`` per CPU when that is less (x86 runs out of vectors first, and a
+    refusal past that budget is the kernel being right, not wrong)."""
+    return min(table_size, cpus * VECTORS_PER_CPU)
 
 
 def ring_doorbell(lab, ledger: Ledger, index: int, timeout_ms: int) -> bool:
@@ -387,21 +401,29 @@ class Scenario:
         return self._account(snap)
 
     def step_exhaustion(self) -> Snapshot:
-        """Step ``exhaustion``: groups of 8 until ENOSPC (which must leave the table as it
-        was), the rest taken, everything freed, then group F (4 on the last CPU) allocated
-        and raised."""
+        """Step ``exhaustion``: groups of 8 up to what the CPUs are sure to hold
+        (``exhaustion_fill``: the whole table when it fits the vector budget), each of which
+        must succeed; a group larger than the table's free entries must fail with ENOSPC and
+        leave the table as it was; the rest taken (all of it, or as much as the CPUs' vector
+        space holds: at least one) and one more must fail with ENOSPC; everything freed, then
+        group F (4 on the last CPU) allocated and raised."""
         labels, size = [], self.ledger.table_size
-        while len(self.ledger.live()) + 8 <= size:
+        fill = exhaustion_fill(size, self.lab.cpus)
+        if fill < size:
+            self.say(f"{self.lab.cpus} CPUs hold at least {fill} of the {size} vectors "
+                     f"({VECTORS_PER_CPU} per CPU): the CPUs run out before the table")
+        while len(self.ledger.live()) + 8 <= fill:
             labels.append(self._alloc(f"X{len(labels)}", min=8, max=8))
         before = self.snapshot()
         free = size - len(self.ledger.live())
         self._expect_enospc(f"X{len(labels)}", min=free + 1, max=free + 1)
         after = self.snapshot()
-        self._add(self._unchanged(before, after))
+        self._add(self._unchanged(before, after, stale_masked_ok=fill < size))
         if free:
             labels.append(self._alloc(f"X{len(labels)}", min=1, max=free))
         self._expect_enospc("full", min=1, max=1)
-        self.say(f"exhausted the table: {len(self.ledger.live())} vectors live")
+        live = len(self.ledger.live())
+        self.say(f"exhausted the {'table' if live == size else 'CPUs'}: {live} vectors live")
         for label, group in list(self.groups.items()):
             if not group.get("freed") and label != "static":
                 self._free(label, self.ledger.groups[group["group"]])
@@ -430,14 +452,31 @@ class Scenario:
         self.lab.agent("free_group", group=group["group"])
 
     @staticmethod
-    def _unchanged(before: Snapshot, after: Snapshot) -> CheckResult:
-        """A failed allocation left every table entry and every vector as it was."""
-        changed = [r.index for r in after.records
-                   if (b := before.get(r.index)) is None or b.qemu != r.qemu or b.irq != r.irq]
+    def _unchanged(before: Snapshot, after: Snapshot,
+                   stale_masked_ok: bool = False) -> CheckResult:
+        """A failed allocation left every table entry and every vector as it was.  With
+        ``stale_masked_ok`` (the allocation ran out of CPU vectors, not of table), an
+        entry no vector owns may keep a new message as long as it stays masked: x86
+        writes its reservation message (the shutdown vector, 0xef) to the entry whose
+        vector it then cannot start, and the free does not clear it (7.3.4, 2 CPUs); a
+        masked entry delivers nothing.  Such entries are named in ``stale_masked``."""
+        changed, stale = [], []
+        for r in after.records:
+            b = before.get(r.index)
+            if b is not None and b.qemu == r.qemu and b.irq == r.irq:
+                continue
+            if (stale_masked_ok and r.irq is None and (b is None or b.irq is None)
+                    and r.qemu is not None and r.qemu.ctrl & 1
+                    and (b is None or b.qemu is None or b.qemu.ctrl & 1)):
+                stale.append(r.index)
+            else:
+                changed.append(r.index)
+        evidence = {"changed": changed} if changed else {}
+        if stale:
+            evidence["stale_masked"] = stale
         return CheckResult("failed_alloc_leaves_table_unchanged", None,
                            Verdict.FAIL if changed else Verdict.PASS,
-                           f"entries {changed} changed" if changed else "",
-                           {"changed": changed} if changed else {})
+                           f"entries {changed} changed" if changed else "", evidence)
 
     def step_final(self) -> Snapshot:
         """Step ``final``: the kernel's sysfs/procfs view of every vector agrees with the

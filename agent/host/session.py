@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 RUNTIME_PREFIX = "msixlab-"
 OWNER_FILE = "owner.json"
+MAX_LINK_HOPS = 40          # as the kernel's own limit on symbolic links in one lookup
 RUN_ID_BYTES = 6            # 48 random bits: a collision is a one in 2**48 event
 
 
@@ -125,10 +127,92 @@ def make_results_dir(path: Path, *, exist_ok: bool = True) -> Path:
     return path
 
 
+def _unsafe_root(root: Path, why: str) -> CouldNotJudge:
+    return CouldNotJudge(Outcome.HOST_RESOURCE, f"the results dir {root} is not safe to write "
+                         f"as uid {os.geteuid()}: {why}", path=str(root))
+
+
+def _writable_by_others(st: os.stat_result) -> bool:
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _trusted_dir(path: str, st: os.stat_result) -> str | None:
+    """Why another user could swap entries of ``path`` (an ancestor of a results root), or
+    None: it must be ours or root's, and writable by others only when sticky."""
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"{path} is owned by uid {st.st_uid}, who could swap what is in it"
+    if _writable_by_others(st) and not st.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _resolve_trusted(path: str, hops: list[int]) -> str:
+    """Resolve the absolute ``path`` one component at a time, as the kernel would, never
+    through a directory or symbolic link another user controls (each checked with lstat:
+    nothing is followed before it is checked); return the resolved path (its missing tail
+    as given).  Raises ``ValueError`` naming the first untrusted component."""
+    current = "/"
+    why = _trusted_dir(current, os.lstat(current))
+    if why:
+        raise ValueError(why)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    for i, name in enumerate(parts):
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        nxt = os.path.join(current, name)
+        try:
+            st = os.lstat(nxt)
+        except FileNotFoundError:
+            return os.path.join(nxt, *parts[i + 1:])
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in (os.geteuid(), 0):
+                raise ValueError(f"{nxt} is a symbolic link owned by uid {st.st_uid}")
+            hops[0] += 1
+            if hops[0] > MAX_LINK_HOPS:
+                raise ValueError(f"{nxt}: more than {MAX_LINK_HOPS} symbolic links")
+            current = _resolve_trusted(os.path.join(current, os.readlink(nxt)), hops)
+            if not os.path.lexists(current):
+                return os.path.join(current, *parts[i + 1:])
+            continue
+        why = _trusted_dir(nxt, st)
+        if why:
+            raise ValueError(why)
+        current = nxt
+    return current
+
+
+def check_results_tree(root: Path | str) -> Path:
+    """Refuse a results root another user could redirect (issue 22): every existing
+    directory on its path, through every symbolic link, must be ours or root's and not
+    writable by others unless sticky, every link ours or root's; the root itself, when it
+    exists, must be ours (writable by others only if sticky).  Nothing is followed before
+    it is checked and nothing is made.  Returns the resolved root; raises
+    ``CouldNotJudge`` (``host_resource``, 125) naming the path and why."""
+    root = Path(os.path.abspath(root))
+    try:
+        resolved = _resolve_trusted(str(root), [0])
+    except ValueError as err:
+        raise _unsafe_root(root, str(err)) from None
+    except OSError as err:
+        raise _unusable_root(root, err.strerror or str(err)) from err
+    try:
+        st = os.lstat(resolved)
+    except FileNotFoundError:
+        return Path(resolved)
+    if st.st_uid != os.geteuid():
+        raise _unsafe_root(root, f"{resolved} is owned by uid {st.st_uid}, another user")
+    return Path(resolved)
+
+
 def check_results_root(root: Path | str) -> None:
     """Refuse, before anything starts and without creating anything, a results root
-    (``--results``) that cannot hold results: a file, or a path whose nearest existing
-    ancestor is not a writable directory (``CouldNotJudge``, ``host_resource``, 125)."""
+    (``--results``) that cannot hold results: one another user could redirect
+    (``check_results_tree``), a file, or a path whose nearest existing ancestor is not a
+    writable directory (``CouldNotJudge``, ``host_resource``, 125)."""
+    check_results_tree(root)
     root = Path(root).absolute()
     existing = next(p for p in (root, *root.parents) if p.exists() or p == Path("/"))
     if not existing.is_dir():
@@ -151,13 +235,15 @@ class RunDirs:
         and a private runtime dir (0700 whatever the umask) that records its owner, after
         removing the runtime dirs of dead runs."""
         clean_stale_runtime_dirs()
+        check_results_tree(results_root)               # before making anything in it
         results_root = Path(results_root)
         make_results_dir(results_root)
+        check_results_tree(results_root)               # what was made, and by whom
         for _ in range(8):
             run_id = new_run_id(prefix)
             results = results_root / run_id
             try:
-                results.mkdir()
+                results.mkdir(mode=0o755)
                 break
             except FileExistsError:
                 continue

@@ -311,10 +311,12 @@ class SharedLab:
 
     def _reset_in_place(self) -> None:
         guest, device = GuestClient(self.lab), DeviceClient(self.lab)
+        for cpu in self._offline_cpus(guest):
+            guest.request("cpu_online", cpu=cpu, online=True, timeout=30)
         for group in guest.request("list_groups", timeout=10):
             if group["group"] != 0:
                 guest.request("free_group", group=group["group"], timeout=10)
-        device.request("clear_faults")
+        device.request("clear_faults")            # also cancels delayed raises waiting
         state = device.request("state")
         if any(v["raised"] or v["pending"] for v in state["vectors"]):
             self._flush(guest, state["msix"]["table_size"])
@@ -323,6 +325,15 @@ class SharedLab:
             guest.request("unbind", timeout=30)    # MSI-X off: QEMU drops every eventfd
             guest.request("bind", timeout=30)      # a fresh probe: group 0 only
         device.request("reset_counters")
+
+    def _offline_cpus(self, guest: GuestClient) -> list[int]:
+        """The guest CPUs a test left offline.  Asking the last CPU to be online (a no-op
+        when it is) answers with every online CPU; CPU 0 cannot go offline on x86."""
+        last = self.options.cpus - 1
+        if last < 1:
+            return []
+        online = guest.request("cpu_online", cpu=last, online=True, timeout=30)["online_cpus"]
+        return [cpu for cpu in range(1, last) if cpu not in online]
 
     @staticmethod
     def _flush(guest: GuestClient, table_size: int) -> None:
@@ -345,6 +356,11 @@ class SharedLab:
             return f"device vectors {busy} still show raises or pending interrupts"
         if state.get("faults"):
             return f"device faults still armed: {state['faults']}"
+        if state.get("delayed"):
+            return f"delayed raises still waiting in the device: {state['delayed']}"
+        offline = self._offline_cpus(GuestClient(self.lab))
+        if offline:
+            return f"guest CPUs {offline} are still offline"
         wired = [v["index"] for v in state["vectors"] if v["eventfd"] and v["index"] != 0]
         if wired:
             return f"device vectors {wired} still have an eventfd (only 0 should)"

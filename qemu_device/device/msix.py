@@ -131,6 +131,9 @@ class MsixState:
         self.faults = faults or FaultTable()
         self.sink: EventSink | None = None
         self.scheduler: Scheduler | None = None
+        #: delayed raises waiting for their timer: token -> vector, fault id, delay, source
+        self.delayed: dict[int, dict] = {}
+        self._delay_tokens = 0
         self.reset_table()
 
     # -- events -------------------------------------------------------------------------
@@ -159,9 +162,32 @@ class MsixState:
             return Outcome.DROPPED
         self._emit("raise_delayed", v, source=source, fault=fault.id,
                    delay_ms=fault.delay_ms)
-        self.scheduler(fault.delay_ms / 1000.0,
-                       lambda: self._deliver_or_pend(v, source + "+delay"))
+        self._delay_tokens += 1
+        token = self._delay_tokens
+        self.delayed[token] = {"vector": v, "fault": fault.id, "delay_ms": fault.delay_ms,
+                               "source": source}
+        self.scheduler(fault.delay_ms / 1000.0, lambda: self._delayed_due(token))
         return Outcome.DELAYED
+
+    def _delayed_due(self, token: int) -> None:
+        """A delayed raise's timer: delivered (or made pending) unless it was cancelled."""
+        entry = self.delayed.pop(token, None)
+        if entry is not None:
+            self._deliver_or_pend(entry["vector"], entry["source"] + "+delay")
+
+    def cancel_delayed(self, fault_id: int | None = None) -> int:
+        """Forget the delayed raises still waiting (those of fault ``fault_id``, or all):
+        their timers then do nothing.  Returns how many were cancelled."""
+        gone = [t for t, e in self.delayed.items() if fault_id is None or e["fault"] == fault_id]
+        for token in gone:
+            entry = self.delayed.pop(token)
+            self._emit("raise_delay_cancelled", entry["vector"], fault=entry["fault"])
+        return len(gone)
+
+    def delayed_state(self) -> list[dict]:
+        """The delayed raises waiting, oldest first: vector, fault id, delay_ms."""
+        return [{"vector": e["vector"], "fault": e["fault"], "delay_ms": e["delay_ms"]}
+                for _, e in sorted(self.delayed.items())]
 
     def deliverable(self, v: int) -> bool:
         """A raise of v would be delivered now."""
@@ -318,7 +344,10 @@ class MsixState:
         self.reset_table()
 
     def reset_counters(self) -> None:
-        """Zero the raised, delivered and dropped counters and the error counts."""
+        """Zero the raised, delivered and dropped counters and the error counts, and
+        cancel the delayed raises still waiting (each was counted in ``raised``; delivered
+        after the reset it would be a delivery without a raise)."""
+        self.cancel_delayed()
         self.raised = [0] * self.n
         self.delivered = [0] * self.n
         self.dropped = [0] * self.n

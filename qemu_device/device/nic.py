@@ -218,7 +218,8 @@ class Device:
     def state(self) -> dict:
         """The control channel's ``state``: identity, MSI-X function state and the
         flags advertised, every vector (eventfd, masked, counters, pending), BARs, DMA
-        maps, error counters, IRQ_TOTAL, resets and armed faults (docs/device.md)."""
+        maps, error counters, IRQ_TOTAL, resets, armed faults and the delayed raises
+        waiting (docs/device.md)."""
         lay, m = self.layout, self.msix
         return {
             "identity": {"vendor": 0x1234, "device": 0x11E9, "class": 0x020000},
@@ -237,4 +238,5 @@ class Device:
             "irq_total": self.regs.irq_total,
             "resets": self.resets,
             "faults": self.faults.list(),
+            "delayed": m.delayed_state(),
         }
