@@ -83,7 +83,7 @@ def key_files(image: Image) -> list[str]:
     missing = [manifest.Problem(image.rootfs / rel, "missing (dpkg lists its kernel)")
                for rel in required if not (image.rootfs / rel).is_file()]
     if missing:
-        raise manifest.CacheEntryError(missing, what=f"image {image.rootfs}", fix=FIX)
+        raise manifest.CacheEntryError(missing, what="image rootfs", fix=FIX)
     names: list[str] = []
     for rel in [*required, *optional, *FIXED]:
         for step in _chain(image.rootfs, rel):
@@ -109,5 +109,5 @@ def verified(image: Image) -> Image:
             return image
     damage = manifest.problems(record_path(image), image.rootfs)
     if damage:
-        raise manifest.CacheEntryError(damage, what=f"image {image.rootfs}", fix=FIX)
+        raise manifest.CacheEntryError(damage, what="image rootfs", fix=FIX)
     return image
