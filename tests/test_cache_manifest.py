@@ -208,3 +208,23 @@ def test_a_kernel_image_missing_before_the_first_record_is_refused(tmp_path):
     (image.rootfs / f"boot/vmlinuz-{RELEASE}").unlink()
     with pytest.raises(manifest.CacheEntryError, match=re.escape(f"vmlinuz-{RELEASE}: missing")):
         ensure_image(root=tmp_path)
+
+
+# --- the guest agent's bytecode -----------------------------------------------------------
+def test_bytecode_with_a_valid_header_over_garbage_is_compiled_again(tmp_path):
+    import sys
+
+    from images import bytecode
+    for pkg in bytecode.GUEST_PACKAGES:
+        (tmp_path / pkg).mkdir(parents=True, exist_ok=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+        (tmp_path / pkg / "mod.py").write_text(f"NAME = {pkg!r}\n")
+    tag = sys.implementation.cache_tag
+    assert bytecode.ensure([sys.executable], tag, tmp_path)
+    pyc = tmp_path / "agent/guest/__pycache__" / f"mod.{tag}.pyc"
+    good = pyc.read_bytes()
+    pyc.write_bytes(good[:16] + os.urandom(len(good) - 16))   # the header still says fresh
+    assert bytecode.is_fresh(tmp_path / "agent/guest/mod.py", tag)
+    assert bytecode.stale(tmp_path, tag) == [tmp_path / "agent/guest/mod.py"]
+    assert bytecode.ensure([sys.executable], tag, tmp_path)
+    assert pyc.read_bytes() == good and bytecode.stale(tmp_path, tag) == []
