@@ -228,3 +228,27 @@ def test_bytecode_with_a_valid_header_over_garbage_is_compiled_again(tmp_path):
     assert bytecode.stale(tmp_path, tag) == [tmp_path / "agent/guest/mod.py"]
     assert bytecode.ensure([sys.executable], tag, tmp_path)
     assert pyc.read_bytes() == good and bytecode.stale(tmp_path, tag) == []
+
+
+# --- the cached test kernel tree ------------------------------------------------------------
+def test_a_damaged_cached_kernel_tree_is_reopened_for_its_build_to_resume(tmp_path):
+    from agent.host.kernel import testtrees
+    tree = tmp_path / "trees" / "linux-source-7.3_7.3.4-abc"
+    files = {"arch/x86/boot/bzImage": os.urandom(50_000), ".config": b"CONFIG_PCI=y\n",
+             "include/config/kernel.release": b"7.3.4\n", "Module.symvers": b"",
+             "modules.order": b"fs/9p/9p.o\n", "fs/9p/9p.ko": os.urandom(1000),
+             "Makefile": b"# kbuild\n"}
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    stamp = tree.with_name(tree.name + ".json")
+    stamp.write_text("{}")
+    assert testtrees.tree_intact(tree)                      # recorded at first sight
+    assert set(testtrees.tree_key_files(tree)) == set(files) - {"Makefile"}
+    os.truncate(tree / "arch/x86/boot/bzImage", 10)
+    assert not testtrees.tree_intact(tree)
+    testtrees.reopen_damaged(tree)
+    work = tree.with_name(tree.name + ".building")
+    assert not tree.exists() and not stamp.exists() and (work / "Makefile").is_file()
+    assert not (work / "arch/x86/boot/bzImage").exists()     # make builds it again
+    assert (work / "fs/9p/9p.ko").read_bytes() == files["fs/9p/9p.ko"]
