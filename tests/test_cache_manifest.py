@@ -252,3 +252,14 @@ def test_a_damaged_cached_kernel_tree_is_reopened_for_its_build_to_resume(tmp_pa
     assert not tree.exists() and not stamp.exists() and (work / "Makefile").is_file()
     assert not (work / "arch/x86/boot/bzImage").exists()     # make builds it again
     assert (work / "fs/9p/9p.ko").read_bytes() == files["fs/9p/9p.ko"]
+
+
+def test_a_cached_source_deb_is_recorded_and_a_damaged_one_named(tmp_path):
+    from agent.host.kernel import source
+    deb = tmp_path / "linux-source-7.3_7.3.4-1_all.deb"
+    deb.write_bytes(os.urandom(20_000))
+    package = source.SourcePackage("linux-source-7.3", "7.3.4-1", deb)
+    assert source.deb_problems(package) == []                # recorded at first sight
+    os.truncate(deb, 1000)
+    (problem,) = source.deb_problems(package)
+    assert problem.path == deb and "1000 bytes, recorded 20000" in problem.what

@@ -43,7 +43,7 @@ from . import build as kbuild
 from . import config as kconfig
 from .errors import SourceError
 from .git import Git
-from .source import PACKAGE, extract, fetch_deb, kernel_cache
+from .source import PACKAGE, extract, fetch_deb, fetch_intact, kernel_cache
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def _build_test_kernel(package, out: Path, jobs, niceness, on_line) -> None:
     if not (work / "Makefile").is_file():
         shutil.rmtree(work, ignore_errors=True)
         started = time.monotonic()
+        package = fetch_intact(package.name)
         extract(package, work, logs / f"{out.name}-extract.log")
         log.info("unpacked %s in %.1f s", package.deb.name, time.monotonic() - started)
     result = kbuild.build(kbuild.KernelTree(work), logs / f"{out.name}-build.log", jobs=jobs,
