@@ -19,6 +19,7 @@ import pytest
 from agent.host.errors import EXIT_INFRA, EXIT_PASS
 from agent.host.session import PROJECT_DIR
 from images import keyfiles, manifest
+from images.image import Image
 
 
 def _copy_image(image, root: Path) -> Path:
@@ -28,7 +29,6 @@ def _copy_image(image, root: Path) -> Path:
     final = root / "images" / image.rootfs.parent.name
     subprocess.run(["cp", "-al", str(image.rootfs.parent), str(final)], check=True)
     rootfs = final / "rootfs"
-    from images.image import Image
     keyfiles.verified(Image(rootfs))        # records the copy's key files if not yet
     return rootfs
 

@@ -133,7 +133,8 @@ def _compare(path: Path, want: dict) -> str | None:
     except OSError as err:
         return f"unreadable ({err.strerror})"
     if digest != want.get("sha256"):
-        return f"contents changed (sha256 {digest[:16]}..., recorded {str(want.get('sha256'))[:16]}...)"
+        recorded = str(want.get("sha256"))[:16]
+        return f"contents changed (sha256 {digest[:16]}..., recorded {recorded}...)"
     return None
 
 
