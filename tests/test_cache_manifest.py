@@ -263,3 +263,15 @@ def test_a_cached_source_deb_is_recorded_and_a_damaged_one_named(tmp_path):
     os.truncate(deb, 1000)
     (problem,) = source.deb_problems(package)
     assert problem.path == deb and "1000 bytes, recorded 20000" in problem.what
+
+
+def test_doctor_names_a_damaged_image_file_and_the_fix(tmp_path, monkeypatch):
+    from agent.host import doctor
+    monkeypatch.setenv("MSIXLAB_CACHE", str(tmp_path))
+    image = fake_cached_image(tmp_path)
+    ensure_image(root=tmp_path)
+    (image.rootfs / f"boot/vmlinuz-{RELEASE}").unlink()
+    info = doctor.report("tcg")
+    (damaged,) = [m for m in info["missing"] if "intact image" in m["what"]]
+    assert f"vmlinuz-{RELEASE}: missing" in damaged["what"]
+    assert damaged["fix"] == "make clean-cache image" and info["qemu"] is None
