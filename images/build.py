@@ -23,7 +23,7 @@ from typing import Callable
 
 from msixlab_common.lifetime import die_with_parent
 
-from . import recipe
+from . import keyfiles, recipe
 from .cache import cache_dir, exclusive, images_dir, tree_size
 from .errors import ImageError
 from .image import Image
@@ -125,6 +125,7 @@ def _build(root: Path, on_step: OnStep) -> Image:
             "qemu_version": image.qemu_version,
             "kernels": [{"flavor": k.flavor, "version": k.version} for k in image.kernels],
         }
+        keyfiles.record(image)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         final = images_dir(root) / key
         os.rename(tmp, final)          # atomic: readers see no image or a whole one
@@ -135,16 +136,17 @@ def _build(root: Path, on_step: OnStep) -> Image:
 
 
 def ensure_image(on_step: OnStep = _quiet, root: Path | None = None) -> Image:
-    """The image for the current recipe, built first if the cache lacks it."""
+    """The image for the current recipe, built first if the cache lacks it; its key files
+    are checked (images/keyfiles.py: ``CacheEntryError`` when one is damaged)."""
     root = root or cache_dir()
     image = find_image(root)
     if image is not None:
-        return image
+        return keyfiles.verified(image)
     lock = images_dir(root) / f"{image_key()}.lock"
     with exclusive(lock, timeout=LOCK_TIMEOUT, what="another msixlab is building this image"):
         image = find_image(root)
         if image is not None:
-            return image
+            return keyfiles.verified(image)
         if shutil.which("mmdebstrap") is None:
             raise ImageError("mmdebstrap is not installed: run 'make setup' "
                              "(apt-get install mmdebstrap)", step="mmdebstrap")

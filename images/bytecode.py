@@ -11,7 +11,9 @@ interpreter's tag (``cpython-313``), so they never clash with the host's own.
 The guest validates each file by the source's mtime and size (9p passes both through),
 so stale bytecode is never used: the guest then compiles in memory as before.  Compiling
 is skipped when every file is fresh, and a checkout the host cannot write is left alone
-(the guest compiles; nothing fails).
+(the guest compiles; nothing fails).  Each package's bytecode is recorded in a manifest
+(images/manifest.py) when it is compiled; a file that no longer matches it (a valid
+header over garbage would crash the guest's import) is compiled again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import os
 import struct
 import subprocess
 from pathlib import Path
+
+from . import manifest
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,42 @@ def is_fresh(source: Path, tag: str) -> bool:
         and size == (st.st_size & 0xFFFFFFFF)
 
 
+def _pyc(source: Path, tag: str) -> Path:
+    return source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+
+
+def manifest_of(package: Path, tag: str) -> Path:
+    """The manifest (images/manifest.py) of ``package``'s ``tag`` bytecode."""
+    return package / "__pycache__" / f"guest-bytecode.{tag}.manifest.json"
+
+
+def damaged(project: Path, tag: str) -> list[Path]:
+    """The guest sources whose ``tag`` bytecode differs from what was recorded when it was
+    compiled (or was never recorded): a file with a valid header and garbage after it
+    would pass ``is_fresh`` and crash the guest's import."""
+    bad = []
+    for pkg in GUEST_PACKAGES:
+        record = manifest.load(manifest_of(project / pkg, tag))
+        files = record["files"] if record else {}
+        wrong = {p.path.name for p in manifest.problems(manifest_of(project / pkg, tag),
+                                                        project / pkg / "__pycache__")}
+        bad += [s for s in sorted((project / pkg).glob("*.py"))
+                if _pyc(s, tag).name not in files or _pyc(s, tag).name in wrong]
+    return bad
+
+
+def _record(project: Path, tag: str) -> None:
+    """Write each guest package's bytecode manifest."""
+    for pkg in GUEST_PACKAGES:
+        cache = project / pkg / "__pycache__"
+        names = [_pyc(s, tag).name for s in sorted((project / pkg).glob("*.py"))]
+        manifest.write(manifest_of(project / pkg, tag), cache, names)
+
+
 def stale(project: Path, tag: str) -> list[Path]:
-    """The guest sources whose ``tag`` bytecode is missing or out of date."""
-    return [s for s in _sources(project) if not is_fresh(s, tag)]
+    """The guest sources whose ``tag`` bytecode is missing, out of date or damaged."""
+    bad = set(damaged(project, tag))
+    return [s for s in _sources(project) if s in bad or not is_fresh(s, tag)]
 
 
 def ensure(python: list[str], tag: str, project: Path) -> bool:
@@ -74,5 +111,12 @@ def ensure(python: list[str], tag: str, project: Path) -> bool:
     if done.returncode != 0:
         log.warning("compiling the guest agent failed (%d): %s", done.returncode,
                     done.stderr.strip()[-500:])
+        return False
+    if any(not is_fresh(s, tag) for s in _sources(project)):
+        return False
+    try:
+        _record(project, tag)
+    except OSError as err:
+        log.warning("cannot record the guest agent's bytecode: %s", err)
         return False
     return not stale(project, tag)

@@ -10,7 +10,9 @@ module's ``depends=``).  /init mounts the image rootfs over 9p read-only under a
 tmpfs overlay, mounts the project checkout at /opt/msixlab, and switches root to
 ``guest/stage2`` (run from the checkout, so editing it needs no rebuild).
 Archives are cached under ``<cache>/initramfs/`` keyed by a hash of their inputs (this
-file, /init, the image, and the modules' bytes).
+file, /init, the image, and the modules' bytes), each with its manifest beside it
+(images/manifest.py): an archive that no longer matches it (truncated, overwritten, or
+without one) is built again before a guest could boot it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import lzma
 import os
 import re
@@ -25,8 +28,11 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import manifest
 from .cache import cache_dir
 from .image import Image, Kernel
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 INIT = HERE / "guest" / "init"
@@ -170,9 +176,21 @@ def ensure(image: Image, modules: Sequence[Path], label: str, root: Path | None 
         key.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     safe = re.sub(r"[^A-Za-z0-9.+_-]", "_", label)
     out = (root or cache_dir()) / "initramfs" / f"{safe}-{key.hexdigest()[:12]}.cpio.gz"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(build(image, modules))
-        os.replace(tmp, out)
+    if out.is_file():
+        damage = manifest.file_problems(out)
+        if not damage:
+            return out
+        log.warning("cached initramfs %s is damaged (%s): building it again", out,
+                    "; ".join(p.what for p in damage))
+    _write(out, build(image, modules))
     return out
+
+
+def _write(out: Path, data: bytes) -> None:
+    """Put ``data`` at ``out`` atomically, then its manifest (a reader that finds the
+    archive without a manifest, or with another's, builds it again)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    manifest.record_file(out)

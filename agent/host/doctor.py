@@ -2,7 +2,8 @@
 
 Concepts: a survey.  It builds nothing; it boots nothing either, except that with
 ``--accel kvm|auto`` it makes the same probe boot ``run`` would (KVM must prove itself).
-For each missing piece it names the command that provides it.  ``report()`` returns one JSON-able dict (the ``--json``
+For each missing piece it names the command that provides it; an image whose key files
+no longer match their manifest (images/keyfiles.py) is such a piece.  ``report()`` returns one JSON-able dict (the ``--json``
 output, a stable contract for scripts); ``render()`` prints it for people.
 """
 
@@ -15,9 +16,10 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from images import recipe
+from images import keyfiles, recipe
 from images.build import find_image, image_key
 from images.cache import cache_dir, tree_size
+from images.manifest import CacheEntryError
 
 from . import accel as accel_mod
 
@@ -44,6 +46,11 @@ def report(requested_accel: str | None = None) -> dict:
         out["missing"].append({"what": "mmdebstrap (builds the image)", "fix": "make setup"})
     if image is None:
         out["missing"].append({"what": f"the image {image_key()}", "fix": "make image"})
+    elif damage := _damage(image):
+        out["rootfs"] = str(image.rootfs)
+        out["missing"].append({"what": f"an intact image: {damage}",
+                               "fix": "make clean-cache image"})
+        image = None            # its QEMU may be what is damaged: nothing is run from it
     else:
         summary = image.summary()
         out.update(rootfs=summary["rootfs"], qemu=summary["qemu"], kernels=summary["kernels"])
@@ -62,6 +69,15 @@ def report(requested_accel: str | None = None) -> dict:
     kvm_ok, kvm_why = accel_mod.kvm_device_usable()
     out["kvm_device"] = {"usable": kvm_ok, "reason": kvm_why}
     return out
+
+
+def _damage(image) -> str | None:
+    """The first damaged key file of ``image`` and what is wrong (images/keyfiles.py)."""
+    try:
+        keyfiles.verified(image)
+    except CacheEntryError as err:
+        return str(err.problems[0])
+    return None
 
 
 def render(info: dict, console: Console) -> None:

@@ -12,17 +12,24 @@ Concepts: two ways, chosen by the kernel's ``DriverBuild``:
   headers, config or release changed (a bisect step changes the tree, not its path).
   When nothing it reads is newer than the module, make is not run at all.
   The built ``msixlab.ko`` and the build log are copied into the run's ``kmod/``.
-Either directory is shared into the guest as ``/opt/kmod``.
+Either directory is shared into the guest as ``/opt/kmod``.  Each built ``msixlab.ko``
+gets a manifest beside it (size and SHA-256, images/manifest.py) and is checked against
+it before use; a damaged one (truncated, overwritten, garbage) is built again, so a bad
+module never reaches a guest.  A module from before manifests is checked as an ELF
+module for the release (``elf_problem``) and then recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
+from images import manifest
 from images.cache import cache_dir, exclusive
 from images.image import Image
 from msixlab_common.lifetime import run_in_group
@@ -31,6 +38,8 @@ from .errors import HostError
 from .kernel.build import first_error
 from .kernel.under_test import DriverBuild, KernelUnderTest, as_kernel
 from .outcome import Outcome
+
+log = logging.getLogger(__name__)
 
 KMOD_DIR = Path(__file__).resolve().parents[1] / "kmod"
 SOURCES = ("Kbuild", "Makefile")
@@ -75,12 +84,13 @@ def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 60
     if kernel.driver_build is DriverBuild.KDIR:
         _build_against_kdir(kernel, out, timeout)
         return out
-    if (out / "msixlab.ko").is_file():
+    if built_intact(out / "msixlab.ko", kernel.release):
         return out
     with exclusive(out.parent / (out.name + ".lock"), timeout=timeout,
                    what="another msixlab build of the driver"):
-        if (out / "msixlab.ko").is_file():
+        if built_intact(out / "msixlab.ko", kernel.release):
             return out
+        _discard(out)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         env = {**os.environ, "MSIXLAB_KVER": kernel.release}
@@ -94,8 +104,75 @@ def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 60
             output = done.stderr or done.stdout
             raise KmodBuildError(f"building msixlab.ko for {kernel.release} failed:\n"
                                  + output[-3000:], first_error=first_error(output.splitlines()))
+        _record(tmp / "msixlab.ko", kernel.release)
         os.rename(tmp, out)
     return out
+
+
+def elf_problem(ko: Path, release: str) -> str | None:
+    """What makes ``ko`` no module for ``release``, or None: it must be a 64-bit
+    little-endian relocatable ELF file whose section headers lie inside it (a truncated
+    module loses them: they come last) and whose ``.modinfo`` names ``release`` in its
+    ``vermagic``."""
+    try:
+        data = ko.read_bytes()
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if len(data) < 64 or data[:6] != b"\x7fELF\x02\x01":
+        return "not a 64-bit little-endian ELF file"
+    kind, = struct.unpack_from("<H", data, 16)
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    if kind != 1:
+        return f"ELF type {kind}, not a relocatable module"
+    if shnum == 0 or shoff + shentsize * shnum > len(data):
+        return f"truncated: its section headers end at byte {shoff + shentsize * shnum}, " \
+               f"the file has {len(data)}"
+    if b"vermagic=" + release.encode() + b" " not in data:
+        return f"its vermagic does not name {release}"
+    return None
+
+
+def built_intact(ko: Path, release: str) -> bool:
+    """Whether the built driver ``ko`` can be used as it is: it matches its manifest
+    (images/manifest.py), or, when it has none (built before there were manifests), it
+    passes ``elf_problem`` and gets one now.  A damaged one is logged, for the caller to
+    build again."""
+    if not ko.is_file():
+        return False
+    if manifest.load(manifest.manifest_path(ko)) is not None:
+        damage = manifest.file_problems(ko)
+        if not damage:
+            return True
+        log.warning("cached guest driver %s is damaged (%s): building it again", ko,
+                    "; ".join(p.what for p in damage))
+        return False
+    problem = elf_problem(ko, release)
+    if problem is not None:
+        log.warning("cached guest driver %s is damaged (%s): building it again", ko, problem)
+        return False
+    try:
+        manifest.record_file(ko)
+    except OSError as err:
+        log.info("cannot record the manifest of %s: %s", ko, err)
+    return True
+
+
+def _record(ko: Path, release: str) -> None:
+    """Check a driver just built (``elf_problem``) and write its manifest."""
+    problem = elf_problem(ko, release)
+    if problem is not None:
+        raise KmodBuildError(f"the build of {ko} succeeded but the module is bad: {problem}")
+    manifest.record_file(ko)
+
+
+def _discard(out: Path) -> None:
+    """Remove a damaged build directory: renamed aside first, so that no reader finds it
+    half removed."""
+    if out.exists() or out.is_symlink():
+        aside = out.with_name(out.name + f".bad{os.getpid()}")
+        os.rename(out, aside)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def tree_build_dir(kernel: KernelUnderTest) -> Path:
@@ -122,9 +199,13 @@ def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> N
         _sync_sources(build)
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+        ko = build / "msixlab.ko"
+        if ko.is_file() and not built_intact(ko, kernel.release):
+            ko.unlink()           # else make, going by its time, would keep it
         try:
             if not _up_to_date(kernel, build):
                 _make_against_kdir(kernel, build, timeout)
+                _record(ko, kernel.release)
         finally:
             if (build / "build.log").is_file():
                 shutil.copy2(build / "build.log", out / "build.log")

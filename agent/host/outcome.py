@@ -176,7 +176,8 @@ def classify(err: BaseException) -> tuple[Outcome, dict[str, Any]]:
     if isinstance(err, KeyboardInterrupt):
         return Outcome.INTERRUPTED, {}
     if isinstance(err, ImageError):
-        return Outcome.BUILD_FAILED, {"step": err.step, "log": str(err.log) if err.log else None}
+        return Outcome.BUILD_FAILED, {"step": err.step, "log": str(err.log) if err.log else None,
+                                      **getattr(err, "evidence", {})}
     if isinstance(err, OSError) and err.errno in _HOST_RESOURCE_ERRNOS:
         return Outcome.HOST_RESOURCE, {"errno": errno_mod.errorcode.get(err.errno, err.errno),
                                        "path": getattr(err, "filename", None)}

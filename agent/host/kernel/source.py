@@ -6,8 +6,9 @@ pointed at a configuration of its own under ``<cache>/kernel/apt/`` (its sources
 lists, cache and preferences): the host's apt sources and state are only read, never
 written.  ``fetch_deb`` leaves ``<cache>/kernel/debs/<package>_<version>_all.deb``; once a
 package is there it is used without touching the network again (``refresh`` asks apt
-for a newer version).  ``extract`` unpacks the tree the package carries into a
-directory.
+for a newer version).  The .deb gets a manifest (images/manifest.py) when it is
+downloaded; ``fetch_intact`` checks it before a tree is unpacked from it and downloads a
+damaged one again.  ``extract`` unpacks the tree the package carries into a directory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from images import manifest
 from images.cache import cache_dir, exclusive
 from images.mirror import debian_mirror
 from msixlab_common.lifetime import die_with_parent
@@ -147,9 +149,39 @@ def fetch_deb(package: str = PACKAGE, refresh: bool = False) -> SourcePackage:
                 raise SourceError(f"apt-get download left {len(got)} packages, not one",
                                   log=log_path)
             os.replace(got[0], debs / got[0].name)
+            manifest.record_file(debs / got[0].name)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return next(p for p in cached_debs(package) if p.version == version)
+
+
+def deb_problems(source: SourcePackage) -> list[manifest.Problem]:
+    """How the cached .deb differs from its manifest (images/manifest.py), written when it
+    was downloaded; a .deb from before manifests is recorded now (apt checked it against
+    the archive's index when it downloaded it)."""
+    if manifest.load(manifest.manifest_path(source.deb)) is None and source.deb.is_file():
+        try:
+            manifest.record_file(source.deb)
+        except OSError as err:
+            log.info("cannot record the manifest of %s: %s", source.deb, err)
+            return []
+    return manifest.file_problems(source.deb)
+
+
+def fetch_intact(package: str = PACKAGE) -> SourcePackage:
+    """``fetch_deb``, and when the cached .deb is damaged (``deb_problems``), the .deb
+    removed and downloaded again."""
+    source = fetch_deb(package)
+    if damage := deb_problems(source):
+        log.warning("cached %s is damaged (%s): downloading it again", source.deb,
+                    "; ".join(p.what for p in damage))
+        manifest.manifest_path(source.deb).unlink(missing_ok=True)
+        source.deb.unlink(missing_ok=True)
+        source = fetch_deb(package)
+        if damage := deb_problems(source):
+            raise SourceError(f"the downloaded {source.deb} does not match its manifest: "
+                              + "; ".join(map(str, damage)))
+    return source
 
 
 def extract(source: SourcePackage, dest: Path, log_path: Path) -> None:

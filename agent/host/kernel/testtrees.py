@@ -7,6 +7,9 @@ Concepts:
   new tree and an unchanged one is never rebuilt.  The build happens in a ``.building``
   sibling (an interrupted build resumes there, incrementally) that is renamed into place
   when it succeeded; ``<tree>.json`` beside it, written last, says it is complete.
+  ``<tree>.manifest.json`` (images/manifest.py) records the files a run reads (bzImage,
+  .config, release, Module.symvers, the modules); a tree whose files no longer match is
+  reopened (``reopen_damaged``): the damaged files deleted and the build resumed.
 - The *bisect fixture*: a git repository made from a copy of the built test kernel
   (Debian's top-level ``.gitignore`` holds ``/*``, which is dropped), a ``base`` commit,
   and one branch per ``SERIES``: commits that each make one small change in
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from images import manifest
 from images.cache import exclusive
 from msixlab_common.lifetime import die_with_parent
 
@@ -39,7 +43,7 @@ from . import build as kbuild
 from . import config as kconfig
 from .errors import SourceError
 from .git import Git
-from .source import PACKAGE, extract, fetch_deb, kernel_cache
+from .source import PACKAGE, extract, fetch_deb, fetch_intact, kernel_cache
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +85,62 @@ def ensure_test_kernel(*, jobs: int | None = None, niceness: int = 10,
     root = kernel_cache() / "trees"
     out = root / f"{package.name}_{package.key}-{config_hash()}"
     stamp = out.with_name(out.name + ".json")
-    if stamp.is_file():
+    if stamp.is_file() and tree_intact(out):
         return CachedTree(kbuild.KernelTree(out), json.loads(stamp.read_text()))
     with exclusive(root / (out.name + ".lock"), timeout=LOCK_TIMEOUT,
                    what=f"another msixlab build of {out.name}"):
+        if stamp.is_file() and not tree_intact(out):
+            reopen_damaged(out)
         if not stamp.is_file():
             if not out.is_dir():
                 _build_test_kernel(package, out, jobs, niceness, on_line)
             tree = kbuild.KernelTree(out)
+            manifest.write(manifest.manifest_path(out), out, tree_key_files(out))
             _write_json(stamp, {"package": package.name, "version": package.version,
                                 "config_hash": config_hash(), "release": tree.release(),
                                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return CachedTree(kbuild.KernelTree(out), json.loads(stamp.read_text()))
+
+
+def tree_key_files(tree: Path) -> list[str]:
+    """The built tree's files a run reads (tree-relative): the bzImage, .config, release,
+    Module.symvers, and every module of modules.order."""
+    names = [kbuild.BZIMAGE, ".config", "include/config/kernel.release", "Module.symvers"]
+    order = tree / "modules.order"
+    if order.is_file():
+        names.append("modules.order")
+        names += [rel[:-2] + ".ko" if rel.endswith(".o") else rel
+                  for rel in order.read_text().split()]
+    return [str(n) for n in names if (tree / n).is_file()]
+
+
+def tree_intact(tree: Path) -> bool:
+    """Whether the cached tree's key files match their manifest (images/manifest.py); a
+    tree from before manifests counts as intact (its manifest is written now)."""
+    record = manifest.manifest_path(tree)
+    if manifest.load(record) is None:
+        try:
+            manifest.write(record, tree, tree_key_files(tree))
+        except OSError as err:
+            log.info("cannot record the key files of %s: %s", tree, err)
+        return True
+    damage = manifest.problems(record, tree)
+    for problem in damage:
+        log.warning("cached kernel tree %s is damaged: %s", tree, problem)
+    return not damage
+
+
+def reopen_damaged(tree: Path) -> None:
+    """Make a damaged cached tree a build in progress again: its damaged files deleted (so
+    that make, which goes by their times, makes them again), its record and manifest
+    removed and the tree moved back to ``.building``, where the build resumes."""
+    for problem in manifest.problems(manifest.manifest_path(tree), tree):
+        problem.path.unlink(missing_ok=True)
+    manifest.manifest_path(tree).unlink(missing_ok=True)
+    tree.with_name(tree.name + ".json").unlink(missing_ok=True)
+    work = tree.with_name(tree.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    os.rename(tree, work)
 
 
 def _build_test_kernel(package, out: Path, jobs, niceness, on_line) -> None:
@@ -102,6 +150,7 @@ def _build_test_kernel(package, out: Path, jobs, niceness, on_line) -> None:
     if not (work / "Makefile").is_file():
         shutil.rmtree(work, ignore_errors=True)
         started = time.monotonic()
+        package = fetch_intact(package.name)
         extract(package, work, logs / f"{out.name}-extract.log")
         log.info("unpacked %s in %.1f s", package.deb.name, time.monotonic() - started)
     result = kbuild.build(kbuild.KernelTree(work), logs / f"{out.name}-build.log", jobs=jobs,
