@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from msixlab_common.lifetime import die_with_parent
+from msixlab_common.removal import remove_tree
 
 from . import recipe
 from .cache import cache_dir, exclusive, images_dir, tree_size
@@ -100,7 +101,7 @@ def _build(root: Path, on_step: OnStep) -> Image:
     mirror = debian_mirror()
 
     tmp = images_dir(root) / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         _run_logged(recipe.mmdebstrap_argv(mirror, tmp / "rootfs"), "mmdebstrap",
@@ -129,7 +130,7 @@ def _build(root: Path, on_step: OnStep) -> Image:
         final = images_dir(root) / key
         os.rename(tmp, final)          # atomic: readers see no image or a whole one
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
         raise
     return Image(final / "rootfs")
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 from msixlab_common.deadline import wait_until
 from msixlab_common.errors import WaitTimeout
+from msixlab_common.removal import remove_tree
 
 from .errors import ImageError
 
@@ -79,7 +79,7 @@ def clean(root: Path | None = None) -> list[Path]:
     if root.is_dir():
         for child in sorted(root.iterdir()):
             if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
+                remove_tree(child)
             else:
                 child.unlink()
             removed.append(child)
