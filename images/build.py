@@ -86,6 +86,7 @@ def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep,
     ends early (watchdog, SIGTERM as ``Terminated``, any error), the command's whole
     process group is killed and reaped before this returns or raises."""
     timeout = BUILD_TIMEOUT if timeout is None else timeout
+    program = argv[argv.index("--") + 1] if "--" in argv else argv[0]    # not unshare
     on_step(step, " ".join(argv[:2]) + " ...")
     with open(log_path, "w", buffering=1) as out:
         out.write("$ " + " ".join(argv) + "\n")
@@ -116,10 +117,10 @@ def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep,
             proc.wait()
             proc.stdout.close()
     if fired.is_set():
-        raise ImageError(f"{argv[0]} ran longer than {timeout:g} s and was killed",
+        raise ImageError(f"{program} ran longer than {timeout:g} s and was killed",
                          step=step, log=log_path)
     if code != 0:
-        raise ImageError(f"{argv[0]} exited with status {code}", step=step, log=log_path)
+        raise ImageError(f"{program} exited with status {code}", step=step, log=log_path)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -50,6 +50,7 @@ class Rig:
         self.base, self.cache = base, base / "cache"
         self.bin, self.mark = base / "bin", base / "mounted"
         self.sleep = f"600.{os.getpid() % 100000:05d}{time.monotonic_ns() % 1000:03d}"
+        self.procs: list[subprocess.Popen] = []
         self.bin.mkdir()
         fake = self.bin / "mmdebstrap"
         fake.write_text(FAKE_MMDEBSTRAP)
@@ -65,9 +66,23 @@ class Rig:
 
     def start(self, *args: str, mode: str = "work") -> subprocess.Popen:
         """``msixlab ARGS`` started, its output in ``base/<args>.log``."""
-        out = open(self.base / ("-".join(args) + ".log"), "a")
-        return subprocess.Popen([*MSIXLAB, *args], cwd=ROOT, env=self.env(mode), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(self.base / ("-".join(args) + ".log"), "a") as out:
+            proc = subprocess.Popen([*MSIXLAB, *args], cwd=ROOT, env=self.env(mode), stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Whatever the case's outcome, nothing it started outlives it."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for pid in self.fake_pids():
+            os.kill(pid, signal.SIGKILL)
 
     def run(self, *args: str, mode: str = "work", timeout: float = 60) -> int:
         """``msixlab ARGS`` run to its end; its exit code."""
@@ -77,31 +92,31 @@ class Rig:
         """What ``msixlab ARGS`` printed."""
         return (self.base / ("-".join(args) + ".log")).read_text()
 
-    def mid_build(self) -> subprocess.Popen:
-        """``msixlab image build`` once the fake has mounted (the mounts must not be
-        in this namespace: they are the build's own)."""
+    def mid_build(self) -> tuple[subprocess.Popen, list[str]]:
+        """``msixlab image build`` once the fake has mounted, and the mounts of the build
+        seen in this namespace meanwhile (there must be none: they are the build's own)."""
         proc = self.start("image", "build")
         wait_until(lambda: self.mark.exists() or proc.poll() is not None, 60,
                    "the stand-in mmdebstrap's mounts")
         assert proc.poll() is None, self.log("image", "build")
-        assert mounted_under(self.cache) == [], "the build's mounts are in the host's namespace"
-        return proc
+        return proc, mounted_under(self.cache)
 
-    def fake_running(self) -> bool:
-        """Whether any stand-in mmdebstrap (its ``sleep``) still runs."""
+    def fake_pids(self) -> list[int]:
+        """The stand-in mmdebstraps (their ``sleep``) still running."""
+        found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 if self.sleep.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return True
+                    found.append(int(pid))
             except OSError:
                 pass
-        return False
+        return found
 
     def assert_safe(self) -> None:
         """The canary survived; nothing is mounted in the cache or left running."""
         assert Path("/dev/shm/canary").read_text() == "host data"
         assert mounted_under(self.cache) == []
-        wait_until(lambda: not self.fake_running(), 20, "the stand-in build to be gone")
+        wait_until(lambda: not self.fake_pids(), 20, "the stand-in build to be gone")
 
     def build_dirs(self) -> list[str]:
         """The build directories left in the cache."""
@@ -109,22 +124,23 @@ class Rig:
         return sorted(p.name for p in images.iterdir() if p.name.startswith(".tmp-"))
 
 
-def _sigterm_mid_build(base: Path) -> None:
-    rig = Rig(base)
-    proc = rig.mid_build()
+def _sigterm_mid_build(rig: Rig) -> None:
+    proc, leaked = rig.mid_build()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 125, rig.log("image", "build")
     rig.assert_safe()
+    assert leaked == [], "the build's mounts were in the host's namespace"
     assert rig.build_dirs() == [], "the build's own directory is removed"
     assert rig.run("image", "clean") == 0, rig.log("image", "clean")
     rig.assert_safe()
 
 
-def _sigkill_mid_build_then_rerun_and_clean(base: Path) -> None:
-    rig = Rig(base)
-    proc = rig.mid_build()
+def _sigkill_mid_build_then_rerun_and_clean(rig: Rig) -> None:
+    proc, leaked = rig.mid_build()
     proc.kill()
     proc.wait(10)
+    assert Path("/dev/shm/canary").read_text() == "host data"
+    assert leaked == [], "the build's mounts were in the host's namespace"
     rig.assert_safe()                       # the build died with msixlab, mounts and all
     left = rig.build_dirs()
     assert len(left) == 1, left             # SIGKILL left its directory: the rerun reaps it
@@ -136,11 +152,10 @@ def _sigkill_mid_build_then_rerun_and_clean(base: Path) -> None:
     rig.assert_safe()
 
 
-def _dead_build_with_mounts_in_the_host_namespace(base: Path) -> None:
+def _dead_build_with_mounts_in_the_host_namespace(rig: Rig) -> None:
     """What a build killed before containment left: its mounts in the host's namespace.
     The rerun and the clean unmount them (a dead build's are ours) and never delete
     through them."""
-    rig = Rig(base)
     for action in ("build", "clean"):
         dead = rig.cache / "images" / f".tmp-{image_key()}-4194304" / "rootfs"
         (dead / "dev" / "shm").mkdir(parents=True)
@@ -153,8 +168,7 @@ def _dead_build_with_mounts_in_the_host_namespace(base: Path) -> None:
         rig.assert_safe()
 
 
-def _clean_refuses_a_mount_no_build_made(base: Path) -> None:
-    rig = Rig(base)
+def _clean_refuses_a_mount_no_build_made(rig: Rig) -> None:
     image = rig.cache / "images" / image_key()
     (image / "rootfs" / "mnt").mkdir(parents=True)
     (image / "manifest.json").write_text("{}")
@@ -170,7 +184,12 @@ def _clean_refuses_a_mount_no_build_made(base: Path) -> None:
                                   _dead_build_with_mounts_in_the_host_namespace,
                                   _clean_refuses_a_mount_no_build_made])
 def test_no_host_data_loss(tmp_path, case):
-    in_private_mount_ns(case, tmp_path, timeout=240)
+    in_private_mount_ns(_with_rig, case, tmp_path, timeout=240)
+
+
+def _with_rig(case, base: Path) -> None:
+    with Rig(base) as rig:
+        case(rig)
 
 
 def _fake_image(cache: Path) -> Path:
