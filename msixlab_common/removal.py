@@ -77,11 +77,12 @@ def unmount_lazily(mounts: list[str]) -> None:
     import ctypes          # here, not at the top: the guest agent's imports stay light
     libc = ctypes.CDLL(None, use_errno=True)
     for mount in sorted(mounts, key=lambda m: (-m.count("/"), m)):
-        if libc.umount2(os.fsencode(mount), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINVAL, errno.ENOENT):     # not a mount (any more)
-                raise OSError(err, f"cannot unmount {mount}: {os.strerror(err)}")
-        log.info("unmounted %s (lazily)", mount)
+        if libc.umount2(os.fsencode(mount), MNT_DETACH) == 0:
+            log.info("unmounted %s (lazily)", mount)
+            continue
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):     # else: not a mount (any more)
+            raise OSError(err, f"cannot unmount {mount}: {os.strerror(err)}")
 
 
 def _mount_id(fd: int) -> int | None:

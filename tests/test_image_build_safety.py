@@ -152,6 +152,18 @@ def _sigkill_mid_build_then_rerun_and_clean(rig: Rig) -> None:
     rig.assert_safe()
 
 
+def _build_itself_killed(rig: Rig) -> None:
+    """SIGKILL of the build command itself (not of msixlab): a failed step, 125, and the
+    same cleanup."""
+    proc, leaked = rig.mid_build()
+    for pid in rig.fake_pids():
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(60) == 125
+    assert "mmdebstrap exited with status" in rig.log("image", "build")
+    rig.assert_safe()
+    assert leaked == [] and rig.build_dirs() == []
+
+
 def _dead_build_with_mounts_in_the_host_namespace(rig: Rig) -> None:
     """What a build killed before containment left: its mounts in the host's namespace.
     The rerun and the clean unmount them (a dead build's are ours) and never delete
@@ -181,6 +193,7 @@ def _clean_refuses_a_mount_no_build_made(rig: Rig) -> None:
 
 @needs_mount_ns
 @pytest.mark.parametrize("case", [_sigterm_mid_build, _sigkill_mid_build_then_rerun_and_clean,
+                                  _build_itself_killed,
                                   _dead_build_with_mounts_in_the_host_namespace,
                                   _clean_refuses_a_mount_no_build_made])
 def test_no_host_data_loss(tmp_path, case):
