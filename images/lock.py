@@ -53,7 +53,7 @@ def _command(pid: str) -> str:
             words = f.read().split(b"\0")
     except OSError:
         return "gone"
-    return " ".join(w.decode(errors="replace") for w in words if w)[:80] or "?"
+    return " ".join(b" ".join(words).decode(errors="replace").split())[:80] or "?"
 
 
 class ImageLock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -161,4 +162,16 @@ def test_no_module_deletes_a_tree_except_through_remove_tree():
         for path in sorted((ROOT / package).rglob("*.py")):
             if path != ROOT / "msixlab_common" / "removal.py" and ".venv" not in path.parts:
                 found += _recursive_deletes(path)
+    assert found == []
+
+
+def test_no_make_target_or_script_deletes_a_tree_with_rm():
+    """The Makefile and the shell scripts delete trees through remove_tree too (GNU rm's
+    --one-file-system would still cross a bind mount of the same filesystem)."""
+    scripts = [ROOT / "Makefile", *sorted(ROOT.glob("images/**/*.sh")),
+               *sorted(p for p in (ROOT / "images" / "guest").rglob("*") if p.is_file())]
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in scripts
+             for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if re.search(r"\brm\s+(-\w*[rR]|--recursive)", line)]
     assert found == []
