@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from mountns import in_private_mount_ns, mount, mounted_under, needs_mount_ns
 
 ROOT = Path(__file__).resolve().parents[1]
 MSIXLAB = [sys.executable, "-m", "agent.host.cli"]
+SLOW = 120      # s: bound of each wait on an msixlab process (a loaded 2-CPU host)
 
 FAKE_MMDEBSTRAP = r"""#!/bin/sh
 # A stand-in for mmdebstrap in root mode: the mounts it makes under its target, then work.
@@ -84,7 +86,7 @@ class Rig:
         for pid in self.fake_pids():
             os.kill(pid, signal.SIGKILL)
 
-    def run(self, *args: str, mode: str = "work", timeout: float = 60) -> int:
+    def run(self, *args: str, mode: str = "work", timeout: float = SLOW) -> int:
         """``msixlab ARGS`` run to its end; its exit code."""
         return self.start(*args, mode=mode).wait(timeout)
 
@@ -96,7 +98,7 @@ class Rig:
         """``msixlab image build`` once the fake has mounted, and the mounts of the build
         seen in this namespace meanwhile (there must be none: they are the build's own)."""
         proc = self.start("image", "build")
-        wait_until(lambda: self.mark.exists() or proc.poll() is not None, 60,
+        wait_until(lambda: self.mark.exists() or proc.poll() is not None, SLOW,
                    "the stand-in mmdebstrap's mounts")
         assert proc.poll() is None, self.log("image", "build")
         return proc, mounted_under(self.cache)
@@ -116,7 +118,7 @@ class Rig:
         """The canary survived; nothing is mounted in the cache or left running."""
         assert Path("/dev/shm/canary").read_text() == "host data"
         assert mounted_under(self.cache) == []
-        wait_until(lambda: not self.fake_pids(), 20, "the stand-in build to be gone")
+        wait_until(lambda: not self.fake_pids(), SLOW, "the stand-in build to be gone")
 
     def build_dirs(self) -> list[str]:
         """The build directories left in the cache."""
@@ -127,7 +129,7 @@ class Rig:
 def _sigterm_mid_build(rig: Rig) -> None:
     proc, leaked = rig.mid_build()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 125, rig.log("image", "build")
+    assert proc.wait(SLOW) == 125, rig.log("image", "build")
     rig.assert_safe()
     assert leaked == [], "the build's mounts were in the host's namespace"
     assert rig.build_dirs() == [], "the build's own directory is removed"
@@ -138,7 +140,7 @@ def _sigterm_mid_build(rig: Rig) -> None:
 def _sigkill_mid_build_then_rerun_and_clean(rig: Rig) -> None:
     proc, leaked = rig.mid_build()
     proc.kill()
-    proc.wait(10)
+    proc.wait(SLOW)
     assert Path("/dev/shm/canary").read_text() == "host data"
     assert leaked == [], "the build's mounts were in the host's namespace"
     rig.assert_safe()                       # the build died with msixlab, mounts and all
@@ -158,7 +160,7 @@ def _build_itself_killed(rig: Rig) -> None:
     proc, leaked = rig.mid_build()
     for pid in rig.fake_pids():
         os.kill(pid, signal.SIGKILL)
-    assert proc.wait(60) == 125
+    assert proc.wait(SLOW) == 125
     assert "mmdebstrap exited with status" in rig.log("image", "build")
     rig.assert_safe()
     assert leaked == [] and rig.build_dirs() == []
@@ -197,7 +199,7 @@ def _clean_refuses_a_mount_no_build_made(rig: Rig) -> None:
                                   _dead_build_with_mounts_in_the_host_namespace,
                                   _clean_refuses_a_mount_no_build_made])
 def test_no_host_data_loss(tmp_path, case):
-    in_private_mount_ns(_with_rig, case, tmp_path, timeout=240)
+    in_private_mount_ns(_with_rig, case, tmp_path, timeout=4 * SLOW)
 
 
 def _with_rig(case, base: Path) -> None:
@@ -224,7 +226,7 @@ def test_ensure_image_holds_the_image_lock_shared_for_the_process(tmp_path):
 
 
 HOLD_IMAGE = ("import sys, time; from pathlib import Path; from images.build import ensure_image;"
-              "ensure_image(root=Path(sys.argv[1])); print('holding', flush=True); time.sleep(60)")
+              "ensure_image(root=Path(sys.argv[1])); print('holding', flush=True); time.sleep(600)")
 
 
 def test_clean_waits_for_a_run_using_the_image_and_refuses_at_the_bound(tmp_path):
@@ -233,19 +235,20 @@ def test_clean_waits_for_a_run_using_the_image_and_refuses_at_the_bound(tmp_path
     run = subprocess.Popen([sys.executable, "-c", HOLD_IMAGE, str(tmp_path / "cache")], cwd=ROOT,
                            env=env, stdout=subprocess.PIPE, text=True)
     try:
+        assert select.select([run.stdout], [], [], SLOW)[0], "the run never took the image"
         assert run.stdout.readline() == "holding\n"
         refused = subprocess.run([*MSIXLAB, "image", "clean", "--wait", "1"], cwd=ROOT, env=env,
-                                 capture_output=True, text=True, timeout=60)
+                                 capture_output=True, text=True, timeout=SLOW)
         assert refused.returncode == 125
         said = " ".join(refused.stderr.split())
         assert "waiting" in said and f"{image_key()}.lock" in said and f"pid {run.pid}" in said
         assert (image / "manifest.json").exists()
-        clean = subprocess.Popen([*MSIXLAB, "image", "clean", "--wait", "30"], cwd=ROOT,
+        clean = subprocess.Popen([*MSIXLAB, "image", "clean", "--wait", str(SLOW)], cwd=ROOT,
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(1.5)
         assert clean.poll() is None and (image / "manifest.json").exists()
         run.kill()
-        assert clean.wait(30) == 0
+        assert clean.wait(SLOW) == 0
         assert not image.exists()
     finally:
         run.kill()
