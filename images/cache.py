@@ -102,7 +102,7 @@ def clean(root: Path | None = None, *, timeout: float = CLEAN_TIMEOUT) -> list[P
         held = set()
         for path in sorted(images.glob("*.lock")):
             lock = stack.enter_context(ImageLock(path))
-            lock.exclusive(max(deadline - time.monotonic(), 0.0),
+            lock.exclusive(round(max(deadline - time.monotonic(), 0.0), 1),
                            f"runs, shells, boots, soaks or a build using image {path.stem} "
                            "to end")
             held.add(path.stem)

@@ -84,7 +84,7 @@ class ImageLock:
         if self.state == state or self._try(state):
             return
         self.state = NONE                # a failed conversion drops the lock held before
-        log.warning("waiting up to %g s for the lock %s (%s); held by %s", timeout,
+        log.warning("waiting up to %.0f s for the lock %s (%s); held by %s", timeout,
                     self.path, what, ", ".join(holders(self.path)) or "another process")
         try:
             wait_until(lambda: self._try(state), timeout, f"the lock {self.path} ({what})",
