@@ -149,13 +149,18 @@ def _reap(root: Path, key: str) -> None:
 
 def reap_dead_builds(root: Path) -> None:
     """Reap the leftovers of every dead build under ``root`` whose image lock is free now
-    (none of its builds or users is alive); a busy one is left for later."""
+    (none of its builds or users is alive); a busy one is left for later, and one that
+    cannot be removed (not ours to unmount, say) is logged, not raised."""
     images = images_dir(root)
     keys = {build_key(p.name) for p in images.iterdir()} - {None} if images.is_dir() else set()
     for key in sorted(keys):
         with ImageLock(images / f"{key}.lock") as lock:
-            if lock.try_exclusive():
+            if not lock.try_exclusive():
+                continue
+            try:
                 _reap(root, key)
+            except OSError as err:          # it must not stop a run: say what is left
+                log.warning("could not remove what a dead build of %s left: %s", key, err)
 
 
 def _discard(tmp: Path) -> None:

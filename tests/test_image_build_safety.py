@@ -24,6 +24,7 @@ import pytest
 from images.build import ensure_image, image_key
 from images.lock import holders, release_all
 from msixlab_common.deadline import wait_until
+from msixlab_common.removal import MountsInTheWay
 
 from mountns import in_private_mount_ns, mount, mounted_under, needs_mount_ns
 
@@ -223,6 +224,22 @@ def test_ensure_image_holds_the_image_lock_shared_for_the_process(tmp_path):
         assert held[0].startswith(f"pid {os.getpid()} (") and held[0].endswith(", read)")
     finally:
         release_all()
+
+
+def test_a_dead_build_that_cannot_be_reaped_does_not_stop_a_run(tmp_path, monkeypatch, caplog):
+    from images import build
+    _fake_image(tmp_path)
+    dead = tmp_path / "images" / f".tmp-{image_key()}-4194304"
+    dead.mkdir()
+
+    def refuse(path, **kw):
+        raise MountsInTheWay(path, [str(path / "rootfs" / "proc")])
+    monkeypatch.setattr(build, "remove_tree", refuse)
+    try:
+        assert ensure_image(root=tmp_path).rootfs == tmp_path / "images" / image_key() / "rootfs"
+    finally:
+        release_all()
+    assert dead.is_dir() and "could not remove what a dead build" in caplog.text
 
 
 HOLD_IMAGE = ("import sys, time; from pathlib import Path; from images.build import ensure_image;"
