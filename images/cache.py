@@ -100,12 +100,11 @@ def clean(root: Path | None = None, *, timeout: float = CLEAN_TIMEOUT) -> list[P
     deadline = time.monotonic() + timeout
     with ExitStack() as stack:
         held = set()
-        for path in sorted(images.glob("*.lock")):
-            lock = stack.enter_context(ImageLock(path))
+        for key in _image_keys(images):
+            lock = stack.enter_context(ImageLock(images / f"{key}.lock"))
             lock.exclusive(round(max(deadline - time.monotonic(), 0.0), 1),
-                           f"runs, shells, boots, soaks or a build using image {path.stem} "
-                           "to end")
-            held.add(path.stem)
+                           f"runs, shells, boots, soaks or a build using image {key} to end")
+            held.add(key)
         dead = [p for p in (images.iterdir() if images.is_dir() else ())
                 if build_key(p.name) in held]
         ours = [os.path.realpath(p) for p in dead]
@@ -116,6 +115,19 @@ def clean(root: Path | None = None, *, timeout: float = CLEAN_TIMEOUT) -> list[P
                              f"msixlab build made: {', '.join(foreign)}; unmount them first",
                              step="clean")
         return _remove_entries(root, images, held, dead)
+
+
+def _image_keys(images: Path) -> list[str]:
+    """Every image key with a lock file, an image or a build directory under ``images``."""
+    if not images.is_dir():
+        return []
+    keys = set()
+    for path in images.iterdir():
+        if path.suffix == ".lock":
+            keys.add(path.stem)
+        elif path.is_dir() and not path.is_symlink():
+            keys.add(build_key(path.name) or path.name)
+    return sorted(keys)
 
 
 def _remove_entries(root: Path, images: Path, held: set[str], dead: list[Path]) -> list[Path]:

@@ -242,6 +242,16 @@ def test_a_dead_build_that_cannot_be_reaped_does_not_stop_a_run(tmp_path, monkey
     assert dead.is_dir() and "could not remove what a dead build" in caplog.text
 
 
+def test_clean_locks_every_image_and_build_even_without_a_lock_file(tmp_path):
+    from images.cache import _image_keys
+    images = tmp_path / "images"
+    for name in ("trixie-aaa", ".tmp-trixie-bbb-12"):         # an image, a build, no locks
+        (images / name).mkdir(parents=True)
+    for name in ("trixie-ccc.lock", "notes.txt"):
+        (images / name).touch()
+    assert _image_keys(images) == ["trixie-aaa", "trixie-bbb", "trixie-ccc"]
+
+
 HOLD_IMAGE = ("import sys, time; from pathlib import Path; from images.build import ensure_image;"
               "ensure_image(root=Path(sys.argv[1])); print('holding', flush=True); time.sleep(600)")
 
