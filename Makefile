@@ -81,8 +81,8 @@ doctor: setup
 boot: image
 	$(MSIXLAB) boot --count 5
 
-clean:
-	rm -rf results build
+clean:    # never through a mount point or a symlink (msixlab_common/removal.py)
+	$(PYTHON) -c 'import sys; from msixlab_common.removal import remove_tree; [remove_tree(p) for p in sys.argv[1:]]' results build
 
 clean-cache: setup
 	$(MSIXLAB) image clean

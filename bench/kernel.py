@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from agent.host.kernel import build as kbuild
 from agent.host.kernel import source, testtrees
 from agent.host.kernel.under_test import KernelUnderTest
 from images.build import ensure_image
+from msixlab_common.removal import remove_tree
 
 PROJECT = Path(__file__).resolve().parents[1]
 GOALS = {"boot_to_ready_minimal_s": 2.0, "main_job_minimal_s": 6.0, "bisect_step_s": 30.0}
@@ -67,7 +67,7 @@ def bench_builds(skip_scratch: bool, fixture: dict) -> dict:
         _say(f"one file touched: {out['incremental_one_file_s']} s")
     finally:
         if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch, ignore_errors=True)
     return out
 
 
@@ -98,7 +98,7 @@ def bench_main_job(kernel_args: dict) -> dict:
         out[name] = {"exit_code": done.returncode, "process_wall_s": round(wall, 2),
                      "job_wall_s": inner}
         _say(f"main job {name}: exit {done.returncode}, {wall:.1f} s (job {inner} s)")
-        shutil.rmtree(results, ignore_errors=True)
+        remove_tree(results, ignore_errors=True)
     return out
 
 
@@ -115,7 +115,7 @@ def bench_bisect(fixture: dict) -> dict:
     wall = time.monotonic() - started
     summary = json.loads(next(results.glob("bisect-*/summary.json")).read_text())
     steps = [s["build_seconds"] + s["run_seconds"] for s in summary["steps"]]
-    shutil.rmtree(results, ignore_errors=True)
+    remove_tree(results, ignore_errors=True)
     out = {"exit_code": done.returncode, "wall_s": round(wall, 1), "steps": len(steps),
            "step_s": [round(s, 1) for s in steps],
            "build_s": [s["build_seconds"] for s in summary["steps"]],

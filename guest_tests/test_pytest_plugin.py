@@ -20,6 +20,7 @@ import pytest
 from agent.host.session import PROJECT_DIR
 from images import recipe
 from images.cache import exclusive
+from msixlab_common.removal import remove_tree
 
 pytestmark = pytest.mark.guest
 DOC = PROJECT_DIR / "docs" / "writing-tests.md"
@@ -161,7 +162,7 @@ def splat_module(image, flavor: str) -> str:
         with exclusive(out.parent / (out.name + ".lock"), timeout=600, what="the splat module build"):
             if not (out / "msixlab.ko").is_file():
                 src = out.with_name(out.name + ".src")
-                shutil.rmtree(src, ignore_errors=True)
+                remove_tree(src, ignore_errors=True)
                 shutil.copytree(SPLAT_SRC, src)
                 for name in ("build.sh", "Makefile"):
                     shutil.copy(PROJECT_DIR / "agent" / "kmod" / name, src / name)

@@ -4,22 +4,29 @@ Concepts: ``$MSIXLAB_CACHE``, else ``$XDG_CACHE_HOME/msixlab``, else ``~/.cache/
 Each built image is a directory ``images/<key>/`` holding ``rootfs/`` and
 ``manifest.json``; the manifest is written last, so a directory with a manifest is
 complete.  Builders take an exclusive ``flock`` on ``images/<key>.lock`` and build in a
-temporary sibling directory that is renamed into place in one step, so two concurrent
-builds can never leave a half-built image where a reader would find it.
+temporary sibling directory ``images/.tmp-<key>-<pid>`` that is renamed into place in one
+step, so two concurrent builds can never leave a half-built image where a reader would
+find it.  ``clean()`` takes every image's lock exclusive (so it waits for the runs using
+an image, images/lock.py), never deletes through a mount point (msixlab_common/removal.py)
+and keeps the lock files.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-from contextlib import contextmanager
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from msixlab_common.deadline import wait_until
 from msixlab_common.errors import WaitTimeout
+from msixlab_common.removal import mounts_under, remove_tree
 
 from .errors import ImageError
+from .lock import ImageLock
+
+CLEAN_TIMEOUT = 60
 
 
 def cache_dir(environ=os.environ) -> Path:
@@ -72,15 +79,69 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def clean(root: Path | None = None) -> list[Path]:
-    """Remove every cached image, initramfs and module build; returns what was removed."""
+def build_key(name: str) -> str | None:
+    """The image key of a build directory named ``.tmp-<key>-<pid>``, else None."""
+    if not name.startswith(".tmp-") or "-" not in name[5:]:
+        return None
+    return name[5:].rsplit("-", 1)[0]
+
+
+def clean(root: Path | None = None, *, timeout: float = CLEAN_TIMEOUT) -> list[Path]:
+    """Remove every cached image, initramfs and module build; returns what was removed.
+    First it takes every image's lock exclusive, waiting at most ``timeout`` seconds in all
+    for the runs, shells, boots, soaks and builds using them (``ImageError`` naming the
+    holders).  A mount point anywhere in the cache that is not a dead build's (whose
+    mounts are ours to detach) is refused before anything is deleted (``ImageError``
+    naming each); lock files stay."""
     root = root or cache_dir()
+    if not root.is_dir():
+        return []
+    images = images_dir(root)
+    deadline = time.monotonic() + timeout
+    with ExitStack() as stack:
+        held = set()
+        for key in _image_keys(images):
+            lock = stack.enter_context(ImageLock(images / f"{key}.lock"))
+            lock.exclusive(round(max(deadline - time.monotonic(), 0.0), 1),
+                           f"runs, shells, boots, soaks or a build using image {key} to end")
+            held.add(key)
+        dead = [p for p in (images.iterdir() if images.is_dir() else ())
+                if build_key(p.name) in held]
+        ours = [os.path.realpath(p) for p in dead]
+        foreign = [m for m in mounts_under(root)
+                   if not any(m == p or m.startswith(p + "/") for p in ours)]
+        if foreign:
+            raise ImageError(f"refusing to clean {root}: mount point(s) there that no "
+                             f"msixlab build made: {', '.join(foreign)}; unmount them first",
+                             step="clean")
+        return _remove_entries(root, images, held, dead)
+
+
+def _image_keys(images: Path) -> list[str]:
+    """Every image key with a lock file, an image or a build directory under ``images``."""
+    if not images.is_dir():
+        return []
+    keys = set()
+    for path in images.iterdir():
+        if path.suffix == ".lock":
+            keys.add(path.stem)
+        elif path.is_dir() and not path.is_symlink():
+            keys.add(build_key(path.name) or path.name)
+    return sorted(keys)
+
+
+def _remove_entries(root: Path, images: Path, held: set[str], dead: list[Path]) -> list[Path]:
     removed = []
-    if root.is_dir():
-        for child in sorted(root.iterdir()):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+    for child in sorted(root.iterdir()):
+        if child != images or child.is_symlink():
+            remove_tree(child)
             removed.append(child)
+            continue
+        for entry in sorted(images.iterdir()):
+            if entry.suffix == ".lock" and entry.is_file() and not entry.is_symlink():
+                continue                         # see images/lock.py
+            if entry.name.startswith(".tmp-") and entry not in dead:
+                continue                         # a build whose lock we do not hold
+            remove_tree(entry, unmount=entry in dead)
+            removed.append(entry)
     return removed

@@ -42,6 +42,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from msixlab_common.removal import remove_tree
+
 from .catalogue import MUTANTS, Mutant
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
         if keep:
             log.warning("kept the scratch copy of %s at %s", name, scratch)
         else:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch, ignore_errors=True)
     if mutant is None:
         mutant = Mutant("baseline", "baseline", "the unmutated tree", frozenset(), ())
     out = judge(mutant, exit_code, routing.get("verdict"))

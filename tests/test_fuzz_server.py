@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import tempfile
@@ -27,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from fuzzing import FOUND_CONTROL_LINES, control_lines, garbage, load_profile, make_fd, messages
 from msixlab_common import jsonlines
+from msixlab_common.removal import remove_tree
 from qemu_device.fdio import OsFdPort
 from qemu_device import control
 from qemu_device.device.nic import Device
@@ -226,7 +226,7 @@ class ServerUnderFuzz(RuleBasedStateMachine):
             self.pump()
             self.server.close()
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            remove_tree(self.dir, ignore_errors=True)
         assert self.watch.opened() == {}, "fd growth"
 
 

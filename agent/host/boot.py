@@ -8,12 +8,12 @@ own uptime at that point).  Every step is bounded by a watchdog.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from images.image import Image
+from msixlab_common.removal import remove_tree
 
 from .kernel.under_test import KernelUnderTest
 from .machine import Machine
@@ -57,4 +57,4 @@ def boot_ready(image: Image, kernel: KernelUnderTest | str, *, accel: str = "tcg
     finally:
         dirs.cleanup()
         if not keep:
-            shutil.rmtree(root, ignore_errors=True)
+            remove_tree(root, ignore_errors=True)

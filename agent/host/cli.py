@@ -30,7 +30,7 @@ from rich.markup import escape
 
 from images import host_packages, recipe
 from images.build import ensure_image, manifest
-from images.cache import cache_dir, clean
+from images.cache import CLEAN_TIMEOUT, cache_dir, clean
 from msixlab_common.lifetime import interrupt_on
 
 from . import accel as accel_mod
@@ -82,7 +82,7 @@ def cmd_image(args) -> int:
                       f"kernels {', '.join(k['flavor'] + ' ' + k['version'] for k in info['kernels'])}, "
                       f"{info['size_bytes'] / 2**20:.0f} MiB, built in {info['build_seconds']} s")
     elif args.action == "clean":
-        for path in clean():
+        for path in clean(timeout=args.wait):
             console.print(f"removed {path}")
     else:
         print(cache_dir())
@@ -288,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("image", help="build, clean or locate the image cache")
     p.add_argument("action", choices=["build", "clean", "path"])
+    p.add_argument("--wait", type=bounded_float("--wait", 0, 24 * 3600), default=CLEAN_TIMEOUT,
+                   help="clean: seconds to wait for the runs and builds using an image "
+                        f"(default {CLEAN_TIMEOUT})")
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("boot", help="boot the guest to its ready marker and time it")

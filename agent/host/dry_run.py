@@ -8,11 +8,11 @@ the image must exist already (finding it is the only thing a dry run does first)
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 from images.image import Image
+from msixlab_common.removal import remove_tree
 
 from .device_server import DeviceServer
 from .kmod import kmod_dir
@@ -37,4 +37,4 @@ def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: 
                               append=append)
             return [device.argv for device in devices] + [build_argv(spec)]
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)

@@ -33,6 +33,7 @@ from images import manifest
 from images.cache import cache_dir, exclusive
 from images.image import Image
 from msixlab_common.lifetime import run_in_group
+from msixlab_common.removal import remove_tree
 
 from .errors import HostError
 from .kernel.build import first_error
@@ -92,7 +93,7 @@ def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 60
             return out
         _discard(out)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
         env = {**os.environ, "MSIXLAB_KVER": kernel.release}
         try:
             done = run_in_group(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
@@ -197,7 +198,7 @@ def _build_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> N
     with exclusive(build.with_name(build.name + ".lock"), timeout=timeout,
                    what=f"another msixlab build of the driver against {kernel.kdir}"):
         _sync_sources(build)
-        shutil.rmtree(out, ignore_errors=True)
+        remove_tree(out, ignore_errors=True)
         out.mkdir(parents=True)
         ko = build / "msixlab.ko"
         if ko.is_file() and not built_intact(ko, kernel.release):

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import stat
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 from images.image import Image
 
 from msixlab_common.lifetime import process_alive, process_start_time
+from msixlab_common.removal import remove_tree
 
 from .errors import HostError
 from .outcome import CouldNotJudge, Outcome
@@ -104,7 +104,7 @@ def clean_stale_runtime_dirs(root: Path | None = None) -> list[Path]:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, ignore_errors=True)
         log.info("removed the runtime dir %s of dead run %s (pid %s)", path,
                  owner.get("run_id"), owner["pid"])
         removed.append(path)
@@ -256,7 +256,7 @@ class RunDirs:
 
     def cleanup(self) -> None:
         """Remove the runtime directory (errors ignored); the results stay."""
-        shutil.rmtree(self.runtime, ignore_errors=True)
+        remove_tree(self.runtime, ignore_errors=True)
 
     def __enter__(self) -> "RunDirs":
         return self

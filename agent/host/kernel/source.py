@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from images import manifest
 from images.cache import cache_dir, exclusive
 from images.mirror import debian_mirror
 from msixlab_common.lifetime import die_with_parent
+from msixlab_common.removal import remove_tree
 
 from .errors import SourceError
 
@@ -139,7 +139,7 @@ def fetch_deb(package: str = PACKAGE, refresh: bool = False) -> SourcePackage:
         debs = kernel_cache() / "debs"
         debs.mkdir(parents=True, exist_ok=True)
         scratch = debs / f".download-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)
         scratch.mkdir()
         try:
             _run(apt_argv(root, "apt-get", "-q", "download", f"{package}={version}"),
@@ -151,7 +151,7 @@ def fetch_deb(package: str = PACKAGE, refresh: bool = False) -> SourcePackage:
             os.replace(got[0], debs / got[0].name)
             manifest.record_file(debs / got[0].name)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch, ignore_errors=True)
     return next(p for p in cached_debs(package) if p.version == version)
 
 
@@ -187,7 +187,7 @@ def fetch_intact(package: str = PACKAGE) -> SourcePackage:
 def extract(source: SourcePackage, dest: Path, log_path: Path) -> None:
     """Unpack the kernel tree the package carries into ``dest`` (which must not exist)."""
     scratch = dest.with_name(dest.name + ".deb")
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_tree(scratch, ignore_errors=True)
     try:
         _run(["dpkg-deb", "-x", str(source.deb), str(scratch)], log_path, "dpkg-deb -x")
         tarballs = list((scratch / "usr/src").glob("linux-source-*.tar.*"))
@@ -198,7 +198,7 @@ def extract(source: SourcePackage, dest: Path, log_path: Path) -> None:
         _run(["tar", "-x", "--strip-components=1", "-f", str(tarballs[0]), "-C", str(dest)],
              log_path, f"tar -x {tarballs[0].name}")
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)
     if not (dest / "Makefile").is_file() or not (dest / "Kconfig").is_file():
         raise SourceError(f"{source.deb.name} did not unpack into a kernel tree at {dest}",
                           log=log_path)

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -38,6 +37,7 @@ from typing import Callable
 from images import manifest
 from images.cache import exclusive
 from msixlab_common.lifetime import die_with_parent
+from msixlab_common.removal import remove_tree
 
 from . import build as kbuild
 from . import config as kconfig
@@ -148,7 +148,7 @@ def _build_test_kernel(package, out: Path, jobs, niceness, on_line) -> None:
     logs = out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     if not (work / "Makefile").is_file():
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work, ignore_errors=True)
         started = time.monotonic()
         package = fetch_intact(package.name)
         extract(package, work, logs / f"{out.name}-extract.log")
@@ -271,8 +271,8 @@ def ensure_bisect_fixture(**build_args) -> dict:
 
 def _make_fixture(source: Path, out: Path) -> dict:
     work = out.with_name(out.name + ".making")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_tree(work, ignore_errors=True)
+    remove_tree(out, ignore_errors=True)
     started = time.monotonic()
     subprocess.run(["cp", "-a", str(source), str(work)], check=True, timeout=3600,
                    preexec_fn=die_with_parent(signal.SIGTERM))
