@@ -326,6 +326,19 @@ class Agent:
         self.unbound = None
         return info
 
+    def reset_function(self, method: str | None) -> dict[str, object]:
+        """``reset_function``: reset the selected NIC through sysfs with the driver bound and
+        its groups live, with the kernel's first method or only ``method``
+        (``binding.reset_function``); the driver stays open."""
+        if method is not None and method not in binding.RESET_METHODS:
+            raise RequestError(errno.EINVAL, f"reset_function: argument 'method' must be one "
+                               f"of {list(binding.RESET_METHODS)}, got {method!r}",
+                               command="reset_function", argument="method")
+        bdf = self._bdf()
+        if bdf is None:
+            raise GuestError(errno.ENODEV, f"reset_function: no NIC selected ({self.device_error})")
+        return binding.reset_function(bdf, self.root, method)
+
     def await_device(self, present: bool, timeout_s: int) -> dict[str, object]:
         """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
         is gone or going) and wait for its /dev/msixlab<N> to vanish (every one when
@@ -501,6 +514,8 @@ class Agent:
                          maximum=100000),)),
             Command("unbind", self.unbind),
             Command("bind", self.bind),
+            Command("reset_function", self.reset_function,
+                    (Arg("method", str, required=False),)),
             Command("await_device", self.await_device,
                     (Arg("present", bool),
                      Arg("timeout_s", int, required=False, default=30, minimum=1,
