@@ -265,7 +265,31 @@ HOST_MUTANTS = (
             "        fd = self.eventfds[v ^ 1]\n        if (fd is not None and self.enabled")),
 )
 
-MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS
+RESET_STEP = f"{HOST}/reset_step.py"
+
+# The function reset (the default scenario's reset step): only its checks can see these.
+LIFECYCLE_MUTANTS = (
+    _m("dev-reset-keeps-pending", "bug",
+       "a function reset leaves the PBA as it was: a raise held before the reset survives it",
+       {"held_raise_discarded_by_reset"},
+       Edit(MSIX, "        self.pending[:] = bytes(len(self.pending))\n"
+                  "        self.masked[:] = bytes(self.n)\n",
+            "        self.masked[:] = bytes(self.n)\n")),
+    _m("dev-reset-leaves-vectors-unmasked", "bug",
+       "a function reset leaves MSI-X enabled and unmasked at the device, so it sends a raise "
+       "inside the reset window (bus master off: QEMU drops the message) instead of holding it",
+       {"raise_during_reset_delivered_once"},
+       Edit(MSIX, "        self.enabled = self.function_mask = False\n        self.reset_table()\n"
+                  "\n    def reset_counters",
+            "        self.function_mask = False\n        self.reset_table()\n"
+            "\n    def reset_counters")),
+    _m("reset-step-table-unjudged", "unjudged",
+       "the reset step stops comparing QEMU's restored table entries with those before it",
+       {"reset_entry_restored"},
+       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index))\n", "")),
+)
+
+MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + LIFECYCLE_MUTANTS
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {
