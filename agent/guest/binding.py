@@ -8,7 +8,8 @@ told otherwise.  Each waits, bounded, for the driver's misc device to vanish or 
 so the agent can reopen it.  With several NICs bound (``msixlab run --nics N``) the
 others' devices stay: ``unbind`` then waits for the one device it unbound to go
 (``path``) and ``bind`` for a device that is not one of the others' (``known``).
-``reset_function`` resets the bound device through its sysfs ``reset`` file.
+``reset_function`` resets the bound device through its sysfs ``reset`` file; ``remove``
+and ``rescan`` take the device off the bus and find it again (the driver probes anew).
 """
 
 from __future__ import annotations
@@ -83,6 +84,25 @@ def bind(bdf: str, root: str = "/", known: tuple[str, ...] | list[str] = ()) -> 
     device that is not in ``known`` (the other NICs' devices); return its path.
     ``GuestError`` if the write fails or the wait expires."""
     _write(os.path.join(root, DRIVER_DIR, "bind"), bdf)
+    return wait_devices(True, root, known=known)[0]
+
+
+def remove(bdf: str, root: str = "/", path: str | None = None) -> None:
+    """Remove the PCI device ``bdf`` (its sysfs ``remove``: the driver's remove runs, MSI-X
+    is disabled, the device leaves the bus) and wait, at most ``WAIT_S``, for its misc
+    device ``path`` to go.  ``GuestError`` if the write fails or the wait expires."""
+    _write(os.path.join(root, "sys/bus/pci/devices", bdf, "remove"), "1")
+    if path is None:
+        wait_devices(False, root)
+    else:
+        wait_gone(path)
+
+
+def rescan(root: str = "/", known: tuple[str, ...] | list[str] = ()) -> str:
+    """Rescan every PCI bus (``/sys/bus/pci/rescan``) and wait, at most ``WAIT_S``, for a
+    misc device that is not in ``known``; return its path.  ``GuestError`` if the write
+    fails or no device appears."""
+    _write(os.path.join(root, "sys/bus/pci/rescan"), "1")
     return wait_devices(True, root, known=known)[0]
 
 

@@ -325,6 +325,7 @@ def run_main_job(args, console: Console) -> int:
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,
         "resets": getattr(scenario, "resets", None) or None,
+        "teardowns": getattr(scenario, "teardowns", None),
         "msixlab_commit": msixlab_commit(), "seed": 0,
         "reproduce": reproduce_command(args),
     }
