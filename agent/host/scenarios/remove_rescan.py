@@ -79,6 +79,8 @@ class Raiser(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        """The loop: one control ``raise`` of every index at a time, each answered before the
+        next; a refused raise or a broken channel ends it (``error``)."""
         deadline = Deadline(RAISE_MAX_S, "the teardown's raises")
         try:
             self.client.connect(5.0)
