@@ -43,6 +43,26 @@ def test_msixlab_run_passes_and_writes_routing_json(image, flavor, tmp_path):
     for name in ("console.log", "qemu.log", "device-events.jsonl", "lspci.txt", "dmesg.txt"):
         assert (run_dir / name).stat().st_size > 0, name
     assert "MSI-X: Enable+ Count=64" in (run_dir / "lspci.txt").read_text()
+    assert_reset_step(doc)
+
+
+def assert_reset_step(doc: dict) -> None:
+    """The reset step really reset the function both ways, with every live vector restored
+    (its checks passed above), and recorded what QEMU sent: an FLR is a config write only
+    (then one SET_IRQS per live vector), a bus reset a disable-all and a DEVICE_RESET."""
+    flr, bus = doc["metadata"]["resets"]
+    restored = {r["index"] for r in doc["results"]
+                if r["step"] == "reset" and r["name"] == "reset_entry_restored"}
+    c = doc["metadata"]["groups"]["C"]["indices"]
+    assert {0, *c} <= restored and len(restored) == 18    # index 0, A, C, D (8), E
+    assert (flr["method"], bus["method"]) == ("flr", "bus")
+    assert flr["offered"][0] == "flr" and "bus" in flr["offered"]
+    assert flr["qemu_sent"]["resets"] == ["flr"]
+    assert "DEVICE_RESET" not in flr["qemu_sent"]["requests"]
+    assert bus["qemu_sent"]["resets"] == ["device_reset"]
+    assert bus["qemu_sent"]["set_irqs"][0] == {"start": 0, "count": 0, "nfds": 0, "flags": 0x21}
+    assigned = {s["start"] for s in bus["qemu_sent"]["set_irqs"] if s["nfds"] == 1}
+    assert assigned == restored                           # every live vector got its eventfd
 
 
 def test_dropped_raise_is_a_failed_check_not_a_crash(image, tmp_path):

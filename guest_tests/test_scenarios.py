@@ -115,6 +115,9 @@ def test_hotplug_on_qemu_11_1_3_ends_could_not_judge_when_qemu_aborts(image, tmp
     doc = json.loads((run_dir / "routing.json").read_text())
     assert doc["verdict"]["outcome"] == "process_failed"   # QEMU died (or the agent's
     # connection with it, when that is seen first)
+    summary = doc["verdict"]["summary"]                     # the QEMU defect named
+    assert "vfio-user: Do not delete the subregion" in summary and "--qemu" in summary
+    assert doc["verdict"]["evidence"]["upstream_patch"] == "vfio-user: Do not delete the subregion"
     steps = [s["step"] for s in doc["metadata"]["steps"]]
     assert steps[:2] == ["alloc", "raise"]
     assert all(r["verdict"] == "pass" for r in doc["results"] if r["step"] in steps)

@@ -6,7 +6,8 @@ Concepts owned here:
   the mutant, loudly), and is replaced by ``new``.
 - A ``Mutant`` is a named bug: one or more edits, a one-line description of the bug they
   plant, and its *expected set*: check names (as in ``scenario.PLAN``) or run outcomes
-  (``outcome.Outcome`` values such as ``kernel_splat``).  The main job run against the
+  (``outcome.Outcome`` values such as ``kernel_splat``), and the scenario whose run can
+  see it (``default`` unless it names another).  The main job run against the
   mutated copy kills the mutant only if it exits 1 and its verdict names at least one
   member of the expected set (a failed check, or the outcome itself).  A mutant killed
   by its outcome names the splat it causes (``splat``, a regular expression the
@@ -47,6 +48,7 @@ class Mutant:
     expected: frozenset[str]    # check names or outcomes; one must be in the verdict
     edits: tuple[Edit, ...]
     splat: str | None = None    # the console line an expected kernel_splat must match
+    scenario: str = "default"   # the scenario the main job runs (--scenario)
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -55,8 +57,8 @@ class Mutant:
 
 
 def _m(name: str, kind: str, description: str, expected: set[str], *edits: Edit,
-       splat: str | None = None) -> Mutant:
-    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat)
+       splat: str | None = None, scenario: str = "default") -> Mutant:
+    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat, scenario)
 
 
 MSIX = f"{DEVICE}/msix.py"
@@ -273,7 +275,40 @@ HOST_MUTANTS = (
             "        fd = self.eventfds[v ^ 1]\n        if (fd is not None and self.enabled")),
 )
 
-MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS
+RESET_STEP = f"{HOST}/reset_step.py"
+
+# The function reset (the default scenario's reset step): only its checks can see these.
+LIFECYCLE_MUTANTS = (
+    _m("dev-reset-keeps-pending", "bug",
+       "a function reset leaves the PBA as it was: a raise held before the reset survives it",
+       {"held_raise_discarded_by_reset"},
+       Edit(MSIX, "        self.pending[:] = bytes(len(self.pending))\n"
+                  "        self.masked[:] = bytes(self.n)\n",
+            "        self.masked[:] = bytes(self.n)\n")),
+    _m("dev-reset-leaves-vectors-unmasked", "bug",
+       "a function reset leaves MSI-X enabled and unmasked at the device, so it sends a raise "
+       "inside the reset window (bus master off: QEMU drops the message) instead of holding it",
+       {"raise_during_reset_delivered_once"},
+       Edit(MSIX, "        self.enabled = self.function_mask = False\n        self.reset_table()\n"
+                  "\n    def reset_counters",
+            "        self.function_mask = False\n        self.reset_table()\n"
+            "\n    def reset_counters")),
+    _m("kmod-remove-skips-a-group", "bug",
+       "the driver's remove path skips the newest group: its vectors stay requested",
+       {"no_interrupts_left", "kernel_irqs_freed", "msi_irqs_gone", "kernel_splat"},
+       Edit(f"{KMOD}/msixlab_group.c",
+            "\t\tif (grp == &ml->grp0)\n\t\t\tcontinue;\n\t\tmsixlab_grp_release(ml, grp);",
+            "\t\tif (grp == &ml->grp0 || grp == list_last_entry(&ml->groups,\n"
+            "\t\t\t\t\t\t\t      struct msixlab_grp, node))\n"
+            "\t\t\tcontinue;\n\t\tmsixlab_grp_release(ml, grp);"),
+       splat=r"WARNING: .*(remove_proc_entry|msi)", scenario="remove-rescan"),
+    _m("reset-step-table-unjudged", "unjudged",
+       "the reset step stops comparing QEMU's restored table entries with those before it",
+       {"reset_entry_restored"},
+       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index))\n", "")),
+)
+
+MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + LIFECYCLE_MUTANTS
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {

@@ -183,8 +183,10 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
         env = {**os.environ, "PYTHONPATH": str(scratch)}
         with open(where / "run.log", "w") as logf:
             try:
+                scenario = mutant.scenario if mutant else "default"
                 done = subprocess.run([python, "-m", "agent.host", "run", "--results",
-                                       str(scratch / "results")], cwd=scratch, env=env,
+                                       str(scratch / "results"), "--scenario", scenario],
+                                      cwd=scratch, env=env,
                                       stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, timeout=timeout)
                 exit_code = done.returncode

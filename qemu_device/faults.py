@@ -8,7 +8,9 @@ delay_raise (delivered or made pending after delay_ms, via the server's timer),
 errno_reply (the next matching command is answered with that errno, unprocessed), and
 raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
 vector is raised inside that window: it must be held and delivered once when its
-eventfd comes back, e.g. in QEMU's NORESIZE re-enable).
+eventfd comes back, e.g. in QEMU's NORESIZE re-enable), and raise_on_reset (right after
+a function reset, DEVICE_RESET or FLR, the vector is raised inside the reset window, with
+MSI-X still off: it must be held and delivered once when the guest restores MSI-X).
 A spec is checked field by field (type, range, a real errno, a known command); at most
 MAX_FAULTS are armed at once and a delay is at most MAX_DELAY_MS.
 """
@@ -31,6 +33,7 @@ class FaultKind(enum.Enum):
     DELAY_RAISE = "delay_raise"
     ERRNO_REPLY = "errno_reply"
     RAISE_ON_DISABLE = "raise_on_disable"
+    RAISE_ON_RESET = "raise_on_reset"
 
 
 _RAISE_KINDS = frozenset({FaultKind.DROP_RAISE, FaultKind.DELAY_RAISE})
@@ -94,8 +97,10 @@ _SPECS = {
                             "delay_ms": integer(0, MAX_DELAY_MS)},
     FaultKind.ERRNO_REPLY: {"command": _command, "errno": errno_value, "count": _COUNT},
     FaultKind.RAISE_ON_DISABLE: {"vector": _VECTOR, "count": _COUNT},
+    FaultKind.RAISE_ON_RESET: {"vector": _VECTOR, "count": _COUNT},
 }
-_REQUIRED = {FaultKind.ERRNO_REPLY: ("command",), FaultKind.RAISE_ON_DISABLE: ("vector",)}
+_REQUIRED = {FaultKind.ERRNO_REPLY: ("command",), FaultKind.RAISE_ON_DISABLE: ("vector",),
+             FaultKind.RAISE_ON_RESET: ("vector",)}
 
 
 def parse_kind(value) -> FaultKind:
@@ -134,7 +139,7 @@ class FaultTable:
         if kind is FaultKind.ERRNO_REPLY:
             fault.command = fields["command"]
             fault.errno = fields.get("errno") or _errno.EIO
-        else:                      # the raise kinds, raise_on_disable included
+        else:                      # the raise kinds, raise_on_disable/_reset included
             fault.vector = fields.get("vector")
             if kind is FaultKind.DELAY_RAISE:
                 fault.delay_ms = fields.get("delay_ms", 100)
@@ -177,6 +182,11 @@ class FaultTable:
     def on_irq_disable(self) -> list[int]:
         """Vectors to raise now that the client disabled every MSI-X vector."""
         hits = [f for f in self._faults if f.kind is FaultKind.RAISE_ON_DISABLE]
+        return [self._fire(f).vector for f in hits]
+
+    def on_reset(self) -> list[int]:
+        """Vectors to raise now, right after a function reset."""
+        hits = [f for f in self._faults if f.kind is FaultKind.RAISE_ON_RESET]
         return [self._fire(f).vector for f in hits]
 
     def on_command(self, command: int) -> int | None:

@@ -28,7 +28,7 @@ def test_identity_and_capability_chain(cfg):
     assert rd(cfg, 0x34, 1) == PCIE_CAP
     assert (rd(cfg, PCIE_CAP, 1), rd(cfg, PCIE_CAP + 1, 1)) == (0x10, MSIX_CAP)
     assert (rd(cfg, PCIE_CAP + 2, 2) >> 4) & 0xF == 0  # Endpoint
-    assert not rd(cfg, PCIE_CAP + 4, 4) & (1 << 28)  # no FLR
+    assert rd(cfg, PCIE_CAP + 4, 4) & (1 << 28)      # FLR (tests/test_device_reset.py)
     assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, 0)
     assert rd(cfg, 0x3D, 1) == 0                     # no INTx
     assert rd(cfg, 0x100, 4) == 0                    # no extended caps
@@ -47,8 +47,8 @@ def test_identity_and_capability_chain(cfg):
     (0x10, 4, 0xFFFFFFFF, 0xFFFF8000),    # BAR0 32 KiB sizing
     (0x14, 4, 0xFFFFFFFF, 0),             # BAR1 absent
     (0x18, 4, 0xFFFFFFFF, 0xFFFFF000),    # BAR2 4 KiB
-    (PCIE_CAP + 4, 4, 0, 0x8000),         # DevCap RO
-    (PCIE_CAP + 8, 2, 0xFFFF, 0x7FFF),    # DevCtl RW but FLR bit
+    (PCIE_CAP + 4, 4, 0, 0x10008000),         # DevCap RO
+    (PCIE_CAP + 8, 2, 0x7FFF, 0x7FFF),     # DevCtl RW but bit 15 (Initiate FLR resets)
     (MSIX_CAP + 2, 2, 0xFFFF, 0xC03F),    # MSI-X flags: only enable/mask RW
     (MSIX_CAP + 4, 4, 0, 0x2),            # table offset/BIR RO
     (0x200, 4, 0xFFFFFFFF, 0),            # unused space RO 0

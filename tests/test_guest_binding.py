@@ -60,3 +60,46 @@ def test_fault_injection_reads_the_module_parameter(root, value, expected):
 def test_wait_devices_returns_the_devices_once_present(root):
     (root / "dev" / "msixlab3").touch()
     assert binding.wait_devices(True, str(root), timeout=0.05) == [str(root / "dev/msixlab3")]
+
+
+def sysfs_device(root, methods="flr bus\n"):
+    device = root / "sys/bus/pci/devices/0000:01:00.0"
+    device.mkdir(parents=True)
+    if methods is not None:
+        (device / "reset_method").write_text(methods)
+        (device / "reset").touch()
+    return device
+
+
+def test_reset_function_writes_the_reset_file(root):
+    device = sysfs_device(root)
+    done = binding.reset_function("0000:01:00.0", str(root))
+    assert (device / "reset").read_text() == "1"
+    assert (device / "reset_method").read_text() == "flr bus\n"      # untouched
+    assert (done["reset_method"], done["method"]) == (["flr", "bus"], "flr")
+
+
+def test_reset_function_with_a_method_allows_only_it_then_the_default(root, monkeypatch):
+    device = sysfs_device(root)
+    writes = []
+    real = binding._write
+    monkeypatch.setattr(binding, "_write", lambda path, value: (writes.append(
+        (path.rsplit("/", 1)[1], value)), real(path, value)))
+    assert binding.reset_function("0000:01:00.0", str(root), "bus")["method"] == "bus"
+    assert writes == [("reset_method", "bus"), ("reset", "1"), ("reset_method", "default")]
+    assert (device / "reset_method").read_text() == "default"
+
+
+def test_reset_function_names_what_is_missing(root):
+    sysfs_device(root, methods=None)
+    with pytest.raises(GuestError) as info:
+        binding.reset_function("0000:01:00.0", str(root))
+    assert info.value.errno == errno.ENOTTY and "no reset file" in str(info.value)
+
+
+def test_reset_function_refuses_a_method_not_offered(root):
+    device = sysfs_device(root, methods="bus\n")
+    with pytest.raises(GuestError) as info:
+        binding.reset_function("0000:01:00.0", str(root), "flr")
+    assert "offers reset methods ['bus'], not 'flr'" in str(info.value)
+    assert (device / "reset").read_text() == ""                       # nothing reset

@@ -16,6 +16,7 @@ import pytest
 
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.session import PROJECT_DIR, RunDirs, check_results_root
+from msixlab_common.removal import remove_tree
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -33,7 +34,7 @@ def place():
     where = Path(tempfile.mkdtemp(prefix="msixlab-safety-"))
     os.chmod(where, 0o755)
     yield where
-    shutil.rmtree(where)
+    remove_tree(where)
 
 
 def refused(root: Path, needle: str) -> CouldNotJudge:

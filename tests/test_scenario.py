@@ -3,7 +3,7 @@ the plan's consistency, and the pure judgements it makes itself."""
 
 import inspect
 
-from agent.host import accounting, checks, scenario
+from agent.host import accounting, checks, reset_step, scenario
 from agent.host.main_job import judge
 from agent.host.outcome import Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
@@ -25,7 +25,7 @@ def test_every_step_has_a_method_and_declares_checks():
 
 
 def test_every_declared_check_is_produced_somewhere():
-    source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting))
+    source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, reset_step))
     for _, names in PLAN:
         for name in names:
             assert f'"{name}"' in source, name

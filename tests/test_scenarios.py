@@ -8,11 +8,11 @@ import inspect
 
 import pytest
 
-from agent.host import accounting, checks, cli, scenario, scenarios
+from agent.host import accounting, checks, cli, reset_step, scenario, scenarios
 from agent.host.main_job import judge, reproduce_command
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenarios import cpu_hotplug, hotplug
+from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
 
 
@@ -45,7 +45,7 @@ def test_cpu_hotplug_on_one_cpu_is_refused_before_anything_starts(capsys):
 def test_every_plan_is_consistent(cls):
     assert cls.PLAN and cls.SUMMARY and "\n" not in cls.SUMMARY
     source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug,
-                                                     hotplug))
+                                                     hotplug, reset_step, remove_rescan))
     for step, names in cls.PLAN:
         assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
         assert names and len(set(names)) == len(names), step
@@ -105,11 +105,12 @@ def test_managed_shut_down_needs_the_qemu_entry_masked():
 def test_the_matrix_covers_every_mode_once_and_exits_with_the_worst():
     from agent.host import matrix
     cells = [" ".join(c) for c in matrix.cells()]
-    assert len(cells) == len(set(cells)) == 24
-    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 2
-    assert {argv[1] for argv in matrix.cells()} == {"default", "cpu-hotplug"}   # no hotplug
+    assert len(cells) == len(set(cells)) == 36
+    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 3
+    assert {argv[1] for argv in matrix.cells()} == {"default", "cpu-hotplug",
+                                                    "remove-rescan"}   # no hotplug
     args = cli.parser().parse_args(["run", *matrix.cells()[-1]])     # every cell parses
-    assert args.scenario == "cpu-hotplug"
+    assert args.scenario == "remove-rescan"
     assert matrix.worst([0, 125, 1]) == 1 and matrix.worst([0, 125]) == 125
     assert matrix.worst([0, 0]) == 0
 
@@ -120,6 +121,8 @@ def test_nics_are_bounded_and_hotplug_takes_none(capsys):
     assert exited.value.code == 125
     assert cli.main(["run", "--scenario", "hotplug", "--nics", "2"]) == 125
     assert "takes no --nics" in capsys.readouterr().err
+    assert cli.main(["run", "--scenario", "remove-rescan", "--nics", "2"]) == 125
+    assert "removes nic0 only" in capsys.readouterr().err
     args = cli.parser().parse_args(["run", "--nics", "3"])
     assert "--nics 3" in reproduce_command(args)
 
@@ -142,3 +145,17 @@ def test_each_nic_has_its_own_sockets_and_logs(tmp_path):
         assert first.stderr_log.name == "device-server.log"           # NIC 0: as before
         assert second.stderr_log.name == "device-server-nic1.log"
         assert "device-events-nic1.jsonl" in " ".join(second.argv)
+
+
+def test_hotplug_names_qemus_device_del_defect_and_its_upstream_patch():
+    from agent.host.outcome import CouldNotJudge, Outcome
+    from agent.host.scenarios.hotplug import UPSTREAM_FIX, name_qemu_defect
+    err = CouldNotJudge(Outcome.PROCESS_FAILED, "QEMU exited (killed by SIGABRT)", pid=7)
+    log = ("qemu-system-x86_64: ../system/memory.c:2617: memory_region_del_subregion: "
+           "Assertion `subregion->container == mr' failed.\n")
+    named = name_qemu_defect(err, log)
+    assert named is not err and named.outcome is Outcome.PROCESS_FAILED
+    assert f'"{UPSTREAM_FIX}"' in str(named) and "--qemu PATH" in str(named)
+    assert "not the kernel's" in str(named)
+    assert named.evidence["pid"] == 7 and named.evidence["upstream_patch"] == UPSTREAM_FIX
+    assert name_qemu_defect(err, "qemu: some other abort\n") is err

@@ -8,12 +8,15 @@ told otherwise.  Each waits, bounded, for the driver's misc device to vanish or 
 so the agent can reopen it.  With several NICs bound (``msixlab run --nics N``) the
 others' devices stay: ``unbind`` then waits for the one device it unbound to go
 (``path``) and ``bind`` for a device that is not one of the others' (``known``).
+``reset_function`` resets the bound device through its sysfs ``reset`` file; ``remove``
+and ``rescan`` take the device off the bus and find it again (the driver probes anew).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 
 from msixlab_common.deadline import wait_until
 from msixlab_common.errors import WaitTimeout
@@ -82,6 +85,62 @@ def bind(bdf: str, root: str = "/", known: tuple[str, ...] | list[str] = ()) -> 
     ``GuestError`` if the write fails or the wait expires."""
     _write(os.path.join(root, DRIVER_DIR, "bind"), bdf)
     return wait_devices(True, root, known=known)[0]
+
+
+def remove(bdf: str, root: str = "/", path: str | None = None) -> None:
+    """Remove the PCI device ``bdf`` (its sysfs ``remove``: the driver's remove runs, MSI-X
+    is disabled, the device leaves the bus) and wait, at most ``WAIT_S``, for its misc
+    device ``path`` to go.  ``GuestError`` if the write fails or the wait expires."""
+    _write(os.path.join(root, "sys/bus/pci/devices", bdf, "remove"), "1")
+    if path is None:
+        wait_devices(False, root)
+    else:
+        wait_gone(path)
+
+
+def rescan(root: str = "/", known: tuple[str, ...] | list[str] = ()) -> str:
+    """Rescan every PCI bus (``/sys/bus/pci/rescan``) and wait, at most ``WAIT_S``, for a
+    misc device that is not in ``known``; return its path.  ``GuestError`` if the write
+    fails or no device appears."""
+    _write(os.path.join(root, "sys/bus/pci/rescan"), "1")
+    return wait_devices(True, root, known=known)[0]
+
+
+RESET_METHODS = ("flr", "pm", "bus")
+
+
+def reset_function(bdf: str, root: str = "/", method: str | None = None) -> dict[str, object]:
+    """Reset the function ``bdf`` through sysfs (``pci_reset_function``: the kernel saves
+    its state, resets the function with the first method of ``reset_method`` that works,
+    and restores the state, every MSI-X entry included) with the driver bound.  With
+    ``method`` (one of ``RESET_METHODS``) only that method is allowed for this reset
+    (``reset_method`` is set back to the kernel's default afterwards, whatever happened).
+    Returns the methods the kernel offered and the seconds the reset took.  ``GuestError``
+    naming the file when the device has no reset file or a method it does not offer, or a
+    write fails."""
+    device = os.path.join(root, "sys/bus/pci/devices", bdf)
+    methods_file = os.path.join(device, "reset_method")
+    try:
+        with open(methods_file, encoding="ascii") as f:
+            methods = f.read().split()
+    except OSError:
+        methods = []                   # no method at all: the reset file is missing too
+    if not os.path.exists(os.path.join(device, "reset")):
+        raise GuestError(errno.ENOTTY, f"{bdf} has no reset file: the kernel offers no "
+                         f"reset method for it")
+    if method is not None and method not in methods:
+        raise GuestError(errno.ENOTTY, f"{bdf} offers reset methods {methods}, not {method!r}",
+                         argument="method")
+    started = time.monotonic()
+    try:
+        if method is not None:
+            _write(methods_file, method)
+        _write(os.path.join(device, "reset"), "1")
+    finally:
+        if method is not None:
+            _write(methods_file, "default")
+    return {"bdf": bdf, "reset_method": methods, "method": method or methods[0],
+            "seconds": round(time.monotonic() - started, 3)}
 
 
 def cmdline(root: str = "/") -> str | None:

@@ -46,6 +46,7 @@ class Agent:
         self.driver: Driver | None = None
         self.device_error: str | None = None
         self.unbound: str | None = None     # address this agent unbound, for bind
+        self.removed: str | None = None     # address this agent removed, for rescan
         self.asked: dict[int, tuple[int, list[int]]] = {}   # index -> (group, set_affinity cpus)
         self.others: dict[str, tuple[Driver, dict]] = {}     # bdf -> NIC not selected now
         path = device
@@ -193,8 +194,9 @@ class Agent:
 
     def msi_irqs(self) -> dict[str, object]:
         """``msi_irqs``: every entry of the device's sysfs ``msi_irqs/`` directory (also after
-        ``unbind``); ENODEV if the agent knows no device."""
-        bdf = self._bdf() or self.unbound
+        ``unbind``; after ``remove_device`` ENOENT: the device is gone); ENODEV if the agent
+        knows no device."""
+        bdf = self._bdf() or self.unbound or self.removed
         if bdf is None:
             raise GuestError(errno.ENODEV, self.device_error or "no driver")
         return sysview.msi_irqs(bdf, self.root)
@@ -256,7 +258,10 @@ class Agent:
         bdf = self._bdf()
         name = os.path.basename(self.driver.path) if self.driver else None
         rows = parsed["rows"] if all else sysview.device_rows(parsed, bdf, name)
-        return {"cpus": parsed["cpus"], "bdf": bdf, "rows": rows}
+        out = {"cpus": parsed["cpus"], "bdf": bdf, "rows": rows}
+        if all:
+            out["other"] = parsed["other"]       # the named rows: NMI, LOC, ERR, MIS ...
+        return out
 
     def irq_sysfs(self, irq: int) -> dict[str, object]:
         """``irq_sysfs``: what sysfs and procfs say about IRQ ``irq`` (ENOENT if there is no
@@ -325,6 +330,41 @@ class Agent:
         info = self._reopen(binding.bind(bdf, self.root, known=self._known()))
         self.unbound = None
         return info
+
+    def remove_device(self) -> dict[str, object]:
+        """``remove_device``: close the driver and remove the selected NIC from the bus
+        (sysfs ``remove``), waiting for its misc device to go.  Returns the address;
+        ``rescan`` finds it again."""
+        path = self.driver.path if self.driver is not None else None
+        bdf = self._release()
+        binding.remove(bdf, self.root, path)
+        self.removed = bdf
+        return {"removed": bdf}
+
+    def rescan(self) -> dict[str, object]:
+        """``rescan``: rescan the PCI buses and reopen the device this agent removed (EINVAL
+        if it removed none); returns the new ``info`` (group ids start again at 1)."""
+        if self.removed is None:
+            raise GuestError(errno.EINVAL, "rescan: nothing was removed by this agent")
+        info = self._reopen(binding.rescan(self.root, known=self._known()))
+        if info.get("bdf") != self.removed:
+            raise GuestError(errno.ENODEV, f"rescan: the device that appeared is at "
+                             f"{info.get('bdf')}, not at {self.removed}")
+        self.removed = None
+        return info
+
+    def reset_function(self, method: str | None) -> dict[str, object]:
+        """``reset_function``: reset the selected NIC through sysfs with the driver bound and
+        its groups live, with the kernel's first method or only ``method``
+        (``binding.reset_function``); the driver stays open."""
+        if method is not None and method not in binding.RESET_METHODS:
+            raise RequestError(errno.EINVAL, f"reset_function: argument 'method' must be one "
+                               f"of {list(binding.RESET_METHODS)}, got {method!r}",
+                               command="reset_function", argument="method")
+        bdf = self._bdf()
+        if bdf is None:
+            raise GuestError(errno.ENODEV, f"reset_function: no NIC selected ({self.device_error})")
+        return binding.reset_function(bdf, self.root, method)
 
     def await_device(self, present: bool, timeout_s: int) -> dict[str, object]:
         """A hot-unplug or hot-add: with ``present`` false, drop the driver (its device
@@ -501,6 +541,10 @@ class Agent:
                          maximum=100000),)),
             Command("unbind", self.unbind),
             Command("bind", self.bind),
+            Command("remove_device", self.remove_device),
+            Command("rescan", self.rescan),
+            Command("reset_function", self.reset_function,
+                    (Arg("method", str, required=False),)),
             Command("await_device", self.await_device,
                     (Arg("present", bool),
                      Arg("timeout_s", int, required=False, default=30, minimum=1,

@@ -173,7 +173,7 @@ def _discard(out: Path) -> None:
     if out.exists() or out.is_symlink():
         aside = out.with_name(out.name + f".bad{os.getpid()}")
         os.rename(out, aside)
-        shutil.rmtree(aside, ignore_errors=True)
+        remove_tree(aside, ignore_errors=True)
 
 
 def tree_build_dir(kernel: KernelUnderTest) -> Path:

@@ -153,6 +153,22 @@ class Ledger:
                 account.delivered += 1
                 account.counted += 1
 
+    def function_reset(self, qemu_table_reset: bool) -> None:
+        """The function was reset (FLR, or QEMU's DEVICE_RESET on a bus reset): the device's
+        PBA is clear, so every raise it held is discarded, never delivered; a reset that
+        also reset QEMU's emulated table (``qemu_table_reset``) discarded what QEMU held
+        behind its masks too.  The kernel's restore then leaves the function unmasked."""
+        for account in self.accounts.values():
+            account.pending = False
+            if qemu_table_reset:
+                account.qemu_held = False
+        self.function_masked = False
+
+    def msix_restored(self) -> None:
+        """The kernel restored MSI-X after a reset: a raise the device held for a live
+        vector since the reset arrives once (as when the function mask is cleared)."""
+        self.function_mask(False)
+
     def shut_down(self, indices: Iterable[int]) -> None:
         """The kernel shut these live vectors down (their QEMU entries masked)."""
         indices = set(indices)

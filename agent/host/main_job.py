@@ -310,6 +310,8 @@ def run_main_job(args, console: Console) -> int:
         "boot_stalls": lab.boot_stalls,
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": scenario.steps, "groups": scenario.groups,
+        "resets": getattr(scenario, "resets", None) or None,
+        "teardowns": getattr(scenario, "teardowns", None),
         "msixlab_commit": what_ran(), "seed": 0,
         "reproduce": reproduce_command(args),
     }

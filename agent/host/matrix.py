@@ -20,7 +20,7 @@ from pathlib import Path
 
 from msixlab_common.lifetime import die_with_parent
 
-SCENARIOS = ("default", "cpu-hotplug")
+SCENARIOS = ("default", "cpu-hotplug", "remove-rescan")
 IOMMU = ((), ("--iommu",))
 MODES = ((), ("--msix-maskable",), ("--msix-noresize",))
 CPUS = ("2", "4")

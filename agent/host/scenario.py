@@ -26,6 +26,11 @@ affinity-change: one of A's vectors moved to another CPU through /proc/irq/N: af
     the new destination, and the next raise lands there.
 free-and-reuse: B freed and its indices raised (QEMU holds them behind the mask, nothing
     arrives); E' of B's size reuses B's indices and gets each held raise exactly once.
+reset: with A, C (high, explicit start), D and E' live, the function is reset through
+    sysfs by FLR and then by a bus reset (reset_step.py): every live vector's QEMU entry
+    restored, the cached message equal to the table, a raise held before the reset
+    discarded, raises made inside the reset window arriving once or nowhere, and a raise
+    of every live vector counted once on its CPU.
 exhaustion: groups of 8 until the table is full, or until VECTORS_PER_CPU per CPU when
     the CPUs run out of vectors first, each a success; a group whose min cannot be met
     fails with ENOSPC and leaves the table exactly as it was; the rest taken (as much as
@@ -45,7 +50,7 @@ from rich.markup import escape
 
 from msixlab_common.deadline import Deadline
 
-from . import accounting, checks
+from . import accounting, checks, reset_step
 from .errors import HostError, WaitTimeout
 from .ledger import GroupRequest, Ledger
 from .outcome import DriverCallFailed
@@ -81,6 +86,7 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
                          "raise_counted_once_on_cpu") + ACCOUNT),
     ("free-and-reuse", ("freed_entry_masked_and_cleared", "freed_index_reused",
                         "freed_raise_delivered_once_on_reuse") + GROUP + RECORD + ACCOUNT),
+    ("reset", reset_step.CHECKS + ACCOUNT),
     ("exhaustion", ("exhausted_with_enospc", "failed_alloc_leaves_table_unchanged",
                     "raise_counted_once_on_cpu") + GROUP + ACCOUNT),
     ("final", ("kernel_irq_view_agrees", "requested_affinity_honoured") + RECORD + ACCOUNT),
@@ -131,6 +137,7 @@ class Scenario:
         self.ledger: Ledger | None = None
         self.step = ""
         self.stopped_at: str | None = None
+        self.resets: list[dict] = []     # what each reset of the reset step saw
 
     # --- bookkeeping -----------------------------------------------------------------------
     def _add(self, results) -> None:
@@ -233,7 +240,7 @@ class Scenario:
         if size < MIN_TABLE:
             raise HostError(f"the default scenario needs a table of at least {MIN_TABLE} "
                             f"vectors, not {size}")
-        self.ledger = Ledger(size, self.lab.cpus)
+        self.ledger = self.new_ledger(size)
         snap = None
         for step, _ in self.PLAN:
             self.step = step
@@ -250,6 +257,11 @@ class Scenario:
         else:
             self._add_missing()
         return snap.with_checks(self.results)
+
+    def new_ledger(self, size: int) -> Ledger:
+        """The ledger the run starts from: a device nothing has raised yet.  A scenario that
+        runs the plan on a device with a history (remove-rescan) starts from its state."""
+        return Ledger(size, self.lab.cpus)
 
     def _add_missing(self) -> None:
         self.step = ""
@@ -399,6 +411,10 @@ class Scenario:
                 held, snap, index, 1 if index in freed else 0))
         self._add(checks.record_checks(snap))
         return self._account(snap)
+
+    def step_reset(self) -> Snapshot:
+        """Step ``reset``: function resets with every group live (``reset_step``)."""
+        return reset_step.run(self)
 
     def step_exhaustion(self) -> Snapshot:
         """Step ``exhaustion``: groups of 8 up to what the CPUs are sure to hold

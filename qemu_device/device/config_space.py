@@ -6,7 +6,10 @@ RW bits and clears RW1C bits where it writes 1s; everything else is read-only. B
 registers are RW only in the bits above their size (so sizing with all-ones works).
 Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, no
 extended capabilities. Writes touching MSI-X Message Control notify a listener, since
-that is how the server learns enable and function mask (QEMU emulates the rest).
+that is how the server learns enable and function mask (QEMU emulates the rest).  The
+PCIe capability advertises Function Level Reset (DevCap bit 28): a write of Initiate FLR
+(DevCtl bit 15, which always reads 0) notifies the FLR listener, which resets the device
+(QEMU passes the guest's config write through; it does not turn it into DEVICE_RESET).
 """
 
 from __future__ import annotations
@@ -47,14 +50,18 @@ MSIX_TABLE = MSIX_CAP + 4
 MSIX_PBA = MSIX_CAP + 8
 PCI_MSIX_FLAGS_ENABLE = 0x8000
 PCI_MSIX_FLAGS_MASKALL = 0x4000
+PCI_EXP_DEVCAP = PCIE_CAP + 0x04
+PCI_EXP_DEVCAP_FLR = 0x10000000
+PCI_EXP_DEVCTL = PCIE_CAP + 0x08
+PCI_EXP_DEVCTL_BCR_FLR = 0x8000
 
 # (offset, width, initial value, RW mask, RW1C mask) of the PCIe capability body.
 _PCIE_REGS = (
     (PCIE_CAP + 0x00, 1, PCI_CAP_ID_EXP, 0, 0),
     (PCIE_CAP + 0x01, 1, MSIX_CAP, 0, 0),              # next capability
     (PCIE_CAP + 0x02, 2, 0x0002, 0, 0),                # version 2, Endpoint
-    (PCIE_CAP + 0x04, 4, 0x00008000, 0, 0),            # DevCap: RBER, MPS 128, no FLR
-    (PCIE_CAP + 0x08, 2, 0x2810, 0x7FFF, 0),           # DevCtl (bit 15 FLR not RW)
+    (PCIE_CAP + 0x04, 4, 0x10008000, 0, 0),            # DevCap: FLR, RBER, MPS 128
+    (PCIE_CAP + 0x08, 2, 0x2810, 0x7FFF, 0),           # DevCtl (bit 15 FLR reads 0)
     (PCIE_CAP + 0x0A, 2, 0x0000, 0, 0x000F),           # DevSta error bits RW1C
     (PCIE_CAP + 0x0C, 4, 0x00000011, 0, 0),            # LnkCap: x1, 2.5 GT/s
     (PCIE_CAP + 0x10, 2, 0x0000, 0x03CB, 0),           # LnkCtl
@@ -66,6 +73,7 @@ _PCIE_REGS = (
 )
 
 MsixControlListener = Callable[[bool, bool], None]
+FlrListener = Callable[[], None]
 
 
 class ConfigSpace:
@@ -76,6 +84,7 @@ class ConfigSpace:
         self.bar_sizes = list(bar_sizes)
         self._msix = (msix_vectors, table_bir, table_offset, pba_bir, pba_offset)
         self.msix_listener: MsixControlListener | None = None
+        self.flr_listener: FlrListener | None = None
         self.data = bytearray(CONFIG_SIZE)
         self.rw = bytearray(CONFIG_SIZE)
         self.rw1c = bytearray(CONFIG_SIZE)
@@ -135,8 +144,9 @@ class ConfigSpace:
     def write(self, offset: int, value: bytes) -> None:
         """Write ``value`` at ``offset`` through the masks: only RW bits change, RW1C bits
         where ``value`` has 1s are cleared, the rest stays.  A write touching MSI-X Message
-        Control calls the MSI-X listener with the new enable and function-mask bits.  Out of
-        range raises ``DeviceError`` (EINVAL)."""
+        Control calls the MSI-X listener with the new enable and function-mask bits; one
+        that sets Initiate FLR calls the FLR listener after it is stored (the reset then
+        overwrites it all).  Out of range raises ``DeviceError`` (EINVAL)."""
         count = len(value)
         self.check(offset, count)
         end = offset + count
@@ -148,6 +158,16 @@ class ConfigSpace:
         self.data[offset:end] = result.to_bytes(count, "little")
         if offset < MSIX_FLAGS + 2 and end > MSIX_FLAGS and self.msix_listener:
             self.msix_listener(*self.msix_control())
+        if self.flr_listener and self._initiates_flr(offset, value):
+            self.flr_listener()
+
+    @staticmethod
+    def _initiates_flr(offset: int, value: bytes) -> bool:
+        """Whether a write of ``value`` at ``offset`` sets DevCtl's Initiate FLR bit."""
+        flr_byte = PCI_EXP_DEVCTL + 1                  # bit 15 is bit 7 of the high byte
+        if not offset <= flr_byte < offset + len(value):
+            return False
+        return bool(value[flr_byte - offset] & (PCI_EXP_DEVCTL_BCR_FLR >> 8))
 
     def word(self, offset: int) -> int:
         """The little-endian 16-bit value at ``offset`` (no range check)."""

@@ -141,6 +141,8 @@ class MsixState:
         if self.sink is not None:
             self.sink({"event": kind, "vector": vector, **extra})
 
+    emit = _emit     # for the device's own events (a reset) through the same sink
+
     # -- raising ------------------------------------------------------------------------
     def raise_vector(self, v: int, source: str = "control") -> Outcome:
         """A device interrupt on vector v."""
@@ -335,9 +337,9 @@ class MsixState:
 
     # -- lifecycle ----------------------------------------------------------------------
     def reset(self) -> None:
-        """Device reset: MSI-X off, nothing pending, no vector masked, table masked.
-        Eventfds and the observation counters stay (QEMU re-sends IRQ setup around a
-        reset itself)."""
+        """Device reset: MSI-X off, function mask clear, nothing pending (the PBA is
+        clear), no per-vector client mask, every table entry masked.  Eventfds and the
+        observation counters stay (QEMU owns the IRQ setup: it is not the function's)."""
         self.pending[:] = bytes(len(self.pending))
         self.masked[:] = bytes(self.n)
         self.enabled = self.function_mask = False

@@ -93,6 +93,7 @@ class Device:
         self._build_bars()
         self.regs.bus_master = lambda: self.config.bus_master
         self.config.msix_listener = self.msix.set_control
+        self.config.flr_listener = lambda: self.reset(source="flr")
         self.resets = 0
         self.errors = {"bad_region_access": 0}
 
@@ -199,13 +200,20 @@ class Device:
                 a.write(lo, data[lo - offset:hi - offset])
 
     # -- lifecycle ----------------------------------------------------------------------
-    def reset(self) -> None:
-        """DEVICE_RESET: registers, config space, MSI-X state back to
-        power-on; DMA maps, eventfds and observation counters stay."""
+    def reset(self, source: str = "device_reset") -> None:
+        """A function reset (vfio-user DEVICE_RESET, or the guest's FLR: ``source``):
+        registers, config space, MSI-X state back to power-on (every table entry masked,
+        MSI-X disabled, function mask clear, PBA clear); DMA maps, eventfds and
+        observation counters stay.  Emits ``device_reset``; then an armed
+        ``raise_on_reset`` fault raises its vector inside the reset window (held pending:
+        MSI-X is off until the guest restores it)."""
         self.resets += 1
         self.regs.reset()
         self.config.reset()
         self.msix.reset()
+        self.msix.emit("device_reset", -1, source=source, resets=self.resets)
+        for v in self.faults.on_reset():
+            self.msix.raise_vector(v, source="fault")
 
     def client_gone(self) -> tuple[int, int]:
         """The client disconnected: drop its DMA maps and eventfds; keep device state.

@@ -139,7 +139,7 @@ def reopen_damaged(tree: Path) -> None:
     manifest.manifest_path(tree).unlink(missing_ok=True)
     tree.with_name(tree.name + ".json").unlink(missing_ok=True)
     work = tree.with_name(tree.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work, ignore_errors=True)
     os.rename(tree, work)
 
 

@@ -24,7 +24,10 @@ again: the default scenario on the new NIC, every declared check judged.
 QEMU 11.1.3 aborts on ``device_del`` of the vfio-user NIC (``memory_region_del_subregion:
 Assertion `subregion->container == mr' failed``), whether the driver is bound or not and
 wherever the MSI-X structures live, so on it the scenario ends at ``unplug`` as
-could-not-judge (125, ``process_failed``: QEMU died, not because of the guest).
+could-not-judge (125, ``process_failed``: QEMU died, not because of the guest), and the
+verdict names the defect and the upstream patch that fixes it ("vfio-user: Do not delete
+the subregion"), so a user knows it is QEMU's: a QEMU built with it runs the scenario
+through ``msixlab run --scenario hotplug --qemu PATH`` (docs/scenarios.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import re
 
 from .. import checks
 from ..errors import WaitTimeout
+from ..outcome import CouldNotJudge, Outcome
 from ..routing import CheckResult, Snapshot, Verdict
 from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
 
@@ -42,6 +46,25 @@ log = logging.getLogger(__name__)
 
 UNPLUG_TIMEOUT_S = 60.0       # pciehp/ACPI eject under a loaded TCG host
 REMOVED = re.compile(r"msixlab\d+: removed, freed (\d+) vectors")
+QEMU_DEFECT = re.compile(r"memory_region_del_subregion: Assertion .subregion->container == mr. "
+                         r"failed")
+UPSTREAM_FIX = "vfio-user: Do not delete the subregion"
+
+
+def name_qemu_defect(err: CouldNotJudge, qemu_log: str) -> CouldNotJudge:
+    """``err`` (QEMU died, or its channel broke, during the unplug) restated as QEMU's known
+    device_del defect when ``qemu_log`` shows its assertion; ``err`` itself otherwise."""
+    found = QEMU_DEFECT.search(qemu_log)
+    if not found:
+        return err
+    return CouldNotJudge(
+        Outcome.PROCESS_FAILED,
+        f"QEMU aborted on device_del of the vfio-user NIC ({found.group(0)}): a known QEMU "
+        f"defect, not the kernel's: vfio_user_msix_teardown deletes the PBA overlay "
+        f"subregion its container has already dropped. The upstream patch \"{UPSTREAM_FIX}\" "
+        f"fixes it (posted 2025-10-10, not in QEMU 11.1.3); run this scenario with a QEMU "
+        f"built with it: msixlab run --scenario hotplug --qemu PATH",
+        **err.evidence, qemu_defect=found.group(0), upstream_patch=UPSTREAM_FIX)
 
 PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("alloc", GROUP + RECORD + tuple(n for n in ACCOUNT if n != "device_counters_match")),
@@ -85,7 +108,21 @@ class Hotplug(Scenario):
     def step_unplug(self) -> Snapshot:
         """Step ``unplug``: ``device_del`` of nic0; QEMU removes it, the driver's device node
         goes, no interrupt row of the driver remains, and the driver's remove freed every
-        live vector (from dmesg)."""
+        live vector (from dmesg).  A QEMU that dies on its device_del defect ends the run
+        as could-not-judge naming it (``name_qemu_defect``)."""
+        try:
+            return self._unplug()
+        except CouldNotJudge as err:
+            try:
+                qemu_log = self.lab.machine.qemu_log.read_text(errors="replace")
+            except (AttributeError, OSError):
+                raise err from None
+            named = name_qemu_defect(err, qemu_log)
+            if named is err:
+                raise
+            raise named from err
+
+    def _unplug(self) -> Snapshot:
         snap = self.snapshot()
         live = len(self.ledger.live())
         self.lab.qmp("device_del", id="nic0")
