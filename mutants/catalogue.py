@@ -11,6 +11,8 @@ Concepts owned here:
   member of the expected set (a failed check, or the outcome itself).  A mutant killed
   by its outcome names the splat it causes (``splat``, a regular expression the
   verdict's first console line must match), so an unrelated crash cannot kill it.
+- A mutant's ``command`` is the job its bug is judged by: the main job (``run``, the
+  default) or, for a bug only churn can reach, a soak of a fixed seed and op count.
 - Kinds: ``bug`` plants a bug in the device model or the guest driver; ``unjudged``
   makes a host check stop running (the "declared but not judged" rule must catch it);
   ``weakened`` loosens one host check *and* plants the bug it guards, so the verdict
@@ -47,6 +49,7 @@ class Mutant:
     expected: frozenset[str]    # check names or outcomes; one must be in the verdict
     edits: tuple[Edit, ...]
     splat: str | None = None    # the console line an expected kernel_splat must match
+    command: tuple[str, ...] = ("run",)     # the msixlab job the mutant is judged by
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -55,8 +58,12 @@ class Mutant:
 
 
 def _m(name: str, kind: str, description: str, expected: set[str], *edits: Edit,
-       splat: str | None = None) -> Mutant:
-    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat)
+       splat: str | None = None, command: tuple[str, ...] = ("run",)) -> Mutant:
+    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat, command)
+
+
+# The soak a soak mutant is judged by: a fixed seed and op count, so it replays.
+SOAK = ("soak", "--ops", "80", "--seed", "7", "--seconds", "600")
 
 
 MSIX = f"{DEVICE}/msix.py"
@@ -265,7 +272,20 @@ HOST_MUTANTS = (
             "        fd = self.eventfds[v ^ 1]\n        if (fd is not None and self.enabled")),
 )
 
-MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS
+# Bugs only the soak's churn reaches, judged by a soak (``SOAK``).
+SOAK_MUTANTS = (
+    _m("kmod-any-index-refused", "bug",
+       "the driver refuses every any-index group of min 5 or more with ENOSPC, table free or not",
+       {"enospc_only_when_full"},
+       Edit(GROUP, "\tfor (i = 0; i < grp->max; i++) {\n"
+                   "\t\tunsigned int index = any ? MSI_ANY_INDEX : grp->start + i;\n",
+            "\tif (any && grp->min > 4)\n\t\treturn -ENOSPC;\n"
+            "\tfor (i = 0; i < grp->max; i++) {\n"
+            "\t\tunsigned int index = any ? MSI_ANY_INDEX : grp->start + i;\n"),
+       command=SOAK),
+)
+
+MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + SOAK_MUTANTS
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {

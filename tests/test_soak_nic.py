@@ -137,3 +137,34 @@ def test_the_live_cap_is_shared_by_every_nic():
     assert [view.live_cap for view in soak._views()] == [LIVE_CAP - 1, LIVE_CAP - 151]
     one = soak_on(1)
     assert one._views()[0].live_cap == min(LIVE_CAP, 64)
+
+
+class RefusesWithEnospc:
+    """The guest agent's side of one allocation the driver refuses with ENOSPC."""
+
+    def agent(self, cmd, **args):
+        from agent.host.outcome import DriverCallFailed
+        raise DriverCallFailed(cmd, args, 28, "ENOSPC")
+
+
+@pytest.mark.parametrize("nics", [1, 2])
+def test_an_enospc_with_room_in_the_table_and_the_vector_space_fails(nics):
+    soak = soak_on(nics)
+    nic = soak.nics[-1]
+    nic.__dict__["target"] = RefusesWithEnospc()
+    assert soak._alloc(nic, {"min": 4, "max": 5}) == {"result": "ENOSPC"}
+    [failed] = soak.failures
+    assert failed.name == "enospc_only_when_full" and failed.verdict is Verdict.FAIL
+    assert failed.evidence["live_vectors_in_guest"] == nics     # every NIC's static vector
+    assert failed.step == ("op3" if nics == 1 else f"nic{nics - 1}/op3")
+    assert nic.stats.enospc == 1
+
+
+def test_an_enospc_when_the_table_is_full_passes():
+    soak = soak_on(1)
+    nic = soak.nics[0]
+    nic.__dict__["target"] = RefusesWithEnospc()
+    from agent.host.ledger import GroupRequest     # two entries left (62, 63): min 3 cannot fit
+    nic.ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 62)), 61, 61))
+    soak._alloc(nic, {"min": 3, "max": 3})
+    assert soak.failures == [] and soak.passed["enospc_only_when_full"] == 1

@@ -19,7 +19,9 @@ Concepts owned here:
   so a raise counted on the wrong NIC fails (lost on one, spurious on the other).
 - *Every second*: each NIC's device RAISED/DELIVERED/pending and IRQ_TOTAL register
   against its ledger (accounting.device_counters_match), each device server's RSS
-  sampled, and a progress line.  *At the end*: every view of every NIC against its
+  sampled, and a progress line.  An allocation refused with ENOSPC is judged against the
+  free entries the ledger knows of and the CPUs' vector space (soak_plan.judge_enospc).
+  *At the end*: every view of every NIC against its
   ledger (live set in the driver, QEMU's table and msi_irqs, counts, PBA, requested
   affinity).
 """
@@ -40,7 +42,7 @@ from .outcome import DriverCallFailed
 from .routing import CheckResult, Snapshot, Verdict
 from .scenario import ring_doorbell
 from .soak_nic import NicSoak, SoakStats
-from .soak_plan import Op, SoakView, next_nic_op
+from .soak_plan import Op, SoakView, judge_enospc, next_nic_op
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,10 @@ class Soak:
         except DriverCallFailed as err:
             if err.code != "ENOSPC":
                 raise
-            nic.stats.enospc += 1        # the table, or the CPUs' vector space, is full
+            nic.stats.enospc += 1        # the table, or the CPUs' vector space, is full?
+            live = sum(len(other.ledger.live()) for other in self.nics)
+            free = [i for i in range(ledger.table_size) if i not in live_before]
+            self._add(nic, judge_enospc(args, free, ledger.table_size, live, ledger.cpus))
             return {"result": "ENOSPC"}
         request = GroupRequest(f"g{group['group']}", group["group"], tuple(group["indices"]),
                                args["min"], args["max"], args.get("start"), args.get("cpu"),
