@@ -283,6 +283,16 @@ SOAK_MUTANTS = (
             "\tfor (i = 0; i < grp->max; i++) {\n"
             "\t\tunsigned int index = any ? MSI_ANY_INDEX : grp->start + i;\n"),
        command=SOAK),
+    _m("dev-live-raise-held", "bug",
+       "the device holds every third control raise of a vector pending although it has the "
+       "vector's eventfd and nothing masks it, and never delivers it",
+       {"held_raise_delivered"},
+       Edit(MSIX, "        if (fd is not None and self.enabled and not self.function_mask\n"
+                  "                and not self.masked[v]):\n",
+            "        if (fd is not None and self.enabled and not self.function_mask\n"
+            "                and not self.masked[v]\n"
+            "                and (self.raised[v] % 3 or source != \"control\")):\n"),
+       command=SOAK),
 )
 
 MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + SOAK_MUTANTS

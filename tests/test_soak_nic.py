@@ -168,3 +168,71 @@ def test_an_enospc_when_the_table_is_full_passes():
     nic.ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 62)), 61, 61))
     soak._alloc(nic, {"min": 3, "max": 3})
     assert soak.failures == [] and soak.passed["enospc_only_when_full"] == 1
+
+
+# --- a live vector's raise the device holds pending is owed --------------------------------
+
+def device_state(index: int, *, pending: bool, delivered: int, eventfd: bool = True,
+                 masked: bool = False, function_mask: bool = False) -> dict:
+    return {"msix": {"enabled": True, "function_mask": function_mask},
+            "vectors": [{"index": index, "eventfd": eventfd, "masked": masked,
+                         "pending": pending, "raised": 1, "delivered": delivered}]}
+
+
+def owing(index: int = 0):
+    soak = soak_on(1)
+    nic = soak.nics[0]
+    nic.ledger.raised(index, has_eventfd=False)          # held while masked
+    assert nic.ledger.owed() == {index}
+    return soak, nic
+
+
+def test_a_held_raise_still_masked_is_owed_not_failed_until_the_end():
+    soak, nic = owing()
+    released, results = nic.settle_owed(device_state(0, pending=True, delivered=0, masked=True))
+    assert (released, results) == ([], []) and nic.ledger.owed() == {0}
+    _, [result] = nic.settle_owed(device_state(0, pending=True, delivered=0, masked=True),
+                                  final=True)
+    assert result.name == "held_raise_delivered" and result.verdict is Verdict.FAIL
+    assert "at the end" in result.summary
+
+
+def test_a_held_raise_the_device_could_deliver_fails_at_once():
+    soak, nic = owing()
+    _, [result] = nic.settle_owed(device_state(0, pending=True, delivered=0))
+    assert result.verdict is Verdict.FAIL and result.index == 0
+    assert result.evidence["device"]["eventfd"] and not result.evidence["device"]["masked"]
+
+
+def test_a_held_raise_delivered_is_counted_once_and_reconciled():
+    soak, nic = owing()
+    released, [result] = nic.settle_owed(device_state(0, pending=False, delivered=1))
+    assert released == [0] and result.verdict is Verdict.PASS
+    assert nic.ledger.expected_counts()[0] == 5              # 4 before the soak, + the held one
+    soak.judge_totals([{0: 5}], None, (), {0: released})
+    assert soak.failures == []
+    soak.judge_totals([{0: 7}], None, (), {0: []})           # two more nobody raised
+    assert [f.name for f in soak.failures] == ["no_spurious_interrupt"]
+
+
+class DeviceHolds:
+    """The device's side of one raise it answers ``pending``, and its state then."""
+
+    def __init__(self, eventfd: bool):
+        self.eventfd = eventfd
+
+    def device_command(self, cmd, **args):
+        if cmd == "raise":
+            return {"results": [{"vector": v, "outcome": "pending"} for v in args["vectors"]]}
+        return device_state(0, pending=True, delivered=0, eventfd=self.eventfd, masked=True)
+
+
+@pytest.mark.parametrize("eventfd", [True, False])
+def test_a_live_raise_held_with_its_eventfd_is_owed_without_one_fails(eventfd):
+    soak = soak_on(1)
+    nic = soak.nics[0]
+    nic.__dict__["target"] = DeviceHolds(eventfd)
+    assert soak._device_raise(nic, [0], live=True) == ["pending"]
+    assert nic.ledger.owed() == {0}
+    names = [f.name for f in soak.failures]
+    assert names == ([] if eventfd else ["live_vector_has_eventfd"])
