@@ -150,6 +150,12 @@ DEVICE_MUTANTS = (
 )
 
 KMOD_MUTANTS = (
+    _m("kmod-request-irq-failure-leaks", "bug",
+       "a vector whose request_irq() fails is not given back (pci_msix_free_irq skipped): "
+       "its index and IRQ outlive the failed group",
+       {"request_irq_failure_unwound", "no_leak_after_free"},
+       Edit(GROUP, "\tret = msixlab_vec_attach(ml, vec, grp);\n\tif (ret)\n\t\tgoto err_free_map;",
+            "\tret = msixlab_vec_attach(ml, vec, grp);\n\tif (ret)\n\t\tgoto err_destroy;")),
     _m("kmod-affinity-hint-ignored", "bug",
        "the driver allocates a group asked for one CPU without its affinity descriptor",
        {"requested_affinity_honoured"},
