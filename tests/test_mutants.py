@@ -117,11 +117,12 @@ def test_declared_checks_are_every_scenario_step_s_and_the_soak_s():
 
 
 def test_a_soak_mutant_is_judged_by_a_soak_of_fixed_seed_and_ops():
-    soak = [m for m in MUTANTS if m.command != ("run",)]
+    soak = [m for m in MUTANTS if m.command[0] == "soak"]
     assert soak, "the soak's checks need mutants of their own"
     for mutant in soak:
-        assert mutant.command[0] == "soak"
         assert "--seed" in mutant.command and "--ops" in mutant.command
+    assert {m.command[0] for m in MUTANTS} == {"run", "soak"}
+    assert catalogue.by_name()["lab-irte-last-unread"].command == ("run", "--iommu")
 
 
 def killed_by(name: str, *matched: str) -> run.MutantResult:

@@ -71,7 +71,8 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("function-mask", ("raise_held_while_function_masked", "raise_counted_once_on_cpu")
      + ACCOUNT),
     ("affinity-change", ("requested_affinity_honoured", "cached_msg_matches_table",
-                         "raise_counted_once_on_cpu") + ACCOUNT),
+                         "destination_matches_affinity", "raise_counted_once_on_cpu")
+     + ACCOUNT),
     ("free-and-reuse", ("freed_entry_masked_and_cleared", "freed_index_reused",
                         "freed_raise_delivered_once_on_reuse") + GROUP + RECORD + ACCOUNT),
     ("exhaustion", ("exhausted_with_enospc", "failed_alloc_leaves_table_unchanged",
@@ -357,6 +358,9 @@ class Scenario:
         moved = self.snapshot()
         self._add(accounting.requested_affinity_honoured(self.ledger, moved))
         self._add(checks.cached_msg_matches_table(moved.get(index)))
+        # the message (under --iommu: the IRTE its handle names) against the effective
+        # affinity after the move: a stale IRTE keeps the old CPU
+        self._add(checks.destination_matches_affinity(moved.get(index)))
         self._device_raise([index])
         after = self._wait_counts({index: moved.get(index).guest.total + 1},
                                   f"vector {index} on CPU {target}")
