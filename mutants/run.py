@@ -245,10 +245,10 @@ def _table(outcomes: list[MutantResult]) -> Table:
 
 def _list(console: Console) -> int:
     table = Table(title=f"{len(MUTANTS)} mutants")
-    for column in ("mutant", "kind", "files", "bug", "expected (one of)"):
+    for column in ("mutant", "kind", "job", "files", "bug", "expected (one of)"):
         table.add_column(column)
     for m in MUTANTS:
-        table.add_row(m.name, m.kind, "\n".join(m.paths), m.description,
+        table.add_row(m.name, m.kind, " ".join(m.command), "\n".join(m.paths), m.description,
                       ", ".join(sorted(m.expected)))
     console.print(table)
     return 0
