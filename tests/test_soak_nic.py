@@ -236,3 +236,23 @@ def test_a_live_raise_held_with_its_eventfd_is_owed_without_one_fails(eventfd):
     assert nic.ledger.owed() == {0}
     names = [f.name for f in soak.failures]
     assert names == ([] if eventfd else ["live_vector_has_eventfd"])
+
+
+class LabWith:
+    def __init__(self, *append: str):
+        self.append = append
+
+
+def test_an_appended_irqaffinity_counts_the_guest_as_one_cpu_for_the_vector_space():
+    from agent.host.ledger import GroupRequest
+    verdicts = []
+    for append in ((), ("quiet", "irqaffinity=0")):
+        soak = soak_on(1)
+        soak.lab = LabWith(*append)
+        nic = soak.nics[0]
+        nic.__dict__["target"] = RefusesWithEnospc()
+        nic.ledger = type(nic.ledger)(256, 2)
+        nic.ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 151)), 150, 150))
+        soak._alloc(nic, {"min": 16, "max": 16})      # 151 + 16 live: > 160, <= 320
+        verdicts.append([r.verdict for r in soak.failures] or ["pass"])
+    assert verdicts == [[Verdict.FAIL], ["pass"]]

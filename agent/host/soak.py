@@ -208,7 +208,7 @@ class Soak:
             nic.stats.enospc += 1        # the table, or the CPUs' vector space, is full?
             live = sum(len(other.ledger.live()) for other in self.nics)
             free = [i for i in range(ledger.table_size) if i not in live_before]
-            self._add(nic, judge_enospc(args, free, ledger.table_size, live, ledger.cpus))
+            self._add(nic, judge_enospc(args, free, ledger.table_size, live, self._spread()))
             return {"result": "ENOSPC"}
         request = GroupRequest(f"g{group['group']}", group["group"], tuple(group["indices"]),
                                args["min"], args["max"], args.get("start"), args.get("cpu"),
@@ -222,6 +222,12 @@ class Soak:
         held = [i for i in request.indices if ledger.accounts[i].counted]
         self._reconcile(nic, held)       # a raise held for an index reaches its new owner
         return {"group": request.group, "indices": list(request.indices)}
+
+    def _spread(self) -> int:
+        """The CPUs a vector for no CPU may land on: the guest's, unless an appended
+        ``irqaffinity=`` narrows the default affinity (then counted as one)."""
+        append = getattr(self.lab, "append", ()) or ()
+        return 1 if any("irqaffinity=" in param for param in append) else self.nics[0].ledger.cpus
 
     def _device_raise(self, nic: NicSoak, vectors: list[int], live: bool) -> list[str]:
         reply = nic.target.device_command("raise", vectors=vectors)
