@@ -205,7 +205,7 @@ class Soak:
         except DriverCallFailed as err:
             if err.code != "ENOSPC":
                 raise
-            nic.stats.enospc += 1        # the table, or the CPUs' vector space, is full?
+            nic.stats.enospc += 1        # judged: was the table or the vector space full?
             live = sum(len(other.ledger.live()) for other in self.nics)
             free = [i for i in range(ledger.table_size) if i not in live_before]
             self._add(nic, judge_enospc(args, free, ledger.table_size, live, self._spread()))
