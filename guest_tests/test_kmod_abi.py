@@ -76,6 +76,9 @@ def test_undelivered_raise_times_out_on_time(got):
     ("vector_exact_buffer", None),
     ("crash_kind_0", "EINVAL"),
     ("crash_warn_delay", "EINVAL"),
+    ("irq_fault_pad", "EINVAL"),
+    ("irq_fault_past_max", "EINVAL"),
+    ("irq_fault_disarm", None),
     ("version_1_magic", "ENOTTY"),
 ])
 def test_malformed_requests_are_refused(got, case, code):

@@ -245,6 +245,50 @@ def test_crash_needs_fault_injection(clean):
         assert clean.agent("reload_module", fault_injection=True)["fault_injection"] is True
 
 
+def irq_views(lab) -> tuple:
+    """The driver's indices and IRQs, msi_irqs, the device's /proc/interrupts rows and
+    the guest's reading of the first MSI-X table entries, as far as they are in effect (a
+    masked entry's message is not: 7.3.4 leaves a never-started vector's early-activation
+    message behind the mask when it frees it)."""
+    entries = [lab.agent("read_entry", index=i) for i in range(8)]
+    return (lab.agent("info")["allocated"], lab.agent("msi_irqs")["irqs"],
+            lab.agent("interrupts")["rows"],
+            ["masked" if e["ctrl"] & 1 else e for e in entries])   # as irq_fault.in_effect
+
+
+@pytest.mark.parametrize("nth, start", [(1, None), (2, None), (3, 5)])
+def test_a_request_irq_failure_unwinds_the_whole_group_and_leaks_nothing(clean, nth, start):
+    before = irq_views(clean)
+    assert clean.agent("fail_request_irq", nth=nth) == {"nth": nth}
+    where = {} if start is None else {"start": start}
+    error = refused(clean, "alloc_group", min=3, max=3, **where)
+    assert (error["code"], error["source"]) == ("ENOMEM", "driver"), error
+    assert irq_views(clean) == before                    # all or nothing
+    group = clean.agent("alloc_group", min=3, max=3, **where)  # one-shot: this one works
+    assert group["indices"] == ([1, 2, 3] if start is None else [5, 6, 7])
+    clean.agent("free_group", group=group["group"])
+    assert irq_views(clean) == before                    # nothing leaked
+
+
+def test_a_request_irq_fault_past_min_is_a_partial_group_and_zero_disarms(clean):
+    clean.agent("fail_request_irq", nth=3)
+    group = clean.agent("alloc_group", min=1, max=4)
+    assert group["count"] == 2 and group["indices"] == [1, 2]   # stopped at the 3rd
+    clean.agent("free_group", group=group["group"])
+    clean.agent("fail_request_irq", nth=1)
+    clean.agent("fail_request_irq", nth=0)
+    clean.agent("free_group", group=clean.agent("alloc_group", min=1, max=1)["group"])
+
+
+def test_fail_request_irq_needs_fault_injection(clean):
+    try:
+        clean.agent("reload_module", fault_injection=False)
+        error = refused(clean, "fail_request_irq", nth=1)
+        assert (error["code"], error["source"]) == ("EACCES", "driver"), error
+    finally:
+        assert clean.agent("reload_module", fault_injection=True)["fault_injection"] is True
+
+
 def test_crash_panic_replies_then_panics(image, tmp_path):
     with RunDirs.create(tmp_path) as dirs, Lab(image, FLAVOR, dirs) as lab:
         assert lab.agent("crash", kind="panic", delay_ms=200) == {"kind": "panic",

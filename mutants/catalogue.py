@@ -12,6 +12,8 @@ Concepts owned here:
   member of the expected set (a failed check, or the outcome itself).  A mutant killed
   by its outcome names the splat it causes (``splat``, a regular expression the
   verdict's first console line must match), so an unrelated crash cannot kill it.
+- A mutant's ``command`` is the job its bug is judged by: the main job (``run``, the
+  default) or, for a bug only churn can reach, a soak of a fixed seed and op count.
 - Kinds: ``bug`` plants a bug in the device model or the guest driver; ``unjudged``
   makes a host check stop running (the "declared but not judged" rule must catch it);
   ``weakened`` loosens one host check *and* plants the bug it guards, so the verdict
@@ -48,7 +50,7 @@ class Mutant:
     expected: frozenset[str]    # check names or outcomes; one must be in the verdict
     edits: tuple[Edit, ...]
     splat: str | None = None    # the console line an expected kernel_splat must match
-    scenario: str = "default"   # the scenario the main job runs (--scenario)
+    command: tuple[str, ...] = ("run",)     # the msixlab job the mutant is judged by
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -57,8 +59,12 @@ class Mutant:
 
 
 def _m(name: str, kind: str, description: str, expected: set[str], *edits: Edit,
-       splat: str | None = None, scenario: str = "default") -> Mutant:
-    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat, scenario)
+       splat: str | None = None, command: tuple[str, ...] = ("run",)) -> Mutant:
+    return Mutant(name, kind, description, frozenset(expected), tuple(edits), splat, command)
+
+
+# The soak a soak mutant is judged by: a fixed seed and op count, so it replays.
+SOAK = ("soak", "--ops", "80", "--seed", "7", "--seconds", "600")
 
 
 MSIX = f"{DEVICE}/msix.py"
@@ -145,6 +151,12 @@ DEVICE_MUTANTS = (
 )
 
 KMOD_MUTANTS = (
+    _m("kmod-request-irq-failure-leaks", "bug",
+       "a vector whose request_irq() fails is not given back (pci_msix_free_irq skipped): "
+       "its index and IRQ outlive the failed group",
+       {"request_irq_failure_unwound", "no_leak_after_free"},
+       Edit(GROUP, "\tret = msixlab_vec_attach(ml, vec, grp);\n\tif (ret)\n\t\tgoto err_free_map;",
+            "\tret = msixlab_vec_attach(ml, vec, grp);\n\tif (ret)\n\t\tgoto err_destroy;")),
     _m("kmod-affinity-hint-ignored", "bug",
        "the driver allocates a group asked for one CPU without its affinity descriptor",
        {"requested_affinity_honoured"},
@@ -301,14 +313,52 @@ LIFECYCLE_MUTANTS = (
             "\t\tif (grp == &ml->grp0 || grp == list_last_entry(&ml->groups,\n"
             "\t\t\t\t\t\t\t      struct msixlab_grp, node))\n"
             "\t\t\tcontinue;\n\t\tmsixlab_grp_release(ml, grp);"),
-       splat=r"WARNING: .*(remove_proc_entry|msi)", scenario="remove-rescan"),
+       splat=r"WARNING: .*(remove_proc_entry|msi)",
+       command=("run", "--scenario", "remove-rescan")),
     _m("reset-step-table-unjudged", "unjudged",
        "the reset step stops comparing QEMU's restored table entries with those before it",
        {"reset_entry_restored"},
        Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index))\n", "")),
 )
 
-MUTANTS: tuple[Mutant, ...] = DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + LIFECYCLE_MUTANTS
+# Bugs only the soak's churn reaches, judged by a soak (``SOAK``).
+SOAK_MUTANTS = (
+    _m("kmod-any-index-refused", "bug",
+       "the driver refuses every any-index group of min 5 or more with ENOSPC, table free or not",
+       {"enospc_only_when_full"},
+       Edit(GROUP, "\tfor (i = 0; i < grp->max; i++) {\n"
+                   "\t\tunsigned int index = any ? MSI_ANY_INDEX : grp->start + i;\n",
+            "\tif (any && grp->min > 4)\n\t\treturn -ENOSPC;\n"
+            "\tfor (i = 0; i < grp->max; i++) {\n"
+            "\t\tunsigned int index = any ? MSI_ANY_INDEX : grp->start + i;\n"),
+       command=SOAK),
+    _m("dev-live-raise-held", "bug",
+       "the device holds every third control raise of a vector pending although it has the "
+       "vector's eventfd and nothing masks it, and never delivers it",
+       {"held_raise_delivered"},
+       Edit(MSIX, "        if (fd is not None and self.enabled and not self.function_mask\n"
+                  "                and not self.masked[v]):\n",
+            "        if (fd is not None and self.enabled and not self.function_mask\n"
+            "                and not self.masked[v]\n"
+            "                and (self.raised[v] % 3 or source != \"control\")):\n"),
+       command=SOAK),
+)
+
+# Bugs only interrupt remapping shows, judged by the main job with --iommu.
+IOMMU_MUTANTS = (
+    _m("lab-irte-last-unread", "unjudged",
+       "under --iommu the snapshot resolves every message's handle through its IRTE but the "
+       "highest one's, whose destination went unjudged (the effective CPU stood in for it)",
+       {"destination_matches_affinity"},
+       Edit(f"{HOST}/lab.py",
+            "        irtes = {handle: qemu_view.read_irte(self, irta, handle) for handle in handles}",
+            "        irtes = {handle: qemu_view.read_irte(self, irta, handle)\n"
+            "                 for handle in sorted(handles)[:-1]}"),
+       command=("run", "--iommu")),
+)
+
+MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + LIFECYCLE_MUTANTS
+                               + SOAK_MUTANTS + IOMMU_MUTANTS)
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {

@@ -12,8 +12,13 @@ Concepts owned here:
 - *Killed*: the run exits 1 and its verdict (routing.json) names a member of the
   mutant's expected set, as a failed check or as the outcome.  Exit 0 or 125, or a
   failure that names none of the expected checks, is a survivor.
-- A *baseline* run of the unmutated copy comes first: it must pass, else no kill means
-  anything.
+- A *baseline* run of the unmutated copy comes first, one per job the chosen mutants are
+  judged by (the main job; the soak when a soak mutant is chosen): it must pass, else no
+  kill means anything.
+- The *check report*: the declared checks (every scenario step's, and the soak's) that
+  killed a mutant in this run or in any earlier run under the same results directory
+  (their summary.json files), how many, and the declared checks no mutant has ever made
+  fail: a check that never failed is not yet shown able to.
 - A *retry*: a survivor whose run ended before the guest agent said hello (a guest boot
   that hung or panicked on the loaded host) is run again (``--retries``, default once);
   a kill is never retried.
@@ -45,6 +50,8 @@ from rich.table import Table
 from msixlab_common.removal import remove_tree
 
 from .catalogue import MUTANTS, Mutant
+
+RUN = ("run",)
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,9 +176,12 @@ def judge(mutant: Mutant, exit_code: int | None, verdict: dict | None) -> Mutant
 # --- running -------------------------------------------------------------------------------
 
 def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: str,
-            timeout: float, keep: bool) -> MutantResult:
-    """Copy, mutate (None: the baseline), run the main job, keep its verdict."""
-    name = mutant.name if mutant else "baseline"
+            timeout: float, keep: bool, command: tuple[str, ...] = RUN) -> MutantResult:
+    """Copy, mutate (None: the baseline of ``command``), run the mutant's job (the main
+    job, or the soak it names), keep its verdict."""
+    command = mutant.command if mutant else command
+    name = mutant.name if mutant else ("baseline" if command == RUN
+                                       else f"baseline-{command[0]}")
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix=f"msixlab-mutant-{name}-"))
     where = artifacts / name
@@ -183,15 +193,13 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
         env = {**os.environ, "PYTHONPATH": str(scratch)}
         with open(where / "run.log", "w") as logf:
             try:
-                scenario = mutant.scenario if mutant else "default"
-                done = subprocess.run([python, "-m", "agent.host", "run", "--results",
-                                       str(scratch / "results"), "--scenario", scenario],
-                                      cwd=scratch, env=env,
+                done = subprocess.run([python, "-m", "agent.host", *command, "--results",
+                                       str(scratch / "results")], cwd=scratch, env=env,
                                       stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, timeout=timeout)
                 exit_code = done.returncode
             except subprocess.TimeoutExpired:
-                logf.write(f"\nmutate: the main job took longer than {timeout} s\n")
+                logf.write(f"\nmutate: {' '.join(command)} took longer than {timeout} s\n")
                 exit_code = None
         routing = read_routing(scratch / "results")
         for run_dir in (scratch / "results").glob("*"):
@@ -204,7 +212,8 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
         else:
             remove_tree(scratch, ignore_errors=True)
     if mutant is None:
-        mutant = Mutant("baseline", "baseline", "the unmutated tree", frozenset(), ())
+        mutant = Mutant(name, "baseline", "the unmutated tree", frozenset(), (),
+                        command=command)
     out = judge(mutant, exit_code, routing.get("verdict"))
     out.guest_up = guest_was_up(routing)
     out.seconds = round(time.monotonic() - started, 1)
@@ -238,10 +247,10 @@ def _table(outcomes: list[MutantResult]) -> Table:
 
 def _list(console: Console) -> int:
     table = Table(title=f"{len(MUTANTS)} mutants")
-    for column in ("mutant", "kind", "files", "bug", "expected (one of)"):
+    for column in ("mutant", "kind", "job", "files", "bug", "expected (one of)"):
         table.add_column(column)
     for m in MUTANTS:
-        table.add_row(m.name, m.kind, "\n".join(m.paths), m.description,
+        table.add_row(m.name, m.kind, " ".join(m.command), "\n".join(m.paths), m.description,
                       ", ".join(sorted(m.expected)))
     console.print(table)
     return 0
@@ -275,6 +284,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _baselines(chosen: list[Mutant], files: list[str], artifacts: Path, python: str,
+               args: argparse.Namespace, console: Console) -> bool:
+    """Run the unmutated tree once per job the ``chosen`` mutants are judged by (the main
+    job first); False, said on the console, when one does not pass."""
+    for command in dict.fromkeys([RUN] + [m.command for m in chosen]):
+        what = " ".join(command)
+        console.print(f"baseline: the unmutated tree must pass `{what}` ...")
+        base = run_one(None, files, artifacts, python, args.timeout, args.keep, command)
+        if base.exit_code != 0:
+            console.print(f"[red]mutate: the unmutated tree does not pass `{what}` (exit "
+                          f"{base.exit_code}, {base.outcome}: {base.summary}); see "
+                          f"{base.artifacts}[/]")
+            return False
+        console.print(f"baseline `{what}` passed in {base.seconds:.1f} s")
+    return True
+
+
+# --- the check report -----------------------------------------------------------------------
+
+def declared_checks() -> set[str]:
+    """Every check a job the catalogue runs declares: each step's of every scenario
+    ``run`` can run (``--nics`` adds its isolation step) and the soak's."""
+    from agent.host.scenarios import REGISTRY, PerNic
+    from agent.host.soak_plan import SOAK_CHECKS
+    plans = [cls.PLAN for cls in REGISTRY.values()] + [PerNic(None, REGISTRY["default"], 2).PLAN]
+    return {name for plan in plans for _, names in plan for name in names} | set(SOAK_CHECKS)
+
+
+def earlier_killers(results: Path, skip: Path | None = None) -> set[str]:
+    """The check names that killed a mutant in the earlier runs' summary.json files under
+    ``results`` (``skip``: this run's folder); an unreadable summary is passed over."""
+    found: set[str] = set()
+    for summary in sorted(results.glob("*/summary.json")):
+        if skip is not None and summary.parent == skip:
+            continue
+        try:
+            mutants = json.loads(summary.read_text()).get("mutants", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        found |= {name for m in mutants if isinstance(m, dict) and m.get("killed")
+                  for name in m.get("matched", []) if isinstance(name, str)}
+    return found
+
+
+def check_report(outcomes: list[MutantResult], earlier: set[str],
+                 declared: set[str]) -> dict:
+    """Which ``declared`` checks killed something: in this run (``outcomes``: the checks
+    each kill matched) and ever (with ``earlier``); the declared checks that never did."""
+    now = {name for o in outcomes if o.killed for name in o.matched} & declared
+    ever = (now | earlier) & declared
+    return {"checks_declared": len(declared), "checks_killing": sorted(now),
+            "checks_killing_ever": sorted(ever),
+            "checks_never_killing": sorted(declared - ever)}
+
+
+def _print_report(console: Console, report: dict) -> None:
+    console.print(f"{len(report['checks_killing'])} distinct checks killed a mutant in this "
+                  f"run, {len(report['checks_killing_ever'])} of the "
+                  f"{report['checks_declared']} declared checks ever")
+    if report["checks_never_killing"]:
+        console.print(f"[yellow]declared checks no mutant has ever made fail: "
+                      f"{', '.join(report['checks_never_killing'])}[/]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m mutants.run``: check the catalogue applies, run the baseline, then every
     chosen mutant (``--jobs`` at once, survivors whose guest never came up retried), print
@@ -298,15 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     artifacts.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     python = sys.executable
-    if not args.no_baseline:
-        console.print("baseline: the unmutated tree must pass ...")
-        base = run_one(None, files, artifacts, python, args.timeout, args.keep)
-        if base.exit_code != 0:
-            console.print(f"[red]mutate: the unmutated tree does not pass (exit "
-                          f"{base.exit_code}, {base.outcome}: {base.summary}); see "
-                          f"{base.artifacts}[/]")
-            return EXIT_BROKEN
-        console.print(f"baseline passed in {base.seconds:.1f} s")
+    if not args.no_baseline and not _baselines(chosen, files, artifacts, python, args,
+                                               console):
+        return EXIT_BROKEN
 
     def one(mutant: Mutant) -> MutantResult:
         for attempt in range(1, args.retries + 2):
@@ -339,9 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     survivors = [o.name for o in outcomes if not o.killed]
     if survivors:
         console.print(f"[red]survived: {', '.join(survivors)}[/]")
+    report = check_report(outcomes, earlier_killers(Path(args.results), artifacts),
+                          declared_checks())
+    _print_report(console, report)
     summary = {"stamp": stamp, "wall_seconds": wall, "jobs": args.jobs,
                "baseline": not args.no_baseline, "killed": killed, "total": len(outcomes),
-               "kill_rate": round(rate, 4), "survivors": survivors,
+               "kill_rate": round(rate, 4), "survivors": survivors, **report,
                "mutants": [asdict(o) for o in outcomes]}
     (artifacts / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"results in {artifacts}")

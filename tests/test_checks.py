@@ -147,11 +147,16 @@ def test_destination_matches_affinity_fails_on_non_msi_message():
     assert_fails(destination_matches_affinity(snap(v).get(1)), "not an MSI address")
 
 
-@pytest.mark.parametrize("address_lo", [addr(1, logical=True), 0xFEE00000 | 1 << 4])
-def test_destination_matches_affinity_skips_logical_and_remappable(address_lo):
+def test_destination_matches_affinity_skips_logical():
     v = vec(1)
-    v["guest"]["msg"]["address_lo"] = address_lo
+    v["guest"]["msg"]["address_lo"] = addr(1, logical=True)
     assert destination_matches_affinity(snap(v).get(1)).verdict is Verdict.SKIP
+
+
+def test_destination_matches_affinity_fails_a_remappable_message_whose_irte_was_not_read():
+    v = vec(1)
+    v["guest"]["msg"]["address_lo"] = 0xFEE00000 | 1 << 4
+    assert_fails(destination_matches_affinity(snap(v).get(1)), "which was not read")
 
 
 def test_destination_matches_affinity_skips_freed():
@@ -170,10 +175,16 @@ def test_record_checks_run_on_allocated_only():
 
 def test_target_cpu_falls_back_to_single_effective_cpu():
     v = vec(1, cpu=1)
-    v["guest"]["msg"]["address_lo"] = 0xFEE00000 | 1 << 4  # remappable
+    v["guest"]["msg"]["address_lo"] = addr(0, logical=True)   # no single APIC ID
     assert target_cpu(snap(v).get(1)) == 1
     v["guest"]["affinity"]["effective"] = [0, 1]
     assert target_cpu(snap(v).get(1)) is None
+
+
+def test_target_cpu_of_an_unresolved_remappable_message_is_unknown():
+    v = vec(1, cpu=1)
+    v["guest"]["msg"]["address_lo"] = 0xFEE00000 | 1 << 4   # a handle; its IRTE not read
+    assert target_cpu(snap(v).get(1)) is None               # not the effective CPU
 
 
 # --- raise_counted_once_on_cpu -----------------------------------------------------

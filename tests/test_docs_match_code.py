@@ -37,6 +37,13 @@ def test_every_declared_check_is_documented():
     assert declared <= documented, sorted(declared - documented)
 
 
+def test_every_soak_check_is_documented():
+    from agent.host.soak_plan import SOAK_CHECKS
+    rows = table_rows(DOCS / "soak.md", "check")
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row[0])}
+    assert set(SOAK_CHECKS) <= documented, sorted(set(SOAK_CHECKS) - documented)
+
+
 def _first_column_names(path: Path, header: str) -> set[str]:
     """Every `name` in the first column of the table (``a`` / ``b`` rows give both)."""
     return {name for row in table_rows(path, header) for name in re.findall(r"`(\w+)`", row[0])}

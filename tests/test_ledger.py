@@ -111,3 +111,18 @@ def test_a_raise_of_a_shut_down_vector_is_held_then_counted_once_at_start():
         led.started([4])
     with pytest.raises(LedgerError):
         led.shut_down([9])
+
+
+def test_a_live_vector_s_held_raise_is_owed_until_the_device_delivers_it():
+    ledger = Ledger(16, 2)
+    ledger.allocated(GroupRequest("a", 1, (3, 4), 2, 2))
+    ledger.raised(3, has_eventfd=False)              # the device held it (vector masked)
+    ledger.raised(9, has_eventfd=False)              # not live: not owed to anyone
+    assert ledger.owed() == {3} and ledger.expected_counts()[3] == 0
+    ledger.delivered_held(3)
+    assert ledger.owed() == set()
+    assert ledger.expected_counts()[3] == 1 and ledger.expected_device()[3] == (1, 1, False)
+    with pytest.raises(LedgerError):
+        ledger.delivered_held(3)                     # delivered once, not twice
+    with pytest.raises(LedgerError):
+        ledger.delivered_held(9)

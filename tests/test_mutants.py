@@ -5,12 +5,16 @@ from pathlib import Path
 
 import pytest
 
+import json
+
 from agent.host.outcome import Outcome
-from agent.host.scenarios import REGISTRY
+from agent.host.scenario import PLAN
+from agent.host.soak_plan import SOAK_CHECKS
 from mutants import catalogue, run
 from mutants.catalogue import EQUIVALENT, MUTANTS, Edit, Mutant
 
 ROOT = Path(__file__).resolve().parents[1]
+DECLARED = run.declared_checks()
 AREAS = ("qemu_device/device/", "agent/kmod/", "agent/host/checks.py",
          "agent/host/accounting.py", "agent/host/scenario.py")
 
@@ -28,7 +32,7 @@ def test_every_mutant_says_what_it_plants_and_what_catches_it(mutant):
     assert mutant.description.strip() and "\n" not in mutant.description
     assert mutant.expected
     outcomes = {str(o) for o in Outcome if o.exit_code == 1}
-    declared = {name for _, names in REGISTRY[mutant.scenario].PLAN for name in names}
+    declared = DECLARED
     unknown = mutant.expected - declared - outcomes
     assert not unknown, f"{mutant.name} expects checks nobody declares: {sorted(unknown)}"
     if "kernel_splat" in mutant.expected:
@@ -105,3 +109,46 @@ def test_only_a_run_whose_guest_never_came_up_is_run_again():
     assert run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0, "boot_to_agent_s": 9}}})
     assert not run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0}}})
     assert not run.guest_was_up({})
+
+
+def test_declared_checks_are_every_scenario_step_s_and_the_soak_s():
+    assert {name for _, names in PLAN for name in names} <= DECLARED
+    assert set(SOAK_CHECKS) <= DECLARED and "enospc_only_when_full" in DECLARED
+    assert "kernel_splat" not in DECLARED          # an outcome, not a check
+
+
+def test_a_soak_mutant_is_judged_by_a_soak_of_fixed_seed_and_ops():
+    soak = [m for m in MUTANTS if m.command[0] == "soak"]
+    assert soak, "the soak's checks need mutants of their own"
+    for mutant in soak:
+        assert "--seed" in mutant.command and "--ops" in mutant.command
+    assert {m.command[0] for m in MUTANTS} == {"run", "soak"}
+    assert catalogue.by_name()["lab-irte-last-unread"].command == ("run", "--iommu")
+
+
+def killed_by(name: str, *matched: str) -> run.MutantResult:
+    out = run.MutantResult(name, "bug", "x", sorted(matched), exit_code=1)
+    out.matched, out.killed = list(matched), True
+    return out
+
+
+def test_the_report_counts_distinct_killing_checks_and_lists_those_never_killing(tmp_path):
+    declared = {"a", "b", "c", "d"}
+    survivor = run.MutantResult("s", "bug", "x", ["d"], exit_code=0)
+    outcomes = [killed_by("m1", "a"), killed_by("m2", "a", "kernel_splat"), survivor]
+    report = run.check_report(outcomes, set(), declared)
+    assert report["checks_killing"] == ["a"]               # two kills, one distinct check
+    assert report["checks_never_killing"] == ["b", "c", "d"]
+    assert report["checks_declared"] == 4
+    # an earlier run's kills count as "ever", not as this run's
+    earlier = tmp_path / "20260101-000000"
+    earlier.mkdir()
+    (earlier / "summary.json").write_text(json.dumps({"mutants": [
+        {"name": "old", "killed": True, "matched": ["b"]},
+        {"name": "lived", "killed": False, "matched": ["c"]}]}))
+    (tmp_path / "20260102-000000").mkdir()
+    (tmp_path / "20260102-000000" / "summary.json").write_text("{not json")
+    report = run.check_report(outcomes, run.earlier_killers(tmp_path), declared)
+    assert report["checks_killing"] == ["a"] and report["checks_killing_ever"] == ["a", "b"]
+    assert report["checks_never_killing"] == ["c", "d"]
+    assert run.earlier_killers(tmp_path, skip=earlier) == set()

@@ -58,7 +58,9 @@ def test_the_irte_names_destination_vector_and_cpu():
 
 def test_destination_is_judged_through_the_irte():
     snap = snapshot(remapped_vector(effective=(1,)))
-    assert destination_matches_affinity(snap.get(1)).verdict is Verdict.SKIP   # not read
+    unread = destination_matches_affinity(snap.get(1))
+    assert unread.verdict is Verdict.FAIL and "IRTE 29, which was not read" in unread.summary
+    assert target_cpu(snap.get(1)) is None            # not the effective CPU: unknown
     resolved = resolve_remapped(snap, {29: IRTE_CPU1}, ApicMap.identity())
     assert destination_matches_affinity(resolved.get(1)).verdict is Verdict.PASS
     assert target_cpu(resolved.get(1)) == 1

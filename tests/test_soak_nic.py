@@ -137,3 +137,122 @@ def test_the_live_cap_is_shared_by_every_nic():
     assert [view.live_cap for view in soak._views()] == [LIVE_CAP - 1, LIVE_CAP - 151]
     one = soak_on(1)
     assert one._views()[0].live_cap == min(LIVE_CAP, 64)
+
+
+class RefusesWithEnospc:
+    """The guest agent's side of one allocation the driver refuses with ENOSPC."""
+
+    def agent(self, cmd, **args):
+        from agent.host.outcome import DriverCallFailed
+        raise DriverCallFailed(cmd, args, 28, "ENOSPC")
+
+
+@pytest.mark.parametrize("nics", [1, 2])
+def test_an_enospc_with_room_in_the_table_and_the_vector_space_fails(nics):
+    soak = soak_on(nics)
+    nic = soak.nics[-1]
+    nic.__dict__["target"] = RefusesWithEnospc()
+    assert soak._alloc(nic, {"min": 4, "max": 5}) == {"result": "ENOSPC"}
+    [failed] = soak.failures
+    assert failed.name == "enospc_only_when_full" and failed.verdict is Verdict.FAIL
+    assert failed.evidence["live_vectors_in_guest"] == nics     # every NIC's static vector
+    assert failed.step == ("op3" if nics == 1 else f"nic{nics - 1}/op3")
+    assert nic.stats.enospc == 1
+
+
+def test_an_enospc_when_the_table_is_full_passes():
+    soak = soak_on(1)
+    nic = soak.nics[0]
+    nic.__dict__["target"] = RefusesWithEnospc()
+    from agent.host.ledger import GroupRequest     # two entries left (62, 63): min 3 cannot fit
+    nic.ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 62)), 61, 61))
+    soak._alloc(nic, {"min": 3, "max": 3})
+    assert soak.failures == [] and soak.passed["enospc_only_when_full"] == 1
+
+
+# --- a live vector's raise the device holds pending is owed --------------------------------
+
+def device_state(index: int, *, pending: bool, delivered: int, eventfd: bool = True,
+                 masked: bool = False, function_mask: bool = False) -> dict:
+    return {"msix": {"enabled": True, "function_mask": function_mask},
+            "vectors": [{"index": index, "eventfd": eventfd, "masked": masked,
+                         "pending": pending, "raised": 1, "delivered": delivered}]}
+
+
+def owing(index: int = 0):
+    soak = soak_on(1)
+    nic = soak.nics[0]
+    nic.ledger.raised(index, has_eventfd=False)          # held while masked
+    assert nic.ledger.owed() == {index}
+    return soak, nic
+
+
+def test_a_held_raise_still_masked_is_owed_not_failed_until_the_end():
+    soak, nic = owing()
+    released, results = nic.settle_owed(device_state(0, pending=True, delivered=0, masked=True))
+    assert (released, results) == ([], []) and nic.ledger.owed() == {0}
+    _, [result] = nic.settle_owed(device_state(0, pending=True, delivered=0, masked=True),
+                                  final=True)
+    assert result.name == "held_raise_delivered" and result.verdict is Verdict.FAIL
+    assert "at the end" in result.summary
+
+
+def test_a_held_raise_the_device_could_deliver_fails_at_once():
+    soak, nic = owing()
+    _, [result] = nic.settle_owed(device_state(0, pending=True, delivered=0))
+    assert result.verdict is Verdict.FAIL and result.index == 0
+    assert result.evidence["device"]["eventfd"] and not result.evidence["device"]["masked"]
+
+
+def test_a_held_raise_delivered_is_counted_once_and_reconciled():
+    soak, nic = owing()
+    released, [result] = nic.settle_owed(device_state(0, pending=False, delivered=1))
+    assert released == [0] and result.verdict is Verdict.PASS
+    assert nic.ledger.expected_counts()[0] == 5              # 4 before the soak, + the held one
+    soak.judge_totals([{0: 5}], None, (), {0: released})
+    assert soak.failures == []
+    soak.judge_totals([{0: 7}], None, (), {0: []})           # two more nobody raised
+    assert [f.name for f in soak.failures] == ["no_spurious_interrupt"]
+
+
+class DeviceHolds:
+    """The device's side of one raise it answers ``pending``, and its state then."""
+
+    def __init__(self, eventfd: bool):
+        self.eventfd = eventfd
+
+    def device_command(self, cmd, **args):
+        if cmd == "raise":
+            return {"results": [{"vector": v, "outcome": "pending"} for v in args["vectors"]]}
+        return device_state(0, pending=True, delivered=0, eventfd=self.eventfd, masked=True)
+
+
+@pytest.mark.parametrize("eventfd", [True, False])
+def test_a_live_raise_held_with_its_eventfd_is_owed_without_one_fails(eventfd):
+    soak = soak_on(1)
+    nic = soak.nics[0]
+    nic.__dict__["target"] = DeviceHolds(eventfd)
+    assert soak._device_raise(nic, [0], live=True) == ["pending"]
+    assert nic.ledger.owed() == {0}
+    names = [f.name for f in soak.failures]
+    assert names == ([] if eventfd else ["live_vector_has_eventfd"])
+
+
+class LabWith:
+    def __init__(self, *append: str):
+        self.append = append
+
+
+def test_an_appended_irqaffinity_counts_the_guest_as_one_cpu_for_the_vector_space():
+    from agent.host.ledger import GroupRequest
+    verdicts = []
+    for append in ((), ("quiet", "irqaffinity=0")):
+        soak = soak_on(1)
+        soak.lab = LabWith(*append)
+        nic = soak.nics[0]
+        nic.__dict__["target"] = RefusesWithEnospc()
+        nic.ledger = type(nic.ledger)(256, 2)
+        nic.ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 151)), 150, 150))
+        soak._alloc(nic, {"min": 16, "max": 16})      # 151 + 16 live: > 160, <= 320
+        verdicts.append([r.verdict for r in soak.failures] or ["pass"])
+    assert verdicts == [[Verdict.FAIL], ["pass"]]

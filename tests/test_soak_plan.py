@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 
 from agent.host.routing import Verdict
-from agent.host.soak_plan import (MAX_DOORBELLS, OP_KINDS, RECONCILE_CHECKS, SoakView,
-                                  generate, next_nic_op, next_op, reconcile)
+from agent.host.soak_plan import (MAX_DOORBELLS, OP_KINDS, RECONCILE_CHECKS,
+                                  SAFE_VECTORS_PER_CPU, SoakView, generate, judge_enospc,
+                                  next_nic_op, next_op, reconcile)
 
 
 def churn(seed: int, table: int = 64, cpus: int = 2, count: int = 600,
@@ -140,3 +141,36 @@ def test_reconcile_passes_when_every_count_agrees_and_flags_a_missing_vector():
     assert [(r.name, r.verdict) for r in results] == [(n, Verdict.PASS) for n in RECONCILE_CHECKS]
     (missing,) = [r for r in reconcile({9: 1}, {}, {}, [9]) if r.verdict is Verdict.FAIL]
     assert missing.name == "no_interrupt_lost" and missing.index == 9
+
+
+# --- ENOSPC judged against the ledger's free entries and the CPUs' vector space ----------
+
+def enospc(args: dict, free: list[int], live: int = 10, cpus: int = 2, table: int = 64):
+    return judge_enospc(args, free, table, live, cpus)
+
+
+def test_enospc_with_room_for_an_any_index_group_fails_even_when_scattered():
+    scattered = [3, 9, 17, 40]                  # no two adjacent: any index needs none
+    result = enospc({"min": 4, "max": 6}, scattered)
+    assert result.verdict is Verdict.FAIL and result.name == "enospc_only_when_full"
+    assert result.evidence["table_room"] and result.evidence["vector_room"]
+    assert enospc({"min": 5, "max": 6}, scattered).verdict is Verdict.PASS   # table full
+
+
+def test_enospc_for_an_explicit_start_needs_its_run_of_entries_free():
+    assert enospc({"min": 3, "max": 3, "start": 9}, [9, 10, 11]).verdict is Verdict.FAIL
+    assert enospc({"min": 3, "max": 3, "start": 9}, [9, 11, 12]).verdict is Verdict.PASS
+    assert enospc({"min": 3, "max": 3, "start": 62}, [62, 63]).verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_enospc_is_right_when_the_cpus_vector_space_may_be_full(cpus):
+    free = list(range(1, 64))
+    # a group for one CPU: all live vectors may sit on that CPU
+    edge = SAFE_VECTORS_PER_CPU - 4
+    assert enospc({"min": 4, "max": 4, "cpu": 0}, free, edge, cpus).verdict is Verdict.FAIL
+    assert enospc({"min": 4, "max": 4, "cpu": 0}, free, edge + 1, cpus).verdict is Verdict.PASS
+    # a group for no CPU: any CPU with room takes it
+    spread = SAFE_VECTORS_PER_CPU * cpus - 4
+    assert enospc({"min": 4, "max": 4}, free, spread, cpus).verdict is Verdict.FAIL
+    assert enospc({"min": 4, "max": 4}, free, spread + 1, cpus).verdict is Verdict.PASS

@@ -9,6 +9,8 @@ the CPUs each ``set_affinity`` asked for, so a vector's ``affinity.requested`` i
 what was asked (by the allocation or by set_affinity), never what the kernel read back.
 ``crash`` makes the guest kernel WARN, oops or panic through the driver's fault
 injection; an oops kills the task that asks, so the agent asks from a child process.
+``fail_request_irq`` arms the driver's other fault: the next group allocation's nth
+vector fails request_irq(), so the driver's unwinding can be judged.
 """
 
 from __future__ import annotations
@@ -216,6 +218,11 @@ class Agent:
         if kind == "panic":
             return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
         return driver.crash(kind)
+
+    def fail_request_irq(self, nth: int) -> dict[str, object]:
+        """Arm the driver's one-shot fault: the next group allocation's ``nth`` vector (1 =
+        the first) fails request_irq(); 0 disarms.  EACCES without fault injection."""
+        return self._need_driver().fail_request_irq(nth)
 
     def _oops_in_child(self, path: str) -> dict[str, object]:
         pid = os.fork()
@@ -531,6 +538,8 @@ class Agent:
                 Arg("delay_ms", int, required=False, minimum=0,
                     maximum=uapi.CRASH_MAX_DELAY_MS),
             )),
+            Command("fail_request_irq", self.fail_request_irq,
+                    (Arg("nth", int, minimum=0, maximum=uapi.MAX_VECTORS),)),
             Command("interrupts", self.interrupts,
                     (Arg("all", bool, required=False, default=False),)),
             Command("irq_sysfs", self.irq_sysfs,

@@ -37,6 +37,7 @@ MEANINGS = {
     errno.EOVERFLOW: "the per-CPU buffer is shorter than nr_cpu_ids",
     errno.EIO: "the kernel gave another index than the one asked for",
     errno.EACCES: "fault injection is off (module parameter fault_injection=0)",
+    errno.ENOMEM: "no memory, or request_irq() failed (a fault armed with fail_request_irq)",
     errno.ENODEV: "the device was unbound",
 }
 
@@ -264,6 +265,12 @@ class Driver:
                           masked=int(masked))
         return {"masked": bool(raw["control"] & PCI_MSIX_FLAGS_MASKALL),
                 "control": raw["control"]}
+
+    def fail_request_irq(self, nth: int) -> dict[str, object]:
+        """MSIXLAB_IOC_FAIL_REQUEST_IRQ: the next group allocation's ``nth`` vector (1 = the
+        first) fails request_irq(); 0 disarms (the module needs fault_injection=1)."""
+        self._ioctl("MSIXLAB_IOC_FAIL_REQUEST_IRQ", f"fail_request_irq(nth={nth})", nth=nth)
+        return {"nth": nth}
 
     def crash(self, kind: str, delay_ms: int = 0) -> dict[str, object]:
         """MSIXLAB_IOC_CRASH (the module must be loaded with fault_injection=1)."""

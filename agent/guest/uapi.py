@@ -128,13 +128,14 @@ ENTRY = Layout("msixlab_entry", _u32("index", "address_lo", "address_hi", "data"
 FUNCTION_MASK = Layout("msixlab_function_mask",
                        (("masked", "I", 1), ("control", "H", 1), ("pad", "H", 1)))
 CRASH = Layout("msixlab_crash", _u32("kind", "delay_ms"))
+IRQ_FAULT = Layout("msixlab_irq_fault", _u32("nth", "pad"))
 TOTALS = Layout("msixlab_totals", (
     *_u32("count", "timeout_ms"), ("totals", "Q", 1), ("want", "Q", 1),
     *_u32("short_count", "pad"),
 ))
 
 LAYOUTS = (INFO, GROUP, FREE, VECTOR_CPU, VECTOR, RAISE, PBA, ENTRY, FUNCTION_MASK, CRASH,
-           TOTALS)
+           TOTALS, IRQ_FAULT)
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
@@ -154,6 +155,7 @@ IOCTLS: dict[str, tuple[int, Layout]] = {
                                   FUNCTION_MASK),
     "MSIXLAB_IOC_CRASH": (_ioc(_IOC_WRITE, 0x09, CRASH.size), CRASH),
     "MSIXLAB_IOC_TOTALS": (_ioc(_IOC_READ | _IOC_WRITE, 0x0A, TOTALS.size), TOTALS),
+    "MSIXLAB_IOC_FAIL_REQUEST_IRQ": (_ioc(_IOC_WRITE, 0x0B, IRQ_FAULT.size), IRQ_FAULT),
 }
 
 CONSTANTS = {

@@ -84,9 +84,14 @@ def _nonzero(deltas: Sequence[int]) -> dict[str, int]:
 
 def target_cpu(record: RoutingRecord) -> int | None:
     """The CPU the vector should fire on: the decoded destination (a remappable
-    message's from its IRTE), else the single effective CPU."""
+    message's from its IRTE), else the single effective CPU.  A remappable message whose
+    IRTE was not resolved names no CPU (None): its handle says nothing of where the
+    interrupt goes, and the effective affinity is where the kernel wants it, not where
+    the IRTE sends it, so a stale IRTE would pass unseen."""
     if record.decoded is not None and record.decoded.cpu is not None:
         return record.decoded.cpu
+    if record.decoded is not None and record.decoded.format is MsiFormat.REMAPPABLE:
+        return None
     if record.guest is not None and len(record.guest.affinity.effective) == 1:
         return record.guest.affinity.effective[0]
     return None
@@ -127,13 +132,17 @@ def cached_msg_matches_table(record: RoutingRecord) -> CheckResult:
 
 def destination_matches_affinity(record: RoutingRecord) -> CheckResult:
     """The decoded destination APIC ID names a CPU in the effective affinity (for a
-    remappable message: the destination of the IRTE its handle names, when read)."""
+    remappable message: the destination of the IRTE its handle names, which must have
+    been read: an unresolved handle fails, since only the IRTE shows a stale
+    destination)."""
     judge = _Judge("destination_matches_affinity", record.index)
     if record.guest is None or record.decoded is None:
         return judge.skipped("no guest vector at this index")
     decoded, affinity = record.decoded, record.guest.affinity
     if decoded.format is MsiFormat.REMAPPABLE and decoded.irte_present is None:
-        return judge.skipped("remappable message: its IRTE was not read")
+        return judge.failed(f"the message names IRTE {decoded.remap_handle}, which was not "
+                            "read: its destination cannot be compared",
+                            message=record.guest.msg.to_hex())
     if decoded.format is MsiFormat.REMAPPABLE and not decoded.irte_present:
         return judge.failed(f"the message names IRTE {decoded.remap_handle}, which is not "
                             "present", message=record.guest.msg.to_hex())

@@ -12,8 +12,10 @@ Concepts owned here:
   interrupts the guest vector now owning the index should have counted.  A raise of an
   index whose device entry can deliver (an eventfd, MSI-X not function-masked) is
   delivered; otherwise it is held pending, once, and delivered when the index gets an
-  eventfd or the function mask clears.  A raise QEMU holds behind its own mask (a freed
-  index still holding its eventfd) reaches the index's next owner exactly once.
+  eventfd or the function mask clears; held for a live vector, it is *owed* to that
+  vector (``owed``) until the device delivers it.  A raise QEMU holds behind its own
+  mask (a freed index still holding its eventfd) reaches the index's next owner exactly
+  once.
 - *Shut-down vectors*.  A live vector the kernel shut down (a managed vector whose CPUs
   all went offline) keeps its index but its entry is masked in QEMU's table; a raise
   the device delivers meanwhile is held by QEMU (coalesced, as for a freed index) and
@@ -141,6 +143,20 @@ class Ledger:
                 account.qemu_held = True     # QEMU holds it behind the freed entry's mask
         else:
             account.pending = True           # coalesces with a raise already pending
+
+    def owed(self) -> set[int]:
+        """The live indices whose raise the device holds pending: owed to the vector's
+        handler, once, when the device delivers it (an unmask, an eventfd, MASKALL clear)."""
+        return {i for i in self.live() if self.accounts[i].pending}
+
+    def delivered_held(self, index: int) -> None:
+        """The device delivered the raise it held for live ``index``: counted once."""
+        if index not in self.owed():
+            raise LedgerError(f"index {index} has no held raise owed to a live vector")
+        account = self.accounts[index]
+        account.pending = False
+        account.delivered += 1
+        account.counted += 1
 
     def function_mask(self, masked: bool) -> None:
         """The function mask was set or cleared; clearing delivers what was held."""

@@ -50,7 +50,7 @@ from rich.markup import escape
 
 from msixlab_common.deadline import Deadline
 
-from . import accounting, checks, reset_step
+from . import accounting, checks, irq_fault, reset_step
 from .errors import HostError, WaitTimeout
 from .ledger import GroupRequest, Ledger
 from .outcome import DriverCallFailed
@@ -83,12 +83,13 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("function-mask", ("raise_held_while_function_masked", "raise_counted_once_on_cpu")
      + ACCOUNT),
     ("affinity-change", ("requested_affinity_honoured", "cached_msg_matches_table",
-                         "raise_counted_once_on_cpu") + ACCOUNT),
+                         "destination_matches_affinity", "raise_counted_once_on_cpu")
+     + ACCOUNT),
     ("free-and-reuse", ("freed_entry_masked_and_cleared", "freed_index_reused",
                         "freed_raise_delivered_once_on_reuse") + GROUP + RECORD + ACCOUNT),
     ("reset", reset_step.CHECKS + ACCOUNT),
     ("exhaustion", ("exhausted_with_enospc", "failed_alloc_leaves_table_unchanged",
-                    "raise_counted_once_on_cpu") + GROUP + ACCOUNT),
+                    "raise_counted_once_on_cpu") + irq_fault.CHECKS + GROUP + ACCOUNT),
     ("final", ("kernel_irq_view_agrees", "requested_affinity_honoured") + RECORD + ACCOUNT),
 )
 
@@ -383,6 +384,9 @@ class Scenario:
         moved = self.snapshot()
         self._add(accounting.requested_affinity_honoured(self.ledger, moved))
         self._add(checks.cached_msg_matches_table(moved.get(index)))
+        # the message (under --iommu: the IRTE its handle names) against the effective
+        # affinity after the move: a stale IRTE keeps the old CPU
+        self._add(checks.destination_matches_affinity(moved.get(index)))
         self._device_raise([index])
         after = self._wait_counts({index: moved.get(index).guest.total + 1},
                                   f"vector {index} on CPU {target}")
@@ -421,8 +425,9 @@ class Scenario:
         (``exhaustion_fill``: the whole table when it fits the vector budget), each of which
         must succeed; a group larger than the table's free entries must fail with ENOSPC and
         leave the table as it was; the rest taken (all of it, or as much as the CPUs' vector
-        space holds: at least one) and one more must fail with ENOSPC; everything freed, then
-        group F (4 on the last CPU) allocated and raised."""
+        space holds: at least one) and one more must fail with ENOSPC; everything freed, a
+        request_irq() failure unwound (the driver's fault hook), then group F (4 on the last
+        CPU) allocated and raised."""
         labels, size = [], self.ledger.table_size
         fill = exhaustion_fill(size, self.lab.cpus)
         if fill < size:
@@ -444,6 +449,7 @@ class Scenario:
             if not group.get("freed") and label != "static":
                 self._free(label, self.ledger.groups[group["group"]])
         self._account()
+        self._request_irq_fault()
         again = self._alloc("F", min=4, max=4, cpu=self.lab.cpus - 1)
         before = self.snapshot()
         self._device_raise(list(again.indices))
@@ -451,6 +457,39 @@ class Scenario:
         for index in again.indices:
             self._add(checks.raise_counted_once_on_cpu(before, after, index, 1, strays=False))
         return self._account(after)
+
+    def _irq_views(self) -> irq_fault.IrqViews:
+        return irq_fault.IrqViews.read(self.snapshot(), self.lab.agent("msi_irqs"),
+                                       self.lab.agent("interrupts"))
+
+    def _request_irq_fault(self) -> None:
+        """The driver's fault hook fails request_irq() of vector ``NTH`` of a group of
+        ``SIZE`` (min = max): ENOMEM, every IRQ view as before; a group allocated and
+        freed afterwards leaves them so too (irq_fault)."""
+        started = time.monotonic()
+        before = self._irq_views()
+        try:
+            self.lab.agent("fail_request_irq", nth=irq_fault.NTH)
+        except DriverCallFailed as err:
+            if err.code != "EACCES":
+                raise
+            self._add(irq_fault.skipped("the driver was loaded without fault_injection=1"))
+            return
+        group, code = None, None
+        try:
+            group = self.lab.agent("alloc_group", min=irq_fault.SIZE, max=irq_fault.SIZE)
+        except DriverCallFailed as err:
+            code = err.code
+        self._add(irq_fault.unwound("request_irq_failure_unwound", before, self._irq_views(),
+                                    code, group))
+        if group is not None:
+            return                      # failed above; the run stops at this step
+        again = self._alloc("R", min=irq_fault.SIZE, max=irq_fault.SIZE)
+        self._free("R", again)
+        self._add(irq_fault.unwound("no_leak_after_free", before, self._irq_views()))
+        self.say(f"request_irq() of vector {irq_fault.NTH} of {irq_fault.SIZE} failed: "
+                 f"unwound, group R {list(again.indices)} allocated and freed "
+                 f"({time.monotonic() - started:.2f} s)")
 
     def _expect_enospc(self, label: str, **args) -> None:
         try:

@@ -19,7 +19,9 @@ Concepts owned here:
   so a raise counted on the wrong NIC fails (lost on one, spurious on the other).
 - *Every second*: each NIC's device RAISED/DELIVERED/pending and IRQ_TOTAL register
   against its ledger (accounting.device_counters_match), each device server's RSS
-  sampled, and a progress line.  *At the end*: every view of every NIC against its
+  sampled, and a progress line.  An allocation refused with ENOSPC is judged against the
+  free entries the ledger knows of and the CPUs' vector space (soak_plan.judge_enospc).
+  *At the end*: every view of every NIC against its
   ledger (live set in the driver, QEMU's table and msi_irqs, counts, PBA, requested
   affinity).
 """
@@ -40,7 +42,7 @@ from .outcome import DriverCallFailed
 from .routing import CheckResult, Snapshot, Verdict
 from .scenario import ring_doorbell
 from .soak_nic import NicSoak, SoakStats
-from .soak_plan import Op, SoakView, next_nic_op
+from .soak_plan import Op, SoakView, judge_enospc, next_nic_op
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +160,15 @@ class Soak:
 
     def _final(self) -> None:
         """Every view of every NIC against its ledger once more, as the scenario's final
-        step."""
+        step; a raise the device held for a live vector and delivered since the last op
+        is reconciled first, and one it still holds fails ``held_raise_delivered``."""
+        if any(nic.ledger.owed() for nic in self.nics):
+            self._reconcile(None, ())
         self._every_second()
         for nic in self.nics:
+            if nic.ledger.owed():       # what the device still holds for a live vector
+                self._add(nic, nic.settle_owed(nic.target.device_command("state"),
+                                               final=True)[1])
             snap, results = nic.final()
             self._add(nic, results)
             if nic.nic == 0:
@@ -197,7 +205,10 @@ class Soak:
         except DriverCallFailed as err:
             if err.code != "ENOSPC":
                 raise
-            nic.stats.enospc += 1        # the table, or the CPUs' vector space, is full
+            nic.stats.enospc += 1        # judged: was the table or the vector space full?
+            live = sum(len(other.ledger.live()) for other in self.nics)
+            free = [i for i in range(ledger.table_size) if i not in live_before]
+            self._add(nic, judge_enospc(args, free, ledger.table_size, live, self._spread()))
             return {"result": "ENOSPC"}
         request = GroupRequest(f"g{group['group']}", group["group"], tuple(group["indices"]),
                                args["min"], args["max"], args.get("start"), args.get("cpu"),
@@ -212,14 +223,26 @@ class Soak:
         self._reconcile(nic, held)       # a raise held for an index reaches its new owner
         return {"group": request.group, "indices": list(request.indices)}
 
+    def _spread(self) -> int:
+        """The CPUs a vector for no CPU may land on: the guest's, unless an appended
+        ``irqaffinity=`` narrows the default affinity (then counted as one)."""
+        append = getattr(self.lab, "append", ()) or ()
+        return 1 if any("irqaffinity=" in param for param in append) else self.nics[0].ledger.cpus
+
     def _device_raise(self, nic: NicSoak, vectors: list[int], live: bool) -> list[str]:
         reply = nic.target.device_command("raise", vectors=vectors)
         outcomes = [r["outcome"] for r in reply["results"]]
+        held = {}
+        if live and "pending" in outcomes:
+            held = {v["index"]: v for v in nic.target.device_command("state")["vectors"]}
         for index, outcome in zip(vectors, outcomes):
             # a dropped raise (a device fault) had an eventfd: the ledger expects it, so
             # the guest's missing count is judged as a lost interrupt
             has_eventfd = outcome in ("delivered", "dropped")
-            if live and not has_eventfd:
+            # a live vector's raise held pending with its eventfd there (masked): owed to
+            # the vector when the device delivers it (settle_owed judges when)
+            owed = outcome == "pending" and held.get(index, {}).get("eventfd")
+            if live and not has_eventfd and not owed:
                 self._add(nic, CheckResult("live_vector_has_eventfd", index, Verdict.FAIL,
                                            f"raise of live vector {index} was {outcome}: "
                                            f"QEMU gave the device no eventfd for it"))
@@ -237,16 +260,28 @@ class Soak:
         return timed_out
 
     def _reconcile(self, raised_on: NicSoak | None, raised: Iterable[int]) -> None:
-        """Wait (in the driver, bounded) for every live vector's expected count on every
-        NIC, then judge every NIC's totals against its ledger; ``raised``: the indices
-        raised (or reallocated with a held raise) on NIC ``raised_on`` by this op."""
-        self.judge_totals([nic.wait_totals() for nic in self.nics], raised_on, raised)
+        """Settle the raises each NIC's device held for live vectors (one ``state`` read,
+        only on a NIC that has such a raise), wait (in the driver, bounded) for every live
+        vector's expected count on every NIC, then judge every NIC's totals against its
+        ledger; ``raised``: the indices raised (or reallocated with a held raise) on NIC
+        ``raised_on`` by this op."""
+        released = {}
+        for nic in self.nics:
+            if nic.ledger.owed():
+                released[nic.nic], results = nic.settle_owed(
+                    nic.target.device_command("state"))
+                self._add(nic, results)
+        self.judge_totals([nic.wait_totals() for nic in self.nics], raised_on, raised,
+                          released)
 
     def judge_totals(self, totals: Sequence[Mapping[int, int]], raised_on: NicSoak | None,
-                     raised: Iterable[int]) -> None:
+                     raised: Iterable[int], released: Mapping[int, list[int]] | None = None
+                     ) -> None:
         """Judge ``totals[i]`` (NIC i's totals, read now) against NIC i's ledger, every
         NIC: a count that is not where the ledger expects it fails on the NIC it was
-        expected on (lost) and on the NIC it came up on (spurious), each named."""
-        raised = list(raised)
+        expected on (lost) and on the NIC it came up on (spurious), each named.
+        ``released``: NIC -> the held raises its device delivered since (raised too)."""
+        raised, released = list(raised), released or {}
         for nic, counted in zip(self.nics, totals, strict=True):
-            self._add(nic, nic.judge(counted, raised if nic is raised_on else ()))
+            mine = (raised if nic is raised_on else []) + released.get(nic.nic, [])
+            self._add(nic, nic.judge(counted, mine))

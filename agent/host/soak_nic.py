@@ -14,6 +14,10 @@ Concepts owned here:
   ``run --nics`` naming), so a raise made on one NIC but counted on another fails on
   both, each under its own NIC: lost on the one, spurious on the other.  With one NIC
   the results are exactly those of the single-NIC soak.
+- A live vector's raise the device holds pending is *owed* (``Ledger.owed``):
+  ``settle_owed`` books it counted once the device delivers it, and fails
+  ``held_raise_delivered`` when the device still holds it past the vector's unmask, or
+  at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from msixlab_common.lifetime import process_status
 
 from . import accounting
 from .ledger import Ledger
-from .routing import CheckResult, Snapshot
+from .routing import CheckResult, Snapshot, Verdict
 from .scenarios.nics import NicView
 from .soak_plan import SoakView, reconcile
 
@@ -159,6 +163,40 @@ class NicSoak:
         self.stats.reconciliations += 1
         self.totals = {i: totals.get(i, 0) for i in expected}
         return results
+
+    # --- raises the device holds for live vectors ---------------------------------------
+    def settle_owed(self, state: Mapping[str, Any], final: bool = False
+                    ) -> tuple[list[int], list[CheckResult]]:
+        """The raises the device held pending for live vectors (``Ledger.owed``) against its
+        ``state`` (read now): one it has since delivered (pending clear, one delivery more)
+        is booked as counted once and returned, for the reconciliation that follows; one
+        it still holds although it could deliver it (MSI-X on, no MASKALL, the vector
+        unmasked with its eventfd: past the unmask that owed it), or any still held at the
+        end (``final``), fails ``held_raise_delivered``."""
+        msix = state.get("msix") or {}
+        vectors = {v["index"]: v for v in state.get("vectors", [])}
+        released, results = [], []
+        for index in sorted(self.ledger.owed()):
+            vector, account = vectors.get(index, {}), self.ledger.accounts[index]
+            if (not vector.get("pending")
+                    and vector.get("delivered") == account.delivered + 1):
+                self.ledger.delivered_held(index)
+                released.append(index)
+                results.append(CheckResult("held_raise_delivered", index, Verdict.PASS))
+                continue
+            could = (msix.get("enabled") and not msix.get("function_mask")
+                     and vector.get("eventfd") and not vector.get("masked"))
+            if could or final:
+                why = ("at the end of the soak" if not could else
+                       "although it could deliver it (eventfd, unmasked, no MASKALL)")
+                results.append(CheckResult(
+                    "held_raise_delivered", index, Verdict.FAIL,
+                    f"the device still holds live vector {index}'s raise pending {why}",
+                    {"device": {k: vector.get(k) for k in ("eventfd", "masked", "pending",
+                                                           "raised", "delivered")},
+                     "msix": {k: msix.get(k) for k in ("enabled", "function_mask")},
+                     "expected_delivered": account.delivered + 1}))
+        return released, results
 
     # --- the device, every second, and every view at the end ----------------------------
     def every_second(self) -> list[CheckResult]:

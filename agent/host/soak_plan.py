@@ -20,6 +20,10 @@ Concepts owned here:
   vector counted fewer than were raised to it), ``no_interrupt_duplicated`` (a raised
   vector counted more) and ``no_spurious_interrupt`` (a count on a vector nobody raised
   since the last reconciliation).
+- ``judge_enospc(...)``: an allocation the driver refused with ``ENOSPC``, against the
+  free entries the ledger knows of and the CPUs' vector space: a refusal while both
+  certainly had room for the group's ``min`` is ``enospc_only_when_full`` failed.
+- ``SOAK_CHECKS``: every check the soak makes (what ``make mutate`` reports on).
 Pure data and arithmetic: no I/O, unit-tested on its own (tests/test_soak_plan.py).
 """
 
@@ -38,6 +42,15 @@ WEIGHTS = {"alloc": 25, "free": 18, "raise_device": 37, "raise_doorbell": 15,
 MAX_GROUP = 16          # the largest group the soak asks for
 MAX_DOORBELLS = 8       # doorbell raises per op (each one waits for its count)
 RECONCILE_CHECKS = ("no_interrupt_lost", "no_interrupt_duplicated", "no_spurious_interrupt")
+# Vectors the soak may count on finding free on any one x86 CPU of the guest.  Each CPU
+# has the vectors 0x20..0xeb for devices (about 204); the legacy IRQs, the guest's other
+# devices and the kernel's reservations take some, and the driver got about 193 per CPU
+# in guest_tests/test_kmod_exhaustion.py (387 on 2 CPUs, 1593 on 8).  160 leaves a margin
+# of 30 for what the guest's other drivers hold.
+SAFE_VECTORS_PER_CPU = 160
+SOAK_CHECKS = RECONCILE_CHECKS + ("live_vector_has_eventfd", "held_raise_delivered",
+                                  "group_allocated_as_requested", "group_id_unique",
+                                  "enospc_only_when_full")
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,52 @@ def generate(seed: int, view: SoakView, count: int, nics: int = 1) -> list[Op]:
     replay test)."""
     rng = random.Random(seed)
     return [next_nic_op(rng, [view] * nics) for _ in range(count)]
+
+
+# --- ENOSPC -----------------------------------------------------------------------------------
+
+def table_room(args: Mapping[str, Any], free: Iterable[int], table_size: int) -> bool:
+    """The table had room for the group's ``min``: for an explicit ``start``, the entries
+    start..start+min-1 all free (the driver takes them in order, and an entry it finds
+    live is EBUSY, not ENOSPC); for any index, ``min`` free entries anywhere (the driver
+    asks the kernel for each vector at any index: no contiguity needed)."""
+    free = set(free)
+    least, start = args["min"], args.get("start")
+    if start is None:
+        return len(free) >= least
+    return start + least <= table_size and all(i in free for i in range(start, start + least))
+
+
+def vector_room(args: Mapping[str, Any], live_in_guest: int, cpus: int) -> bool:
+    """The CPUs' vector space certainly had room for the group's ``min``: with
+    ``live_in_guest`` vectors the soak holds on every NIC, counted as if all sat on the one
+    CPU a group for a CPU needs (worst case), or spread over the ``cpus`` CPUs any of which
+    can take a group for no CPU, each CPU good for ``SAFE_VECTORS_PER_CPU``."""
+    budget = SAFE_VECTORS_PER_CPU * (1 if args.get("cpu") is not None else cpus)
+    return live_in_guest + args["min"] <= budget
+
+
+def judge_enospc(args: Mapping[str, Any], free: Iterable[int], table_size: int,
+                 live_in_guest: int, cpus: int) -> CheckResult:
+    """``enospc_only_when_full`` for an allocation (``args``: min, max, start, cpu, managed)
+    refused with ENOSPC: FAIL when the table (``free`` entries of ``table_size``) and the
+    vector space (``live_in_guest`` soak vectors on ``cpus`` CPUs) both had room for its
+    ``min``, PASS otherwise (the refusal may be right)."""
+    free = sorted(free)
+    table, vectors = table_room(args, free, table_size), vector_room(args, live_in_guest, cpus)
+    evidence = {"request": dict(args), "free_entries": len(free),
+                "live_vectors_in_guest": live_in_guest, "cpus": cpus,
+                "table_room": table, "vector_room": vectors}
+    if table and vectors:
+        where = (f"entries {args['start']}..{args['start'] + args['min'] - 1} free"
+                 if args.get("start") is not None else f"{len(free)} entries free")
+        return CheckResult("enospc_only_when_full", None, Verdict.FAIL,
+                           f"allocation of min {args['min']} refused with ENOSPC although "
+                           f"the table had room ({where}) and the CPUs' vector space too "
+                           f"({live_in_guest} soak vectors live on {cpus} CPU(s))", evidence)
+    return CheckResult("enospc_only_when_full", None, Verdict.PASS,
+                       "ENOSPC with the table or the CPUs' vector space possibly full",
+                       evidence)
 
 
 # --- reconciliation ------------------------------------------------------------------------

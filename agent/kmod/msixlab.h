@@ -68,6 +68,7 @@ struct msixlab_grp {
 	u32 id;
 	u32 count;
 	u32 min, max, start, cpu, flags;
+	u32 fail_irq;			/* this vector (1 = first) fails request_irq() */
 };
 
 struct msixlab_dev {
@@ -96,6 +97,7 @@ struct msixlab_dev {
 	wait_queue_head_t raise_wq;	/* every handler wakes it */
 	atomic64_t irqs;		/* interrupts every handler counted */
 	struct delayed_work crash_work;	/* a delayed MSIXLAB_CRASH_PANIC */
+	u32 fail_irq_next;		/* armed for the next group (FAIL_REQUEST_IRQ) */
 };
 
 /* msixlab_group.c */
@@ -124,5 +126,6 @@ bool msixlab_fault_injection(void);
 void msixlab_crash_init(struct msixlab_dev *ml);
 void msixlab_crash_cancel(struct msixlab_dev *ml);
 int msixlab_crash(struct msixlab_dev *ml, struct msixlab_crash *c);
+int msixlab_arm_irq_fault(struct msixlab_dev *ml, struct msixlab_irq_fault *f);
 
 #endif /* _MSIXLAB_H */

@@ -115,3 +115,18 @@ int msixlab_crash(struct msixlab_dev *ml, struct msixlab_crash *c)
 	}
 	return 0;
 }
+
+/*
+ * MSIXLAB_IOC_FAIL_REQUEST_IRQ, under ml->lock: arm a one-shot fault the next
+ * group allocation takes (msixlab_grp_alloc()): request_irq() of its nth
+ * vector fails (msixlab_vec_attach()), so the all-or-nothing unwinding runs.
+ */
+int msixlab_arm_irq_fault(struct msixlab_dev *ml, struct msixlab_irq_fault *f)
+{
+	if (f->pad || f->nth > MSIXLAB_MAX_VECTORS)
+		return -EINVAL;
+	if (!fault_injection)
+		return -EACCES;
+	ml->fail_irq_next = f->nth;
+	return 0;
+}

@@ -84,7 +84,10 @@ static int msixlab_vec_attach(struct msixlab_dev *ml, struct msixlab_vec *vec,
 
 	snprintf(vec->name, sizeof(vec->name), "%s[%d]", ml->name,
 		 vec->map.index);
-	ret = request_irq(vec->map.virq, msixlab_irq, 0, vec->name, vec);
+	if (grp->fail_irq && grp->count + 1 == grp->fail_irq)
+		ret = -ENOMEM;	/* the armed fault: this request_irq() fails */
+	else
+		ret = request_irq(vec->map.virq, msixlab_irq, 0, vec->name, vec);
 	if (ret)
 		return ret;
 	vec->grp = grp;
@@ -288,6 +291,8 @@ int msixlab_grp_alloc(struct msixlab_dev *ml, struct msixlab_group *req)
 	grp->start = req->start;
 	grp->cpu = req->cpu;
 	grp->flags = req->flags;
+	grp->fail_irq = ml->fail_irq_next;	/* one-shot: this group takes it */
+	ml->fail_irq_next = 0;
 
 	if (req->cpu != MSIXLAB_NO_CPU) {
 		affd = kzalloc(sizeof(*affd), GFP_KERNEL);

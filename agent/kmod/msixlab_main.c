@@ -124,6 +124,11 @@ static int msixlab_ioc_totals(struct msixlab_dev *ml, void *arg)
 	return msixlab_totals(ml, arg);
 }
 
+static int msixlab_ioc_irq_fault(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_arm_irq_fault(ml, arg);
+}
+
 struct msixlab_ioc {
 	unsigned int cmd;
 	int (*fn)(struct msixlab_dev *ml, void *arg);
@@ -142,6 +147,7 @@ static const struct msixlab_ioc msixlab_iocs[] = {
 	{ MSIXLAB_IOC_FUNCTION_MASK,	msixlab_ioc_function_mask },
 	{ MSIXLAB_IOC_CRASH,		msixlab_ioc_crash,	true },
 	{ MSIXLAB_IOC_TOTALS,		msixlab_ioc_totals,	true },
+	{ MSIXLAB_IOC_FAIL_REQUEST_IRQ,	msixlab_ioc_irq_fault },
 };
 
 static const struct msixlab_ioc *msixlab_ioc_find(unsigned int cmd)

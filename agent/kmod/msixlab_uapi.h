@@ -32,6 +32,8 @@
  *  EIO        the kernel gave a vector another index than the one asked
  *             for, or one the driver already holds (the kernel misbehaved)
  *  EACCES     fault injection is off (module parameter fault_injection=0)
+ *  ENOMEM     no memory, or request_irq() failed for a vector of the group
+ *             (MSIXLAB_IOC_FAIL_REQUEST_IRQ makes it fail on purpose)
  *  ENODEV     the device was unbound while the file was open
  *
  * All structures have fixed-size fields and explicit padding so that the
@@ -60,7 +62,8 @@
 
 /* msixlab_info.flags */
 #define MSIXLAB_INFO_DYN_ALLOC		(1U << 0)	/* pci_msix_can_alloc_dyn() */
-#define MSIXLAB_INFO_FAULT_INJECTION	(1U << 1)	/* MSIXLAB_IOC_CRASH allowed */
+#define MSIXLAB_INFO_FAULT_INJECTION	(1U << 1)	/* MSIXLAB_IOC_CRASH and
+							   FAIL_REQUEST_IRQ allowed */
 
 /* msixlab_group.flags */
 #define MSIXLAB_GROUP_MANAGED	(1U << 0)	/* managed affinity (needs cpu) */
@@ -220,6 +223,20 @@ struct msixlab_crash {
 };
 
 /*
+ * MSIXLAB_IOC_FAIL_REQUEST_IRQ: arm a fault for the next MSIXLAB_IOC_ALLOC_GROUP
+ * on this device: request_irq() of its nth vector (1 = the first) fails with
+ * ENOMEM, after pci_msix_alloc_irq_at() gave that vector its index and IRQ,
+ * so the driver's error path runs.  One-shot: the next allocation takes the
+ * fault (whether or not it reaches the nth vector); nth = 0 disarms.  Allowed
+ * only with fault_injection=1 (EACCES otherwise); nth above
+ * MSIXLAB_MAX_VECTORS or a non-zero pad is EINVAL.
+ */
+struct msixlab_irq_fault {
+	__u32 nth;		/* in: the vector of the next group that fails */
+	__u32 pad;
+};
+
+/*
  * MSIXLAB_IOC_TOTALS: every index's interrupt count in one call, and
  * optionally a bounded wait for counts to reach given values.  totals is
  * the user address of __u64[count]; the driver writes there, for each index
@@ -253,5 +270,6 @@ struct msixlab_totals {
 #define MSIXLAB_IOC_FUNCTION_MASK _IOWR(MSIXLAB_IOC_MAGIC, 0x08, struct msixlab_function_mask)
 #define MSIXLAB_IOC_CRASH	_IOW(MSIXLAB_IOC_MAGIC, 0x09, struct msixlab_crash)
 #define MSIXLAB_IOC_TOTALS	_IOWR(MSIXLAB_IOC_MAGIC, 0x0a, struct msixlab_totals)
+#define MSIXLAB_IOC_FAIL_REQUEST_IRQ _IOW(MSIXLAB_IOC_MAGIC, 0x0b, struct msixlab_irq_fault)
 
 #endif /* _UAPI_MSIXLAB_H */

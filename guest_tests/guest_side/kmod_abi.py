@@ -77,6 +77,9 @@ def abi_checks(fd: int, nr_cpu_ids: int) -> dict:
                                                            cpus_len=nr_cpu_ids)),
         "crash_kind_0": ("MSIXLAB_IOC_CRASH", dict(kind=0)),
         "crash_warn_delay": ("MSIXLAB_IOC_CRASH", dict(kind=uapi.CRASH_WARN, delay_ms=1)),
+        "irq_fault_pad": ("MSIXLAB_IOC_FAIL_REQUEST_IRQ", dict(nth=1, pad=1)),
+        "irq_fault_past_max": ("MSIXLAB_IOC_FAIL_REQUEST_IRQ", dict(nth=uapi.MAX_VECTORS + 1)),
+        "irq_fault_disarm": ("MSIXLAB_IOC_FAIL_REQUEST_IRQ", dict(nth=0)),
     }
     out = {name: ioctl(fd, ioc, **values)["errno"] for name, (ioc, values) in cases.items()}
     out["version_1_magic"] = ioctl(fd, "MSIXLAB_IOC_INFO", number=old_info)["errno"]
