@@ -51,6 +51,7 @@ CONSTANTS = {
     "VFIO_IRQ_SET_ACTION_TRIGGER": 1 << 5,
     "VFIO_PCI_MSI_IRQ_INDEX": 1,
     "VFIO_PCI_MSIX_IRQ_INDEX": 2,
+    "VFIO_PCI_CONFIG_REGION_INDEX": 7,
 }
 globals().update(CONSTANTS)
 
@@ -62,6 +63,7 @@ IOCTLS = {
     "VFIO_GROUP_SET_CONTAINER": _io(VFIO_TYPE, VFIO_BASE + 4),
     "VFIO_GROUP_GET_DEVICE_FD": _io(VFIO_TYPE, VFIO_BASE + 6),
     "VFIO_DEVICE_GET_INFO": _io(VFIO_TYPE, VFIO_BASE + 7),
+    "VFIO_DEVICE_GET_REGION_INFO": _io(VFIO_TYPE, VFIO_BASE + 8),
     "VFIO_DEVICE_GET_IRQ_INFO": _io(VFIO_TYPE, VFIO_BASE + 9),
     "VFIO_DEVICE_SET_IRQS": _io(VFIO_TYPE, VFIO_BASE + 10),
     "VFIO_DEVICE_BIND_IOMMUFD": _io(VFIO_TYPE, VFIO_BASE + 18),
@@ -73,12 +75,18 @@ IOMMUFD_IOCTLS = ("VFIO_DEVICE_BIND_IOMMUFD", "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
                   "IOMMU_DESTROY", "IOMMU_IOAS_ALLOC")
 globals().update(IOCTLS)
 
+PCI_COMMAND = 0x04                 # linux/pci_regs.h
+PCI_COMMAND_MEMORY = 0x2
+PCI_COMMAND_MASTER = 0x4
+
 # (struct name, ((field, struct code), ...)): the fields the client uses, in order, from
 # offset 0; later kernels may append fields (argsz tells the kernel which ones we know)
 LAYOUTS = (
     ("vfio_group_status", (("argsz", "I"), ("flags", "I"))),
     ("vfio_device_info", (("argsz", "I"), ("flags", "I"), ("num_regions", "I"),
                           ("num_irqs", "I"))),
+    ("vfio_region_info", (("argsz", "I"), ("flags", "I"), ("index", "I"), ("cap_offset", "I"),
+                          ("size", "Q"), ("offset", "Q"))),
     ("vfio_irq_info", (("argsz", "I"), ("flags", "I"), ("index", "I"), ("count", "I"))),
     ("vfio_irq_set", (("argsz", "I"), ("flags", "I"), ("index", "I"), ("start", "I"),
                       ("count", "I"))),
@@ -121,7 +129,8 @@ class VfioError(OSError):
         self.what = what
 
 
-def _ioctl(fd: int, request: str, arg, what: str):
+def _ioctl(fd: int, request: str, arg, what: str) -> int:
+    """The ioctl's return value; a ``bytearray`` argument is updated in place."""
     try:
         return fcntl.ioctl(fd, IOCTLS[request], arg)
     except OSError as err:
@@ -163,18 +172,50 @@ class Device:
     def info(self) -> dict[str, int]:
         """``VFIO_DEVICE_GET_INFO``: flags, number of regions and IRQ indexes."""
         buf = pack("vfio_device_info", 0, 0, 0, 0)
-        return unpack("vfio_device_info", _ioctl(self.fd, "VFIO_DEVICE_GET_INFO", buf, "info"))
+        _ioctl(self.fd, "VFIO_DEVICE_GET_INFO", buf, "info")
+        return unpack("vfio_device_info", buf)
+
+    def region_info(self, index: int) -> dict[str, int]:
+        """``VFIO_DEVICE_GET_REGION_INFO`` of region ``index``: its size and fd offset."""
+        buf = pack("vfio_region_info", 0, 0, index, 0, 0, 0)
+        _ioctl(self.fd, "VFIO_DEVICE_GET_REGION_INFO", buf, f"region {index}")
+        return unpack("vfio_region_info", buf)
+
+    def config_read(self, offset: int, size: int) -> int:
+        """``size`` bytes (1, 2 or 4) of config space at ``offset``, little-endian."""
+        base = self.region_info(VFIO_PCI_CONFIG_REGION_INDEX)["offset"]
+        try:
+            data = os.pread(self.fd, size, base + offset)
+        except OSError as err:
+            raise VfioError(err.errno or errno.EIO, f"config read at {offset:#x}") from err
+        return int.from_bytes(data, "little")
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """Write ``size`` bytes of config space at ``offset``."""
+        base = self.region_info(VFIO_PCI_CONFIG_REGION_INDEX)["offset"]
+        try:
+            os.pwrite(self.fd, value.to_bytes(size, "little"), base + offset)
+        except OSError as err:
+            raise VfioError(err.errno or errno.EIO, f"config write at {offset:#x}") from err
+
+    def enable_bus_master(self) -> int:
+        """Set Bus Master Enable (and memory space) in the command register, as a VMM does
+        when its guest does: without it the device's MSI writes go nowhere.  Returns the
+        command register before."""
+        command = self.config_read(PCI_COMMAND, 2)
+        self.config_write(PCI_COMMAND, 2, command | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER)
+        return command
 
     def irq_info(self, index: int = VFIO_PCI_MSIX_IRQ_INDEX) -> dict[str, int]:
         """``VFIO_DEVICE_GET_IRQ_INFO`` of IRQ ``index``: its flags and count."""
         buf = pack("vfio_irq_info", 0, 0, index, 0)
-        return unpack("vfio_irq_info", _ioctl(self.fd, "VFIO_DEVICE_GET_IRQ_INFO", buf,
-                                              f"irq index {index}"))
+        _ioctl(self.fd, "VFIO_DEVICE_GET_IRQ_INFO", buf, f"irq index {index}")
+        return unpack("vfio_irq_info", buf)
 
     def _set_irqs(self, flags: int, start: int, count: int, data: bytes, index: int) -> None:
         head = pack("vfio_irq_set", 0, flags, index, start, count)
         struct.pack_into("<I", head, 0, len(head) + len(data))
-        _ioctl(self.fd, "VFIO_DEVICE_SET_IRQS", bytes(head + data),
+        _ioctl(self.fd, "VFIO_DEVICE_SET_IRQS", head + data,
                f"index {index} start {start} count {count} flags {flags:#x}")
 
     def set_triggers(self, start: int, fds: list[int],
@@ -217,9 +258,10 @@ def _open_iommufd(bdf: str, cdev: str, root: str) -> Device:
         fds.append(iommufd)
         device = _open(os.path.join(root, "dev/vfio/devices", cdev))
         fds.append(device)
-        bind = _ioctl(device, "VFIO_DEVICE_BIND_IOMMUFD",
-                      pack("vfio_device_bind_iommufd", 0, 0, iommufd, 0), bdf)
-        ioas = _ioctl(iommufd, "IOMMU_IOAS_ALLOC", pack("iommu_ioas_alloc", 0, 0, 0), bdf)
+        bind = pack("vfio_device_bind_iommufd", 0, 0, iommufd, 0)
+        _ioctl(device, "VFIO_DEVICE_BIND_IOMMUFD", bind, bdf)
+        ioas = pack("iommu_ioas_alloc", 0, 0, 0)
+        _ioctl(iommufd, "IOMMU_IOAS_ALLOC", ioas, bdf)
         ioas_id = unpack("iommu_ioas_alloc", ioas)["out_ioas_id"]
         _ioctl(device, "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
                pack("vfio_device_attach_iommufd_pt", 0, 0, ioas_id), bdf)
@@ -248,14 +290,17 @@ def _open_legacy(bdf: str, root: str) -> Device:
             raise VfioError(errno.ENODEV, "the container offers no type1 IOMMU")
         group = _open(os.path.join(root, "dev/vfio", group_id))
         fds.append(group)
-        status = unpack("vfio_group_status", _ioctl(
-            group, "VFIO_GROUP_GET_STATUS", pack("vfio_group_status", 0, 0), f"group {group_id}"))
+        status = pack("vfio_group_status", 0, 0)
+        _ioctl(group, "VFIO_GROUP_GET_STATUS", status, f"group {group_id}")
+        status = unpack("vfio_group_status", status)
         if not status["flags"] & VFIO_GROUP_FLAGS_VIABLE:
             raise VfioError(errno.EBUSY, f"group {group_id} is not viable (a device of it "
                             "is bound to another driver)")
-        _ioctl(group, "VFIO_GROUP_SET_CONTAINER", struct.pack("<i", container), group_id)
+        _ioctl(group, "VFIO_GROUP_SET_CONTAINER", bytearray(struct.pack("<i", container)),
+               group_id)
         _ioctl(container, "VFIO_SET_IOMMU", iommu, "container")
-        device = _ioctl(group, "VFIO_GROUP_GET_DEVICE_FD", bdf.encode() + b"\0", bdf)
+        name = bytearray(bdf.encode() + b"\0")
+        device = _ioctl(group, "VFIO_GROUP_GET_DEVICE_FD", name, bdf)
     except VfioError:
         for fd in fds[::-1]:
             os.close(fd)

@@ -17,8 +17,10 @@ from ..scenario import Scenario
 from .cpu_hotplug import CpuHotplug
 from .hotplug import Hotplug
 from .nics import PerNic  # noqa: F401  (re-exported for main_job)
+from .vfio_pci import VfioPci
 
-REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug)}
+REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug,
+                                                                 VfioPci)}
 DEFAULT = Scenario.NAME
 
 
@@ -39,8 +41,8 @@ def listing() -> list[tuple[str, str]]:
 
 def check_options(cls: type[Scenario], cpus: int, nics: int = 1) -> None:
     """Refuse options the scenario cannot run with, before anything starts."""
-    if nics > 1 and cls.NAME == "hotplug":
-        raise CouldNotJudge(Outcome.BAD_OPTION, "scenario 'hotplug' unplugs nic0 only: it "
+    if nics > 1 and cls.NAME in ("hotplug", "vfio-pci"):
+        raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} runs on nic0 only: it "
                             "takes no --nics", scenario=cls.NAME, nics=nics)
     if cpus < cls.MIN_CPUS:
         raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} needs --cpus of at "
