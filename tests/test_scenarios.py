@@ -12,7 +12,7 @@ from agent.host import accounting, checks, cli, scenario, scenarios
 from agent.host.main_job import judge, reproduce_command
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenarios import cpu_hotplug, hotplug
+from agent.host.scenarios import cpu_hotplug, hotplug, vfio_checks, vfio_pci
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
 
 
@@ -45,7 +45,7 @@ def test_cpu_hotplug_on_one_cpu_is_refused_before_anything_starts(capsys):
 def test_every_plan_is_consistent(cls):
     assert cls.PLAN and cls.SUMMARY and "\n" not in cls.SUMMARY
     source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug,
-                                                     hotplug))
+                                                     hotplug, vfio_pci, vfio_checks))
     for step, names in cls.PLAN:
         assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
         assert names and len(set(names)) == len(names), step
