@@ -167,9 +167,11 @@ def judge(mutant: Mutant, exit_code: int | None, verdict: dict | None) -> Mutant
 # --- running -------------------------------------------------------------------------------
 
 def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: str,
-            timeout: float, keep: bool) -> MutantResult:
-    """Copy, mutate (None: the baseline), run the main job, keep its verdict."""
-    name = mutant.name if mutant else "baseline"
+            timeout: float, keep: bool, scenario: str | None = None) -> MutantResult:
+    """Copy, mutate (None: the baseline of ``scenario``), run the main job (with the
+    mutant's scenario), keep its verdict."""
+    scenario = mutant.scenario if mutant else scenario
+    name = mutant.name if mutant else "baseline" + (f"-{scenario}" if scenario else "")
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix=f"msixlab-mutant-{name}-"))
     where = artifacts / name
@@ -181,7 +183,8 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
         env = {**os.environ, "PYTHONPATH": str(scratch)}
         with open(where / "run.log", "w") as logf:
             try:
-                done = subprocess.run([python, "-m", "agent.host", "run", "--results",
+                chosen = ["--scenario", scenario] if scenario else []
+                done = subprocess.run([python, "-m", "agent.host", "run", *chosen, "--results",
                                        str(scratch / "results")], cwd=scratch, env=env,
                                       stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, timeout=timeout)
@@ -294,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     artifacts.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     python = sys.executable
-    if not args.no_baseline:
-        console.print("baseline: the unmutated tree must pass ...")
-        base = run_one(None, files, artifacts, python, args.timeout, args.keep)
+    for scenario in [] if args.no_baseline else sorted({m.scenario for m in chosen}, key=str):
+        console.print(f"baseline: the unmutated tree must pass ({scenario or 'default'}) ...")
+        base = run_one(None, files, artifacts, python, args.timeout, args.keep, scenario)
         if base.exit_code != 0:
             console.print(f"[red]mutate: the unmutated tree does not pass (exit "
                           f"{base.exit_code}, {base.outcome}: {base.summary}); see "
