@@ -7,7 +7,6 @@ import pytest
 
 from agent.host.outcome import Outcome
 from agent.host import scenarios
-from agent.host.scenario import PLAN
 from mutants import catalogue, run
 from mutants.catalogue import EQUIVALENT, MUTANTS, Edit, Mutant
 
