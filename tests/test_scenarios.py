@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 from agent.host import accounting, checks, cli, scenario, scenarios
-from agent.host.main_job import judge, reproduce_command
+from agent.host.main_job import check_options, judge, reproduce_command
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
 from agent.host.scenarios import cpu_hotplug, hotplug, vfio_checks, vfio_pci
@@ -122,6 +122,18 @@ def test_nics_are_bounded_and_hotplug_takes_none(capsys):
     assert "takes no --nics" in capsys.readouterr().err
     args = cli.parser().parse_args(["run", "--nics", "3"])
     assert "--nics 3" in reproduce_command(args)
+
+
+def test_vfio_pci_adds_the_viommu_and_takes_no_nics(capsys):
+    args = cli.parser().parse_args(["run", "--scenario", "vfio-pci"])
+    assert not args.iommu
+    assert check_options(args).NAME == "vfio-pci" and args.iommu     # added by the scenario
+    assert "--iommu" in reproduce_command(args)
+    default = cli.parser().parse_args(["run"])
+    check_options(default)
+    assert not default.iommu
+    assert cli.main(["run", "--scenario", "vfio-pci", "--nics", "2"]) == 125
+    assert "'vfio-pci' runs on nic0 only: it takes no --nics" in capsys.readouterr().err
 
 
 def test_per_nic_plan_prefixes_every_step_and_adds_isolation():
