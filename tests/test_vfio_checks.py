@@ -53,6 +53,11 @@ def test_views_that_disagree_fail_naming_the_index(check, args, words):
     assert result.verdict is Verdict.FAIL and words in result.summary
 
 
+def test_an_irq_without_an_index_fails_the_check_instead_of_crashing_it():
+    result = vc.msi_irqs_match_allocated(view((0, True), (None, False)), {0})
+    assert result.verdict is Verdict.FAIL and "has [None]" in result.summary
+
+
 def test_eventfds_fired_exactly_once_and_no_other():
     ok = vc.eventfds_fired("x", {0: 1, 8: 0}, 0, {0: 1}, {0, 8})
     assert [r.verdict for r in ok] == [Verdict.PASS, Verdict.PASS]

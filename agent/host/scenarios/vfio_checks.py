@@ -26,13 +26,18 @@ def _result(name: str, index: int | None, problems: list[str], **evidence) -> Ch
     return CheckResult(name, index, Verdict.PASS)
 
 
+def _sorted(indices: set) -> list:
+    """Indices in order; an IRQ whose index the kernel did not say (None) comes last."""
+    return sorted(indices, key=lambda i: (i is None, i or 0))
+
+
 def _sets(name: str, seen: set[int], want: set[int], what: str) -> CheckResult:
     problems = []
     if seen - want:
-        problems.append(f"{what} has {sorted(seen - want)} beyond {sorted(want)}")
+        problems.append(f"{what} has {_sorted(seen - want)} beyond {_sorted(want)}")
     if want - seen:
-        problems.append(f"{what} lacks {sorted(want - seen)} of {sorted(want)}")
-    return _result(name, None, problems, seen=sorted(seen), expected=sorted(want))
+        problems.append(f"{what} lacks {_sorted(want - seen)} of {_sorted(want)}")
+    return _result(name, None, problems, seen=_sorted(seen), expected=_sorted(want))
 
 
 def kernel_indices(view: dict) -> set[int]:
