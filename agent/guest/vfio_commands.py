@@ -38,9 +38,10 @@ def _write(path: str, value: str) -> None:
 class VfioCommands:
     """The agent's VFIO session on its NIC (see the module's docstring)."""
 
-    def __init__(self, agent):
+    def __init__(self, agent, modprobe: tuple[str, ...] = ("modprobe", VFIO_DRIVER)):
         self.agent = agent
         self.root = agent.root
+        self.modprobe = list(modprobe)          # a test's tree runs no real modprobe
         self.bdf: str | None = None
         self.device: vfio.Device | None = None
         self.eventfds = vfio.Eventfds()
@@ -72,7 +73,7 @@ class VfioCommands:
         the cdev, whether /dev/iommu exists, and ``missing`` (what the kernel lacks)."""
         if self.bdf is None:
             self.bdf = self.agent.unbound or self.agent.unbind()["unbound"]
-        modprobe = sysview.run_tool(["modprobe", VFIO_DRIVER])
+        modprobe = sysview.run_tool(self.modprobe)
         missing = self._missing()
         if not missing and self._driver() != VFIO_DRIVER:
             _write(self._sys("devices", self.bdf, "driver_override"), VFIO_DRIVER)
