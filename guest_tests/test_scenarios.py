@@ -148,3 +148,7 @@ def test_vfio_pci_grows_msix_one_vector_at_a_time(image, tmp_path, flavor):
     (no_trigger,) = [r for r in doc["results"]
                      if r["name"] == "raise_without_trigger_reaches_no_eventfd"]
     assert no_trigger["index"] == 8 and no_trigger["verdict"] == "pass"
+    (reused,) = [r for r in doc["results"] if r["name"] == "refill_reuses_irq"]
+    assert reused["verdict"] == "pass"
+    irqs = {k["index"]: k["irq"] for k in steps["refill"]["kernel"]}
+    assert irqs[8] == {k["index"]: k["irq"] for k in released["kernel"]}[8]

@@ -71,6 +71,12 @@ def test_eventfds_fired_exactly_once_and_no_other():
     assert old[0].verdict is Verdict.FAIL and "swapped-out" in old[0].summary
 
 
+def test_refill_reuses_irq():
+    assert vc.refill_reuses_irq(8, 35, 35).verdict is Verdict.PASS
+    assert vc.refill_reuses_irq(8, 35, 40).verdict is Verdict.FAIL
+    assert vc.refill_reuses_irq(8, None, None).verdict is Verdict.FAIL     # never allocated
+
+
 def test_irq_info_checks():
     assert vc.irq_count_is_table_size({"count": 64}, 64).verdict is Verdict.PASS
     assert vc.irq_count_is_table_size({"count": 1}, 64).verdict is Verdict.FAIL

@@ -103,6 +103,13 @@ def eventfds_fired(name: str, counts: dict[int, int], retired: int, want: dict[i
     return results
 
 
+def refill_reuses_irq(index: int, before: int | None, after: int | None) -> CheckResult:
+    """A released vector given a trigger again keeps the IRQ vfio-pci kept for it."""
+    return _result("refill_reuses_irq", index,
+                   [] if before is not None and after == before else
+                   [f"IRQ {before} before the release, {after} now"], before=before, after=after)
+
+
 def noresize_clear(irq_info: dict, noresize_flag: int) -> CheckResult:
     """GET_IRQ_INFO on MSI-X has NORESIZE clear: vfio-pci grows MSI-X after enable."""
     flags = irq_info["flags"]

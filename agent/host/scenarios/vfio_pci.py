@@ -9,8 +9,9 @@ device, MSI-X is enabled with vector 0 only and vectors are added one at a time,
 its own eventfd, in an order that leaves holes; after each add every view is checked
 (vfio_checks.py) and every triggered vector is raised from the device and through the
 kernel's own trigger path (``SET_IRQS`` ``DATA_NONE`` then ``DATA_BOOL``): each must fire
-its own eventfd once and no other.  A trigger is released (fd -1), one is swapped for a
-new eventfd, and MSI-X is disabled.
+its own eventfd once and no other.  A trigger is released (fd -1) and refilled (the same
+IRQ; the raise QEMU held meanwhile arrives once), one is swapped for a new eventfd, and
+MSI-X is disabled.
 
 Could not judge (125, ``kernel_unsupported``): vfio-pci, an IOMMU group or the VFIO device
 nodes missing from the kernel under test, or a kernel older than 6.5 (no dynamic MSI-X in
@@ -52,6 +53,7 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("add-hole", ADD),
     ("release", VIEWS + ("raise_without_trigger_reaches_no_eventfd",
                          "device_raise_fires_own_eventfd")),
+    ("refill", ("held_raise_delivered_once_on_refill", "refill_reuses_irq") + ADD),
     ("swap", VIEWS + FIRE),
     ("disable", ("nothing_left_after_disable", "raise_after_disable_reaches_no_eventfd")),
 )
@@ -238,6 +240,32 @@ class VfioPci(Scenario):
             self._add(result)
         self.say(f"vfio-pci: vector {self.released}'s trigger released")
         return _Unrecorded(())
+
+    def step_refill(self) -> Snapshot:
+        """Step ``refill``: the released vector given a new eventfd.  vfio-pci reuses the
+        IRQ it kept (no new allocation); the entry's unmask lets QEMU deliver the raise it
+        held behind the mask, which fires the new eventfd exactly once."""
+        index = self.released
+        irq_before = self._irq_of(index)
+        self.lab.agent("vfio_set_trigger", index=index, action="new")
+        self.triggered.add(index)
+        self.newest = index
+        counts, retired = self._collect({index: 1}, f"the raise held while {index} had no "
+                                        "trigger")
+        self._add(vc.eventfds_fired("held_raise_delivered_once_on_refill", counts, retired,
+                                    {index: 1}, set(self.triggered)))
+        self._check_views()
+        irq_after = self._irq_of(index)
+        self._add(vc.refill_reuses_irq(index, irq_before, irq_after))
+        self._add(self._device_fire())
+        self._kernel_fire()
+        self.say(f"vfio-pci: vector {index} refilled on IRQ {irq_after}")
+        return _Unrecorded(())
+
+    def _irq_of(self, index: int) -> int | None:
+        """The IRQ the last recorded kernel view gave ``index``."""
+        kernel = self.record["steps"][-1]["kernel"] if self.record["steps"] else []
+        return next((k["irq"] for k in kernel if k["index"] == index), None)
 
     def step_swap(self) -> Snapshot:
         """Step ``swap``: the last vector's eventfd replaced by a new one: only the new one
