@@ -67,9 +67,9 @@ def _compile_and_run(header_dir: Path, work: Path) -> tuple[dict[str, int], bool
     for name in ("vfio.h", "iommufd.h") if iommufd else ("vfio.h",):
         shutil.copy(header_dir / name, work / "linux" / name)
     (work / "probe.c").write_text(_probe_source(iommufd))
-    build = subprocess.run([cc, "-Wall", "-Werror", "-D__user=", "-D__counted_by(m)=", "-I", str(work), "-o",
-                            str(work / "probe"),
-                            str(work / "probe.c")], capture_output=True, text=True)
+    build = subprocess.run([cc, "-Wall", "-Werror", "-D__user=", "-D__counted_by(m)=",
+                            "-I", str(work), "-o", str(work / "probe"), str(work / "probe.c")],
+                           capture_output=True, text=True)
     assert build.returncode == 0, f"{header_dir} and vfio.py disagree:\n{build.stderr}"
     run = subprocess.run([str(work / "probe")], capture_output=True, text=True, check=True)
     values = {}
