@@ -80,7 +80,7 @@ class VfioPci(Scenario):
     SUMMARY = ("(adds the vIOMMU) the NIC bound to vfio-pci in the guest: MSI-X enabled "
                "with vector 0, vectors added one at a time with holes, each raised from "
                "the device and by the kernel's trigger path: its eventfd fires once; a "
-               "trigger released, one swapped, MSI-X disabled: nothing left")
+               "trigger released and refilled, one swapped, MSI-X disabled: nothing left")
     PLAN = PLAN
     MIN_CPUS = 1
     NEEDS_IOMMU = True
