@@ -298,6 +298,19 @@ VFIO_MUTANTS = (
        Edit(MSIX, '        self.requests["disable_all"] += 1\n        self.deassign_all()\n',
             '        self.requests["disable_all"] += 1\n'),
        scenario=VFIO),
+    _m("dev-raise-lost-after-retrigger", "bug",
+       "the device loses the first raise of a vector after QEMU gave it an eventfd again "
+       "(vfio-pci's refill and swap make QEMU re-send the vector's eventfd)",
+       {"device_raise_fires_own_eventfd"},
+       Edit(MSIX, "            self.eventfds[start + i] = fd\n",
+            "            self.eventfds[start + i] = fd\n"
+            "            self.lose_next = start + i if old is not None else None\n"),
+       Edit(MSIX, "        self.raised[v] += 1\n",
+            "        self.raised[v] += 1\n"
+            "        if getattr(self, 'lose_next', None) == v:\n"
+            "            self.lose_next = None\n"
+            "            return Outcome.DROPPED\n"),
+       scenario=VFIO),
     _m("chk-vfio-handlers-unjudged", "unjudged",
        "the vfio-pci scenario stops comparing /proc/interrupts' vfio-msix handlers",
        {"vfio_handlers_match_triggers"},
