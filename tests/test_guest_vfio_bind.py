@@ -46,6 +46,16 @@ def test_a_kernel_without_vfio_pci_or_an_iommu_group_is_reported_by_name(tmp_pat
     assert (device / "driver_override").read_text() == ""     # nothing bound
 
 
+def test_a_cdev_without_dev_iommu_is_no_way_in(tmp_path):
+    """vfio-pci with a device cdev but neither /dev/iommu nor a container: reported."""
+    commands, device = tree(tmp_path, vfio_pci=True, group=True)
+    (tmp_path / "dev/vfio/vfio").unlink()
+    (device / "vfio-dev/vfio0").mkdir(parents=True)
+    assert any("iommufd" in m for m in commands.bind()["missing"])
+    (tmp_path / "dev/iommu").write_text("")
+    assert commands.bind()["missing"] == []
+
+
 def test_a_kernel_with_vfio_pci_gets_the_override_and_a_reprobe(tmp_path):
     commands, device = tree(tmp_path, vfio_pci=True, group=True)
     bound = commands.bind()

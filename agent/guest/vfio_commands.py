@@ -62,9 +62,11 @@ class VfioCommands:
             missing.append("vfio-pci (no /sys/bus/pci/drivers/vfio-pci after modprobe)")
         if not os.path.islink(self._sys("devices", self.bdf, "iommu_group")):
             missing.append(f"an IOMMU group for {self.bdf} (no vIOMMU, or intel_iommu off)")
-        if not (os.path.exists(os.path.join(self.root, "dev/vfio/vfio"))
-                or vfio.cdev_name(self.bdf, self.root)):
-            missing.append("a VFIO container (/dev/vfio/vfio) or device cdev")
+        iommufd = (vfio.cdev_name(self.bdf, self.root)
+                   and os.path.exists(os.path.join(self.root, "dev/iommu")))
+        if not (os.path.exists(os.path.join(self.root, "dev/vfio/vfio")) or iommufd):
+            missing.append("a VFIO container (/dev/vfio/vfio) or iommufd (/dev/iommu with "
+                           "the device's vfio cdev)")
         return missing
 
     def bind(self) -> dict[str, object]:
