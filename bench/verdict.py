@@ -4,7 +4,8 @@ and when the guest kernel panics, on the image's Debian kernel under TCG.
 Concepts: each case is a real ``msixlab run`` (a subprocess, as a user or a bisect runs
 it) into a scratch results directory; the wall time is measured around the process and
 the run's own timings (boot to agent, the scenario's steps) are read back from its
-routing.json.  Goals (issue 8): a pass in at most 10 s, a failing run in at most 20 s.
+routing.json.  Goals (issue 8): a pass in at most 10 s, a failing run in at most 20 s;
+(issue 17) ``--scenario vfio-pci`` passing in at most 15 s.
 Results go to ``results/bench/verdict-<time>.json``.
 
     python -m bench.verdict [--runs N] [--flavor F] [--out DIR]
@@ -28,6 +29,8 @@ CASES = {
     "pass": ((), 0, 10.0),
     "check_fails": (("--device-fault", "drop_raise:vector=1"), 1, 20.0),
     "device_error": (("--device-fault", "errno_reply:command=DEVICE_SET_IRQS"), 125, 20.0),
+    # issue 17: the vfio-pci scenario (vIOMMU, vfio-pci bound in the guest) to its verdict
+    "vfio_pci_pass": (("--scenario", "vfio-pci"), 0, 15.0),
 }
 
 

@@ -139,3 +139,31 @@ def test_two_nics_each_judged_and_neither_counts_the_others_raises(image, tmp_pa
         with open(run_dir / log) as f:
             delivered = sum(json.loads(line).get("event") == "deliver" for line in f)
         assert delivered >= 40, (log, delivered)
+
+
+@pytest.mark.parametrize("flavor", ["default", "lts"])
+def test_vfio_pci_grows_msix_one_vector_at_a_time(image, tmp_path, flavor):
+    """vfio-pci on 7.3 and 6.12: the scenario adds the vIOMMU itself; every step judged; the
+    record shows the legacy path (Debian's kernels have no IOMMUFD), NORESIZE clear, each
+    add allocating exactly that index, the released vector kept until disable."""
+    doc = run(tmp_path, "--scenario", "vfio-pci", "--flavor", flavor)
+    meta = doc["metadata"]
+    assert meta["scenario"] == "vfio-pci" and meta["iommu"] is True
+    vfio = meta["vfio"]
+    assert vfio["bind"]["driver"] == "vfio-pci" and vfio["path"] == "legacy"
+    assert vfio["irq_info"]["count"] == meta["vectors"] and not vfio["irq_info"]["flags"] & 8
+    steps = {s["step"]: s for s in vfio["steps"]}
+    last = meta["vectors"] - 1
+    assert [k["index"] for k in steps["add-hole"]["kernel"]] == [0, 8, last, 4, 1]
+    released = steps["release"]
+    assert 8 in [k["index"] for k in released["kernel"]] and 8 not in released["qemu_unmasked"]
+    assert steps["disable"]["kernel"] == [] and steps["disable"]["device_eventfds"] == []
+    fired = {r["index"] for r in doc["results"] if r["name"] == "device_raise_fires_own_eventfd"}
+    assert {0, 1, 4, 8, last} <= fired
+    (no_trigger,) = [r for r in doc["results"]
+                     if r["name"] == "raise_without_trigger_reaches_no_eventfd"]
+    assert no_trigger["index"] == 8 and no_trigger["verdict"] == "pass"
+    (reused,) = [r for r in doc["results"] if r["name"] == "refill_reuses_irq"]
+    assert reused["verdict"] == "pass"
+    irqs = {k["index"]: k["irq"] for k in steps["refill"]["kernel"]}
+    assert irqs[8] == {k["index"]: k["irq"] for k in released["kernel"]}[8]

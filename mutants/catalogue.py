@@ -4,6 +4,8 @@ Concepts owned here:
 - An ``Edit`` is one exact textual replacement in one file of the project: ``old`` must
   occur exactly once in the file (else the catalogue has rotted and the runner refuses
   the mutant, loudly), and is replaced by ``new``.
+- A mutant runs the main job's default scenario unless it names one (``scenario``): the
+  vfio-pci mutants plant bugs only ``--scenario vfio-pci`` exercises.
 - A ``Mutant`` is a named bug: one or more edits, a one-line description of the bug they
   plant, and its *expected set*: check names (as in ``scenario.PLAN``) or run outcomes
   (``outcome.Outcome`` values such as ``kernel_splat``), and the scenario whose run can
@@ -357,8 +359,65 @@ IOMMU_MUTANTS = (
        command=("run", "--iommu")),
 )
 
+VFIO_COMMANDS = "agent/guest/vfio_commands.py"
+VFIO_CLIENT = "agent/guest/vfio.py"
+VFIO_SCENARIO = f"{HOST}/scenarios/vfio_pci.py"
+VFIO = ("run", "--scenario", "vfio-pci")
+VFIO_MUTANTS = (
+    _m("vfio-client-wrong-eventfd", "bug",
+       "the guest VFIO client hands vfio-pci vector 0's eventfd for every later vector",
+       {"device_raise_fires_own_eventfd", "kernel_trigger_none_fires_eventfd"},
+       Edit(VFIO_COMMANDS, '        fd = self.eventfds.new(index) if action == "new" else -1\n',
+            '        fd = self.eventfds.new(index) if action == "new" else -1\n'
+            '        fd = self.eventfds.by_index.get(0, fd) if fd >= 0 else fd\n'),
+       command=VFIO),
+    _m("vfio-client-swap-reads-old", "bug",
+       "after an eventfd swap the guest client keeps reading the old eventfd",
+       {"held_raise_delivered_once_on_refill", "device_raise_fires_own_eventfd",
+        "kernel_trigger_none_fires_eventfd"},
+       Edit(VFIO_CLIENT, "        self.by_index[index] = fd\n        return fd",
+            "        self.by_index.setdefault(index, fd)\n        return fd"),
+       command=VFIO),
+    _m("vfio-client-bool-sets-all", "bug",
+       "the guest client's DATA_BOOL sets every bit, whatever it was asked",
+       {"kernel_trigger_bool_fires_eventfd"},
+       Edit(VFIO_CLIENT, "bytes(int(bool(b)) for b in bools)", "bytes(1 for b in bools)"),
+       command=VFIO),
+    _m("dev-disable-keeps-eventfds", "bug",
+       "the device keeps QEMU's eventfds when QEMU turns MSI-X off (SET_IRQS count 0)",
+       {"nothing_left_after_disable", "device_eventfds_match"},
+       Edit(MSIX, '        self.requests["disable_all"] += 1\n        self.deassign_all()\n',
+            '        self.requests["disable_all"] += 1\n'),
+       command=VFIO),
+    _m("dev-raise-lost-after-retrigger", "bug",
+       "the device loses the first raise of a vector after QEMU gave it an eventfd again "
+       "(vfio-pci's refill and swap make QEMU re-send the vector's eventfd)",
+       {"device_raise_fires_own_eventfd"},
+       Edit(MSIX, "            self.eventfds[start + i] = fd\n",
+            "            self.eventfds[start + i] = fd\n"
+            "            self.lose_next = start + i if old is not None else None\n"),
+       Edit(MSIX, "        self.raised[v] += 1\n",
+            "        self.raised[v] += 1\n"
+            "        if getattr(self, 'lose_next', None) == v:\n"
+            "            self.lose_next = None\n"
+            "            return Outcome.DROPPED\n"),
+       command=VFIO),
+    _m("chk-vfio-handlers-unjudged", "unjudged",
+       "the vfio-pci scenario stops comparing /proc/interrupts' vfio-msix handlers",
+       {"vfio_handlers_match_triggers"},
+       Edit(VFIO_SCENARIO, "                   vc.handlers_match_triggers(views[\"view\"], "
+            "self.triggered),\n", ""),
+       command=VFIO),
+    _m("chk-vfio-nothing-left-unjudged", "unjudged",
+       "the vfio-pci scenario stops checking what is left after MSI-X is disabled",
+       {"nothing_left_after_disable"},
+       Edit(VFIO_SCENARIO, '        self._add(vc.nothing_left(views["view"], views["table"], '
+            'views["state"]))\n', ""),
+       command=VFIO),
+)
+
 MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + LIFECYCLE_MUTANTS
-                               + SOAK_MUTANTS + IOMMU_MUTANTS)
+                               + SOAK_MUTANTS + IOMMU_MUTANTS + VFIO_MUTANTS)
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {

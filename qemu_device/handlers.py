@@ -291,7 +291,7 @@ class Endpoint:
         elif m.flags:
             raise _bad(f"DMA_UNMAP flags {m.flags:#x} not supported", errno.ENOTSUP)
         else:
-            self.device.dma.remove(m.addr, m.size)
+            self.device.dma.remove_range(m.addr, m.size)
         return b""
 
     def _get_info(self, req: Request) -> bytes:

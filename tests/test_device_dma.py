@@ -114,3 +114,18 @@ def test_unmap_must_match(port, ram):
         m.remove(0x1000, 0x1000)
     m.remove(0x1000, 0x2000)
     assert len(m) == 0 and port.live_windows() == 0
+
+
+def test_unmap_range_takes_whole_maps_and_never_splits(port, ram):
+    """QEMU's vIOMMU invalidates whole ranges (DMA_UNMAP 0xf8000000+0x4000000 with nothing
+    mapped there, seen binding the NIC to vfio-pci in the guest): like the kernel's type1
+    IOMMU, the maps inside go, an empty range is no error, a split is."""
+    m = DmaMap(port)
+    m.add(0x1000, 0x1000, 3, 0, ram())
+    m.add(0x3000, 0x1000, 3, 0, ram())
+    assert m.remove_range(0x100000, 0x100000) == [] and len(m) == 2
+    with pytest.raises(DeviceError) as err:
+        m.remove_range(0x1800, 0x2000)
+    assert err.value.errno == errno.ENOENT and len(m) == 2
+    assert [r.iova for r in m.remove_range(0, 0x10000)] == [0x1000, 0x3000]
+    assert len(m) == 0 and port.live_windows() == 0

@@ -92,3 +92,31 @@ def test_kernel_config_passes_a_complete_config(tmp_path):
 def test_kernel_config_of_a_dir_without_config_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["kernel", "config", str(tmp_path)]) == 125
     assert "has no .config" in capsys.readouterr().err
+
+
+def test_scenario_sections_are_merged_and_checked_only_when_named(tmp_path, capsys):
+    fragment = kconfig.parse_fragment(FRAGMENT + "#@ scenario: vfio-pci\nCONFIG_VFIO_PCI=y\n")
+    assert fragment.scenarios == {"vfio-pci": {"CONFIG_VFIO_PCI": "y"}}
+    assert fragment.options["CONFIG_VFIO_PCI"] == "y" and "CONFIG_VFIO_PCI" not in fragment.required
+    config = kconfig.parse_config("CONFIG_64BIT=y\nCONFIG_NR_CPUS=8\nCONFIG_9P_FS=y\n"
+                                  "CONFIG_OVERLAY_FS=y\n")
+    assert kconfig.check(config, fragment) == []
+    [problem] = kconfig.check(config, fragment, scenarios=("vfio-pci",))
+    assert str(problem) == ("CONFIG_VFIO_PCI is missing (this kernel may not have the option); "
+                            "--scenario vfio-pci needs y")
+
+
+def test_kernel_config_names_the_vfio_pci_options_a_tree_lacks(tmp_path, capsys):
+    """`msixlab kernel config DIR` names every option of the real fragment's vfio-pci
+    section a .config lacks (here one with every required option and nothing of VFIO);
+    the check still passes: only that scenario needs them."""
+    fragment = kconfig.load_fragment()
+    assert {"CONFIG_VFIO_PCI", "CONFIG_IOMMUFD", "CONFIG_VFIO_DEVICE_CDEV", "CONFIG_INTEL_IOMMU",
+            "CONFIG_IRQ_REMAP", "CONFIG_IOMMUFD_VFIO_CONTAINER"} <= set(fragment.scenarios["vfio-pci"])
+    (tmp_path / ".config").write_text("".join(f"{k}={v}\n" for k, v in fragment.required.items()))
+    assert cli.main(["kernel", "config", str(tmp_path)]) == 0     # other scenarios run
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    for option in fragment.scenarios["vfio-pci"]:
+        assert f"{option} is missing" in said, option
+    assert "--scenario vfio-pci needs y" in said

@@ -9,10 +9,10 @@ import inspect
 import pytest
 
 from agent.host import accounting, checks, cli, reset_step, scenario, scenarios
-from agent.host.main_job import judge, reproduce_command
+from agent.host.main_job import check_options, judge, reproduce_command
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan
+from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, vfio_checks, vfio_pci
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
 
 
@@ -45,7 +45,8 @@ def test_cpu_hotplug_on_one_cpu_is_refused_before_anything_starts(capsys):
 def test_every_plan_is_consistent(cls):
     assert cls.PLAN and cls.SUMMARY and "\n" not in cls.SUMMARY
     source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug,
-                                                     hotplug, reset_step, remove_rescan))
+                                                     hotplug, reset_step, remove_rescan,
+                                                     vfio_pci, vfio_checks))
     for step, names in cls.PLAN:
         assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
         assert names and len(set(names)) == len(names), step
@@ -122,9 +123,21 @@ def test_nics_are_bounded_and_hotplug_takes_none(capsys):
     assert cli.main(["run", "--scenario", "hotplug", "--nics", "2"]) == 125
     assert "takes no --nics" in capsys.readouterr().err
     assert cli.main(["run", "--scenario", "remove-rescan", "--nics", "2"]) == 125
-    assert "removes nic0 only" in capsys.readouterr().err
+    assert "'remove-rescan' runs on nic0 only" in capsys.readouterr().err
     args = cli.parser().parse_args(["run", "--nics", "3"])
     assert "--nics 3" in reproduce_command(args)
+
+
+def test_vfio_pci_adds_the_viommu_and_takes_no_nics(capsys):
+    args = cli.parser().parse_args(["run", "--scenario", "vfio-pci"])
+    assert not args.iommu
+    assert check_options(args).NAME == "vfio-pci" and args.iommu     # added by the scenario
+    assert "--iommu" in reproduce_command(args)
+    default = cli.parser().parse_args(["run"])
+    check_options(default)
+    assert not default.iommu
+    assert cli.main(["run", "--scenario", "vfio-pci", "--nics", "2"]) == 125
+    assert "'vfio-pci' runs on nic0 only: it takes no --nics" in capsys.readouterr().err
 
 
 def test_per_nic_plan_prefixes_every_step_and_adds_isolation():

@@ -27,6 +27,7 @@ from . import binding, sysview, uapi
 from .driver import MEANINGS, Driver, find_devices
 from .errors import AgentError, DriverError, GuestError, RequestError
 from .protocol import Arg, Command
+from .vfio_commands import VfioCommands
 
 TABLE_MAX = uapi.MAX_VECTORS - 1
 CPU_MAX = uapi.NO_CPU - 1          # the driver checks against nr_cpu_ids and online CPUs
@@ -51,6 +52,7 @@ class Agent:
         self.removed: str | None = None     # address this agent removed, for rescan
         self.asked: dict[int, tuple[int, list[int]]] = {}   # index -> (group, set_affinity cpus)
         self.others: dict[str, tuple[Driver, dict]] = {}     # bdf -> NIC not selected now
+        self.vfio = VfioCommands(self)                       # the vfio_* commands
         path = device
         try:
             path = path or next(iter(find_devices(os.path.join(root, "dev"))), None)
@@ -563,5 +565,5 @@ class Agent:
                     (Arg("path", str, required=False),
                      Arg("fault_injection", bool, required=False))),
             Command("shutdown", self.shutdown, stops=True),
-        ]
+        ] + self.vfio.commands()
         return {command.name: command for command in table}

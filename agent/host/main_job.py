@@ -133,6 +133,8 @@ def check_options(args) -> type[Scenario]:
     scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
     nics = getattr(args, "nics", 1)
     scenarios.check_options(scenario_cls, args.cpus, nics)
+    if getattr(scenario_cls, "NEEDS_IOMMU", False):
+        args.iommu = True                  # vfio-pci needs the vIOMMU: it adds it itself
     check_faults(getattr(args, "device_fault", []), nics)
     return scenario_cls
 
@@ -305,6 +307,7 @@ def run_main_job(args, console: Console) -> int:
         "append": list(getattr(args, "append", ())),
         "guest_cmdline": lab.hello.get("cmdline"),
         "nic_records": getattr(scenario, "nic_records", None),
+        "vfio": getattr(scenario, "record", None),
         "device": lab.hello.get("device"), "msix_modes": modes,
         "timings": {k: round(v, 3) for k, v in lab.timings.items()},
         "boot_stalls": lab.boot_stalls,

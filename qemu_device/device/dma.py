@@ -121,6 +121,19 @@ class DmaMap:
         self._release(region)
         return region
 
+    def remove_range(self, iova: int, size: int) -> list[DmaRegion]:
+        """Unmap every region inside ``[iova, iova + size)`` and return them, as the kernel's
+        type1 IOMMU does for QEMU: a vIOMMU invalidation unmaps whole ranges, most of them
+        holding no map at all (that is no error).  A region the range would split raises
+        ``DeviceError`` (ENOENT) and nothing is unmapped."""
+        end = iova + size
+        inside = [r for r in self._regions if r.iova < end and iova < r.end]
+        split = [r for r in inside if r.iova < iova or r.end > end]
+        if split:
+            raise DeviceError(f"no DMA map {iova:#x}+{size:#x}: it would split "
+                              f"{split[0].iova:#x}+{split[0].size:#x}", errno=errno.ENOENT)
+        return [self.remove(r.iova, r.size) for r in inside]
+
     def clear(self) -> int:
         """Unmap every region (closing their windows) and return how many there were."""
         n = len(self._regions)

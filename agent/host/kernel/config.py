@@ -3,7 +3,9 @@
 Concepts (sans-I/O: text in, results out):
 - ``Fragment``: the options of ``fragment.config``.  ``required`` options must have their
   value in the kernel under test (``module_ok`` ones may be ``m`` instead of ``y``);
-  ``preferred`` ones are merged into a build but never checked.
+  ``preferred`` ones are merged into a build but never checked; a ``#@ scenario: NAME``
+  section holds what one scenario needs (``scenarios``): merged into a build, checked by
+  ``kernel config`` and by ``check(..., scenarios=(NAME,))``, never for other runs.
 - ``parse_config``: a ``.config`` as ``{"CONFIG_X": "y" | "m" | "n" | value}``;
   ``# CONFIG_X is not set`` reads as ``n``.
 - ``check``: every required option the config lacks or sets otherwise, as ``Problem``s
@@ -29,11 +31,15 @@ class Fragment:
     required: dict[str, str]
     preferred: dict[str, str]
     module_ok: frozenset[str] = field(default_factory=frozenset)
+    scenarios: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def options(self) -> dict[str, str]:
-        """Every option to merge into a build, required and preferred."""
-        return {**self.required, **self.preferred}
+        """Every option to merge into a build: required, every scenario's, preferred."""
+        merged = dict(self.required)
+        for options in self.scenarios.values():
+            merged.update(options)
+        return {**merged, **self.preferred}
 
 
 def _option(line: str) -> tuple[str, str] | None:
@@ -45,11 +51,13 @@ def _option(line: str) -> tuple[str, str] | None:
 
 
 def parse_fragment(text: str) -> Fragment:
-    """Read a fragment: ``#@ required`` / ``#@ preferred`` start sections (required is
-    the default); ``#@ module-ok: CONFIG_A CONFIG_B`` names options that may be ``m``."""
+    """Read a fragment: ``#@ required`` / ``#@ preferred`` / ``#@ scenario: NAME`` start
+    sections (required is the default); ``#@ module-ok: CONFIG_A CONFIG_B`` names options
+    that may be ``m``."""
     required: dict[str, str] = {}
     preferred: dict[str, str] = {}
     module_ok: set[str] = set()
+    scenarios: dict[str, dict[str, str]] = {}
     section = required
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -59,6 +67,8 @@ def parse_fragment(text: str) -> Fragment:
                 section = required
             elif directive == "preferred":
                 section = preferred
+            elif directive.startswith("scenario:") and directive.split(":", 1)[1].strip():
+                section = scenarios.setdefault(directive.split(":", 1)[1].strip(), {})
             elif directive.startswith("module-ok:"):
                 module_ok.update(directive.split(":", 1)[1].split())
             else:
@@ -68,7 +78,7 @@ def parse_fragment(text: str) -> Fragment:
             section[option[0]] = option[1]
         elif line and not line.startswith("#"):
             raise ValueError(f"fragment line {number}: not an option: {line!r}")
-    return Fragment(required, preferred, frozenset(module_ok))
+    return Fragment(required, preferred, frozenset(module_ok), scenarios)
 
 
 def load_fragment(path: Path = FRAGMENT) -> Fragment:
@@ -92,6 +102,7 @@ class Problem:
     option: str
     want: str          # e.g. "y", "y or m"
     have: str | None   # None: the option is not in the config at all
+    scenario: str | None = None     # the scenario that needs it (None: every run)
 
     def __str__(self) -> str:
         if self.have is None:
@@ -100,17 +111,25 @@ class Problem:
             have = "is not set"
         else:
             have = f"is {self.have}"
-        return f"{self.option} {have}; the rig needs {self.want}"
+        who = f"--scenario {self.scenario} needs" if self.scenario else "the rig needs"
+        return f"{self.option} {have}; {who} {self.want}"
 
 
-def check(config: dict[str, str], fragment: Fragment) -> list[Problem]:
-    """The required options ``config`` lacks or sets otherwise, in fragment order."""
+def check(config: dict[str, str], fragment: Fragment,
+          scenarios: tuple[str, ...] = ()) -> list[Problem]:
+    """The required options (and those of the ``scenarios`` named) ``config`` lacks or sets
+    otherwise, in fragment order."""
+    sections = [(None, fragment.required)]
+    sections += [(name, fragment.scenarios[name]) for name in scenarios
+                 if name in fragment.scenarios]
     problems = []
-    for option, want in fragment.required.items():
-        have = config.get(option)
-        allowed = {want, "m"} if option in fragment.module_ok and want == "y" else {want}
-        if (have or "n") not in allowed:        # an option the config lacks is not set
-            problems.append(Problem(option, " or ".join(sorted(allowed, reverse=True)), have))
+    for scenario, options in sections:
+        for option, want in options.items():
+            have = config.get(option)
+            allowed = {want, "m"} if option in fragment.module_ok and want == "y" else {want}
+            if (have or "n") not in allowed:        # an option the config lacks is not set
+                problems.append(Problem(option, " or ".join(sorted(allowed, reverse=True)),
+                                        have, scenario))
     return problems
 
 

@@ -18,9 +18,10 @@ from .cpu_hotplug import CpuHotplug
 from .hotplug import Hotplug
 from .nics import PerNic  # noqa: F401  (re-exported for main_job)
 from .remove_rescan import RemoveRescan
+from .vfio_pci import VfioPci
 
 REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug,
-                                                                 RemoveRescan)}
+                                                                 RemoveRescan, VfioPci)}
 DEFAULT = Scenario.NAME
 
 
@@ -41,9 +42,9 @@ def listing() -> list[tuple[str, str]]:
 
 def check_options(cls: type[Scenario], cpus: int, nics: int = 1) -> None:
     """Refuse options the scenario cannot run with, before anything starts."""
-    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan"):
-        raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} removes nic0 only: "
-                            "it takes no --nics", scenario=cls.NAME, nics=nics)
+    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci"):
+        raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} runs on nic0 only: it "
+                            "takes no --nics", scenario=cls.NAME, nics=nics)
     if cpus < cls.MIN_CPUS:
         raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} needs --cpus of at "
                             f"least {cls.MIN_CPUS}, not {cpus}", scenario=cls.NAME, cpus=cpus)
