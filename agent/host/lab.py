@@ -25,14 +25,16 @@ from images.image import Image
 from msixlab_common.deadline import Deadline, wait_until
 
 from . import qemu_view, routing
+from .console import report_taints
 from .device_server import DeviceServer
 from .errors import DeviceControlError, GuestAgentError, HostError, WaitTimeout
+from .hostlimits import ensure_fd_limit
 from .jsonlines import JsonLinesClient
 from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .outcome import (BootStalled, CouldNotJudge, DriverCallFailed, GuestUnresponsive,
-                      Outcome)
+                      KernelSplat, Outcome)
 from .sentinel import Sentinel
 from .session import PROJECT_DIR, RunDirs, guest_spec
 
@@ -120,6 +122,7 @@ class Lab:
         self.boot_stalls: list[dict] = []   # each stalled boot set aside (see start())
         self.sentinel: Sentinel | None = None
         self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
+        self.kernel_health: dict | None = None   # check_kernel_health's evidence
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:
@@ -133,9 +136,11 @@ class Lab:
         ``boot_stalls``.  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option,
         a build or launch failure, ``BootStalled`` on the last boot), or
         ``KernelMisbehaved`` when the console shows why the guest never answered.
+        The open-file limit is raised (or refused) first (hostlimits.py).
         Records ``kmod_build_s`` and ``boot_to_agent_s`` (of the boot that answered) in
         ``timings``.  On failure the caller still calls ``stop()``."""
         t0 = time.monotonic()
+        ensure_fd_limit()
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
@@ -173,6 +178,7 @@ class Lab:
         while True:
             try:
                 self.hello = self.agent_client.wait_event("hello", timeout=1)
+                self.sentinel.agent_answered()
                 return
             except (WaitTimeout, HostError, OSError):
                 self.guard()
@@ -248,6 +254,35 @@ class Lab:
                           f"(kernel {'started' if started else 'printed nothing'}, "
                           f"no hello from the agent, no kernel report on the console)",
                           console_tail=console)
+
+    def check_kernel_health(self) -> dict:
+        """Judge the kernel's own record of what it reported since the agent's hello, so a
+        report in a form the console patterns do not know is still seen: report taint bits
+        gained (W, D, B, M, L: ``console.REPORT_TAINTS``) or a kernel message at KERN_CRIT
+        or worse are ``KernelSplat`` (exit 1); messages at KERN_ERR and KERN_WARNING are
+        kept as evidence only.  Returns (and keeps in ``kernel_health``) the evidence."""
+        health = self.agent("kernel_health", timeout=10)
+        before, after = self.hello.get("tainted"), health.get("tainted")
+        warnings = health.get("warnings") or {}
+        messages = warnings.get("messages", [])
+        self.kernel_health = {
+            "tainted_before": before, "tainted_after": after,
+            "kernel_warnings": warnings.get("count", 0),
+            "messages": [f"<{m['level']}> {m['text']}" for m in messages[:10]]}
+        gained = (report_taints(after & ~before)
+                  if isinstance(before, int) and isinstance(after, int) else "")
+        if gained:
+            raise KernelSplat(f"tainted {before} -> {after}", "taint",
+                              message=f"the guest kernel gained report taint {gained} during "
+                              f"the run (/proc/sys/kernel/tainted {before} -> {after})",
+                              taints=gained, **self.kernel_health)
+        worst = [m for m in messages if m["level"] <= 2]
+        if worst:
+            raise KernelSplat(worst[0]["text"], "kernel message",
+                              message=f"the guest kernel logged at level {worst[0]['level']} "
+                              f"(KERN_CRIT or worse) during the run: {worst[0]['text']}",
+                              **self.kernel_health)
+        return self.kernel_health
 
     def check_not_stopped(self, since: float, what: str) -> None:
         """Raise ``CouldNotJudge`` (process_failed, 125) when QEMU or a device server was
