@@ -50,7 +50,17 @@ def judge_splat(watch: ConsoleWatch, splat: Splat, answered: bool) -> Exception:
                          f"the rig's guest user space failed {_phase(answered)} and the "
                          f"kernel panicked over it, with no kernel report: {splat.line}",
                          line=splat.line, console=console,
-                         console_tail=tail(watch.path, 12))
+                         before=lines_before(watch.path, splat.lineno, 6))
+
+
+def lines_before(path, lineno: int, count: int) -> str:
+    """The ``count`` console lines before line ``lineno`` (1-based): what the rig's user
+    space said before the kernel panicked over it."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[max(0, lineno - 1 - count):lineno - 1])
 
 
 def _taint_text(letters: str) -> str:
@@ -67,11 +77,10 @@ def judge_marker(watch: ConsoleWatch, marker: Marker, answered: bool) -> Excepti
         kernel = _agent_exit_kernel_evidence(watch, marker)
         if kernel is not None:
             return kernel
-        status = marker.fields().get("status", marker.reason or "unknown")
         return CouldNotJudge(Outcome.GUEST_SETUP_FAILED,
-                             f"the guest agent exited (status {status}) {_phase(answered)}, "
-                             "with no kernel report (taint unchanged, no kernel warning): "
-                             "the rig's agent failed",
+                             f"the guest agent exited {_phase(answered)} "
+                             f"(MSIXLAB-AGENT-EXIT: {marker.reason}), with no kernel report "
+                             "(taint unchanged, no kernel warning): the rig's agent failed",
                              marker=f"MSIXLAB-{marker.kind}", reason=marker.reason,
                              console=console, console_tail=tail(watch.path, 12))
     if watch.report_taints:
