@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.host import blame
-from agent.host.console import ConsoleWatch, panic_blames_userspace, report_taints
+from agent.host.console import ConsoleWatch, find_splat, panic_blames_userspace, report_taints
 from agent.host.outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
 from agent.host.sentinel import Sentinel
 
@@ -219,3 +219,27 @@ def test_recorded_emfile_boot_is_the_rigs(tmp_path):
     assert isinstance(ending, CouldNotJudge) and ending.exit_code == 125, ending
     assert "Attempted to kill init" in str(ending)
     assert "Error 24" in ending.evidence["before"]      # what the shell said
+
+
+def test_recorded_truncated_python3_is_the_rigs(tmp_path):
+    """The real console of a guest whose python3 was cut to 4096 bytes
+    (guest_tests/test_rig_or_kernel.py): the agent segfaults before its hello."""
+    text = (RECORDED / "truncated-python3.log").read_text()
+    ending = sentinel_on(tmp_path, text).check()
+    assert isinstance(ending, CouldNotJudge), ending
+    assert ending.outcome is Outcome.GUEST_SETUP_FAILED and "status=139" in str(ending)
+
+
+@pytest.mark.parametrize("answered", [False, True])
+def test_recorded_oops_that_killed_the_agent_unknown_to_the_patterns_is_the_kernels(
+        tmp_path, answered):
+    """The real console of an oops in the agent's own process, every line a console
+    pattern knows (BUG:, Oops:, RIP: 0010:) replaced by one none knows: the agent's exit
+    with taint D gained is the kernel's."""
+    lines = (RECORDED / "oops-kills-agent.log").read_text().splitlines()
+    assert any(find_splat(line) for line in lines)
+    hidden = "\n".join("[   12.3] msixlab: an unheard-of report" if find_splat(line) else line
+                       for line in lines) + "\n"
+    ending = sentinel_on(tmp_path, hidden, answered=answered).check()
+    assert isinstance(ending, KernelSplat) and ending.exit_code == 1, ending
+    assert ending.evidence["taints"] == "D" and ending.evidence["kernel_warnings"] > 0
