@@ -1,5 +1,9 @@
 """Who failed, the rig or the kernel, with real guests (agent/host/blame.py, docs/verdict.md).
 
+- The rig's initramfs init failing (``MSIXLAB-INIT-FAILED: mount 9p kmod``: the guest
+  asked to load a driver from a share the boot does not have) is ``guest_setup_failed``
+  (125) with the marker's reason, at once; before, it powered off and was judged
+  ``guest_unresponsive`` (1).
 - A truncated python3 (the rig's init runs the agent with a copy of the image's python3
   cut short: ``msixlab.test_python``) never says hello: ``guest_setup_failed`` (125)
   naming the init's marker, at once, not ``guest_unresponsive`` (1) after the boot
@@ -81,3 +85,21 @@ def test_an_oops_that_kills_the_agent_is_the_kernels(image, tmp_path):
     assert verdict.evidence["kind"] == "taint" and "D" in verdict.evidence["taints"]
     assert "MSIXLAB-AGENT-EXIT" in verdict.evidence["line"]
     assert seconds < FAST_S
+
+
+def test_the_rigs_init_failing_is_the_rigs_failure(image, tmp_path):
+    """One boot (``Lab._boot``) without the driver's share but with its path on the
+    command line: the initramfs init cannot mount it and says so."""
+    started = time.monotonic()
+    with RunDirs.create(tmp_path) as dirs:
+        lab = Lab(image, "default", dirs, append=("msixlab.kmod=/opt/kmod/msixlab.ko",))
+        try:
+            with pytest.raises(BaseException) as err:
+                lab._boot(None, boot_timeout=FAST_S + 60)
+        finally:
+            lab.stop()
+    verdict = RunVerdict.from_error(err.value)
+    assert verdict.outcome is Outcome.GUEST_SETUP_FAILED and verdict.exit_code == 125, verdict
+    assert verdict.evidence["marker"] == "MSIXLAB-INIT-FAILED"
+    assert verdict.evidence["reason"] == "mount 9p kmod", verdict
+    assert time.monotonic() - started < FAST_S
