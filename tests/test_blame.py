@@ -24,7 +24,7 @@ READY = "MSIXLAB-READY kernel=7.3.4+deb13-amd64 mode=agent uptime=4.73\n"
 KILL_INIT = BOOT + """\
 switch_root: can't execute '/opt/msixlab/images/guest/stage2': Too many open files
 [    2.345678] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100
-[    2.345999] CPU: 0 UID: 0 PID: 1 Comm: switch_root Not tainted 7.3.4+deb13-amd64 #1 PREEMPT(lazy)  Debian 7.3.4-1~bpo13+1
+[    2.345999] CPU: 0 UID: 0 PID: 1 Comm: switch_root Not tainted 7.3.4+deb13-amd64 #1
 [    2.346100] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.3 04/01/2014
 [    2.346200] Call Trace:
 [    2.346300]  <TASK>

@@ -17,7 +17,8 @@ from agent.guest.kernlog import KernelLog, parse_record
      {"level": 4, "text": "WARNING: msixlab_fault.c:38 at msixlab_crash_warn+0xc/0x20"}),
     (b"1,900,1,-;BUG: kernel NULL pointer dereference\n SUBSYSTEM=pci\n",
      {"level": 1, "text": "BUG: kernel NULL pointer dereference"}),
-    (b"6,1,2,-;msixlab 0000:00:03.0: probed\n", {"level": 6, "text": "msixlab 0000:00:03.0: probed"}),
+    (b"6,1,2,-;msixlab 0000:00:03.0: probed\n",
+     {"level": 6, "text": "msixlab 0000:00:03.0: probed"}),
     (b"12,5,3,-;written by user space at warning level\n", None),     # facility user
     (b"no header at all\n", None),
     (b"x,1,2,-;bad priority\n", None),

@@ -41,11 +41,11 @@ def judge_splat(watch: ConsoleWatch, splat: Splat, answered: bool) -> Exception:
     console = str(watch.path)
     if splat.kind != "panic" or not panic_blames_userspace(splat.line) or answered:
         return KernelSplat(splat.line, splat.kind, console=console)
-    if watch.report_taints:
-        return KernelSplat(splat.line, splat.kind, console=console,
-                           message=f"the guest kernel panicked with report taint "
-                           f"{watch.report_taints} (it had reported a {_taint_text(watch.report_taints)} "
-                           f"before): {splat.line}", taints=watch.report_taints)
+    taints = watch.report_taints
+    if taints:
+        return KernelSplat(splat.line, splat.kind, console=console, taints=taints,
+                           message=f"the guest kernel panicked with report taint {taints} "
+                           f"(it had reported a {_taint_text(taints)} before): {splat.line}")
     return CouldNotJudge(Outcome.GUEST_SETUP_FAILED,
                          f"the rig's guest user space failed {_phase(answered)} and the "
                          f"kernel panicked over it, with no kernel report: {splat.line}",
