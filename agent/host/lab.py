@@ -47,6 +47,10 @@ BOOT_ATTEMPTS = 2
 #: how much longer than the guest-side wait a request asks for the host waits for its answer
 AGENT_MARGIN_S = 30.0
 
+#: how long a broken agent channel waits for the ending that explains it (QEMU gone, or
+#: the rig's init reporting the agent's exit with the kernel's taint, blame.py)
+AGENT_EXIT_GRACE_S = 10.0
+
 
 def answer_timeout(timeout: float, args: dict) -> float:
     """How long to await the answer to a guest agent request with ``args``: ``timeout``,
@@ -360,7 +364,9 @@ class Lab:
         try:
             reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
         except (WaitTimeout, HostError, OSError) as err:
-            self.guard(grace=0 if isinstance(err, WaitTimeout) else 2.0)
+            # a broken channel: the agent may have died, and the rig's init then says why
+            # (MSIXLAB-AGENT-EXIT with the kernel's taint) before it powers off
+            self.guard(grace=0 if isinstance(err, WaitTimeout) else AGENT_EXIT_GRACE_S)
             if isinstance(err, WaitTimeout):
                 self._no_answer(f"answer to {cmd!r} within {timeout:g} s", since=asked)
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's channel broke "
