@@ -243,3 +243,40 @@ def test_recorded_oops_that_killed_the_agent_unknown_to_the_patterns_is_the_kern
     ending = sentinel_on(tmp_path, hidden, answered=answered).check()
     assert isinstance(ending, KernelSplat) and ending.exit_code == 1, ending
     assert ending.evidence["taints"] == "D" and ending.evidence["kernel_warnings"] > 0
+
+
+def health(tainted, *messages):
+    return {"tainted": tainted, "warnings": {
+        "count": len(messages), "lost": 0, "readable": True,
+        "messages": [{"level": level, "text": text} for level, text in messages]}}
+
+
+def test_kernel_health_unchanged_is_evidence_only():
+    answer = health(12288, (4, "msixlab: loading out-of-tree module taints kernel."),
+                    (3, "some driver: an error that is no report"))
+    evidence = blame.health_evidence(12288, answer)
+    blame.judge_kernel_health(evidence, answer)                      # no ending
+    assert evidence["kernel_warnings"] == 2 and evidence["messages"][1].startswith("<3> ")
+
+
+@pytest.mark.parametrize("after,gained", [(12288 | 1 << 9, "W"), (12288 | 1 << 7 | 1 << 14, "DL")])
+def test_kernel_health_taint_gained_is_the_kernels(after, gained):
+    answer = health(after, (4, "a report in a form no console pattern knows"))
+    evidence = blame.health_evidence(12288, answer)
+    with pytest.raises(KernelSplat) as err:
+        blame.judge_kernel_health(evidence, answer)
+    assert err.value.kind == "taint" and err.value.evidence["taints"] == gained
+    assert err.value.evidence["tainted_before"] == 12288
+    assert "a report in a form" in err.value.evidence["messages"][0]
+
+
+def test_kernel_health_a_module_load_is_no_report():
+    answer = health(12288 | 1 << 12 | 1 << 13)                    # O, E: msixlab.ko reloaded
+    blame.judge_kernel_health(blame.health_evidence(0, answer), answer)
+
+
+def test_kernel_health_a_critical_message_is_the_kernels():
+    answer = health(12288, (2, "unheard-of: something critical"))
+    with pytest.raises(KernelSplat) as err:
+        blame.judge_kernel_health(blame.health_evidence(12288, answer), answer)
+    assert err.value.kind == "kernel message" and "something critical" in str(err.value)

@@ -18,6 +18,10 @@ Concepts owned here:
   kernel.
 - After the hello a panic is the kernel's, as is the guest powering off; the agent
   exiting with no kernel report at all is still the rig's (the agent failed).
+- At the end of a run the guest agent's ``kernel_health`` (taint now, kernel messages at
+  KERN_WARNING or worse since the hello) is judged against the hello's taint
+  (``judge_kernel_health``): report taint gained, or a message at KERN_CRIT or worse, is
+  the kernel's; KERN_ERR and KERN_WARNING messages are evidence only.
 """
 
 from __future__ import annotations
@@ -137,3 +141,35 @@ def judge_qemu_exit_0(watch: ConsoleWatch, answered: bool) -> Exception:
                          "the guest powered off or reset before its agent said hello "
                          "(QEMU exited with status 0), with no kernel report",
                          console=str(watch.path), console_tail=tail(watch.path, 12))
+
+
+def health_evidence(tainted_before: int | None, health: dict) -> dict:
+    """The evidence of the guest agent's ``kernel_health`` answer against the hello's taint:
+    the taint before and after, how many kernel messages at KERN_WARNING or worse were
+    logged and the first ten (``<level> text``)."""
+    warnings = health.get("warnings") or {}
+    return {"tainted_before": tainted_before, "tainted_after": health.get("tainted"),
+            "kernel_warnings": warnings.get("count", 0),
+            "messages": [f"<{m['level']}> {m['text']}"
+                         for m in warnings.get("messages", [])[:10]]}
+
+
+def judge_kernel_health(evidence: dict, health: dict) -> None:
+    """Raise ``KernelSplat`` when the kernel reported something during the run: report
+    taint bits gained (kind ``taint``) or a message at KERN_CRIT or worse (kind
+    ``kernel message``), with ``evidence`` (``health_evidence``) named."""
+    before, after = evidence["tainted_before"], evidence["tainted_after"]
+    gained = (report_taints(after & ~before)
+              if isinstance(before, int) and isinstance(after, int) else "")
+    if gained:
+        raise KernelSplat(f"tainted {before} -> {after}", "taint", taints=gained,
+                          message=f"the guest kernel gained report taint {gained} "
+                          f"({_taint_text(gained)}) during the run "
+                          f"(/proc/sys/kernel/tainted {before} -> {after})", **evidence)
+    messages = (health.get("warnings") or {}).get("messages", [])
+    worst = [m for m in messages if m["level"] <= 2]
+    if worst:
+        raise KernelSplat(worst[0]["text"], "kernel message",
+                          message=f"the guest kernel logged at level {worst[0]['level']} "
+                          f"(KERN_CRIT or worse) during the run: {worst[0]['text']}",
+                          **evidence)

@@ -24,8 +24,7 @@ from pathlib import Path
 from images.image import Image
 from msixlab_common.deadline import Deadline, wait_until
 
-from . import qemu_view, routing
-from .console import report_taints
+from . import blame, qemu_view, routing
 from .device_server import DeviceServer
 from .errors import DeviceControlError, GuestAgentError, HostError, WaitTimeout
 from .hostlimits import ensure_fd_limit
@@ -34,7 +33,7 @@ from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .outcome import (BootStalled, CouldNotJudge, DriverCallFailed, GuestUnresponsive,
-                      KernelSplat, Outcome)
+                      Outcome)
 from .sentinel import Sentinel
 from .session import PROJECT_DIR, RunDirs, guest_spec
 
@@ -260,32 +259,13 @@ class Lab:
                           console_tail=console)
 
     def check_kernel_health(self) -> dict:
-        """Judge the kernel's own record of what it reported since the agent's hello, so a
-        report in a form the console patterns do not know is still seen: report taint bits
-        gained (W, D, B, M, L: ``console.REPORT_TAINTS``) or a kernel message at KERN_CRIT
-        or worse are ``KernelSplat`` (exit 1); messages at KERN_ERR and KERN_WARNING are
-        kept as evidence only.  Returns (and keeps in ``kernel_health``) the evidence."""
+        """Judge the kernel's own record of what it reported since the agent's hello
+        (``blame.judge_kernel_health``: report taint gained or a message at KERN_CRIT or
+        worse is ``KernelSplat``), so a report in a form the console patterns do not know
+        is still seen.  Returns (and keeps in ``kernel_health``) the evidence."""
         health = self.agent("kernel_health", timeout=10)
-        before, after = self.hello.get("tainted"), health.get("tainted")
-        warnings = health.get("warnings") or {}
-        messages = warnings.get("messages", [])
-        self.kernel_health = {
-            "tainted_before": before, "tainted_after": after,
-            "kernel_warnings": warnings.get("count", 0),
-            "messages": [f"<{m['level']}> {m['text']}" for m in messages[:10]]}
-        gained = (report_taints(after & ~before)
-                  if isinstance(before, int) and isinstance(after, int) else "")
-        if gained:
-            raise KernelSplat(f"tainted {before} -> {after}", "taint",
-                              message=f"the guest kernel gained report taint {gained} during "
-                              f"the run (/proc/sys/kernel/tainted {before} -> {after})",
-                              taints=gained, **self.kernel_health)
-        worst = [m for m in messages if m["level"] <= 2]
-        if worst:
-            raise KernelSplat(worst[0]["text"], "kernel message",
-                              message=f"the guest kernel logged at level {worst[0]['level']} "
-                              f"(KERN_CRIT or worse) during the run: {worst[0]['text']}",
-                              **self.kernel_health)
+        self.kernel_health = blame.health_evidence(self.hello.get("tainted"), health)
+        blame.judge_kernel_health(self.kernel_health, health)
         return self.kernel_health
 
     def check_not_stopped(self, since: float, what: str) -> None:
