@@ -76,7 +76,8 @@ KERNEL_MISBEHAVED = frozenset({Outcome.CHECK_FAILED, Outcome.KERNEL_SPLAT,
 MEANING = {
     Outcome.PASS: "every declared check passed",
     Outcome.CHECK_FAILED: "a check failed",
-    Outcome.KERNEL_SPLAT: "the guest kernel printed an oops, panic, BUG, WARN or similar report",
+    Outcome.KERNEL_SPLAT: "the guest kernel reported an oops, panic, BUG, WARN or similar "
+                          "(on the console or in its taint flags)",
     Outcome.DRIVER_ERROR: "the guest driver returned an error where the scenario needs success",
     Outcome.GUEST_UNRESPONSIVE: "the guest stopped answering after its agent had answered",
     Outcome.BUILD_FAILED: "the image, the kernel or the guest driver could not be built",
