@@ -227,6 +227,14 @@ KMOD_MUTANTS = (
        Edit(GROUP, "\tfree_irq(vec->map.virq, vec);\n",
             "\tfree_irq(vec->map.virq, vec);\n\tfree_irq(vec->map.virq, vec);\n"),
        splat=r"free_irq|already-free IRQ"),
+    _m("kmod-silent-taint", "bug",
+       "freeing a vector reports a WARN in a form no console pattern knows (a warning line "
+       "and the W taint, no WARNING: headline, no register dump)",
+       {"kernel_splat"},
+       Edit(GROUP, "\tmsixlab_vec_detach(ml, vec);\n\tif (vec->dynamic)",
+            "\tmsixlab_vec_detach(ml, vec);\n\tpr_warn(\"msixlab: vector %u freed oddly\\n\", "
+            "vec->map.index);\n\tadd_taint(TAINT_WARN, LOCKDEP_STILL_OK);\n\tif (vec->dynamic)"),
+       splat=r"^tainted \d+ -> \d+$"),
 )
 
 HOST_MUTANTS = (

@@ -113,11 +113,21 @@ def test_a_replaced_server_reads_its_log_on_from_where_it_was(lab):
     assert watch.check().evidence["replies"][0]["cmd"] == "DMA_MAP"
 
 
-def test_qemu_exit_0_after_the_kernel_started_is_the_kernels(lab):
+def test_qemu_exit_0_after_the_agents_hello_is_the_kernels(lab):
+    _, _, state, sentinel = lab
+    state["qemu"] = 0
+    watch = sentinel()
+    watch.agent_answered()
+    ending = watch.check()
+    assert isinstance(ending, GuestUnresponsive) and ending.exit_code == 1
+
+
+def test_qemu_exit_0_before_the_agents_hello_is_the_rigs(lab):
+    """The rig's user space has not proven it works until the hello (blame.py)."""
     _, _, state, sentinel = lab
     state["qemu"] = 0
     ending = sentinel().check()
-    assert isinstance(ending, GuestUnresponsive) and ending.exit_code == 1
+    assert isinstance(ending, CouldNotJudge) and ending.outcome is Outcome.GUEST_SETUP_FAILED
 
 
 def test_qemu_killed_is_the_rigs(lab):

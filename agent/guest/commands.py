@@ -8,9 +8,12 @@ allocate MSI-X vectors dynamically on the device (``dyn_alloc``).  The agent rem
 the CPUs each ``set_affinity`` asked for, so a vector's ``affinity.requested`` is always
 what was asked (by the allocation or by set_affinity), never what the kernel read back.
 ``crash`` makes the guest kernel WARN, oops or panic through the driver's fault
-injection; an oops kills the task that asks, so the agent asks from a child process.
+injection; an oops kills the task that asks, so the agent asks from a child process
+(``in_agent``: from the agent itself, which then dies, for the tests of that ending).
 ``fail_request_irq`` arms the driver's other fault: the next group allocation's nth
 vector fails request_irq(), so the driver's unwinding can be judged.
+``kernel_health`` is the kernel's own record of what it reported (kernlog.py): its taint
+mask (also in the hello, to compare with) and its messages at KERN_WARNING or worse.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from msixlab_common.deadline import Deadline, wait_until
 from msixlab_common.errors import WaitTimeout
 
-from . import binding, sysview, uapi
+from . import binding, kernlog, sysview, uapi
 from .driver import MEANINGS, Driver, find_devices
 from .errors import AgentError, DriverError, GuestError, RequestError
 from .protocol import Arg, Command
@@ -53,6 +56,7 @@ class Agent:
         self.asked: dict[int, tuple[int, list[int]]] = {}   # index -> (group, set_affinity cpus)
         self.others: dict[str, tuple[Driver, dict]] = {}     # bdf -> NIC not selected now
         self.vfio = VfioCommands(self)                       # the vfio_* commands
+        self.kernlog = kernlog.KernelLog(root)
         path = device
         try:
             path = path or next(iter(find_devices(os.path.join(root, "dev"))), None)
@@ -90,7 +94,13 @@ class Agent:
             event["device_error"] = err.to_dict()
         event["device"] = device
         event["dyn_alloc"] = device["dyn_alloc"] if device else None
+        event["tainted"] = self.kernlog.tainted()
         return event
+
+    def kernel_health(self) -> dict[str, object]:
+        """``kernel_health``: the kernel's taint mask now (null if unreadable) and its
+        messages at KERN_WARNING or worse since the agent started (or the last call)."""
+        return {"tainted": self.kernlog.tainted(), "warnings": self.kernlog.warnings()}
 
     def _with_asked(self, vector: dict[str, object]) -> dict[str, object]:
         """Put what set_affinity asked for in ``affinity.requested`` (same group only)."""
@@ -205,8 +215,10 @@ class Agent:
             raise GuestError(errno.ENODEV, self.device_error or "no driver")
         return sysview.msi_irqs(bdf, self.root)
 
-    def crash(self, kind: str, delay_ms: int | None) -> dict[str, object]:
-        """WARN or panic from the agent's own ioctl; an oops from a child's."""
+    def crash(self, kind: str, delay_ms: int | None,
+              in_agent: bool = False) -> dict[str, object]:
+        """WARN or panic from the agent's own ioctl; an oops from a child's, or with
+        ``in_agent`` from the agent's own (the oops kills the agent)."""
         if kind not in uapi.CRASH_KINDS:
             raise RequestError(errno.EINVAL, f"crash: argument 'kind' must be one of "
                                f"{', '.join(uapi.CRASH_KINDS)}, got {kind!r}",
@@ -215,7 +227,7 @@ class Agent:
             raise RequestError(errno.EINVAL, "crash: 'delay_ms' applies to kind 'panic' only",
                                command="crash", argument="delay_ms")
         driver = self._need_driver()
-        if kind == "oops":
+        if kind == "oops" and not in_agent:
             return self._oops_in_child(driver.path)
         if kind == "panic":
             return driver.crash(kind, PANIC_DELAY_MS if delay_ms is None else delay_ms)
@@ -539,9 +551,11 @@ class Agent:
                 Arg("kind", str),
                 Arg("delay_ms", int, required=False, minimum=0,
                     maximum=uapi.CRASH_MAX_DELAY_MS),
+                Arg("in_agent", bool, required=False, default=False),
             )),
             Command("fail_request_irq", self.fail_request_irq,
                     (Arg("nth", int, minimum=0, maximum=uapi.MAX_VECTORS),)),
+            Command("kernel_health", self.kernel_health),
             Command("interrupts", self.interrupts,
                     (Arg("all", bool, required=False, default=False),)),
             Command("irq_sysfs", self.irq_sysfs,

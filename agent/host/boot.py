@@ -15,6 +15,7 @@ from pathlib import Path
 from images.image import Image
 from msixlab_common.removal import remove_tree
 
+from .hostlimits import ensure_fd_limit
 from .kernel.under_test import KernelUnderTest
 from .machine import Machine
 from .session import RunDirs, guest_spec
@@ -39,6 +40,7 @@ def boot_ready(image: Image, kernel: KernelUnderTest | str, *, accel: str = "tcg
                qemu: list[str] | None = None, append: tuple[str, ...] = ()) -> BootResult:
     """Boot ``kernel`` (or an image flavor) in ready mode, with ``append``: more kernel
     parameters; raises on any failure or timeout."""
+    ensure_fd_limit()
     root = results_root if keep and results_root else Path(tempfile.mkdtemp(prefix="msixlab-boot-"))
     dirs = RunDirs.create(root, prefix="boot")
     try:

@@ -13,6 +13,21 @@ Concepts owned here:
 - ``kernel_started`` tells whether the guest's kernel got as far as printing (a printk
   line, its banner, or the rig's init running): a guest that stops answering after that
   is the kernel's failure; before it, the run could not judge.
+- A *register dump* (``RIP: 0010:...``, a kernel-mode instruction pointer) is printed only
+  by an oops, a BUG or a WARN in kernel code, whatever its headline says: it is a report
+  too, so a report in a form the headline patterns do not know is still seen.  A panic's
+  own stack dump (``dump_stack``) shows no registers.
+- A *rig marker* is a line the rig's guest init prints (images/guest): ``MSIXLAB-READY``
+  (stage 2 reached), and the failures ``MSIXLAB-INIT-FAILED: reason``,
+  ``MSIXLAB-KMOD-FAILED: reason``, ``MSIXLAB-BAD-MODE: mode`` and
+  ``MSIXLAB-AGENT-EXIT: status=N tainted=A->B kmsg=K`` (the guest agent ended; the
+  kernel's taint flags before and after it ran, and how many kernel messages at
+  KERN_WARNING or worse it logged meanwhile).  ``ConsoleWatch.marker`` keeps the first
+  failure marker.
+- The *taint flags* a kernel dump header shows (``Tainted: G      D W``) are the kernel's
+  own record of what it reported: ``REPORT_TAINTS`` (a WARN, an oops, a bad page, a
+  machine check, a soft lockup) mean the kernel reported something, even when the
+  console line that said so has a form no pattern knows.
 """
 
 from __future__ import annotations
@@ -40,11 +55,50 @@ SPLATS: tuple[tuple[str, str], ...] = (
     # "WARNING: file.c:38 at f+0xc/0x20 [mod], CPU#0: python3/138"
     ("WARN", r"WARNING: (?:CPU: \d+ PID: \d+ at |at |\S+:\d+ at \S)"),
     ("hung task", r"INFO: task .{1,64} blocked for more than \d+ seconds"),
+    ("register dump", r"RIP: 0010:\S"),
 )
 _TIMESTAMPED = re.compile(_STAMP + "(?:" + "|".join(f"(?P<k{i}>{p})" for i, (_, p) in
                                                     enumerate(SPLATS)) + ")")
 _BARE_PANIC = re.compile(r"Kernel panic - not syncing")
 _STARTED = re.compile(_STAMP + "|msixlab init: |Linux version \\d")
+_MARKER = re.compile(r"MSIXLAB-(INIT-FAILED|KMOD-FAILED|BAD-MODE|AGENT-EXIT):\s*(.*)")
+_TAINT_HEADER = re.compile(r"\bTainted: ([A-Z ]+?)\s+\d")
+_PANIC_CAUSE = re.compile(r"Kernel panic - not syncing: (.*)")
+
+#: taint bit -> letter of the kernel's reports (Documentation/admin-guide/tainted-kernels)
+REPORT_TAINTS = {4: "M", 5: "B", 7: "D", 9: "W", 14: "L"}
+
+#: what a panic says when the kernel could not hand over to, or lost, the rig's user
+#: space: its init exited or was never found, or no root could be mounted from the rig's
+#: initramfs.  Such a panic reports the rig's failure, not kernel code's.
+USERSPACE_PANICS = re.compile(r"Attempted to kill init|No working init found"
+                              r"|Requested init \S+ failed|VFS: Unable to mount root"
+                              r"|Unable to mount root fs")
+
+
+def report_taints(tainted: int) -> str:
+    """The letters of the report bits set in a taint mask (``/proc/sys/kernel/tainted``)."""
+    return "".join(letter for bit, letter in sorted(REPORT_TAINTS.items())
+                   if tainted >> bit & 1)
+
+
+def panic_blames_userspace(line: str) -> bool:
+    """Whether a panic line's cause is the rig's user space (init gone, no root)."""
+    match = _PANIC_CAUSE.search(line)
+    return bool(match and USERSPACE_PANICS.match(match.group(1)))
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A rig failure marker on the console: ``kind`` (``INIT-FAILED``, ``KMOD-FAILED``,
+    ``BAD-MODE``, ``AGENT-EXIT``), what follows it, and its 1-based line number."""
+    kind: str
+    reason: str
+    lineno: int
+
+    def fields(self) -> dict[str, str]:
+        """``key=value`` words of the reason (``AGENT-EXIT``: status, tainted, kmsg)."""
+        return dict(word.split("=", 1) for word in self.reason.split() if "=" in word)
 
 
 @dataclass(frozen=True)
@@ -78,6 +132,9 @@ class ConsoleWatch:
         self._lineno = 0
         self.splat: Splat | None = None
         self.kernel_started = False
+        self.marker: Marker | None = None       # the first rig failure marker
+        self.ready = False                      # MSIXLAB-READY: the rig's stage 2 ran
+        self.report_taints = ""   # report letters any dump header showed (Tainted: ... W)
 
     def poll(self) -> Splat | None:
         """Read what was appended; return the first splat seen so far (or None)."""
@@ -107,7 +164,23 @@ class ConsoleWatch:
         line = raw.decode("utf-8", errors="replace").replace("\r", "").strip()
         if not self.kernel_started and _STARTED.match(line):
             self.kernel_started = True
+        self._scan_rig(line)
         if self.splat is None:
             kind = find_splat(line)
             if kind is not None:
                 self.splat = Splat(kind, line, self._lineno)
+
+    def _scan_rig(self, line: str) -> None:
+        """Note the rig's markers and the taint letters of kernel dump headers."""
+        if "MSIXLAB-READY" in line:
+            self.ready = True
+        match = _MARKER.search(line)
+        if match and self.marker is None:
+            self.marker = Marker(match.group(1), match.group(2).strip(), self._lineno)
+        header = _TAINT_HEADER.search(line) if _STAMP_ONLY.match(line) else None
+        if header:
+            seen = set(self.report_taints) | (set(header.group(1)) & set(REPORT_TAINTS.values()))
+            self.report_taints = "".join(sorted(seen))
+
+
+_STAMP_ONLY = re.compile(_STAMP)

@@ -25,9 +25,10 @@ from images.image import Image
 from msixlab_common.artifacts import write_artifact
 from msixlab_common.deadline import Deadline, wait_until
 
-from . import qemu_view, routing
+from . import blame, qemu_view, routing
 from .device_server import DeviceServer
 from .errors import DeviceControlError, GuestAgentError, HostError, WaitTimeout
+from .hostlimits import ensure_fd_limit
 from .jsonlines import JsonLinesClient
 from .kernel.under_test import KernelUnderTest, as_kernel
 from .kmod import ensure_kmod
@@ -45,6 +46,10 @@ BOOT_ATTEMPTS = 2
 
 #: how much longer than the guest-side wait a request asks for the host waits for its answer
 AGENT_MARGIN_S = 30.0
+
+#: how long a broken agent channel waits for the ending that explains it (QEMU gone, or
+#: the rig's init reporting the agent's exit with the kernel's taint, blame.py)
+AGENT_EXIT_GRACE_S = 10.0
 
 
 def answer_timeout(timeout: float, args: dict) -> float:
@@ -121,6 +126,7 @@ class Lab:
         self.boot_stalls: list[dict] = []   # each stalled boot set aside (see start())
         self.sentinel: Sentinel | None = None
         self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
+        self.kernel_health: dict | None = None   # check_kernel_health's evidence
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:
@@ -134,9 +140,11 @@ class Lab:
         ``boot_stalls``.  Raises ``CouldNotJudge`` (no dynamic MSI-X or a missing option,
         a build or launch failure, ``BootStalled`` on the last boot), or
         ``KernelMisbehaved`` when the console shows why the guest never answered.
+        The open-file limit is raised (or refused) first (hostlimits.py).
         Records ``kmod_build_s`` and ``boot_to_agent_s`` (of the boot that answered) in
         ``timings``.  On failure the caller still calls ``stop()``."""
         t0 = time.monotonic()
+        ensure_fd_limit()
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
@@ -174,6 +182,7 @@ class Lab:
         while True:
             try:
                 self.hello = self.agent_client.wait_event("hello", timeout=1)
+                self.sentinel.agent_answered()
                 return
             except (WaitTimeout, HostError, OSError):
                 self.guard()
@@ -249,6 +258,16 @@ class Lab:
                           f"(kernel {'started' if started else 'printed nothing'}, "
                           f"no hello from the agent, no kernel report on the console)",
                           console_tail=console)
+
+    def check_kernel_health(self) -> dict:
+        """Judge the kernel's own record of what it reported since the agent's hello
+        (``blame.judge_kernel_health``: report taint gained or a message at KERN_CRIT or
+        worse is ``KernelSplat``), so a report in a form the console patterns do not know
+        is still seen.  Returns (and keeps in ``kernel_health``) the evidence."""
+        health = self.agent("kernel_health", timeout=10)
+        self.kernel_health = blame.health_evidence(self.hello.get("tainted"), health)
+        blame.judge_kernel_health(self.kernel_health, health)
+        return self.kernel_health
 
     def check_not_stopped(self, since: float, what: str) -> None:
         """Raise ``CouldNotJudge`` (process_failed, 125) when QEMU or a device server was
@@ -326,7 +345,9 @@ class Lab:
         try:
             reply = self.agent_client.request({"cmd": cmd, "args": args}, timeout)
         except (WaitTimeout, HostError, OSError) as err:
-            self.guard(grace=0 if isinstance(err, WaitTimeout) else 2.0)
+            # a broken channel: the agent may have died, and the rig's init then says why
+            # (MSIXLAB-AGENT-EXIT with the kernel's taint) before it powers off
+            self.guard(grace=0 if isinstance(err, WaitTimeout) else AGENT_EXIT_GRACE_S)
             if isinstance(err, WaitTimeout):
                 self._no_answer(f"answer to {cmd!r} within {timeout:g} s", since=asked)
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's channel broke "

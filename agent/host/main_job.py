@@ -13,6 +13,7 @@ metadata), the console, QEMU's and the device's logs, and the guest's lspci, dme
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -182,11 +183,15 @@ def run_in_lab(lab: Lab, console: Console, faults: list[dict], work: Callable[[]
             console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
         work()
         lab.guard()          # a splat while the last views were read
+        lab.check_kernel_health()     # taint gained, a report the console missed
         verdict = judge_run(_faults(lab, armed))
     except BaseException as err:   # classified, never lost (Ctrl-C included)
         verdict = RunVerdict.from_error(err, _faults(lab, armed))
         if verdict.outcome is Outcome.INTERNAL_ERROR:
             log.exception("internal error")
+    if lab.kernel_health is not None and "kernel_health" not in verdict.evidence:
+        verdict = dataclasses.replace(verdict, evidence={**verdict.evidence,
+                                                         "kernel_health": lab.kernel_health})
     if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
         try:
             _save_guest_views(lab)

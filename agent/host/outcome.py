@@ -7,7 +7,8 @@ Concepts owned here:
   task, lockup), the guest driver returned an error where the scenario needs success, or the
   guest stopped answering after its agent had answered.  125 means the run could not
   judge: an image or build failure, QEMU or the device server failing for a reason that
-  is not the guest's, a host resource error, a kernel without what the rig needs
+  is not the guest's, the rig's own guest user space failing (its init, the guest
+  agent) with no kernel report, a host resource error, a kernel without what the rig needs
   (dynamic MSI-X, a config option), a fault of the emulated device, a bad option, a
   bug in msixlab itself, or an interruption.  ``git bisect run`` trusts exactly these
   three codes: nothing else is ever returned.
@@ -47,6 +48,7 @@ class Outcome(enum.StrEnum):
     # the run could not judge (exit 125)
     BUILD_FAILED = "build_failed"
     PROCESS_FAILED = "process_failed"
+    GUEST_SETUP_FAILED = "guest_setup_failed"
     DEVICE_FAULT = "device_fault"
     HOST_RESOURCE = "host_resource"
     KERNEL_UNSUPPORTED = "kernel_unsupported"
@@ -74,11 +76,14 @@ KERNEL_MISBEHAVED = frozenset({Outcome.CHECK_FAILED, Outcome.KERNEL_SPLAT,
 MEANING = {
     Outcome.PASS: "every declared check passed",
     Outcome.CHECK_FAILED: "a check failed",
-    Outcome.KERNEL_SPLAT: "the guest kernel printed an oops, panic, BUG, WARN or similar report",
+    Outcome.KERNEL_SPLAT: "the guest kernel reported an oops, panic, BUG, WARN or similar "
+                          "(on the console or in its taint flags)",
     Outcome.DRIVER_ERROR: "the guest driver returned an error where the scenario needs success",
     Outcome.GUEST_UNRESPONSIVE: "the guest stopped answering after its agent had answered",
     Outcome.BUILD_FAILED: "the image, the kernel or the guest driver could not be built",
     Outcome.PROCESS_FAILED: "QEMU or the device server failed, not because of the guest",
+    Outcome.GUEST_SETUP_FAILED: "the rig's guest user space (its init, the guest driver's "
+                                "load, the guest agent) failed with no kernel report",
     Outcome.DEVICE_FAULT: "the emulated device reported an error (the rig, not the kernel)",
     Outcome.HOST_RESOURCE: "a host resource failed (disk full, not writable, no memory)",
     Outcome.KERNEL_UNSUPPORTED: "the kernel lacks what the rig needs (dynamic MSI-X, a config option)",
@@ -105,9 +110,10 @@ class KernelSplat(KernelMisbehaved):
 
     outcome = Outcome.KERNEL_SPLAT
 
-    def __init__(self, line: str, kind: str, console: str | None = None):
-        super().__init__(f"the guest kernel reported {kind}: {line}", line=line, kind=kind,
-                         console=console)
+    def __init__(self, line: str, kind: str, console: str | None = None,
+                 message: str | None = None, **evidence: Any):
+        super().__init__(message or f"the guest kernel reported {kind}: {line}", line=line,
+                         kind=kind, console=console, **evidence)
         self.line, self.kind = line, kind
 
 

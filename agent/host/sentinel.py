@@ -5,12 +5,16 @@ Concepts owned here:
   console, QEMU exiting, the device server exiting, or the device answering QEMU with an
   error.  ``Sentinel.check()`` looks once and returns the ending as the exception that
   classifies it (outcome.py), or None; the first ending found is kept for good.
-- Classification: a console splat is the kernel's (``KernelSplat``, exit 1).  QEMU exiting
-  with status 0 after the kernel started means the guest powered off or reset itself
-  (``-no-reboot``): the kernel's too (``GuestUnresponsive``).  QEMU killed by a signal or
-  exiting non-zero, or before the kernel started, and the device server exiting or
-  answering with an error, are the rig's (``CouldNotJudge``, 125), each naming the process,
-  its exit status or signal and its last log lines.
+- Classification: what the guest's console shows is judged by blame.py: a kernel report
+  is the kernel's (``KernelSplat``, exit 1), except a panic naming user space before the
+  guest agent's hello; the rig's init markers (``MSIXLAB-INIT-FAILED``, ``-AGENT-EXIT``,
+  ...) are the rig's (``guest_setup_failed``, 125) unless the kernel reported something.
+  QEMU exiting with status 0 after the agent's hello (``agent_answered()``) means the
+  guest powered off or reset itself (``-no-reboot``): the kernel's (``GuestUnresponsive``);
+  before the hello, the rig's.  QEMU killed by a signal or exiting non-zero, or before the
+  kernel started, and the device server exiting or answering with an error, are the
+  rig's (``CouldNotJudge``, 125), each naming the process, its exit status or signal and
+  its last log lines.
 - ``Sentinel.start(on_end)`` runs ``check()`` every ``interval`` seconds in a daemon thread
   and calls ``on_end`` once with the ending, so callers blocked on the guest can be
   released at once.  ``check()`` is thread-safe.
@@ -31,9 +35,10 @@ from typing import Callable
 
 from msixlab_common.lifetime import process_stopped
 
-from .console import ConsoleWatch
+from . import blame
+from .console import ConsoleWatch, panic_blames_userspace
 from .machine import tail
-from .outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
+from .outcome import CouldNotJudge, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,14 @@ class Sentinel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ending: Exception | None = None
+        self.answered = False         # the guest agent said hello (agent_answered)
+        self._panic_seen: float | None = None   # when a panic naming user space was seen
+
+    def agent_answered(self) -> None:
+        """The guest agent said hello: from now on the guest's failures are judged as the
+        kernel's unless the rig's own evidence says otherwise (blame.py)."""
+        with self._lock:
+            self.answered = True
 
     @property
     def kernel_started(self) -> bool:
@@ -139,8 +152,10 @@ class Sentinel:
     def _look(self) -> Exception | None:
         self._note_stopped()
         splat = self.console.poll()
-        if splat is not None and self.splats:
-            return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
+        if splat is not None and self.splats and not self._await_panic_dump(splat):
+            return blame.judge_splat(self.console, splat, self.answered)
+        if self.console.marker is not None:
+            return blame.judge_marker(self.console, self.console.marker, self.answered)
         devices = self._devices()
         for device in devices:
             code = device.poll()
@@ -166,15 +181,26 @@ class Sentinel:
             return self._qemu_ended(qemu)
         return None
 
+    def _await_panic_dump(self, splat) -> bool:
+        """Whether to judge a panic naming user space later: its stack dump, whose header
+        shows the taint flags, follows it; QEMU exits at once (then it is judged), and
+        ``blame.PANIC_DUMP_WAIT_S`` bounds the wait."""
+        if self.answered or splat.kind != "panic" or not panic_blames_userspace(splat.line):
+            return False
+        now = time.monotonic()
+        if self._panic_seen is None:
+            self._panic_seen = now
+        return now - self._panic_seen < blame.PANIC_DUMP_WAIT_S
+
     def _qemu_ended(self, code: int) -> Exception:
         splat = self.console.finish()
         if splat is not None:             # QEMU gone: the report explains why, always
-            return KernelSplat(splat.line, splat.kind, console=str(self.console.path))
+            return blame.judge_splat(self.console, splat, self.answered)
+        if self.console.marker is not None:
+            return blame.judge_marker(self.console, self.console.marker, self.answered)
         how = describe_exit(code)
         if code == 0 and self.console.kernel_started:
-            return GuestUnresponsive("the guest powered off or reset by itself in the middle "
-                                     "of the run (QEMU exited with status 0)",
-                                     console_tail=tail(self.console.path, 8))
+            return blame.judge_qemu_exit_0(self.console, self.answered)
         return CouldNotJudge(Outcome.PROCESS_FAILED, f"QEMU exited ({how})", process="QEMU",
                              exit=how, log=str(self._qemu_log),
                              last_lines=tail(self._qemu_log, 8))
