@@ -71,6 +71,15 @@ class _Judge:
         return result
 
 
+def from_problems(name: str, index: int | None, problems: list[str],
+                  **evidence) -> CheckResult:
+    """Check ``name`` (on vector ``index``, or None): a pass when ``problems`` is empty,
+    else a failure whose summary joins them, with ``evidence``."""
+    if problems:
+        return CheckResult(name, index, Verdict.FAIL, "; ".join(problems), evidence)
+    return CheckResult(name, index, Verdict.PASS)
+
+
 def _deltas(before: Sequence[int], after: Sequence[int]) -> list[int]:
     """Per-CPU count increase; a CPU missing from one side counts as zero."""
     width = max(len(before), len(after))

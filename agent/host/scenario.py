@@ -141,6 +141,25 @@ class Scenario:
         self.resets: list[dict] = []     # what each reset of the reset step saw
 
     # --- bookkeeping -----------------------------------------------------------------------
+    def run_nested(self, inner: "Scenario", label: str) -> Snapshot:
+        """Run ``inner`` (the default plan again, on a NIC probed anew) and keep its results,
+        steps and groups under ``label/``; then judge that it ran whole and passed
+        (``default_scenario_judged``).  Returns its last snapshot."""
+        try:
+            snap = inner.run()
+        finally:
+            for result in inner.results:
+                self.results.append(dataclasses.replace(
+                    result, step=f"{label}/{result.step}" if result.step else label))
+            self.steps += [{**s, "step": f"{label}/{s['step']}"} for s in inner.steps]
+            self.groups.update({f"{label}/{k}": v for k, v in inner.groups.items()})
+        failed = [r.label for r in inner.results if r.verdict is Verdict.FAIL]
+        problems = [f"stopped at step {inner.stopped_at}"] if inner.stopped_at else []
+        problems += [f"{len(failed)} check(s) failed or not judged"] if failed else []
+        self._add(checks.from_problems("default_scenario_judged", None, problems,
+                                       failed=failed[:20]))
+        return snap
+
     def _add(self, results) -> None:
         for result in results if isinstance(results, list) else [results]:
             result = dataclasses.replace(result, step=self.step)

@@ -29,6 +29,7 @@ import logging
 import time
 
 from .. import accounting, checks
+from ..checks import from_problems
 from ..errors import WaitTimeout
 from ..routing import CheckResult, RoutingRecord, Snapshot, Verdict
 from ..scenario import ACCOUNT, GROUP, QUIET_S, RECORD, STEP_TIMEOUT_S, Scenario
@@ -52,17 +53,11 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _result(name: str, index: int | None, problems: list[str], **evidence) -> CheckResult:
-    if problems:
-        return CheckResult(name, index, Verdict.FAIL, "; ".join(problems), evidence)
-    return CheckResult(name, index, Verdict.PASS)
-
-
 def moved_off_cpu(record: RoutingRecord | None, index: int, cpu: int) -> CheckResult:
     """A non-managed vector no longer targets the offline ``cpu``: its effective affinity
     is non-empty and excludes it, and its message names an online CPU."""
     if record is None or record.guest is None:
-        return _result("nonmanaged_moved_off_cpu", index, ["no guest vector at a live index"])
+        return from_problems("nonmanaged_moved_off_cpu", index, ["no guest vector at a live index"])
     effective = list(record.guest.affinity.effective)
     target = checks.target_cpu(record)
     problems = []
@@ -72,22 +67,22 @@ def moved_off_cpu(record: RoutingRecord | None, index: int, cpu: int) -> CheckRe
         problems.append(f"the message targets CPU {target}, CPU {cpu} is offline")
     if record.qemu is not None and record.qemu.masked:
         problems.append("QEMU's entry is masked")
-    return _result("nonmanaged_moved_off_cpu", index, problems, effective=effective,
-                   target=target, offline=cpu)
+    return from_problems("nonmanaged_moved_off_cpu", index, problems, effective=effective,
+                         target=target, offline=cpu)
 
 
 def managed_shut_down(record: RoutingRecord | None, index: int) -> CheckResult:
     """A managed vector whose only CPU went offline is shut down: still allocated (the
     driver has it) but QEMU's entry is masked, so nothing can reach an offline CPU."""
     if record is None or record.guest is None:
-        return _result("managed_shut_down", index, ["the driver lost a managed vector"])
+        return from_problems("managed_shut_down", index, ["the driver lost a managed vector"])
     problems = []
     if record.qemu is None or not record.qemu.masked:
         problems.append("QEMU's entry is not masked"
                         + ("" if record.qemu is None else f" (ctrl {record.qemu.ctrl:#x})"))
-    return _result("managed_shut_down", index, problems,
-                   qemu=None if record.qemu is None else record.qemu.to_hex(),
-                   affinity=record.guest.affinity.to_dict())
+    return from_problems("managed_shut_down", index, problems,
+                         qemu=None if record.qemu is None else record.qemu.to_hex(),
+                         affinity=record.guest.affinity.to_dict())
 
 
 class CpuHotplug(Scenario):
@@ -127,10 +122,10 @@ class CpuHotplug(Scenario):
         reply = self.lab.agent("cpu_online", cpu=self.victim, online=online)
         listed = self.victim in reply["online_cpus"]
         name = "cpu_came_online" if online else "cpu_went_offline"
-        self._add(_result(name, None, [] if listed == online else
-                          [f"CPU {self.victim} {'missing from' if online else 'still in'} "
-                           f"the online list {reply['online_cpus']}"],
-                          online_cpus=reply["online_cpus"]))
+        self._add(from_problems(name, None, [] if listed == online else
+                                [f"CPU {self.victim} {'missing from' if online else 'still in'} "
+                                 f"the online list {reply['online_cpus']}"],
+                                online_cpus=reply["online_cpus"]))
         self.say(f"CPU {self.victim} {'online' if online else 'offline'}: online CPUs "
                  f"{reply['online_cpus']}")
 
@@ -199,8 +194,8 @@ class CpuHotplug(Scenario):
         old, new = before.get(index), after.get(index)
         problems = []
         if old is None or new is None or old.guest is None or new.guest is None:
-            return _result("managed_raise_held_while_shut_down", index,
-                           ["vector not allocated in both snapshots"])
+            return from_problems("managed_raise_held_while_shut_down", index,
+                                 ["vector not allocated in both snapshots"])
         grew = new.guest.total - old.guest.total
         if grew:
             problems.append(f"counted {grew} while shut down")
@@ -208,8 +203,8 @@ class CpuHotplug(Scenario):
                      else new.device.delivered - old.device.delivered)
         if delivered != 1:
             problems.append(f"the device delivered {delivered}, expected 1")
-        return _result("managed_raise_held_while_shut_down", index, problems, grew=grew,
-                       delivered=delivered)
+        return from_problems("managed_raise_held_while_shut_down", index, problems, grew=grew,
+                             delivered=delivered)
 
     def _online_settled(self, want: dict[int, int]) -> bool:
         snap = self.snapshot()
@@ -237,8 +232,8 @@ class CpuHotplug(Scenario):
         old, new = before.get(index), after.get(index)
         if old is None or new is None or new.guest is None or old.guest is None:
             missing = ["vector not allocated in both snapshots"]
-            return [_result("managed_restarted_on_cpu", index, missing),
-                    _result("held_raise_delivered_once_on_cpu", index, missing)]
+            return [from_problems("managed_restarted_on_cpu", index, missing),
+                    from_problems("held_raise_delivered_once_on_cpu", index, missing)]
         effective = list(new.guest.affinity.effective)
         target = checks.target_cpu(new)
         problems = []
@@ -248,12 +243,12 @@ class CpuHotplug(Scenario):
             problems.append(f"effective {effective}, target CPU {target}: expected CPU "
                             f"{self.victim}")
         deltas = checks._nonzero(checks._deltas(old.guest.counts, new.guest.counts))
-        return [_result("managed_restarted_on_cpu", index, problems, effective=effective,
-                        target=target),
-                _result("held_raise_delivered_once_on_cpu", index,
-                        [] if deltas == {str(self.victim): 1} else
-                        [f"counts grew by {deltas}, expected {{{self.victim}: 1}}"],
-                        count_deltas=deltas)]
+        return [from_problems("managed_restarted_on_cpu", index, problems, effective=effective,
+                              target=target),
+                from_problems("held_raise_delivered_once_on_cpu", index,
+                              [] if deltas == {str(self.victim): 1} else
+                              [f"counts grew by {deltas}, expected {{{self.victim}: 1}}"],
+                              count_deltas=deltas)]
 
     def step_final(self) -> Snapshot:
         """Step ``final``: the kernel's sysfs/procfs view agrees with the driver's; the

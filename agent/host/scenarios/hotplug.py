@@ -32,14 +32,14 @@ through ``msixlab run --scenario hotplug --qemu PATH`` (docs/scenarios.md).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 
 from .. import checks
+from ..checks import from_problems
 from ..errors import WaitTimeout
 from ..outcome import CouldNotJudge, Outcome
-from ..routing import CheckResult, Snapshot, Verdict
+from ..routing import Snapshot
 from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,6 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("replug", ("device_server_restarted", "nic_probed_again")),
     ("again", ("default_scenario_judged",)),
 )
-
-
-def _result(name: str, problems: list[str], **evidence) -> CheckResult:
-    if problems:
-        return CheckResult(name, None, Verdict.FAIL, "; ".join(problems), evidence)
-    return CheckResult(name, None, Verdict.PASS)
 
 
 class Hotplug(Scenario):
@@ -133,22 +127,23 @@ class Hotplug(Scenario):
         except WaitTimeout as err:
             log.warning("%s", err)
             gone = False
-        self._add(_result("nic_removed_from_qemu", [] if gone else
-                          [f"query-pci still shows the NIC {UNPLUG_TIMEOUT_S:g} s after "
-                           "device_del"]))
+        self._add(from_problems("nic_removed_from_qemu", None, [] if gone else
+                                [f"query-pci still shows the NIC {UNPLUG_TIMEOUT_S:g} s "
+                                 "after device_del"]))
         self.lab.agent("await_device", present=False, timeout_s=int(UNPLUG_TIMEOUT_S),
                        timeout=UNPLUG_TIMEOUT_S + 10)
-        self._add(_result("driver_device_gone", []))      # await_device failed otherwise
+        self._add(from_problems("driver_device_gone", None, []))  # await_device failed otherwise
         rows = [row for row in self.lab.agent("interrupts", all=True)["rows"]
                 if any(a.startswith("msixlab") for a in row["actions"])]
-        self._add(_result("no_interrupts_left", [f"{len(rows)} rows of the driver remain"]
-                          if rows else [], rows=rows))
+        left = [f"{len(rows)} rows of the driver remain"] if rows else []
+        self._add(from_problems("no_interrupts_left", None, left, rows=rows))
         lines = [m.group(1) for line in self.lab.agent("dmesg", lines=400)["lines"]
                  if (m := REMOVED.search(line))]
         freed = int(lines[-1]) if lines else None
-        self._add(_result("remove_freed_every_vector", [] if freed == live else
-                          [f"remove freed {freed} vectors, {live} were live"],
-                          freed=freed, live=live))
+        self._add(from_problems("remove_freed_every_vector", None,
+                                [] if freed == live else
+                                [f"remove freed {freed} vectors, {live} were live"],
+                                freed=freed, live=live))
         self.say(f"unplugged the NIC with {live} vectors live: remove freed {freed}")
         return snap
 
@@ -156,8 +151,9 @@ class Hotplug(Scenario):
         """Step ``replug``: a new device server process, ``device_add`` on the same root port;
         the driver probes it with only the static vector live and dynamic MSI-X available."""
         old_pid, new_pid = self.lab.restart_device_server()
-        self._add(_result("device_server_restarted", [] if new_pid and new_pid != old_pid
-                          else [f"pid {old_pid} -> {new_pid}"], old=old_pid, new=new_pid))
+        self._add(from_problems("device_server_restarted", None,
+                                [] if new_pid and new_pid != old_pid
+                                else [f"pid {old_pid} -> {new_pid}"], old=old_pid, new=new_pid))
         self.lab.qmp("device_add", driver="vfio-user-pci", id="nic0", bus="rp0",
                              socket={"type": "unix", "path": str(self.lab.device.socket_path)})
         info = self.lab.agent("await_device", present=True, timeout_s=int(UNPLUG_TIMEOUT_S),
@@ -168,7 +164,7 @@ class Hotplug(Scenario):
                             f"{info.get('nr_groups')} groups (expected only index 0)")
         if not info.get("dyn_alloc"):
             problems.append("the re-probed device cannot allocate dynamically")
-        self._add(_result("nic_probed_again", problems, info=info))
+        self._add(from_problems("nic_probed_again", None, problems, info=info))
         self.say(f"new device server (pid {old_pid} -> {new_pid}); NIC probed again at "
                  f"{info.get('bdf')}")
         return self.snapshot()
@@ -176,17 +172,4 @@ class Hotplug(Scenario):
     def step_again(self) -> Snapshot:
         """Step ``again``: the default scenario on the new NIC, its results kept under
         ``again/<step>``."""
-        inner = Scenario(self.lab, say=self.say)
-        try:
-            snap = inner.run()
-        finally:
-            for result in inner.results:
-                self.results.append(dataclasses.replace(
-                    result, step=f"again/{result.step}" if result.step else "again"))
-            self.steps += [{**s, "step": f"again/{s['step']}"} for s in inner.steps]
-            self.groups.update({f"again/{k}": v for k, v in inner.groups.items()})
-        failed = [r.label for r in inner.results if r.verdict is Verdict.FAIL]
-        problems = [f"stopped at step {inner.stopped_at}"] if inner.stopped_at else []
-        problems += [f"{len(failed)} check(s) failed or not judged"] if failed else []
-        self._add(_result("default_scenario_judged", problems, failed=failed[:20]))
-        return snap
+        return self.run_nested(Scenario(self.lab, say=self.say), "again")

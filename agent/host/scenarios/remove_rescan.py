@@ -28,7 +28,6 @@ bind: driver bind; the NIC probes again; the default plan on it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import threading
@@ -36,10 +35,11 @@ import threading
 from msixlab_common.deadline import Deadline
 
 from .. import checks
+from ..checks import from_problems
 from ..jsonlines import JsonLinesClient
 from ..ledger import Ledger
 from ..errors import GuestAgentError
-from ..routing import CheckResult, Snapshot, Verdict
+from ..routing import Snapshot
 from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,6 @@ PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("unbind", TEARDOWN),
     ("bind", BACK),
 )
-
-
-def _result(name: str, problems: list[str], **evidence) -> CheckResult:
-    if problems:
-        return CheckResult(name, None, Verdict.FAIL, "; ".join(problems), evidence)
-    return CheckResult(name, None, Verdict.PASS)
 
 
 class Raiser(threading.Thread):
@@ -176,7 +170,7 @@ class RemoveRescan(Scenario):
         finally:
             raised = raiser.stop()
         self.after_teardown = self.lab.device_command("state")
-        self._add(_result("driver_device_gone", []))      # the command failed otherwise
+        self._add(from_problems("driver_device_gone", None, []))  # the command failed otherwise
         self._judge_teardown(bdf, live, irqs, named_before, raiser)
         self.say(f"{command}: {len(live)} vectors live, {raised} raises during it")
         self.teardowns.append({"command": command, "bdf": bdf, "live": live,
@@ -187,21 +181,22 @@ class RemoveRescan(Scenario):
         interrupts = self.lab.agent("interrupts", all=True)
         rows = [row for row in interrupts["rows"] if row["irq"] in irqs or any(
             a.startswith("msixlab") for a in row["actions"])]
-        self._add(_result("no_interrupts_left", [f"{len(rows)} rows of the device remain"]
-                          if rows else [], rows=rows))
+        remain = [f"{len(rows)} rows of the device remain"] if rows else []
+        self._add(from_problems("no_interrupts_left", None, remain, rows=rows))
         freed = [int(m.group(1)) for line in self.lab.agent("dmesg", lines=400)["lines"]
                  if (m := REMOVED.search(line))]
-        self._add(_result("remove_freed_every_vector", [] if freed and freed[-1] == len(live)
-                          else [f"remove freed {freed[-1] if freed else None} vectors, "
-                                f"{len(live)} were live"], freed=freed[-1:], live=live))
+        wrong = [] if freed and freed[-1] == len(live) else [
+            f"remove freed {freed[-1] if freed else None} vectors, {len(live)} were live"]
+        self._add(from_problems("remove_freed_every_vector", None, wrong, freed=freed[-1:],
+                                live=live))
         try:
             left = self.lab.agent("msi_irqs")["irqs"]
         except GuestAgentError as err:
             if err.code != "ENOENT":      # the device itself is gone after a remove
                 raise
             left = []
-        self._add(_result("msi_irqs_gone", [f"msi_irqs of {bdf} still lists {left}"]
-                          if left else [], irqs=left))
+        listed = [f"msi_irqs of {bdf} still lists {left}"] if left else []
+        self._add(from_problems("msi_irqs_gone", None, listed, irqs=left))
         still = []
         for irq in irqs:
             try:
@@ -212,16 +207,16 @@ class RemoveRescan(Scenario):
                 continue
             if "msixlab" in (view["sys"].get("actions") or "") or bdf in str(view["sys"]):
                 still.append(irq)
-        self._add(_result("kernel_irqs_freed", [f"/sys/kernel/irq still holds {still} for "
-                                                f"the device"] if still else [], irqs=still))
+        held = [f"/sys/kernel/irq still holds {still} for the device"] if still else []
+        self._add(from_problems("kernel_irqs_freed", None, held, irqs=still))
         named_after = _named_counts(interrupts)
         grew = {k: named_after[k] - v for k, v in named_before.items()
                 if named_after.get(k, v) != v}
         problems = [f"{k} grew by {n}" for k, n in grew.items()]
         if raiser.raises == 0:
             problems.append(f"no raise was made during the teardown ({raiser.error})")
-        self._add(_result("raises_during_teardown_counted_nowhere", problems,
-                          grew=grew, raises=raiser.raises))
+        self._add(from_problems("raises_during_teardown_counted_nowhere", None, problems,
+                                grew=grew, raises=raiser.raises))
 
     def _back(self, command: str, label: str) -> Snapshot:
         """``rescan`` or ``bind``: the NIC probes again with only its static vector and MSI-X
@@ -235,26 +230,14 @@ class RemoveRescan(Scenario):
             problems.append("the re-probed device cannot allocate dynamically")
         if not self.lab.device_command("state")["msix"]["enabled"]:
             problems.append("MSI-X is not enabled at the device after the probe")
-        self._add(_result("nic_probed_again", problems, info=info))
+        self._add(from_problems("nic_probed_again", None, problems, info=info))
         self.say(f"{command}: the NIC probed again at {info.get('bdf')}")
         return self._again(label)
 
     def _again(self, label: str) -> Snapshot:
         inner = _Again(self.lab, say=self.say)
         inner.since = self.after_teardown
-        try:
-            snap = inner.run()
-        finally:
-            for result in inner.results:
-                self.results.append(dataclasses.replace(
-                    result, step=f"{label}/{result.step}" if result.step else label))
-            self.steps += [{**s, "step": f"{label}/{s['step']}"} for s in inner.steps]
-            self.groups.update({f"{label}/{k}": v for k, v in inner.groups.items()})
-        failed = [r.label for r in inner.results if r.verdict is Verdict.FAIL]
-        problems = [f"stopped at step {inner.stopped_at}"] if inner.stopped_at else []
-        problems += [f"{len(failed)} check(s) failed or not judged"] if failed else []
-        self._add(_result("default_scenario_judged", problems, failed=failed[:20]))
-        return snap
+        return self.run_nested(inner, label)
 
     def step_remove(self) -> Snapshot:
         """Step ``remove``: sysfs remove with groups live and raises flowing."""

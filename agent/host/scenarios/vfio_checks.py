@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import re
 
+from .. import checks
+from ..checks import from_problems
 from ..routing import CheckResult, Verdict
 
 HANDLER = re.compile(r"^vfio-msix\[(\d+)\]")
-
-
-def _result(name: str, index: int | None, problems: list[str], **evidence) -> CheckResult:
-    if problems:
-        return CheckResult(name, index, Verdict.FAIL, "; ".join(problems), evidence)
-    return CheckResult(name, index, Verdict.PASS)
 
 
 def _sorted(indices: set) -> list:
@@ -37,7 +33,7 @@ def _sets(name: str, seen: set[int], want: set[int], what: str) -> CheckResult:
         problems.append(f"{what} has {_sorted(seen - want)} beyond {_sorted(want)}")
     if want - seen:
         problems.append(f"{what} lacks {_sorted(want - seen)} of {_sorted(want)}")
-    return _result(name, None, problems, seen=_sorted(seen), expected=_sorted(want))
+    return from_problems(name, None, problems, seen=_sorted(seen), expected=_sorted(want))
 
 
 def kernel_indices(view: dict) -> set[int]:
@@ -98,32 +94,33 @@ def eventfds_fired(name: str, counts: dict[int, int], retired: int, want: dict[i
         problems = [f"eventfd fired {got} times, expected {expected}"] if got != expected else []
         if retired:
             problems.append(f"a swapped-out eventfd fired {retired} times")
-        results.append(_result(name, index, problems, got=got, expected=expected,
-                               retired=retired))
+        results.append(from_problems(name, index, problems, got=got, expected=expected,
+                                     retired=retired))
     return results
 
 
 def refill_reuses_irq(index: int, before: int | None, after: int | None) -> CheckResult:
     """A released vector given a trigger again keeps the IRQ vfio-pci kept for it."""
-    return _result("refill_reuses_irq", index,
-                   [] if before is not None and after == before else
-                   [f"IRQ {before} before the release, {after} now"], before=before, after=after)
+    return from_problems("refill_reuses_irq", index,
+                         [] if before is not None and after == before else
+                         [f"IRQ {before} before the release, {after} now"],
+                         before=before, after=after)
 
 
 def noresize_clear(irq_info: dict, noresize_flag: int) -> CheckResult:
     """GET_IRQ_INFO on MSI-X has NORESIZE clear: vfio-pci grows MSI-X after enable."""
     flags = irq_info["flags"]
-    return _result("irq_info_noresize_clear", None,
-                   [f"NORESIZE set (flags {flags:#x})"] if flags & noresize_flag else [],
-                   flags=flags)
+    return from_problems("irq_info_noresize_clear", None,
+                         [f"NORESIZE set (flags {flags:#x})"] if flags & noresize_flag else [],
+                         flags=flags)
 
 
 def irq_count_is_table_size(irq_info: dict, table_size: int) -> CheckResult:
     """GET_IRQ_INFO's MSI-X count is the table size."""
     count = irq_info["count"]
-    return _result("irq_info_count_is_table_size", None,
-                   [f"count {count}, the table has {table_size}"] if count != table_size
-                   else [], count=count, table_size=table_size)
+    return from_problems("irq_info_count_is_table_size", None,
+                         [f"count {count}, the table has {table_size}"] if count != table_size
+                         else [], count=count, table_size=table_size)
 
 
 def nothing_left(view: dict, table: dict[int, dict], state: dict) -> CheckResult:
@@ -138,5 +135,5 @@ def nothing_left(view: dict, table: dict[int, dict], state: dict) -> CheckResult
         problems.append("the device still sees MSI-X enabled")
     if device_eventfds(state):
         problems.append(f"the device still holds eventfds for {sorted(device_eventfds(state))}")
-    return _result("nothing_left_after_disable", None, problems,
-                   irqs=view["irqs"], device_eventfds=sorted(device_eventfds(state)))
+    return from_problems("nothing_left_after_disable", None, problems,
+                         irqs=view["irqs"], device_eventfds=sorted(device_eventfds(state)))
