@@ -18,6 +18,9 @@ Concepts owned here:
   all went offline) keeps its index but its entry is masked in QEMU's table; a raise
   the device delivers meanwhile is held by QEMU (coalesced, as for a freed index) and
   counted once when the kernel starts the vector again.
+- *Device bookkeeping*.  The doorbell raises made (the device's IRQ_TOTAL register) and
+  the index of the last one (its LAST_VECTOR register); PENDING_COUNT is the number of
+  indices held pending.
 - Pure data and arithmetic: no I/O, deterministic, unit-tested on its own.
 """
 
@@ -71,6 +74,7 @@ class Ledger:
     retired_ids: set[int] = field(default_factory=set)
     moved: dict[int, int] = field(default_factory=dict)   # index -> CPU it was moved to
     doorbell_raises: int = 0   # what the device's IRQ_TOTAL register counts
+    last_doorbell: int = 0     # what its LAST_VECTOR register holds (0 until a doorbell)
     shut: set[int] = field(default_factory=set)   # live indices the kernel shut down
 
     def __post_init__(self) -> None:
@@ -131,6 +135,8 @@ class Ledger:
         if not 0 <= index < self.table_size:
             raise LedgerError(f"index {index} is outside the {self.table_size}-entry table")
         self.doorbell_raises += doorbell
+        if doorbell:
+            self.last_doorbell = index
         account = self.accounts[index]
         account.raised += 1
         if has_eventfd and not self.function_masked:
