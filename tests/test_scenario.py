@@ -3,6 +3,8 @@ the plan's consistency, and the pure judgements it makes itself."""
 
 import inspect
 
+import pytest
+
 from agent.host import accounting, checks, scenario
 from agent.host.main_job import judge
 from agent.host.outcome import Outcome
@@ -75,3 +77,13 @@ def test_a_failed_allocation_must_leave_every_entry_as_it_was():
 def test_index_reuse():
     assert {r.verdict for r in Scenario.index_reused([5, 6], [6, 5])} == {Verdict.PASS}
     assert {r.verdict for r in Scenario.index_reused([5, 6], [5, 15])} == {Verdict.FAIL}
+
+
+@pytest.mark.parametrize("live,size,held", [
+    ({0, 1, 2, 3, 4, 5, 6, 7, 8, 60, 61, 62, 63}, 64, [1, 2, 8, 63]),
+    ({0, 5, 9, 10, 63}, 64, [5, 9, 10, 63]),        # the pair is 9, 10; 5 is another byte
+    ({0, 1, 2, 3}, 64, [1, 2]),                   # N - 1 not live: not raised
+    ({0, 7, 8, 23}, 24, [7, 8, 23]),            # no pair in one byte: the first two
+])
+def test_held_pending_choice(live, size, held):
+    assert scenario.held_pending_choice(live, size) == held
