@@ -182,7 +182,8 @@ def run_one(mutant: Mutant | None, files: list[str], artifacts: Path, python: st
         with open(where / "run.log", "w") as logf:
             try:
                 done = subprocess.run([python, "-m", "agent.host", "run", "--results",
-                                       str(scratch / "results")], cwd=scratch, env=env,
+                                       str(scratch / "results"),
+                                       *(mutant.args if mutant else ())], cwd=scratch, env=env,
                                       stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, timeout=timeout)
                 exit_code = done.returncode

@@ -7,11 +7,13 @@ import pytest
 
 from agent.host.outcome import Outcome
 from agent.host.scenario import PLAN
+from agent.host.scenarios import REGISTRY, PerNic
 from mutants import catalogue, run
 from mutants.catalogue import EQUIVALENT, MUTANTS, Edit, Mutant
 
 ROOT = Path(__file__).resolve().parents[1]
-DECLARED = {name for _, names in PLAN for name in names}
+DECLARED = {name for _, names in PLAN for name in names} | {
+    name for _, names in PerNic(None, REGISTRY["default"], 2).PLAN for name in names}
 AREAS = ("qemu_device/device/", "agent/kmod/", "agent/host/checks.py",
          "agent/host/accounting.py", "agent/host/scenario.py")
 
