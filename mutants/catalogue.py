@@ -344,6 +344,10 @@ EQUIVALENT = {
     "dev-reset-keeps-msix":
         "DEVICE_RESET leaving MSI-X state alone: QEMU resets the device before the guest "
         "enables MSI-X, when nothing is pending or enabled yet",
+    "dev-swap-signals-old-fd":
+        "a held or in-flight raise signalled to the eventfd a per-vector SET_IRQS TRIGGER "
+        "replaced: under TCG QEMU never swaps a live vector's eventfd (KVM's mask and "
+        "unmask do), so no run can tell; tests/test_device_eventfd_swap.py fails on it",
     "kmod-handler-irq-none":
         "the handler returning IRQ_NONE: the kernel's spurious-IRQ detector needs 99,900 "
         "unhandled of 100,000 interrupts, far more than a run raises",
