@@ -111,3 +111,13 @@ def test_a_raise_of_a_shut_down_vector_is_held_then_counted_once_at_start():
         led.started([4])
     with pytest.raises(LedgerError):
         led.shut_down([9])
+
+
+def test_last_doorbell_follows_doorbell_raises_only_and_a_register_reset():
+    book = Ledger(table_size=8, cpus=1)
+    assert book.last_doorbell == 0                      # LAST_VECTOR's reset value
+    book.raised(5, has_eventfd=False, doorbell=True)
+    book.raised(3, has_eventfd=False)                   # from the device: not a doorbell
+    assert (book.last_doorbell, book.doorbell_raises) == (5, 1)
+    book.registers_reset()
+    assert book.last_doorbell == 0 and book.doorbell_raises == 1

@@ -107,3 +107,14 @@ def test_only_a_run_whose_guest_never_came_up_is_run_again():
     assert run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0, "boot_to_agent_s": 9}}})
     assert not run.guest_was_up({"metadata": {"timings": {"kmod_build_s": 0}}})
     assert not run.guest_was_up({})
+
+
+def test_a_mutants_run_options_are_options_msixlab_run_takes():
+    """``args`` (the main job's options, ``--nics 2`` for a bug only several NICs show)
+    parse as ``msixlab run`` options; the other mutants run it plain."""
+    from agent.host.cli import parser
+    with_args = [m for m in MUTANTS if m.args]
+    assert [m.name for m in with_args] == ["agent-select-nic-keeps-driver"]
+    for mutant in with_args:
+        options = parser().parse_args(["run", *mutant.args])
+        assert options.nics == 2

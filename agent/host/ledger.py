@@ -148,6 +148,11 @@ class Ledger:
         else:
             account.pending = True           # coalesces with a raise already pending
 
+    def registers_reset(self) -> None:
+        """The device's registers went back to their reset values (DEVICE_RESET, a function
+        reset, CTRL.RST): LAST_VECTOR reads 0 again until the next doorbell raise."""
+        self.last_doorbell = 0
+
     def function_mask(self, masked: bool) -> None:
         """The function mask was set or cleared; clearing delivers what was held."""
         self.function_masked = masked
