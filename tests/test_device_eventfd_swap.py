@@ -235,3 +235,38 @@ def test_a_swap_to_the_same_eventfd_keeps_it_open_and_delivers_once():
     s.device.msix.set_control(True, False)
     assert s.port.signals[fd] == 1 and fd not in s.port.closed
     assert s.port.problems == []
+
+
+def test_real_eventfds_a_held_raise_reaches_the_new_one_and_the_old_stays_silent():
+    """The real port (``OsFdPort``) and real eventfds, through the endpoint: vector 4's
+    raise held behind the function mask, its eventfd swapped for another: at the unmask
+    the new eventfd reads 1, the old one nothing, and the device closed its copy of the old
+    one at the swap."""
+    import os
+    from qemu_device.fdio import OsFdPort
+    device = Device(MsixLayout(VECTORS), fds=OsFdPort())
+    ep = Endpoint(device)
+    caps = json.dumps(QEMU_CAPS).encode() + b"\0"
+    ep.receive_data(pack_message(0, C.VFIO_USER_VERSION, b"\0" * 4 + caps))
+    old, new = (os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2))
+    try:
+        payload = IrqSet(20, TRIGGER_FD, MSIX, 4, 1).pack()
+        for msg_id, fd in ((1, old), (2, new)):
+            if msg_id == 2:
+                device.msix.set_control(True, True)
+                device.msix.raise_vector(4)
+            (reply,) = ep.receive_data(pack_message(msg_id, C.VFIO_USER_DEVICE_SET_IRQS,
+                                                    payload), [os.dup(fd)])
+            assert struct.unpack_from("<HHIII", reply)[4] == 0
+        device.msix.set_control(True, False)
+        assert os.eventfd_read(new) == 1
+        try:
+            got_old = os.eventfd_read(old)
+        except BlockingIOError:
+            got_old = 0
+        assert got_old == 0
+        assert not device.msix.is_pending(4)
+    finally:
+        device.msix.deassign_all()
+        os.close(old)
+        os.close(new)
