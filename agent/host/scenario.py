@@ -280,8 +280,9 @@ class Scenario:
         return self.pending_snap
 
     def step_alloc(self) -> Snapshot:
-        """Step ``alloc``: allocate groups A, B (on the last CPU), C (from E, which must get its
-        held raise once) and D; each exactly as asked, with a fresh group id."""
+        """Step ``alloc``: allocate groups A (4 + the NIC's number), B (on the last CPU), C
+        (from E, which must get its held raise once), D and L (the table's last index); each
+        exactly as asked, with a fresh group id."""
         last_cpu = self.lab.cpus - 1
         size_a = 4 + self.variant
         self.a = self._alloc("A", min=size_a, max=size_a)
