@@ -40,6 +40,7 @@ def test_msixlab_run_passes_and_writes_routing_json(image, flavor, tmp_path):
     groups = doc["metadata"]["groups"]
     assert groups["C"]["indices"] == [60, 61, 62]          # the explicit-index group
     assert groups["E"]["indices"] == groups["B"]["indices"]  # index reuse
+    assert groups["L"]["indices"] == [63]                   # the table's last index
     for name in ("console.log", "qemu.log", "device-events.jsonl", "lspci.txt", "dmesg.txt"):
         assert (run_dir / name).stat().st_size > 0, name
     assert "MSI-X: Enable+ Count=64" in (run_dir / "lspci.txt").read_text()

@@ -132,6 +132,13 @@ def test_two_nics_each_judged_and_neither_counts_the_others_raises(image, tmp_pa
     isolation = [r for r in doc["results"] if r["name"] == "raise_not_counted_on_other_nic"]
     assert {r["evidence"]["nic"] for r in isolation} == {0, 1}
     assert all(r["verdict"] == "pass" for r in isolation)
+    own = [r for r in doc["results"] if r["name"] == "nic_reads_its_own_driver"]
+    assert {r["evidence"]["nic"] for r in own} == {0, 1}
+    assert all(r["verdict"] == "pass" for r in own)
+    # each NIC ran its own plan: group A and F have 4 + the NIC's number vectors
+    final = {nic: sorted(v["index"] for v in records)
+             for nic, records in doc["metadata"]["nic_records"].items()}
+    assert final == {"nic0": [0, 1, 2, 3, 4], "nic1": [0, 1, 2, 3, 4, 5]}, final
     (run_dir,) = tmp_path.iterdir()
     dmesg = (run_dir / "dmesg.txt").read_text()
     assert "0000:01:00.0: msixlab0" in dmesg and "0000:02:00.0: msixlab1" in dmesg

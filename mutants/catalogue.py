@@ -21,6 +21,8 @@ Concepts owned here:
   ``weakened`` loosens one host check *and* plants the bug it guards, so the verdict
   must still catch the bug through another check (a loosened comparison alone cannot
   change a correct run: tests/ pins each check on its own).
+- A mutant whose bug only shows with several NICs names the main job's options
+  (``args``, e.g. ``--nics 2``); the others run it plain.
 - Equivalent mutants (no run can tell them apart from the original) are not in the
   catalogue; ``EQUIVALENT`` records each one considered, and why it was left out.
 """
@@ -77,6 +79,7 @@ ROUTE = f"{KMOD}/msixlab_route.c"
 CHECKS = f"{HOST}/checks.py"
 ACCOUNTING = f"{HOST}/accounting.py"
 SCENARIO = f"{HOST}/scenario.py"
+AGENT = "agent/guest/commands.py"
 
 # Plants shared by a bug mutant and the weakened-check mutant that pairs with it.
 _HANDLER_COUNTS_TWICE = Edit(GROUP, "\tthis_cpu_inc(*vec->counts);",
@@ -424,8 +427,65 @@ VFIO_MUTANTS = (
        command=VFIO),
 )
 
-MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + LIFECYCLE_MUTANTS
-                               + SOAK_MUTANTS + IOMMU_MUTANTS + VFIO_MUTANTS)
+# Issue 21 items 1-3: bugs that only a run telling NICs apart, holding several raises
+# pending at once, raising the table's last index, or judging the device's own error and
+# bookkeeping counters can see.
+BLIND_SPOT_MUTANTS = (
+    _m("agent-select-nic-keeps-driver", "bug",
+       "the guest agent, selecting a NIC it opened before, keeps the current NIC's driver",
+       {"nic_reads_its_own_driver"},
+       Edit(AGENT, "            chosen, asked = self.others.pop(bdf)",
+            "            chosen, asked = self.driver, self.asked"),
+       command=("run", "--nics", "2")),
+    _m("dev-pba-set-overwrites-byte", "bug",
+       "setting a PBA bit overwrites its byte: a raise held in the same byte is lost",
+       {"pending_bits_match_device", "raise_held_while_function_masked",
+        "pba_matches_pending", "device_registers_match", "counts_match_raises",
+        "raise_counted_once_on_cpu"},
+       Edit(MSIX, "        self.pending[v >> 3] |= 1 << (v & 7)\n",
+            "        self.pending[v >> 3] = 1 << (v & 7)\n")),
+    _m("dev-last-index-out-of-range", "bug",
+       "a raise of the table's last index is refused as out of range (counted, dropped)",
+       {"device_errors_zero", "counts_match_raises", "device_counters_match",
+        "raise_counted_once_on_cpu", "doorbell_raise_counted_once_on_cpu",
+        "raise_held_while_function_masked", "pending_bits_match_device"},
+       Edit(MSIX, "        if not 0 <= v < self.n:\n            self.errors",
+            "        if not 0 <= v < self.n - 1:\n            self.errors")),
+    _m("dev-pending-count-bytes", "bug",
+       "PENDING_COUNT counts the PBA's non-zero bytes, not its bits",
+       {"device_registers_match"},
+       Edit(REGS, 'REG_PENDING_COUNT: lambda: sum(bin(b).count("1") for b in msix.pending),',
+            "REG_PENDING_COUNT: lambda: sum(1 for b in msix.pending if b),")),
+    _m("dev-last-vector-stale", "bug",
+       "LAST_VECTOR is never updated by a doorbell raise",
+       {"device_registers_match"},
+       Edit(REGS, "        self.last_vector = vector\n", "")),
+    _m("dev-doorbell-error-at-last-index", "bug",
+       "the ICS doorbell counts a register error for the table's last index (the raise "
+       "still goes through)",
+       {"device_errors_zero"},
+       Edit(REGS, "        if vector >= self.msix.n:\n            self.errors += 1\n"
+                  "        else:\n            self.irq_total += 1",
+            "        if vector >= self.msix.n - 1:\n            self.errors += 1\n"
+            "        if vector < self.msix.n:\n            self.irq_total += 1")),
+    _m("dev-flush-counted-as-write-failure", "bug",
+       "a held raise delivered at a flush is also counted as a failed eventfd write",
+       {"device_errors_zero"},
+       Edit(MSIX, '                    self._emit("deliver_pending", v)\n',
+            '                    self._emit("deliver_pending", v)\n'
+            '                    self.errors["eventfd_write_failed"] += 1\n')),
+    _m("scenario-bookkeeping-unjudged", "unjudged",
+       "the accounting after every step no longer judges the device's error counters and "
+       "registers",
+       {"device_errors_zero", "device_registers_match"},
+       Edit(SCENARIO, "        self._add(accounting.device_masks_match_qemu(snap, state))\n"
+                      "        self._add(accounting.device_bookkeeping_match(self.ledger, state))\n",
+            "        self._add(accounting.device_masks_match_qemu(snap, state))\n")),
+)
+
+MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + BLIND_SPOT_MUTANTS
+                               + LIFECYCLE_MUTANTS + SOAK_MUTANTS + IOMMU_MUTANTS
+                               + VFIO_MUTANTS)
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {
@@ -444,6 +504,10 @@ EQUIVALENT = {
     "dev-reset-keeps-msix":
         "DEVICE_RESET leaving MSI-X state alone: QEMU resets the device before the guest "
         "enables MSI-X, when nothing is pending or enabled yet",
+    "dev-swap-signals-old-fd":
+        "a held or in-flight raise signalled to the eventfd a per-vector SET_IRQS TRIGGER "
+        "replaced: under TCG QEMU never swaps a live vector's eventfd (KVM's mask and "
+        "unmask do), so no run can tell; tests/test_device_eventfd_swap.py fails on it",
     "kmod-handler-irq-none":
         "the handler returning IRQ_NONE: the kernel's spurious-IRQ detector needs 99,900 "
         "unhandled of 100,000 interrupts, far more than a run raises",

@@ -174,3 +174,87 @@ def test_forwarded_masks_that_differ_fail(device_masked, qemu_live, missing):
     result = accounting.device_masks_match_qemu(
         snap, masking_state(masked=device_masked, maskable=True, mask=2, unmask=1))
     assert result.verdict is Verdict.FAIL and missing in result.summary, result
+
+
+def bookkeeping_state(book, *, errors=None, register_errors=0, last=None, pending_count=None,
+                      device_pending=None):
+    """A device state whose error counters and registers agree with ``book`` unless told
+    otherwise."""
+    pending = book.expected_pending() if device_pending is None else set(device_pending)
+    return {"vectors": [device(i, pending=i in pending) for i in range(book.table_size)],
+            "errors": {"raise_out_of_range": 0, "eventfd_write_failed": 0,
+                       "bad_region_access": 0, "nic_doorbell": 0, **(errors or {})},
+            "registers": {"errors": register_errors,
+                          "last_vector": book.last_doorbell if last is None else last,
+                          "irq_total": book.doorbell_raises,
+                          "pending_count": len(pending) if pending_count is None
+                          else pending_count}}
+
+
+def test_device_bookkeeping_agrees():
+    book, _ = world()
+    book.raised(2, has_eventfd=True, doorbell=True)
+    book.raised(3, has_eventfd=False)
+    results = accounting.device_bookkeeping_match(book, bookkeeping_state(book))
+    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.PASS], results
+    assert book.last_doorbell == 2
+
+
+@pytest.mark.parametrize("counter", ["raise_out_of_range", "eventfd_write_failed",
+                                     "bad_region_access", "nic_doorbell"])
+def test_any_device_error_counted_fails(counter):
+    book, _ = world()
+    results = verdicts(accounting.device_bookkeeping_match(
+        book, bookkeeping_state(book, errors={counter: 1})))
+    assert results[("device_errors_zero", None)] is Verdict.FAIL
+    assert results[("device_registers_match", None)] is Verdict.PASS
+
+
+def test_doorbell_error_register_fails():
+    book, _ = world()
+    result = accounting.device_bookkeeping_match(book, bookkeeping_state(book,
+                                                                         register_errors=1))[0]
+    assert result.verdict is Verdict.FAIL and "errors_register" in result.summary
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"last": 1}, "LAST_VECTOR 1, last doorbell raise 2"),
+    ({"pending_count": 1}, "PENDING_COUNT 1, 2 raises held pending"),
+    ({"device_pending": {1, 3}, "pending_count": 2}, None),     # the device's bits disagree
+    ({"device_pending": {3}, "pending_count": 2}, "the device reports 1 vectors pending"),
+])
+def test_registers_that_disagree_fail(kw, words):
+    book, _ = world()
+    book.raised(2, has_eventfd=True, doorbell=True)
+    book.function_mask(True)
+    book.raised(1, has_eventfd=True)
+    book.raised(3, has_eventfd=True)
+    state = bookkeeping_state(book, **kw)
+    result = accounting.device_bookkeeping_match(book, state)[1]
+    if words is None:       # same count, other bits: the register agrees, the bits check judges
+        assert result.verdict is Verdict.PASS
+        bits = accounting.pending_bits_match_device(book, [1, 3], state)
+        assert bits.verdict is Verdict.PASS
+        state["vectors"][1]["pending"], state["vectors"][2]["pending"] = False, True
+        bits = accounting.pending_bits_match_device(book, [1, 3], state)
+        assert bits.verdict is Verdict.FAIL and "device's pending bits [2, 3]" in bits.summary
+    else:
+        assert result.verdict is Verdict.FAIL and words in result.summary, result.summary
+
+
+def test_a_device_without_registers_fails_both():
+    book, _ = world()
+    results = accounting.device_bookkeeping_match(book, {"vectors": [], "errors": {}})
+    assert {r.name for r in results} == {"device_errors_zero", "device_registers_match"}
+    assert all(r.verdict is Verdict.FAIL for r in results)
+
+
+def test_pending_bits_disagreeing_with_the_guest_pba_fail():
+    book, _ = world()
+    book.function_mask(True)
+    book.raised(1, has_eventfd=True)
+    book.raised(2, has_eventfd=True)
+    state = bookkeeping_state(book)
+    assert accounting.pending_bits_match_device(book, [1, 2], state).verdict is Verdict.PASS
+    result = accounting.pending_bits_match_device(book, [2], state)      # a bit lost
+    assert result.verdict is Verdict.FAIL and "guest-visible PBA [2]" in result.summary

@@ -92,3 +92,19 @@ def test_msix_in_bar0_shares_the_region(port):
     lay = d.layout
     assert d.region_read(0, lay.pba_offset, 1) == b"\x01"
     assert int.from_bytes(d.region_read(0, R.REG_ID, 4), "little") == 0x11E91234
+
+
+def test_state_reports_the_bookkeeping_registers_as_the_guest_reads_them(dev, port):
+    """Two raises held in one PBA byte and one at the table's last index: PENDING_COUNT
+    counts bits (3), not bytes; LAST_VECTOR is the last doorbell; the control channel's
+    ``state`` carries exactly what the guest reads."""
+    dev.msix.set_control(True, True)                # function masked: raises are held
+    for v in (1, 2, 63):
+        wr(dev, R.REG_ICS, v)
+    regs = dev.state()["registers"]
+    assert rd(dev, R.REG_PENDING_COUNT) == regs["pending_count"] == 3
+    assert rd(dev, R.REG_LAST_VECTOR) == regs["last_vector"] == 63
+    assert rd(dev, R.REG_IRQ_TOTAL) == regs["irq_total"] == 3
+    wr(dev, R.REG_ICS, 64)                          # beyond the table: a register error
+    assert rd(dev, R.REG_ERRORS) == dev.state()["registers"]["errors"] == 1
+    assert dev.state()["errors"]["raise_out_of_range"] == 1

@@ -126,3 +126,23 @@ def test_a_live_vector_s_held_raise_is_owed_until_the_device_delivers_it():
         ledger.delivered_held(3)                     # delivered once, not twice
     with pytest.raises(LedgerError):
         ledger.delivered_held(9)
+
+
+def test_last_doorbell_follows_doorbell_raises_only_and_a_register_reset():
+    book = Ledger(table_size=8, cpus=1)
+    assert book.last_doorbell == 0                      # LAST_VECTOR's reset value
+    book.raised(5, has_eventfd=False, doorbell=True)
+    book.raised(3, has_eventfd=False)                   # from the device: not a doorbell
+    assert (book.last_doorbell, book.doorbell_raises) == (5, 1)
+    book.registers_reset()
+    assert book.last_doorbell == 0 and book.doorbell_raises == 1
+
+
+def test_a_function_reset_puts_last_vector_back_to_its_reset_value():
+    """FLR and DEVICE_RESET reset the device's registers (qemu_device NicDevice.reset): the
+    ledger's LAST_VECTOR expectation follows, or device_registers_match fails after the
+    reset step."""
+    book = Ledger(table_size=8, cpus=1)
+    book.raised(5, has_eventfd=False, doorbell=True)
+    book.function_reset(qemu_table_reset=False)
+    assert book.last_doorbell == 0

@@ -3,6 +3,8 @@ the plan's consistency, and the pure judgements it makes itself."""
 
 import inspect
 
+import pytest
+
 from agent.host import accounting, checks, reset_step, scenario
 from agent.host.main_job import judge
 from agent.host.outcome import Outcome
@@ -100,3 +102,13 @@ def test_exhaustion_fills_the_table_only_when_the_cpus_can_hold_it():
     assert smallest == 15                                      # as docs/scenarios.md says
     assert scenario.exhaustion_fill(2048, smallest) == 2048
     assert scenario.exhaustion_fill(2048, smallest - 1) < 2048
+
+
+@pytest.mark.parametrize("live,size,held", [
+    ({0, 1, 2, 3, 4, 5, 6, 7, 8, 60, 61, 62, 63}, 64, [1, 2, 8, 63]),
+    ({0, 5, 9, 10, 63}, 64, [5, 9, 10, 63]),        # the pair is 9, 10; 5 is another byte
+    ({0, 1, 2, 3}, 64, [1, 2]),                   # N - 1 not live: not raised
+    ({0, 7, 8, 23}, 24, [7, 8, 23]),            # no pair in one byte: the first two
+])
+def test_held_pending_choice(live, size, held):
+    assert scenario.held_pending_choice(live, size) == held

@@ -146,7 +146,18 @@ def test_per_nic_plan_prefixes_every_step_and_adds_isolation():
     assert [step for step, _ in plan] == (
         [f"nic0/{s}" for s, _ in CpuHotplug.PLAN] + [f"nic1/{s}" for s, _ in CpuHotplug.PLAN]
         + ["isolation"])
-    assert plan[-1][1] == ("raise_not_counted_on_other_nic",)
+    assert plan[-1][1] == ("raise_not_counted_on_other_nic", "nic_reads_its_own_driver")
+
+
+def test_every_nic_runs_its_own_plan():
+    """The default scenario on NIC i is variant i (groups A and F of 4 + i vectors): no two
+    NICs' ledgers expect the same vectors."""
+    from types import SimpleNamespace
+    from agent.host.scenario import Scenario
+    from agent.host.scenarios.nics import NicView
+    lab = SimpleNamespace(cpus=2)
+    assert [Scenario(NicView(lab, nic)).variant for nic in range(3)] == [0, 1, 2]
+    assert Scenario(lab).variant == 0
 
 
 def test_each_nic_has_its_own_sockets_and_logs(tmp_path):

@@ -13,6 +13,10 @@ Concepts owned here:
   expects (nothing lost, duplicated or spurious, whatever step it happened in); the
   device's raised, delivered and pending equal the ledger's; its interrupt total register
   equals all raises made.
+- Device bookkeeping, table-wide: the device's error counters (failed eventfd writes,
+  out-of-range raises, refused region accesses, the doorbell ERRORS register) stay zero
+  on a correct run, and its LAST_VECTOR and PENDING_COUNT registers, read as the guest
+  reads them, equal the last doorbell raise and the number of raises held pending.
 - The fourth view of masking, table-wide: the device's per-vector mask bits equal QEMU's
   table where QEMU forwards masking, and are all clear where it does not.
 - Request checks, per index: the vector runs where the scenario asked (effective affinity
@@ -71,6 +75,22 @@ def live_set_checks(ledger: Ledger, snapshot: Snapshot,
                                  {"irqs": sorted(irqs)})
         results.append(result)
     return results
+
+
+def pending_bits_match_device(ledger: Ledger, pba: Iterable[int],
+                              device_state: Mapping[str, Any]) -> CheckResult:
+    """With several raises held at once, the guest-visible PBA, the device's own pending
+    bits and the ledger's held raises are one set: a bit lost, or set on a neighbour, by
+    the PBA's byte handling shows as a difference."""
+    pba = set(pba)
+    device = {v["index"] for v in device_state.get("vectors", []) if v.get("pending")}
+    expected = ledger.expected_pending()
+    problems = []
+    for what, seen in (("the guest-visible PBA", pba), ("the device's pending bits", device)):
+        if seen != expected:
+            problems.append(f"{what} {sorted(seen)}, expected {sorted(expected)}")
+    return _result("pending_bits_match_device", None, problems, pba=sorted(pba),
+                   device=sorted(device), expected=sorted(expected))
 
 
 def pba_matches_pending(ledger: Ledger, pba: Iterable[int]) -> CheckResult:
@@ -162,6 +182,41 @@ def device_counters_match(ledger: Ledger, device_state: Mapping[str, Any]) -> li
                            [f"IRQ total register {total}, doorbell raises made "
                             f"{ledger.doorbell_raises}"],
                            irq_total=total, doorbell_raises=ledger.doorbell_raises))
+    return results
+
+
+def device_bookkeeping_match(ledger: Ledger,
+                             device_state: Mapping[str, Any]) -> list[CheckResult]:
+    """The device's own error and bookkeeping counters against the ledger: every error
+    counter zero (``device_errors_zero``: a raise the device lost through an error path
+    and counted there is a failure even if something else hid it), LAST_VECTOR the last
+    doorbell raise and PENDING_COUNT the raises held pending, both equal to the pending
+    vectors the device itself reports (``device_registers_match``)."""
+    errors = dict(device_state.get("errors") or {})
+    registers = device_state.get("registers")
+    if registers is None:
+        return [CheckResult(name, None, Verdict.FAIL, "the device reports no registers")
+                for name in ("device_errors_zero", "device_registers_match")]
+    errors["errors_register"] = registers.get("errors")
+    nonzero = {k: v for k, v in sorted(errors.items()) if v != 0}
+    results = [_result("device_errors_zero", None,
+                       [f"device error counters not zero: {nonzero}"] if nonzero else [],
+                       errors=errors)]
+    pending = ledger.expected_pending()
+    reported = sorted(v["index"] for v in device_state.get("vectors", []) if v.get("pending"))
+    problems = []
+    if registers.get("pending_count") != len(pending):
+        problems.append(f"PENDING_COUNT {registers.get('pending_count')}, "
+                        f"{len(pending)} raises held pending {sorted(pending)}")
+    if registers.get("pending_count") != len(reported):
+        problems.append(f"PENDING_COUNT {registers.get('pending_count')}, the device reports "
+                        f"{len(reported)} vectors pending {reported}")
+    if registers.get("last_vector") != ledger.last_doorbell:
+        problems.append(f"LAST_VECTOR {registers.get('last_vector')}, last doorbell raise "
+                        f"{ledger.last_doorbell}")
+    results.append(_result("device_registers_match", None, problems, registers=dict(registers),
+                           expected_pending=sorted(pending), device_pending=reported,
+                           last_doorbell=ledger.last_doorbell))
     return results
 
 

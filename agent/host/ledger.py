@@ -20,6 +20,9 @@ Concepts owned here:
   all went offline) keeps its index but its entry is masked in QEMU's table; a raise
   the device delivers meanwhile is held by QEMU (coalesced, as for a freed index) and
   counted once when the kernel starts the vector again.
+- *Device bookkeeping*.  The doorbell raises made (the device's IRQ_TOTAL register) and
+  the index of the last one (its LAST_VECTOR register); PENDING_COUNT is the number of
+  indices held pending.
 - Pure data and arithmetic: no I/O, deterministic, unit-tested on its own.
 """
 
@@ -73,6 +76,7 @@ class Ledger:
     retired_ids: set[int] = field(default_factory=set)
     moved: dict[int, int] = field(default_factory=dict)   # index -> CPU it was moved to
     doorbell_raises: int = 0   # what the device's IRQ_TOTAL register counts
+    last_doorbell: int = 0     # what its LAST_VECTOR register holds (0 until a doorbell)
     shut: set[int] = field(default_factory=set)   # live indices the kernel shut down
 
     def __post_init__(self) -> None:
@@ -133,6 +137,8 @@ class Ledger:
         if not 0 <= index < self.table_size:
             raise LedgerError(f"index {index} is outside the {self.table_size}-entry table")
         self.doorbell_raises += doorbell
+        if doorbell:
+            self.last_doorbell = index
         account = self.accounts[index]
         account.raised += 1
         if has_eventfd and not self.function_masked:
@@ -158,6 +164,11 @@ class Ledger:
         account.delivered += 1
         account.counted += 1
 
+    def registers_reset(self) -> None:
+        """The device's registers went back to their reset values (DEVICE_RESET, a function
+        reset, CTRL.RST): LAST_VECTOR reads 0 again until the next doorbell raise."""
+        self.last_doorbell = 0
+
     def function_mask(self, masked: bool) -> None:
         """The function mask was set or cleared; clearing delivers what was held."""
         self.function_masked = masked
@@ -173,7 +184,9 @@ class Ledger:
         """The function was reset (FLR, or QEMU's DEVICE_RESET on a bus reset): the device's
         PBA is clear, so every raise it held is discarded, never delivered; a reset that
         also reset QEMU's emulated table (``qemu_table_reset``) discarded what QEMU held
-        behind its masks too.  The kernel's restore then leaves the function unmasked."""
+        behind its masks too.  The kernel's restore then leaves the function unmasked.
+        The device's registers are back at their reset values too (LAST_VECTOR 0)."""
+        self.registers_reset()
         for account in self.accounts.values():
             account.pending = False
             if qemu_table_reset:

@@ -11,16 +11,21 @@ vectors (from the device in one request, through the doorbell one after the othe
 waits for all of them under one deadline; a wait that expires is
 not an error of the run, the checks that follow judge what arrived.  The first step with
 a failed check ends the scenario (fail fast); a declared check that did not run is a
-failure, "not judged", unless an earlier failure ended the run.
+failure, "not judged", unless an earlier failure ended the run.  The device's own
+counters are judged too: no errors counted, LAST_VECTOR and PENDING_COUNT as the ledger
+says.
 
 The plan on an N-entry table (N >= 24, E = N - 4):
 pending-before-alloc: raise E while nothing owns it: the device holds it (PBA bit).
-alloc: A (4, any index), B (2, any, CPU = last), C (3, from E: E's raise arrives once),
-    D (2..8, any); each exactly as asked, with a fresh group id.
+alloc: A (4 + the NIC's number, any index), B (2, any, CPU = last), C (3, from E: E's
+    raise arrives once), D (2..8, any), L (1, from N - 1, the table's last index); each
+    exactly as asked, with a fresh group id.
 raise-device / raise-doorbell: every live vector raised from the device, then by the
     guest through the ICS doorbell: each counted once, on the CPU its message names.
-function-mask: MASKALL set, one vector raised: held pending, nothing delivered; MASKALL
-    cleared: delivered exactly once.
+function-mask: MASKALL set, several vectors raised at once (two whose PBA bits share a
+    byte, one in another byte, N - 1): all held pending, nothing delivered, the guest's PBA,
+    the device's pending bits and PENDING_COUNT agree; MASKALL cleared: each delivered
+    exactly once.
 affinity-change: one of A's vectors moved to another CPU through /proc/irq/N: after the
     interrupt that completes the move, the driver's cached message and QEMU's table name
     the new destination, and the next raise lands there.
@@ -34,8 +39,8 @@ reset: with A, C (high, explicit start), D and E' live, the function is reset th
 exhaustion: groups of 8 until the table is full, or until VECTORS_PER_CPU per CPU when
     the CPUs run out of vectors first, each a success; a group whose min cannot be met
     fails with ENOSPC and leaves the table exactly as it was; the rest taken (as much as
-    the CPUs hold), one more is ENOSPC; everything freed, a group F (4, CPU = last)
-    allocated and raised.
+    the CPUs hold), one more is ENOSPC; everything freed, a group F (4 + the NIC's
+    number, CPU = last) allocated and raised.
 final: the kernel's own view of every vector (sysfs, procfs) agrees with the driver's.
 """
 
@@ -70,18 +75,20 @@ VECTORS_PER_CPU = 140
 
 ACCOUNT = ("live_vectors_match_driver", "live_vectors_match_qemu_table", "msi_irqs_match_driver",
            "counts_match_raises", "device_counters_match", "irq_total_matches",
-           "pba_matches_pending", "device_masks_match_qemu_table")
+           "pba_matches_pending", "device_masks_match_qemu_table", "device_errors_zero",
+           "device_registers_match")
 RECORD = ("cached_msg_matches_table", "destination_matches_affinity", "affinity_honoured")
 GROUP = ("group_allocated_as_requested", "group_id_unique")
 
 PLAN: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("pending-before-alloc", ("device_counters_match", "irq_total_matches", "pba_matches_pending")),
+    ("pending-before-alloc", ("device_counters_match", "irq_total_matches", "pba_matches_pending",
+                              "device_errors_zero", "device_registers_match")),
     ("alloc", GROUP + ("pending_delivered_after_alloc", "requested_affinity_honoured")
      + RECORD + ACCOUNT),
     ("raise-device", ("raise_counted_once_on_cpu",) + ACCOUNT),
     ("raise-doorbell", ("doorbell_raise_counted_once_on_cpu",) + ACCOUNT),
-    ("function-mask", ("raise_held_while_function_masked", "raise_counted_once_on_cpu")
-     + ACCOUNT),
+    ("function-mask", ("raise_held_while_function_masked", "pending_bits_match_device",
+                       "raise_counted_once_on_cpu") + ACCOUNT),
     ("affinity-change", ("requested_affinity_honoured", "cached_msg_matches_table",
                          "destination_matches_affinity", "raise_counted_once_on_cpu")
      + ACCOUNT),
@@ -117,6 +124,16 @@ def ring_doorbell(lab, ledger: Ledger, index: int, timeout_ms: int) -> bool:
     return counted
 
 
+def held_pending_choice(live: set[int], table_size: int) -> list[int]:
+    """The live indices the function-mask step holds pending at once: the first two
+    dynamic ones whose PBA bits share a byte, the first in another byte, and the table's
+    last index (when live): PBA byte handling and the upper boundary are both exercised."""
+    dynamic = sorted(live - {0, table_size - 1})
+    pair = next(([i, j] for i, j in zip(dynamic, dynamic[1:]) if i >> 3 == j >> 3), dynamic[:2])
+    other = [i for i in dynamic if pair and i >> 3 != pair[0] >> 3][:1]
+    return sorted(set(pair + other) | ({table_size - 1} & live))
+
+
 class Scenario:
     """The default scenario against a started ``Lab``; ``run()`` returns the final
     snapshot carrying every per-vector result, ``results`` holds them all.  Other
@@ -139,6 +156,9 @@ class Scenario:
         self.step = ""
         self.stopped_at: str | None = None
         self.resets: list[dict] = []     # what each reset of the reset step saw
+        # the NIC this scenario runs on (a NicView's; 0 on a plain Lab): each NIC runs its
+        # own plan (group sizes grow with it), so no two NICs' ledgers expect the same
+        self.variant = getattr(lab, "nic", 0)
 
     # --- bookkeeping -----------------------------------------------------------------------
     def run_nested(self, inner: "Scenario", label: str) -> Snapshot:
@@ -212,6 +232,7 @@ class Scenario:
         state = self.lab.device_command("state")
         self._add(accounting.device_counters_match(self.ledger, state))
         self._add(accounting.device_masks_match_qemu(snap, state))
+        self._add(accounting.device_bookkeeping_match(self.ledger, state))
         self._add(accounting.pba_matches_pending(self.ledger, self._pba()))
         return snap
 
@@ -297,19 +318,24 @@ class Scenario:
         self._device_raise([self.early])
         self.pending_snap = self.snapshot()
         self.pending_pba = set(self._pba())
-        self._add(accounting.device_counters_match(self.ledger, self.lab.device_command("state")))
+        state = self.lab.device_command("state")
+        self._add(accounting.device_counters_match(self.ledger, state))
+        self._add(accounting.device_bookkeeping_match(self.ledger, state))
         self._add(accounting.pba_matches_pending(self.ledger, self.pending_pba))
         self.say(f"raised unallocated vector {self.early}: PBA {sorted(self.pending_pba)}")
         return self.pending_snap
 
     def step_alloc(self) -> Snapshot:
-        """Step ``alloc``: allocate groups A, B (on the last CPU), C (from E, which must get its
-        held raise once) and D; each exactly as asked, with a fresh group id."""
+        """Step ``alloc``: allocate groups A (4 + the NIC's number), B (on the last CPU), C
+        (from E, which must get its held raise once), D and L (the table's last index); each
+        exactly as asked, with a fresh group id."""
         last_cpu = self.lab.cpus - 1
-        self.a = self._alloc("A", min=4, max=4)
+        size_a = 4 + self.variant
+        self.a = self._alloc("A", min=size_a, max=size_a)
         self.b = self._alloc("B", min=2, max=2, cpu=last_cpu)
         self.c = self._alloc("C", min=3, max=3, start=self.early)
         self.d = self._alloc("D", min=2, max=8)
+        self.last = self._alloc("L", min=1, max=1, start=self.ledger.table_size - 1)
         snap = self._wait_counts({self.early: 1}, "the pending raise of the explicit index")
         self._add(checks.pending_delivered_after_alloc(self.pending_snap, snap, self.early,
                                                        self.pending_pba))
@@ -346,38 +372,48 @@ class Scenario:
         return self._raise_all(doorbell=True)
 
     def step_function_mask(self) -> Snapshot:
-        """Step ``function-mask``: with MASKALL set a raise is held pending and nothing is
-        counted; once cleared it is counted exactly once."""
-        index = self.a.indices[0]
+        """Step ``function-mask``: with MASKALL set, several raises are held pending at once
+        (two whose PBA bits share a byte, others in other bytes, the table's last index):
+        nothing counted, the guest's PBA, the device's pending bits and its PENDING_COUNT
+        agree; once cleared each is counted exactly once."""
+        held = held_pending_choice(self.ledger.live(), self.ledger.table_size)
         self.lab.agent("function_mask", masked=True)
         self.ledger.function_mask(True)
         before = self.snapshot()
-        self._device_raise([index])
+        self._device_raise(held)
         try:
-            held = self.lab.wait_until(
-                lambda: self.lab.device_command("state")["vectors"][index]["pending"],
-                STEP_TIMEOUT_S, f"the device to hold vector {index} pending behind MASKALL")
-        except WaitTimeout:
-            held = False
+            self.lab.wait_until(
+                lambda: all(self.lab.device_command("state")["vectors"][i]["pending"]
+                            for i in held),
+                STEP_TIMEOUT_S, f"the device to hold vectors {held} pending behind MASKALL")
+        except WaitTimeout as err:
+            log.warning("%s", err)      # judged below
         time.sleep(QUIET_S)
         masked = self.snapshot()
-        pba = set(self._pba())
-        problems = []
-        grew = masked.get(index).guest.total - before.get(index).guest.total
-        if grew:
-            problems.append(f"counted {grew} while the function was masked")
-        if index not in pba:
-            problems.append(f"PBA bit {index} not set while masked: PBA {sorted(pba)}")
-        if not held:
-            problems.append("the device did not hold the raise pending")
-        self._add(CheckResult("raise_held_while_function_masked", index,
-                              Verdict.FAIL if problems else Verdict.PASS, "; ".join(problems),
-                              {"pba": sorted(pba), "grew": grew} if problems else {}))
+        pba, state = set(self._pba()), self.lab.device_command("state")
+        device = {v["index"] for v in state["vectors"] if v["pending"]}
+        for index in held:
+            problems = []
+            grew = masked.get(index).guest.total - before.get(index).guest.total
+            if grew:
+                problems.append(f"counted {grew} while the function was masked")
+            if index not in pba:
+                problems.append(f"PBA bit {index} not set while masked: PBA {sorted(pba)}")
+            if index not in device:
+                problems.append("the device did not hold the raise pending")
+            self._add(CheckResult("raise_held_while_function_masked", index,
+                                  Verdict.FAIL if problems else Verdict.PASS, "; ".join(problems),
+                                  {"pba": sorted(pba), "grew": grew} if problems else {}))
+        self._add(accounting.pending_bits_match_device(self.ledger, pba, state))
+        self._add(accounting.device_bookkeeping_match(self.ledger, state))
+        self.say(f"held {held} pending behind MASKALL: PBA {sorted(pba)}")
         self.lab.agent("function_mask", masked=False)
         self.ledger.function_mask(False)
-        after = self._wait_counts({index: before.get(index).guest.total + 1},
-                                  f"vector {index} after MASKALL cleared")
-        self._add(checks.raise_counted_once_on_cpu(masked, after, index, 1, device=False))
+        after = self._wait_counts({i: before.get(i).guest.total + 1 for i in held},
+                                  f"vectors {held} after MASKALL cleared")
+        for index in held:
+            self._add(checks.raise_counted_once_on_cpu(masked, after, index, 1, device=False,
+                                                       strays=False))
         return self._account(after)
 
     def step_affinity_change(self) -> Snapshot:
@@ -469,7 +505,8 @@ class Scenario:
                 self._free(label, self.ledger.groups[group["group"]])
         self._account()
         self._request_irq_fault()
-        again = self._alloc("F", min=4, max=4, cpu=self.lab.cpus - 1)
+        again = self._alloc("F", min=4 + self.variant, max=4 + self.variant,
+                            cpu=self.lab.cpus - 1)
         before = self.snapshot()
         self._device_raise(list(again.indices))
         after = self._wait_counts({i: 1 for i in again.indices}, "the reallocated group")

@@ -226,8 +226,8 @@ class Device:
     def state(self) -> dict:
         """The control channel's ``state``: identity, MSI-X function state and the
         flags advertised, every vector (eventfd, masked, counters, pending), BARs, DMA
-        maps, error counters, IRQ_TOTAL, resets, armed faults and the delayed raises
-        waiting (docs/device.md)."""
+        maps, error counters, IRQ_TOTAL, the guest-readable bookkeeping registers, resets,
+        armed faults and the delayed raises waiting (docs/device.md)."""
         lay, m = self.layout, self.msix
         return {
             "identity": {"vendor": 0x1234, "device": 0x11E9, "class": 0x020000},
@@ -244,6 +244,7 @@ class Device:
             "dma_maps": [r.to_json() for r in self.dma.regions()],
             "errors": {**m.errors, **self.errors, "nic_doorbell": self.regs.errors},
             "irq_total": self.regs.irq_total,
+            "registers": self.regs.observed(),
             "resets": self.resets,
             "faults": self.faults.list(),
             "delayed": m.delayed_state(),

@@ -74,6 +74,13 @@ class NicRegisters:
         self.last_vector = 0
         self.ivar = [0] * NUM_QUEUES
 
+    def observed(self) -> dict[str, int]:
+        """The bookkeeping registers exactly as the guest reads them (the control
+        channel's ``state``): ERRORS, LAST_VECTOR, IRQ_TOTAL and PENDING_COUNT."""
+        return {"errors": self.read32(REG_ERRORS), "last_vector": self.read32(REG_LAST_VECTOR),
+                "irq_total": self.read32(REG_IRQ_TOTAL),
+                "pending_count": self.read32(REG_PENDING_COUNT)}
+
     # -- dword level ------------------------------------------------------------------
     def read32(self, off: int) -> int:
         """The dword register at ``off`` (a multiple of 4); unknown offsets read 0."""

@@ -8,7 +8,11 @@ device commands to its server, QEMU's table read at its BARs.  ``PerNic`` runs t
 scenario on NIC 0, then NIC 1, ..., each with its own ledger, keeping every result under
 the step name ``nic<i>/<step>``; then the ``isolation`` step judges, for every NIC, that
 its counts still equal its own ledger after the other NICs' raises: a raise on one NIC
-is never counted on another.  The returned snapshot is NIC 0's; ``nic_records`` keeps
+is never counted on another; and that the guest agent, selecting it again, reads its own
+driver: the driver's live vectors equal its own ledger's.  Every NIC runs its own plan
+(the default scenario's groups grow with the NIC's number: ``Scenario.variant``), so no
+two NICs' ledgers expect the same vectors, and a read-out or a raise on the wrong NIC
+cannot match.  The returned snapshot is NIC 0's; ``nic_records`` keeps
 every NIC's final records (routing.json's metadata ``nic_records``).
 """
 
@@ -63,7 +67,7 @@ class PerNic(Scenario):
         self.NAME, self.SUMMARY = inner.NAME, inner.SUMMARY
         self.PLAN = tuple((f"nic{i}/{step}", names) for i in range(nics)
                           for step, names in inner.PLAN) + (
-            ("isolation", ("raise_not_counted_on_other_nic",)),)
+            ("isolation", ("raise_not_counted_on_other_nic", "nic_reads_its_own_driver")),)
         self.nic_records: dict[str, list] = {}
 
     def run(self) -> Snapshot:
@@ -93,6 +97,10 @@ class PerNic(Scenario):
                                       f"NIC {nic} index {result.index}: {result.summary}"
                                       if result.verdict is Verdict.FAIL else "",
                                       {**result.evidence, "nic": nic, "index": result.index}))
+            live = accounting.live_set_checks(inner.ledger, snap, [])[0]
+            self._add(CheckResult("nic_reads_its_own_driver", None, live.verdict,
+                                  f"NIC {nic}: {live.summary}" if live.summary else "",
+                                  {**live.evidence, "nic": nic}))
         self.steps.append({"step": "isolation", "seconds": 0.0})
         self._add_missing()
         return first
