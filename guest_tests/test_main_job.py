@@ -54,8 +54,9 @@ def assert_reset_step(doc: dict) -> None:
     flr, bus = doc["metadata"]["resets"]
     restored = {r["index"] for r in doc["results"]
                 if r["step"] == "reset" and r["name"] == "reset_entry_restored"}
-    c = doc["metadata"]["groups"]["C"]["indices"]
-    assert {0, *c} <= restored and len(restored) == 18    # index 0, A, C, D (8), E
+    groups = doc["metadata"]["groups"]
+    live = {0} | {i for name in ("A", "C", "D", "E", "L") for i in groups[name]["indices"]}
+    assert restored == live              # index 0 and every group live at the reset step
     assert (flr["method"], bus["method"]) == ("flr", "bus")
     assert flr["offered"][0] == "flr" and "bus" in flr["offered"]
     assert flr["qemu_sent"]["resets"] == ["flr"]
