@@ -142,7 +142,8 @@ class Scenario:
 
     NAME = "default"
     SUMMARY = ("groups allocated, raised (device and doorbell), function-masked, moved, "
-               "freed, reused and exhausted, every step checked against the ledger")
+               "freed, reused, function-reset (FLR and bus) and exhausted, every step checked "
+               "against the ledger")
     PLAN = PLAN
     MIN_CPUS = 1
 
