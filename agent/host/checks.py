@@ -80,6 +80,19 @@ def from_problems(name: str, index: int | None, problems: list[str],
     return CheckResult(name, index, Verdict.PASS)
 
 
+def reprobe_problems(info: dict) -> list[str]:
+    """What is wrong with a NIC the driver probed anew (the guest agent's ``info`` after a
+    replug, rescan or bind): it must hold only its static vector (index 0, one group) and
+    be able to allocate dynamically."""
+    problems = []
+    if info.get("allocated") != [0] or info.get("nr_groups") != 1:
+        problems.append(f"after probe: allocated {info.get('allocated')}, "
+                        f"{info.get('nr_groups')} groups (expected only index 0)")
+    if not info.get("dyn_alloc"):
+        problems.append("the re-probed device cannot allocate dynamically")
+    return problems
+
+
 def _deltas(before: Sequence[int], after: Sequence[int]) -> list[int]:
     """Per-CPU count increase; a CPU missing from one side counts as zero."""
     width = max(len(before), len(after))

@@ -158,12 +158,7 @@ class Hotplug(Scenario):
                              socket={"type": "unix", "path": str(self.lab.device.socket_path)})
         info = self.lab.agent("await_device", present=True, timeout_s=int(UNPLUG_TIMEOUT_S),
                               timeout=UNPLUG_TIMEOUT_S + 10)
-        problems = []
-        if info.get("allocated") != [0] or info.get("nr_groups") != 1:
-            problems.append(f"after probe: allocated {info.get('allocated')}, "
-                            f"{info.get('nr_groups')} groups (expected only index 0)")
-        if not info.get("dyn_alloc"):
-            problems.append("the re-probed device cannot allocate dynamically")
+        problems = checks.reprobe_problems(info)
         self._add(from_problems("nic_probed_again", None, problems, info=info))
         self.say(f"new device server (pid {old_pid} -> {new_pid}); NIC probed again at "
                  f"{info.get('bdf')}")

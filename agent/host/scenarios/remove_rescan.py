@@ -222,12 +222,7 @@ class RemoveRescan(Scenario):
         """``rescan`` or ``bind``: the NIC probes again with only its static vector and MSI-X
         enabled anew; then the default plan on it, results under ``label/<step>``."""
         info = self.lab.agent(command)
-        problems = []
-        if info.get("allocated") != [0] or info.get("nr_groups") != 1:
-            problems.append(f"after probe: allocated {info.get('allocated')}, "
-                            f"{info.get('nr_groups')} groups (expected only index 0)")
-        if not info.get("dyn_alloc"):
-            problems.append("the re-probed device cannot allocate dynamically")
+        problems = checks.reprobe_problems(info)
         if not self.lab.device_command("state")["msix"]["enabled"]:
             problems.append("MSI-X is not enabled at the device after the probe")
         self._add(from_problems("nic_probed_again", None, problems, info=info))
