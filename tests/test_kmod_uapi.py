@@ -9,13 +9,12 @@ or is reported by name.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.guest import uapi
+from cprobe import probe_values
 
 HEADER = Path(__file__).resolve().parents[1] / "agent" / "kmod" / "msixlab_uapi.h"
 
@@ -38,21 +37,8 @@ def _probe_source() -> str:
 
 @pytest.fixture(scope="module")
 def c_values(tmp_path_factory) -> dict[str, int]:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no host C compiler")
-    work = tmp_path_factory.mktemp("uapi")
-    (work / "probe.c").write_text(_probe_source())
-    build = subprocess.run([cc, "-Wall", "-Werror", "-I", str(HEADER.parent), "-o",
-                            str(work / "probe"), str(work / "probe.c")],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, f"the header and uapi.py disagree:\n{build.stderr}"
-    run = subprocess.run([str(work / "probe")], capture_output=True, text=True, check=True)
-    values = {}
-    for line in run.stdout.splitlines():
-        kind, name, value = line.split()
-        values[f"{kind} {name}"] = int(value)
-    return values
+    return probe_values(tmp_path_factory.mktemp("uapi"), _probe_source(),
+                        ["-I", str(HEADER.parent)], "the header and uapi.py")
 
 
 @pytest.mark.parametrize("layout", uapi.LAYOUTS, ids=lambda layout: layout.name)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.guest import vfio
 from images.build import find_image
+from cprobe import probe_values
 
 HOST_INCLUDE = Path("/usr/include/linux")
 
@@ -59,23 +59,13 @@ def _compile_and_run(header_dir: Path, work: Path) -> tuple[dict[str, int], bool
     the probe (``__user`` and ``__counted_by`` defined empty: the unexported uapi headers keep
     them); returns its
     values and whether iommufd.h was there."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no host C compiler")
     (work / "linux").mkdir(parents=True)
     iommufd = (header_dir / "iommufd.h").is_file()
     for name in ("vfio.h", "iommufd.h") if iommufd else ("vfio.h",):
         shutil.copy(header_dir / name, work / "linux" / name)
-    (work / "probe.c").write_text(_probe_source(iommufd))
-    build = subprocess.run([cc, "-Wall", "-Werror", "-D__user=", "-D__counted_by(m)=",
-                            "-I", str(work), "-o", str(work / "probe"), str(work / "probe.c")],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, f"{header_dir} and vfio.py disagree:\n{build.stderr}"
-    run = subprocess.run([str(work / "probe")], capture_output=True, text=True, check=True)
-    values = {}
-    for line in run.stdout.splitlines():
-        kind, name, value = line.split()
-        values[f"{kind} {name}"] = int(value)
+    values = probe_values(work, _probe_source(iommufd),
+                          ["-D__user=", "-D__counted_by(m)=", "-I", str(work)],
+                          f"{header_dir} and vfio.py")
     return values, iommufd
 
 

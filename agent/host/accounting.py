@@ -30,15 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .checks import target_cpu
+from .checks import from_problems as _result, target_cpu
 from .ledger import GroupRequest, Ledger
 from .routing import CheckResult, Snapshot, Verdict
-
-
-def _result(name: str, index: int | None, problems: list[str], **evidence: Any) -> CheckResult:
-    if problems:
-        return CheckResult(name, index, Verdict.FAIL, "; ".join(problems), evidence)
-    return CheckResult(name, index, Verdict.PASS)
 
 
 def _set_diff(name: str, what: str, seen: Iterable[int], expected: Iterable[int]) -> CheckResult:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import from_problems
 from .routing import CheckResult, Snapshot, TableEntry, Verdict
 
 CHECKS = ("request_irq_failure_unwound", "no_leak_after_free")
@@ -91,11 +92,8 @@ def unwound(name: str, before: IrqViews, after: IrqViews, code: str | None = ERR
     changed = before.differences(after)
     if changed:
         problems.append(f"changed: {', '.join(changed)}")
-    if not problems:
-        return CheckResult(name, None, Verdict.PASS)
-    return CheckResult(name, None, Verdict.FAIL, "; ".join(problems),
-                       {"changed": changed, "code": code,
-                        **({"group": dict(group)} if group is not None else {})})
+    return from_problems(name, None, problems, changed=changed, code=code,
+                         **({"group": dict(group)} if group is not None else {}))
 
 
 def skipped(why: str) -> list[CheckResult]:
