@@ -56,7 +56,7 @@ guest-test-random: image
 # x (2, 4 CPUs), one run after another: 24 runs, 4.5 min on the idle 2-core development
 # host (9-14 s each), several times that under load (docs/scenarios.md).
 matrix: image
-	$(PY) -m agent.host.matrix
+	$(PY) -m agent.host.jobs.matrix
 
 # The project's fuzzer, long: the same properties and state machine that `make test` runs
 # briefly (tests/test_fuzz_*.py), with 50x the examples (MSIXLAB_FUZZ_EXAMPLES=N to choose).

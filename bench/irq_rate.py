@@ -9,7 +9,7 @@ its raise (``MSIXLAB_IOC_TOTALS``).  One raise per vector is in flight, so nothi
 coalesce: every raise must be counted exactly once.  It reports raises and interrupts
 per second over at least ``--raises`` raises, the lost and extra counts, and where the
 time of a round goes (the device's raise call, the guest's wait).  ``device_rss`` runs
-the soak (agent/host/soak.py) for ``--rss-seconds`` and samples the device server's
+the soak (agent/host/scenarios/soak.py) for ``--rss-seconds`` and samples the device server's
 VmRSS every second: first, last, max, and whether it is flat.  Goals (issue 9): at
 least 20,000 interrupts/s with 0 lost over 100,000 raises; a flat RSS.  JSON goes to
 ``results/bench/irq-rate-<time>.json``.
@@ -30,10 +30,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.host.lab import Lab
-from agent.host.outcome import DriverCallFailed
-from agent.host.session import RunDirs
-from agent.host.soak import Soak
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import RunDirs
+from agent.host.scenarios.soak import Soak
+from agent.host.verdict.outcome import DriverCallFailed
 from images.build import ensure_image
 
 GOAL_PER_S = 20_000

@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.host.boot import boot_ready
 from agent.host.kernel import build as kbuild
 from agent.host.kernel import source, testtrees
 from agent.host.kernel.under_test import KernelUnderTest
+from agent.host.lab.boot import boot_ready
 from images.build import ensure_image
 from msixlab_common.removal import remove_tree
 

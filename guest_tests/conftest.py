@@ -1,7 +1,7 @@
 """Fixtures for tests that boot the real guest with the image's QEMU.
 
 The lab fixtures (``msixlab_lab``, ``msixlab_guest``, ``msixlab_device``, ``msixlab_qemu``,
-``msixlab_image``) come from msixlab's pytest plugin (agent/host/pytest_plugin.py,
+``msixlab_image``) come from msixlab's pytest plugin (agent/host/testkit/plugin.py,
 docs/writing-tests.md); ``image`` is kept as the name these tests have always used.
 """
 

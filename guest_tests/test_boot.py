@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.host.boot import boot_ready
+from agent.host.lab.boot import boot_ready
 from images import recipe
 
 

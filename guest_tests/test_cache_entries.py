@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.host.errors import EXIT_INFRA, EXIT_PASS
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 from images import keyfiles, manifest
 from images.image import Image
 

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from agent.host.lab import Lab
-from agent.host.session import RunDirs
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import RunDirs
 from images.recipe import DEFAULT_FLAVOR
 
 pytestmark = pytest.mark.guest

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 from images import recipe
 
 

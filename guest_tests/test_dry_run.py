@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 
 
 def dry(tmp_path, *argv):

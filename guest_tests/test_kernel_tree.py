@@ -17,7 +17,7 @@ import pytest
 
 from agent.host.errors import EXIT_INFRA, EXIT_PASS
 from agent.host.kernel import testtrees
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 
 # The first test fetches and builds the kernel (minutes on a fresh machine, more under
 # load) inside its fixture setup, which the per-test timeout counts.

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from agent.host.console import find_splat
+from agent.host.lab.console import find_splat
 from test_shell import at_prompt
 
 WAIT_S = 5.0          # the raises' timeout in the script

@@ -15,10 +15,10 @@ import re
 
 import pytest
 
-from agent.host.console import find_splat
 from agent.host.errors import GuestAgentError
-from agent.host.lab import Lab
-from agent.host.session import RunDirs
+from agent.host.lab.console import find_splat
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import RunDirs
 from images.recipe import DEFAULT_FLAVOR
 from msixlab_common.deadline import wait_until
 

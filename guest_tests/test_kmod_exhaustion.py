@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from agent.host.console import find_splat
 from agent.host.errors import GuestAgentError
-from agent.host.lab import Lab
-from agent.host.session import RunDirs
+from agent.host.lab.console import find_splat
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import RunDirs
 from images.recipe import DEFAULT_FLAVOR
 
 TABLE = 2048

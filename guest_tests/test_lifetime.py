@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.host.errors import EXIT_INFRA
-from agent.host.session import OWNER_FILE, PROJECT_DIR, clean_stale_runtime_dirs
+from agent.host.rundirs import OWNER_FILE, PROJECT_DIR, clean_stale_runtime_dirs
 from msixlab_common.deadline import wait_until
 
 

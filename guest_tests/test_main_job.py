@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from agent.host.errors import EXIT_FAIL, EXIT_PASS
-from agent.host.lab import Lab
-from agent.host.main_job import judge
-from agent.host.routing import Verdict
-from agent.host.scenario import PLAN, Scenario
-from agent.host.session import PROJECT_DIR, RunDirs
+from agent.host.jobs.run import judge
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import PROJECT_DIR, RunDirs
+from agent.host.scenarios.default import PLAN, Scenario
+from agent.host.verdict.routing import Verdict
 from images import recipe
 
 EVERY_CHECK = {name for _, names in PLAN for name in names}

@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from agent.host.errors import EXIT_PASS
-from agent.host.lab import Lab
-from agent.host.session import PROJECT_DIR, RunDirs
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import PROJECT_DIR, RunDirs
 from images.recipe import DEFAULT_FLAVOR
 from msixlab_common.deadline import wait_until
 

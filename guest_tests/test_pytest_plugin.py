@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 from images import recipe
 from images.cache import exclusive
 from msixlab_common.removal import remove_tree
@@ -88,7 +88,7 @@ def test_xdist_gives_each_worker_its_own_lab(outside):
 
 MESS = '''
 import pytest
-from agent.host.testlab import wait_until
+from agent.host.testkit.lab import wait_until
 
 def test_1_leaves_a_mess(msixlab_guest, msixlab_device):
     kept = msixlab_guest.request("alloc_group", min=4, max=4)
@@ -176,7 +176,7 @@ def splat_module(image, flavor: str) -> str:
 def test_a_kernel_oops_during_a_test_fails_it_with_the_console(image, outside):
     module = splat_module(image, recipe.DEFAULT_FLAVOR)
     files = {"test_oops.py": f'''
-from agent.host.testlab import CommandError
+from agent.host.testkit.lab import CommandError
 
 def test_1_oopses_but_asserts_nothing(msixlab_guest):
     try:

@@ -15,7 +15,7 @@ import pytest
 from kcidb_io.schema import LATEST
 
 from agent.host.results import FILES, ktap
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 
 pytestmark = pytest.mark.guest
 

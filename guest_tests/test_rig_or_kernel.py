@@ -1,4 +1,4 @@
-"""Who failed, the rig or the kernel, with real guests (agent/host/blame.py, docs/verdict.md).
+"""Who failed, the rig or the kernel, with real guests (agent/host/lab/blame.py, docs/verdict.md).
 
 - The rig's initramfs init failing (``MSIXLAB-INIT-FAILED: mount 9p kmod``: the guest
   asked to load a driver from a share the boot does not have) is ``guest_setup_failed``
@@ -24,10 +24,10 @@ import time
 import pytest
 from rich.console import Console
 
-from agent.host.lab import Lab
-from agent.host.main_job import run_in_lab
-from agent.host.outcome import Outcome, RunVerdict
-from agent.host.session import RunDirs
+from agent.host.jobs.run import run_in_lab
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import RunDirs
+from agent.host.verdict.outcome import Outcome, RunVerdict
 
 FAST_S = 60.0     # well before the 180 s boot timeout (and its second boot)
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from agent.host.errors import EXIT_PASS
-from agent.host.scenario import VECTORS_PER_CPU
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
+from agent.host.scenarios.default import VECTORS_PER_CPU
 
 pytestmark = pytest.mark.guest
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from agent.host.console import find_splat
-from agent.host.session import PROJECT_DIR
+from agent.host.lab.console import find_splat
+from agent.host.rundirs import PROJECT_DIR
 
 
 class Terminal:

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from agent.host.soak import Soak
-from agent.host.soak_job import judge
-from agent.host.session import PROJECT_DIR
+from agent.host.jobs.soak import judge
+from agent.host.rundirs import PROJECT_DIR
+from agent.host.scenarios.soak import Soak
 
 pytestmark = pytest.mark.guest
 
@@ -132,7 +132,7 @@ def test_lost_interrupts_fail_the_soak_with_a_named_check(msixlab_lab, msixlab_d
 def test_totals_waits_bounded_and_checks_its_arguments(msixlab_guest, msixlab_device):
     import time
 
-    from agent.host.testlab import CommandError
+    from agent.host.testkit.lab import CommandError
     group = msixlab_guest.request("alloc_group", min=2, max=2)
     a, b = group["indices"]
     msixlab_device.request("raise", vectors=[a])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.host.lab import Lab
-from agent.host.session import RunDirs
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import RunDirs
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from agent.host.lab import Lab
-from agent.host.outcome import BootStalled, Outcome, RunVerdict
-from agent.host.scenario import Scenario
-from agent.host.session import PROJECT_DIR, RunDirs
+from agent.host.lab.lab import Lab
+from agent.host.rundirs import PROJECT_DIR, RunDirs
+from agent.host.scenarios.default import Scenario
+from agent.host.verdict.outcome import BootStalled, Outcome, RunVerdict
 
 FAST_S = 20.0     # an ending must be classified well before the scenario's own waits add up
 

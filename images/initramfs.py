@@ -22,11 +22,12 @@ import hashlib
 import io
 import logging
 import lzma
-import os
 import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+
+from msixlab_common import atomic
 
 from . import manifest
 from .cache import cache_dir
@@ -190,7 +191,5 @@ def _write(out: Path, data: bytes) -> None:
     """Put ``data`` at ``out`` atomically, then its manifest (a reader that finds the
     archive without a manifest, or with another's, builds it again)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    atomic.write_bytes(out, data)
     manifest.record_file(out)

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from msixlab_common import atomic
+
 from .errors import ImageError
 
 VERSION = 1
@@ -90,12 +92,7 @@ def write(manifest: Path, base: Path, names: Iterable[str]) -> dict:
     """Record the files ``names`` (relative to ``base``) in ``manifest``, atomically;
     returns the record."""
     record = {"version": VERSION, "files": {name: describe(base / name) for name in names}}
-    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, manifest)
+    atomic.write_json(manifest, record, indent=1, sort_keys=True)
     return record
 
 

@@ -1,7 +1,7 @@
 """Artifact files made without following a symbolic link.
 
 Concepts: a run's artifacts (logs, summaries) are written by name into a results
-directory that ``agent.host.session.check_results_tree`` has shown no other user can
+directory that ``agent.host.rundirs.check_results_tree`` has shown no other user can
 change.  As a second line, ``create_artifact`` makes each file with ``O_NOFOLLOW``: a
 symbolic link where the file should be is refused (ELOOP) instead of written through,
 and the file is truncated only once it is known to be a regular file of its own.

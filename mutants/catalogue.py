@@ -76,9 +76,9 @@ REGS = f"{DEVICE}/registers.py"
 NIC = f"{DEVICE}/nic.py"
 GROUP = f"{KMOD}/msixlab_group.c"
 ROUTE = f"{KMOD}/msixlab_route.c"
-CHECKS = f"{HOST}/checks.py"
-ACCOUNTING = f"{HOST}/accounting.py"
-SCENARIO = f"{HOST}/scenario.py"
+CHECKS = f"{HOST}/verdict/checks.py"
+ACCOUNTING = f"{HOST}/verdict/accounting.py"
+SCENARIO = f"{HOST}/scenarios/default.py"
 AGENT = "agent/guest/commands.py"
 
 # Plants shared by a bug mutant and the weakened-check mutant that pairs with it.
@@ -300,7 +300,7 @@ HOST_MUTANTS = (
             "        fd = self.eventfds[v ^ 1]\n        if (fd is not None and self.enabled")),
 )
 
-RESET_STEP = f"{HOST}/reset_step.py"
+RESET_STEP = f"{HOST}/scenarios/reset_step.py"
 
 # The function reset (the default scenario's reset step): only its checks can see these.
 LIFECYCLE_MUTANTS = (
@@ -363,7 +363,7 @@ IOMMU_MUTANTS = (
        "under --iommu the snapshot resolves every message's handle through its IRTE but the "
        "highest one's, whose destination went unjudged (the effective CPU stood in for it)",
        {"destination_matches_affinity"},
-       Edit(f"{HOST}/lab.py",
+       Edit(f"{HOST}/lab/lab.py",
             "        irtes = {handle: qemu_view.read_irte(self, irta, handle) for handle in handles}",
             "        irtes = {handle: qemu_view.read_irte(self, irta, handle)\n"
             "                 for handle in sorted(handles)[:-1]}"),

@@ -307,7 +307,7 @@ def declared_checks() -> set[str]:
     """Every check a job the catalogue runs declares: each step's of every scenario
     ``run`` can run (``--nics`` adds its isolation step) and the soak's."""
     from agent.host.scenarios import REGISTRY, PerNic
-    from agent.host.soak_plan import SOAK_CHECKS
+    from agent.host.scenarios.soak_plan import SOAK_CHECKS
     plans = [cls.PLAN for cls in REGISTRY.values()] + [PerNic(None, REGISTRY["default"], 2).PLAN]
     return {name for plan in plans for _, names in plan for name in names} | set(SOAK_CHECKS)
 

@@ -3,9 +3,9 @@ what differs, on each kind of disagreement a planted bug would cause."""
 
 import pytest
 
-from agent.host import accounting
-from agent.host.ledger import GroupRequest, Ledger
-from agent.host.routing import Verdict, build_snapshot
+from agent.host.verdict import accounting
+from agent.host.verdict.ledger import GroupRequest, Ledger
+from agent.host.verdict.routing import Verdict, build_snapshot
 
 ADDR = {0: 0xFEE00000, 1: 0xFEE01000}
 

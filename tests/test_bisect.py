@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.host import cli
-from agent.host.kernel.bisect import Bisect, StepVerdict, combine, verdict_of
+from agent.host.jobs.bisect import Bisect, StepVerdict, combine, verdict_of
 from agent.host.kernel.build import KernelTree
 from agent.host.kernel.errors import BisectError, KernelBuildFailed
 
@@ -271,7 +271,7 @@ def test_repeats_stop_at_the_first_failing_run(repo, tmp_path):
 
 
 def test_failed_checks_come_from_the_verdict_in_routing_json(tmp_path):
-    from agent.host.kernel.bisect import failed_checks
+    from agent.host.jobs.bisect import failed_checks
     (tmp_path / "routing.json").write_text(json.dumps({"verdict": {
         "failed": ["freed/freed_entry_masked_and_cleared[9]"], "summary": "1 check failed"}}))
     assert failed_checks(tmp_path, "") == (["freed/freed_entry_masked_and_cleared[9]"],
@@ -279,7 +279,7 @@ def test_failed_checks_come_from_the_verdict_in_routing_json(tmp_path):
 
 
 def test_failed_checks_fall_back_to_the_checks_then_the_output(tmp_path):
-    from agent.host.kernel.bisect import failed_checks
+    from agent.host.jobs.bisect import failed_checks
     (tmp_path / "routing.json").write_text(json.dumps({"checks": {"failed": [
         {"name": "freed_index_reused", "index": 3, "summary": "new group got [4]"}]}}))
     assert failed_checks(tmp_path, "")[0] == ["freed_index_reused[3]: new group got [4]"]
@@ -295,7 +295,7 @@ def test_sigterm_during_a_build_stops_make_and_resets_the_tree(tmp_path):
     import time
 
     from agent.host.kernel import config as kconfig
-    from agent.host.session import PROJECT_DIR
+    from agent.host.rundirs import PROJECT_DIR
     root, shas = make_repo(tmp_path / "linux", "VERSION = 7\nPATCHLEVEL = 3\nbzImage modules:\n"
                                               f"\t@echo '  CC      slow.o'; sleep {SLOW}\n")
     head = shas[-1]
@@ -413,7 +413,7 @@ def test_run_options_are_checked_before_the_tree_is_touched(repo, tmp_path, caps
 
 
 def test_good_run_options_pass_the_check():
-    from agent.host.kernel.commands import check_run_options
+    from agent.host.jobs.kernel import check_run_options
     run = cli.parser()._subparsers._group_actions[0].choices["run"]
     check_run_options(run, ["--vectors", "32", "--scenario", "cpu-hotplug", "--cpus", "4",
                             "--repeat", "2", "--device-fault", "drop_raise:vector=1",

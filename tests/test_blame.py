@@ -1,4 +1,4 @@
-"""Who failed, the rig or the kernel (agent/host/blame.py through the real Sentinel):
+"""Who failed, the rig or the kernel (agent/host/lab/blame.py through the real Sentinel):
 recorded consoles of the guest, each ending judged 125 with a named reason when the rig
 failed, and 1 when the kernel reported anything, never the other way round."""
 
@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import blame
-from agent.host.console import ConsoleWatch, find_splat, panic_blames_userspace, report_taints
-from agent.host.outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
-from agent.host.sentinel import Sentinel
+from agent.host.lab import blame
+from agent.host.lab.console import (
+    ConsoleWatch,
+    find_splat,
+    panic_blames_userspace,
+    report_taints,
+)
+from agent.host.lab.sentinel import Sentinel
+from agent.host.verdict.outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
 
 BOOT = """\
 SeaBIOS (version 1.16.3-debian-1.16.3-2)

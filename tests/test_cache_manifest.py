@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import kmod
-from agent.host.outcome import Outcome, RunVerdict, classify
+from agent.host.kernel import kmod
+from agent.host.verdict.outcome import Outcome, RunVerdict, classify
 from images import initramfs, keyfiles, manifest
 from images.build import ensure_image, image_key
 from images.image import Image
@@ -266,7 +266,7 @@ def test_a_cached_source_deb_is_recorded_and_a_damaged_one_named(tmp_path):
 
 
 def test_doctor_names_a_damaged_image_file_and_the_fix(tmp_path, monkeypatch):
-    from agent.host import doctor
+    from agent.host.jobs import doctor
     monkeypatch.setenv("MSIXLAB_CACHE", str(tmp_path))
     image = fake_cached_image(tmp_path)
     ensure_image(root=tmp_path)

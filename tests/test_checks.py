@@ -1,8 +1,8 @@
-"""Unit tests for agent.host.checks: every check on good data and on broken data."""
+"""Unit tests for agent.host.verdict.checks: every check on good data and on broken data."""
 
 import pytest
 
-from agent.host.checks import (
+from agent.host.verdict.checks import (
     affinity_honoured,
     cached_msg_matches_table,
     destination_matches_affinity,
@@ -14,7 +14,7 @@ from agent.host.checks import (
     record_checks,
     target_cpu,
 )
-from agent.host.routing import ApicMap, Verdict, build_snapshot
+from agent.host.verdict.routing import ApicMap, Verdict, build_snapshot
 
 NCPUS = 2
 

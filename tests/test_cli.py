@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 
 from agent.host import cli
 from agent.host.errors import EXIT_INFRA, HostError, WaitTimeout
@@ -124,7 +124,7 @@ def test_an_empty_path_is_a_bad_option_not_the_default(argv, capsys):
 def test_an_empty_path_given_programmatically_is_a_bad_option():
     import argparse
 
-    from agent.host.kernel import options
+    from agent.host.jobs import options
     from agent.host.kernel.errors import KernelTreeError
     for name in ("kernel_tree", "qemu"):
         with pytest.raises(KernelTreeError, match=f"--{name.replace('_', '-')} needs a path"):
@@ -155,8 +155,8 @@ def test_a_garbage_msixlab_accel_is_a_bad_option_before_anything(monkeypatch, ca
 
 
 def test_a_garbage_accelerator_is_a_bad_option_where_it_is_chosen(monkeypatch):
-    from agent.host import accel
-    from agent.host.outcome import CouldNotJudge, Outcome
+    from agent.host.lab import accel
+    from agent.host.verdict.outcome import CouldNotJudge, Outcome
     monkeypatch.setenv("MSIXLAB_ACCEL", "warp")
     with pytest.raises(CouldNotJudge) as raised:
         accel.choose(None, None)
@@ -184,7 +184,7 @@ def test_a_device_fault_the_device_would_refuse_is_refused_before_anything(spec,
 def test_the_device_fault_examples_in_the_help_are_accepted():
     import re
 
-    from agent.host.main_job import check_faults
+    from agent.host.jobs.run import check_faults
     top = cli.parser()
     run = top._subparsers._group_actions[0].choices["run"]
     text = " ".join(run.format_help().split())
@@ -216,8 +216,8 @@ def test_a_results_root_that_cannot_hold_results_is_host_resource(argv, tmp_path
 
 
 def test_the_results_dir_of_a_step_or_build_is_made_or_named(tmp_path):
-    from agent.host.outcome import CouldNotJudge, Outcome
-    from agent.host.session import check_results_root, make_results_dir
+    from agent.host.verdict.outcome import CouldNotJudge, Outcome
+    from agent.host.rundirs import check_results_root, make_results_dir
     assert make_results_dir(tmp_path / "a" / "b").is_dir()
     check_results_root(tmp_path / "not" / "yet")              # made later, nothing made now
     assert not (tmp_path / "not").exists()
@@ -240,8 +240,8 @@ def test_results_that_cannot_be_written_turn_only_a_pass_into_125(outcome, after
     # saved lost the verdict (a check_failed became a bare 125).
     import errno
 
-    from agent.host.main_job import report_unwritten, unwritten
-    from agent.host.outcome import Outcome, RunVerdict
+    from agent.host.jobs.run import report_unwritten, unwritten
+    from agent.host.verdict.outcome import Outcome, RunVerdict
     from rich.console import Console
     verdict = RunVerdict(Outcome(outcome), "as judged", counts={"passed": 3})
     err = OSError(errno.ENOSPC, "No space left on device", "/r/routing.json")
@@ -315,7 +315,7 @@ def test_append_bounds_what_several_add_up_to(capsys):
 
 def test_appended_parameters_follow_the_rigs_on_the_kernel_command_line():
     from pathlib import Path
-    from agent.host.qemu_argv import GuestSpec, build_argv, kernel_cmdline
+    from agent.host.lab.qemu_argv import GuestSpec, build_argv, kernel_cmdline
     args = cli.parser().parse_args(["run", "--append", 'irqaffinity=1 dyndbg="file msi.c +p"'])
     spec = GuestSpec(qemu=["qemu"], kernel=Path("/k"), initramfs=Path("/i"),
                      console_log=Path("/c"), qmp_socket=Path("/q"), shares=(),

@@ -4,7 +4,7 @@ lines."""
 
 import pytest
 
-from agent.host.console import ConsoleWatch, find_splat
+from agent.host.lab.console import ConsoleWatch, find_splat
 
 REPORTS = [
     ("[   12.345678] Kernel panic - not syncing: sysrq triggered crash", "panic"),

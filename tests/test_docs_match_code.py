@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from agent.host.outcome import Outcome
 from agent.host.scenarios import REGISTRY
+from agent.host.verdict.outcome import Outcome
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -38,7 +38,7 @@ def test_every_declared_check_is_documented():
 
 
 def test_every_soak_check_is_documented():
-    from agent.host.soak_plan import SOAK_CHECKS
+    from agent.host.scenarios.soak_plan import SOAK_CHECKS
     rows = table_rows(DOCS / "soak.md", "check")
     documented = {name for row in rows for name in re.findall(r"`(\w+)`", row[0])}
     assert set(SOAK_CHECKS) <= documented, sorted(set(SOAK_CHECKS) - documented)

@@ -11,10 +11,10 @@ import pytest
 
 from agent.guest.commands import Agent
 from agent.guest.vfio_commands import VfioCommands
-from agent.host.outcome import CouldNotJudge, Outcome
-from agent.host.ledger import Ledger
-from agent.host.routing import Verdict
 from agent.host.scenarios.vfio_pci import VfioPci
+from agent.host.verdict.ledger import Ledger
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
+from agent.host.verdict.routing import Verdict
 
 BDF = "0000:01:00.0"
 

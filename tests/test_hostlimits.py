@@ -1,4 +1,4 @@
-"""The open-file limit a run needs (agent/host/hostlimits.py), in real processes whose
+"""The open-file limit a run needs (agent/host/lab/hostlimits.py), in real processes whose
 limits prlimit set: a low soft limit is raised to the hard one (and children inherit it),
 a hard limit below the minimum is host_resource (125) naming RLIMIT_NOFILE."""
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs p
 
 PROBE = """
 import json, resource, subprocess, sys
-from agent.host.hostlimits import ensure_fd_limit
-from agent.host.outcome import RunVerdict
+from agent.host.lab.hostlimits import ensure_fd_limit
+from agent.host.verdict.outcome import RunVerdict
 try:
     now = ensure_fd_limit()
 except Exception as err:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.host import irq_fault
-from agent.host.irq_fault import IrqViews, unwound
-from agent.host.routing import Verdict, build_snapshot
+from agent.host.scenarios import irq_fault
+from agent.host.scenarios.irq_fault import IrqViews, unwound
+from agent.host.verdict.routing import Verdict, build_snapshot
 
 ENTRY = {"address_lo": 0xFEE00000, "address_hi": 0, "data": 0x21, "ctrl": 0}
 CLEARED = {"address_lo": 0, "address_hi": 0, "data": 0, "ctrl": 1}

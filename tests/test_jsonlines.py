@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from agent.host.errors import HostError, WaitTimeout
-from agent.host.jsonlines import JsonLinesClient
+from agent.host.lab.agent_client import JsonLinesClient
 
 
 @pytest.fixture

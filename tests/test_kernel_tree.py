@@ -13,8 +13,8 @@ from agent.host.kernel import config as kconfig
 from agent.host.kernel.build import KernelTree, first_error
 from agent.host.kernel.errors import KernelTreeError, KernelUnsupported
 from agent.host.kernel.under_test import KernelUnderTest, require_dynamic_msix
-from agent.host.outcome import CouldNotJudge, Outcome
-from agent.host.qemu_binary import check_qemu
+from agent.host.lab.qemu_binary import check_qemu
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
 from images.initramfs import tree_modules
 
 
@@ -302,7 +302,7 @@ def test_the_initramfs_carries_exactly_the_given_modules_in_order(tmp_path):
 
 
 def test_the_tree_driver_build_is_skipped_only_when_nothing_it_reads_is_newer(tmp_path):
-    from agent.host import kmod
+    from agent.host.kernel import kmod
     tree = fake_tree(tmp_path / "t")
     (tree / "include/linux").mkdir(parents=True)
     (tree / "include/linux/msi.h").write_text("")
@@ -360,7 +360,7 @@ def test_an_image_kernel_carries_debians_config_when_the_image_has_it(tmp_path, 
 def test_a_qemu_probe_that_hangs_leaves_nothing_running(tmp_path):
     # subprocess.run's timeout killed only the wrapper script: its children (here two
     # sleeps, as a wrapper's QEMU would be) ran on after msixlab had given up on it.
-    from agent.host import qemu_binary
+    from agent.host.lab import qemu_binary
     from msixlab_common.deadline import wait_until
     from msixlab_common.lifetime import process_alive
     pids = tmp_path / "pids"

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from agent.host.lab import AGENT_MARGIN_S, answer_timeout
+from agent.host.lab.lab import AGENT_MARGIN_S, answer_timeout
 
 
 @pytest.mark.parametrize("args, expect", [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.host.ledger import GroupRequest, Ledger, LedgerError
+from agent.host.verdict.ledger import GroupRequest, Ledger, LedgerError
 
 
 def ledger():

@@ -16,8 +16,8 @@ import textwrap
 
 import pytest
 
-from agent.host import session
-from agent.host.session import OWNER_FILE, RunDirs, clean_stale_runtime_dirs
+from agent.host import rundirs as session
+from agent.host.rundirs import OWNER_FILE, RunDirs, clean_stale_runtime_dirs
 from msixlab_common.deadline import wait_until
 from msixlab_common.lifetime import die_with_parent, process_alive, process_start_time
 
@@ -218,7 +218,7 @@ def test_a_build_msixlab_started_stops_when_msixlab_is_killed(builder, tmp_path)
             build._make(SimpleNamespace(path=tree), ["all"], open(tree / "log", "w"), None,
                         300, 0, "build", tree / "log")""",
         "driver_make": """
-            from agent.host import kmod
+            from agent.host.kernel import kmod
             (tree / "out").mkdir()
             kmod._make_against_kdir(SimpleNamespace(kdir=tree, release="test"),
                                     tree / "out", 300)""",
@@ -255,7 +255,7 @@ def test_run_in_group_leaves_nothing_of_its_group_running(script, timeout, tmp_p
 
 
 def test_process_status_reads_a_live_process_and_nothing_of_a_gone_one():
-    from agent.host.soak_nic import device_rss_kib
+    from agent.host.scenarios.soak_nic import device_rss_kib
     from msixlab_common.lifetime import process_status
     status = process_status(os.getpid())
     assert status["Pid"] == str(os.getpid()) and status["VmRSS"].endswith(" kB")

@@ -7,16 +7,16 @@ import pytest
 
 import json
 
-from agent.host.outcome import Outcome
-from agent.host.scenario import PLAN
-from agent.host.soak_plan import SOAK_CHECKS
+from agent.host.scenarios.default import PLAN
+from agent.host.scenarios.soak_plan import SOAK_CHECKS
+from agent.host.verdict.outcome import Outcome
 from mutants import catalogue, run
 from mutants.catalogue import EQUIVALENT, MUTANTS, Edit, Mutant
 
 ROOT = Path(__file__).resolve().parents[1]
 DECLARED = run.declared_checks()
-AREAS = ("qemu_device/device/", "agent/kmod/", "agent/host/checks.py",
-         "agent/host/accounting.py", "agent/host/scenario.py")
+AREAS = ("qemu_device/device/", "agent/kmod/", "agent/host/verdict/checks.py",
+         "agent/host/verdict/accounting.py", "agent/host/scenarios/default.py")
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
@@ -98,7 +98,7 @@ def test_a_kill_needs_exit_1_and_an_expected_check_or_outcome():
 
 def test_the_scratch_copy_is_the_working_tree_without_venv_or_results(tmp_path):
     files = run.project_files(ROOT)
-    assert "agent/host/scenario.py" in files and "mutants/catalogue.py" in files
+    assert "agent/host/scenarios/default.py" in files and "mutants/catalogue.py" in files
     assert not [f for f in files if f.startswith((".venv/", "results/"))]
     run.copy_project(ROOT, tmp_path, ["agent/kmod/msixlab_group.c"])
     assert (tmp_path / "agent/kmod/msixlab_group.c").read_bytes() == \

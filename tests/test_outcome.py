@@ -5,9 +5,17 @@ import errno
 import pytest
 
 from agent.host.errors import LaunchError
-from agent.host.kmod import KmodBuildError
-from agent.host.outcome import (KERNEL_MISBEHAVED, CouldNotJudge, DriverCallFailed,
-                                GuestUnresponsive, KernelSplat, Outcome, RunVerdict, classify)
+from agent.host.kernel.kmod import KmodBuildError
+from agent.host.verdict.outcome import (
+    KERNEL_MISBEHAVED,
+    CouldNotJudge,
+    DriverCallFailed,
+    GuestUnresponsive,
+    KernelSplat,
+    Outcome,
+    RunVerdict,
+    classify,
+)
 from images.errors import ImageError
 from msixlab_common.errors import WaitTimeout
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.qemu_argv import GuestSpec, Share, build_argv, escape, kernel_cmdline
+from agent.host.lab.qemu_argv import GuestSpec, Share, build_argv, escape, kernel_cmdline
 
 
 def spec(**kw) -> GuestSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.host.errors import HostError
-from agent.host.qemu_view import find_nic_bars, parse_xp, read_table
+from agent.host.lab.qemu_view import find_nic_bars, parse_xp, read_table
 
 # Shaped like QEMU 11.1's query-pci on the msixlab q35 guest (trimmed): the NIC sits
 # behind a PCIe root port, so it is only found by walking pci_bridge.devices.
@@ -65,7 +65,7 @@ def test_read_table_refuses_a_short_dump():
 
 
 def test_a_nic_is_found_by_its_qemu_id_and_named_by_its_address():
-    from agent.host.qemu_view import find_nic_bars, nic_bdf
+    from agent.host.lab.qemu_view import find_nic_bars, nic_bdf
     two = [{"bus": 0, "devices": [
         {"bus": 0, "slot": 5, "id": {"vendor": 0x1B36, "device": 0x000C}, "regions": [],
          "pci_bridge": {"bus": {"number": 2}, "devices": [

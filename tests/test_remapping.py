@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import pytest
 
-from agent.host import qemu_view
-from agent.host.checks import destination_matches_affinity, raise_counted_once_on_cpu, target_cpu
 from agent.host.errors import HostError
-from agent.host.routing import ApicMap, MsiFormat, Verdict, build_snapshot, decode_irte, \
-    decode_msi, resolve_remapped
-from agent.host.qemu_argv import GuestSpec, Share, build_argv, kernel_cmdline
+from agent.host.lab import qemu_view
+from agent.host.lab.qemu_argv import GuestSpec, Share, build_argv, kernel_cmdline
+from agent.host.verdict.checks import (
+    destination_matches_affinity,
+    raise_counted_once_on_cpu,
+    target_cpu,
+)
+from agent.host.verdict.routing import (
+    ApicMap,
+    MsiFormat,
+    Verdict,
+    build_snapshot,
+    decode_irte,
+    decode_msi,
+    resolve_remapped,
+)
 from pathlib import Path
 
 REMAPPED_ADDR = 4276093880            # 0xfee003b8: handle 29, remappable format
@@ -110,8 +121,8 @@ def test_iommu_in_argv_and_on_the_kernel_command_line():
 
 
 def test_a_kernel_without_dynamic_allocation_is_a_named_could_not_judge():
-    from agent.host.lab import check_hello
-    from agent.host.outcome import CouldNotJudge, Outcome
+    from agent.host.lab.lab import check_hello
+    from agent.host.verdict.outcome import CouldNotJudge, Outcome
     device = {"bdf": "0000:01:00.0", "dyn_alloc": True}
     check_hello({"kernel": "7.3", "device": device, "dyn_alloc": True})
     with pytest.raises(CouldNotJudge) as err:

@@ -4,9 +4,10 @@ a device with a history."""
 
 import time
 
-from agent.host.device_server import DeviceServer
+from agent.host.lab.agent_client import JsonLinesClient
+from agent.host.lab.device_server import DeviceServer
 from agent.host.scenarios.remove_rescan import Raiser, seeded_ledger
-from agent.host.ledger import GroupRequest
+from agent.host.verdict.ledger import GroupRequest
 
 
 def state(n=8, **vectors):
@@ -22,7 +23,7 @@ def test_the_raiser_raises_until_stopped_and_every_raise_reaches_the_device(tmp_
                           tmp_path / "err.log", vectors=8)
     server.start()
     try:
-        raiser = Raiser(server.control_path, [1, 5])
+        raiser = Raiser(server.second_client("device-raiser"), [1, 5])
         raiser.start()
         time.sleep(0.3)
         raised = raiser.stop()
@@ -36,7 +37,7 @@ def test_the_raiser_raises_until_stopped_and_every_raise_reaches_the_device(tmp_
 
 
 def test_the_raiser_reports_a_device_it_cannot_reach(tmp_path):
-    raiser = Raiser(tmp_path / "missing.ctl", [1])
+    raiser = Raiser(JsonLinesClient(tmp_path / "missing.ctl", "device-raiser"), [1])
     raiser.start()
     assert raiser.stop() == 0 and raiser.error
 

@@ -3,7 +3,7 @@
 import pytest
 
 from agent.host.cli import parser
-from agent.host.repeat import overall_exit, summarize
+from agent.host.jobs.repeat import overall_exit, summarize
 
 
 @pytest.mark.parametrize("codes,want", [

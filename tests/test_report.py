@@ -1,27 +1,25 @@
-"""Unit tests for agent.host.report: routing.json, the terminal table, the exit code."""
+"""Unit tests for routing.json (results/routing_json.py), the terminal table
+(results/terminal.py) and the exit code of a list of results (verdict/exit.py)."""
 
 import json
 
 import pytest
 from rich.console import Console
 
-from agent.host.report import (
-    EXIT_CANNOT_JUDGE,
-    EXIT_FAIL,
-    EXIT_PASS,
+from agent.host.errors import EXIT_FAIL, EXIT_PASS
+from agent.host.results.routing_json import (
     SCHEMA,
     SCHEMA_VERSION,
     ReportError,
     checks_summary,
-    exit_status,
     read_routing_json,
-    render,
-    routing_table,
     snapshot_from_document,
     write_routing_json,
 )
-from agent.host.outcome import BootStalled, Outcome, RunVerdict
-from agent.host.routing import ApicMap, CheckResult, Snapshot, Verdict, build_snapshot
+from agent.host.results.terminal import render, routing_table
+from agent.host.verdict.exit import EXIT_CANNOT_JUDGE, exit_status
+from agent.host.verdict.outcome import BootStalled, Outcome, RunVerdict
+from agent.host.verdict.routing import ApicMap, CheckResult, Snapshot, Verdict, build_snapshot
 
 PASS_MSG = CheckResult("cached_msg_matches_table", 1, Verdict.PASS)
 FAIL_RAISE = CheckResult("raise_counted_once_on_cpu", 1, Verdict.FAIL,
@@ -192,27 +190,11 @@ def test_render_shows_the_console_tail_of_a_run_that_did_not_pass():
     assert "smp:" not in out.export_text()
 
 
-def test_write_text_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path, monkeypatch):
-    from agent.host import report
-    path = tmp_path / "soak.json"
-    report.write_text_atomic(path, "old\n")
-    report.write_text_atomic(path, "new\n")
-    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["soak.json"]
-
-    def no_space(src, dst):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(report.os, "replace", no_space)
-    with pytest.raises(OSError):
-        report.write_text_atomic(path, "partial\n")
-    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["soak.json"]
-
-
 def test_the_terminal_table_keeps_live_rows_and_counts_the_rest():
     """A 2,048-entry table must not print 2,048 rows: entries never live and never raised
     (QEMU gave them an eventfd, nothing else) go to one caption line; --table all keeps
     every row."""
-    from agent.host.report import routing_table
-    from agent.host.routing import DeviceView, RoutingRecord
+    from agent.host.verdict.routing import DeviceView, RoutingRecord
     records = []
     for index in range(8):
         live = index in (2, 5)

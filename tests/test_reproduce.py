@@ -9,8 +9,8 @@ import shlex
 import pytest
 
 from agent.host import cli
-from agent.host.main_job import reproduce_command as run_reproduce
-from agent.host.soak_job import reproduce_command as soak_reproduce
+from agent.host.jobs.run import reproduce_command as run_reproduce
+from agent.host.jobs.soak import reproduce_command as soak_reproduce
 
 DECISIVE = ("flavor", "kernel_tree", "kernel", "kdir", "qemu", "vectors", "cpus",
             "msix_maskable", "msix_noresize", "iommu", "device_fault", "append")

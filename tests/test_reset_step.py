@@ -1,13 +1,13 @@
-"""The reset step's checks and records (agent/host/reset_step.py), on views built as the
+"""The reset step's checks and records (agent/host/scenarios/reset_step.py), on views built as the
 lab builds them, and the ledger's function reset."""
 
 import json
 
 import pytest
 
-from agent.host import reset_step
-from agent.host.ledger import GroupRequest, Ledger
-from agent.host.routing import Verdict
+from agent.host.scenarios import reset_step
+from agent.host.verdict.ledger import GroupRequest, Ledger
+from agent.host.verdict.routing import Verdict
 from tests.test_checks import snap, vec
 
 

@@ -15,7 +15,7 @@ from kcidb_io.schema import LATEST
 from agent.host.results import FILES, ResultsError, write_all
 from agent.host.results import kcidb, ktap
 from agent.host.results.model import load
-from agent.host.session import PROJECT_DIR
+from agent.host.rundirs import PROJECT_DIR
 from results_fixtures import RAISE_STEP, RUN_ID, failing, infra, legacy, make_run, splat
 
 PROVENANCE = ("kernel release: 7.3.4+deb13-amd64", "config hash: 89bc6f06f53ece59",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.host.results import timeline, write_all
-from agent.host.results.pictures import groups_of, routing_map
 from agent.host.results.model import load
+from agent.host.results.pictures import groups_of, routing_map
 from results_fixtures import RUN_ID, failing, infra, make_run, splat
 
 CHROMIUM = shutil.which("chromium")

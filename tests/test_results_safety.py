@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.outcome import CouldNotJudge, Outcome
-from agent.host.session import PROJECT_DIR, RunDirs, check_results_root
+from agent.host.rundirs import PROJECT_DIR, RunDirs, check_results_root
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
 from msixlab_common.removal import remove_tree
 
 NOBODY = 65534

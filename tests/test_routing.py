@@ -1,10 +1,10 @@
-"""Unit tests for agent.host.routing: MSI decoding, APIC map, views, records."""
+"""Unit tests for agent.host.verdict.routing: MSI decoding, APIC map, views, records."""
 
 from dataclasses import replace
 
 import pytest
 
-from agent.host.routing import (
+from agent.host.verdict.routing import (
     ApicMap,
     CheckResult,
     DestMode,

@@ -5,11 +5,12 @@ import inspect
 
 import pytest
 
-from agent.host import accounting, checks, reset_step, scenario
-from agent.host.main_job import judge
-from agent.host.outcome import Outcome
-from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenario import PLAN, Scenario
+from agent.host.jobs.run import judge
+from agent.host.scenarios import reset_step, default as scenario
+from agent.host.scenarios.default import PLAN, Scenario
+from agent.host.verdict import accounting, checks
+from agent.host.verdict.outcome import Outcome
+from agent.host.verdict.routing import CheckResult, Verdict, build_snapshot
 
 
 def passed_everything():

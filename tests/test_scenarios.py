@@ -8,12 +8,15 @@ import inspect
 
 import pytest
 
-from agent.host import accounting, checks, cli, reset_step, scenario, scenarios
-from agent.host.main_job import check_options, judge, reproduce_command
-from agent.host.outcome import CouldNotJudge, Outcome
-from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, vfio_checks, vfio_pci
+from agent.host import cli, scenarios
+from agent.host.jobs.run import check_options, judge, reproduce_command
+from agent.host.scenarios import reset_step, default as scenario
+from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, vfio_pci
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
+from agent.host.verdict import accounting, checks
+from agent.host.verdict import vfio_checks
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
+from agent.host.verdict.routing import CheckResult, Verdict, build_snapshot
 
 
 def test_the_listing_names_every_scenario_once_with_one_line(capsys):
@@ -104,7 +107,7 @@ def test_managed_shut_down_needs_the_qemu_entry_masked():
 
 
 def test_the_matrix_covers_every_mode_once_and_exits_with_the_worst():
-    from agent.host import matrix
+    from agent.host.jobs import matrix
     cells = [" ".join(c) for c in matrix.cells()]
     assert len(cells) == len(set(cells)) == 36
     assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 3
@@ -153,7 +156,7 @@ def test_every_nic_runs_its_own_plan():
     """The default scenario on NIC i is variant i (groups A and F of 4 + i vectors): no two
     NICs' ledgers expect the same vectors."""
     from types import SimpleNamespace
-    from agent.host.scenario import Scenario
+    from agent.host.scenarios.default import Scenario
     from agent.host.scenarios.nics import NicView
     lab = SimpleNamespace(cpus=2)
     assert [Scenario(NicView(lab, nic)).variant for nic in range(3)] == [0, 1, 2]
@@ -161,8 +164,8 @@ def test_every_nic_runs_its_own_plan():
 
 
 def test_each_nic_has_its_own_sockets_and_logs(tmp_path):
-    from agent.host.device_server import DeviceServer
-    from agent.host.session import RunDirs
+    from agent.host.lab.device_server import DeviceServer
+    from agent.host.rundirs import RunDirs
     with RunDirs.create(tmp_path) as dirs:
         first, second = (DeviceServer.for_run(dirs, 64, nic=i) for i in (0, 1))
         assert first.socket_path.name == "nic0.sock" and second.socket_path.name == "nic1.sock"
@@ -172,7 +175,7 @@ def test_each_nic_has_its_own_sockets_and_logs(tmp_path):
 
 
 def test_hotplug_names_qemus_device_del_defect_and_its_upstream_patch():
-    from agent.host.outcome import CouldNotJudge, Outcome
+    from agent.host.verdict.outcome import CouldNotJudge, Outcome
     from agent.host.scenarios.hotplug import UPSTREAM_FIX, name_qemu_defect
     err = CouldNotJudge(Outcome.PROCESS_FAILED, "QEMU exited (killed by SIGABRT)", pid=7)
     log = ("qemu-system-x86_64: ../system/memory.c:2617: memory_region_del_subregion: "

@@ -1,4 +1,4 @@
-"""The sentinel (agent/host/sentinel.py): every ending it must notice, on real files and
+"""The sentinel (agent/host/lab/sentinel.py): every ending it must notice, on real files and
 real exited processes, and the classification each one gets."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
-from agent.host.sentinel import Sentinel
+from agent.host.lab.sentinel import Sentinel
+from agent.host.verdict.outcome import CouldNotJudge, GuestUnresponsive, KernelSplat, Outcome
 
 
 class Server:
@@ -203,9 +203,9 @@ def test_a_failure_judged_while_the_host_stopped_qemu_cannot_judge(lab):
     import signal
     import time
 
-    from agent.host.lab import Lab
-    from agent.host.routing import CheckResult, Verdict
-    from agent.host.scenario import Scenario
+    from agent.host.lab.lab import Lab
+    from agent.host.verdict.routing import CheckResult, Verdict
+    from agent.host.scenarios.default import Scenario
     _, _, _, sentinel = lab
     qemu = subprocess.Popen(["sleep", "60"])
     try:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from agent.host import cli
-from agent.host.routing import Snapshot, Verdict
-from agent.host.soak import Soak
-from agent.host.soak_job import reproduce_command
-from agent.host.soak_nic import SoakStats
+from agent.host.jobs.soak import reproduce_command
+from agent.host.scenarios.soak import Soak
+from agent.host.scenarios.soak_nic import SoakStats
+from agent.host.verdict.routing import Snapshot, Verdict
 
 
 def soak_on(nics: int) -> Soak:
@@ -128,8 +128,8 @@ def test_soak_defaults_to_one_nic_and_reproduces_its_nics():
 def test_the_live_cap_is_shared_by_every_nic():
     """The CPUs' vector space is one for all NICs: a NIC allocates only while fewer than
     LIVE_CAP vectors are live on all of them together."""
-    from agent.host.ledger import GroupRequest
-    from agent.host.soak_nic import LIVE_CAP
+    from agent.host.verdict.ledger import GroupRequest
+    from agent.host.scenarios.soak_nic import LIVE_CAP
     soak = soak_on(2)
     for nic in soak.nics:
         nic.begin(256, 2, {})
@@ -143,7 +143,7 @@ class RefusesWithEnospc:
     """The guest agent's side of one allocation the driver refuses with ENOSPC."""
 
     def agent(self, cmd, **args):
-        from agent.host.outcome import DriverCallFailed
+        from agent.host.verdict.outcome import DriverCallFailed
         raise DriverCallFailed(cmd, args, 28, "ENOSPC")
 
 
@@ -164,7 +164,7 @@ def test_an_enospc_when_the_table_is_full_passes():
     soak = soak_on(1)
     nic = soak.nics[0]
     nic.__dict__["target"] = RefusesWithEnospc()
-    from agent.host.ledger import GroupRequest     # two entries left (62, 63): min 3 cannot fit
+    from agent.host.verdict.ledger import GroupRequest  # two entries left (62, 63): min 3 cannot fit
     nic.ledger.allocated(GroupRequest("g1", 1, tuple(range(1, 62)), 61, 61))
     soak._alloc(nic, {"min": 3, "max": 3})
     assert soak.failures == [] and soak.passed["enospc_only_when_full"] == 1
@@ -244,7 +244,7 @@ class LabWith:
 
 
 def test_an_appended_irqaffinity_counts_the_guest_as_one_cpu_for_the_vector_space():
-    from agent.host.ledger import GroupRequest
+    from agent.host.verdict.ledger import GroupRequest
     verdicts = []
     for append in ((), ("quiet", "irqaffinity=0")):
         soak = soak_on(1)

@@ -10,10 +10,19 @@ from collections import Counter
 
 import pytest
 
-from agent.host.routing import Verdict
-from agent.host.soak_plan import (MAX_DOORBELLS, OP_KINDS, RECONCILE_CHECKS,
-                                  SAFE_VECTORS_PER_CPU, SoakView, generate, judge_enospc,
-                                  next_nic_op, next_op, reconcile)
+from agent.host.scenarios.soak_plan import (
+    MAX_DOORBELLS,
+    OP_KINDS,
+    RECONCILE_CHECKS,
+    SAFE_VECTORS_PER_CPU,
+    SoakView,
+    generate,
+    judge_enospc,
+    next_nic_op,
+    next_op,
+    reconcile,
+)
+from agent.host.verdict.routing import Verdict
 
 
 def churn(seed: int, table: int = 64, cpus: int = 2, count: int = 600,

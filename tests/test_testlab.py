@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host.testlab import LabOptions
+from agent.host.testkit.lab import LabOptions
 
 
 def test_default_options_are_fine():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from agent.host import version
+from agent.host.results import provenance as version
 
 
 def _git(root, *args):

@@ -1,4 +1,4 @@
-"""The vfio-pci scenario's checks (agent/host/scenarios/vfio_checks.py), each shown passing on
+"""The vfio-pci scenario's checks (agent/host/verdict/vfio_checks.py), each shown passing on
 the views a correct run gives (as seen on 7.3.4 after a release) and failing on the view a
 bug gives."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.host.routing import Verdict
-from agent.host.scenarios import vfio_checks as vc
 from agent.host.scenarios.vfio_pci import release_tuple
+from agent.host.verdict import vfio_checks as vc
+from agent.host.verdict.routing import Verdict
 
 BDF = "0000:01:00.0"
 

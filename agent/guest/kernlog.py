@@ -5,7 +5,7 @@ a WARN, an oops, a bad page, ...) and follows ``/dev/kmsg`` from the moment it i
 ``warnings()`` returns the kernel's own messages (facility kern) at KERN_WARNING or worse
 logged since the last call, whatever their text says, so a report in a form no console
 pattern knows is still seen.  The host compares the taint with the hello's and judges
-the difference (agent/host/lab.py).  Without ``/dev/kmsg`` (a test tree) only the taint
+the difference (agent/host/lab/lab.py).  Without ``/dev/kmsg`` (a test tree) only the taint
 is read.
 """
 

@@ -4,7 +4,7 @@ Concepts: every value is checked when the command line is parsed, so a bad one i
 parser's error (exit 125, ``bad_option``, the option named) before anything starts.
 ``bounded_int``, ``bounded_float`` and ``path_text`` are ``msixlab_common.argtypes``'
 (``qemu-device`` takes them too).  ``kernel_words`` takes extra guest kernel parameters
-(``--append``), refusing those the rig owns (qemu_argv.cmdline_text writes them as the
+(``--append``), refusing those the rig owns (``cmdline_text`` writes them as the
 command line carries them).
 """
 
@@ -15,10 +15,9 @@ import shlex
 
 from msixlab_common.argtypes import bounded_float, bounded_int, path_text
 
-from .qemu_argv import cmdline_text
 
-__all__ = ["bounded_float", "bounded_int", "path_text", "kernel_words", "MAX_APPEND",
-           "RIG_KERNEL_PARAMS"]
+__all__ = ["bounded_float", "bounded_int", "path_text", "kernel_words", "cmdline_text",
+           "MAX_APPEND", "RIG_KERNEL_PARAMS"]
 
 
 #: parameters the rig sets on the guest's kernel command line and a user may not change:
@@ -29,6 +28,15 @@ RIG_KERNEL_PARAMS = frozenset({"console", "earlycon", "earlyprintk", "loglevel",
                                "panic", "rdinit", "init", "root"})
 #: the most the words given to --append may add to the command line (x86 allows 2048 in all)
 MAX_APPEND = 1024
+
+
+def cmdline_text(words) -> str:
+    """``words`` as the kernel command line carries them: a value with a space is quoted
+    (``dyndbg="file msi.c +p"``), which the kernel's parser and ``shlex.split`` both undo."""
+    def one(word: str) -> str:
+        key, eq, value = word.partition("=")
+        return f'{key}="{value}"' if eq and " " in value else word
+    return " ".join(one(word) for word in words)
 
 
 def kernel_words(name: str):

@@ -33,17 +33,24 @@ from images.build import ensure_image, manifest
 from images.cache import CLEAN_TIMEOUT, cache_dir, clean
 from msixlab_common.lifetime import interrupt_on
 
-from . import accel as accel_mod
-from .argtypes import MAX_APPEND, bounded_float, bounded_int, kernel_words, path_text
-from . import doctor, progress, version
-from . import scenarios as scenarios_mod
-from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
-from .kernel import commands as kernel_commands
-from .kernel import options as kernel_options
-from .outcome import CouldNotJudge, Outcome, RunVerdict
-from .qemu_argv import cmdline_text
-from .scenario import MIN_TABLE
-from .session import check_results_root
+from agent.host import scenarios as scenarios_mod
+from agent.host.argtypes import (
+    MAX_APPEND,
+    bounded_float,
+    bounded_int,
+    cmdline_text,
+    kernel_words,
+    path_text,
+)
+from agent.host.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
+from agent.host.jobs import doctor, progress
+from agent.host.jobs import kernel as kernel_commands
+from agent.host.jobs import options as kernel_options
+from agent.host.lab import accel as accel_mod
+from agent.host.results import provenance as version
+from agent.host.rundirs import check_results_root
+from agent.host.scenarios.default import MIN_TABLE
+from agent.host.verdict.outcome import CouldNotJudge, Outcome, RunVerdict
 
 # Wide enough for the routing table when the output is a log file rather than a terminal.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -93,7 +100,7 @@ def cmd_boot(args) -> int:
     """``msixlab boot``: boot the chosen kernel to the ready marker ``--count`` times and
     print each boot's times and the median (JSON with --json).  A kernel the rig cannot use
     raises ``CouldNotJudge``."""
-    from .boot import boot_ready
+    from agent.host.lab.boot import boot_ready
     image = _image_with_progress()
     kernel, qemu = kernel_options.select(args, image, console)
     kernel.check_supported()
@@ -127,7 +134,7 @@ def cmd_boot(args) -> int:
 def cmd_shell(args) -> int:
     """``msixlab shell``: a manual session on the guest's console (``--dry-run`` prints the
     commands)."""
-    from .shell import shell_session
+    from agent.host.jobs.shell import shell_session
     image = _image_with_progress()
     kernel, qemu = kernel_options.select(args, image, console)
     choice = accel_mod.choose(args.accel, image, args.flavor)
@@ -148,9 +155,9 @@ def cmd_scenarios(args) -> int:
 
 def cmd_run(args) -> int:
     """``msixlab run``: the main job once (``run_main_job``), or ``--repeat N`` times."""
-    from .main_job import run_main_job
+    from agent.host.jobs.run import run_main_job
     if args.repeat > 1 and not args.dry_run:
-        from .repeat import run_repeated
+        from agent.host.jobs.repeat import run_repeated
         return run_repeated(args, console, run_main_job)
     with progress.phase(console, "msixlab run"):
         return run_main_job(args, console)
@@ -158,7 +165,7 @@ def cmd_run(args) -> int:
 
 def cmd_soak(args) -> int:
     """``msixlab soak``: the soak in a real guest (soak_job.run_soak); its exit code."""
-    from .soak_job import run_soak
+    from agent.host.jobs.soak import run_soak
     with progress.phase(console, "msixlab soak"):
         return run_soak(args, console)
 

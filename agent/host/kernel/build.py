@@ -27,8 +27,9 @@ from typing import Callable, Iterable
 
 from msixlab_common import streamed
 
-from . import config as kconfig
-from .errors import KernelBuildFailed, KernelTreeError
+from agent.host.kernel import config as kconfig
+from agent.host.kernel.errors import KernelBuildFailed, KernelTreeError
+from agent.host.rundirs import make_results_dir
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,6 @@ def build(tree: KernelTree, log_path: Path, *, jobs: int | None = None,
           on_line: OnLine | None = None, niceness: int = 0,
           timeout: float = BUILD_TIMEOUT) -> BuildResult:
     """Configure (if needed) and build ``bzImage`` and ``modules`` in ``tree``."""
-    from ..session import make_results_dir      # session imports this module
     started = time.monotonic()
     make_results_dir(log_path.parent)
     log_path.write_text("")

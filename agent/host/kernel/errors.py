@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import HostError
-from ..outcome import CouldNotJudge, Outcome
+from agent.host.errors import HostError
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
 
 
 class KernelError(HostError):

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .errors import BisectError
+from agent.host.kernel.errors import BisectError
 
 GIT_TIMEOUT = 300.0
 

@@ -27,7 +27,7 @@ from images.mirror import debian_mirror
 from msixlab_common.lifetime import die_with_parent
 from msixlab_common.removal import remove_tree
 
-from .errors import SourceError
+from agent.host.kernel.errors import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -36,14 +36,15 @@ from typing import Callable
 
 from images import manifest
 from images.cache import exclusive
+from msixlab_common import atomic
 from msixlab_common.lifetime import die_with_parent
 from msixlab_common.removal import remove_tree
 
-from . import build as kbuild
-from . import config as kconfig
-from .errors import SourceError
-from .git import Git
-from .source import PACKAGE, extract, fetch_deb, fetch_intact, kernel_cache
+from agent.host.kernel import build as kbuild
+from agent.host.kernel import config as kconfig
+from agent.host.kernel.errors import SourceError
+from agent.host.kernel.git import Git
+from agent.host.kernel.source import PACKAGE, extract, fetch_deb, fetch_intact, kernel_cache
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ class CachedTree:
         return self.tree.path
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def ensure_test_kernel(*, jobs: int | None = None, niceness: int = 10,
                        on_line: Callable[[str], None] | None = None) -> CachedTree:
     """The built test kernel (fetched, unpacked and built first if needed)."""
@@ -96,7 +91,7 @@ def ensure_test_kernel(*, jobs: int | None = None, niceness: int = 10,
                 _build_test_kernel(package, out, jobs, niceness, on_line)
             tree = kbuild.KernelTree(out)
             manifest.write(manifest.manifest_path(out), out, tree_key_files(out))
-            _write_json(stamp, {"package": package.name, "version": package.version,
+            atomic.write_json(stamp, {"package": package.name, "version": package.version,
                                 "config_hash": config_hash(), "release": tree.release(),
                                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return CachedTree(kbuild.KernelTree(out), json.loads(stamp.read_text()))
@@ -155,7 +150,7 @@ def _build_test_kernel(package, out: Path, jobs, niceness, on_line) -> None:
         log.info("unpacked %s in %.1f s", package.deb.name, time.monotonic() - started)
     result = kbuild.build(kbuild.KernelTree(work), logs / f"{out.name}-build.log", jobs=jobs,
                           niceness=niceness, on_line=on_line)
-    _write_json(work.parent / (out.name + "-build-time.json"),
+    atomic.write_json(work.parent / (out.name + "-build-time.json"),
                 {"seconds": round(result.seconds, 1), "steps": result.steps, "jobs": jobs})
     os.rename(work, out)
 
@@ -265,7 +260,7 @@ def ensure_bisect_fixture(**build_args) -> dict:
     with exclusive(root / (out.name + ".lock"), timeout=LOCK_TIMEOUT,
                    what=f"another msixlab build of the bisect fixture {out.name}"):
         if not stamp.is_file():
-            _write_json(stamp, _make_fixture(test_kernel.path, out))
+            atomic.write_json(stamp, _make_fixture(test_kernel.path, out))
     return json.loads(stamp.read_text())
 
 

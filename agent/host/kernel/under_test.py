@@ -25,9 +25,9 @@ from pathlib import Path
 from images import initramfs
 from images.image import Image
 
-from . import config as kconfig
-from .build import KernelTree
-from .errors import KernelTreeError, KernelUnsupported
+from agent.host.kernel import config as kconfig
+from agent.host.kernel.build import KernelTree
+from agent.host.kernel.errors import KernelTreeError, KernelUnsupported
 
 DYNAMIC_MSIX_SINCE = (6, 2)     # pci_msix_alloc_irq_at() and pci_msix_can_alloc_dyn()
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
-from . import html, junit, kcidb, ktap, timeline
-from .model import ResultsError, RunResult, load
+from msixlab_common import atomic
+
+from agent.host.results import html, junit, kcidb, ktap, timeline
+from agent.host.results.model import ResultsError, RunResult, load
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,6 @@ FILES = ("results.ktap", "junit.xml", "kcidb.json", "report.html")
 RESULTS_URL_ENV = "MSIXLAB_RESULTS_URL"
 
 __all__ = ["FILES", "ResultsError", "RunResult", "load", "write_all"]
-
-
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_all(run_dir: Path, results_url: str | None = None) -> dict[str, Path]:
@@ -64,7 +53,7 @@ def write_all(run_dir: Path, results_url: str | None = None) -> dict[str, Path]:
     written = {}
     for name, text in texts.items():
         try:
-            _write(run_dir / name, text)
+            atomic.write_text(run_dir / name, text)
         except OSError as err:
             raise ResultsError(f"cannot write {run_dir / name}: {err}") from err
         written[name] = run_dir / name

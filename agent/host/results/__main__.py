@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ResultsError, write_all
+from agent.host.results import ResultsError, write_all
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ import json
 from html import escape
 from typing import Any
 
-from . import pictures
-from .model import RunResult
-from .timeline import Timeline
+from agent.host.results import pictures
+from agent.host.results.model import RunResult
+from agent.host.results.timeline import Timeline
 
 _BANNER = {0: ("pass", "PASS"), 1: ("fail", "FAIL")}
 _ORDER = {"fail": 0, "pass": 2, "skip": 3}

@@ -16,7 +16,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
-from .model import RunResult, Step
+from agent.host.results.model import RunResult, Step
 
 # XML 1.0 forbids most control characters, even escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .model import UNKNOWN, CheckRow, RunResult
+from agent.host.results.model import UNKNOWN, CheckRow, RunResult
 
 ORIGIN = "msixlab"
 SCHEMA_VERSION = {"major": 5, "minor": 3}

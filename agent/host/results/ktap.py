@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from .model import CheckRow, RunResult, Step
+from agent.host.results.model import CheckRow, RunResult, Step
 
 VERSION_LINE = "KTAP version 1"
 INDENT = "  "

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.host.errors import HostError
-from agent.host.version import what_ran
+from agent.host.results.provenance import what_ran
 
 log = logging.getLogger(__name__)
 

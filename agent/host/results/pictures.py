@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from .model import RunResult
-from .timeline import Timeline
+from agent.host.results.model import RunResult
+from agent.host.results.timeline import Timeline
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948",
            "#ff9da7", "#9c755f", "#86bcb6", "#d37295", "#a0cbe8")

@@ -1,6 +1,6 @@
 """The registry of scenarios: ``msixlab run --scenario NAME`` and ``msixlab scenarios``.
 
-Concepts: a scenario is a class built on ``agent.host.scenario.Scenario`` (the ledger,
+Concepts: a scenario is a class built on ``agent.host.scenarios.default.Scenario`` (the ledger,
 the accounting checks, a ``PLAN`` of steps each declaring its checks, fail fast, "not
 judged" for a declared check that did not run).  Each has a ``NAME``, a one-line
 ``SUMMARY`` and ``MIN_CPUS`` (the fewest guest CPUs it can run on).  ``REGISTRY`` names
@@ -12,13 +12,13 @@ a combination of options a scenario cannot run with (exit 125, bad option).
 
 from __future__ import annotations
 
-from ..outcome import CouldNotJudge, Outcome
-from ..scenario import Scenario
-from .cpu_hotplug import CpuHotplug
-from .hotplug import Hotplug
-from .nics import PerNic  # noqa: F401  (re-exported for main_job)
-from .remove_rescan import RemoveRescan
-from .vfio_pci import VfioPci
+from agent.host.scenarios.cpu_hotplug import CpuHotplug
+from agent.host.scenarios.default import Scenario
+from agent.host.scenarios.hotplug import Hotplug
+from agent.host.scenarios.nics import PerNic  # noqa: F401  (re-exported for main_job)
+from agent.host.scenarios.remove_rescan import RemoveRescan
+from agent.host.scenarios.vfio_pci import VfioPci
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
 
 REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug,
                                                                  RemoveRescan, VfioPci)}

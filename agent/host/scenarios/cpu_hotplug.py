@@ -9,7 +9,7 @@ the kernel may put it on any online CPU and leaves it there when the CPU returns
 shuts M's vectors down: QEMU's entry is masked, and a raise the device delivers
 meanwhile is held by QEMU, coalesced, and counted once when the CPU comes back and the
 kernel starts the vector again on it (the ledger's shut-down set).  Every step runs the
-default scenario's accounting (ledger.py, accounting.py) and its declared checks.
+default scenario's accounting (verdict/ledger.py, verdict/accounting.py) and its declared checks.
 
 The plan (victim V = cpus - 1):
 alloc: N, M, K as above, each exactly as asked, on the CPUs asked.
@@ -28,11 +28,18 @@ from __future__ import annotations
 import logging
 import time
 
-from .. import accounting, checks
-from ..checks import from_problems
-from ..errors import WaitTimeout
-from ..routing import CheckResult, RoutingRecord, Snapshot, Verdict
-from ..scenario import ACCOUNT, GROUP, QUIET_S, RECORD, STEP_TIMEOUT_S, Scenario
+from agent.host.errors import WaitTimeout
+from agent.host.scenarios.default import (
+    ACCOUNT,
+    GROUP,
+    QUIET_S,
+    RECORD,
+    STEP_TIMEOUT_S,
+    Scenario,
+)
+from agent.host.verdict import accounting, checks
+from agent.host.verdict.checks import from_problems
+from agent.host.verdict.routing import CheckResult, RoutingRecord, Snapshot
 
 log = logging.getLogger(__name__)
 

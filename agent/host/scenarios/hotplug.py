@@ -35,12 +35,12 @@ from __future__ import annotations
 import logging
 import re
 
-from .. import checks
-from ..checks import from_problems
-from ..errors import WaitTimeout
-from ..outcome import CouldNotJudge, Outcome
-from ..routing import Snapshot
-from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
+from agent.host.errors import WaitTimeout
+from agent.host.scenarios.default import ACCOUNT, GROUP, RECORD, Scenario
+from agent.host.verdict import checks
+from agent.host.verdict.checks import from_problems
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
+from agent.host.verdict.routing import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import accounting
-from ..routing import CheckResult, Snapshot, Verdict
-from ..scenario import Scenario
+from agent.host.scenarios.default import Scenario
+from agent.host.verdict import accounting
+from agent.host.verdict.routing import CheckResult, Snapshot, Verdict
 
 
 class NicView:
@@ -77,7 +77,7 @@ class PerNic(Scenario):
         every NIC's."""
         inners, first = [], None
         for nic in range(self.nics):
-            self.say(f"[bold]NIC {nic}[/]")
+            self.say(f"NIC {nic}")
             inner = self.inner_cls(NicView(self.lab, nic), say=self.say)
             inners.append(inner)
             try:

@@ -34,13 +34,12 @@ import threading
 
 from msixlab_common.deadline import Deadline
 
-from .. import checks
-from ..checks import from_problems
-from ..jsonlines import JsonLinesClient
-from ..ledger import Ledger
-from ..errors import GuestAgentError
-from ..routing import Snapshot
-from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
+from agent.host.errors import GuestAgentError
+from agent.host.scenarios.default import ACCOUNT, GROUP, RECORD, Scenario
+from agent.host.verdict import checks
+from agent.host.verdict.checks import from_problems
+from agent.host.verdict.ledger import Ledger
+from agent.host.verdict.routing import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,9 @@ class Raiser(threading.Thread):
     ``stop()`` or ``RAISE_MAX_S``; ``raises`` counts the raises the device accepted and
     ``error`` keeps what ended it early."""
 
-    def __init__(self, control_path, indices: list[int]):
+    def __init__(self, client, indices: list[int]):
         super().__init__(name="msixlab-raiser", daemon=True)
-        self.client = JsonLinesClient(control_path, "device-raiser")
+        self.client = client
         self.indices = list(indices)
         self.raises = 0
         self.error: str | None = None
@@ -148,11 +147,11 @@ class RemoveRescan(Scenario):
         self._add(checks.record_checks(self.snapshot()))
         return self._raise_all(doorbell=False)
 
-    def _control_path(self):
+    def _device(self):
         view_nic = getattr(self.lab, "nic", None)
         if isinstance(view_nic, int) and hasattr(self.lab, "lab"):
-            return self.lab.lab.devices[view_nic].control_path
-        return self.lab.device.control_path
+            return self.lab.lab.devices[view_nic]
+        return self.lab.device
 
     def _teardown(self, command: str) -> Snapshot:
         """The teardown ``command`` (``remove_device`` or ``unbind``) with every live vector
@@ -163,7 +162,7 @@ class RemoveRescan(Scenario):
         live, bdf = list(info["allocated"]), info["bdf"]
         irqs = [v["irq"] for v in self.lab.agent("routing")]
         named_before = _named_counts(self.lab.agent("interrupts", all=True))
-        raiser = Raiser(self._control_path(), live)
+        raiser = Raiser(self._device().second_client("device-raiser"), live)
         raiser.start()
         try:
             self.lab.agent(command)

@@ -7,7 +7,7 @@ it to vfio-pci (``driver_override``) and opens it with its VFIO client
 container and group; the record says which).  Then, as QEMU does for a passed-through
 device, MSI-X is enabled with vector 0 only and vectors are added one at a time, each with
 its own eventfd, in an order that leaves holes; after each add every view is checked
-(vfio_checks.py) and every triggered vector is raised from the device and through the
+(verdict/vfio_checks.py) and every triggered vector is raised from the device and through the
 kernel's own trigger path (``SET_IRQS`` ``DATA_NONE`` then ``DATA_BOOL``): each must fire
 its own eventfd once and no other.  A trigger is released (fd -1) and refilled (the same
 IRQ; the raise QEMU held meanwhile arrives once), one is swapped for a new eventfd, and
@@ -28,10 +28,10 @@ import time
 
 from msixlab_common.deadline import Deadline
 
-from ..outcome import CouldNotJudge, Outcome
-from ..routing import CheckResult, Snapshot, Verdict
-from ..scenario import QUIET_S, STEP_TIMEOUT_S, Scenario
-from . import vfio_checks as vc
+from agent.host.scenarios.default import QUIET_S, STEP_TIMEOUT_S, Scenario
+from agent.host.verdict import vfio_checks as vc
+from agent.host.verdict.outcome import CouldNotJudge, Outcome
+from agent.host.verdict.routing import CheckResult, Snapshot, Verdict
 
 log = logging.getLogger(__name__)
 MSIX_INDEX = 2
