@@ -14,7 +14,8 @@ Concepts:
   add (MAINTAINERS status, SPDX licences through git, ``<asm/>`` includes, CamelCase
   names from its headers) finds nothing here.  It runs in the files' directory, so the
   findings name them as the accepted list does, with ``HOME`` an empty directory and no
-  ``CHECKPATCH_CONFIG_DIR``: no one's ``.checkpatch.conf`` changes its options.  Its ``--terse --show-types`` lines become ``lint.Finding``s.
+  ``CHECKPATCH_CONFIG_DIR``: no one's ``.checkpatch.conf`` changes its options.  Its
+  ``--terse --show-types`` lines become ``lint.Finding``s.
 - Whatever keeps checkpatch from checking (no perl, a word list missing, a crash) is a
   ``LintError`` with its message, never "no findings".
 """
