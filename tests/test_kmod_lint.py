@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.host import kmod
+from agent.host.kernel import kmod
 from agent.host.kernel import checkpatch, lint
 from agent.host.kernel.errors import SourceError
 from agent.host.kernel.lint import Accepted, Finding, LintError

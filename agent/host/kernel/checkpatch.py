@@ -34,9 +34,15 @@ from images import manifest
 from images.cache import exclusive
 from msixlab_common.removal import remove_tree
 
-from .errors import SourceError
-from .lint import Finding, LintError
-from .source import PACKAGE, SourcePackage, cached_debs, fetch_intact, kernel_cache
+from agent.host.kernel.errors import SourceError
+from agent.host.kernel.lint import Finding, LintError
+from agent.host.kernel.source import (
+    PACKAGE,
+    SourcePackage,
+    cached_debs,
+    fetch_intact,
+    kernel_cache,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KernelError
+from agent.host.kernel.errors import KernelError
 
 OTHER = "other"
 
