@@ -259,7 +259,8 @@ def _msi_notes(tag: str) -> list[tuple[str, Edit]]:
 def _vfio_notes(tag: str) -> list[tuple[str, Edit]]:
     return [
         ("vfio: Document the device cdev's users", _note(VFIO_DOC, VFIO_DOC_ANCHOR, f"{tag} 1")),
-        ("vfio/pci: Note the interrupt file's scope", _note(VFIO_INTRS, VFIO_INCLUDES, f"{tag}: irqs")),
+        ("vfio/pci: Note the interrupt file's scope",
+         _note(VFIO_INTRS, VFIO_INCLUDES, f"{tag}: irqs")),
         ("vfio/pci: Note the core file's scope", _note(VFIO_CORE, VFIO_INCLUDES, f"{tag}: core")),
         ("vfio: Document MSI-X growth after enable", _note(VFIO_DOC, VFIO_DOC_ANCHOR, f"{tag} 2")),
         ("vfio/pci: Note the trigger locking", _note(VFIO_INTRS, VFIO_INCLUDES, f"{tag}: locking")),
