@@ -17,10 +17,9 @@ Concepts:
   a bug: an MSI-X table regression, an oops, a restore that misses vectors added after
   enable (all three caught by the default scenario) and a vfio-pci one (caught by
   ``--scenario vfio-pci``).  Commits are made with fixed names and dates, so the same
-  inputs give the same shas.  The
-  repository is kept under ``<cache>/kernel/bisect/`` with its build products, so a
-  bisect of it rebuilds only what a step changes; ``fixture_in_use`` lends it to one
-  user (a test module, a bench) at a time.
+  inputs give the same shas.  The repository is kept under ``<cache>/kernel/bisect/``
+  with its build products, so a bisect of it rebuilds only what a step changes;
+  ``fixture_in_use`` lends it to one user (a test module, a bench) at a time.
 """
 
 from __future__ import annotations
