@@ -240,59 +240,68 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The ``msixlab`` argument parser: every subcommand and its options."""
-    top = Parser(prog="msixlab", description=__doc__.split("\n")[0])
-    top.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: traces)")
-    top.add_argument("--version", action=_Version, help="the version, and the commit from a checkout")
-    sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
+def _guest_options(p) -> None:
+    """The options of every command that boots a guest: flavor, accelerator, results,
+    kernel parameters and the kernel under test."""
+    p.add_argument("--flavor", default=None, choices=sorted(recipe.FLAVORS),
+                   help=f"kernel flavor (default: $KERNEL_FLAVOR, else "
+                        f"{recipe.DEFAULT_FLAVOR}; the option wins over the variable)")
+    p.add_argument("--accel", choices=accel_mod.CHOICES, default=None,
+                   help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
+    p.add_argument("--results", default="results", type=path_text("--results"),
+                   help="results root (default: %(default)s)")
+    p.add_argument("--append", type=kernel_words("--append"), action="extend",
+                   default=[], metavar="PARAMS",
+                   help="more guest kernel parameters, after the rig's (repeatable; "
+                        "e.g. 'irqaffinity=0 dyndbg=\"file msi.c +p\"'); the console, "
+                        "loglevel, panic, init and msixlab.* ones are the rig's")
+    kernel_options.add_options(p)
 
-    def guest_options(p):
-        p.add_argument("--flavor", default=None, choices=sorted(recipe.FLAVORS),
-                       help=f"kernel flavor (default: $KERNEL_FLAVOR, else "
-                            f"{recipe.DEFAULT_FLAVOR}; the option wins over the variable)")
-        p.add_argument("--accel", choices=accel_mod.CHOICES, default=None,
-                       help="accelerator (default: tcg; env MSIXLAB_ACCEL)")
-        p.add_argument("--results", default="results", type=path_text("--results"),
-                       help="results root (default: %(default)s)")
-        p.add_argument("--append", type=kernel_words("--append"), action="extend",
-                       default=[], metavar="PARAMS",
-                       help="more guest kernel parameters, after the rig's (repeatable; "
-                            "e.g. 'irqaffinity=0 dyndbg=\"file msi.c +p\"'); the console, "
-                            "loglevel, panic, init and msixlab.* ones are the rig's")
-        kernel_options.add_options(p)
 
-    def nics_option(p, what: str):
-        p.add_argument("--nics", type=bounded_int("--nics", 1, MAX_NICS), default=1,
-                       help=f"NICs, each with its own device server; {what} (1..{MAX_NICS})")
+def _nics_option(p, what: str) -> None:
+    """``--nics N``; ``what`` says what the command does with them."""
+    p.add_argument("--nics", type=bounded_int("--nics", 1, MAX_NICS), default=1,
+                   help=f"NICs, each with its own device server; {what} (1..{MAX_NICS})")
 
-    def nic_options(p, min_vectors: int = 1):
-        p.add_argument("--vectors", type=bounded_int("--vectors", min_vectors, MAX_VECTORS),
-                       default=64, help=f"MSI-X table size of the NIC ({min_vectors}..{MAX_VECTORS})")
-        p.add_argument("--cpus", type=bounded_int("--cpus", 1, MAX_CPUS), default=2,
-                       help=f"guest CPUs (1..{MAX_CPUS})")
-        p.add_argument("--dry-run", action="store_true",
-                       help="print the exact device-server and QEMU commands; start and "
-                            "build nothing (only the image is built first if missing)")
-        p.add_argument("--msix-maskable", action="store_true",
-                       help="the NIC advertises per-vector MSI-X masking (MASKABLE)")
-        p.add_argument("--iommu", action="store_true",
-                       help="QEMU's intel-iommu with interrupt remapping (intel_iommu=on): "
-                            "remappable messages, the IR irqdomain hierarchy")
-        p.add_argument("--msix-noresize", action="store_true",
-                       help="the NIC advertises NORESIZE: QEMU re-enables every vector "
-                            "on each growth (the path before dynamic MSI-X)")
 
+def _nic_options(p, min_vectors: int = 1) -> None:
+    """The emulated NIC's shape and QEMU's client path: vectors, CPUs, MSI-X modes, the
+    vIOMMU, and --dry-run."""
+    p.add_argument("--vectors", type=bounded_int("--vectors", min_vectors, MAX_VECTORS),
+                   default=64, help=f"MSI-X table size of the NIC ({min_vectors}..{MAX_VECTORS})")
+    p.add_argument("--cpus", type=bounded_int("--cpus", 1, MAX_CPUS), default=2,
+                   help=f"guest CPUs (1..{MAX_CPUS})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the exact device-server and QEMU commands; start and "
+                        "build nothing (only the image is built first if missing)")
+    p.add_argument("--msix-maskable", action="store_true",
+                   help="the NIC advertises per-vector MSI-X masking (MASKABLE)")
+    p.add_argument("--iommu", action="store_true",
+                   help="QEMU's intel-iommu with interrupt remapping (intel_iommu=on): "
+                        "remappable messages, the IR irqdomain hierarchy")
+    p.add_argument("--msix-noresize", action="store_true",
+                   help="the NIC advertises NORESIZE: QEMU re-enables every vector "
+                        "on each growth (the path before dynamic MSI-X)")
+
+
+def _setup_parser(sub) -> None:
+    """``msixlab setup``'s options."""
     p = sub.add_parser("setup", help="install the host packages msixlab needs (apt, through "
                                      "sudo when it may), or print the command")
     p.add_argument("--dry-run", action="store_true", help="print the commands, install nothing")
     p.set_defaults(func=cmd_setup)
 
+
+def _doctor_parser(sub) -> None:
+    """``msixlab doctor``'s options."""
     p = sub.add_parser("doctor", help="what msixlab has here and what it lacks")
     p.add_argument("--json", action="store_true")
     p.add_argument("--accel", choices=accel_mod.CHOICES, default=None)
     p.set_defaults(func=cmd_doctor)
 
+
+def _image_parser(sub) -> None:
+    """``msixlab image``'s options."""
     p = sub.add_parser("image", help="build, clean or locate the image cache")
     p.add_argument("action", choices=["build", "clean", "path"])
     p.add_argument("--wait", type=bounded_float("--wait", 0, 24 * 3600), default=CLEAN_TIMEOUT,
@@ -300,8 +309,11 @@ def parser() -> argparse.ArgumentParser:
                         f"(default {CLEAN_TIMEOUT})")
     p.set_defaults(func=cmd_image)
 
+
+def _boot_parser(sub) -> None:
+    """``msixlab boot``'s options."""
     p = sub.add_parser("boot", help="boot the guest to its ready marker and time it")
-    guest_options(p)
+    _guest_options(p)
     p.add_argument("--count", type=bounded_int("--count", 1, 1000), default=1,
                    help="boots to make, 1..1000 (median reported)")
     p.add_argument("--timeout", type=bounded_float("--timeout", 1.0, 3600.0), default=120.0,
@@ -309,16 +321,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_boot)
 
+
+def _shell_parser(sub) -> None:
+    """``msixlab shell``'s options."""
     p = sub.add_parser("shell", help="a manual session: the guest's console on this terminal")
-    guest_options(p)
-    nic_options(p)
+    _guest_options(p)
+    _nic_options(p)
     p.add_argument("--no-nic", action="store_true", help="boot without the emulated NIC")
     p.add_argument("--no-kmod", action="store_true", help="do not load the guest driver")
     p.set_defaults(func=cmd_shell)
 
+
+def _run_parser(sub) -> None:
+    """``msixlab run``'s options."""
     p = sub.add_parser("run", help="the main job: the default scenario, checked")
-    guest_options(p)
-    nic_options(p, min_vectors=MIN_TABLE)
+    _guest_options(p)
+    _nic_options(p, min_vectors=MIN_TABLE)
     p.add_argument("--device-fault", type=device_fault, action="append", default=[],
                    metavar="KIND[:K=V,...]",
                    help="arm a fault on the device before the scenario, e.g. "
@@ -330,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
                    choices=list(scenarios_mod.REGISTRY),
                    help="the scenario to run (default: %(default)s; `msixlab scenarios` "
                         "lists them)")
-    nics_option(p, "the scenario runs on each in turn, then no NIC may have counted "
+    _nics_option(p, "the scenario runs on each in turn, then no NIC may have counted "
                    "another's raises")
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="run the main job N times to detect flaky results; exit with the "
@@ -340,10 +358,13 @@ def parser() -> argparse.ArgumentParser:
                         "check, the rest counted in one line (default), or every entry")
     p.set_defaults(func=cmd_run)
 
+
+def _soak_parser(sub) -> None:
+    """``msixlab soak``'s options."""
     p = sub.add_parser("soak", help="random alloc/free churn and raises at full rate in a "
                                     "real guest, every interrupt reconciled (docs/soak.md)")
-    guest_options(p)
-    nic_options(p, min_vectors=2)
+    _guest_options(p)
+    _nic_options(p, min_vectors=2)
     p.add_argument("--seconds", type=bounded_float("--seconds", 1.0, MAX_SOAK_S), default=60.0,
                    help=f"how long to churn, 1..{MAX_SOAK_S:g} (default: %(default)s; a soak "
                         f"of no time would make no op and pass having tested nothing)")
@@ -357,10 +378,25 @@ def parser() -> argparse.ArgumentParser:
                    metavar="KIND[:K=V,...]",
                    help="arm a fault on the device before the soak, as for run "
                         "(nic=I: on NIC I)")
-    nics_option(p, "every op is done on one of them, drawn from the seed, and every "
+    _nics_option(p, "every op is done on one of them, drawn from the seed, and every "
                    "count reconciled on every NIC")
     p.set_defaults(func=cmd_soak)
 
+
+def parser() -> argparse.ArgumentParser:
+    """The ``msixlab`` argument parser: every subcommand and its options."""
+    top = Parser(prog="msixlab", description=__doc__.split("\n")[0])
+    top.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: traces)")
+    top.add_argument("--version", action=_Version, help="the version, and the commit from a checkout")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    _setup_parser(sub)
+    _doctor_parser(sub)
+    _image_parser(sub)
+    _boot_parser(sub)
+    _shell_parser(sub)
+    _run_parser(sub)
+    _soak_parser(sub)
     p = sub.add_parser("scenarios", help="list the scenarios `run --scenario` takes, one line each")
     p.set_defaults(func=cmd_scenarios)
     kernel_commands.add_parsers(sub, console)
