@@ -68,6 +68,7 @@ bench: image
 	$(PY) -m bench.verdict
 	$(PY) -m bench.kernel
 	$(PY) -m bench.irq_rate
+	$(PY) -m bench.selftests_build
 
 # The mutation suite (docs/mutate.md): every planted bug must make the main job exit 1
 # naming an expected check.  About 6 minutes on an idle 2-core host, 25 loaded, so not in
