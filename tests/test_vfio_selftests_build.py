@@ -132,3 +132,13 @@ def test_built_binaries_are_the_elf_programs_make_left(tmp_path):
     (tmp_path / "run.sh").chmod(0o755)
     (tmp_path / "libvfio").mkdir()
     assert vs.built_binaries(tmp_path) == ["vfio_pci_device_test"]
+
+
+def test_dry_run_names_the_entry_without_building(monkeypatch, tmp_path):
+    monkeypatch.setenv("MSIXLAB_CACHE", str(tmp_path / "cache"))
+    tree = fake_tree(tmp_path / "linux")
+    key = vs.build_key(vs.SelftestSource("tree", tree, "tree"))
+    assert vs.planned_dir(kernel(tree)) == tmp_path / "cache/selftests" / key / "bin"
+    old = kernel(tmp_path, "6.12.117+deb13-amd64", DriverBuild.IMAGE)
+    assert vs.planned_dir(old) == tmp_path / "cache/selftests/<key>/bin"
+    assert not (tmp_path / "cache/selftests").exists()     # nothing built or unpacked

@@ -49,13 +49,16 @@ log = logging.getLogger(__name__)
 
 def print_dry_run(args, image, kernel, qemu) -> int:
     """``--dry-run`` of ``run`` and ``soak``: print every device server's command (one per
-    NIC of ``--nics``) and QEMU's; returns 0."""
+    NIC of ``--nics``) and QEMU's (with the 9p shares the scenario adds); returns 0."""
+    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
+    shares = getattr(scenario_cls, "dry_run_shares", lambda image, kernel: ())(image, kernel)
     for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
                                  cpus=args.cpus, nics=getattr(args, "nics", 1), qemu=qemu,
                                  msix_maskable=args.msix_maskable,
                                  msix_noresize=args.msix_noresize,
                                  iommu=getattr(args, "iommu", False),
-                                 append=tuple(getattr(args, "append", ()))):
+                                 append=tuple(getattr(args, "append", ())),
+                                 extra_shares=shares):
         print(shlex.join(argv))
     return 0
 

@@ -267,6 +267,31 @@ def build_key(source: SelftestSource) -> str:
     return digest.hexdigest()[:16]
 
 
+def planned_dir(kernel: KernelUnderTest) -> Path:
+    """Where the build for ``kernel`` is (or will be) found, without building or unpacking
+    anything (``--dry-run``): its cache entry when the source is at hand (a tree, or
+    Debian's package already unpacked), else the cache with a ``<key>`` placeholder."""
+    if kernel.driver_build is DriverBuild.KDIR or kernel.version >= FIRST_VERSION:
+        try:
+            source = (source_for(kernel) if kernel.driver_build is DriverBuild.KDIR
+                      else _unpacked_debian())
+        except SelftestsMissing:
+            source = None
+        if source is not None:
+            return selftests_root() / build_key(source) / "bin"
+    return selftests_root() / "<key>" / "bin"
+
+
+def _unpacked_debian() -> SelftestSource | None:
+    have = cached_debs(PACKAGE)
+    if not have:
+        return None
+    out = selftests_root() / "source" / f"{have[-1].name}_{have[-1].key}"
+    if not out.with_name(out.name + ".json").is_file():
+        return None
+    return SelftestSource(f"{have[-1].name} {have[-1].version}", out, "debian")
+
+
 # --- the build ----------------------------------------------------------------------------
 
 def entry_intact(entry: Path) -> bool:

@@ -40,7 +40,7 @@ import logging
 from ..qemu_argv import Share
 from ..routing import CheckResult, Snapshot, Verdict
 from ..scenario import Scenario
-from ..kernel.vfio_selftests import ensure_selftests
+from ..kernel.vfio_selftests import ensure_selftests, planned_dir
 from . import kselftest
 from .vfio_pci import bind_nic
 
@@ -180,6 +180,11 @@ class VfioSelftests(Scenario):
         self.record: dict = {"binaries": {}}
         self.build = None
         lab.before_boot.append(self._build)
+
+    @staticmethod
+    def dry_run_shares(image, kernel) -> tuple[Share, ...]:
+        """The share ``--dry-run`` shows: where the build is, or will be, in the cache."""
+        return (Share("selftests", planned_dir(kernel)),)
 
     def _build(self, lab) -> None:
         """Before boot: build (or find) the selftests and share them with the guest."""
