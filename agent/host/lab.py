@@ -35,6 +35,7 @@ from .kmod import ensure_kmod
 from .machine import Machine, tail
 from .outcome import (BootStalled, CouldNotJudge, DriverCallFailed, GuestUnresponsive,
                       Outcome)
+from .qemu_argv import Share
 from .sentinel import Sentinel
 from .session import PROJECT_DIR, RunDirs, guest_spec
 
@@ -130,7 +131,12 @@ class Lab:
         # what a scenario needs made before the guest boots (e.g. the VFIO selftests'
         # build, which it shares with the guest): each called with the lab by start()
         self.before_boot: list = []
-        self.extra_shares: list = []             # more 9p shares (qemu_argv.Share)
+        self.extra_shares: list[Share] = []      # more 9p shares (add_share)
+
+    def add_share(self, tag: str, path: Path) -> None:
+        """Share ``path`` with the guest read-only over 9p under ``tag`` from the next boot
+        on (the guest mounts it itself: the init scripts mount only their own tags)."""
+        self.extra_shares.append(Share(tag, Path(path)))
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:

@@ -35,7 +35,7 @@ from . import scenarios
 from .errors import MsixlabError
 from .kernel import options as kernel_options
 from .lab import Lab
-from .qemu_argv import cmdline_text
+from .qemu_argv import Share, cmdline_text
 from .outcome import CouldNotJudge, Outcome, RunVerdict
 from .report import render, write_routing_json
 from .results import write_all as write_result_files
@@ -58,7 +58,7 @@ def print_dry_run(args, image, kernel, qemu) -> int:
                                  msix_noresize=args.msix_noresize,
                                  iommu=getattr(args, "iommu", False),
                                  append=tuple(getattr(args, "append", ())),
-                                 extra_shares=shares):
+                                 extra_shares=tuple(Share(t, p) for t, p in shares)):
         print(shlex.join(argv))
     return 0
 

@@ -36,8 +36,8 @@ per binary its command, exit status, time and counts.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from ..qemu_argv import Share
 from ..routing import CheckResult, Snapshot, Verdict
 from ..scenario import Scenario
 from ..kernel.vfio_selftests import ensure_selftests, planned_dir
@@ -182,15 +182,16 @@ class VfioSelftests(Scenario):
         lab.before_boot.append(self._build)
 
     @staticmethod
-    def dry_run_shares(image, kernel) -> tuple[Share, ...]:
-        """The share ``--dry-run`` shows: where the build is, or will be, in the cache."""
-        return (Share("selftests", planned_dir(kernel)),)
+    def dry_run_shares(image, kernel) -> tuple[tuple[str, Path], ...]:
+        """The share ``--dry-run`` shows (tag, directory): where the build is, or will be,
+        in the cache."""
+        return (("selftests", planned_dir(kernel)),)
 
     def _build(self, lab) -> None:
         """Before boot: build (or find) the selftests and share them with the guest."""
         self.build = ensure_selftests(lab.image, lab.kernel)
         lab.timings["selftests_build_s"] = self.build.seconds
-        lab.extra_shares.append(Share("selftests", self.build.dir))
+        lab.add_share("selftests", self.build.dir)
         self.record["build"] = self.build.as_json()
 
     def not_judged(self) -> list[CheckResult]:
