@@ -53,7 +53,7 @@ guest-test-random: image
 	$(GUEST_PYTEST) -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
 # default, cpu-hotplug, remove-rescan x (no IOMMU, --iommu) x (MSI-X default, maskable,
-# noresize) x (2, 4 CPUs), then vfio-pci on 2 and 4 CPUs, one run after another: 38 runs,
+# noresize) x (2, 4 CPUs), then vfio-pci on 2 and 4 CPUs and vfio-selftests once: 39 runs,
 # 9-14 s each on the idle 2-core development host, several times that under load
 # (docs/scenarios.md).
 matrix: image
@@ -69,6 +69,7 @@ bench: image
 	$(PY) -m bench.verdict
 	$(PY) -m bench.kernel
 	$(PY) -m bench.irq_rate
+	$(PY) -m bench.selftests_build
 
 # The mutation suite (docs/mutate.md): every planted bug must make the main job exit 1
 # naming an expected check.  About 6 minutes on an idle 2-core host, 25 loaded, so not in

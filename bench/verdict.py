@@ -8,7 +8,7 @@ routing.json.  Goals (issue 8): a pass in at most 10 s, a failing run in at most
 (issue 17) ``--scenario vfio-pci`` passing in at most 15 s.
 Results go to ``results/bench/verdict-<time>.json``.
 
-    python -m bench.verdict [--runs N] [--flavor F] [--out DIR]
+    python -m bench.verdict [--runs N] [--flavor F] [--case NAME ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -58,11 +58,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.verdict")
     ap.add_argument("--runs", type=int, default=3, help="runs per case (median reported)")
     ap.add_argument("--flavor", default="default")
+    ap.add_argument("--case", action="append", choices=sorted(CASES),
+                    help="run only this case (repeatable; default: every case)")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "flavor": args.flavor,
               "load_average": os.getloadavg(), "cases": {}}
     for name, (options, expected, goal) in CASES.items():
+        if args.case and name not in args.case:
+            continue
         runs = [one_run(options, args.flavor) for _ in range(args.runs)]
         median = statistics.median(r["wall_s"] for r in runs)
         report["cases"][name] = {

@@ -427,6 +427,42 @@ VFIO_MUTANTS = (
        command=VFIO),
 )
 
+CONFIG = f"{DEVICE}/config_space.py"
+# Cases of the kernel's VFIO selftests a mutant may expect: no scenario declares them (each
+# binary's own listing decides its cases), but the vfio-selftests run names each failed one
+# as a check result, ``fixture[.variant].test``.
+SELFTEST_CASES = frozenset({"vfio_pci_device_test.config_space_read_write"})
+KSELFTEST = f"{HOST}/scenarios/kselftest.py"
+SELFTEST_SCENARIO = f"{HOST}/scenarios/vfio_selftests.py"
+SELFTESTS = ("run", "--scenario", "vfio-selftests")
+SELFTEST_MUTANTS = (
+    _m("dev-bus-master-sticky", "bug",
+       "the device's Bus Master Enable bit, once set, ignores a config write that clears it "
+       "(only the kernel's own selftest reads the bit back after clearing it)",
+       set(SELFTEST_CASES),
+       Edit(CONFIG, "        result = ((old & ~rw) | (new & rw)) & ~(new & rw1c)\n",
+            "        result = ((old & ~rw) | (new & rw)) & ~(new & rw1c)\n"
+            "        if offset == PCI_COMMAND:\n"
+            "            result |= old & PCI_COMMAND_MASTER\n"),
+       command=SELFTESTS),
+    _m("chk-selftest-not-ok-read-as-ok", "weakened",
+       "the kselftest reader takes every result line for ok, and the device's Bus Master "
+       "Enable bit is sticky: the binary's exit status must still give the failure away",
+       {"selftest_cases_reported"},
+       Edit(KSELFTEST, '                        result.group(1) == "ok", ',
+            "                        True, "),
+       Edit(CONFIG, "        result = ((old & ~rw) | (new & rw)) & ~(new & rw1c)\n",
+            "        result = ((old & ~rw) | (new & rw)) & ~(new & rw1c)\n"
+            "        if offset == PCI_COMMAND:\n"
+            "            result |= old & PCI_COMMAND_MASTER\n"),
+       command=SELFTESTS),
+    _m("chk-selftest-left-clean-unjudged", "unjudged",
+       "the vfio-selftests scenario stops checking what vfio-pci left after each binary",
+       {"device_left_clean"},
+       Edit(SELFTEST_SCENARIO, "        self._left_clean()\n", ""),
+       command=SELFTESTS),
+)
+
 # Issue 21 items 1-3: bugs that only a run telling NICs apart, holding several raises
 # pending at once, raising the table's last index, or judging the device's own error and
 # bookkeeping counters can see.
@@ -485,7 +521,7 @@ BLIND_SPOT_MUTANTS = (
 
 MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + BLIND_SPOT_MUTANTS
                                + LIFECYCLE_MUTANTS + SOAK_MUTANTS + IOMMU_MUTANTS
-                               + VFIO_MUTANTS)
+                               + VFIO_MUTANTS + SELFTEST_MUTANTS)
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {

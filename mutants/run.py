@@ -56,7 +56,7 @@ RUN = ("run",)
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_ALL_KILLED, EXIT_SURVIVORS, EXIT_BROKEN = 0, 1, 2
-LABEL = re.compile(r"^(?:[^/]*/)?(?P<name>[A-Za-z0-9_]+)(?:\[\d+\])?$")
+LABEL = re.compile(r"^(?:[^/]*/)?(?P<name>[A-Za-z0-9_.]+)(?:\[\d+\])?$")
 
 
 class CatalogueRot(Exception):
@@ -134,7 +134,8 @@ def apply(mutant: Mutant, tree: Path) -> None:
 # --- judging --------------------------------------------------------------------------------
 
 def check_name(label: str) -> str:
-    """``step/check[index]`` -> ``check``."""
+    """``step/check[index]`` -> ``check`` (a selftest case's check is named as the harness
+    names it: ``fixture.variant.test``)."""
     match = LABEL.match(label)
     return match["name"] if match else label
 

@@ -30,6 +30,7 @@ from . import binding, kernlog, sysview, uapi
 from .driver import MEANINGS, Driver, find_devices
 from .errors import AgentError, DriverError, GuestError, RequestError
 from .protocol import Arg, Command
+from .selftests import SelftestCommands
 from .vfio_commands import VfioCommands
 
 TABLE_MAX = uapi.MAX_VECTORS - 1
@@ -56,6 +57,7 @@ class Agent:
         self.asked: dict[int, tuple[int, list[int]]] = {}   # index -> (group, set_affinity cpus)
         self.others: dict[str, tuple[Driver, dict]] = {}     # bdf -> NIC not selected now
         self.vfio = VfioCommands(self)                       # the vfio_* commands
+        self.selftests = SelftestCommands(self)              # selftests_prepare, selftest_run
         self.kernlog = kernlog.KernelLog(root)
         path = device
         try:
@@ -579,5 +581,5 @@ class Agent:
                     (Arg("path", str, required=False),
                      Arg("fault_injection", bool, required=False))),
             Command("shutdown", self.shutdown, stops=True),
-        ] + self.vfio.commands()
+        ] + self.vfio.commands() + self.selftests.commands()
         return {command.name: command for command in table}

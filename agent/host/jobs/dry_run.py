@@ -24,8 +24,10 @@ from agent.host.rundirs import RunDirs
 def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: int = 1,
              msix_maskable: bool = False, msix_noresize: bool = False, iommu: bool = False,
              qemu: list[str] | None = None, kmod: bool = True, accel: str = "tcg",
-             interactive: bool = False, append: tuple[str, ...] = ()) -> list[list[str]]:
-    """The argv of every device server (one per NIC, ``nics`` may be 0), then QEMU's."""
+             interactive: bool = False, append: tuple[str, ...] = (),
+             extra_shares: tuple = ()) -> list[list[str]]:
+    """The argv of every device server (one per NIC, ``nics`` may be 0), then QEMU's
+    (with the scenario's ``extra_shares``)."""
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     try:
         with RunDirs.create(scratch, prefix="dry-run") as dirs:
@@ -35,7 +37,7 @@ def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: 
                               qemu=qemu, nic_sockets=tuple(d.socket_path for d in devices),
                               kmod_dir=kmod_dir(image, kernel, dirs.results) if kmod else None,
                               agent=mode == "agent", interactive=interactive, iommu=iommu,
-                              append=append)
+                              append=append, extra_shares=tuple(extra_shares))
             return [device.argv for device in devices] + [build_argv(spec)]
     finally:
         remove_tree(scratch, ignore_errors=True)

@@ -7,7 +7,8 @@ summary is printed and written to ``results/matrix-<time>.json``; the exit code 
 worst cell's (1, then 125, then 0).  ``hotplug`` is left out: on QEMU 11.1.3 its
 ``device_del`` aborts QEMU (docs/scenarios.md), so it could only add 125s.  ``vfio-pci``
 adds its own vIOMMU and drives the NIC through the guest's vfio-pci, not the rig's driver,
-so it runs once per CPU count (``VFIO_CELLS``), not across ``--iommu`` and the modes.
+so it runs once per CPU count (``VFIO_CELLS``), not across ``--iommu`` and the modes;
+``vfio-selftests`` (the same binding, the kernel's own tests) runs once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ SCENARIOS = ("default", "cpu-hotplug", "remove-rescan")
 IOMMU = ((), ("--iommu",))
 MODES = ((), ("--msix-maskable",), ("--msix-noresize",))
 CPUS = ("2", "4")
-VFIO_CELLS = tuple(["--scenario", "vfio-pci", "--cpus", cpus] for cpus in CPUS)
+VFIO_CELLS = tuple(["--scenario", "vfio-pci", "--cpus", cpus] for cpus in CPUS) + (
+    ["--scenario", "vfio-selftests", "--cpus", "2"],)
 
 
 def cells() -> list[list[str]]:

@@ -37,6 +37,7 @@ from agent.host.jobs import options as kernel_options
 from agent.host.jobs import progress
 from agent.host.lab import accel as accel_mod
 from agent.host.lab.lab import Lab
+from agent.host.lab.qemu_argv import Share
 from agent.host.results import write_all as write_result_files
 from agent.host.results.provenance import what_ran
 from agent.host.results.routing_json import write_routing_json
@@ -51,13 +52,16 @@ log = logging.getLogger(__name__)
 
 def print_dry_run(args, image, kernel, qemu) -> int:
     """``--dry-run`` of ``run`` and ``soak``: print every device server's command (one per
-    NIC of ``--nics``) and QEMU's; returns 0."""
+    NIC of ``--nics``) and QEMU's (with the 9p shares the scenario adds); returns 0."""
+    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
+    shares = getattr(scenario_cls, "dry_run_shares", lambda image, kernel: ())(image, kernel)
     for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
                                  cpus=args.cpus, nics=getattr(args, "nics", 1), qemu=qemu,
                                  msix_maskable=args.msix_maskable,
                                  msix_noresize=args.msix_noresize,
                                  iommu=getattr(args, "iommu", False),
-                                 append=tuple(getattr(args, "append", ()))):
+                                 append=tuple(getattr(args, "append", ())),
+                                 extra_shares=tuple(Share(t, p) for t, p in shares)):
         print(shlex.join(argv))
     return 0
 

@@ -20,15 +20,18 @@ def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mo
                nic_sockets: tuple[Path, ...] = (), kmod_dir: Path | None = None,
                agent: bool = False, trace: tuple[str, ...] = (),
                append: tuple[str, ...] = (), interactive: bool = False,
-               iommu: bool = False, qemu: list[str] | None = None) -> GuestSpec:
+               iommu: bool = False, qemu: list[str] | None = None,
+               extra_shares: tuple[Share, ...] = ()) -> GuestSpec:
     """The ``GuestSpec`` of one boot of ``kernel`` from ``image`` with ``dirs``' console log and
     sockets: the rootfs and the project shared over 9p (and ``kmod_dir`` when the driver is
-    to be loaded), the agent's socket if ``agent``, and the image's QEMU unless ``qemu`` is
-    given.  Builds the kernel's initramfs if it is not cached."""
+    to be loaded, then ``extra_shares``, which the guest mounts itself), the agent's socket
+    if ``agent``, and the image's QEMU unless ``qemu`` is given.  Builds the kernel's
+    initramfs if it is not cached."""
     kernel = as_kernel(image, kernel)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", PROJECT_DIR)]
     if kmod_dir is not None:
         shares.append(Share("kmod", kmod_dir))
+    shares += list(extra_shares)
     return GuestSpec(
         qemu=list(qemu) if qemu else image.qemu_command(), kernel=kernel.bzimage,
         initramfs=kernel.initramfs(image),

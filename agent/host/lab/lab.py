@@ -34,6 +34,7 @@ from agent.host.lab.device_server import DeviceServer
 from agent.host.lab.guest_spec import guest_spec
 from agent.host.lab.hostlimits import ensure_fd_limit
 from agent.host.lab.machine import Machine, tail
+from agent.host.lab.qemu_argv import Share
 from agent.host.lab.sentinel import Sentinel
 from agent.host.rundirs import PROJECT_DIR, RunDirs
 from agent.host.verdict import routing
@@ -134,11 +135,21 @@ class Lab:
         self.sentinel: Sentinel | None = None
         self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
         self.kernel_health: dict | None = None   # check_kernel_health's evidence
+        # what a scenario needs made before the guest boots (e.g. the VFIO selftests'
+        # build, which it shares with the guest): each called with the lab by start()
+        self.before_boot: list = []
+        self.extra_shares: list[Share] = []      # more 9p shares (add_share)
+
+    def add_share(self, tag: str, path: Path) -> None:
+        """Share ``path`` with the guest read-only over 9p under ``tag`` from the next boot
+        on (the guest mounts it itself: the init scripts mount only their own tags)."""
+        self.extra_shares.append(Share(tag, Path(path)))
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:
         """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
-        the guest driver, compile the guest agent's bytecode for the image's Python
+        the guest driver, run the scenario's ``before_boot`` steps, compile the guest
+        agent's bytecode for the image's Python
         (images/bytecode.py; a failure only costs boot time), then boot: start the device
         servers, launch QEMU, start the sentinel, connect to the guest agent and wait at
         most ``boot_timeout`` seconds for its hello (then check it).  A boot that stalls
@@ -155,6 +166,8 @@ class Lab:
         self.kernel.check_supported()
         kmod_dir = ensure_kmod(self.image, self.kernel, run_dir=self.dirs.results)
         self.timings["kmod_build_s"] = time.monotonic() - t0
+        for prepare in self.before_boot:
+            prepare(self)
         self.image.prepare_guest_bytecode(PROJECT_DIR)
         for attempt in range(1, max(1, boot_attempts) + 1):
             try:
@@ -177,7 +190,7 @@ class Lab:
                           qemu=self.qemu, cpus=self.cpus,
                           nic_sockets=tuple(d.socket_path for d in self.devices),
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu,
-                          append=self.append)
+                          append=self.append, extra_shares=tuple(self.extra_shares))
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, qemu=self.machine.poll,

@@ -18,10 +18,12 @@ from agent.host.scenarios.hotplug import Hotplug
 from agent.host.scenarios.nics import PerNic  # noqa: F401  (re-exported for main_job)
 from agent.host.scenarios.remove_rescan import RemoveRescan
 from agent.host.scenarios.vfio_pci import VfioPci
+from agent.host.scenarios.vfio_selftests import VfioSelftests
 from agent.host.verdict.outcome import CouldNotJudge, Outcome
 
 REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug,
-                                                                 RemoveRescan, VfioPci)}
+                                                                 RemoveRescan, VfioPci,
+                                                                 VfioSelftests)}
 DEFAULT = Scenario.NAME
 
 
@@ -42,7 +44,7 @@ def listing() -> list[tuple[str, str]]:
 
 def check_options(cls: type[Scenario], cpus: int, nics: int = 1) -> None:
     """Refuse options the scenario cannot run with, before anything starts."""
-    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci"):
+    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci", "vfio-selftests"):
         raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} runs on nic0 only: it "
                             "takes no --nics", scenario=cls.NAME, nics=nics)
     if cpus < cls.MIN_CPUS:

@@ -73,6 +73,22 @@ def release_tuple(release: str | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def bind_nic(scenario: Scenario, record: dict) -> dict:
+    """The NIC taken from the msixlab driver and bound to vfio-pci (the guest agent's
+    ``vfio_bind``, kept as ``record["bind"]``); a kernel lacking what that needs (vfio-pci,
+    an IOMMU group, the VFIO device nodes) is a named could-not-judge;
+    ``bound_to_vfio_pci`` judged.  Returns the agent's record of the binding."""
+    bound = record["bind"] = scenario.lab.agent("vfio_bind", timeout=60)
+    if bound["missing"]:
+        raise CouldNotJudge(Outcome.KERNEL_UNSUPPORTED, "the kernel under test lacks "
+                            + "; ".join(bound["missing"]), missing=bound["missing"])
+    scenario._add(CheckResult("bound_to_vfio_pci", None,
+                              Verdict.PASS if bound["driver"] == "vfio-pci" else Verdict.FAIL,
+                              "" if bound["driver"] == "vfio-pci" else
+                              f"the NIC is bound to {bound['driver']}", {"bind": bound}))
+    return bound
+
+
 class VfioPci(Scenario):
     """vfio-pci's dynamic MSI-X, through a VFIO client in the guest (module docstring)."""
 
@@ -175,15 +191,7 @@ class VfioPci(Scenario):
     # --- the steps -------------------------------------------------------------------------
     def step_bind(self) -> Snapshot:
         """Step ``bind``: the NIC to vfio-pci (a kernel without it: 125) and opened."""
-        bound = self.lab.agent("vfio_bind", timeout=60)
-        self.record["bind"] = bound
-        if bound["missing"]:
-            raise CouldNotJudge(Outcome.KERNEL_UNSUPPORTED, "the kernel under test lacks "
-                                + "; ".join(bound["missing"]), missing=bound["missing"])
-        self._add(CheckResult("bound_to_vfio_pci", None,
-                              Verdict.PASS if bound["driver"] == "vfio-pci" else Verdict.FAIL,
-                              "" if bound["driver"] == "vfio-pci" else
-                              f"the NIC is bound to {bound['driver']}", {"bind": bound}))
+        bound = bind_nic(self, self.record)
         opened = self.lab.agent("vfio_open")
         self.record.update(path=opened["path"], device=opened["record"],
                            irq_info=opened["irq_info"], info=opened["info"])
