@@ -6,6 +6,7 @@ before any guest boots."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -249,3 +250,11 @@ def test_what_is_not_simulated_is_refused_with_enosys(cmd, args):
 def test_bad_options_are_refused_naming_them(options, named):
     with pytest.raises(HostError, match=named):
         FakeLab(**options)
+
+
+def test_the_example_of_the_page_runs():
+    """docs/writing-tests.md's fake lab example, as written."""
+    page = (ROOT / "docs" / "writing-tests.md").read_text()
+    section = page[page.index("## The fake lab"):]
+    (example,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
+    exec(compile(example, "docs/writing-tests.md", "exec"), {})

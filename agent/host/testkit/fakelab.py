@@ -6,8 +6,8 @@ Concepts owned here:
   ``select_nic``, ``wait_until``, ``guard``, ``check_not_stopped``, ``cpus``) over a
   simulated machine, all in this process: per NIC the real device model and control
   session of ``qemu_device`` (``FakeDevice``) behind QEMU's MSI-X emulation
-  (simqemu.py), one simulated guest kernel (simkernel.py) and msixlab.ko under the real
-  guest agent (simdriver.py).  Requests and replies go through the real JSON-lines
+  (simqemu.py), one simulated guest kernel (simkernel.py) and msixlab.ko (simdriver.py)
+  under the real guest agent (simagent.py).  Requests and replies go through the real JSON-lines
   codecs on both channels, so a scenario sees exactly the shapes a booted lab gives it.
   The guest tests remain the proof on the real thing: this is a model of QEMU 11.1.3 and
   Linux 7.3 as msixlab observed them (docs/device.md, docs/kmod.md), not the real ones.
@@ -50,7 +50,8 @@ from agent.host.errors import DeviceControlError, GuestAgentError, HostError
 from agent.host.scenarios import cpu_hotplug, default, irq_fault, nics, remove_rescan, reset_step
 from agent.host.scenarios.default import Scenario
 from agent.host.scenarios.nics import PerNic
-from agent.host.testkit.simdriver import SimAgent, SimGuest, Waits
+from agent.host.testkit.simagent import SimAgent
+from agent.host.testkit.simdriver import SimGuest, Waits
 from agent.host.testkit.simkernel import SimKernel
 from agent.host.testkit.simqemu import SimQemu
 from agent.host.verdict import routing
@@ -69,13 +70,15 @@ def bdf(nic: int) -> str:
 
 class SimClock:
     """Virtual seconds: ``now()``; ``call_later(delay, fn)`` (the device's timers);
-    ``sleep(s)`` runs every timer due within ``s`` seconds, in order, then ``after()``."""
+    ``sleep(s)`` runs every timer due within ``s`` seconds, in order, each followed by
+    ``after()``, both under ``lock`` (the lab's: a timer touches the device)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock=None) -> None:
         self.t = 0.0
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.after: Callable[[], None] = lambda: None
+        self.lock = lock or threading.RLock()
 
     def now(self) -> float:
         """The virtual time, in seconds."""
@@ -91,8 +94,9 @@ class SimClock:
         while self._timers and self._timers[0][0] <= end:
             due, _, fn = heapq.heappop(self._timers)
             self.t = max(self.t, due)
-            fn()
-            self.after()
+            with self.lock:
+                fn()
+                self.after()
         self.t = end
 
     def wait(self, condition: Callable[[], object], seconds: float) -> bool:
@@ -208,7 +212,7 @@ class FakeLab:
         self.turn = threading.Condition()
         self.raised_by_clients = 0     # raises made through second control clients
         self.clients = 0               # second control clients handed out, not closed
-        self.clock = SimClock()
+        self.clock = SimClock(self.lock)
         self.kernel = SimKernel(cpus)
         self.devices: list[FakeDevice] = []
         for nic in range(nics):
@@ -339,8 +343,9 @@ def run_scenario(cls: type[Scenario], *, nics: int = 1, say=lambda text: None,
                  lab: FakeLab | None = None, **options) -> Scenario:
     """Run scenario ``cls`` (on every NIC in turn with ``nics`` > 1, as ``PerNic``) on
     ``lab`` or a fresh ``FakeLab(nics=nics, **options)``, under virtual time; return the
-    scenario (its ``results``, ``stopped_at``, ``ledger``...).  Errors of the run (a
-    driver error the scenario did not expect) propagate, as in a real run."""
+    scenario (its ``results``, ``stopped_at``, ``ledger``, ``lab``...) with the snapshot
+    its run returned as ``final``.  Errors of the run (a driver error the scenario did
+    not expect) propagate, as in a real run."""
     lab = lab or FakeLab(nics=nics, **options)
     scenario = PerNic(lab, cls, nics, say=say) if nics > 1 else cls(lab, say=say)
     with virtual_time(lab):

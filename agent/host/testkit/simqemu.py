@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 from collections.abc import Callable
 
 from qemu_device.device.config_space import (MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE,
@@ -47,8 +46,6 @@ from qemu_device.protocol import (HEADER_SIZE, Command, Header, HeaderFlags, Irq
                                   IrqInfoFlags, IrqSet, RegionAccess, pack_message)
 
 from agent.host.verdict.outcome import CouldNotJudge, Outcome
-
-log = logging.getLogger(__name__)
 
 CONFIG = 7                       # VFIO_PCI_CONFIG_REGION_INDEX
 MSIX = 2                         # VFIO_PCI_MSIX_IRQ_INDEX
