@@ -36,6 +36,8 @@ from pathlib import Path
 
 from msixlab_common.removal import remove_tree
 
+from agent.host.testkit.fakelab import SIMULATED
+
 from .catalogue import AGENT, ACCOUNTING, MUTANTS, Edit, Mutant, _m
 from .run import CatalogueRot, MutantResult, apply, check_applies, copy_project, judge, \
     project_files
@@ -43,7 +45,6 @@ from .run import CatalogueRot, MutantResult, apply, check_applies, copy_project,
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_PATHS = ("qemu_device/", "agent/host/verdict/", "agent/host/scenarios/",
               "agent/host/testkit/", AGENT)
-SIMULATED = ("default", "cpu-hotplug", "remove-rescan")
 COPIED = ("agent/", "qemu_device/", "msixlab_common/", "mutants/")
 TIMEOUT_S = 300.0
 SIMDRIVER = "agent/host/testkit/simdriver.py"
@@ -61,8 +62,9 @@ def _twin(name: str, *edits: Edit) -> Mutant:
 _COUNTS_TWICE = Edit(SIMDRIVER, "        vec.counts[cpu] += 1\n", "        vec.counts[cpu] += 2\n")
 TWINS = (
     _twin("kmod-request-irq-failure-leaks",
-          Edit(SIMDRIVER, "        except KernelErrno:\n            self.function.free_irq_at(desc)\n"
-                          "            raise\n", "        except KernelErrno:\n            raise\n")),
+          Edit(SIMDRIVER, "        except KernelErrno:\n"
+                          "            self.function.free_irq_at(desc)\n            raise\n",
+               "        except KernelErrno:\n            raise\n")),
     _twin("kmod-affinity-hint-ignored",
           Edit(SIMDRIVER, "alloc_irq_at(index, group.cpu, group.managed)",
                "alloc_irq_at(index, None, False)")),
@@ -83,15 +85,16 @@ TWINS = (
     _twin("kmod-handler-counts-twice", _COUNTS_TWICE),
     _twin("weakened-counts-allow-extra", _COUNTS_TWICE),
     _twin("kmod-free-keeps-table-entry",
-          Edit(SIMDRIVER, "        if dynamic:\n            self.function.free_irq_at(vec.desc)\n",
-               "")),
+          Edit(SIMDRIVER,
+               "        if dynamic:\n            self.function.free_irq_at(vec.desc)\n", "")),
     _twin("kmod-doorbell-wrong-index",
           Edit(SIMDRIVER, "mmio_write(0, REG_ICS, index)", "mmio_write(0, REG_ICS, index ^ 1)")),
     _twin("kmod-function-mask-never-set",
           Edit(SIMDRIVER, "control = self.ml.function.function_mask(masked)",
                "control = self.ml.function.function_mask(False)")),
     _twin("kmod-pba-readout-low-half",
-          Edit(SIMKERNEL, "            words.append(hi << 32 | lo)", "            words.append(lo)")),
+          Edit(SIMKERNEL, "            words.append(hi << 32 | lo)",
+               "            words.append(lo)")),
     _twin("kmod-min-not-honoured",
           Edit(SIMDRIVER, "        if group.count < min_:\n", "        if group.count < 1:\n")),
     _twin("kmod-full-table-ebusy",

@@ -258,3 +258,9 @@ def test_the_example_of_the_page_runs():
     section = page[page.index("## The fake lab"):]
     (example,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
     exec(compile(example, "docs/writing-tests.md", "exec"), {})
+
+
+@pytest.mark.parametrize("name", ["hotplug", "vfio-pci"])
+def test_a_scenario_it_does_not_simulate_is_refused_saying_why(name):
+    with pytest.raises(HostError, match=f"does not run scenario '{name}'"):
+        run_scenario(scenarios.get(name))

@@ -58,6 +58,11 @@ from agent.host.verdict import routing
 from agent.host.verdict.outcome import DriverCallFailed
 
 MAX_VECTORS, MAX_CPUS, MAX_NICS = 2048, 64, 8
+#: the scenarios the fake lab runs, and why not the others
+SIMULATED = ("default", "cpu-hotplug", "remove-rescan")
+NOT_SIMULATED = {"hotplug": "QMP device_del and device_add are not simulated (QEMU 11.1.3 "
+                            "aborts on device_del; a fixed QEMU was never observed here)",
+                 "vfio-pci": "vfio-pci and the guest's VFIO client are not simulated"}
 #: the modules whose ``time`` and ``Deadline`` ``virtual_time`` replaces for a run
 SCENARIO_MODULES = (default, cpu_hotplug, reset_step, irq_fault, nics, remove_rescan)
 TEARDOWN_WINDOW_S = 2.0      # the longest a teardown waits for a raiser's raise (wall time)
@@ -161,12 +166,17 @@ class FakeDevice:
         self.pid = None
         self.bus = EventBus(event_log)
         qemu.device.msix.scheduler = lab.clock.call_later
-        qemu.device.msix.sink = qemu.endpoint.sink = self.bus.sink()
+        self.bus.on_change = self._sinks
+        self._sinks()
         self.ctx = ControlContext(qemu.device, self.bus,
                                   lambda: {"client_connected": True, "pid": None})
         self._keys = itertools.count(1)
         self._ids = itertools.count(1)
         self.control = self.new_session()
+
+    def _sinks(self) -> None:
+        """The device and its endpoint emit events while anyone listens (as the server)."""
+        self.qemu.device.msix.sink = self.qemu.endpoint.sink = self.bus.sink()
 
     def new_session(self) -> ControlSession:
         """A control session of its own (a client's connection)."""
@@ -346,6 +356,9 @@ def run_scenario(cls: type[Scenario], *, nics: int = 1, say=lambda text: None,
     scenario (its ``results``, ``stopped_at``, ``ledger``, ``lab``...) with the snapshot
     its run returned as ``final``.  Errors of the run (a driver error the scenario did
     not expect) propagate, as in a real run."""
+    if cls.NAME not in SIMULATED:
+        raise HostError(f"the fake lab does not run scenario {cls.NAME!r}: "
+                        + NOT_SIMULATED.get(cls.NAME, f"it simulates {', '.join(SIMULATED)}"))
     lab = lab or FakeLab(nics=nics, **options)
     scenario = PerNic(lab, cls, nics, say=say) if nics > 1 else cls(lab, say=say)
     with virtual_time(lab):
