@@ -34,6 +34,7 @@ import functools
 import heapq
 import itertools
 import json
+import logging
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -56,6 +57,8 @@ from agent.host.testkit.simkernel import SimKernel
 from agent.host.testkit.simqemu import SimQemu
 from agent.host.verdict import routing
 from agent.host.verdict.outcome import DriverCallFailed
+
+log = logging.getLogger(__name__)
 
 MAX_VECTORS, MAX_CPUS, MAX_NICS = 2048, 64, 8
 #: the scenarios the fake lab runs, and why not the others
@@ -322,9 +325,10 @@ class FakeLab:
             depth += 1
         try:
             with self.turn:
-                self.turn.wait_for(lambda: self.raised_by_clients > started
-                                   or not self.clients,
-                                   TEARDOWN_WINDOW_S)
+                if not self.turn.wait_for(lambda: self.raised_by_clients > started
+                                          or not self.clients, TEARDOWN_WINDOW_S):
+                    log.warning("teardown: no raise from the %d control client(s) out within "
+                                "%g s; the teardown goes on", self.clients, TEARDOWN_WINDOW_S)
         finally:
             for _ in range(depth):
                 self.lock.acquire()
