@@ -11,6 +11,8 @@
 # bisect uses against its own tree).  Leaves OUTDIR/msixlab.ko; on failure exits
 # non-zero with the compiler's messages on stderr.
 # MSIXLAB_KVER=VER selects linux-headers-VER when the rootfs holds several.
+# MSIXLAB_W=LEVELS builds with kbuild's extra warnings (make W=LEVELS: 1, 2
+# and 3 or a combination such as 12); their messages are in OUTDIR/build.log.
 set -eu
 
 usage() {
@@ -19,6 +21,13 @@ usage() {
 }
 
 [ $# -eq 2 ] || usage
+w=${MSIXLAB_W:-}
+case $w in
+*[!123]*)
+	echo "$0: MSIXLAB_W must be kbuild's warning levels (1, 2, 3 or a combination such as 12), not '$w'" >&2
+	exit 2
+	;;
+esac
 rootfs=$(realpath "$1")
 mkdir -p "$2"
 outdir=$(realpath "$2")
@@ -55,8 +64,8 @@ unshare -m sh -eu -c '
 	mount --make-rprivate /
 	mount -t proc proc "$1/proc"
 	mount --bind "$2" "$1/mnt"
-	exec chroot "$1" make -C /mnt KDIR="$3" modules
-' build "$rootfs" "$outdir" "$hdrs" >"$outdir/build.log" 2>&1 || {
+	exec chroot "$1" make -C /mnt KDIR="$3" ${4:+"W=$4"} modules
+' build "$rootfs" "$outdir" "$hdrs" "$w" >"$outdir/build.log" 2>&1 || {
 	cat "$outdir/build.log" >&2
 	echo "$0: build failed (log: $outdir/build.log)" >&2
 	exit 1
