@@ -101,7 +101,7 @@ def cmd_boot(args) -> int:
     print each boot's times and the median (JSON with --json).  A kernel the rig cannot use
     raises ``CouldNotJudge``."""
     from agent.host.lab.boot import boot_ready
-    options = kernel_options.from_args(args)
+    options = kernel_options.from_args(args).check()       # before the image is built
     image = _image_with_progress()
     kernel, qemu = kernel_options.select(options, image, console)
     kernel.check_supported()
@@ -136,7 +136,7 @@ def cmd_shell(args) -> int:
     """``msixlab shell``: a manual session on the guest's console (``--dry-run`` prints the
     commands)."""
     from agent.host.jobs.shell import shell_session
-    options = kernel_options.from_args(args)
+    options = kernel_options.from_args(args).check()       # before the image is built
     image = _image_with_progress()
     kernel, qemu = kernel_options.select(options, image, console)
     choice = options.choose_accel(image)
@@ -167,7 +167,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_soak(args) -> int:
-    """``msixlab soak``: the soak in a real guest (soak_job.run_soak); its exit code."""
+    """``msixlab soak``: the soak in a real guest (jobs/soak.py, run_soak); its exit code."""
     from agent.host.jobs.soak import run_soak
     with progress.phase(console, "msixlab soak"):
         return run_soak(args, console)

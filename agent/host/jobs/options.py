@@ -67,11 +67,11 @@ def from_args(args: argparse.Namespace, **changes: Any) -> LabOptions:
 
 def select(options: LabOptions, image: Image,
            console: Console) -> tuple[KernelUnderTest, list[str] | None]:
-    """Check ``options`` (an ``OptionsError`` names every problem: a bad option, nothing
-    started), then the kernel under test they name (a tree built first, with the
-    progress display, when ``--build``) and the argv prefix of their QEMU (None: the
-    image's)."""
-    options.check()
+    """The kernel under test ``options`` name (a tree built first, with the progress
+    display, when ``--build``) and the argv prefix of their QEMU (None: the image's).
+    The caller checked them (``LabOptions.check``) before finding the image; the paths
+    are checked again here by the code that uses them."""
+    options.check(paths=False)
 
     def build(tree: KernelTree) -> None:
         log_path = options.build_log()
