@@ -121,3 +121,17 @@ def test_the_fallback_reproduce_line_of_a_version_1_run_keeps_what_it_recorded(t
     args = cli.parser().parse_args(shlex.split(run.provenance.reproduce)[1:])
     assert (args.iommu, args.nics, args.append, args.accel, args.msix_noresize) == (
         True, 2, ["nokaslr"], "kvm", True)
+
+
+def test_kcidb_names_a_kernel_trees_checkout_after_the_tree(tmp_path):
+    # metadata.kernel_tree was never written: a tree's checkout was "debian-None"
+    from agent.host.results import kcidb
+
+    def tree_run(doc):
+        doc["metadata"].update(flavor=None, kernel_under_test={
+            "label": "tree /src/linux", "kdir": "/src/linux",
+            "bzimage": "/src/linux/arch/x86/boot/bzImage"})
+    checkout = kcidb.render(model.load(make_run(tmp_path / "t", tree_run)))["checkouts"][0]
+    assert checkout["tree_name"] == "src_linux"
+    plain = kcidb.render(model.load(make_run(tmp_path / "p")))["checkouts"][0]
+    assert plain["tree_name"] == "debian-default"

@@ -93,9 +93,8 @@ class RunJob(Job):
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunJob":
         """The job a parsed ``msixlab run`` command line asks for (not checked yet)."""
-        return cls(from_args(args), getattr(args, "scenario", scenarios.DEFAULT),
-                   show_all=getattr(args, "table", "live") == "all",
-                   dry_run=bool(getattr(args, "dry_run", False)))
+        return cls(from_args(args), args.scenario, show_all=args.table == "all",
+                   dry_run=args.dry_run)
 
     def check(self) -> None:
         """The options and the scenario's needs (``check_options``)."""
