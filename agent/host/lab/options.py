@@ -51,8 +51,8 @@ MAX_NICS = 8           # root ports and device servers the rig starts
 MAX_CPUS = 64          # what the rig boots and reads back per-CPU counts for
 MAX_JOBS = 1024        # ``make -jN`` bound for ``--jobs``
 
-#: the path fields, and whether each names a directory
-PATHS = {"kernel_tree": True, "kernel": False, "kdir": True, "qemu": False}
+#: the fields that name a path
+PATHS = ("kernel_tree", "kernel", "kdir", "qemu")
 
 Build = Callable[[kbuild.KernelTree], object]
 
