@@ -191,8 +191,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    """The header line: flavor, vectors, CPUs, and whether each test gets a fresh lab."""
-    flavor = config.getoption("msixlab_flavor") or os.environ.get("KERNEL_FLAVOR") or "default"
-    return (f"msixlab: flavor {flavor}, {config.getoption('msixlab_vectors')} vectors, "
-            f"{config.getoption('msixlab_cpus')} CPUs"
+    """The header line: flavor, vectors, CPUs, and whether each test gets a fresh lab (the
+    options as ``pytest_configure`` checked them)."""
+    options = config.stash[_OPTIONS]
+    return (f"msixlab: flavor {options.flavor}, {options.vectors} vectors, "
+            f"{options.cpus} CPUs"
             + (", a fresh lab per test" if config.getoption("msixlab_fresh_lab") else ""))
