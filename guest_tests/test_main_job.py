@@ -30,6 +30,12 @@ def test_msixlab_run_passes_and_writes_routing_json(image, flavor, tmp_path):
     (run_dir,) = tmp_path.iterdir()
     doc = json.loads((run_dir / "routing.json").read_text())
     assert doc["metadata"]["kernel"] == image.kernel(flavor).version
+    # version 2's metadata (docs/routing.md): what decided the run, then what ran
+    meta = doc["metadata"]
+    assert doc["version"] == 2 and meta["job"] == "run" and meta["seed"] == 0
+    assert meta["options"]["flavor"] == flavor and meta["options"]["scenario"] == "default"
+    assert meta["reproduce"].startswith(f"msixlab run --flavor {flavor} ")
+    assert meta["reproduce"].endswith(" --vectors 64 --cpus 2")
     assert doc["verdict"]["outcome"] == "pass" and doc["verdict"]["exit_code"] == 0
     assert doc["verdict"]["counts"]["not_judged"] == 0
     judged = {(r["step"], r["name"]) for r in doc["results"]}

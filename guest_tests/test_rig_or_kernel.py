@@ -24,7 +24,7 @@ import time
 import pytest
 from rich.console import Console
 
-from agent.host.jobs.run import run_in_lab
+from agent.host.jobs.job import run_in_lab
 from agent.host.lab.lab import Lab
 from agent.host.rundirs import RunDirs
 from agent.host.verdict.outcome import Outcome, RunVerdict

@@ -30,7 +30,7 @@ def test_soak_cli_passes_and_its_summary_reconciles(image, tmp_path):
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("soak-")]
     record = json.loads((run_dir / "soak.json").read_text())
     summary = record["summary"]
-    assert record["verdict"]["exit_code"] == 0 and record["seed"] == 11
+    assert record["verdict"]["exit_code"] == 0 and record["metadata"]["seed"] == 11
     assert summary["ops"] == len(record["op_log"]) == sum(summary["ops_by_kind"].values()) > 20
     by_source = summary["raises_by_source"]
     assert summary["raises"] == sum(by_source.values())
@@ -46,6 +46,10 @@ def test_soak_cli_passes_and_its_summary_reconciles(image, tmp_path):
     # the result files, as for run: routing.json's verdict and a junit.xml with no failure
     routing = json.loads((run_dir / "routing.json").read_text())
     assert routing["verdict"]["exit_code"] == 0 and routing["checks"]["fail"] == 0
+    # one metadata layout: soak.json's is routing.json's (docs/routing.md)
+    assert (record["schema"], record["version"], routing["version"]) == ("msixlab.soak", 2, 2)
+    assert record["metadata"] == routing["metadata"] and record["metadata"]["job"] == "soak"
+    assert record["metadata"]["options"]["seconds"] == 4
     junit = (run_dir / "junit.xml").read_text()
     assert 'failures="0"' in junit and "no_interrupt_lost" in junit
 
@@ -77,8 +81,9 @@ def test_two_nic_soak_passes_with_ops_and_interrupts_on_both(image, tmp_path):
         assert nic["raises_by_source"].get("device", 0) <= nic["interrupts"] <= nic["raises"]
     assert summary["interrupts"] == sum(n["interrupts"] for n in nics.values())
     assert summary["raises"] == sum(n["raises"] for n in nics.values())
-    assert "--nics 2" in record["reproduce"] and record["options"]["nics"] == 2
-    assert set(record["nic_records"]) == {"nic0", "nic1"}
+    meta = record["metadata"]
+    assert "--nics 2" in meta["reproduce"] and meta["options"]["nics"] == 2
+    assert set(meta["nic_records"]) == {"nic0", "nic1"}
     assert routing["verdict"]["exit_code"] == 0 and routing["checks"]["fail"] == 0
     assert {r["step"] for r in routing["results"]} == {"nic0/soak", "nic1/soak"}
     assert "nic1: " in stderr and "nic1: ops, raises, interrupts" in stderr
@@ -100,7 +105,8 @@ def test_raises_dropped_on_nic1_fail_the_soak_named_for_nic1(image, tmp_path):
     assert [f["nic"] for f in record["verdict"]["faults_armed"]] == [1]
     assert record["summary"]["nics"]["nic0"]["device"].get("dropped", 0) == 0
     assert routing["verdict"]["exit_code"] == 1 and routing["checks"]["fail"] == len(failed)
-    assert "nic1/" in stderr and "--device-fault=drop_raise:nic=1,count=0" in record["reproduce"]
+    assert "nic1/" in stderr and ("--device-fault=drop_raise:nic=1,count=0"
+                                  in record["metadata"]["reproduce"])
 
 
 def _soak(lab, seed: int, ops: int) -> Soak:

@@ -128,7 +128,7 @@ def test_an_empty_path_given_programmatically_is_a_bad_option():
     from agent.host.kernel.errors import KernelTreeError
     for name in ("kernel_tree", "qemu"):
         with pytest.raises(KernelTreeError, match=f"--{name.replace('_', '-')} needs a path"):
-            options.select(argparse.Namespace(**{name: ""}), None, None)
+            options.from_args(argparse.Namespace(**{name: ""})).check()
 
 
 @pytest.mark.parametrize("words", [["--jobs", "0"], ["--jobs", "-5"], ["--nice", "100"],
@@ -184,14 +184,14 @@ def test_a_device_fault_the_device_would_refuse_is_refused_before_anything(spec,
 def test_the_device_fault_examples_in_the_help_are_accepted():
     import re
 
-    from agent.host.jobs.run import check_faults
+    from agent.host.lab.options import fault_problems
     top = cli.parser()
     run = top._subparsers._group_actions[0].choices["run"]
     text = " ".join(run.format_help().split())
     examples = re.findall(r"\b(?:drop_raise|errno_reply):\S+?(?=[ ,)])", text)
     assert len(examples) == 2, text
     for example in examples:                      # errno_reply:command=SET_IRQS was refused
-        check_faults([cli.device_fault(example)], 1)
+        assert fault_problems([cli.device_fault(example)], 1) == []
 
 
 @pytest.mark.parametrize("argv", [
@@ -240,7 +240,7 @@ def test_results_that_cannot_be_written_turn_only_a_pass_into_125(outcome, after
     # saved lost the verdict (a check_failed became a bare 125).
     import errno
 
-    from agent.host.jobs.run import report_unwritten, unwritten
+    from agent.host.jobs.job import report_unwritten, unwritten
     from agent.host.verdict.outcome import Outcome, RunVerdict
     from rich.console import Console
     verdict = RunVerdict(Outcome(outcome), "as judged", counts={"passed": 3})

@@ -1,6 +1,7 @@
-"""The reproduce commands of ``run`` and ``soak``: parsed again, each gives back every
-option that decides what was run (so a soak's seed replays the same churn on the same
-machine, not on a default one)."""
+"""The reproduce commands of ``run`` and ``soak`` (one ``reproduce_command``, made from
+what a job records: results/provenance.py): parsed again, each gives back every option
+that decides what was run (so a soak's seed replays the same churn on the same machine,
+not on a default one)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ import shlex
 import pytest
 
 from agent.host import cli
-from agent.host.jobs.run import reproduce_command as run_reproduce
-from agent.host.jobs.soak import reproduce_command as soak_reproduce
+from agent.host.jobs.run import RunJob
+from agent.host.jobs.soak import SoakJob
 
 DECISIVE = ("flavor", "kernel_tree", "kernel", "kdir", "qemu", "vectors", "cpus",
             "msix_maskable", "msix_noresize", "iommu", "device_fault", "append")
+
+
+def run_reproduce(args) -> str:
+    return RunJob.from_args(args).reproduce()
+
+
+def soak_reproduce(args, seed: int) -> str:
+    return SoakJob.from_args(args, seed=seed).reproduce()
 
 
 def reparsed(command: str):

@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 from agent.host import cli, scenarios
-from agent.host.jobs.run import check_options, judge, reproduce_command
+from agent.host.jobs.run import RunJob, judge
 from agent.host.scenarios import reset_step, default as scenario
 from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, vfio_pci, vfio_selftests
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
@@ -68,6 +68,11 @@ def test_judge_counts_the_scenarios_own_plan():
     s.results = [r for r in s.results if r.name != "managed_shut_down"]
     (missing,) = s.not_judged()
     assert (missing.step, missing.name) == ("cpu-offline", "managed_shut_down")
+
+
+def reproduce_command(args) -> str:
+    """The reproduce line of the run ``args`` ask for (the one ``reproduce_command``)."""
+    return RunJob.from_args(args).reproduce()
 
 
 def test_the_reproduce_command_names_a_scenario_other_than_the_default():
@@ -135,11 +140,13 @@ def test_nics_are_bounded_and_hotplug_takes_none(capsys):
 def test_vfio_pci_adds_the_viommu_and_takes_no_nics(capsys):
     args = cli.parser().parse_args(["run", "--scenario", "vfio-pci"])
     assert not args.iommu
-    assert check_options(args).NAME == "vfio-pci" and args.iommu     # added by the scenario
-    assert "--iommu" in reproduce_command(args)
-    default = cli.parser().parse_args(["run"])
-    check_options(default)
-    assert not default.iommu
+    job = RunJob.from_args(args)
+    job.check()                                         # check_options, on the job's options
+    assert job.scenario_cls.NAME == "vfio-pci" and job.options.iommu   # added by the scenario
+    assert "--iommu" in job.reproduce()
+    default = RunJob.from_args(cli.parser().parse_args(["run"]))
+    default.check()
+    assert not default.options.iommu
     assert cli.main(["run", "--scenario", "vfio-pci", "--nics", "2"]) == 125
     assert "'vfio-pci' runs on nic0 only: it takes no --nics" in capsys.readouterr().err
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from agent.host import cli
-from agent.host.jobs.soak import reproduce_command
+from agent.host.jobs.soak import SoakJob
 from agent.host.scenarios.soak import Soak
 from agent.host.scenarios.soak_nic import SoakStats
 from agent.host.verdict.routing import Snapshot, Verdict
@@ -119,10 +119,10 @@ def test_soak_defaults_to_one_nic_and_reproduces_its_nics():
     assert cli.parser().parse_args(["soak"]).nics == 1
     args = cli.parser().parse_args(["soak", "--nics", "3", "--device-fault",
                                     "drop_raise:nic=2,count=0"])
-    words = reproduce_command(args, 7).split()
+    words = SoakJob.from_args(args, seed=7).reproduce().split()
     assert words[words.index("--nics") + 1] == "3"
     assert "--device-fault=drop_raise:nic=2,count=0" in words
-    assert "--nics" not in reproduce_command(cli.parser().parse_args(["soak"]), 7)
+    assert "--nics" not in SoakJob.from_args(cli.parser().parse_args(["soak"]), seed=7).reproduce()
 
 
 def test_the_live_cap_is_shared_by_every_nic():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import statistics
 import sys
@@ -47,6 +46,7 @@ from agent.host.jobs import doctor, progress
 from agent.host.jobs import kernel as kernel_commands
 from agent.host.jobs import options as kernel_options
 from agent.host.lab import accel as accel_mod
+from agent.host.lab.options import MAX_CPUS, MAX_NICS, MAX_VECTORS, OptionsError, flavor_from
 from agent.host.results import provenance as version
 from agent.host.rundirs import check_results_root
 from agent.host.scenarios.default import MIN_TABLE
@@ -101,16 +101,17 @@ def cmd_boot(args) -> int:
     print each boot's times and the median (JSON with --json).  A kernel the rig cannot use
     raises ``CouldNotJudge``."""
     from agent.host.lab.boot import boot_ready
+    options = kernel_options.from_args(args).check()       # before the image is built
     image = _image_with_progress()
-    kernel, qemu = kernel_options.select(args, image, console)
+    kernel, qemu = kernel_options.select(options, image, console)
     kernel.check_supported()
-    choice = accel_mod.choose(args.accel, image, args.flavor)
+    choice = options.choose_accel(image)
     results = []
     for i in range(args.count):
         with progress.phase(console, f"boot {i + 1}/{args.count}: {kernel.label} kernel"):
             result = boot_ready(image, kernel, accel=choice.accel, timeout=args.timeout,
-                                results_root=Path(args.results), qemu=qemu,
-                                append=tuple(args.append))
+                                results_root=Path(options.results), qemu=qemu,
+                                append=options.append)
         results.append(result)
         console.print(f"boot {i + 1}/{args.count}: {result.kernel} ready in "
                       f"{result.ready_seconds:.2f} s wall (guest uptime {result.guest_uptime:.2f} s), "
@@ -135,14 +136,16 @@ def cmd_shell(args) -> int:
     """``msixlab shell``: a manual session on the guest's console (``--dry-run`` prints the
     commands)."""
     from agent.host.jobs.shell import shell_session
+    options = kernel_options.from_args(args).check()       # before the image is built
     image = _image_with_progress()
-    kernel, qemu = kernel_options.select(args, image, console)
-    choice = accel_mod.choose(args.accel, image, args.flavor)
-    return shell_session(image, kernel, Path(args.results), console, accel=choice.accel,
-                         vectors=args.vectors, cpus=args.cpus, nic=not args.no_nic,
+    kernel, qemu = kernel_options.select(options, image, console)
+    choice = options.choose_accel(image)
+    return shell_session(image, kernel, Path(options.results), console, accel=choice.accel,
+                         vectors=options.vectors, cpus=options.cpus, nic=not args.no_nic,
                          kmod=not args.no_kmod, dry_run=args.dry_run,
-                         msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-                         iommu=args.iommu, qemu=qemu, append=tuple(args.append))
+                         msix_maskable=options.msix_maskable,
+                         msix_noresize=options.msix_noresize, iommu=options.iommu,
+                         qemu=qemu, append=options.append)
 
 
 def cmd_scenarios(args) -> int:
@@ -164,7 +167,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_soak(args) -> int:
-    """``msixlab soak``: the soak in a real guest (soak_job.run_soak); its exit code."""
+    """``msixlab soak``: the soak in a real guest (jobs/soak.py, run_soak); its exit code."""
     from agent.host.jobs.soak import run_soak
     with progress.phase(console, "msixlab soak"):
         return run_soak(args, console)
@@ -180,9 +183,6 @@ def _positive(text: str) -> int:
     return value
 
 
-MAX_VECTORS = 2048     # the MSI-X table size limit (PCI spec)
-MAX_NICS = 8           # root ports and device servers the rig starts
-MAX_CPUS = 64          # what the rig boots and reads back per-CPU counts for
 MAX_SOAK_S = 7 * 86400  # a week
 
 
@@ -196,11 +196,10 @@ class Parser(argparse.ArgumentParser):
         error of the parse."""
         namespace, extras = super().parse_known_args(args, namespace)
         if getattr(namespace, "flavor", "") is None:
-            env_flavor = os.environ.get("KERNEL_FLAVOR")
-            if env_flavor and env_flavor not in recipe.FLAVORS:
-                self.error(f"KERNEL_FLAVOR must be one of {', '.join(sorted(recipe.FLAVORS))}, "
-                           f"not {env_flavor!r}")
-            namespace.flavor = env_flavor or recipe.DEFAULT_FLAVOR
+            try:
+                namespace.flavor = flavor_from(None)
+            except OptionsError as err:
+                self.error(str(err))
         appended = cmdline_text(getattr(namespace, "append", None) or ())
         if len(appended) > MAX_APPEND:          # each --append was checked, not their sum
             self.error(f"--append: {len(appended)} characters in all, more than {MAX_APPEND}")

@@ -26,11 +26,12 @@ from agent.host.argtypes import bounded_int, path_text
 from agent.host.errors import EXIT_INFRA, EXIT_PASS
 from agent.host.jobs.bisect import Bisect
 from agent.host.jobs.kernel_progress import build_with_progress
-from agent.host.jobs.options import MAX_JOBS
+from agent.host.jobs.options import from_args
 from agent.host.jobs.run import check_options
 from agent.host.kernel import config as kconfig
 from agent.host.kernel.build import KernelTree
 from agent.host.kernel.errors import BisectError, KernelTreeError
+from agent.host.lab.options import MAX_JOBS
 from agent.host.rundirs import new_run_id
 from agent.host.verdict.outcome import CouldNotJudge
 
@@ -116,8 +117,8 @@ def check_run_options(run_parser: argparse.ArgumentParser, options: list[str]) -
                               f"step ({why})")
         setattr(run_args, dest, None)
     try:
-        check_options(run_args)
-    except CouldNotJudge as err:
+        check_options(from_args(run_args), run_args.scenario)
+    except (CouldNotJudge, KernelTreeError) as err:
         raise BisectError(f"-- RUN-OPTIONS {shlex.join(options)}: {err}") from err
 
 

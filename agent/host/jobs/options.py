@@ -1,17 +1,20 @@
-"""The command-line options that choose the kernel under test and the QEMU.
+"""The command-line side of what to boot: argparse options in, one ``LabOptions`` out.
 
-Concepts: ``run``, ``shell`` and ``boot`` take the same choice: an image flavor
-(``--flavor``, the default), a kernel tree (``--kernel-tree DIR``, built first with
-``--build``), or a prebuilt kernel (``--kernel BZIMAGE --kdir DIR``); and ``--qemu PATH``
-for another QEMU.  ``add_options`` declares them, ``select`` validates the combination
-(a bad one is a ``KernelTreeError``: a bad option, nothing started), builds the tree when
-asked, and returns the ``KernelUnderTest`` and the QEMU argv (None: the image's).
+Concepts: ``run``, ``soak``, ``shell`` and ``boot`` take the same choice of kernel: an
+image flavor (``--flavor``, the default), a kernel tree (``--kernel-tree DIR``, built
+first with ``--build``), or a prebuilt kernel (``--kernel BZIMAGE --kdir DIR``); and
+``--qemu PATH`` for another QEMU.  ``add_options`` declares those; ``from_args`` reads a
+parsed namespace (every option a command has, defaults for those it lacks) into the one
+typed description of a lab, ``LabOptions`` (lab/options.py), which owns the validation
+and the kernel choice; ``select`` checks it and makes the choice, building a tree with
+the progress display when asked.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import dataclasses
+from typing import Any
 
 from rich.console import Console
 
@@ -20,14 +23,11 @@ from images.image import Image
 from agent.host.argtypes import bounded_int, path_text
 from agent.host.jobs.kernel_progress import build_with_progress
 from agent.host.kernel.build import KernelTree
-from agent.host.kernel.errors import KernelTreeError
 from agent.host.kernel.under_test import KernelUnderTest
-from agent.host.lab.qemu_binary import check_qemu
-from agent.host.rundirs import new_run_id
+from agent.host.lab.options import MAX_JOBS, LabOptions
 
-
-#: ``make -jN`` bound for ``--jobs``.
-MAX_JOBS = 1024
+#: ``LabOptions`` field -> the namespace attribute (``dest``) that holds it, where they differ
+DESTS = {"device_faults": "device_fault"}
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -49,40 +49,34 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="another QEMU binary (>= 10.1, with vfio-user-pci)")
 
 
-def _defaults(args) -> None:
-    for name in ("kernel_tree", "build", "jobs", "kernel", "kdir", "qemu"):
-        if not hasattr(args, name):
-            setattr(args, name, False if name == "build" else None)
+def from_args(args: argparse.Namespace, **changes: Any) -> LabOptions:
+    """The ``LabOptions`` of a parsed command line: each field from the attribute of the
+    same name (``device_faults`` from ``device_fault``), the field's default where the
+    command has no such option or left it None; ``changes`` win.  Not checked yet
+    (``LabOptions.check``)."""
+    given = vars(args)
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(LabOptions):
+        if item.name == "flags":
+            continue
+        value = given.get(DESTS.get(item.name, item.name))
+        if value is not None:
+            values[item.name] = tuple(value) if isinstance(value, list) else value
+    return LabOptions(**{**values, **changes})
 
 
-def _validate(args) -> None:
-    _defaults(args)
-    for name in ("kernel_tree", "kernel", "kdir", "qemu"):
-        value = getattr(args, name)
-        if value is not None and not str(value).strip():    # "" is not "not given"
-            raise KernelTreeError(f"--{name.replace('_', '-')} needs a path, not {value!r}")
-    if args.build and not args.kernel_tree:
-        raise KernelTreeError("--build needs --kernel-tree DIR")
-    if args.kernel_tree and (args.kernel or args.kdir):
-        raise KernelTreeError("--kernel-tree and --kernel/--kdir are alternatives: give one")
-    if bool(args.kernel) != bool(args.kdir):
-        raise KernelTreeError("--kernel BZIMAGE and --kdir DIR go together")
-    if args.jobs is not None and args.jobs < 1:
-        raise KernelTreeError(f"--jobs must be at least 1, not {args.jobs}")
+def select(options: LabOptions, image: Image,
+           console: Console) -> tuple[KernelUnderTest, list[str] | None]:
+    """The kernel under test ``options`` name (a tree built first, with the progress
+    display, when ``--build``) and the argv prefix of their QEMU (None: the image's).
+    The caller checked them (``LabOptions.check``) before finding the image; the paths
+    are checked again here by the code that uses them."""
+    options.check(paths=False)
 
+    def build(tree: KernelTree) -> None:
+        log_path = options.build_log()
+        result = build_with_progress(tree, log_path, console, jobs=options.jobs)
+        console.print(f"built {tree.path} ({tree.release()}) in {result.seconds:.1f} s; "
+                      f"log {log_path}")
 
-def select(args, image: Image, console: Console) -> tuple[KernelUnderTest, list[str] | None]:
-    """The kernel under test and the QEMU argv prefix the options ask for."""
-    _validate(args)
-    qemu = check_qemu(args.qemu).argv if args.qemu else None
-    if args.kernel_tree:
-        tree = KernelTree.at(args.kernel_tree)
-        if args.build:
-            log_path = Path(args.results) / new_run_id("kernel-build") / "build.log"
-            result = build_with_progress(tree, log_path, console, jobs=args.jobs)
-            console.print(f"built {tree.path} ({tree.release()}) in {result.seconds:.1f} s; "
-                          f"log {log_path}")
-        return KernelUnderTest.from_tree(tree), qemu
-    if args.kernel:
-        return KernelUnderTest.from_prebuilt(args.kernel, args.kdir), qemu
-    return KernelUnderTest.from_flavor(image, args.flavor), qemu
+    return options.kernel_under_test(image, build=build), options.qemu_argv()

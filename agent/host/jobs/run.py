@@ -1,95 +1,40 @@
 """``msixlab run``: the main job on the default guest, ending in one classified verdict.
 
-Concepts: build or find the image, bring up a lab, run the default scenario, and turn
-however it ended into one ``RunVerdict`` (verdict/outcome.py): every declared check passed (0),
+Concepts: the job skeleton (jobs/job.py) with a scenario as its work: the options and
+the scenario's needs checked before anything starts, a lab, the scenario (``default``
+unless ``--scenario`` names another; per NIC with ``--nics``), and however it ended
+turned into one ``RunVerdict`` (verdict/outcome.py): every declared check passed (0),
 the kernel under test misbehaved (1: a failed or not-judged check, a kernel splat, a
 driver error where success was needed, a guest that stopped answering), or the run could
 not judge (125, with the reason's class).  The verdict is computed before any artifact
 is written and survives a failure to write them.  Everything goes to
 ``results/<run-id>/``: routing.json (with the verdict, every check result and the
-metadata), the console, QEMU's and the device's logs, and the guest's lspci, dmesg,
-/proc/interrupts and groups, as far as the guest could still give them.
+metadata), the console, QEMU's and the device's logs, and the guest's views (lspci,
+dmesg, /proc/interrupts, groups), as far as the guest could still give them.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import hashlib
-import json
-import logging
-import shlex
-import time
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-
-from images.build import ensure_image
-from qemu_device.errors import QemuDeviceError
-from qemu_device.faults import FaultTable
 
 from agent.host import scenarios
-from agent.host.argtypes import cmdline_text
 from agent.host.errors import MsixlabError
-from agent.host.jobs import dry_run
-from agent.host.jobs import options as kernel_options
 from agent.host.jobs import progress
-from agent.host.lab import accel as accel_mod
+from agent.host.jobs.job import Job, Setup, report_unwritten, run_job
+from agent.host.jobs.options import from_args
 from agent.host.lab.lab import Lab
-from agent.host.lab.qemu_argv import Share
+from agent.host.lab.options import LabOptions
 from agent.host.results import write_all as write_result_files
-from agent.host.results.provenance import what_ran
 from agent.host.results.routing_json import write_routing_json
 from agent.host.results.terminal import render
 from agent.host.rundirs import RunDirs
 from agent.host.scenarios.default import Scenario
-from agent.host.verdict.outcome import CouldNotJudge, Outcome, RunVerdict
+from agent.host.verdict.outcome import Outcome, RunVerdict
 from agent.host.verdict.routing import Snapshot, Verdict
-
-log = logging.getLogger(__name__)
-
-
-def print_dry_run(args, image, kernel, qemu) -> int:
-    """``--dry-run`` of ``run`` and ``soak``: print every device server's command (one per
-    NIC of ``--nics``) and QEMU's (with the 9p shares the scenario adds); returns 0."""
-    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
-    shares = getattr(scenario_cls, "dry_run_shares", lambda image, kernel: ())(image, kernel)
-    for argv in dry_run.commands(image, kernel, mode="agent", vectors=args.vectors,
-                                 cpus=args.cpus, nics=getattr(args, "nics", 1), qemu=qemu,
-                                 msix_maskable=args.msix_maskable,
-                                 msix_noresize=args.msix_noresize,
-                                 iommu=getattr(args, "iommu", False),
-                                 append=tuple(getattr(args, "append", ())),
-                                 extra_shares=tuple(Share(t, p) for t, p in shares)):
-        print(shlex.join(argv))
-    return 0
-
-
-def _modes_text(args) -> str:
-    modes = [m for m, on in (("maskable", args.msix_maskable),
-                             ("noresize", args.msix_noresize)) if on]
-    iommu = ", intel-iommu with interrupt remapping" if getattr(args, "iommu", False) else ""
-    return (f", MSI-X {'+'.join(modes)}" if modes else "") + iommu
-
-
-GUEST_VIEWS = (("lspci.txt", "lspci", {}), ("dmesg.txt", "dmesg", {"lines": 400}),
-               ("interrupts.json", "interrupts", {}), ("groups.json", "list_groups", {}))
-
-
-def _save_guest_views(lab: Lab) -> None:
-    """Best effort: a guest that crashed gives nothing, and that is recorded.  A file that
-    cannot be written raises ``OSError`` (``run_in_lab`` keeps the verdict)."""
-    for name, cmd, args in GUEST_VIEWS:
-        try:
-            result = lab.agent(cmd, timeout=10, **args)
-        except Exception as err:     # the run's verdict is already decided
-            result = {"error": str(err).splitlines()[0] if str(err) else type(err).__name__}
-        if name.endswith(".txt"):
-            text = result.get("stdout") if "stdout" in result else "\n".join(result.get("lines", []))
-            lab.save(name, (text or json.dumps(result)) + "\n")
-        else:
-            lab.save(name, json.dumps(result, indent=2) + "\n")
 
 
 def judge(scenario: Scenario, faults: list) -> RunVerdict:
@@ -115,250 +60,109 @@ def judge(scenario: Scenario, faults: list) -> RunVerdict:
                       faults=tuple(faults), counts=counts)
 
 
-def check_faults(faults: list[dict], nics: int) -> None:
-    """Refuse, before anything starts, a ``--device-fault`` the device server would refuse
-    once the guest is up (an unknown kind, a field that kind does not take, a value out of
-    range: checked by the device's own ``FaultTable``), or whose ``nic`` key (the NIC to
-    arm it on; NIC 0 without one) is not an integer 0..``nics``-1 (exit 125, bad option)."""
-    for spec in faults:
-        nic = spec.get("nic", 0)
-        if isinstance(nic, bool) or not isinstance(nic, int) or not 0 <= nic < nics:
-            raise CouldNotJudge(Outcome.BAD_OPTION, f"--device-fault {spec.get('kind')}: "
-                                f"nic={nic!r} names no NIC of this run (0..{nics - 1}, "
-                                f"--nics {nics})", fault=dict(spec), nics=nics)
-        try:
-            FaultTable().add({k: v for k, v in spec.items() if k != "nic"})
-        except QemuDeviceError as err:
-            raise CouldNotJudge(Outcome.BAD_OPTION, f"--device-fault {spec.get('kind')}: "
-                                f"{err.message}",
-                                fault=dict(spec)) from err
-
-
-def check_options(args) -> type[Scenario]:
-    """Refuse, before anything starts, options ``msixlab run`` cannot run with (the
-    scenario's needs, the device faults); returns the scenario's class."""
-    scenario_cls = scenarios.get(getattr(args, "scenario", scenarios.DEFAULT))
-    nics = getattr(args, "nics", 1)
-    scenarios.check_options(scenario_cls, args.cpus, nics)
+def check_options(options: LabOptions,
+                  name: str = scenarios.DEFAULT) -> tuple[type[Scenario], LabOptions]:
+    """Refuse, before anything starts, options ``msixlab run --scenario name`` cannot run
+    with (the options' own problems, ``LabOptions.check``, then the scenario's needs);
+    returns the scenario's class and the options it runs with (a scenario that needs
+    the vIOMMU, vfio-pci, adds it itself)."""
+    scenario_cls = scenarios.get(name)
+    options = options.check()
+    scenarios.check_options(scenario_cls, options.cpus, options.nics)
     if getattr(scenario_cls, "NEEDS_IOMMU", False):
-        args.iommu = True                  # vfio-pci needs the vIOMMU: it adds it itself
-    check_faults(getattr(args, "device_fault", []), nics)
-    return scenario_cls
+        options = dataclasses.replace(options, iommu=True)
+    return scenario_cls, options
 
 
-def _arm(lab: Lab, spec: dict) -> dict:
-    """Arm one fault on the NIC its ``nic`` key names (NIC 0 without one); the armed
-    fault as its device server returned it, with ``nic`` when the lab has several."""
-    nic = spec.get("nic", 0)
-    armed = lab.device_command_on(lab.devices[nic], "fault",
-                                  **{k: v for k, v in spec.items() if k != "nic"})
-    return {**armed, "nic": nic} if len(lab.devices) > 1 else armed
+class RunJob(Job):
+    """``msixlab run``: one scenario (per NIC with ``--nics``) on a fresh lab."""
 
+    name = "run"
+    prefix = "run"
 
-def _faults(lab: Lab, armed: list) -> list:
-    """Every fault armed on a device during the run: those this run armed (even if
-    already used up) and any still armed, by NIC and id (``nic`` in each with several
-    NICs)."""
-    several, current = len(lab.devices) > 1, []
-    for nic, device in enumerate(lab.devices):
+    def __init__(self, options: LabOptions, scenario: str = scenarios.DEFAULT, *,
+                 show_all: bool = False, dry_run: bool = False):
+        super().__init__(options, dry_run=dry_run)
+        self.scenario_name, self.show_all = scenario, show_all
+        self.scenario_cls: type[Scenario] = scenarios.get(scenario)
+        self.lab: Lab | None = None
+        self.runner: Any = None            # the Scenario (or PerNic) made by attach()
+        self.final: Snapshot | None = None
+        self.irq_info_flags: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunJob":
+        """The job a parsed ``msixlab run`` command line asks for (not checked yet)."""
+        return cls(from_args(args), args.scenario, show_all=args.table == "all",
+                   dry_run=args.dry_run)
+
+    def check(self) -> None:
+        """The options and the scenario's needs (``check_options``)."""
+        self.scenario_cls, self.options = check_options(self.options, self.scenario_name)
+
+    def own_options(self) -> dict[str, Any]:
+        return {"scenario": self.scenario_cls.NAME}
+
+    def dry_run_shares(self, image, kernel) -> tuple:
+        """What the scenario shares with the guest besides the rig's (the VFIO selftests'
+        build): (tag, path) pairs."""
+        return tuple(getattr(self.scenario_cls, "dry_run_shares",
+                             lambda image, kernel: ())(image, kernel))
+
+    @property
+    def scenario(self) -> str:
+        return self.scenario_cls.NAME
+
+    def announce(self, setup: Setup) -> str:
+        return (f"run {setup.dirs.run_id}: scenario {self.scenario_cls.NAME}, "
+                f"kernel {setup.kernel.release} ({setup.kernel.label}), "
+                f"QEMU {setup.image.qemu_version}, {setup.accel}, {self.options.vectors} "
+                f"vectors{self.options.modes_text()}; results in {setup.dirs.results}")
+
+    def attach(self, lab: Lab, console: Console) -> None:
+        say, nics = progress.say(console), self.options.nics
+        self.lab = lab
+        self.runner = (self.scenario_cls(lab, say=say) if nics == 1 else
+                       scenarios.PerNic(lab, self.scenario_cls, nics, say=say))
+
+    def work(self) -> None:
+        self.irq_info_flags = self.lab.device_command("state")["msix"]["irq_info_flags"]
+        self.final = self.runner.run()
+
+    def judge(self, faults: list) -> RunVerdict:
+        return judge(self.runner, faults)
+
+    def own_metadata(self, lab: Lab) -> dict[str, Any]:
+        runner = self.runner
+        modes = dict(lab.msix_modes)
+        if self.irq_info_flags is not None:
+            modes["irq_info_flags"] = self.irq_info_flags
+        return {"msix_modes": modes,
+                "nic_records": getattr(runner, "nic_records", None),
+                "vfio": getattr(runner, "record", None),
+                "steps": runner.steps, "groups": runner.groups,
+                "resets": getattr(runner, "resets", None) or None,
+                "teardowns": getattr(runner, "teardowns", None)}
+
+    def finish(self, console: Console, dirs: RunDirs, verdict: RunVerdict,
+               metadata: dict[str, Any], lab: Lab) -> int:
+        """Print the routing table and the verdict, then write routing.json and the result
+        files; a write failure is reported and keeps the verdict's exit code unless it was
+        a pass (``unwritten``: 125, ``host_resource``)."""
+        snapshot = self.final or Snapshot(()).with_checks([])
+        render(console, snapshot, verdict, self.runner.results, show_all=self.show_all)
         try:
-            faults = list(device.command("faults", timeout=3))
-        except Exception:            # a dead device server has no faults to report
-            continue
-        current += [{**f, "nic": nic} if several else f for f in faults]
-    by_id = {(f.get("nic", 0), f.get("id")): f for f in armed}
-    by_id.update({(f.get("nic", 0), f.get("id")): f for f in current})
-    return list(by_id.values())
+            write_routing_json(dirs.results / "routing.json", snapshot, metadata,
+                               lab.apic_map, verdict=verdict, results=self.runner.results)
+            write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
+        except (OSError, MsixlabError) as err:
+            verdict = report_unwritten(console, verdict, err)
+        console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
+        return verdict.exit_code
 
 
-def run_in_lab(lab: Lab, console: Console, faults: list[dict], work: Callable[[], object],
-               judge_run: Callable[[list], RunVerdict]) -> RunVerdict:
-    """Start ``lab``, arm ``faults`` on its devices (each on the NIC its ``nic`` key names,
-    NIC 0 without one; each printed as armed on purpose), run
-    ``work()``, then return ``judge_run(every fault armed)``; however it ends (Ctrl-C
-    included) the result is one classified verdict.  The guest's views are saved unless
-    the run was interrupted.  The caller stops the lab.  ``msixlab run`` and
-    ``msixlab soak`` both run this way."""
-    armed: list = []
-    try:
-        lab.start()
-        console.print(f"guest agent up after {lab.timings['boot_to_agent_s']:.1f} s "
-                      f"(kernel {lab.hello.get('kernel')})")
-        for spec in faults:
-            armed.append(_arm(lab, spec))
-            console.print("[yellow]device fault armed on purpose:[/] " + escape(str(armed[-1])))
-        work()
-        lab.guard()          # a splat while the last views were read
-        lab.check_kernel_health()     # taint gained, a report the console missed
-        verdict = judge_run(_faults(lab, armed))
-    except BaseException as err:   # classified, never lost (Ctrl-C included)
-        verdict = RunVerdict.from_error(err, _faults(lab, armed))
-        if verdict.outcome is Outcome.INTERNAL_ERROR:
-            log.exception("internal error")
-    if lab.kernel_health is not None and "kernel_health" not in verdict.evidence:
-        verdict = dataclasses.replace(verdict, evidence={**verdict.evidence,
-                                                         "kernel_health": lab.kernel_health})
-    if verdict.outcome is not Outcome.INTERRUPTED and lab.machine is not None:
-        try:
-            _save_guest_views(lab)
-        except OSError as err:            # the verdict survives; a pass cannot
-            verdict = unwritten(verdict, err)
-    return verdict
-
-
-def unwritten(verdict: RunVerdict, err: OSError) -> RunVerdict:
-    """The verdict of a run whose results could not be written (``err``: a full disk, a
-    read-only or vanished results directory).  A pass becomes ``host_resource`` (125): the
-    console and the device's event log the sentinel judged from are written to the same
-    directory, so a kernel report or a device error may never have reached them.  A
-    kernel that misbehaved (1) was seen misbehaving, and a 125 is a 125: both stand."""
-    if verdict.outcome is not Outcome.PASS:
-        return verdict
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return RunVerdict(Outcome.HOST_RESOURCE, f"the results could not be written ({text}): "
-                      "the console and device log this pass rests on may be incomplete",
-                      evidence={"error": text, "path": getattr(err, "filename", None),
-                                "was": str(verdict.outcome)},
-                      faults=verdict.faults, counts=verdict.counts)
-
-
-def config_hash(config: Path | None) -> str | None:
-    """sha256 (first 16 hex digits) of the kernel's .config, or None without one."""
-    if config is None:
-        return None
-    try:
-        return hashlib.sha256(Path(config).read_bytes()).hexdigest()[:16]
-    except OSError:
-        return None
-
-
-def option_words(args) -> list[str]:
-    """The command-line words of the options a run or a soak was given that decide what
-    it does (kernel paths absolute): kernel (or flavor) and QEMU, vectors, CPUs, MSI-X
-    modes, IOMMU, NICs, armed device faults and extra kernel parameters (``--append``)."""
-    faults = [f"--device-fault={spec['kind']}:" + ",".join(f"{k}={v}" for k, v in spec.items()
-                                                           if k != "kind")
-              for spec in getattr(args, "device_fault", [])]
-    modes = [f"--msix-{mode}" for mode in ("maskable", "noresize")
-             if getattr(args, f"msix_{mode}", False)]
-    modes += ["--iommu"] if getattr(args, "iommu", False) else []
-    modes += ["--nics", str(args.nics)] if getattr(args, "nics", 1) > 1 else []
-    kernel = ["--flavor", args.flavor]
-    if getattr(args, "kernel_tree", None):
-        kernel = ["--kernel-tree", str(Path(args.kernel_tree).resolve())]
-    elif getattr(args, "kernel", None):
-        kernel = ["--kernel", str(Path(args.kernel).resolve()), "--kdir",
-                  str(Path(args.kdir).resolve())]
-    if getattr(args, "qemu", None):
-        kernel += ["--qemu", str(Path(args.qemu).resolve())]
-    append = getattr(args, "append", ())
-    modes += ["--append", cmdline_text(append)] if append else []
-    return [*kernel, "--vectors", str(args.vectors), "--cpus", str(args.cpus), *modes,
-            *faults]
-
-
-def reproduce_command(args) -> str:
-    """The ``msixlab run`` command line that repeats a run with ``args`` (kernel paths
-    absolute)."""
-    name = getattr(args, "scenario", scenarios.DEFAULT)
-    chosen = ["--scenario", name] if name != scenarios.DEFAULT else []
-    return shlex.join(["msixlab", "run", *chosen, *option_words(args)])
-
-
-def run_main_job(args, console: Console) -> int:
-    """``msixlab run``: run one scenario (``--scenario``, per NIC with ``--nics``) on a fresh
-    lab and return the verdict's exit code: 0 every declared check passed, 1 the kernel
-    under test misbehaved, 125 the run could not judge.  Bad options, the image, the kernel
-    and the accelerator are dealt with first: a problem there raises (a ``MsixlabError``
-    the CLI classifies) before anything boots; ``--dry-run`` prints the commands instead.
-    Once the lab exists every exception (Ctrl-C included) becomes the ``RunVerdict``; the
-    lab is always stopped.  The verdict is printed, then routing.json and the other result
-    files are written to ``results/<run-id>/`` (a write failure is reported; it turns a
-    pass into ``host_resource``, 125, and keeps any other verdict: ``unwritten``)."""
-    scenario_cls = check_options(args)
-    nics = getattr(args, "nics", 1)
-    image = ensure_image()
-    kernel, qemu = kernel_options.select(args, image, console)
-    if args.dry_run:
-        return print_dry_run(args, image, kernel, qemu)
-    choice = accel_mod.choose(args.accel, image, args.flavor)
-    dirs = RunDirs.create(Path(args.results))
-    console.print(f"run {dirs.run_id}: scenario {scenario_cls.NAME}, "
-                  f"kernel {kernel.release} ({kernel.label}), "
-                  f"QEMU {image.qemu_version}, {choice.accel}, {args.vectors} vectors"
-                  f"{_modes_text(args)}; results in {dirs.results}")
-    started = time.monotonic()
-    lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
-              qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-              iommu=getattr(args, "iommu", False), nics=nics,
-              append=tuple(getattr(args, "append", ())))
-    modes = dict(lab.msix_modes)
-    say = progress.say(console)
-    scenario = (scenario_cls(lab, say=say) if nics == 1 else
-                scenarios.PerNic(lab, scenario_cls, nics, say=say))
-    final: Snapshot | None = None
-
-    def work() -> None:
-        nonlocal final
-        modes["irq_info_flags"] = lab.device_command("state")["msix"]["irq_info_flags"]
-        final = scenario.run()
-
-    with dirs:
-        try:
-            verdict = run_in_lab(lab, console, getattr(args, "device_fault", []), work,
-                                 lambda faults: judge(scenario, faults))
-        finally:
-            lab.stop()
-    metadata = {
-        "run_id": dirs.run_id, "scenario": scenario_cls.NAME,
-        "kernel": lab.hello.get("kernel"), "flavor": kernel.flavor,
-        "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
-        "qemu_binary": qemu[-1] if qemu else None,
-        "accel": choice.accel, "qemu": image.qemu_version, "vectors": args.vectors,
-        "cpus": args.cpus, "iommu": getattr(args, "iommu", False), "nics": nics,
-        "append": list(getattr(args, "append", ())),
-        "guest_cmdline": lab.hello.get("cmdline"),
-        "nic_records": getattr(scenario, "nic_records", None),
-        "vfio": getattr(scenario, "record", None),
-        "device": lab.hello.get("device"), "msix_modes": modes,
-        "timings": {k: round(v, 3) for k, v in lab.timings.items()},
-        "boot_stalls": lab.boot_stalls,
-        "wall_seconds": round(time.monotonic() - started, 3),
-        "steps": scenario.steps, "groups": scenario.groups,
-        "resets": getattr(scenario, "resets", None) or None,
-        "teardowns": getattr(scenario, "teardowns", None),
-        "msixlab_commit": what_ran(), "seed": 0,
-        "reproduce": reproduce_command(args),
-    }
-    return _finish(console, dirs, verdict, final, scenario, metadata, lab,
-                   show_all=getattr(args, "table", "live") == "all")
-
-
-def _finish(console: Console, dirs: RunDirs, verdict: RunVerdict, final: Snapshot | None,
-            scenario: Scenario, metadata: dict, lab: Lab, show_all: bool = False) -> int:
-    """Print the verdict, then write routing.json; a write failure is reported and keeps
-    the verdict's exit code unless it was a pass (``unwritten``: 125, ``host_resource``)."""
-    snapshot = final or Snapshot(()).with_checks([])
-    render(console, snapshot, verdict, scenario.results, show_all=show_all)
-    try:
-        write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
-                           verdict=verdict, results=scenario.results)
-        write_result_files(dirs.results)   # results.ktap, junit.xml, kcidb.json, report.html
-    except (OSError, MsixlabError) as err:
-        verdict = report_unwritten(console, verdict, err)
-    console.print(f"wall time {metadata['wall_seconds']:.1f} s; artifacts in {dirs.results}")
-    return verdict.exit_code
-
-
-def report_unwritten(console: Console, verdict: RunVerdict, err: BaseException) -> RunVerdict:
-    """Say that the results could not be written (``err``) and return the verdict that
-    stands: ``unwritten``'s for an ``OSError``, else (a bug in a writer) the one printed."""
-    after = unwritten(verdict, err) if isinstance(err, OSError) else verdict
-    if after is verdict:
-        console.print(f"[red]could not write the results ({escape(str(err))}); the verdict "
-                      f"above stands[/]")
-    else:
-        console.print(f"[red]could not write the results ({escape(str(err))}): exit "
-                      f"{after.exit_code} ({after.outcome}), not {verdict.outcome}: "
-                      f"{escape(after.summary)}[/]")
-    return after
+def run_main_job(args: argparse.Namespace, console: Console) -> int:
+    """``msixlab run``: the ``RunJob`` of the command line through the job skeleton
+    (``run_job``); its exit code: 0 every declared check passed, 1 the kernel under test
+    misbehaved, 125 the run could not judge.  ``--dry-run`` prints the commands instead."""
+    return run_job(RunJob.from_args(args), console)

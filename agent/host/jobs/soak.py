@@ -1,15 +1,16 @@
 """``msixlab soak``: the soak (scenarios/soak.py) in a real guest, ending in one classified verdict.
 
-Concepts: as ``msixlab run`` (jobs/run.py): the options are checked before anything
-starts, the image is found, a lab is booted (with ``--nics N`` NICs), device faults are
-armed on purpose if asked (each on the NIC its ``nic=`` names), and however the soak
-ended becomes one ``RunVerdict`` (verdict/outcome.py): exit 0 when every check passed, 1 when a
+Concepts: the job skeleton (jobs/job.py), as ``msixlab run``: the options are checked
+before anything starts, the image is found, a lab is booted (with ``--nics N`` NICs),
+device faults are armed on purpose if asked (each on the NIC its ``nic=`` names), the
+soak is the work, and however it ended becomes one ``RunVerdict`` (verdict/outcome.py): exit 0 when every check passed, 1 when a
 check failed (a lost, duplicated or spurious interrupt, a device counter or a view that
 disagrees with the ledger) or the kernel misbehaved otherwise, 125 when the run could
 not judge. A progress line every second, a summary at the end, each with every NIC's own
 numbers besides the totals when there are several. Everything goes to
-``results/soak-<id>/``: ``soak.json`` (verdict, options, seed, summary, failed checks
-and the op log: the same seed replays the same ops), routing.json (the final views and
+``results/soak-<id>/``: ``soak.json`` (results/soak_json.py: the metadata, in routing.json's
+layout, with the options and seed; the verdict, summary, failed checks and the op log:
+the same seed replays the same ops), routing.json (the final views and
 the check results) with the result files built from it as for ``run`` (results.ktap,
 junit.xml, kcidb.json, report.html), the console, QEMU's and the device's logs, and the
 guest's views as far as it could give them.
@@ -17,37 +18,24 @@ guest's views as far as it could give them.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import secrets
-import shlex
-import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from msixlab_common import atomic
-
-from images.build import ensure_image
-
 from agent.host.errors import MsixlabError
-from agent.host.jobs import options as kernel_options
 from agent.host.jobs import progress
-from agent.host.jobs.run import (
-    check_faults,
-    config_hash,
-    option_words,
-    print_dry_run,
-    report_unwritten,
-    run_in_lab,
-)
-from agent.host.lab import accel as accel_mod
+from agent.host.jobs.job import Job, Setup, report_unwritten, run_job
+from agent.host.jobs.options import from_args
 from agent.host.lab.lab import Lab
+from agent.host.lab.options import LabOptions
 from agent.host.results import write_all as write_result_files
-from agent.host.results.provenance import what_ran
 from agent.host.results.routing_json import write_routing_json
+from agent.host.results.soak_json import write_soak_json
 from agent.host.rundirs import RunDirs
 from agent.host.scenarios.soak import Soak
 from agent.host.scenarios.soak_nic import SoakStats
@@ -122,92 +110,90 @@ def _summary_table(summary: dict[str, Any], verdict: RunVerdict) -> Table:
     return table
 
 
-def reproduce_command(args, seed: int) -> str:
-    """The ``msixlab soak`` command line that replays this soak (with its seed and every
-    option that decides what it does, as ``run``'s)."""
-    ops = ["--ops", str(args.ops)] if args.ops is not None else []
-    return shlex.join(["msixlab", "soak", "--seconds", f"{args.seconds:g}", "--seed", str(seed),
-                       *ops, *option_words(args)])
+class SoakJob(Job):
+    """``msixlab soak``: the soak on a fresh lab, for ``seconds`` or ``ops`` ops."""
 
+    name = "soak"
+    prefix = "soak"
 
-def run_soak(args, console: Console) -> int:
-    """``msixlab soak``: boot, soak, judge, write the results; returns the exit code
-    (0 pass, 1 the kernel misbehaved, 125 could not judge)."""
-    check_faults(args.device_fault, args.nics)
-    image = ensure_image()
-    kernel, qemu = kernel_options.select(args, image, console)
-    if args.dry_run:
-        return print_dry_run(args, image, kernel, qemu)
-    seed = args.seed if args.seed is not None else secrets.randbelow(MAX_SEED)
-    choice = accel_mod.choose(args.accel, image, args.flavor)
-    dirs = RunDirs.create(Path(args.results), prefix="soak")
-    console.print(f"soak {dirs.run_id}: seed {seed}, {args.seconds:g} s"
-                  + (f" or {args.ops} ops" if args.ops is not None else "")
-                  + f", kernel {kernel.release} ({kernel.label}), {choice.accel}, "
-                  f"{args.vectors} vectors, {args.cpus} CPUs"
-                  + (f", {args.nics} NICs" if args.nics > 1 else "")
-                  + f"; results in {dirs.results}")
-    lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
-              qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
-              iommu=args.iommu, nics=args.nics, append=tuple(args.append))
-    soak = Soak(lab, seed, args.seconds, args.ops, say=progress.say(console), nics=args.nics)
-    soak.tick = _progress_line(console, soak)
-    started = time.monotonic()
-    with dirs:
+    def __init__(self, options: LabOptions, *, seconds: float = 60.0, ops: int | None = None,
+                 seed: int | None = None, dry_run: bool = False):
+        super().__init__(options, dry_run=dry_run)
+        self.seconds, self.ops = seconds, ops
+        self._seed = seed if seed is not None else secrets.randbelow(MAX_SEED)
+        self.soak: Soak | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **changes: Any) -> "SoakJob":
+        """The job a parsed ``msixlab soak`` command line asks for (a random seed when it
+        names none; ``changes`` win); not checked yet."""
+        given = {"seconds": args.seconds, "ops": args.ops, "seed": args.seed,
+                 "dry_run": args.dry_run, **changes}
+        return cls(from_args(args), **given)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def own_options(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "ops": self.ops}
+
+    def announce(self, setup: Setup) -> str:
+        options = self.options
+        return (f"soak {setup.dirs.run_id}: seed {self.seed}, {self.seconds:g} s"
+                + (f" or {self.ops} ops" if self.ops is not None else "")
+                + f", kernel {setup.kernel.release} ({setup.kernel.label}), {setup.accel}, "
+                f"{options.vectors} vectors, {options.cpus} CPUs"
+                + (f", {options.nics} NICs" if options.nics > 1 else "")
+                + f"; results in {setup.dirs.results}")
+
+    def attach(self, lab: Lab, console: Console) -> None:
+        self.soak = Soak(lab, self.seed, self.seconds, self.ops, say=progress.say(console),
+                         nics=self.options.nics)
+        self.soak.tick = _progress_line(console, self.soak)
+
+    def work(self) -> None:
+        self.soak.run()
+
+    def judge(self, faults: list) -> RunVerdict:
+        return judge(self.soak, faults)
+
+    def own_metadata(self, lab: Lab) -> dict[str, Any]:
+        several = len(self.soak.nics) > 1
+        return {"steps": [], **({"nic_records": self.soak.nic_records} if several else {})}
+
+    def finish(self, console: Console, dirs: RunDirs, verdict: RunVerdict,
+               metadata: dict[str, Any], lab: Lab) -> int:
+        """Print the failures, the summary and the verdict, then write soak.json, and
+        routing.json with the final views and the result files built from it as for
+        ``run`` (results.ktap, junit.xml, kcidb.json, report.html); a write failure is
+        reported and keeps the verdict's exit code unless it was a pass (then 125,
+        ``host_resource``: ``job.unwritten``)."""
+        soak = self.soak
+        for failure in soak.failures[:20]:
+            console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
+        summary = soak.stats.to_dict(soak.elapsed)
+        if len(soak.nics) > 1:
+            summary["nics"] = {nic.name: nic.summary(soak.elapsed) for nic in soak.nics}
+        console.print(_summary_table(summary, verdict))
+        console.print(f"[{'green' if verdict.exit_code == 0 else 'red'}]{verdict.outcome}[/] "
+                      f"(exit {verdict.exit_code}): {escape(verdict.summary)}")
         try:
-            verdict = run_in_lab(lab, console, args.device_fault, soak.run,
-                                 lambda faults: judge(soak, faults))
-        finally:
-            lab.stop()
-    record = {
-        "run_id": dirs.run_id, "kind": "soak", "scenario": "soak", "flavor": kernel.flavor,
-        "vectors": args.vectors, "cpus": args.cpus, "nics": args.nics,
-        "accel": choice.accel, "steps": [],
-        "seed": seed, "verdict": verdict.to_dict(),
-        "options": {"seconds": args.seconds, "ops": args.ops, "vectors": args.vectors,
-                    "cpus": args.cpus, "nics": args.nics, "flavor": kernel.flavor,
-                    "kernel_under_test": kernel.as_json(), "accel": choice.accel,
-                    "msix_maskable": args.msix_maskable, "msix_noresize": args.msix_noresize,
-                    "iommu": args.iommu, "device_faults": list(args.device_fault),
-                    "append": list(args.append)},
-        "kernel": lab.hello.get("kernel"), "guest_cmdline": lab.hello.get("cmdline"),
-        "qemu": image.qemu_version,
-        "kernel_under_test": kernel.as_json(), "config_hash": config_hash(kernel.config),
-        "timings": {k: round(v, 3) for k, v in lab.timings.items()},
-        "boot_stalls": lab.boot_stalls,
-        "wall_seconds": round(time.monotonic() - started, 3),
-        "msixlab_commit": what_ran(), "reproduce": reproduce_command(args, seed),
-    }
-    return _finish(console, dirs, soak, verdict, record, lab)
+            write_soak_json(dirs.results / "soak.json", metadata, verdict=verdict.to_dict(),
+                            summary=summary, checks_passed=dict(soak.passed),
+                            failures=[r.to_dict() for r in soak.failures], op_log=soak.op_log)
+            results = soak.results()
+            snapshot = (soak.final or Snapshot(())).with_checks(results)
+            write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
+                               verdict=verdict, results=results)
+            write_result_files(dirs.results)
+        except (OSError, MsixlabError) as err:
+            verdict = report_unwritten(console, verdict, err)
+        console.print(f"reproduce: {metadata['reproduce']}; artifacts in {dirs.results}")
+        return verdict.exit_code
 
 
-def _finish(console: Console, dirs: RunDirs, soak: Soak, verdict: RunVerdict,
-            record: dict[str, Any], lab: Lab) -> int:
-    """Print the failures, the summary and the verdict, then write soak.json, and
-    routing.json with the final views and the result files built from it as for
-    ``run`` (results.ktap, junit.xml, kcidb.json, report.html); a write failure is
-    reported and keeps the verdict's exit code unless it was a pass (then 125,
-    ``host_resource``: ``main_job.unwritten``)."""
-    for failure in soak.failures[:20]:
-        console.print(f"[red]FAIL[/] {escape(failure.label)}: {escape(failure.summary)}")
-    summary = soak.stats.to_dict(soak.elapsed)
-    if len(soak.nics) > 1:
-        summary["nics"] = {nic.name: nic.summary(soak.elapsed) for nic in soak.nics}
-        record["nic_records"] = soak.nic_records
-    record.update(summary=summary, checks_passed=dict(soak.passed),
-                  failures=[r.to_dict() for r in soak.failures], op_log=soak.op_log)
-    console.print(_summary_table(summary, verdict))
-    console.print(f"[{'green' if verdict.exit_code == 0 else 'red'}]{verdict.outcome}[/] "
-                  f"(exit {verdict.exit_code}): {escape(verdict.summary)}")
-    try:
-        atomic.write_json(dirs.results / "soak.json", record, indent=1)
-        results = soak.results()
-        snapshot = (soak.final or Snapshot(())).with_checks(results)
-        metadata = {k: v for k, v in record.items() if k not in ("op_log", "failures")}
-        write_routing_json(dirs.results / "routing.json", snapshot, metadata, lab.apic_map,
-                           verdict=verdict, results=results)
-        write_result_files(dirs.results)
-    except (OSError, MsixlabError) as err:
-        verdict = report_unwritten(console, verdict, err)
-    console.print(f"reproduce: {record['reproduce']}; artifacts in {dirs.results}")
-    return verdict.exit_code
+def run_soak(args: argparse.Namespace, console: Console) -> int:
+    """``msixlab soak``: the ``SoakJob`` of the command line through the job skeleton
+    (``run_job``); its exit code (0 pass, 1 the kernel misbehaved, 125 could not judge)."""
+    return run_job(SoakJob.from_args(args), console)

@@ -74,7 +74,10 @@ def render(run: RunResult, base_url: str | None = None) -> dict[str, Any]:
     prov = run.provenance
     checkout_id = f"{ORIGIN}:{run.run_id}"
     build_id = f"{ORIGIN}:{run.run_id}:build"
-    tree = run.metadata.get("kernel_tree") or f"debian-{run.metadata.get('flavor', 'kernel')}"
+    # a tree's path (metadata.options, docs/routing.md; an older run's is upgraded to it),
+    # else the image's flavor
+    options = run.metadata.get("options") if isinstance(run.metadata.get("options"), dict) else {}
+    tree = options.get("kernel_tree") or f"debian-{run.metadata.get('flavor') or 'kernel'}"
     checkout = {"id": checkout_id, "origin": ORIGIN, "tree_name": _segment(tree),
                 "comment": f"kernel {prov.kernel_release}", "start_time": _time(run),
                 "valid": True, "misc": {"kernel_release": prov.kernel_release}}

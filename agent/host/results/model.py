@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.host.errors import HostError
-from agent.host.results.provenance import what_ran
+from agent.host.results.provenance import reproduce_command, what_ran
+from agent.host.results.routing_json import SCHEMA, metadata_of
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "msixlab.routing"
 UNKNOWN = "unknown"
 DEFAULT_STEP = "main"
 # Files a run directory may hold, in the order the report lists them.
@@ -179,6 +178,7 @@ def from_document(document: Any, run_dir: Path) -> RunResult:
     records = document.get("records", [])
     if not isinstance(metadata, dict) or not isinstance(records, list):
         raise ResultsError(f"{run_dir}/routing.json: metadata must be an object and records a list")
+    metadata = metadata_of({**document, "metadata": metadata})   # an older layout upgraded
     return RunResult(
         run_dir=run_dir, run_id=str(metadata.get("run_id") or run_dir.name),
         metadata=metadata, provenance=provenance(metadata),
@@ -191,7 +191,8 @@ def from_document(document: Any, run_dir: Path) -> RunResult:
 
 def provenance(metadata: Mapping[str, Any]) -> Provenance:
     """The ``Provenance`` of a run from routing.json's ``metadata``: missing fields read
-    ``unknown``, except the commit (asked of git) and the command (rebuilt from the options)."""
+    ``unknown``, except the commit (asked of git) and the command (rebuilt from the options
+    the metadata records: results/provenance.py's ``reproduce_command``)."""
     def text(*keys: str) -> str:
         for key in keys:
             value = metadata.get(key)
@@ -205,34 +206,6 @@ def provenance(metadata: Mapping[str, Any]) -> Provenance:
         msixlab_commit=text("msixlab_commit") if "msixlab_commit" in metadata else what_ran(),
         seed=text("seed"),
         reproduce=text("reproduce") if metadata.get("reproduce") else reproduce_command(metadata))
-
-
-def reproduce_command(metadata: Mapping[str, Any]) -> str:
-    """``msixlab run`` with the options the metadata records, for a routing.json written
-    without its own ``reproduce`` line.  The kernel under test comes from
-    ``kernel_under_test`` (a tree, or a bzImage with its build directory) when recorded;
-    a run's seed is not an option of ``run`` (its scenarios draw nothing at random)."""
-    argv = ["msixlab", "run"]
-    kernel = metadata.get("kernel_under_test") or {}
-    tree = metadata.get("kernel_tree") or (kernel.get("kdir")
-                                            if kernel.get("label", "").startswith("tree ")
-                                            else None)
-    image = metadata.get("kernel_image") or (kernel.get("bzimage")
-                                              if kernel.get("label", "").startswith("bzImage ")
-                                              else None)
-    kdir = metadata.get("kdir") or kernel.get("kdir")
-    if tree:
-        argv += ["--kernel-tree", str(tree)]
-    elif image and kdir:
-        argv += ["--kernel", str(image), "--kdir", str(kdir)]
-    elif metadata.get("flavor"):
-        argv += ["--flavor", str(metadata["flavor"])]
-    for option, key in (("--vectors", "vectors"), ("--cpus", "cpus"), ("--qemu", "qemu_binary")):
-        if metadata.get(key) not in (None, ""):
-            argv += [option, str(metadata[key])]
-    if metadata.get("accel") not in (None, "", "tcg"):
-        argv += ["--accel", str(metadata["accel"])]
-    return shlex.join(argv)
 
 
 def verdict_of(document: Mapping[str, Any]) -> RunVerdictView:

@@ -1,8 +1,11 @@
 """routing.json: the routing records, their checks and the run's metadata as one file.
 
 A versioned document (schema "msixlab.routing", version SCHEMA_VERSION) holding the run's
-metadata, the APIC map, every routing record with its checks, and a checks summary;
-written atomically, read back into a Snapshot (docs/routing.md).
+metadata (in the layout soak.json shares: results/metadata.py), the APIC map, every
+routing record with its checks, and a checks summary; written atomically, read back into
+a Snapshot (docs/routing.md).  Version 1 differed only in its metadata's layout, so the
+reader takes it too (``READS``), and ``metadata_of`` gives any version's metadata in
+version 2's layout.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from msixlab_common import atomic
 
 from agent.host.errors import HostError
+from agent.host.results.metadata import upgrade
 from agent.host.verdict.exit import judge_exit
 from agent.host.verdict.outcome import RunVerdict
 from agent.host.verdict.routing import (
@@ -30,7 +34,9 @@ from agent.host.verdict.routing import (
 log = logging.getLogger(__name__)
 
 SCHEMA = "msixlab.routing"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the versions this reader takes: 1 had the metadata's older layout
+READS = (1, 2)
 
 
 class ReportError(HostError, ValueError):
@@ -95,9 +101,9 @@ def snapshot_from_document(document: Mapping[str, Any]) -> tuple[ApicMap, Snapsh
     """Read a routing.json document back: its APIC map and its records."""
     if document.get("schema") != SCHEMA:
         raise ReportError(f"not a {SCHEMA} document: schema {document.get('schema')!r}")
-    if document.get("version") != SCHEMA_VERSION:
+    if document.get("version") not in READS:
         raise ReportError(f"unsupported {SCHEMA} version {document.get('version')!r}, "
-                          f"this reader knows {SCHEMA_VERSION}")
+                          f"this reader knows {', '.join(map(str, READS))}")
     raw_map = document.get("apic_map")
     try:
         apic_map = ApicMap.identity() if raw_map is None else ApicMap.from_apic_ids(
@@ -119,3 +125,13 @@ def read_routing_json(path: Path) -> tuple[ApicMap, Snapshot]:
     return snapshot_from_document(document)
 
 
+
+
+def metadata_of(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata of routing.json ``document`` in version 2's layout (results/metadata.py):
+    a version-1 document's upgraded, a later one's as written."""
+    metadata = document.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise ReportError(f"malformed {SCHEMA} document: metadata must be an object")
+    version = document.get("version")
+    return upgrade(metadata) if version in (None, 1) else dict(metadata)

@@ -11,7 +11,8 @@ Concepts owned here:
   returns the command's ``result``; ``timeout=`` (seconds, keyword only) bounds the
   wait.  The QEMU client gives QMP, HMP and QEMU's own view of the MSI-X table.
 - ``LabOptions``: what kind of lab to boot (kernel flavor, or a kernel tree or image, a
-  QEMU binary, vectors, CPUs), checked before anything starts.
+  QEMU binary, vectors, CPUs, ...): the one description ``msixlab run`` uses too
+  (agent/host/lab/options.py), checked before anything starts.
 - ``SharedLab``: boots a ``Lab`` on first use and brings it back to the *known state*
   before every test, the state of a fresh boot: only the driver's group 0 allocated (a
   fresh probe: unbind and bind when anything else was wired), only vector 0 with an
@@ -25,25 +26,21 @@ Concepts owned here:
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import errno as errno_mod
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from images.image import Image
 from msixlab_common.deadline import wait_until
 
-from agent.host.argtypes import cmdline_text, kernel_words
 from agent.host.errors import HostError, MsixlabError
-from agent.host.kernel.build import KernelTree
-from agent.host.kernel.under_test import KernelUnderTest
 from agent.host.lab.console import ConsoleWatch, Splat
 from agent.host.lab.lab import Lab
-from agent.host.lab.qemu_binary import check_qemu
+from agent.host.lab.options import LabOptions
 from agent.host.rundirs import RunDirs
 from agent.host.verdict.outcome import CouldNotJudge, Outcome
 
@@ -52,7 +49,6 @@ log = logging.getLogger(__name__)
 __all__ = ["CommandError", "GuestClient", "DeviceClient", "QemuClient", "LabOptions",
            "SharedLab", "wait_until"]
 
-MAX_VECTORS, MAX_CPUS = 2048, 64
 CONSOLE_EXCERPT_LINES = 80
 
 
@@ -129,73 +125,18 @@ class QemuClient:
         return self.table()[index]
 
 
-@dataclass(frozen=True)
-class LabOptions:
-    """What lab to boot: a kernel ``flavor``, or a ``kernel_tree``, or a prebuilt ``kernel``
-    with its module build dir ``kdir``; another ``qemu`` binary; ``vectors``, ``cpus``,
-    ``accel`` and ``append`` (more kernel parameters, as ``msixlab run --append``).
-    Checked by ``problems()`` before anything starts."""
-    flavor: str = "default"
-    vectors: int = 64
-    cpus: int = 2
-    accel: str = "tcg"
-    kernel_tree: Path | None = None
-    kernel: Path | None = None
-    kdir: Path | None = None
-    qemu: Path | None = None
-    append: tuple[str, ...] = ()
-
-    def problems(self) -> list[str]:
-        """What is wrong with these options (empty when nothing is)."""
-        found = []
-        if not 1 <= self.vectors <= MAX_VECTORS:
-            found.append(f"vectors must be 1..{MAX_VECTORS}, not {self.vectors}")
-        if not 1 <= self.cpus <= MAX_CPUS:
-            found.append(f"cpus must be 1..{MAX_CPUS}, not {self.cpus}")
-        for name, path, want_dir in (("kernel tree", self.kernel_tree, True),
-                                     ("kernel", self.kernel, False), ("kdir", self.kdir, True),
-                                     ("qemu", self.qemu, False)):
-            if path is not None and not (path.is_dir() if want_dir else path.is_file()):
-                kind = "directory" if want_dir else "file"
-                found.append(f"{name} {path} is not an existing {kind}")
-        if self.kernel_tree is not None and self.kernel is not None:
-            found.append("a kernel tree or a prebuilt kernel, not both")
-        if (self.kernel is None) != (self.kdir is None):
-            found.append("a prebuilt kernel needs its build tree (kdir), and kdir a kernel")
-        if self.append:
-            try:
-                kernel_words("append")(cmdline_text(self.append))
-            except argparse.ArgumentTypeError as err:
-                found.append(f"append: {err}")
-        return found
-
-    def kernel_under_test(self, image: Image):
-        """The ``KernelUnderTest`` these options name: a tree, a prebuilt kernel with
-        its build tree, or the image's flavor."""
-        if self.kernel_tree is not None:
-            return KernelUnderTest.from_tree(KernelTree.at(self.kernel_tree))
-        if self.kernel is not None:
-            return KernelUnderTest.from_prebuilt(self.kernel, self.kdir)
-        return KernelUnderTest.from_flavor(image, self.flavor)
-
-    def lab_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Lab`` besides the kernel (``kernel_under_test``)."""
-        kwargs: dict[str, Any] = {"vectors": self.vectors, "cpus": self.cpus, "accel": self.accel,
-                                  "append": self.append}
-        if self.qemu is not None:
-            kwargs["qemu"] = check_qemu(str(self.qemu)).argv
-        return kwargs
-
-
 class SharedLab:
     """One lab at a time, booted on first use, restored (or rebooted) between tests."""
 
-    def __init__(self, options: LabOptions, image: Image, results_root: Path,
+    def __init__(self, options: LabOptions, image: Image, results_root: Path | None = None,
                  name: str = "lab"):
-        problems = options.problems()
-        if problems:
-            raise CouldNotJudge(Outcome.BAD_OPTION, "; ".join(problems), options=repr(options))
-        self.options, self.image, self.results_root, self.name = options, image, results_root, name
+        """``options`` checked (``OptionsError``: a bad option) and its accelerator chosen
+        once (kvm and auto prove themselves with a probe boot); ``results_root`` defaults
+        to the options' ``results``."""
+        options = options.check()
+        options = dataclasses.replace(options, accel=options.choose_accel(image).accel)
+        self.options, self.image, self.name = options, image, name
+        self.results_root = Path(results_root if results_root is not None else options.results)
         self.lab: Lab | None = None
         self.dirs: RunDirs | None = None
         self.watch: ConsoleWatch | None = None
@@ -220,8 +161,8 @@ class SharedLab:
     def _start(self) -> None:
         self.results_root.mkdir(parents=True, exist_ok=True)
         dirs = RunDirs.create(self.results_root, prefix=self.name)
-        lab = Lab(self.image, self.options.kernel_under_test(self.image), dirs,
-                  **self.options.lab_kwargs())
+        lab = self.options.lab(self.image, self.options.kernel_under_test(self.image), dirs,
+                               accel=self.options.accel, qemu=self.options.qemu_argv())
         try:
             lab.start()
         except BaseException:

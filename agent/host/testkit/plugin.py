@@ -86,27 +86,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _options(config: pytest.Config):
-    from images import recipe
-    from agent.host.testkit.lab import LabOptions
+    """The ``LabOptions`` (agent/host/lab/options.py) of the ``--msixlab-*`` options,
+    checked by its one validation; a problem is pytest's usage error."""
+    from agent.host.lab.options import LabOptions, OptionsError, flavor_from
 
-    flavor = (config.getoption("msixlab_flavor") or os.environ.get("KERNEL_FLAVOR")
-              or recipe.DEFAULT_FLAVOR)
-    if flavor not in recipe.FLAVORS:
-        raise pytest.UsageError(f"--msixlab-flavor {flavor!r}: the image has "
-                                f"{', '.join(sorted(recipe.FLAVORS))}")
-    from agent.host.lab.accel import requested_name
-    from agent.host.verdict.outcome import CouldNotJudge
     try:
-        accel = requested_name(None)             # $MSIXLAB_ACCEL, else tcg
-    except CouldNotJudge as err:
+        flavor = flavor_from(config.getoption("msixlab_flavor"), flags="--msixlab-")
+    except OptionsError as err:
         raise pytest.UsageError(str(err)) from None
     options = LabOptions(flavor=flavor, vectors=config.getoption("msixlab_vectors"),
-                         cpus=config.getoption("msixlab_cpus"), accel=accel,
+                         cpus=config.getoption("msixlab_cpus"), accel=None,
                          kernel_tree=config.getoption("msixlab_kernel_tree"),
                          kernel=config.getoption("msixlab_kernel"),
                          kdir=config.getoption("msixlab_kdir"),
                          qemu=config.getoption("msixlab_qemu"),
-                         append=tuple(config.getoption("msixlab_append")))
+                         append=tuple(config.getoption("msixlab_append")), flags="--msixlab-")
     problems = options.problems()
     if problems:
         raise pytest.UsageError("msixlab options: " + "; ".join(problems))
@@ -127,16 +121,12 @@ def msixlab_lab(pytestconfig, msixlab_image, tmp_path_factory):
     ``results`` the current boot's artifact directory."""
     from agent.host.testkit.lab import SharedLab
 
-    from dataclasses import replace
-
-    from agent.host.lab.accel import choose
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     root = pytestconfig.getoption("msixlab_results") or tmp_path_factory.mktemp("msixlab")
-    options = pytestconfig.stash[_OPTIONS]
-    # kvm and auto must prove themselves (a probe boot) as for `msixlab run`; QEMU takes
-    # only tcg or kvm.
-    options = replace(options, accel=choose(options.accel, msixlab_image, options.flavor).accel)
-    shared = SharedLab(options, msixlab_image, Path(root), name=f"lab-{worker}")
+    # the accelerator is chosen there: kvm and auto prove themselves (a probe boot) as
+    # for `msixlab run`; QEMU takes only tcg or kvm
+    shared = SharedLab(pytestconfig.stash[_OPTIONS], msixlab_image, Path(root),
+                       name=f"lab-{worker}")
     try:
         yield shared
     finally:
@@ -201,8 +191,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    """The header line: flavor, vectors, CPUs, and whether each test gets a fresh lab."""
-    flavor = config.getoption("msixlab_flavor") or os.environ.get("KERNEL_FLAVOR") or "default"
-    return (f"msixlab: flavor {flavor}, {config.getoption('msixlab_vectors')} vectors, "
-            f"{config.getoption('msixlab_cpus')} CPUs"
+    """The header line: flavor, vectors, CPUs, and whether each test gets a fresh lab (the
+    options as ``pytest_configure`` checked them)."""
+    options = config.stash[_OPTIONS]
+    return (f"msixlab: flavor {options.flavor}, {options.vectors} vectors, "
+            f"{options.cpus} CPUs"
             + (", a fresh lab per test" if config.getoption("msixlab_fresh_lab") else ""))
