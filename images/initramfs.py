@@ -32,11 +32,11 @@ from msixlab_common import atomic
 from . import manifest
 from .cache import cache_dir
 from .image import Image, Kernel
+from .packaged import package_dir
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-INIT = HERE / "guest" / "init"
+INIT = package_dir(__package__) / "guest" / "init"       # package data (images/packaged.py)
 ROOT_MODULES = ("9pnet_virtio", "9p", "overlay")
 
 
