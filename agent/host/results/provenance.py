@@ -17,10 +17,12 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from images.packaged import package_dir
+
 log = logging.getLogger(__name__)
 
 #: the directory that holds msixlab's packages: a checkout's top, or site-packages
-PACKAGES_DIR = Path(__file__).resolve().parents[3]
+PACKAGES_DIR = package_dir("agent").parent
 GIT_TIMEOUT_S = 10
 
 
