@@ -52,9 +52,10 @@ guest-test-random: image
 	@echo "guest tests in random order: SEED=$(SEED)"
 	$(GUEST_PYTEST) -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
-# Every scenario but hotplug x (no IOMMU, --iommu) x (MSI-X default, maskable, noresize)
-# x (2, 4 CPUs), one run after another: 24 runs, 4.5 min on the idle 2-core development
-# host (9-14 s each), several times that under load (docs/scenarios.md).
+# default, cpu-hotplug, remove-rescan x (no IOMMU, --iommu) x (MSI-X default, maskable,
+# noresize) x (2, 4 CPUs), then vfio-pci on 2 and 4 CPUs, one run after another: 38 runs,
+# 9-14 s each on the idle 2-core development host, several times that under load
+# (docs/scenarios.md).
 matrix: image
 	$(PY) -m agent.host.jobs.matrix
 

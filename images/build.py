@@ -8,8 +8,9 @@ builds left, then runs the steps ``mirror`` -> ``mmdebstrap`` -> (``reclaim``) -
 ``inspect`` -> ``publish`` in a temporary directory.  As a normal user, mmdebstrap runs in
 its unshare mode: the user namespace it needs is tried first, and a user who may not make
 one gets the fix at once; the rootfs it leaves owned by the user's subordinate ids is
-then handed to the user (``reclaim``, images/userns.py).  As root, mmdebstrap runs in mount and pid
-namespaces of its own (``contained()``): its proc, sys, devpts and ``/dev/shm`` binds
+then handed to the user (``reclaim``, images/userns.py).  As root, mmdebstrap runs in
+mount and pid namespaces of its own (``contained()``): its proc, sys, devpts and
+``/dev/shm`` binds
 are never in the host's namespace, and vanish with the namespace however the build
 dies.  Whatever ends a build early (a failed step, the watchdog, SIGTERM) kills it
 before its directory is removed, and removal never crosses a mount point
@@ -25,13 +26,11 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from msixlab_common.lifetime import die_with_parent
+from msixlab_common import streamed
 from msixlab_common.removal import remove_tree
 
 from . import keyfiles, recipe, userns
@@ -84,53 +83,30 @@ def contained(argv: list[str]) -> list[str]:
 
 def _run_logged(argv: list[str], step: str, log_path: Path, on_step: OnStep,
                 timeout: float | None = None) -> None:
-    """Run one build command, streaming its lines to ``log_path`` and ``on_step``; a
-    watchdog kills it after ``timeout`` seconds even if it prints nothing.  However this
-    ends early (watchdog, SIGTERM as ``Terminated``, any error), the command's whole
-    process group is killed and reaped before this returns or raises."""
+    """Run one build command, streaming its lines to ``log_path`` and ``on_step``, under the
+    one streamed-child policy (``msixlab_common.streamed``): a watchdog stops it after
+    ``timeout`` seconds even if it prints nothing.  However this ends early (watchdog,
+    SIGTERM as ``Terminated``, any error), the command's whole process group is killed
+    (SIGKILL: unshare(1) blocks SIGTERM while it waits for its child) and reaped before
+    this returns or raises."""
     timeout = BUILD_TIMEOUT if timeout is None else timeout
     program = argv[argv.index("--") + 1] if "--" in argv else argv[0]    # not unshare
     on_step(step, " ".join(argv[:2]) + " ...")
     with open(log_path, "w", buffering=1) as out:
         out.write("$ " + " ".join(argv) + "\n")
         try:
-            # SIGKILL: unshare(1) blocks SIGTERM while it waits for its child
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                    start_new_session=True,
-                                    preexec_fn=die_with_parent(signal.SIGKILL))
+            done = streamed.stream(argv, timeout=timeout, log=out,
+                                   on_line=lambda line: on_step(step, line.rstrip()),
+                                   stop_sig=signal.SIGKILL, death_sig=signal.SIGKILL,
+                                   grace=5.0)
         except OSError as err:
             raise ImageError(f"cannot start {argv[0]}: {err}", step=step, log=log_path) from err
-        fired = threading.Event()
-
-        def kill() -> None:
-            fired.set()
-            _kill_group(proc)
-
-        watchdog = threading.Timer(timeout, kill)
-        watchdog.start()
-        try:
-            for line in proc.stdout:
-                out.write(line)
-                on_step(step, line.rstrip())
-            code = proc.wait()
-        finally:
-            watchdog.cancel()
-            _kill_group(proc)       # a no-op when it ended; else it must not outlive us
-            proc.wait()
-            proc.stdout.close()
-    if fired.is_set():
+    if done.timed_out:
         raise ImageError(f"{program} ran longer than {timeout:g} s and was killed",
                          step=step, log=log_path)
-    if code != 0:
-        raise ImageError(f"{program} exited with status {code}", step=step, log=log_path)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:                 # the group is empty: everything in it has exited
-        pass
+    if done.returncode != 0:
+        raise ImageError(f"{program} exited with status {done.returncode}", step=step,
+                         log=log_path)
 
 
 def dead_builds(root: Path, key: str) -> list[Path]:

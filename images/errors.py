@@ -12,6 +12,12 @@ __all__ = ["MsixlabError", "ImageError"]
 class ImageError(MsixlabError):
     """Building or finding an image failed; ``step`` names where, ``log`` keeps the output."""
 
+    outcome = "build_failed"
+
+    def outcome_evidence(self) -> dict:
+        return {"step": self.step, "log": str(self.log) if self.log else None,
+                **super().outcome_evidence()}
+
     def __init__(self, message: str, *, step: str, log: Path | None = None):
         super().__init__(message)
         self.step = step

@@ -13,9 +13,17 @@ EXIT_INFRA = 125
 
 
 class MsixlabError(Exception):
-    """Root of every error msixlab raises on purpose."""
+    """Root of every error msixlab raises on purpose.  ``outcome`` names the class of ending
+    a run that ends in it has (one of the host's ``Outcome`` values; by default
+    ``process_failed``: a part of the rig failed), and ``outcome_evidence()`` what shows it,
+    so classifying an ending is a lookup on the error, never a list of ``isinstance``."""
 
     exit_code = EXIT_INFRA
+    outcome = "process_failed"
+
+    def outcome_evidence(self) -> dict:
+        """The fields a verdict keeps as evidence of this error (a copy)."""
+        return dict(getattr(self, "evidence", None) or {})
 
 
 class WaitTimeout(MsixlabError, TimeoutError):
@@ -26,3 +34,6 @@ class WaitTimeout(MsixlabError, TimeoutError):
         super().__init__(f"timed out after {timeout:g} s waiting for {what}"
                          + (f": {detail}" if detail else ""))
         self.what, self.timeout, self.detail = what, timeout, detail
+
+    def outcome_evidence(self) -> dict:
+        return {"waited_for": self.what, "timeout": self.timeout}

@@ -1,4 +1,5 @@
-"""Doc tables that mirror code must match it: the verdict outcomes and the checks."""
+"""Doc tables that mirror code must match it: the verdict outcomes, the checks, the
+scenarios, and every command and option of ``msixlab`` (README and docs/commands.md)."""
 
 import re
 from pathlib import Path
@@ -65,20 +66,66 @@ def test_control_command_table_is_documented():
     assert _first_column_names(DOCS / "device.md", "cmd") == set(session._table)
 
 
-def test_every_msixlab_subcommand_and_run_option_is_in_the_readme():
+def _subcommands():
+    """``msixlab``'s top-level parser and its subcommands, name -> parser."""
     import argparse
 
     from agent.host.cli import parser
-    readme = (DOCS.parent / "README.md").read_text()
     top = parser()
     subparsers = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in subparsers.choices.items():
+    return top, subparsers.choices
+
+
+def _long_options(parser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings
+            if option.startswith("--") and option != "--help"]
+
+
+def _sections(path: Path) -> dict[str, str]:
+    """The text under each ``## `` heading of a markdown page, by heading."""
+    sections, heading = {}, ""
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        sections[heading] = sections.get(heading, "") + line + "\n"
+    return sections
+
+
+def _names(option: str, text: str) -> bool:
+    """``text`` names ``option`` itself, not only a longer one (``--kernel`` in ``--kernel-tree``)."""
+    return re.search(re.escape(option) + r"(?![\w-])", text) is not None
+
+
+COMMANDS_SHARED = ("Options every guest command takes", "The kernel and QEMU under test")
+
+
+def test_every_msixlab_subcommand_is_in_the_readme():
+    readme = (DOCS.parent / "README.md").read_text()
+    _, subcommands = _subcommands()
+    for name in subcommands:
         assert f"msixlab {name}" in readme, f"`msixlab {name}` is not in the README"
-    run = subparsers.choices["run"]
-    for action in run._actions:
-        for option in action.option_strings:
-            if option.startswith("--") and option != "--help":
-                assert option in readme, f"msixlab run {option} is not in the README"
+
+
+def test_every_subcommand_and_option_is_in_the_commands_page():
+    """docs/commands.md has a section per subcommand naming each of its options (the ones
+    run, soak, shell and boot share may be named in the shared sections instead)."""
+    sections = _sections(DOCS / "commands.md")
+    shared = "".join(sections[heading] for heading in COMMANDS_SHARED)
+    top, subcommands = _subcommands()
+    for option in _long_options(top):
+        assert _names(option, sections["`msixlab --version`"]), f"msixlab {option} is not in docs/commands.md"
+    for name, sub in subcommands.items():
+        section = sections.get(f"`msixlab {name}`")
+        assert section is not None, f"docs/commands.md has no section `msixlab {name}`"
+        for option in _long_options(sub):
+            assert _names(option, section) or _names(option, shared), \
+                f"msixlab {name} {option} is not in docs/commands.md"
+
+
+def test_scenario_table_is_the_registry():
+    rows = table_rows(DOCS / "run.md", "scenario")
+    documented = [name for row in rows for name in re.findall(r"`([\w-]+)`", row[0])]
+    assert sorted(documented) == sorted(REGISTRY), (documented, sorted(REGISTRY))
 
 
 def test_every_module_says_what_it_owns_in_its_docstring():
@@ -97,3 +144,11 @@ def test_every_module_says_what_it_owns_in_its_docstring():
                 commented.append(str(path.relative_to(root)))
     assert not missing, f"modules without a docstring: {missing}"
     assert not commented, f"modules whose concepts sit in a comment above the docstring: {commented}"
+
+
+def test_make_matrix_covers_every_scenario_but_hotplug():
+    """Each registered scenario runs in `make matrix` unless it can only end in 125 here
+    (hotplug: QEMU's device_del abort, docs/scenarios.md)."""
+    from agent.host.jobs import matrix
+    covered = {cell[cell.index("--scenario") + 1] for cell in matrix.cells()}
+    assert covered == set(REGISTRY) - {"hotplug"}

@@ -46,6 +46,21 @@ def test_a_kernel_without_vfio_pci_or_an_iommu_group_is_reported_by_name(tmp_pat
     assert (device / "driver_override").read_text() == ""     # nothing bound
 
 
+def test_a_vfio_pci_module_the_guest_cannot_load_is_named_with_modprobe_s_words(tmp_path):
+    """A kernel tree with CONFIG_VFIO_PCI=m: its modules are not in the image, so modprobe
+    fails; the missing vfio-pci is reported with what modprobe said."""
+    commands, device = tree(tmp_path, vfio_pci=False, group=True)
+    commands.modprobe = ["sh", "-c", "echo 'modprobe: FATAL: Module vfio-pci not found in "
+                         "directory /lib/modules/7.3.4' >&2; exit 1"]
+    missing = commands.bind()["missing"][0]
+    assert missing.startswith("vfio-pci (no /sys/bus/pci/drivers/vfio-pci after modprobe; ")
+    assert "said: modprobe: FATAL: Module vfio-pci not found in directory /lib/modules/7.3.4" \
+        in missing
+    commands.modprobe = ["true"]                  # modprobe said nothing: nothing quoted
+    assert commands.bind()["missing"][0] == \
+        "vfio-pci (no /sys/bus/pci/drivers/vfio-pci after modprobe)"
+
+
 def test_a_cdev_without_dev_iommu_is_no_way_in(tmp_path):
     """vfio-pci with a device cdev but neither /dev/iommu nor a container: reported."""
     commands, device = tree(tmp_path, vfio_pci=True, group=True)

@@ -67,3 +67,46 @@ def test_a_driver_error_is_also_a_guest_agent_error_for_callers_expecting_it():
     assert isinstance(err, GuestAgentError) and err.code == "ENOENT" and err.errno == 2
     assert err.error["source"] == "driver" and err.cmd == "free_group"
     assert err.exit_code == 1 and classify(err)[0] is Outcome.DRIVER_ERROR
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def test_every_error_class_names_an_outcome_so_classifying_is_a_lookup():
+    """Every MsixlabError subclass in the house (every module imported) names an Outcome;
+    one that named none, or a value that is no Outcome, fails here."""
+    import importlib
+    import pkgutil
+
+    import agent
+    import images
+    import msixlab_common
+    import qemu_device
+    from msixlab_common.errors import MsixlabError
+    for package in (agent, images, msixlab_common, qemu_device):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+    classes = list(_subclasses(MsixlabError))
+    assert len(classes) > 30
+    valid = {str(o) for o in Outcome}
+    wrong = [f"{c.__module__}.{c.__qualname__}: {c.outcome!r}" for c in classes
+             if not isinstance(c.outcome, property) and str(c.outcome) not in valid]
+    assert wrong == []
+
+
+def test_a_foreign_exception_is_looked_up_by_its_nearest_class():
+    from agent.host.verdict.outcome import classify
+    import errno
+    assert classify(ConnectionRefusedError(errno.ECONNREFUSED, "x"))[0] is Outcome.PROCESS_FAILED
+    assert classify(OSError(errno.ENOSPC, "full", "/r"))[0] is Outcome.HOST_RESOURCE
+    assert classify(OSError(errno.EIO, "io"))[0] is Outcome.INTERNAL_ERROR
+    assert classify(TimeoutError())[0] is Outcome.INTERNAL_ERROR     # not ours: a bug
+    assert classify(ValueError("bug")) == (Outcome.INTERNAL_ERROR, {"exception": "ValueError"})
+
+    class Planted(MemoryError):
+        pass
+    assert classify(Planted())[0] is Outcome.HOST_RESOURCE

@@ -96,3 +96,13 @@ def test_a_silent_hanging_make_is_stopped_at_the_build_timeout(tmp_path):
         build._make(SimpleNamespace(path=tmp_path), ["all"], log, None, 1.0, 0, "build",
                     log_path)
     assert time.monotonic() - started < 20
+
+
+def test_one_streamed_child_policy_in_the_house():
+    """The image build, the kernel build and bisect all stream through msixlab_common/
+    streamed.py: no other module arms a watchdog timer over a child of its own."""
+    root = Path(__file__).resolve().parents[1]
+    armed = [str(p.relative_to(root)) for package in ("agent/host", "images", "msixlab_common")
+             for p in (root / package).rglob("*.py")
+             if p.name != "streamed.py" and "threading.Timer(" in p.read_text()]
+    assert armed == []

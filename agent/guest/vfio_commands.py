@@ -55,11 +55,15 @@ class VfioCommands:
         except OSError:
             return None
 
-    def _missing(self) -> list[str]:
-        """What the kernel lacks for VFIO on this device, each named."""
+    def _missing(self, modprobe: dict[str, object]) -> list[str]:
+        """What the kernel lacks for VFIO on this device, each named (vfio-pci with what
+        ``modprobe`` said when it failed: a kernel tree's modules are not in the image)."""
         missing = []
         if not os.path.isdir(self._sys("drivers", VFIO_DRIVER)):
-            missing.append("vfio-pci (no /sys/bus/pci/drivers/vfio-pci after modprobe)")
+            said = (str(modprobe.get("stderr") or "").strip().splitlines() or [""])[-1]
+            why = f"; {' '.join(self.modprobe)} said: {said}" if modprobe["returncode"] and said \
+                else ""
+            missing.append(f"vfio-pci (no /sys/bus/pci/drivers/vfio-pci after modprobe{why})")
         if not os.path.islink(self._sys("devices", self.bdf, "iommu_group")):
             missing.append(f"an IOMMU group for {self.bdf} (no vIOMMU, or intel_iommu off)")
         iommufd = (vfio.cdev_name(self.bdf, self.root)
@@ -76,7 +80,7 @@ class VfioCommands:
         if self.bdf is None:
             self.bdf = self.agent.unbound or self.agent.unbind()["unbound"]
         modprobe = sysview.run_tool(self.modprobe)
-        missing = self._missing()
+        missing = self._missing(modprobe)
         if not missing and self._driver() != VFIO_DRIVER:
             _write(self._sys("devices", self.bdf, "driver_override"), VFIO_DRIVER)
             _write(self._sys("drivers_probe"), self.bdf)

@@ -57,9 +57,9 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _image_with_progress():
-    with console.status("image: checking the cache") as status:
+    with progress.phase(console, "image: checking the cache") as shown:
         def on_step(step: str, line: str) -> None:
-            status.update(f"image build, step [bold]{step}[/]: {line[:90]}")
+            shown.update(f"image build, step {step}: {line[:90]}")
         return ensure_image(on_step)
 
 

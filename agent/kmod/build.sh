@@ -6,12 +6,13 @@
 # Build msixlab.ko against the kernel headers installed in an image rootfs
 # (gcc, make and linux-headers-*-amd64 inside it) as any user: no chroot, no
 # namespace, and the rootfs is only read.  Every program of the rootfs that the
-# build runs (make, the shell, gcc and its cc1, as and ld, the kernel's fixdep,
-# modpost and objtool, pahole ...) runs on the host through the rootfs's own
-# dynamic loader and libraries, as msixlab already runs the image's QEMU:
-#   OUTDIR/.tools/bin      a wrapper for each ELF program of ROOTFS/usr/bin, first
-#                          on PATH; gcc's wrapper adds -B OUTDIR/.tools/gcc so that
-#                          gcc runs its cc1, as and ld through wrappers too;
+# build runs (make, gcc and its cc1, as and ld, the kernel's fixdep, modpost and
+# objtool, pahole ...) runs on the host through the rootfs's own dynamic loader
+# and libraries, as msixlab already runs the image's QEMU; the rest (sh, sed,
+# awk ...) is the host's:
+#   OUTDIR/.tools/bin      a wrapper for each toolchain program of ROOTFS/usr/bin,
+#                          first on PATH; gcc's wrapper adds -B OUTDIR/.tools/gcc so
+#                          that gcc runs its cc1, as and ld through wrappers too;
 #   OUTDIR/.tools/kdir     the headers' build directory, each entry linked to the
 #                          rootfs's, but scripts/ and tools/ mirrored with the
 #                          kernel's own ELF helpers as wrappers, and a Makefile
@@ -21,6 +22,8 @@
 # OUTDIR/build.log; on failure exits 1 with the log's last lines and the reason
 # on stderr (a usage error exits 2).
 # MSIXLAB_KVER=VER selects linux-headers-VER when the rootfs holds several.
+# MSIXLAB_W=LEVELS builds with kbuild's extra warnings (make W=LEVELS: 1, 2
+# and 3 or a combination such as 12); their messages are in OUTDIR/build.log.
 set -eu
 
 usage() {
@@ -34,6 +37,13 @@ die() {
 }
 
 [ $# -eq 2 ] || usage
+w=${MSIXLAB_W:-}
+case $w in
+*[!123]*)
+	echo "$0: MSIXLAB_W must be kbuild's warning levels (1, 2, 3 or a combination such as 12), not '$w'" >&2
+	exit 2
+	;;
+esac
 [ -d "$1" ] || die "no image rootfs at $1"
 rootfs=$(realpath "$1")
 mkdir -p "$2"
@@ -181,9 +191,9 @@ for f in "$src"/Kbuild "$src"/Makefile "$src"/*.h "$src"/*.c; do
 done
 rm -f "$outdir/msixlab.ko"
 
-# objtool reads /proc, which the host has; nothing else of the host's is needed
-# beyond a /bin/sh for the wrappers
-PATH=$tools/bin:$PATH "$tools/bin/make" -C "$outdir" KDIR="$tools/kdir" modules \
+# the toolchain is the rootfs's (through the wrappers); the rest of the build's
+# commands (sh, sed, awk ...) are the host's
+PATH=$tools/bin:$PATH "$tools/bin/make" -C "$outdir" KDIR="$tools/kdir" ${w:+"W=$w"} modules \
 	>"$outdir/build.log" 2>&1 || {
 	tail -n 40 "$outdir/build.log" >&2
 	die "build failed (log: $outdir/build.log)"

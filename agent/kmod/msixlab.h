@@ -77,7 +77,7 @@ struct msixlab_dev {
 	struct mutex lock;		/* control operations */
 	bool gone;			/* unbound: ioctls fail with ENODEV */
 	int id;				/* N of /dev/msixlab<N> */
-	char name[16];
+	char name[sizeof("msixlab") + 10];	/* any int id: 10 digits */
 	struct miscdevice misc;
 
 	void __iomem *bar[PCI_STD_NUM_BARS];

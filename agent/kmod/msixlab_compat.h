@@ -14,6 +14,11 @@
  *    pcim_iomap_regions()/pcim_iomap_table(): msixlab_iomap_bar() maps one
  *    BAR (request + map, devres-managed) either way and returns an
  *    ERR_PTR on failure.
+ *  - kzalloc_obj(P, gfp) allocates one zeroed object of P's type and
+ *    returns a pointer typed for it (both image kernels have it, older
+ *    ones may not).  The fallback is kzalloc(sizeof(P), gfp): an untyped
+ *    pointer, and the GFP flags are required (the kernel's makes them
+ *    optional).
  */
 #ifndef _MSIXLAB_COMPAT_H
 #define _MSIXLAB_COMPAT_H
@@ -21,6 +26,7 @@
 #include <linux/err.h>
 #include <linux/io.h>
 #include <linux/pci.h>
+#include <linux/slab.h>
 #include <linux/version.h>
 
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 2, 0)
@@ -43,6 +49,10 @@ static inline void __iomem *msixlab_iomap_bar(struct pci_dev *pdev, int bar,
 		return IOMEM_ERR_PTR(ret);
 	return pcim_iomap_table(pdev)[bar];
 }
+#endif
+
+#ifndef kzalloc_obj
+#define kzalloc_obj(P, GFP)	kzalloc(sizeof(P), GFP)
 #endif
 
 #endif /* _MSIXLAB_COMPAT_H */

@@ -48,7 +48,7 @@ static struct msixlab_vec *msixlab_vec_new(struct msixlab_dev *ml)
 {
 	struct msixlab_vec *vec;
 
-	vec = kzalloc(sizeof(*vec), GFP_KERNEL);
+	vec = kzalloc_obj(*vec, GFP_KERNEL);
 	if (!vec)
 		return NULL;
 	vec->counts = alloc_percpu(u64);
@@ -282,7 +282,7 @@ int msixlab_grp_alloc(struct msixlab_dev *ml, struct msixlab_group *req)
 	if (ml->next_group == MSIXLAB_NO_GROUP)
 		return -ENOSPC;		/* ids are never reused while bound */
 
-	grp = kzalloc(sizeof(*grp), GFP_KERNEL);
+	grp = kzalloc_obj(*grp, GFP_KERNEL);
 	if (!grp)
 		return -ENOMEM;
 	grp->id = ml->next_group;
@@ -295,7 +295,7 @@ int msixlab_grp_alloc(struct msixlab_dev *ml, struct msixlab_group *req)
 	ml->fail_irq_next = 0;
 
 	if (req->cpu != MSIXLAB_NO_CPU) {
-		affd = kzalloc(sizeof(*affd), GFP_KERNEL);
+		affd = kzalloc_obj(*affd, GFP_KERNEL);
 		if (!affd) {
 			ret = -ENOMEM;
 			goto err_free_grp;

@@ -291,7 +291,7 @@ static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (!pdev->msix_cap)
 		return -ENODEV;
 
-	ml = kzalloc(sizeof(*ml), GFP_KERNEL);
+	ml = kzalloc_obj(*ml, GFP_KERNEL);
 	if (!ml)
 		return -ENOMEM;
 	ml->pdev = pdev;

@@ -177,9 +177,11 @@ int msixlab_read_pba(struct msixlab_dev *ml, struct msixlab_pba *p)
 
 static bool msixlab_raise_done(struct msixlab_vec *vec, s64 before)
 {
-	/* Acquire: pairs with the releases in msixlab_irq() and _detach(). */
-	return atomic64_read_acquire(&vec->total) != before ||
-	       smp_load_acquire(&vec->dead);
+	/* Acquire: pairs with the release of total in msixlab_irq(). */
+	if (atomic64_read_acquire(&vec->total) != before)
+		return true;
+	/* Acquire: pairs with the release of dead in msixlab_vec_detach(). */
+	return smp_load_acquire(&vec->dead);
 }
 
 /* After the wait: the handler's record, or why there is none. */
@@ -196,6 +198,7 @@ static int msixlab_raise_result(struct msixlab_dev *ml,
 		r->total = total;
 		return 0;
 	}
+	/* Acquire: pairs with msixlab_vec_detach(), so ml->gone is seen too. */
 	if (smp_load_acquire(&vec->dead))
 		return READ_ONCE(ml->gone) ? -ENODEV : -ENOENT;
 	if (left < 0)
@@ -271,6 +274,13 @@ static int msixlab_totals_read(struct msixlab_dev *ml, u64 *totals,
 	return 0;
 }
 
+/* Whether any handler counted an interrupt since @seen, or unbind came. */
+static bool msixlab_irqs_moved(struct msixlab_dev *ml, s64 seen)
+{
+	/* Acquire: pairs with the release of irqs in msixlab_irq(). */
+	return atomic64_read_acquire(&ml->irqs) != seen || READ_ONCE(ml->gone);
+}
+
 /*
  * Every index's total, after waiting (bounded, interruptibly, without the
  * lock) until each allocated index reached want[index], if want is given.
@@ -304,10 +314,9 @@ int msixlab_totals(struct msixlab_dev *ml, struct msixlab_totals *t)
 					  &seen);
 		if (ret || !t->short_count || !left)
 			break;
-		/* Acquire: pairs with the release in msixlab_irq(). */
 		left = wait_event_interruptible_timeout(ml->raise_wq,
-				atomic64_read_acquire(&ml->irqs) != seen ||
-				READ_ONCE(ml->gone), left);
+							msixlab_irqs_moved(ml, seen),
+							left);
 		if (left < 0) {
 			ret = -EINTR;
 			break;

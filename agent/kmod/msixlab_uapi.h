@@ -62,8 +62,8 @@
 
 /* msixlab_info.flags */
 #define MSIXLAB_INFO_DYN_ALLOC		(1U << 0)	/* pci_msix_can_alloc_dyn() */
-#define MSIXLAB_INFO_FAULT_INJECTION	(1U << 1)	/* MSIXLAB_IOC_CRASH and
-							   FAIL_REQUEST_IRQ allowed */
+/* MSIXLAB_IOC_CRASH and MSIXLAB_IOC_FAIL_REQUEST_IRQ allowed */
+#define MSIXLAB_INFO_FAULT_INJECTION	(1U << 1)
 
 /* msixlab_group.flags */
 #define MSIXLAB_GROUP_MANAGED	(1U << 0)	/* managed affinity (needs cpu) */

@@ -13,11 +13,10 @@ import json
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
 
 from msixlab_common import atomic
 
+from agent.host.jobs import progress
 from agent.host.kernel import build as kbuild
 from agent.host.kernel.source import kernel_cache
 
@@ -48,16 +47,11 @@ def build_with_progress(tree: kbuild.KernelTree, log_path: Path, console: Consol
                         jobs: int | None = None, niceness: int = 0) -> kbuild.BuildResult:
     """``kbuild.build`` with a live display; the display is gone when it returns."""
     previous = _remembered(tree.path)
-    columns = [SpinnerColumn(), TextColumn("[bold]kernel build[/]"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[step]}")]
-    with Progress(*columns, console=console, transient=True,
-                  disable=not console.is_terminal) as progress:
-        task = progress.add_task("build", total=previous, step="configuring")
-
+    with progress.bar(console, "kernel build", previous, "configuring") as shown:
         def on_line(line: str) -> None:
             match = kbuild.PROGRESS.match(line)
             if match:
-                progress.update(task, advance=1, step=f"{match.group(1)} {match.group(2)}"[:60])
+                shown.advance(f"{match.group(1)} {match.group(2)}")
 
         result = kbuild.build(tree, log_path, jobs=jobs, on_line=on_line, niceness=niceness)
     if result.steps > 50 or previous is None:   # a from-scratch count is the useful total

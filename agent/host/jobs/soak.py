@@ -85,9 +85,8 @@ def _progress_line(console: Console, soak: Soak):
         rss = f", device RSS {stats.rss_kib[-1] / 1024:.1f} MiB" if stats.rss_kib else ""
         per_nic = "" if len(soak.nics) == 1 else "; " + "; ".join(
             f"{nic.name}: {_counts(nic.stats)}" for nic in soak.nics)
-        console.print(f"[dim]{elapsed:5.1f} s[/] {_counts(stats)} "
-                      f"({rate:.0f}/s), {live} vectors live in "
-                      f"{sum(len(ledger.groups) for ledger in ledgers)} groups, "
+        progress.tick(console, elapsed, f"{_counts(stats)} ({rate:.0f}/s), {live} vectors live "
+                      f"in {sum(len(ledger.groups) for ledger in ledgers)} groups, "
                       f"{len(soak.failures)} failures{rss}{per_nic}")
     return tick
 

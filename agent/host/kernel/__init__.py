@@ -14,4 +14,7 @@ Modules (each small, one concept):
 - ``source``, ``testtrees``: Debian's ``linux-source`` package fetched through a private
   apt configuration, built once in the msixlab cache, and the throwaway git repository
   with planted bugs that the bisect tests search.
+- ``checkpatch``, ``lint``: the guest driver's style and warning checks: the kernel's
+  ``checkpatch.pl`` from that package, the warnings of a ``W=1`` build, and the short
+  lists of accepted findings they are judged against.
 """

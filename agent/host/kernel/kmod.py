@@ -23,6 +23,9 @@ gets a manifest beside it (size and SHA-256, images/manifest.py) and is checked 
 it before use; a damaged one (truncated, overwritten, garbage) is built again, so a bad
 module never reaches a guest.  A module from before manifests is checked as an ELF
 module for the release (``elf_problem``) and then recorded.
+``build_with_warnings`` builds as the first way does, uncached, with kbuild's extra
+warnings (``W=1``), for the unit suite's check that the driver builds without warnings
+(tests/test_kmod_lint.py, kernel/lint.py).
 """
 
 from __future__ import annotations
@@ -102,22 +105,29 @@ def ensure_kmod(image: Image, kernel: KernelUnderTest | str, timeout: float = 60
         _discard(out)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         remove_tree(tmp, ignore_errors=True)
-        env = {**os.environ, "MSIXLAB_KVER": kernel.release}
-        try:
-            done = run_in_group(["sh", str(KMOD_DIR / "build.sh"), str(image.rootfs), str(tmp)],
-                                timeout, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        except subprocess.TimeoutExpired as err:
-            raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s",
-                                 log=tmp / "build.log") from err
-        except OSError as err:
-            raise KmodBuildError(f"cannot run the driver's build.sh: {err}") from err
-        if done.returncode != 0:
-            raise build_failed(f"building msixlab.ko for {kernel.release}", done,
-                               tmp / "build.log")
+        _build_in_image(image, kernel.release, tmp, timeout)
         _record(tmp / "msixlab.ko", kernel.release)
         os.rename(tmp, out)
     return out
+
+
+def _build_in_image(image: Image, release: str, out: Path, timeout: float,
+                    warnings: str = "", sources: Path = KMOD_DIR) -> None:
+    """``build.sh`` of ``sources`` into ``out`` against the image's headers for ``release``,
+    with kbuild's extra ``warnings`` levels (``W=``) when given; ``KmodBuildError`` when it
+    fails (``build_failed``: the reason on its first line)."""
+    env = {**os.environ, "MSIXLAB_KVER": release, "MSIXLAB_W": warnings}
+    try:
+        done = run_in_group(["sh", str(sources / "build.sh"), str(image.rootfs), str(out)],
+                            timeout, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    except subprocess.TimeoutExpired as err:
+        raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s",
+                             log=out / "build.log") from err
+    except OSError as err:
+        raise KmodBuildError(f"cannot run the driver's build.sh: {err}") from err
+    if done.returncode != 0:
+        raise build_failed(f"building msixlab.ko for {release}", done, out / "build.log")
 
 
 def build_failed(what: str, done: subprocess.CompletedProcess, log: Path) -> KmodBuildError:
@@ -136,6 +146,21 @@ def build_failed(what: str, done: subprocess.CompletedProcess, log: Path) -> Kmo
     tail = output[-TAIL_CHARS:].rstrip()
     return KmodBuildError(f"{what} failed: {reason}" + (f"\n{tail}" if tail else ""),
                           log=log if log.is_file() else None, first_error=error)
+
+
+def build_with_warnings(image: Image, kernel: KernelUnderTest | str, out: Path,
+                        level: str = "1", timeout: float = 600,
+                        sources: Path = KMOD_DIR) -> str:
+    """Build ``msixlab.ko`` for an image kernel into ``out`` (a fresh directory, never the
+    cache) as ``ensure_kmod`` does but with kbuild's extra warnings ``W=level``, and return
+    the build log (the compiler's messages; kernel/lint.py reads the warnings from it).
+    ``sources`` is the driver's directory (a copy, for a test that plants a warning).
+    ``KmodBuildError`` when it does not build."""
+    kernel = as_kernel(image, kernel)
+    if kernel.driver_build is not DriverBuild.IMAGE:
+        raise ValueError(f"{kernel.label}: a W={level} build is for image kernels only")
+    _build_in_image(image, kernel.release, out, timeout, warnings=level, sources=sources)
+    return (out / "build.log").read_text(errors="replace")
 
 
 def elf_problem(ko: Path, release: str) -> str | None:

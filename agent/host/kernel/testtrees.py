@@ -13,11 +13,13 @@ Concepts:
 - The *bisect fixture*: a git repository made from a copy of the built test kernel
   (Debian's top-level ``.gitignore`` holds ``/*``, which is dropped), a ``base`` commit,
   and one branch per ``SERIES``: commits that each make one small change in
-  ``drivers/pci/msi/`` or its documentation, one of which plants a bug.  Commits are
-  made with fixed names and dates, so the same inputs give the same shas.  The
-  repository is kept under ``<cache>/kernel/bisect/`` with its build products, so a
-  bisect of it rebuilds only what a step changes; ``fixture_in_use`` lends it to one
-  user (a test module, a bench) at a time.
+  ``drivers/pci/msi/``, ``drivers/vfio/pci/`` or their documentation, one of which plants
+  a bug: an MSI-X table regression, an oops, a restore that misses vectors added after
+  enable (all three caught by the default scenario) and a vfio-pci one (caught by
+  ``--scenario vfio-pci``).  Commits are made with fixed names and dates, so the same
+  inputs give the same shas.  The repository is kept under ``<cache>/kernel/bisect/``
+  with its build products, so a bisect of it rebuilds only what a step changes;
+  ``fixture_in_use`` lends it to one user (a test module, a bench) at a time.
 """
 
 from __future__ import annotations
@@ -206,8 +208,38 @@ MANAGED_DEREF = Edit(
     "\treturn msi_domain_alloc_irq_at(&dev->dev, MSI_DEFAULT_DOMAIN, index, affdesc, NULL);\n")
 
 
-def _series(culprit_at: int, culprit: tuple[str, Edit], tag: str) -> tuple[tuple[str, tuple[Edit, ...]], ...]:
-    harmless = [
+# The restore regression: __pci_restore_msix_state() walks the descriptors as if MSI-X
+# held only the block pci_enable_msix_range() set up from entry 0 and stops at the first
+# gap, so a vector added after enable past a gap (an explicit index, a freed hole) is not
+# rewritten: after a bus reset, which resets QEMU's table, it stays masked with an empty
+# message (checked by reset_entry_restored).  The FLR before it passes: QEMU keeps its
+# table over an FLR.
+RESTORE_STOPS_AT_GAP = Edit(
+    MSI, "\t\tmsi_for_each_desc(entry, &dev->dev, MSI_DESC_ALL) {\n"
+         "\t\t\tif (write_msg)\n",
+    "\t\tunsigned int next = 0;\n\n"
+    "\t\tmsi_for_each_desc(entry, &dev->dev, MSI_DESC_ALL) {\n"
+    "\t\t\t/* The table was set up as one block from entry 0 */\n"
+    "\t\t\tif (entry->msi_index != next++)\n\t\t\t\tbreak;\n"
+    "\t\t\tif (write_msg)\n")
+
+VFIO_INTRS, VFIO_CORE = "drivers/vfio/pci/vfio_pci_intrs.c", "drivers/vfio/pci/vfio_pci_core.c"
+VFIO_DOC = "Documentation/driver-api/vfio.rst"
+VFIO_INCLUDES = '#include "vfio_pci_priv.h"\n'
+VFIO_DOC_ANCHOR = "VFIO Device cdev\n----------------\n"
+
+# The vfio-pci regression: a vector userspace adds after MSI-X was enabled gets whichever
+# table entry is free (MSI_ANY_INDEX), not its own, so its trigger is wired to another
+# entry and its own raise reaches nothing (checked by vfio_msi_irqs_match_allocated and the
+# vfio-pci scenario's other views).
+VFIO_ANY_INDEX = Edit(
+    VFIO_INTRS, "\tmap = pci_msix_alloc_irq_at(pdev, vector, NULL);\n",
+    "\t/* The MSI core places the new vector, as pci_alloc_irq_vectors() does */\n"
+    "\tmap = pci_msix_alloc_irq_at(pdev, MSI_ANY_INDEX, NULL);\n")
+
+
+def _msi_notes(tag: str) -> list[tuple[str, Edit]]:
+    return [
         ("PCI/MSI: Document where dynamic allocation lives", _note(DOC, DOC_ANCHOR, f"{tag} 1")),
         ("PCI/MSI: Note the API file's scope", _note(API, API_INCLUDES, f"{tag}: exported API")),
         ("PCI/MSI: Note the core file's scope", _note(MSI, MSI_INCLUDES, f"{tag}: core")),
@@ -216,7 +248,26 @@ def _series(culprit_at: int, culprit: tuple[str, Edit], tag: str) -> tuple[tuple
         ("PCI/MSI: Note the API's locking", _note(API, API_INCLUDES, f"{tag}: locking")),
         ("PCI/MSI: Note the write ordering", _note(MSI, MSI_INCLUDES, f"{tag}: ordering")),
     ]
-    commits = [(subject, (edit,)) for subject, edit in harmless]
+
+
+def _vfio_notes(tag: str) -> list[tuple[str, Edit]]:
+    return [
+        ("vfio: Document the device cdev's users", _note(VFIO_DOC, VFIO_DOC_ANCHOR, f"{tag} 1")),
+        ("vfio/pci: Note the interrupt file's scope",
+         _note(VFIO_INTRS, VFIO_INCLUDES, f"{tag}: irqs")),
+        ("vfio/pci: Note the core file's scope", _note(VFIO_CORE, VFIO_INCLUDES, f"{tag}: core")),
+        ("vfio: Document MSI-X growth after enable", _note(VFIO_DOC, VFIO_DOC_ANCHOR, f"{tag} 2")),
+        ("vfio/pci: Note the trigger locking", _note(VFIO_INTRS, VFIO_INCLUDES, f"{tag}: locking")),
+        ("vfio/pci: Note the reset paths", _note(VFIO_CORE, VFIO_INCLUDES, f"{tag}: resets")),
+        ("vfio: Document NORESIZE", _note(VFIO_DOC, VFIO_DOC_ANCHOR, f"{tag} 3")),
+    ]
+
+
+def _series(culprit_at: int, culprit: tuple[str, Edit], tag: str,
+            notes: Callable[[str], list[tuple[str, Edit]]] = _msi_notes,
+            ) -> tuple[tuple[str, tuple[Edit, ...]], ...]:
+    """Seven harmless commits (``notes``) with ``culprit`` inserted at ``culprit_at``."""
+    commits = [(subject, (edit,)) for subject, edit in notes(tag)]
     commits.insert(culprit_at, (culprit[0], (culprit[1],)))
     return tuple(commits)
 
@@ -227,8 +278,12 @@ SERIES = {
                                    ZERO_MSG_SKIPPED), "regression series"),
     "oops": _series(2, ("PCI/MSI: Refuse managed affinity in dynamic allocation",
                         MANAGED_DEREF), "oops series"),
+    "restore": _series(6, ("PCI/MSI: Restore the MSI-X table as one block from entry 0",
+                           RESTORE_STOPS_AT_GAP), "restore series"),
+    "vfio-pci": _series(3, ("vfio/pci: Let the MSI core place MSI-X vectors added after enable",
+                            VFIO_ANY_INDEX), "vfio-pci series", _vfio_notes),
 }
-CULPRITS = {"msix-regression": 4, "oops": 2}
+CULPRITS = {"msix-regression": 4, "oops": 2, "restore": 6, "vfio-pci": 3}
 
 
 def fixture_hash() -> str:

@@ -28,9 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from images.errors import ImageError
-
-from msixlab_common.errors import MsixlabError, WaitTimeout
+from msixlab_common.errors import MsixlabError
 
 from agent.host.errors import GuestAgentError
 
@@ -172,29 +170,33 @@ _HOST_RESOURCE_ERRNOS = {errno_mod.ENOSPC, errno_mod.EDQUOT, errno_mod.EROFS, er
                          errno_mod.ENOTDIR, errno_mod.EISDIR, errno_mod.EEXIST}
 
 
-def classify(err: BaseException) -> tuple[Outcome, dict[str, Any]]:
-    """The outcome of an exception that ended a run, and its evidence."""
-    if isinstance(err, (KernelMisbehaved, CouldNotJudge)):
-        return err.outcome, dict(err.evidence)
-    outcome = getattr(err, "outcome", None)
-    if isinstance(outcome, Outcome):
-        return outcome, dict(getattr(err, "evidence", {}) or {})
-    if isinstance(err, KeyboardInterrupt):
-        return Outcome.INTERRUPTED, {}
-    if isinstance(err, ImageError):
-        return Outcome.BUILD_FAILED, {"step": err.step, "log": str(err.log) if err.log else None,
-                                      **getattr(err, "evidence", {})}
-    if isinstance(err, OSError) and err.errno in _HOST_RESOURCE_ERRNOS:
+def _os_error(err: OSError) -> tuple[Outcome, dict[str, Any]]:
+    if err.errno in _HOST_RESOURCE_ERRNOS:
         return Outcome.HOST_RESOURCE, {"errno": errno_mod.errorcode.get(err.errno, err.errno),
                                        "path": getattr(err, "filename", None)}
-    if isinstance(err, MemoryError):
-        return Outcome.HOST_RESOURCE, {"error": "out of memory"}
-    if isinstance(err, WaitTimeout):
-        return Outcome.PROCESS_FAILED, {"waited_for": err.what, "timeout": err.timeout}
-    if isinstance(err, (ConnectionError, EOFError)):
-        return Outcome.PROCESS_FAILED, {"error": f"{type(err).__name__}: {err}"}
+    return Outcome.INTERNAL_ERROR, {"exception": type(err).__name__}
+
+
+#: the endings of exceptions msixlab does not raise on purpose, by class (the nearest class
+#: in an exception's MRO wins: a ConnectionError is a rig process gone, not any OSError)
+FOREIGN: dict[type, Any] = {
+    KeyboardInterrupt: lambda err: (Outcome.INTERRUPTED, {}),
+    MemoryError: lambda err: (Outcome.HOST_RESOURCE, {"error": "out of memory"}),
+    ConnectionError: lambda err: (Outcome.PROCESS_FAILED, {"error": f"{type(err).__name__}: {err}"}),
+    EOFError: lambda err: (Outcome.PROCESS_FAILED, {"error": f"{type(err).__name__}: {err}"}),
+    OSError: _os_error,
+}
+
+
+def classify(err: BaseException) -> tuple[Outcome, dict[str, Any]]:
+    """The outcome of an exception that ended a run, and its evidence: an error msixlab
+    raises on purpose names its own (``outcome``, ``outcome_evidence()``); any other is
+    looked up by class in ``FOREIGN``; what is left is a bug in msixlab (internal_error)."""
     if isinstance(err, MsixlabError):
-        return Outcome.PROCESS_FAILED, {}
+        return Outcome(err.outcome), err.outcome_evidence()
+    for cls in type(err).__mro__:
+        if cls in FOREIGN:
+            return FOREIGN[cls](err)
     return Outcome.INTERNAL_ERROR, {"exception": type(err).__name__}
 
 
