@@ -86,7 +86,8 @@ class Installed:
         script = ['mount -t tmpfs -o mode=0,size=64k msixlab-hides-the-checkout "$1"']
         if overlay:
             lower, merged = overlay
-            upper, work = merged.with_name(merged.name + "-upper"), merged.with_name(merged.name + "-work")
+            upper = merged.with_name(merged.name + "-upper")
+            work = merged.with_name(merged.name + "-work")
             for d in (upper, work, merged):
                 d.mkdir(exist_ok=True)
             os.chown(upper, self.user.pw_uid, self.user.pw_gid)   # results/ go there
