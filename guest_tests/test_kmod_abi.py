@@ -2,7 +2,9 @@
 
 Runs guest_tests/guest_side/kmod_abi.py once through ``msixlab shell`` (it needs two
 threads on the device at once and raw, malformed ioctls, which the agent never sends)
-and judges the numbers it prints.
+and judges the numbers it prints.  The guest sees the script through the tests' extra
+share (``$MSIXLAB_GUEST_EXTRA``, at /opt/msixlab-extra): msixlab stages only its own guest
+files for the guest.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import sys
 
 import pytest
 
+from pathlib import Path
+
 from agent.host.lab.console import find_splat
+from agent.host.lab.guest_spec import EXTRA_ENV
 from test_shell import at_prompt
+
+GUEST_SIDE = Path(__file__).resolve().parent / "guest_side"
 
 WAIT_S = 5.0          # the raises' timeout in the script
 HOLD_S = 0.5          # how long the script lets a raise wait before acting
@@ -23,9 +30,10 @@ HOLD_S = 0.5          # how long the script lets a raise wait before acting
 @pytest.fixture(scope="module")
 def got(tmp_path_factory):
     results = tmp_path_factory.mktemp("kmod-abi")
-    term = at_prompt([sys.executable, "-m", "agent.host", "shell", "--results", str(results)])
+    term = at_prompt([sys.executable, "-m", "agent.host", "shell", "--results", str(results)],
+                     env={EXTRA_ENV: str(GUEST_SIDE)})
     try:
-        term.type("python3 /opt/msixlab/guest_tests/guest_side/kmod_abi.py; exit")
+        term.type("python3 /opt/msixlab-extra/kmod_abi.py; exit")
         term.expect(b"MSIXLAB-POWEROFF", 120)
         match = re.search(rb"MSIXLAB-KMOD-ABI (\{.*\})", term.seen)
         assert match, term.seen[-3000:]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.host.lab.guest_spec import EXTRA_ENV
 from agent.host.rundirs import PROJECT_DIR
 from images import recipe
 from images.cache import exclusive
@@ -150,9 +151,10 @@ def test_timers_and_offline_cpus_do_not_outlive_their_test(outside):
                         "test_2_no_timer_fires_and_every_cpu_is_online": "passed"}, outcomes
 
 
-def splat_module(image, flavor: str) -> str:
-    """Build (once per kernel and source) the module that oopses on load, where the
-    guest sees it; return its path inside the guest."""
+def splat_module(image, flavor: str) -> tuple[Path, str]:
+    """Build (once per kernel and source) the module that oopses on load; return the
+    directory to share with the guest (``$MSIXLAB_GUEST_EXTRA``) and the module's path
+    inside the guest."""
     sources = sorted(SPLAT_SRC.iterdir())
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     kernel = image.kernel(flavor).version
@@ -170,11 +172,12 @@ def splat_module(image, flavor: str) -> str:
                                       env={**os.environ, "MSIXLAB_KVER": kernel},
                                       capture_output=True, text=True, timeout=600)
                 assert done.returncode == 0, done.stderr[-3000:]
-    return "/opt/msixlab/" + str((out / "msixlab.ko").relative_to(PROJECT_DIR))
+    return out, "/opt/msixlab-extra/msixlab.ko"
 
 
-def test_a_kernel_oops_during_a_test_fails_it_with_the_console(image, outside):
-    module = splat_module(image, recipe.DEFAULT_FLAVOR)
+def test_a_kernel_oops_during_a_test_fails_it_with_the_console(image, outside, monkeypatch):
+    shared, module = splat_module(image, recipe.DEFAULT_FLAVOR)
+    monkeypatch.setenv(EXTRA_ENV, str(shared))          # the user's pytest inherits it
     files = {"test_oops.py": f'''
 from agent.host.testkit.lab import CommandError
 

@@ -14,9 +14,10 @@ from agent.host.rundirs import PROJECT_DIR
 
 
 class Terminal:
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(argv, cwd=PROJECT_DIR, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=None if env is None else {**os.environ, **env})
         self.seen = b""
 
     def expect(self, text: bytes, timeout: float) -> None:
@@ -45,14 +46,16 @@ class Terminal:
 PROMPT = b"msixlab-guest:"
 
 
-def at_prompt(argv: list[str], timeout: float = 150.0, boots: int = 2) -> Terminal:
-    """A ``msixlab shell`` session (``argv``) at the guest's prompt.  A boot that stalls
+def at_prompt(argv: list[str], timeout: float = 150.0, boots: int = 2,
+              env: dict[str, str] | None = None) -> Terminal:
+    """A ``msixlab shell`` session (``argv``, with ``env`` added to the environment) at the
+    guest's prompt.  A boot that stalls
     silently (no prompt within ``timeout`` s while the session runs, no kernel report on
     the screen) is ended and the session started again, ``boots`` in all, as ``Lab.start``
     does (docs/verdict.md): TCG guests were seen to stall in early boot, before any device
     was touched.  A session that ends, or a kernel report, fails at once."""
     for boot in range(1, boots + 1):
-        term = Terminal(argv)
+        term = Terminal(argv, env)
         try:
             term.expect(PROMPT, timeout)
         except AssertionError:

@@ -4,9 +4,13 @@ Concepts: ``ensure_image()`` is the one entry point.  It holds the image's lock
 (images/lock.py) shared for the rest of the process, so the rootfs stays while this
 process may boot guests from it.  A warm cache answers at once.  A cold one takes the
 lock exclusive, re-checks (another process may have just finished), reaps what dead
-builds left, then runs the steps ``mirror`` -> ``mmdebstrap`` -> ``inspect`` ->
-``publish`` in a temporary directory.  As root, mmdebstrap runs in mount and pid
-namespaces of its own (``contained()``): its proc, sys, devpts and ``/dev/shm`` binds
+builds left, then runs the steps ``mirror`` -> ``mmdebstrap`` -> (``reclaim``) ->
+``inspect`` -> ``publish`` in a temporary directory.  As a normal user, mmdebstrap runs in
+its unshare mode: the user namespace it needs is tried first, and a user who may not make
+one gets the fix at once; the rootfs it leaves owned by the user's subordinate ids is
+then handed to the user (``reclaim``, images/userns.py).  As root, mmdebstrap runs in
+mount and pid namespaces of its own (``contained()``): its proc, sys, devpts and
+``/dev/shm`` binds
 are never in the host's namespace, and vanish with the namespace however the build
 dies.  Whatever ends a build early (a failed step, the watchdog, SIGTERM) kills it
 before its directory is removed, and removal never crosses a mount point
@@ -29,7 +33,7 @@ from typing import Callable
 from msixlab_common import streamed
 from msixlab_common.removal import remove_tree
 
-from . import keyfiles, recipe
+from . import keyfiles, recipe, userns
 from .cache import build_key, cache_dir, images_dir, tree_size
 from .errors import ImageError
 from .image import Image
@@ -116,9 +120,12 @@ def dead_builds(root: Path, key: str) -> list[Path]:
 
 def _reap(root: Path, key: str) -> None:
     """Remove what dead builds of ``key`` left (the caller holds its lock exclusive): their
-    directories, after unmounting anything still mounted there (theirs, so ours)."""
+    directories, after unmounting anything still mounted there (theirs, so ours), and, as a
+    normal user, after taking back what mmdebstrap's unshare mode left owned by the user's
+    subordinate ids (images/userns.py)."""
     for path in dead_builds(root, key):
         log.warning("removing %s, left by a build that died", path)
+        userns.reclaim(path)
         remove_tree(path, unmount=True)
 
 
@@ -141,8 +148,9 @@ def reap_dead_builds(root: Path) -> None:
 def _discard(tmp: Path) -> None:
     """Remove a build directory this process made, after its build was killed."""
     try:
+        userns.reclaim(tmp)
         remove_tree(tmp, unmount=True)
-    except OSError as err:
+    except (OSError, ImageError) as err:
         log.warning("could not remove the build directory %s: %s (the next build reaps it)",
                     tmp, err)
 
@@ -161,6 +169,9 @@ def _build(root: Path, on_step: OnStep) -> Image:
     try:
         _run_logged(contained(recipe.mmdebstrap_argv(mirror, tmp / "rootfs")), "mmdebstrap",
                     logs / f"{key}-mmdebstrap.log", on_step)
+        if os.geteuid() != 0:
+            on_step("reclaim", "making every file of the rootfs this user's")
+            userns.reclaim(tmp / "rootfs")
         _publish(tmp, key, started, on_step)
     except BaseException:
         _discard(tmp)
@@ -212,8 +223,9 @@ def ensure_image(on_step: OnStep = _quiet, root: Path | None = None) -> Image:
         try:
             if find_image(root) is None:
                 if shutil.which("mmdebstrap") is None:
-                    raise ImageError("mmdebstrap is not installed: run 'make setup' "
+                    raise ImageError("mmdebstrap is not installed: run 'msixlab setup' "
                                      "(apt-get install mmdebstrap)", step="mmdebstrap")
+                userns.check_unshare_mode()         # as a normal user: can mmdebstrap run?
                 _reap(root, key)
                 _build(root, on_step)
         except BaseException:

@@ -1,21 +1,21 @@
 """The guest agent's bytecode, compiled on the host by the image's own Python.
 
-Concepts: the guest imports the agent from the project checkout, shared read-only over 9p
-at /opt/msixlab, with PYTHONDONTWRITEBYTECODE set.  Without bytecode beside the sources
-every boot compiles the agent again under TCG, which costs about half a second of the
-guest's start.  So before a guest starts, the image's Python (run on the host through the
-image's loader, as QEMU is) compiles the guest packages into their ``__pycache__``
-directories, where the guest's interpreter looks for them; the file names carry the
-interpreter's tag (``cpython-313``), so they never clash with the host's own.
+Concepts: the guest imports its agent from msixlab's guest files staged in the cache
+(images/staging.py), shared read-only over 9p at /opt/msixlab, with
+PYTHONDONTWRITEBYTECODE set.  Without bytecode beside the sources every boot compiles the
+agent again under TCG, which costs about half a second of the guest's start.  So when the
+files are staged, the image's Python (run on the host through the image's loader, as QEMU
+is) compiles the guest packages into their ``__pycache__`` directories there, where the
+guest's interpreter looks for them; the file names carry the interpreter's tag
+(``cpython-313``).
 
 The guest validates each file by the source's mtime and size (9p passes both through),
 so stale bytecode is never used: the guest then compiles in memory as before.  Compiling
-is skipped when every file is fresh, and a checkout the host cannot write is left alone
-(the guest compiles; nothing fails).  Each package's bytecode is recorded in a manifest
+is skipped when every file is fresh, and a tree the host cannot write is left alone (the
+guest compiles; nothing fails).  Each package's bytecode is recorded in a manifest
 (images/manifest.py) when it is compiled; a file that no longer matches it (a valid
 header over garbage would crash the guest's import) is compiled again.
 """
-
 from __future__ import annotations
 
 import logging

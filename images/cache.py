@@ -25,6 +25,7 @@ from msixlab_common.removal import mounts_under, remove_tree
 
 from .errors import ImageError
 from .lock import ImageLock
+from .userns import reclaim
 
 CLEAN_TIMEOUT = 60
 
@@ -142,6 +143,8 @@ def _remove_entries(root: Path, images: Path, held: set[str], dead: list[Path]) 
                 continue                         # see images/lock.py
             if entry.name.startswith(".tmp-") and entry not in dead:
                 continue                         # a build whose lock we do not hold
+            if entry.is_dir() and not entry.is_symlink() and os.geteuid() != 0:
+                reclaim(entry)       # a rootfs of mmdebstrap's unshare mode (images/userns.py)
             remove_tree(entry, unmount=entry in dead)
             removed.append(entry)
     return removed

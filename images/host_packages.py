@@ -44,6 +44,8 @@ PACKAGES = (
     Package("xz-utils", "kernel modules and the kernel source package", "xz"),
     Package("lz4", "the minimal kernel is LZ4-compressed (it boots fastest)", "lz4"),
     Package("perl", "the kernel's checkpatch.pl on the guest driver (tests)", "perl"),
+    Package("uidmap", "the image build as a normal user (mmdebstrap's unshare mode)",
+            "shadow-utils (newuidmap, newgidmap)"),
     Package("chromium", "renders report.html in the tests (headless)", "chromium"),
 )
 

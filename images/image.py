@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
-from . import bytecode
 from .errors import ImageError
 
 LIBDIR = "usr/lib/x86_64-linux-gnu"
@@ -87,15 +86,6 @@ class Image:
                 f"PYTHONHOME={root / 'usr'}",
                 str(root / LOADER), "--library-path", str(root / LIBDIR),
                 str(root / f"usr/bin/python{self.python_version}"), "-s"]
-
-    def prepare_guest_bytecode(self, project: Path) -> bool:
-        """Compile the guest agent of checkout ``project`` for the image's Python (see
-        images/bytecode.py); True when the guest will find it all fresh."""
-        command = self.python_command()
-        if command is None:
-            return False
-        tag = "cpython-" + self.python_version.replace(".", "")
-        return bytecode.ensure(command, tag, Path(project))
 
     def _qemu_output(self, *args: str) -> str:
         argv = self.qemu_command() + list(args)

@@ -7,8 +7,9 @@ busybox's insmod loads them on any kernel; none when the kernel has them built i
 ``guest/init``.  ``debian_modules`` finds them for a kernel of the image (its
 ``modules.dep``), ``tree_modules`` in a kernel build tree (its ``modules.order`` and each
 module's ``depends=``).  /init mounts the image rootfs over 9p read-only under a
-tmpfs overlay, mounts the project checkout at /opt/msixlab, and switches root to
-``guest/stage2`` (run from the checkout, so editing it needs no rebuild).
+tmpfs overlay, mounts msixlab's staged guest files at /opt/msixlab (images/staging.py),
+and switches root to ``guest/stage2`` (run from the staged files, so editing it needs no
+rebuild of the initramfs).  /init itself is package data (images/packaged.py).
 Archives are cached under ``<cache>/initramfs/`` keyed by a hash of their inputs (this
 file, /init, the image, and the modules' bytes), each with its manifest beside it
 (images/manifest.py): an archive that no longer matches it (truncated, overwritten, or
@@ -32,11 +33,11 @@ from msixlab_common import atomic
 from . import manifest
 from .cache import cache_dir
 from .image import Image, Kernel
+from .packaged import package_dir
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-INIT = HERE / "guest" / "init"
+INIT = package_dir(__package__) / "guest" / "init"       # package data (images/packaged.py)
 ROOT_MODULES = ("9pnet_virtio", "9p", "overlay")
 
 

@@ -18,8 +18,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 SUITE = "trixie"
 SUITES = ("trixie", "trixie-backports")
 DEFAULT_RELEASE = "trixie-backports"

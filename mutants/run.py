@@ -5,8 +5,9 @@ Concepts owned here:
   as they are now: uncommitted edits included, ``.venv``/``results`` excluded) copied to
   a private temporary directory.  The main job runs from it with ``PYTHONPATH`` and the
   working directory set to it, so the device server, the host agent, the guest agent
-  (the guest mounts the project directory, ``session.PROJECT_DIR``) and the driver
-  build (keyed by a hash of its sources, ``kmod.py``) all use the mutated code.
+  (staged for the guest from the copy, keyed by a hash of its files: images/staging.py)
+  and the driver build (keyed by a hash of its sources, ``kmod.py``) all use the mutated
+  code.
 - *Rot*: an edit whose old text does not occur exactly once stops the suite before
   anything runs: the catalogue must follow the code.
 - *Killed*: the run exits 1 and its verdict (routing.json) names a member of the

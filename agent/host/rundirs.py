@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from images.packaged import package_dir
 from msixlab_common.lifetime import process_alive, process_start_time
 from msixlab_common.removal import remove_tree
 
@@ -31,7 +32,10 @@ from agent.host.verdict.outcome import CouldNotJudge, Outcome
 
 log = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+#: the directory holding msixlab's packages: a checkout's top, or site-packages.  Never
+#: shared with the guest (images/staging.py); a bisect step's ``python -m agent.host``
+#: runs there so that it runs this msixlab.
+PROJECT_DIR = package_dir("agent").parent
 
 
 RUNTIME_PREFIX = "msixlab-"

@@ -1,4 +1,5 @@
-"""Run inside the guest (as root, PYTHONPATH=/opt/msixlab): the driver's ABI edges.
+"""Run inside the guest (as root, PYTHONPATH=/opt/msixlab; the guest sees this file through
+the tests' extra share, /opt/msixlab-extra/kmod_abi.py): the driver's ABI edges.
 
 Things the one-request-at-a-time agent cannot do, measured with raw ioctls:
 - how a RAISE waits, from a second thread while the raise is held back by the MSI-X

@@ -37,7 +37,7 @@ def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: 
                               qemu=qemu, nic_sockets=tuple(d.socket_path for d in devices),
                               kmod_dir=kmod_dir(image, kernel, dirs.results) if kmod else None,
                               agent=mode == "agent", interactive=interactive, iommu=iommu,
-                              append=append, extra_shares=tuple(extra_shares))
+                              append=append, extra_shares=tuple(extra_shares), stage=False)
             return [device.argv for device in devices] + [build_argv(spec)]
     finally:
         remove_tree(scratch, ignore_errors=True)

@@ -36,7 +36,7 @@ from agent.host.lab.device_server import DeviceServer
 from agent.host.lab.guest_spec import guest_spec
 from agent.host.lab.qemu_argv import build_argv
 from agent.host.lab.qemu_view import find_nic_bars
-from agent.host.rundirs import PROJECT_DIR, RunDirs
+from agent.host.rundirs import RunDirs
 
 
 def shell_session(image: Image, kernel: KernelUnderTest | str, results_root: Path,
@@ -68,7 +68,6 @@ def _session(image, kernel, results_root, console, accel, vectors, cpus, nic, km
         module = None
         if kmod:
             module = ensure_kmod(image, kernel, run_dir=dirs.results)
-        image.prepare_guest_bytecode(PROJECT_DIR)
         spec = guest_spec(image, kernel, dirs, mode="shell", accel=accel, cpus=cpus, qemu=qemu,
                           nic_sockets=(device.socket_path,) if nic else (),
                           kmod_dir=module, interactive=True, iommu=iommu, append=append)

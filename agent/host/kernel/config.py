@@ -18,7 +18,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FRAGMENT = Path(__file__).resolve().parent / "fragment.config"
+from images.packaged import package_dir
+
+#: the rig's fragment, shipped as package data of this package (pyproject.toml)
+FRAGMENT = package_dir(__package__) / "fragment.config"
 
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")

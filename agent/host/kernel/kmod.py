@@ -1,8 +1,10 @@
 """Building the guest driver for the kernel under test.
 
 Concepts: two ways, chosen by the kernel's ``DriverBuild``:
-- an image kernel: ``agent/kmod/build.sh`` builds ``msixlab.ko`` inside the image rootfs
-  (its gcc, its kernel headers) without modifying it.  Builds are cached under
+- an image kernel: ``agent/kmod/build.sh`` builds ``msixlab.ko`` with the image rootfs's
+  make and gcc against its kernel headers, as any user: no chroot and no namespace, the
+  rootfs's programs run on the host through its own dynamic loader, as its QEMU does, and
+  the rootfs is only read.  Builds are cached under
   ``<cache>/kmod/<release>-<hash of the driver sources>/`` so a run rebuilds only when the
   driver or the kernel changed;
 - a kernel build tree (``--kernel-tree``, ``--kdir``): ``make -C KDIR M=DIR modules`` on the
@@ -12,6 +14,10 @@ Concepts: two ways, chosen by the kernel's ``DriverBuild``:
   headers, config or release changed (a bisect step changes the tree, not its path).
   When nothing it reads is newer than the module, make is not run at all.
   The built ``msixlab.ko`` and the build log are copied into the run's ``kmod/``.
+The driver's sources are package data of ``agent`` (``agent/kmod/``, read through
+importlib.resources: images/packaged.py).  A failed build's error carries its reason on
+its first line (the first compiler error, else the build's last line) and the tail of its
+output after it, never an empty reason.
 Either directory is shared into the guest as ``/opt/kmod``.  Each built ``msixlab.ko``
 gets a manifest beside it (size and SHA-256, images/manifest.py) and is checked against
 it before use; a damaged one (truncated, overwritten, garbage) is built again, so a bad
@@ -35,6 +41,7 @@ from pathlib import Path
 from images import manifest
 from images.cache import cache_dir, exclusive
 from images.image import Image
+from images.packaged import package_dir
 from msixlab_common.lifetime import run_in_group
 from msixlab_common.removal import remove_tree
 
@@ -45,7 +52,8 @@ from agent.host.verdict.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
-KMOD_DIR = Path(__file__).resolve().parents[2] / "kmod"
+KMOD_DIR = package_dir("agent") / "kmod"       # the driver's sources (package data)
+TAIL_CHARS = 3000                               # of a failed build's output, in its error
 SOURCES = ("Kbuild", "Makefile")
 
 
@@ -107,18 +115,37 @@ def _build_in_image(image: Image, release: str, out: Path, timeout: float,
                     warnings: str = "", sources: Path = KMOD_DIR) -> None:
     """``build.sh`` of ``sources`` into ``out`` against the image's headers for ``release``,
     with kbuild's extra ``warnings`` levels (``W=``) when given; ``KmodBuildError`` when it
-    fails."""
+    fails (``build_failed``: the reason on its first line)."""
     env = {**os.environ, "MSIXLAB_KVER": release, "MSIXLAB_W": warnings}
     try:
         done = run_in_group(["sh", str(sources / "build.sh"), str(image.rootfs), str(out)],
                             timeout, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     except subprocess.TimeoutExpired as err:
-        raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s") from err
+        raise KmodBuildError(f"building msixlab.ko took longer than {timeout} s",
+                             log=out / "build.log") from err
+    except OSError as err:
+        raise KmodBuildError(f"cannot run the driver's build.sh: {err}") from err
     if done.returncode != 0:
-        output = done.stderr or done.stdout
-        raise KmodBuildError(f"building msixlab.ko for {release} failed:\n"
-                             + output[-3000:], first_error=first_error(output.splitlines()))
+        raise build_failed(f"building msixlab.ko for {release}", done, out / "build.log")
+
+
+def build_failed(what: str, done: subprocess.CompletedProcess, log: Path) -> KmodBuildError:
+    """The error of a failed build ``what``: ``what failed: REASON`` on the first line (the
+    first compiler, linker or make error, else the last line the build printed, else its
+    exit status), then the tail of its output (stderr, else stdout)."""
+    output = (done.stderr or "") or (done.stdout or "")
+    lines = [line for line in output.splitlines() if line.strip()]
+    error = first_error(lines)
+    if error:
+        reason = error.splitlines()[0].strip()
+    elif lines:
+        reason = lines[-1].strip()
+    else:
+        reason = f"exit status {done.returncode}, no output"
+    tail = output[-TAIL_CHARS:].rstrip()
+    return KmodBuildError(f"{what} failed: {reason}" + (f"\n{tail}" if tail else ""),
+                          log=log if log.is_file() else None, first_error=error)
 
 
 def build_with_warnings(image: Image, kernel: KernelUnderTest | str, out: Path,
@@ -279,7 +306,11 @@ def _make_against_kdir(kernel: KernelUnderTest, out: Path, timeout: float) -> No
         raise KmodBuildError(f"cannot run make for msixlab.ko: {err}", log=log) from err
     text = log.read_text(errors="replace")
     if done.returncode != 0 or not (out / "msixlab.ko").is_file():
-        error = first_error(text.splitlines())
+        lines = [line for line in text.splitlines()[1:] if line.strip()]   # not "$ make"
+        error = first_error(lines)
+        reason = (error.splitlines()[0].strip() if error else
+                  lines[-1].strip() if lines else f"make exited with status {done.returncode}")
         raise KmodBuildError(f"building msixlab.ko against {kernel.kdir} ({kernel.release}) "
-                             f"failed; log: {log}" + (f"\nfirst error:\n{error}" if error else ""),
+                             f"failed: {reason}; log: {log}"
+                             + (f"\nfirst error:\n{error}" if error else ""),
                              log=log, first_error=error)

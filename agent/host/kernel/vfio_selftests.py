@@ -46,6 +46,7 @@ from pathlib import Path
 from images import manifest
 from images.cache import cache_dir, exclusive
 from images.image import LIBDIR, LOADER, Image
+from images.packaged import package_dir
 from msixlab_common.lifetime import run_in_group
 from msixlab_common.removal import remove_tree
 
@@ -57,7 +58,7 @@ from agent.host.kernel.under_test import DriverBuild, KernelUnderTest
 log = logging.getLogger(__name__)
 
 SELFTESTS = "tools/testing/selftests/vfio"
-SHIM_DIR = Path(__file__).resolve().parents[2] / "selftests"
+SHIM_DIR = package_dir("agent") / "selftests"     # msixlab's own two files (package data)
 RECIPE = "msixlab vfio selftests build 1: make O= headers; make OUTPUT= KHDR_INCLUDES="
 KEY_PATHS = (SELFTESTS, "tools/testing/selftests/kselftest.h",
              "tools/testing/selftests/kselftest_harness.h", "tools/testing/selftests/lib.mk",

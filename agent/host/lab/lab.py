@@ -36,7 +36,7 @@ from agent.host.lab.hostlimits import ensure_fd_limit
 from agent.host.lab.machine import Machine, tail
 from agent.host.lab.qemu_argv import Share
 from agent.host.lab.sentinel import Sentinel
-from agent.host.rundirs import PROJECT_DIR, RunDirs
+from agent.host.rundirs import RunDirs
 from agent.host.verdict import routing
 from agent.host.verdict.outcome import (
     BootStalled,
@@ -148,9 +148,9 @@ class Lab:
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:
         """Bring the lab up, in order: check the kernel has what the rig needs, build (or find)
-        the guest driver, run the scenario's ``before_boot`` steps, compile the guest
-        agent's bytecode for the image's Python
-        (images/bytecode.py; a failure only costs boot time), then boot: start the device
+        the guest driver, run the scenario's ``before_boot`` steps, then boot: stage the
+        guest's files with their bytecode for the image's Python (images/staging.py,
+        through ``guest_spec``), start the device
         servers, launch QEMU, start the sentinel, connect to the guest agent and wait at
         most ``boot_timeout`` seconds for its hello (then check it).  A boot that stalls
         (no hello, no kernel report, no process gone) is set aside (``_set_aside``) and
@@ -168,7 +168,6 @@ class Lab:
         self.timings["kmod_build_s"] = time.monotonic() - t0
         for prepare in self.before_boot:
             prepare(self)
-        self.image.prepare_guest_bytecode(PROJECT_DIR)
         for attempt in range(1, max(1, boot_attempts) + 1):
             try:
                 self._boot(kmod_dir, boot_timeout)

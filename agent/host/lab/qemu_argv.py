@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.host.argtypes import cmdline_text
 
 AGENT_PORT = "org.msixlab.agent"
+EXTRA_TAG = "extra"         # the tests' extra share: images/guest/init mounts it when named
 
 
 def escape(value: object) -> str:
@@ -63,7 +64,8 @@ class GuestSpec:
 def kernel_cmdline(spec: GuestSpec) -> str:
     """The guest kernel's command line for ``spec``: serial console, ``panic=-1`` (reboot at
     once, which ``-no-reboot`` turns into QEMU exiting), the msixlab mode and driver,
-    ``intel_iommu=on`` with the IOMMU, then ``spec.append``."""
+    ``msixlab.extra=1`` with the tests' extra share, ``intel_iommu=on`` with the IOMMU,
+    then ``spec.append``."""
     # loglevel=5: messages up to KERN_WARNING reach the console, so a WARN's "WARNING:"
     # line (KERN_WARNING) is there for the console watcher, not only in dmesg.
     # no_timer_check: on a loaded host a TCG guest can fail the IO-APIC timer check and
@@ -74,6 +76,8 @@ def kernel_cmdline(spec: GuestSpec) -> str:
              f"msixlab.mode={spec.mode}"]
     if spec.kmod:
         words.append(f"msixlab.kmod={spec.kmod}")
+    if any(share.tag == EXTRA_TAG for share in spec.shares):
+        words.append("msixlab.extra=1")
     if spec.iommu:
         words.append("intel_iommu=on")
     return " ".join(words) + (" " + cmdline_text(spec.append) if spec.append else "")

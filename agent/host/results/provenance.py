@@ -26,10 +26,12 @@ from typing import Any
 from agent.host.argtypes import cmdline_text
 from agent.host.results.metadata import DEFAULT_SCENARIO, upgrade
 
+from images.packaged import package_dir
+
 log = logging.getLogger(__name__)
 
 #: the directory that holds msixlab's packages: a checkout's top, or site-packages
-PACKAGES_DIR = Path(__file__).resolve().parents[3]
+PACKAGES_DIR = package_dir("agent").parent
 GIT_TIMEOUT_S = 10
 
 
