@@ -23,7 +23,8 @@ from .session import RunDirs, guest_spec
 def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: int = 1,
              msix_maskable: bool = False, msix_noresize: bool = False, iommu: bool = False,
              qemu: list[str] | None = None, kmod: bool = True, accel: str = "tcg",
-             interactive: bool = False, append: tuple[str, ...] = ()) -> list[list[str]]:
+             interactive: bool = False, append: tuple[str, ...] = (),
+             sleep_safe: bool = False) -> list[list[str]]:
     """The argv of every device server (one per NIC, ``nics`` may be 0), then QEMU's."""
     scratch = Path(tempfile.mkdtemp(prefix="msixlab-dry-run-"))
     try:
@@ -34,7 +35,7 @@ def commands(image: Image, kernel, *, mode: str, vectors: int, cpus: int, nics: 
                               qemu=qemu, nic_sockets=tuple(d.socket_path for d in devices),
                               kmod_dir=kmod_dir(image, kernel, dirs.results) if kmod else None,
                               agent=mode == "agent", interactive=interactive, iommu=iommu,
-                              append=append)
+                              append=append, sleep_safe=sleep_safe)
             return [device.argv for device in devices] + [build_argv(spec)]
     finally:
         remove_tree(scratch, ignore_errors=True)

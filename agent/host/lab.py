@@ -89,7 +89,8 @@ class Lab:
     QEMU ``trace`` patterns, another ``qemu`` argv, the MSI-X modes the device advertises
     (``msix_maskable``, ``msix_noresize``), ``iommu`` (intel-iommu with interrupt remapping),
     ``nics`` device servers, ``end_on_splat`` (False for tests that provoke kernel
-    reports) and ``append``: more guest kernel parameters, after the rig's.  Use as a
+    reports), ``append``: more guest kernel parameters, after the rig's, and
+    ``sleep_safe``: the virtio devices placed to survive system sleep (qemu_argv.py).  Use as a
     context manager, or call ``stop()`` in ``finally``.  Every call that talks to the
     guest, QEMU or a device first ``guard()``s: once the sentinel has seen the run end, it
     raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
@@ -98,7 +99,7 @@ class Lab:
                  trace: tuple[str, ...] = (), qemu: list[str] | None = None,
                  msix_maskable: bool = False, msix_noresize: bool = False,
                  iommu: bool = False, nics: int = 1, end_on_splat: bool = True,
-                 append: tuple[str, ...] = ()):
+                 append: tuple[str, ...] = (), sleep_safe: bool = False):
         self.image, self.dirs = image, dirs
         self.kernel = as_kernel(image, kernel)
         self.flavor = self.kernel.flavor or self.kernel.label
@@ -106,6 +107,7 @@ class Lab:
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
         self.iommu = iommu
+        self.sleep_safe = sleep_safe
         self.append = tuple(append)
         self.device = DeviceServer.for_run(dirs, vectors, msix_maskable=msix_maskable,
                                            msix_noresize=msix_noresize)
@@ -170,7 +172,7 @@ class Lab:
                           qemu=self.qemu, cpus=self.cpus,
                           nic_sockets=tuple(d.socket_path for d in self.devices),
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu,
-                          append=self.append)
+                          append=self.append, sleep_safe=self.sleep_safe)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, qemu=self.machine.poll,

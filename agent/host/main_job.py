@@ -55,9 +55,17 @@ def print_dry_run(args, image, kernel, qemu) -> int:
                                  msix_maskable=args.msix_maskable,
                                  msix_noresize=args.msix_noresize,
                                  iommu=getattr(args, "iommu", False),
-                                 append=tuple(getattr(args, "append", ()))):
+                                 append=tuple(getattr(args, "append", ())),
+                                 sleep_safe=_sleep_safe(args)):
         print(shlex.join(argv))
     return 0
+
+
+def _sleep_safe(args) -> bool:
+    """Whether the chosen scenario suspends the guest (``NEEDS_SLEEP_SAFE``): its virtio
+    devices must then survive system sleep (qemu_argv.py)."""
+    name = getattr(args, "scenario", scenarios.DEFAULT)
+    return getattr(scenarios.REGISTRY.get(name), "NEEDS_SLEEP_SAFE", False)
 
 
 def _modes_text(args) -> str:
@@ -285,7 +293,7 @@ def run_main_job(args, console: Console) -> int:
     lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
               iommu=getattr(args, "iommu", False), nics=nics,
-              append=tuple(getattr(args, "append", ())))
+              append=tuple(getattr(args, "append", ())), sleep_safe=_sleep_safe(args))
     modes = dict(lab.msix_modes)
     scenario = (scenario_cls(lab, say=console.print) if nics == 1 else
                 scenarios.PerNic(lab, scenario_cls, nics, say=console.print))
@@ -320,6 +328,7 @@ def run_main_job(args, console: Console) -> int:
         "steps": scenario.steps, "groups": scenario.groups,
         "resets": getattr(scenario, "resets", None) or None,
         "teardowns": getattr(scenario, "teardowns", None),
+        "transitions": getattr(scenario, "transitions", None),
         "msixlab_commit": what_ran(), "seed": 0,
         "reproduce": reproduce_command(args),
     }

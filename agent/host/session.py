@@ -270,11 +270,13 @@ def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mo
                nic_sockets: tuple[Path, ...] = (), kmod_dir: Path | None = None,
                agent: bool = False, trace: tuple[str, ...] = (),
                append: tuple[str, ...] = (), interactive: bool = False,
-               iommu: bool = False, qemu: list[str] | None = None) -> GuestSpec:
+               iommu: bool = False, qemu: list[str] | None = None,
+               sleep_safe: bool = False) -> GuestSpec:
     """The ``GuestSpec`` of one boot of ``kernel`` from ``image`` with ``dirs``' console log and
     sockets: the rootfs and the project shared over 9p (and ``kmod_dir`` when the driver is
     to be loaded), the agent's socket if ``agent``, and the image's QEMU unless ``qemu`` is
-    given.  Builds the kernel's initramfs if it is not cached."""
+    given; ``sleep_safe`` puts the virtio devices behind No_Soft_Reset root ports
+    (qemu_argv.py).  Builds the kernel's initramfs if it is not cached."""
     kernel = as_kernel(image, kernel)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", PROJECT_DIR)]
     if kmod_dir is not None:
@@ -288,5 +290,5 @@ def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mo
         agent_socket=dirs.runtime / "agent.sock" if agent else None,
         kmod="/opt/kmod/msixlab.ko" if kmod_dir is not None else None,
         trace=trace, trace_log=dirs.results / "qemu-trace.log" if trace else None,
-        append=append, interactive=interactive, iommu=iommu,
+        append=append, interactive=interactive, iommu=iommu, sleep_safe=sleep_safe,
     )
