@@ -314,10 +314,10 @@ LIFECYCLE_MUTANTS = (
        "a function reset leaves MSI-X enabled and unmasked at the device, so it sends a raise "
        "inside the reset window (bus master off: QEMU drops the message) instead of holding it",
        {"raise_during_reset_delivered_once"},
-       Edit(MSIX, "        self.enabled = self.function_mask = False\n        self.reset_table()\n"
-                  "\n    def reset_counters",
-            "        self.function_mask = False\n        self.reset_table()\n"
-            "\n    def reset_counters")),
+       Edit(MSIX, "        self.enabled = self.function_mask = False\n        self.low_power = False\n"
+                  "        self.reset_table()\n\n    def reset_counters",
+            "        self.function_mask = False\n        self.low_power = False\n"
+            "        self.reset_table()\n\n    def reset_counters")),
     _m("kmod-remove-skips-a-group", "bug",
        "the driver's remove path skips the newest group: its vectors stay requested",
        {"no_interrupts_left", "kernel_irqs_freed", "msi_irqs_gone", "kernel_splat"},
@@ -331,7 +331,9 @@ LIFECYCLE_MUTANTS = (
     _m("reset-step-table-unjudged", "unjudged",
        "the reset step stops comparing QEMU's restored table entries with those before it",
        {"reset_entry_restored"},
-       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index))\n", "")),
+       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index,\n"
+                        "                               transition.offlines_cpus and "
+                        "_off_boot_cpu(before.get(index))))\n", "")),
 )
 
 # Bugs only the soak's churn reaches, judged by a soak (``SOAK``).
@@ -350,9 +352,9 @@ SOAK_MUTANTS = (
        "vector's eventfd and nothing masks it, and never delivers it",
        {"held_raise_delivered"},
        Edit(MSIX, "        if (fd is not None and self.enabled and not self.function_mask\n"
-                  "                and not self.masked[v]):\n",
+                  "                and not self.masked[v] and not self.low_power):\n",
             "        if (fd is not None and self.enabled and not self.function_mask\n"
-            "                and not self.masked[v]\n"
+            "                and not self.masked[v] and not self.low_power\n"
             "                and (self.raised[v] % 3 or source != \"control\")):\n"),
        command=SOAK),
 )

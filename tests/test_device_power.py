@@ -151,3 +151,23 @@ def test_d3hot_over_the_socket():
         h.close()
         os.close(ram)
         os.close(efd)
+
+
+def test_raise_on_reset_skip_raises_in_the_last_of_two_resets(dev):
+    """QEMU's S3 wake-up: its pre-reset write of D0 (a reset: the function was in D3hot),
+    then DEVICE_RESET.  With skip=1 the raise lands in the second window and survives."""
+    (fd,) = live(dev, 4)
+    dev.faults.add({"kind": "raise_on_reset", "vector": 4, "skip": 1})
+    wr(dev, PCI_PM_CTRL, 2, 0x0003)
+    wr(dev, PCI_PM_CTRL, 2, 0x0000)                 # reset 1: skipped
+    assert not dev.msix.is_pending(4) and dev.faults.list()[0]["skip"] == 0
+    dev.reset()                                     # reset 2: raises
+    assert dev.msix.is_pending(4) and dev.faults.list() == []
+    restore_msix(dev)
+    assert dev.fds.take(fd) == 1 and (dev.msix.raised[4], dev.msix.delivered[4]) == (1, 1)
+
+
+@pytest.mark.parametrize("skip", [-1, 17, "1", True])
+def test_raise_on_reset_skip_is_checked(dev, skip):
+    with pytest.raises(Exception, match="skip"):
+        dev.faults.add({"kind": "raise_on_reset", "vector": 4, "skip": skip})

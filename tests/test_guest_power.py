@@ -43,6 +43,8 @@ def root(tmp_path):
     keyboard = tmp_path / power.KEYBOARD_WAKEUP
     keyboard.parent.mkdir(parents=True)
     keyboard.write_text("disabled\n")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/console").write_text("")
     return tmp_path
 
 
@@ -107,6 +109,8 @@ def test_mem_sleeps_in_a_child_and_is_collected(root, commands):
     assert (done["state"], done["errno"]) == ("mem", 0)
     assert done["stats"]["success"] == 2 and done["stats"]["pm_wakeup_irq"] is None
     assert done["boottime_s"] >= 0 and commands.child is None
+    assert (root / "dev/console").read_text() == "\nMSIXLAB-RESUMED: seq=1 state=mem errno=0\n"
+    assert commands.system_sleep("mem", 0)["seq"] == 2 and commands.sleep_result(5)["errno"] == 0
 
 
 def test_freeze_makes_the_keyboard_a_wakeup_source_for_the_sleep_only(root, commands):
@@ -122,6 +126,7 @@ def test_a_refused_write_is_reported_with_its_errno(root, commands):
     commands.system_sleep("mem", 0)
     done = commands.sleep_result(5)
     assert done["errno"] == errno.ENOENT and done["message"]
+    assert "seq=1 state=mem errno=2" in (root / "dev/console").read_text()
     assert commands.child is None
 
 

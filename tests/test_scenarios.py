@@ -12,7 +12,8 @@ from agent.host import accounting, checks, cli, reset_step, scenario, scenarios
 from agent.host.main_job import check_options, judge, reproduce_command
 from agent.host.outcome import CouldNotJudge, Outcome
 from agent.host.routing import CheckResult, Verdict, build_snapshot
-from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, vfio_checks, vfio_pci
+from agent.host.scenarios import (cpu_hotplug, hotplug, remove_rescan, suspend, vfio_checks,
+                                  vfio_pci)
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
 
 
@@ -46,7 +47,7 @@ def test_every_plan_is_consistent(cls):
     assert cls.PLAN and cls.SUMMARY and "\n" not in cls.SUMMARY
     source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug,
                                                      hotplug, reset_step, remove_rescan,
-                                                     vfio_pci, vfio_checks))
+                                                     vfio_pci, vfio_checks, suspend))
     for step, names in cls.PLAN:
         assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
         assert names and len(set(names)) == len(names), step

@@ -9,7 +9,12 @@ state and puts it in D3hot), ``on`` resumes it (D3hot -> D0, the state restored)
 guest resumed, and everything the agent does stops meanwhile (user space is frozen), so
 ``system_sleep`` hands it to a child process, which waits ``delay_ms`` first (time for
 this reply to leave), and ``sleep_result`` collects how it ended once the host woke the
-guest.  The host wakes S3 through QMP ``system_wakeup``; suspend-to-idle needs a wake
+guest.  The host must not talk to the agent before the guest is all back: a request
+that reaches the virtio-serial port while QEMU's wake-up reset has turned its bus
+mastering off, before the guest's resume restores it, raises an interrupt QEMU drops,
+and the agent never reads it.  So the child, once the write returned (every device
+resumed, tasks thawed), prints ``MSIXLAB-RESUMED: seq=N state=S errno=E`` on the console
+(``/dev/console``), which the host waits for.  The host wakes S3 through QMP ``system_wakeup``; suspend-to-idle needs a wake
 source QEMU can fire: the keyboard (QMP ``send-key``), whose serio port ``system_sleep``
 makes a wakeup source for the sleep (``sleep_result`` puts the setting back).
 ``sleep_states`` says what the kernel offers and whether that wake source exists;
@@ -35,6 +40,7 @@ KEYBOARD_WAKEUP = "sys/bus/serio/devices/serio0/power/wakeup"
 SUSPEND_STATS = ("success", "fail", "last_failed_dev", "last_failed_errno",
                  "last_failed_step")
 MAX_DELAY_MS = 5000
+RESUMED_MARKER = "MSIXLAB-RESUMED"
 
 
 def _read(path: str) -> str | None:
@@ -92,9 +98,11 @@ def suspend_stats(root: str) -> dict[str, object]:
     return out
 
 
-def _sleep_child(path: str, state: str, delay_ms: int, report: int) -> None:
+def _sleep_child(path: str, state: str, delay_ms: int, report: int, console: str,
+                 seq: int) -> None:
     """The child's whole life: wait ``delay_ms``, write ``state`` to ``path`` (this is the
-    sleep), write one JSON line of how it went to the pipe ``report``, exit."""
+    sleep), print the resumed marker (sleep number ``seq``) on ``console``, write one JSON
+    line of how it went to the pipe ``report``, exit."""
     time.sleep(delay_ms / 1000.0)
     result: dict[str, object] = {"errno": 0, "message": ""}
     started = (time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME))
@@ -105,6 +113,11 @@ def _sleep_child(path: str, state: str, delay_ms: int, report: int) -> None:
         result = {"errno": err.errno or errno.EIO, "message": err.strerror or str(err)}
     result["monotonic_s"] = round(time.monotonic() - started[0], 3)
     result["boottime_s"] = round(time.clock_gettime(time.CLOCK_BOOTTIME) - started[1], 3)
+    try:
+        with open(console, "w", encoding="ascii") as f:
+            f.write(f"\n{RESUMED_MARKER}: seq={seq} state={state} errno={result['errno']}\n")
+    except OSError as err:           # the host then says it never saw the guest back
+        result["console_error"] = err.strerror or str(err)
     os.write(report, json.dumps(result).encode() + b"\n")
 
 
@@ -116,6 +129,8 @@ class PowerCommands:
         self.root = agent.root
         self.child: dict | None = None      # the sleeping child: pid, pipe, state, ...
         self.state_file = os.path.join(self.root, "sys/power/state")   # what the child writes
+        self.console = os.path.join(self.root, "dev/console")           # where it says so
+        self.sleeps = 0                     # sleeps started: the marker's seq
 
     def _bdf(self, command: str) -> str:
         bdf = self.agent._bdf()
@@ -167,7 +182,8 @@ class PowerCommands:
         """``system_sleep``: put the guest to sleep in ``state`` (``mem``: S3, ``deep``
         written to mem_sleep first; ``freeze``: suspend-to-idle, the keyboard made a
         wakeup source) from a child process that writes it to /sys/power/state after
-        ``delay_ms``; returns at once.  ENOTSUP when the kernel does not offer the
+        ``delay_ms``; returns at once, with the ``seq`` its console marker will carry.
+        ENOTSUP when the kernel does not offer the
         state (or, for freeze, there is no keyboard to wake it), EBUSY while a sleep
         is not collected yet (``sleep_result``)."""
         if state not in SLEEP_STATES:
@@ -185,14 +201,17 @@ class PowerCommands:
             code = 0
             try:
                 os.close(read_end)
-                _sleep_child(self.state_file, state, delay_ms, write_end)
+                _sleep_child(self.state_file, state, delay_ms, write_end, self.console,
+                             self.sleeps + 1)
             except BaseException:                     # noqa: BLE001 - never back to the agent
                 code = 1
             os._exit(code)
         os.close(write_end)
+        self.sleeps += 1
         self.child = {"pid": pid, "pipe": read_end, "state": state, "restore": restore,
                       "started": time.monotonic()}
-        return {"state": state, "pid": pid, "delay_ms": delay_ms, "offered": offered}
+        return {"state": state, "pid": pid, "delay_ms": delay_ms, "seq": self.sleeps,
+                "offered": offered}
 
     def _prepare(self, state: str, offered: dict) -> tuple[str, str] | None:
         """Make ``state`` the sleep /sys/power/state will enter; returns the (path, value)

@@ -129,6 +129,9 @@ class Lab:
         self.sentinel: Sentinel | None = None
         self.end_on_splat = end_on_splat   # False: tests that provoke kernel reports on purpose
         self.kernel_health: dict | None = None   # check_kernel_health's evidence
+        # how long stop() lets the guest power itself off (0: it cannot, e.g. after an S3
+        # wake-up of QEMU 11.1.3, which leaves the ACPI PM registers unmapped)
+        self.poweroff_grace = 10.0
 
     # --- bring-up and tear-down ---------------------------------------------------------
     def start(self, boot_timeout: float = 180.0, boot_attempts: int = BOOT_ATTEMPTS) -> None:
@@ -300,7 +303,7 @@ class Lab:
     def stop(self, ask_guest: bool = True) -> None:
         """Tear down in reverse, each step bounded, whatever state the lab is in: stop the
         sentinel, ask the agent to shut down (5 s; not without ``ask_guest``), then
-        ``Machine.shutdown``: the guest gets 10 s to power off (none if the agent was not
+        ``Machine.shutdown``: the guest gets ``poweroff_grace`` (10 s) to power off (none if the agent was not
         asked or did not answer), then QMP quit, then SIGKILL; then close the agent socket
         and stop every device server.  Safe to call more than once and after a failed
         ``start``."""
@@ -308,7 +311,7 @@ class Lab:
             self.sentinel.stop()
         try:
             if self.machine is not None and self.machine.is_running() and ask_guest:
-                grace = 10.0
+                grace = self.poweroff_grace
                 try:
                     self.agent("shutdown", timeout=5)
                 except Exception as err:   # the guest is gone or wedged: do not wait for it

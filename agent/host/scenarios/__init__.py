@@ -18,10 +18,12 @@ from .cpu_hotplug import CpuHotplug
 from .hotplug import Hotplug
 from .nics import PerNic  # noqa: F401  (re-exported for main_job)
 from .remove_rescan import RemoveRescan
+from .suspend import Suspend
 from .vfio_pci import VfioPci
 
 REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug,
-                                                                 RemoveRescan, VfioPci)}
+                                                                 RemoveRescan, VfioPci,
+                                                                 Suspend)}
 DEFAULT = Scenario.NAME
 
 
@@ -42,7 +44,7 @@ def listing() -> list[tuple[str, str]]:
 
 def check_options(cls: type[Scenario], cpus: int, nics: int = 1) -> None:
     """Refuse options the scenario cannot run with, before anything starts."""
-    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci"):
+    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci", "suspend"):
         raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} runs on nic0 only: it "
                             "takes no --nics", scenario=cls.NAME, nics=nics)
     if cpus < cls.MIN_CPUS:
