@@ -336,6 +336,60 @@ LIFECYCLE_MUTANTS = (
                         "_off_boot_cpu(before.get(index))))\n", "")),
 )
 
+PM_C = f"{KMOD}/msixlab_pm.c"
+SUSPEND_SCENARIO = f"{HOST}/scenarios/suspend.py"
+SUSPEND = ("run", "--scenario", "suspend")
+# Power management (issue 18): only the suspend scenario takes the NIC through D3hot and
+# the guest through system sleep, so only its checks can see these.
+SUSPEND_MUTANTS = (
+    _m("dev-d3hot-exit-keeps-state", "bug",
+       "leaving D3hot does not reset the function although No_Soft_Reset is clear: the "
+       "raises held in D3hot survive and are delivered when the kernel restores MSI-X",
+       {"function_reset_reached_device", "held_raise_discarded_by_reset"},
+       Edit(NIC, "        if before == PCI_D3HOT and after == PCI_D0:\n"
+                 "            self.reset(source=\"d3hot\")\n", ""),
+       command=SUSPEND),
+    _m("dev-d3hot-delivers", "bug",
+       "the function keeps sending messages in D3hot (it never holds a raise there)",
+       {"raise_held_in_d3hot"},
+       Edit(MSIX, "        self.low_power = low\n", "        self.low_power = False\n"),
+       command=SUSPEND),
+    _m("dev-d3hot-exit-leaves-msix-on", "bug",
+       "leaving D3hot resets the function but leaves MSI-X enabled and unmasked, so a "
+       "raise inside the reset window is sent at once instead of held for the restore",
+       {"raise_during_reset_delivered_once", "counts_match_raises", "device_counters_match"},
+       Edit(NIC, "            self.reset(source=\"d3hot\")\n",
+            "            self.reset(source=\"d3hot\")\n"
+            "            self.msix.set_control(True, False)\n"),
+       command=SUSPEND),
+    _m("kmod-runtime-resume-skips-enable", "bug",
+       "the driver's runtime resume counts itself but never enables its vectors again",
+       {"driver_pm_callbacks_ran", "raise_counted_once_on_cpu",
+        "raise_during_reset_delivered_once", "counts_match_raises"},
+       Edit(PM_C, "\tmsixlab_quiesce(ml, false, &ml->pm.runtime_resumes);",
+            "\tml->pm.runtime_resumes++;"),
+       command=SUSPEND),
+    _m("kmod-no-runtime-pm", "bug",
+       "the driver keeps the usage count the PCI core took for its probe: it never "
+       "runtime-suspends, whatever power/control says",
+       {"low_power_state_reached"},
+       Edit(PM_C, "\tpm_runtime_put_noidle(dev);\n", ""),
+       command=SUSPEND),
+    _m("kmod-system-suspend-fails", "bug",
+       "the driver's system suspend callback fails (EIO): the kernel aborts every system "
+       "sleep",
+       {"resumed_from_low_power", "low_power_state_reached"},
+       Edit(PM_C, "\tmsixlab_quiesce(ml, true, &ml->pm.system_suspends);\n\treturn 0;",
+            "\tmsixlab_quiesce(ml, true, &ml->pm.system_suspends);\n"
+            "\tmsixlab_quiesce(ml, false, &ml->pm.system_resumes);\n\treturn -EIO;"),
+       command=SUSPEND),
+    _m("suspend-held-unjudged", "unjudged",
+       "the suspend scenario stops judging the raises it made while the NIC was in D3hot",
+       {"raise_held_in_d3hot"},
+       Edit(SUSPEND_SCENARIO, "        self._add(held_in_d3hot(before, after, live))\n", ""),
+       command=SUSPEND),
+)
+
 # Bugs only the soak's churn reaches, judged by a soak (``SOAK``).
 SOAK_MUTANTS = (
     _m("kmod-any-index-refused", "bug",
@@ -487,7 +541,7 @@ BLIND_SPOT_MUTANTS = (
 
 MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + BLIND_SPOT_MUTANTS
                                + LIFECYCLE_MUTANTS + SOAK_MUTANTS + IOMMU_MUTANTS
-                               + VFIO_MUTANTS)
+                               + VFIO_MUTANTS + SUSPEND_MUTANTS)
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {
