@@ -29,12 +29,18 @@ def test_identity_and_capability_chain(cfg):
     assert (rd(cfg, PCIE_CAP, 1), rd(cfg, PCIE_CAP + 1, 1)) == (0x10, MSIX_CAP)
     assert (rd(cfg, PCIE_CAP + 2, 2) >> 4) & 0xF == 0  # Endpoint
     assert rd(cfg, PCIE_CAP + 4, 4) & (1 << 28)      # FLR (tests/test_device_reset.py)
-    assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, PM_CAP)
-    assert (rd(cfg, PM_CAP, 1), rd(cfg, PM_CAP + 1, 1)) == (0x01, 0)   # PM, the last
+    assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, 0)   # no PM
+    assert rd(cfg, PM_CAP, 4) == 0
     assert rd(cfg, 0x3D, 1) == 0                     # no INTx
     assert rd(cfg, 0x100, 4) == 0                    # no extended caps
-    ids = {rd(cfg, p, 1) for p in (PCIE_CAP, MSIX_CAP, PM_CAP)}
+    ids = {rd(cfg, p, 1) for p in (PCIE_CAP, MSIX_CAP)}
     assert 0x05 not in ids                           # no MSI
+
+
+def test_with_pm_the_pm_capability_comes_last():
+    cfg = Device(fds=FakeFdPort(), pm=True).config
+    assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, PM_CAP)
+    assert (rd(cfg, PM_CAP, 1), rd(cfg, PM_CAP + 1, 1)) == (0x01, 0)
 
 
 @pytest.mark.parametrize("off,n,write,expect", [
@@ -52,9 +58,6 @@ def test_identity_and_capability_chain(cfg):
     (PCIE_CAP + 8, 2, 0x7FFF, 0x7FFF),     # DevCtl RW but bit 15 (Initiate FLR resets)
     (MSIX_CAP + 2, 2, 0xFFFF, 0xC03F),    # MSI-X flags: only enable/mask RW
     (MSIX_CAP + 4, 4, 0, 0x2),            # table offset/BIR RO
-    (PM_CAP + 2, 2, 0xFFFF, 0x0003),      # PMC RO: PM 1.2, no D1/D2/PME
-    (PM_CAP + 4, 2, 0xFFFC, 0),           # PMCSR: NSR, PME_En, PME_Status, Data RO 0
-    (PM_CAP + 6, 2, 0xFFFF, 0),           # PMCSR_BSE and Data RO 0
     (0x200, 4, 0xFFFFFFFF, 0),            # unused space RO 0
 ])
 def test_write_masks(cfg, off, n, write, expect):

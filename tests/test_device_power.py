@@ -30,7 +30,7 @@ def wr(dev, off, n, value):
 @pytest.fixture
 def dev():
     events = []
-    d = Device(fds=FakeFdPort())
+    d = Device(fds=FakeFdPort(), pm=True)
     d.msix.sink = events.append
     d.events = events
     return d
@@ -56,14 +56,35 @@ def test_the_capability_offers_d3hot_without_no_soft_reset(dev):
     assert rd(dev, PCI_PM_PMC, 2) & 0x7 == 3                 # PM 1.2
     assert rd(dev, PCI_PM_PMC, 2) & 0xFE00 == 0              # no D1, D2, no PME
     assert rd(dev, PCI_PM_CTRL, 2) & PCI_PM_CTRL_NO_SOFT_RESET == 0
-    assert dev.state()["power"] == {"state": "D0", "d3hot_entries": 0}
+    assert dev.state()["power"] == {"pm_capability": True, "state": "D0", "d3hot_entries": 0}
+
+
+@pytest.mark.parametrize("off,n,write,expect", [
+    (PCI_PM_PMC, 2, 0xFFFF, 0x0003),        # PMC RO: PM 1.2, no D1/D2/PME
+    (PCI_PM_CTRL, 2, 0xFFFC, 0),            # PMCSR: NSR, PME_En, PME_Status, Data RO 0
+    (PCI_PM_CTRL + 2, 2, 0xFFFF, 0),        # PMCSR_BSE and Data RO 0
+    (PCI_PM_CTRL, 2, 0xFFFF, 3),            # only PowerState is writable
+])
+def test_pm_write_masks(dev, off, n, write, expect):
+    wr(dev, off, n, write)
+    assert rd(dev, off, n) == expect
+
+
+def test_without_pm_there_is_no_capability_and_pmcsr_does_nothing():
+    d = Device(fds=FakeFdPort())
+    with pytest.raises(Exception, match="not found"):
+        find_cap(bytes(d.config.data), 0x01)
+    wr(d, PCI_PM_CTRL, 2, 3)
+    assert rd(d, PCI_PM_CTRL, 2) == 0 and not d.msix.low_power
+    assert d.state()["power"] == {"pm_capability": False, "state": "D0", "d3hot_entries": 0}
 
 
 def test_d3hot_holds_raises_and_d0_resets_the_function(dev):
     (fd,) = live(dev, 5)
     wr(dev, PCI_PM_CTRL, 2, 0x0003)
     assert rd(dev, PCI_PM_CTRL, 2) & 3 == 3
-    assert dev.state()["power"] == {"state": "D3hot", "d3hot_entries": 1}
+    assert dev.state()["power"] == {"pm_capability": True, "state": "D3hot",
+                                    "d3hot_entries": 1}
     assert {"event": "power_state", "vector": -1, "state": "D3hot", "before": "D0"} in dev.events
     assert dev.msix.raise_vector(5) is Outcome.PENDING and dev.fds.take(fd) == 0
     assert not dev.msix.deliverable(5)
@@ -130,7 +151,7 @@ def test_a_device_reset_in_d3hot_brings_the_function_to_d0(dev):
 
 
 def test_d3hot_over_the_socket():
-    device = Device(fds=OsFdPort())
+    device = Device(fds=OsFdPort(), pm=True)
     h = EndpointHarness(Endpoint(device))
     q = FakeQemu(h.client_sock, h.pump)
     ram = os.memfd_create("guest-ram")

@@ -90,7 +90,8 @@ class Lab:
     (``msix_maskable``, ``msix_noresize``), ``iommu`` (intel-iommu with interrupt remapping),
     ``nics`` device servers, ``end_on_splat`` (False for tests that provoke kernel
     reports), ``append``: more guest kernel parameters, after the rig's, and
-    ``sleep_safe``: the virtio devices placed to survive system sleep (qemu_argv.py).  Use as a
+    ``power_management``: the NIC offers D3hot (its PM capability) and the virtio devices
+    are placed to survive system sleep (qemu_argv.py's ``sleep_safe``).  Use as a
     context manager, or call ``stop()`` in ``finally``.  Every call that talks to the
     guest, QEMU or a device first ``guard()``s: once the sentinel has seen the run end, it
     raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
@@ -99,7 +100,7 @@ class Lab:
                  trace: tuple[str, ...] = (), qemu: list[str] | None = None,
                  msix_maskable: bool = False, msix_noresize: bool = False,
                  iommu: bool = False, nics: int = 1, end_on_splat: bool = True,
-                 append: tuple[str, ...] = (), sleep_safe: bool = False):
+                 append: tuple[str, ...] = (), power_management: bool = False):
         self.image, self.dirs = image, dirs
         self.kernel = as_kernel(image, kernel)
         self.flavor = self.kernel.flavor or self.kernel.label
@@ -107,10 +108,10 @@ class Lab:
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
         self.iommu = iommu
-        self.sleep_safe = sleep_safe
+        self.sleep_safe = power_management
         self.append = tuple(append)
         self.device = DeviceServer.for_run(dirs, vectors, msix_maskable=msix_maskable,
-                                           msix_noresize=msix_noresize)
+                                           msix_noresize=msix_noresize, pm=power_management)
         self.machine: Machine | None = None
         self.agent_client = JsonLinesClient(dirs.runtime / "agent.sock", "guest-agent")
         self.hello: dict = {}

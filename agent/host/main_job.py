@@ -56,16 +56,17 @@ def print_dry_run(args, image, kernel, qemu) -> int:
                                  msix_noresize=args.msix_noresize,
                                  iommu=getattr(args, "iommu", False),
                                  append=tuple(getattr(args, "append", ())),
-                                 sleep_safe=_sleep_safe(args)):
+                                 power_management=_power_management(args)):
         print(shlex.join(argv))
     return 0
 
 
-def _sleep_safe(args) -> bool:
-    """Whether the chosen scenario suspends the guest (``NEEDS_SLEEP_SAFE``): its virtio
-    devices must then survive system sleep (qemu_argv.py)."""
+def _power_management(args) -> bool:
+    """Whether the chosen scenario takes the NIC through D3hot and the guest through
+    system sleep (``NEEDS_POWER_MANAGEMENT``): the NIC then has its PM capability and the
+    virtio devices must survive the sleep (qemu_argv.py)."""
     name = getattr(args, "scenario", scenarios.DEFAULT)
-    return getattr(scenarios.REGISTRY.get(name), "NEEDS_SLEEP_SAFE", False)
+    return getattr(scenarios.REGISTRY.get(name), "NEEDS_POWER_MANAGEMENT", False)
 
 
 def _modes_text(args) -> str:
@@ -293,7 +294,8 @@ def run_main_job(args, console: Console) -> int:
     lab = Lab(image, kernel, dirs, accel=choice.accel, vectors=args.vectors, cpus=args.cpus,
               qemu=qemu, msix_maskable=args.msix_maskable, msix_noresize=args.msix_noresize,
               iommu=getattr(args, "iommu", False), nics=nics,
-              append=tuple(getattr(args, "append", ())), sleep_safe=_sleep_safe(args))
+              append=tuple(getattr(args, "append", ())),
+              power_management=_power_management(args))
     modes = dict(lab.msix_modes)
     scenario = (scenario_cls(lab, say=console.print) if nics == 1 else
                 scenarios.PerNic(lab, scenario_cls, nics, say=console.print))

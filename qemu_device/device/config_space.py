@@ -4,14 +4,16 @@ Concepts: the 4 KiB PCIe configuration space of the NIC. Three parallel byte arr
 the current values, a read-write mask and a write-1-to-clear mask; a write changes only
 RW bits and clears RW1C bits where it writes 1s; everything else is read-only. BAR
 registers are RW only in the bits above their size (so sizing with all-ones works).
-Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, PCI
-Power Management capability at 0x90 (last), no extended capabilities. Writes touching
+Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, with
+``pm`` a PCI Power Management capability at 0x90 (last), no extended capabilities. Writes touching
 MSI-X Message Control notify a listener, since that is how the server learns enable and
 function mask (QEMU emulates the rest).  The PCIe capability advertises Function Level
 Reset (DevCap bit 28): a write of Initiate FLR (DevCtl bit 15, which always reads 0)
 notifies the FLR listener, which resets the device (QEMU passes the guest's config write
 through; it does not turn it into DEVICE_RESET).  The PM capability (PM 1.2) offers D0 and
-D3hot only (no D1, D2, PME) with No_Soft_Reset clear: a write of PMCSR PowerState that
+D3hot only (no D1, D2, PME) with No_Soft_Reset clear (off by default: with it the kernel
+waits, after a secondary bus reset, for a Data Link Layer Link Active that QEMU 11.1.3's
+root port never reports for the vfio-user NIC, and the bus reset fails): a write of PMCSR PowerState that
 changes the state notifies the power listener with the old and new state (the device
 holds its raises in D3hot, and D3hot -> D0 resets the function: "D0uninitialized"); a
 write of D1 or D2 keeps the current state, as the spec asks of an unsupported state.
@@ -91,11 +93,13 @@ PowerListener = Callable[[int, int], None]
 
 
 class ConfigSpace:
-    """The device's config space; `bar_sizes[i]` is 0 for an absent BAR."""
+    """The device's config space; `bar_sizes[i]` is 0 for an absent BAR; ``pm`` adds the
+    PM capability."""
 
     def __init__(self, bar_sizes: list[int], msix_vectors: int, table_bir: int,
-                 table_offset: int, pba_bir: int, pba_offset: int) -> None:
+                 table_offset: int, pba_bir: int, pba_offset: int, pm: bool = False) -> None:
         self.bar_sizes = list(bar_sizes)
+        self.pm = pm
         self._msix = (msix_vectors, table_bir, table_offset, pba_bir, pba_offset)
         self.msix_listener: MsixControlListener | None = None
         self.flr_listener: FlrListener | None = None
@@ -136,10 +140,15 @@ class ConfigSpace:
             s(off, width, value, rw, rw1c)
         n, tbir, toff, pbir, poff = self._msix
         s(MSIX_CAP, 1, PCI_CAP_ID_MSIX)
-        s(MSIX_CAP + 1, 1, PM_CAP)
+        s(MSIX_CAP + 1, 1, PM_CAP if self.pm else 0)
         s(MSIX_FLAGS, 2, n - 1, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
         s(MSIX_TABLE, 4, toff | tbir)
         s(MSIX_PBA, 4, poff | pbir)
+        if self.pm:
+            self._pm_capability()
+
+    def _pm_capability(self) -> None:
+        s = self._set
         s(PM_CAP, 1, PCI_CAP_ID_PM)
         s(PM_CAP + 1, 1, 0)                               # the last capability
         s(PCI_PM_PMC, 2, PCI_PM_PMC_VALUE)
@@ -183,7 +192,7 @@ class ConfigSpace:
             self.msix_listener(*self.msix_control())
         if self.flr_listener and self._initiates_flr(offset, value):
             self.flr_listener()
-        elif offset <= PCI_PM_CTRL < end:
+        elif self.pm and offset <= PCI_PM_CTRL < end:
             self._power_written(power_before)
 
     def _power_written(self, before: int) -> None:

@@ -70,11 +70,13 @@ class Device:
 
     ``fds`` is the port every fd operation goes through (``fdio.OsFdPort`` in the
     server, a fake in unit tests).  ``maskable``/``noresize`` choose the flags MSI-X's
-    GET_IRQ_INFO reports, and with them the path QEMU's client takes."""
+    GET_IRQ_INFO reports, and with them the path QEMU's client takes; ``pm`` gives the
+    function its PCI Power Management capability (config_space.py)."""
 
     def __init__(self, layout: MsixLayout | None = None, *, fds: "FdPort",
-                 maskable: bool = False, noresize: bool = False) -> None:
+                 maskable: bool = False, noresize: bool = False, pm: bool = False) -> None:
         self.layout = layout or MsixLayout()
+        self.pm = pm
         self.maskable, self.noresize = maskable, noresize
         self.layout.validate({0: REG_BLOCK_SIZE})
         self.fds = fds
@@ -120,7 +122,7 @@ class Device:
                 self.bar_sizes[i] = _pow2_at_least(max(a.end for a in areas))
         if max(self.bar_sizes) > 1 << 28:
             raise ConfigurationError("BAR larger than 256 MiB")
-        self.config = ConfigSpace(self.bar_sizes, lay.vectors, tb, ts, pb, ps)
+        self.config = ConfigSpace(self.bar_sizes, lay.vectors, tb, ts, pb, ps, pm=self.pm)
 
     # -- vfio-user device queries -----------------------------------------------------
     @staticmethod
@@ -263,7 +265,8 @@ class Device:
             "irq_total": self.regs.irq_total,
             "registers": self.regs.observed(),
             "resets": self.resets,
-            "power": {"state": _POWER_NAMES[self.config.power_state],
+            "power": {"pm_capability": self.pm,
+                      "state": _POWER_NAMES[self.config.power_state],
                       "d3hot_entries": self.d3hot_entries},
             "faults": self.faults.list(),
             "delayed": m.delayed_state(),

@@ -20,8 +20,10 @@ While the NIC is down every live vector is raised: the device must hold each
 (``held_raise_discarded_by_reset``).  Each transition must have reached D3hot
 (``low_power_state_reached``), come back (``resumed_from_low_power``), and run the
 driver's suspend and resume callbacks once each, its vectors enabled again
-(``driver_pm_callbacks_ran``).  System sleep needs the virtio devices placed to survive it
-(``NEEDS_SLEEP_SAFE``, agent/host/qemu_argv.py).  A kernel that offers neither S3 nor
+(``driver_pm_callbacks_ran``).  The run gives the NIC its PM capability (the device
+server's ``--pm``, off for the other scenarios: with it a bus reset fails on QEMU 11.1.3)
+and places the virtio devices to survive system sleep (``NEEDS_POWER_MANAGEMENT``,
+agent/host/qemu_argv.py's ``sleep_safe``).  A kernel that offers neither S3 nor
 suspend-to-idle, or no runtime PM, is could-not-judge (125, ``kernel_unsupported``); one
 without S3 but with suspend-to-idle runs without ``suspend-mem`` (``skipped`` in the
 record).  What each transition saw goes to ``transitions`` (routing.json
@@ -48,7 +50,7 @@ from ..checks import from_problems
 from ..errors import GuestAgentError, WaitTimeout
 from ..outcome import CouldNotJudge, GuestUnresponsive, Outcome
 from ..reset_step import Transition
-from ..routing import Snapshot
+from ..routing import CheckResult, Snapshot
 from ..scenario import ACCOUNT, GROUP, RECORD, Scenario
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ WAKE_KEY = [{"type": "qcode", "data": "shift"}]
 RESUMED_MARKER = "MSIXLAB-RESUMED"     # what the guest agent's sleeping child prints
 
 
-def low_power_reached(state: dict, extra: list[str], what: str) -> list:
+def low_power_reached(state: dict, extra: list[str], what: str) -> CheckResult:
     """``low_power_state_reached``: the device saw its function enter D3hot (and whatever
     ``extra`` problems the transition's own view adds)."""
     power = state.get("power", {})
@@ -82,7 +84,7 @@ def low_power_reached(state: dict, extra: list[str], what: str) -> list:
     return from_problems("low_power_state_reached", None, problems, power=power)
 
 
-def held_in_d3hot(before: dict, after: dict, indices: list[int]) -> list:
+def held_in_d3hot(before: dict, after: dict, indices: list[int]) -> list[CheckResult]:
     """``raise_held_in_d3hot``: a raise of each live index while the function is in D3hot
     is held pending by the device, none delivered."""
     results = []
@@ -99,7 +101,7 @@ def held_in_d3hot(before: dict, after: dict, indices: list[int]) -> list:
     return results
 
 
-def callbacks_ran(before: dict, after: dict, kind: str) -> list:
+def callbacks_ran(before: dict, after: dict, kind: str) -> list[CheckResult]:
     """``driver_pm_callbacks_ran``: the driver's ``kind`` (runtime or system) suspend and
     resume callbacks each ran exactly once, the other kind's not at all, and its vectors
     are enabled again."""
@@ -127,7 +129,7 @@ class Suspend(Scenario):
                "restore checks after each")
     PLAN = PLAN
     MIN_CPUS = 1
-    NEEDS_SLEEP_SAFE = True
+    NEEDS_POWER_MANAGEMENT = True
 
     # --- what the kernel offers ----------------------------------------------------------
     def run(self) -> Snapshot:
