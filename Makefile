@@ -52,9 +52,10 @@ guest-test-random: image
 	@echo "guest tests in random order: SEED=$(SEED)"
 	$(GUEST_PYTEST) -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
-# Every scenario but hotplug x (no IOMMU, --iommu) x (MSI-X default, maskable, noresize)
-# x (2, 4 CPUs), one run after another: 24 runs, 4.5 min on the idle 2-core development
-# host (9-14 s each), several times that under load (docs/scenarios.md).
+# default, cpu-hotplug, remove-rescan, suspend x (no IOMMU, --iommu) x (MSI-X default,
+# maskable, noresize) x (2, 4 CPUs), one run after another: 48 runs (24 took 4.5 min on
+# the idle 2-core development host, 9-14 s each), several times that under load
+# (docs/scenarios.md).
 matrix: image
 	$(PY) -m agent.host.matrix
 

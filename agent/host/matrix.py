@@ -5,7 +5,8 @@ an MSI-X mode, a CPU count); every cell runs as its own process, one after the o
 and its exit code (0 pass, 1 kernel misbehaved, 125 could not judge) is kept.  The
 summary is printed and written to ``results/matrix-<time>.json``; the exit code is the
 worst cell's (1, then 125, then 0).  ``hotplug`` is left out: on QEMU 11.1.3 its
-``device_del`` aborts QEMU (docs/scenarios.md), so it could only add 125s.
+``device_del`` aborts QEMU (docs/scenarios.md), so it could only add 125s; ``vfio-pci``
+adds the vIOMMU itself and has its own modes (docs/vfio-pci.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from msixlab_common.lifetime import die_with_parent
 
-SCENARIOS = ("default", "cpu-hotplug", "remove-rescan")
+SCENARIOS = ("default", "cpu-hotplug", "remove-rescan", "suspend")
 IOMMU = ((), ("--iommu",))
 MODES = ((), ("--msix-maskable",), ("--msix-noresize",))
 CPUS = ("2", "4")

@@ -218,7 +218,7 @@ def restore_through(sc, transition: Transition, record: list) -> Snapshot:
     path = event_log(lab)
     offset = _log_size(path)
     done = dict(transition.perform(during))
-    held = done.pop("held_while_down", [])
+    held = done.get("held_while_down", [])
     for _ in range(transition.resets):
         ledger.function_reset(qemu_table_reset=transition.qemu_table_reset)
     for index in (during, stray):
