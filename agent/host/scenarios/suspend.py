@@ -10,11 +10,14 @@ after it as a function reset):
 - ``runtime-d3hot``: the NIC's ``power/control`` set to ``auto``: once its driver is idle
   the kernel saves its state and puts it in D3hot; ``on`` brings it back (QEMU passes both
   PMCSR writes through and resets nothing of its own);
-- ``suspend-mem``: S3 (``mem`` with ``deep``): QEMU reports ``suspended``, and its
-  ``system_wakeup`` resets the whole machine on the way back (QEMU disables every vector,
-  sends DEVICE_RESET and resets its emulated MSI-X table, as for a bus reset);
 - ``suspend-freeze``: suspend-to-idle: the guest's own PCI PM puts the NIC in D3hot and
-  the keyboard (QMP ``send-key``) wakes it.
+  the keyboard (QMP ``send-key``) wakes it;
+- ``suspend-mem``: S3 (``mem`` with ``deep``): QEMU reports ``suspended``, and its
+  ``system_wakeup`` resets the whole machine on the way back: it writes D0 to the NIC
+  (a first reset), disables every vector, sends DEVICE_RESET (a second) and resets its
+  emulated MSI-X table, as for a bus reset; S3 also takes every CPU but 0 down and up,
+  so the kernel moves the vectors off them (and a group that asked for those CPUs only
+  keeps its new CPU: ``broken``).
 While the NIC is down every live vector is raised: the device must hold each
 (``raise_held_in_d3hot``) and the reset on the way up must discard them
 (``held_raise_discarded_by_reset``).  Each transition must have reached D3hot
@@ -23,11 +26,12 @@ driver's suspend and resume callbacks once each, its vectors enabled again
 (``driver_pm_callbacks_ran``).  The run gives the NIC its PM capability (the device
 server's ``--pm``, off for the other scenarios: with it a bus reset fails on QEMU 11.1.3)
 and places the virtio devices to survive system sleep (``NEEDS_POWER_MANAGEMENT``,
-agent/host/qemu_argv.py's ``sleep_safe``).  A kernel that offers neither S3 nor
-suspend-to-idle, or no runtime PM, is could-not-judge (125, ``kernel_unsupported``); one
-without S3 but with suspend-to-idle runs without ``suspend-mem`` (``skipped`` in the
-record).  What each transition saw goes to ``transitions`` (routing.json
-``metadata.transitions``).
+agent/host/qemu_argv.py's ``sleep_safe``).  A kernel without runtime PM, or that offers
+neither S3 nor a suspend-to-idle the rig can wake (a keyboard), is could-not-judge (125,
+``kernel_unsupported``); one that offers only one of them runs without the other step
+(``skipped`` in the record).  What each transition saw goes to ``transitions`` (routing.json
+``metadata.transitions``).  The guest is talked to again only once the agent's sleeping
+child printed ``MSIXLAB-RESUMED`` (a request sent earlier can be lost in the resume).
 
 The plan:
 alloc: A (4, any), B (2, CPU = last), C (3, at N-4), L (1, at N-1); as asked; every
@@ -40,7 +44,6 @@ final: the kernel's own view of every vector agrees with the driver's.
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from msixlab_common.deadline import Deadline
@@ -120,21 +123,22 @@ def callbacks_ran(before: dict, after: dict, kind: str) -> list[CheckResult]:
 
 
 class Suspend(Scenario):
-    """Runtime D3hot, S3 and suspend-to-idle with groups live, each judged like a reset."""
+    """Runtime D3hot, suspend-to-idle and S3 with groups live, each judged like a reset."""
 
     NAME = "suspend"
-    SUMMARY = ("groups live through runtime D3hot (power/control auto, then on), S3 (woken "
-               "by QMP system_wakeup) and suspend-to-idle (woken by a key): raises held in "
-               "D3hot and discarded by the reset on the way up, then the reset step's "
-               "restore checks after each")
+    SUMMARY = ("(gives the NIC a PM capability) groups live through runtime D3hot "
+               "(power/control auto, then on), suspend-to-idle (woken by a key) and S3 "
+               "(woken by QMP system_wakeup): raises held in D3hot and discarded by the "
+               "reset on the way up, then the reset step's restore checks after each")
     PLAN = PLAN
     MIN_CPUS = 1
     NEEDS_POWER_MANAGEMENT = True
 
     # --- what the kernel offers ----------------------------------------------------------
     def run(self) -> Snapshot:
-        """The plan, less ``suspend-mem`` on a kernel that offers suspend-to-idle but no S3;
-        could-not-judge (125) on one that offers neither."""
+        """The plan, less the sleep step the kernel does not offer (``suspend-mem`` without
+        S3, ``suspend-freeze`` without suspend-to-idle or a keyboard to wake it);
+        could-not-judge (125) when it offers neither."""
         self.transitions: list[dict] = []     # what each transition saw (routing.json)
         self.broken: set[int] = set()         # indices whose requested CPUs S3 took down
         offered = self.lab.agent("sleep_states")
@@ -170,6 +174,11 @@ class Suspend(Scenario):
         """Step ``runtime-d3hot``: runtime suspend (D3hot) and resume of the NIC."""
         return self._transition("runtime-d3hot", self._runtime, qemu_table_reset=False)
 
+    def step_suspend_freeze(self) -> Snapshot:
+        """Step ``suspend-freeze``: suspend-to-idle, woken by a key."""
+        return self._transition("suspend-freeze", lambda: self._sleep("freeze"),
+                                qemu_table_reset=False)
+
     def step_suspend_mem(self) -> Snapshot:
         """Step ``suspend-mem``: S3, woken by QMP ``system_wakeup``."""
         snap = self._transition("suspend-mem", lambda: self._sleep("mem"),
@@ -193,11 +202,6 @@ class Suspend(Scenario):
                        if record.index not in self.broken
                        or check is not checks.affinity_honoured])
         return self._account(snap)
-
-    def step_suspend_freeze(self) -> Snapshot:
-        """Step ``suspend-freeze``: suspend-to-idle, woken by a key."""
-        return self._transition("suspend-freeze", lambda: self._sleep("freeze"),
-                                qemu_table_reset=False)
 
     def _transition(self, step: str, down_and_up, qemu_table_reset: bool,
                     resets: int = 1, offlines_cpus: bool = False) -> Snapshot:
@@ -286,13 +290,13 @@ class Suspend(Scenario):
         except GuestAgentError as err:
             self._unsupported(err, f"{state} sleep")
             raise
-        asleep = self._wait_asleep(state)
+        asleep = self._wait_asleep(state, started["seq"])
         extra = [] if asleep["ok"] else [asleep["why"]]
         held = self._raise_while_down(f"{state} sleep", extra) if asleep["ok"] else []
         if not asleep["ok"]:
             self._add(low_power_reached(self.lab.device_command("state"), extra,
                                         f"{state} sleep"))
-        wakes = self._wake(state) if asleep["ok"] else 0
+        wakes = self._wake(state)           # also when it never got there: it may be asleep
         resumed = self._wait_resumed(started["seq"], state)
         result = self.lab.agent("sleep_result", timeout_s=RESULT_WAIT_S)
         problems = []
@@ -308,34 +312,38 @@ class Suspend(Scenario):
         return {"started": started, "asleep": asleep, "wakes": wakes,
                 "resumed_after_s": resumed, "result": result, "held_while_down": held}
 
-    def _wait_asleep(self, state: str) -> dict:
+    def _wait_asleep(self, state: str, seq: int) -> dict:
         """Wait (bounded) until the NIC is in D3hot and, for S3, QEMU reports the guest
-        ``suspended``; says why not when it never is."""
+        ``suspended``; says why not when it never is, or when the sleep already ended
+        (the kernel refused it: the resumed marker of sleep ``seq`` is on the console)."""
         deadline = Deadline(DOWN_WAIT_S, f"the guest to enter {state} sleep")
         while True:
             power = self._device_power()
             status = self.lab.qmp("query-status").get("status")
             if power == "D3hot" and (state != "mem" or status == "suspended"):
                 return {"ok": True, "status": status, "power": power}
-            if deadline.expired():
+            ended = self._resumed(seq)
+            if ended or deadline.expired():
                 return {"ok": False, "status": status, "power": power,
-                        "why": f"after {DOWN_WAIT_S:g} s QEMU says {status} and the device "
-                               f"is in {power}"}
+                        "why": ("the sleep ended" if ended else f"after {DOWN_WAIT_S:g} s")
+                        + f" with QEMU saying {status} and the device in {power}"}
             self.lab.guard()
             time.sleep(0.05)
+
+    def _resumed(self, seq: int) -> bool:
+        """Whether the agent's sleeping child printed the resumed marker of sleep ``seq``."""
+        text = self.lab.machine.spec.console_log.read_text(errors="replace")
+        return f"{RESUMED_MARKER}: seq={seq} " in text
 
     def _wait_resumed(self, seq: int, state: str) -> float:
         """Wait (bounded) for the agent's sleeping child to print that the guest is all
         back (``MSIXLAB-RESUMED: seq=N``, agent/guest/power.py): before that a request to
         the agent may be lost in the guest's resume.  Returns the seconds waited; a guest
         that never says so stopped answering (exit 1)."""
-        marker = re.compile(rf"{RESUMED_MARKER}: seq={seq} ")
-        console = self.lab.machine.spec.console_log
         started = time.monotonic()
         try:
-            self.lab.wait_until(lambda: marker.search(console.read_text(errors="replace")),
-                                RESUME_WAIT_S, f"the guest's {RESUMED_MARKER} marker after "
-                                f"the {state} sleep")
+            self.lab.wait_until(lambda: self._resumed(seq), RESUME_WAIT_S,
+                                f"the guest's {RESUMED_MARKER} marker after the {state} sleep")
         except WaitTimeout as err:
             raise GuestUnresponsive(f"the guest did not finish resuming from {state} sleep: "
                                     f"{err}") from err
@@ -343,8 +351,9 @@ class Suspend(Scenario):
 
     def _wake(self, state: str) -> int:
         """Wake the guest (``WAKE_TRIES`` times at most, each awaited ``WAKE_WAIT_S``) until
-        the NIC leaves D3hot; returns the wake-ups sent.  A guest that does not come back
-        stopped answering (exit 1)."""
+        the NIC is out of D3hot; returns the wake-ups sent.  S3 is woken only while QEMU
+        says ``suspended``; a key press does no harm to a guest that is awake.  A guest
+        that does not come back stopped answering (exit 1)."""
         for attempt in range(1, WAKE_TRIES + 1):
             if state == "mem":
                 if self.lab.qmp("query-status").get("status") == "suspended":
