@@ -107,12 +107,12 @@ def test_managed_shut_down_needs_the_qemu_entry_masked():
 def test_the_matrix_covers_every_mode_once_and_exits_with_the_worst():
     from agent.host import matrix
     cells = [" ".join(c) for c in matrix.cells()]
-    assert len(cells) == len(set(cells)) == 36
-    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 3
+    assert len(cells) == len(set(cells)) == 48
+    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 4
     assert {argv[1] for argv in matrix.cells()} == {"default", "cpu-hotplug",
-                                                    "remove-rescan"}   # no hotplug
+                                                    "remove-rescan", "suspend"}   # no hotplug
     args = cli.parser().parse_args(["run", *matrix.cells()[-1]])     # every cell parses
-    assert args.scenario == "remove-rescan"
+    assert args.scenario == "suspend"
     assert matrix.worst([0, 125, 1]) == 1 and matrix.worst([0, 125]) == 125
     assert matrix.worst([0, 0]) == 0
 
