@@ -52,9 +52,9 @@ guest-test-random: image
 	@echo "guest tests in random order: SEED=$(SEED)"
 	$(GUEST_PYTEST) -p random_order --random-order-bucket=module --random-order-seed=$(SEED)
 
-# default, cpu-hotplug, remove-rescan x (no IOMMU, --iommu) x (MSI-X default, maskable,
-# noresize) x (2, 4 CPUs), then vfio-pci on 2 and 4 CPUs and vfio-selftests once: 39 runs,
-# 9-14 s each on the idle 2-core development host, several times that under load
+# default, cpu-hotplug, remove-rescan, suspend x (no IOMMU, --iommu) x (MSI-X default,
+# maskable, noresize) x (2, 4 CPUs), then vfio-pci on 2 and 4 CPUs and vfio-selftests once:
+# 51 runs, 9-14 s each on the idle 2-core development host, several times that under load
 # (docs/scenarios.md).
 matrix: image
 	$(PY) -m agent.host.jobs.matrix

@@ -67,7 +67,7 @@ def device_vector(lab, index) -> dict:
 def test_hello_and_info_report_dynamic_allocation(clean):
     assert clean.hello["dyn_alloc"] is True
     info = clean.agent("info")
-    assert info["dyn_alloc"] is True and info["uapi_version"] == 2
+    assert info["dyn_alloc"] is True and info["uapi_version"] == 3
     assert info["fault_injection"] is True          # the rig loads it with fault_injection=1
     assert info["bdf"] == clean.hello["device"]["bdf"]
 

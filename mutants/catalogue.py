@@ -314,10 +314,10 @@ LIFECYCLE_MUTANTS = (
        "a function reset leaves MSI-X enabled and unmasked at the device, so it sends a raise "
        "inside the reset window (bus master off: QEMU drops the message) instead of holding it",
        {"raise_during_reset_delivered_once"},
-       Edit(MSIX, "        self.enabled = self.function_mask = False\n        self.reset_table()\n"
-                  "\n    def reset_counters",
-            "        self.function_mask = False\n        self.reset_table()\n"
-            "\n    def reset_counters")),
+       Edit(MSIX, "        self.enabled = self.function_mask = False\n        self.low_power = False\n"
+                  "        self.reset_table()\n\n    def reset_counters",
+            "        self.function_mask = False\n        self.low_power = False\n"
+            "        self.reset_table()\n\n    def reset_counters")),
     _m("kmod-remove-skips-a-group", "bug",
        "the driver's remove path skips the newest group: its vectors stay requested",
        {"no_interrupts_left", "kernel_irqs_freed", "msi_irqs_gone", "kernel_splat"},
@@ -331,7 +331,70 @@ LIFECYCLE_MUTANTS = (
     _m("reset-step-table-unjudged", "unjudged",
        "the reset step stops comparing QEMU's restored table entries with those before it",
        {"reset_entry_restored"},
-       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index))\n", "")),
+       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index,\n"
+                        "                               transition.offlines_cpus and "
+                        "_off_boot_cpu(before.get(index))))\n", "")),
+)
+
+PM_C = f"{KMOD}/msixlab_pm.c"
+SUSPEND_SCENARIO = f"{HOST}/scenarios/suspend.py"
+SUSPEND = ("run", "--scenario", "suspend")
+# Power management (issue 18): only the suspend scenario takes the NIC through D3hot and
+# the guest through system sleep, so only its checks can see these.
+SUSPEND_MUTANTS = (
+    _m("dev-d3hot-exit-keeps-state", "bug",
+       "leaving D3hot does not reset the function although No_Soft_Reset is clear: the "
+       "raises held in D3hot survive and are delivered when the kernel restores MSI-X",
+       {"function_reset_reached_device", "held_raise_discarded_by_reset"},
+       Edit(NIC, "        if before == PCI_D3HOT and after == PCI_D0:\n"
+                 "            self.reset(source=\"d3hot\")\n", ""),
+       command=SUSPEND),
+    _m("dev-d3hot-delivers", "bug",
+       "the function keeps sending messages in D3hot (it never holds a raise there)",
+       {"raise_held_in_d3hot"},
+       Edit(MSIX, "        self.low_power = low\n", "        self.low_power = False\n"),
+       command=SUSPEND),
+    _m("kmod-runtime-resume-skips-enable", "bug",
+       "the driver's runtime resume counts itself but never enables its vectors again",
+       {"driver_pm_callbacks_ran", "raise_counted_once_on_cpu",
+        "raise_during_reset_delivered_once", "counts_match_raises"},
+       Edit(PM_C, "\tmsixlab_quiesce(ml, false, &ml->pm.runtime_resumes);",
+            "\tml->pm.runtime_resumes++;"),
+       command=SUSPEND),
+    _m("kmod-system-resume-skips-enable", "bug",
+       "the driver's system resume counts itself but never enables its vectors again",
+       {"driver_pm_callbacks_ran", "raise_counted_once_on_cpu",
+        "raise_during_reset_delivered_once", "counts_match_raises"},
+       Edit(PM_C, "\tmsixlab_quiesce(ml, false, &ml->pm.system_resumes);",
+            "\tml->pm.system_resumes++;"),
+       command=SUSPEND),
+    _m("kmod-no-runtime-pm", "bug",
+       "the driver keeps the usage count the PCI core took for its probe: it never "
+       "runtime-suspends, whatever power/control says",
+       {"low_power_state_reached"},
+       Edit(PM_C, "\tpm_runtime_put_noidle(dev);\n", ""),
+       command=SUSPEND),
+    _m("kmod-system-suspend-fails", "bug",
+       "the driver's system suspend callback fails (EIO): the kernel aborts every system "
+       "sleep",
+       {"resumed_from_low_power", "low_power_state_reached"},
+       Edit(PM_C, "\tmsixlab_quiesce(ml, true, &ml->pm.system_suspends);\n\treturn 0;",
+            "\tmsixlab_quiesce(ml, true, &ml->pm.system_suspends);\n"
+            "\tmsixlab_quiesce(ml, false, &ml->pm.system_resumes);\n\treturn -EIO;"),
+       command=SUSPEND),
+    _m("reset-step-s3-table-unjudged", "unjudged",
+       "after a transition that takes CPUs down (S3) the restore checks stop comparing "
+       "QEMU's table entries",
+       {"reset_entry_restored"},
+       Edit(RESET_STEP, "        sc._add(entry_restored(before, after, index,\n",
+            "        sc._add([] if transition.offlines_cpus else entry_restored(before, after, "
+            "index,\n"),
+       command=SUSPEND),
+    _m("suspend-held-unjudged", "unjudged",
+       "the suspend scenario stops judging the raises it made while the NIC was in D3hot",
+       {"raise_held_in_d3hot"},
+       Edit(SUSPEND_SCENARIO, "        self._add(held_in_d3hot(before, after, live))\n", ""),
+       command=SUSPEND),
 )
 
 # Bugs only the soak's churn reaches, judged by a soak (``SOAK``).
@@ -350,9 +413,9 @@ SOAK_MUTANTS = (
        "vector's eventfd and nothing masks it, and never delivers it",
        {"held_raise_delivered"},
        Edit(MSIX, "        if (fd is not None and self.enabled and not self.function_mask\n"
-                  "                and not self.masked[v]):\n",
+                  "                and not self.masked[v] and not self.low_power):\n",
             "        if (fd is not None and self.enabled and not self.function_mask\n"
-            "                and not self.masked[v]\n"
+            "                and not self.masked[v] and not self.low_power\n"
             "                and (self.raised[v] % 3 or source != \"control\")):\n"),
        command=SOAK),
 )
@@ -521,7 +584,7 @@ BLIND_SPOT_MUTANTS = (
 
 MUTANTS: tuple[Mutant, ...] = (DEVICE_MUTANTS + KMOD_MUTANTS + HOST_MUTANTS + BLIND_SPOT_MUTANTS
                                + LIFECYCLE_MUTANTS + SOAK_MUTANTS + IOMMU_MUTANTS
-                               + VFIO_MUTANTS + SELFTEST_MUTANTS)
+                               + VFIO_MUTANTS + SELFTEST_MUTANTS + SUSPEND_MUTANTS)
 
 # Considered and left out: no run of the main job can tell them from the original.
 EQUIVALENT = {
@@ -544,6 +607,13 @@ EQUIVALENT = {
         "a held or in-flight raise signalled to the eventfd a per-vector SET_IRQS TRIGGER "
         "replaced: under TCG QEMU never swaps a live vector's eventfd (KVM's mask and "
         "unmask do), so no run can tell; tests/test_device_eventfd_swap.py fails on it",
+    "dev-d3hot-exit-leaves-msix-on":
+        "leaving D3hot resets the function but leaves MSI-X enabled, so the raise inside "
+        "the reset window is sent at once instead of held for the restore: QEMU still "
+        "forwards it (the kernel does not clear Bus Master for a PM transition, as it does "
+        "around an FLR), and the driver's vectors are disabled across the suspend, so the "
+        "kernel holds the message and replays it once at enable_irq(): counts and device "
+        "counters are those of a correct device (run, it passed all 429 results)",
     "kmod-handler-irq-none":
         "the handler returning IRQ_NONE: the kernel's spurious-IRQ detector needs 99,900 "
         "unhandled of 100,000 interrupts, far more than a run raises",

@@ -50,6 +50,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--msix-noresize", action="store_true",
                    help="advertise VFIO_IRQ_INFO_NORESIZE on MSI-X (QEMU re-enables all "
                         "vectors on every growth)")
+    s.add_argument("--pm", action="store_true",
+                   help="a PCI Power Management capability: D3hot, No_Soft_Reset clear "
+                        "(docs/device.md: a bus reset then waits for a link QEMU never "
+                        "reports)")
     s.add_argument("--message-timeout", type=bounded_float("--message-timeout", 0.0, 86400.0),
                    default=Limits.message_timeout,
                    metavar="S", help="drop a vfio-user client that takes longer than S s to "
@@ -98,7 +102,7 @@ def cmd_serve(args) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         device = Device(_layout(args), fds=OsFdPort(), maskable=args.msix_maskable,
-                        noresize=args.msix_noresize)
+                        noresize=args.msix_noresize, pm=args.pm)
     except ConfigurationError as err:
         print(f"qemu-device: {err}", file=sys.stderr)
         return 2

@@ -9,8 +9,11 @@ errno_reply (the next matching command is answered with that errno, unprocessed)
 raise_on_disable (when the client disables every MSI-X vector, SET_IRQS count 0, the
 vector is raised inside that window: it must be held and delivered once when its
 eventfd comes back, e.g. in QEMU's NORESIZE re-enable), and raise_on_reset (right after
-a function reset, DEVICE_RESET or FLR, the vector is raised inside the reset window, with
-MSI-X still off: it must be held and delivered once when the guest restores MSI-X).
+a function reset, DEVICE_RESET, FLR or D3hot -> D0, the vector is raised inside the reset
+window, with MSI-X still off: it must be held and delivered once when the guest restores
+MSI-X; ``skip`` lets that many resets pass first, for a transition that resets the
+function more than once, as QEMU's S3 wake-up does: its pre-reset D0 write, then
+DEVICE_RESET).
 A spec is checked field by field (type, range, a real errno, a known command); at most
 MAX_FAULTS are armed at once and a delay is at most MAX_DELAY_MS.
 """
@@ -43,7 +46,8 @@ _RAISE_KINDS = frozenset({FaultKind.DROP_RAISE, FaultKind.DELAY_RAISE})
 class Fault:
     """One armed fault: its ``id``, ``kind``, the vector it watches (raise faults; ``None`` for
     any), the command it answers (errno_reply) with ``errno``, ``delay_ms`` (delay_raise),
-    ``count`` firings left (0 = until cleared) and how many times it has ``fired``."""
+    ``count`` firings left (0 = until cleared), the resets raise_on_reset lets pass first
+    (``skip``) and how many times it has ``fired``."""
     id: int
     kind: FaultKind
     vector: int | None = None        # raise faults: None = any vector
@@ -51,6 +55,7 @@ class Fault:
     errno: int = 0
     delay_ms: int = 0
     count: int = 1                   # remaining firings; 0 = unlimited
+    skip: int = 0                    # raise_on_reset: resets to let pass first
     fired: int = 0
 
     def to_json(self) -> dict:
@@ -68,6 +73,7 @@ MAX_DELAY_MS = 600_000
 MAX_COUNT = 1_000_000
 MAX_FAULTS = 256
 MAX_VECTOR = 65535
+MAX_SKIP = 16
 
 
 def _command(field: str, value) -> int:
@@ -97,7 +103,8 @@ _SPECS = {
                             "delay_ms": integer(0, MAX_DELAY_MS)},
     FaultKind.ERRNO_REPLY: {"command": _command, "errno": errno_value, "count": _COUNT},
     FaultKind.RAISE_ON_DISABLE: {"vector": _VECTOR, "count": _COUNT},
-    FaultKind.RAISE_ON_RESET: {"vector": _VECTOR, "count": _COUNT},
+    FaultKind.RAISE_ON_RESET: {"vector": _VECTOR, "count": _COUNT,
+                               "skip": integer(0, MAX_SKIP)},
 }
 _REQUIRED = {FaultKind.ERRNO_REPLY: ("command",), FaultKind.RAISE_ON_DISABLE: ("vector",),
              FaultKind.RAISE_ON_RESET: ("vector",)}
@@ -141,6 +148,7 @@ class FaultTable:
             fault.errno = fields.get("errno") or _errno.EIO
         else:                      # the raise kinds, raise_on_disable/_reset included
             fault.vector = fields.get("vector")
+            fault.skip = fields.get("skip", 0)
             if kind is FaultKind.DELAY_RAISE:
                 fault.delay_ms = fields.get("delay_ms", 100)
         self._faults.append(fault)
@@ -185,9 +193,15 @@ class FaultTable:
         return [self._fire(f).vector for f in hits]
 
     def on_reset(self) -> list[int]:
-        """Vectors to raise now, right after a function reset."""
-        hits = [f for f in self._faults if f.kind is FaultKind.RAISE_ON_RESET]
-        return [self._fire(f).vector for f in hits]
+        """Vectors to raise now, right after a function reset (a fault still skipping
+        resets counts this one down instead)."""
+        ready = []
+        for f in [f for f in self._faults if f.kind is FaultKind.RAISE_ON_RESET]:
+            if f.skip:
+                f.skip -= 1
+            else:
+                ready.append(f)
+        return [self._fire(f).vector for f in ready]
 
     def on_command(self, command: int) -> int | None:
         """errno to answer this command with, or None."""

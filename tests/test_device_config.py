@@ -2,7 +2,7 @@
 
 import pytest
 
-from qemu_device.device.config_space import MSIX_CAP, PCIE_CAP
+from qemu_device.device.config_space import MSIX_CAP, PCIE_CAP, PM_CAP
 from qemu_device.device.nic import Device
 from qemu_device.errors import DeviceError
 from qemu_device.testing import FakeFdPort
@@ -29,11 +29,18 @@ def test_identity_and_capability_chain(cfg):
     assert (rd(cfg, PCIE_CAP, 1), rd(cfg, PCIE_CAP + 1, 1)) == (0x10, MSIX_CAP)
     assert (rd(cfg, PCIE_CAP + 2, 2) >> 4) & 0xF == 0  # Endpoint
     assert rd(cfg, PCIE_CAP + 4, 4) & (1 << 28)      # FLR (tests/test_device_reset.py)
-    assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, 0)
+    assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, 0)   # no PM
+    assert rd(cfg, PM_CAP, 4) == 0
     assert rd(cfg, 0x3D, 1) == 0                     # no INTx
     assert rd(cfg, 0x100, 4) == 0                    # no extended caps
     ids = {rd(cfg, p, 1) for p in (PCIE_CAP, MSIX_CAP)}
     assert 0x05 not in ids                           # no MSI
+
+
+def test_with_pm_the_pm_capability_comes_last():
+    cfg = Device(fds=FakeFdPort(), pm=True).config
+    assert (rd(cfg, MSIX_CAP, 1), rd(cfg, MSIX_CAP + 1, 1)) == (0x11, PM_CAP)
+    assert (rd(cfg, PM_CAP, 1), rd(cfg, PM_CAP + 1, 1)) == (0x01, 0)
 
 
 @pytest.mark.parametrize("off,n,write,expect", [

@@ -70,3 +70,22 @@ def test_console_goes_to_a_file_or_the_terminal(interactive, chardev):
     assert chardev in option_after(argv, "-chardev")
     assert option_after(argv, "-serial") == ["chardev:console0"]
     assert option_after(argv, "-mon") == (["chardev=console0,mode=readline"] if interactive else [])
+
+
+@pytest.mark.parametrize("sleep_safe", [False, True])
+def test_sleep_safe_puts_every_virtio_device_behind_a_no_soft_reset_root_port(sleep_safe):
+    s = spec(shares=(Share("rootfs", Path("/img")), Share("msixlab", Path("/src"))),
+             agent_socket=Path("/run/x/agent.sock"), nic_sockets=(Path("/run/x/nic0.sock"),),
+             sleep_safe=sleep_safe)
+    devices = option_after(build_argv(s), "-device")
+    virtio = [d for d in devices if d.startswith("virtio-")]
+    assert len(virtio) == 3                              # two 9p shares, the agent's serial
+    ports = [d for d in devices if d.startswith("pcie-root-port,id=rpsleep")]
+    if not sleep_safe:
+        assert not ports and not any("bus=" in d or "no-soft-reset" in d for d in virtio)
+        return
+    assert ports == [f"pcie-root-port,id=rpsleep{k},chassis={32 + k},slot={32 + k},"
+                     f"addr={0x10 + k:#x}" for k in range(3)]
+    for k, device in enumerate(virtio):
+        assert device.endswith(f",bus=rpsleep{k},x-pcie-pm-no-soft-reset=on")
+    assert "pcie-root-port,id=rp0,chassis=1,slot=1" in devices      # the NIC's, unchanged

@@ -11,7 +11,7 @@ import pytest
 from agent.host import cli, scenarios
 from agent.host.jobs.run import RunJob, judge
 from agent.host.scenarios import reset_step, default as scenario
-from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, vfio_pci, vfio_selftests
+from agent.host.scenarios import cpu_hotplug, hotplug, remove_rescan, suspend, vfio_pci, vfio_selftests
 from agent.host.scenarios.cpu_hotplug import CpuHotplug
 from agent.host.verdict import accounting, checks
 from agent.host.verdict import vfio_checks
@@ -50,7 +50,7 @@ def test_every_plan_is_consistent(cls):
     source = "".join(inspect.getsource(m) for m in (scenario, checks, accounting, cpu_hotplug,
                                                      hotplug, reset_step, remove_rescan,
                                                      vfio_pci, vfio_checks,
-                                                     vfio_selftests))
+                                                     vfio_selftests, suspend))
     for step, names in cls.PLAN:
         assert callable(getattr(cls, "step_" + step.replace("-", "_"))), step
         assert names and len(set(names)) == len(names), step
@@ -115,10 +115,11 @@ def test_managed_shut_down_needs_the_qemu_entry_masked():
 def test_the_matrix_covers_every_mode_once_and_exits_with_the_worst():
     from agent.host.jobs import matrix
     cells = [" ".join(c) for c in matrix.cells()]
-    assert len(cells) == len(set(cells)) == 39     # 36 across the modes, vfio-pci on 2 and 4, selftests
-    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 3
+    assert len(cells) == len(set(cells)) == 51     # 48 across the modes, vfio-pci on 2 and 4, selftests
+    assert sum("--iommu" in c and "--msix-maskable" in c and "--cpus 4" in c for c in cells) == 4
     assert {argv[1] for argv in matrix.cells()} == {"default", "cpu-hotplug", "remove-rescan",
-                                                    "vfio-pci", "vfio-selftests"}   # no hotplug
+                                                    "suspend", "vfio-pci",
+                                                    "vfio-selftests"}   # no hotplug
     for cell in matrix.cells():                                  # every cell parses
         assert cli.parser().parse_args(["run", *cell]).scenario == cell[1]
     assert matrix.worst([0, 125, 1]) == 1 and matrix.worst([0, 125]) == 125

@@ -14,6 +14,7 @@ injection; an oops kills the task that asks, so the agent asks from a child proc
 vector fails request_irq(), so the driver's unwinding can be judged.
 ``kernel_health`` is the kernel's own record of what it reported (kernlog.py): its taint
 mask (also in the hello, to compare with) and its messages at KERN_WARNING or worse.
+The VFIO commands live in vfio_commands.py, the power management ones in power.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from msixlab_common.deadline import Deadline, wait_until
 from msixlab_common.errors import WaitTimeout
 
 from . import binding, kernlog, sysview, uapi
+from .power import PowerCommands
 from .driver import MEANINGS, Driver, find_devices
 from .errors import AgentError, DriverError, GuestError, RequestError
 from .protocol import Arg, Command
@@ -58,6 +60,7 @@ class Agent:
         self.others: dict[str, tuple[Driver, dict]] = {}     # bdf -> NIC not selected now
         self.vfio = VfioCommands(self)                       # the vfio_* commands
         self.selftests = SelftestCommands(self)              # selftests_prepare, selftest_run
+        self.power = PowerCommands(self)                     # runtime PM, system sleep
         self.kernlog = kernlog.KernelLog(root)
         path = device
         try:
@@ -581,5 +584,5 @@ class Agent:
                     (Arg("path", str, required=False),
                      Arg("fault_injection", bool, required=False))),
             Command("shutdown", self.shutdown, stops=True),
-        ] + self.vfio.commands() + self.selftests.commands()
+        ] + self.vfio.commands() + self.selftests.commands() + self.power.commands()
         return {command.name: command for command in table}

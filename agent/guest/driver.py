@@ -272,6 +272,17 @@ class Driver:
         self._ioctl("MSIXLAB_IOC_FAIL_REQUEST_IRQ", f"fail_request_irq(nth={nth})", nth=nth)
         return {"nth": nth}
 
+    def pm_stats(self) -> dict[str, object]:
+        """MSIXLAB_IOC_PM: how often each of the driver's power management callbacks ran
+        since probe, and whether its vectors are disabled now (``irqs_disabled``: between a
+        suspend and its resume)."""
+        raw = self._ioctl("MSIXLAB_IOC_PM", "pm_stats")
+        return {"runtime_suspends": raw["runtime_suspends"],
+                "runtime_resumes": raw["runtime_resumes"],
+                "system_suspends": raw["system_suspends"],
+                "system_resumes": raw["system_resumes"],
+                "irqs_disabled": bool(raw["flags"] & uapi.PM_IRQS_DISABLED)}
+
     def crash(self, kind: str, delay_ms: int = 0) -> dict[str, object]:
         """MSIXLAB_IOC_CRASH (the module must be loaded with fault_injection=1)."""
         self._ioctl("MSIXLAB_IOC_CRASH", f"crash(kind={kind}, delay_ms={delay_ms})",

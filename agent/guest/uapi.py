@@ -6,7 +6,8 @@ code, count) packed little-endian with no implicit padding, the C side carries e
 the ioctl numbers computed with the asm-generic ``_IOC`` encoding.  Per-CPU data has no
 fixed size: ``VECTOR`` points at a buffer of ``VECTOR_CPU`` entries, one per CPU id
 (``nr_cpu_ids`` of them); ``TOTALS`` points at two arrays of ``__u64``, one per table
-index (every total out, the counts to wait for in).  tests/test_kmod_uapi.py compiles the header with the host
+index (every total out, the counts to wait for in).  ``PM`` (version 3) reads the
+driver's power management counters.  tests/test_kmod_uapi.py compiles the header with the host
 compiler and checks every size, offset, constant and ioctl number here against it.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections import namedtuple
 
-UAPI_VERSION = 2
+UAPI_VERSION = 3
 MAX_VECTORS = 2048
 VEC_WORDS = MAX_VECTORS // 64
 ANY_INDEX = 0xFFFFFFFF
@@ -34,6 +35,8 @@ CRASH_OOPS = 2
 CRASH_PANIC = 3
 CRASH_MAX_DELAY_MS = 10000
 CRASH_KINDS = {"warn": CRASH_WARN, "oops": CRASH_OOPS, "panic": CRASH_PANIC}
+PM_IRQS_DISABLED = 1 << 0
+AUTOSUSPEND_MS = 200
 IOC_MAGIC = 0xC4      # unregistered in the kernel's ioctl-number.rst (see the header)
 
 _IOC_WRITE = 1
@@ -134,8 +137,11 @@ TOTALS = Layout("msixlab_totals", (
     *_u32("short_count", "pad"),
 ))
 
+PM = Layout("msixlab_pm", _u32("runtime_suspends", "runtime_resumes", "system_suspends",
+                               "system_resumes", "flags", "pad"))
+
 LAYOUTS = (INFO, GROUP, FREE, VECTOR_CPU, VECTOR, RAISE, PBA, ENTRY, FUNCTION_MASK, CRASH,
-           TOTALS, IRQ_FAULT)
+           TOTALS, IRQ_FAULT, PM)
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
@@ -156,6 +162,7 @@ IOCTLS: dict[str, tuple[int, Layout]] = {
     "MSIXLAB_IOC_CRASH": (_ioc(_IOC_WRITE, 0x09, CRASH.size), CRASH),
     "MSIXLAB_IOC_TOTALS": (_ioc(_IOC_READ | _IOC_WRITE, 0x0A, TOTALS.size), TOTALS),
     "MSIXLAB_IOC_FAIL_REQUEST_IRQ": (_ioc(_IOC_WRITE, 0x0B, IRQ_FAULT.size), IRQ_FAULT),
+    "MSIXLAB_IOC_PM": (_ioc(_IOC_READ, 0x0C, PM.size), PM),
 }
 
 CONSTANTS = {
@@ -178,6 +185,8 @@ CONSTANTS = {
     "MSIXLAB_CRASH_PANIC": CRASH_PANIC,
     "MSIXLAB_CRASH_MAX_DELAY_MS": CRASH_MAX_DELAY_MS,
     "MSIXLAB_IOC_MAGIC": IOC_MAGIC,
+    "MSIXLAB_PM_IRQS_DISABLED": PM_IRQS_DISABLED,
+    "MSIXLAB_AUTOSUSPEND_MS": AUTOSUSPEND_MS,
 }
 
 

@@ -15,6 +15,9 @@
  *  - ml->irqs counts every interrupt of the device's handlers, so a caller
  *    waiting for several vectors at once (MSIXLAB_IOC_TOTALS) sleeps until
  *    any count moved, then re-reads them all under ml->lock.
+ *  - Runtime PM: every ioctl holds a runtime PM reference (msixlab_pm.c);
+ *    between a suspend and its resume every live vector is disabled
+ *    (irqs_off), and the PCI core keeps the MSI-X state across D3hot.
  *  - A vector is reference counted: ml->vecs[] holds one reference and a
  *    raise waiting for it another, so a free or an unbind during the wait
  *    marks it dead and wakes the waiter instead of freeing it under it.
@@ -98,6 +101,11 @@ struct msixlab_dev {
 	atomic64_t irqs;		/* interrupts every handler counted */
 	struct delayed_work crash_work;	/* a delayed MSIXLAB_CRASH_PANIC */
 	u32 fail_irq_next;		/* armed for the next group (FAIL_REQUEST_IRQ) */
+	bool irqs_off;			/* suspended: every live vector disabled */
+	struct {
+		u32 runtime_suspends, runtime_resumes;
+		u32 system_suspends, system_resumes;
+	} pm;				/* callbacks run since probe (MSIXLAB_IOC_PM) */
 };
 
 /* msixlab_group.c */
@@ -127,5 +135,13 @@ void msixlab_crash_init(struct msixlab_dev *ml);
 void msixlab_crash_cancel(struct msixlab_dev *ml);
 int msixlab_crash(struct msixlab_dev *ml, struct msixlab_crash *c);
 int msixlab_arm_irq_fault(struct msixlab_dev *ml, struct msixlab_irq_fault *f);
+
+/* msixlab_pm.c */
+extern const struct dev_pm_ops msixlab_pm_ops;
+void msixlab_pm_probe(struct msixlab_dev *ml);
+void msixlab_pm_remove(struct msixlab_dev *ml);
+int msixlab_pm_get(struct msixlab_dev *ml);
+void msixlab_pm_put(struct msixlab_dev *ml);
+int msixlab_pm_stats(struct msixlab_dev *ml, struct msixlab_pm *p);
 
 #endif /* _MSIXLAB_H */

@@ -10,7 +10,8 @@
  *    every group while holding the control lock, so an ioctl on a file that
  *    is still open finds the device gone (ENODEV) instead of freed memory.
  *  - The control interface is one dispatch table from ioctl number to
- *    handler; handlers run under ml->lock and find the device present,
+ *    handler; each ioctl holds a runtime PM reference (the function is in
+ *    D0 while it runs); handlers run under ml->lock and find the device present,
  *    except the three marked unlocked: RAISE (it takes the lock only to ring
  *    the doorbell, then waits without it), TOTALS (it takes the lock for
  *    each read and waits without it) and CRASH (an oops must not die
@@ -31,6 +32,7 @@ static void msixlab_dev_release(struct kref *ref)
 {
 	struct msixlab_dev *ml = container_of(ref, struct msixlab_dev, ref);
 
+	pci_dev_put(ml->pdev);
 	kfree(ml->vecs);
 	kfree(ml);
 }
@@ -129,6 +131,11 @@ static int msixlab_ioc_irq_fault(struct msixlab_dev *ml, void *arg)
 	return msixlab_arm_irq_fault(ml, arg);
 }
 
+static int msixlab_ioc_pm(struct msixlab_dev *ml, void *arg)
+{
+	return msixlab_pm_stats(ml, arg);
+}
+
 struct msixlab_ioc {
 	unsigned int cmd;
 	int (*fn)(struct msixlab_dev *ml, void *arg);
@@ -148,6 +155,7 @@ static const struct msixlab_ioc msixlab_iocs[] = {
 	{ MSIXLAB_IOC_CRASH,		msixlab_ioc_crash,	true },
 	{ MSIXLAB_IOC_TOTALS,		msixlab_ioc_totals,	true },
 	{ MSIXLAB_IOC_FAIL_REQUEST_IRQ,	msixlab_ioc_irq_fault },
+	{ MSIXLAB_IOC_PM,		msixlab_ioc_pm },
 };
 
 static const struct msixlab_ioc *msixlab_ioc_find(unsigned int cmd)
@@ -181,6 +189,9 @@ static long msixlab_ioctl(struct file *file, unsigned int cmd,
 		goto out_free;
 	}
 
+	ret = msixlab_pm_get(ml);
+	if (ret)
+		goto out_free;
 	if (ioc->unlocked) {
 		ret = ioc->fn(ml, buf);
 	} else {
@@ -188,6 +199,7 @@ static long msixlab_ioctl(struct file *file, unsigned int cmd,
 		ret = ml->gone ? -ENODEV : ioc->fn(ml, buf);
 		mutex_unlock(&ml->lock);
 	}
+	msixlab_pm_put(ml);
 
 	if (!ret && (_IOC_DIR(cmd) & _IOC_READ) &&
 	    copy_to_user(uarg, buf, size))
@@ -294,7 +306,7 @@ static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ml = kzalloc_obj(*ml, GFP_KERNEL);
 	if (!ml)
 		return -ENOMEM;
-	ml->pdev = pdev;
+	ml->pdev = pci_dev_get(pdev);	/* runtime PM calls of a file left open */
 	kref_init(&ml->ref);
 	mutex_init(&ml->lock);
 	INIT_LIST_HEAD(&ml->groups);
@@ -344,6 +356,7 @@ static int msixlab_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_grp0;
 
 	pci_set_drvdata(pdev, ml);
+	msixlab_pm_probe(ml);
 	dev_info(&pdev->dev,
 		 "%s: %u MSI-X entries, table BAR%u+%#x, PBA BAR%u+%#x, dynamic allocation %s, fault injection %s\n",
 		 ml->name, ml->table_size, ml->table_bar, ml->table_offset,
@@ -368,6 +381,7 @@ static void msixlab_remove(struct pci_dev *pdev)
 	struct msixlab_dev *ml = pci_get_drvdata(pdev);
 	u32 vectors;
 
+	msixlab_pm_remove(ml);
 	misc_deregister(&ml->misc);
 
 	mutex_lock(&ml->lock);
@@ -396,6 +410,7 @@ static struct pci_driver msixlab_driver = {
 	.id_table	= msixlab_ids,
 	.probe		= msixlab_probe,
 	.remove		= msixlab_remove,
+	.driver.pm	= pm_ptr(&msixlab_pm_ops),
 };
 module_pci_driver(msixlab_driver);
 

@@ -43,7 +43,8 @@
  * The ioctl magic 0xC4 is not registered in the kernel's
  * Documentation/userspace-api/ioctl/ioctl-number.rst (0xC0 is iowarrior,
  * 0xCA-0xCF cxl/cxlflash/ibmvmc/reiserfs/cxl_mem/cifs; 0xC1-0xC9 are free).
- * Version 1 used 0xB7, which remoteproc_cdev.h and nsfs.h own.
+ * Version 1 used 0xB7, which remoteproc_cdev.h and nsfs.h own.  Version 3
+ * added MSIXLAB_IOC_PM (the structures of version 2 are unchanged).
  */
 #ifndef _UAPI_MSIXLAB_H
 #define _UAPI_MSIXLAB_H
@@ -51,7 +52,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define MSIXLAB_UAPI_VERSION	2
+#define MSIXLAB_UAPI_VERSION	3
 
 #define MSIXLAB_MAX_VECTORS	2048	/* PCI limit on the MSI-X table size */
 #define MSIXLAB_VEC_WORDS	(MSIXLAB_MAX_VECTORS / 64)
@@ -81,6 +82,10 @@
 #define MSIXLAB_CRASH_OOPS	2	/* NULL write in the ioctl path: the caller dies */
 #define MSIXLAB_CRASH_PANIC	3	/* panic(), after delay_ms from a work item */
 #define MSIXLAB_CRASH_MAX_DELAY_MS	10000
+
+/* msixlab_pm.flags */
+#define MSIXLAB_PM_IRQS_DISABLED	(1U << 0)	/* suspended: vectors disabled */
+#define MSIXLAB_AUTOSUSPEND_MS		200	/* idle time before runtime suspend */
 
 /* MSIXLAB_IOC_INFO: the device and its MSI-X capability. */
 struct msixlab_info {
@@ -257,6 +262,23 @@ struct msixlab_totals {
 	__u32 pad;
 };
 
+/*
+ * MSIXLAB_IOC_PM: how often each power management callback of the driver ran
+ * since probe (system: suspend and resume, also for hibernation's freeze,
+ * thaw, poweroff and restore; runtime: runtime_suspend and runtime_resume),
+ * and whether the vectors are disabled now (MSIXLAB_PM_IRQS_DISABLED: between
+ * a suspend and its resume; an ioctl resumes a runtime-suspended device
+ * first, so it reads 0 unless a resume failed to enable them).
+ */
+struct msixlab_pm {
+	__u32 runtime_suspends;
+	__u32 runtime_resumes;
+	__u32 system_suspends;
+	__u32 system_resumes;
+	__u32 flags;		/* MSIXLAB_PM_* */
+	__u32 pad;
+};
+
 #define MSIXLAB_IOC_MAGIC	0xC4
 
 #define MSIXLAB_IOC_INFO	_IOR(MSIXLAB_IOC_MAGIC, 0x00, struct msixlab_info)
@@ -271,5 +293,6 @@ struct msixlab_totals {
 #define MSIXLAB_IOC_CRASH	_IOW(MSIXLAB_IOC_MAGIC, 0x09, struct msixlab_crash)
 #define MSIXLAB_IOC_TOTALS	_IOWR(MSIXLAB_IOC_MAGIC, 0x0a, struct msixlab_totals)
 #define MSIXLAB_IOC_FAIL_REQUEST_IRQ _IOW(MSIXLAB_IOC_MAGIC, 0x0b, struct msixlab_irq_fault)
+#define MSIXLAB_IOC_PM		_IOR(MSIXLAB_IOC_MAGIC, 0x0c, struct msixlab_pm)
 
 #endif /* _UAPI_MSIXLAB_H */

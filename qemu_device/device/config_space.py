@@ -4,12 +4,19 @@ Concepts: the 4 KiB PCIe configuration space of the NIC. Three parallel byte arr
 the current values, a read-write mask and a write-1-to-clear mask; a write changes only
 RW bits and clears RW1C bits where it writes 1s; everything else is read-only. BAR
 registers are RW only in the bits above their size (so sizing with all-ones works).
-Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, no
-extended capabilities. Writes touching MSI-X Message Control notify a listener, since
-that is how the server learns enable and function mask (QEMU emulates the rest).  The
-PCIe capability advertises Function Level Reset (DevCap bit 28): a write of Initiate FLR
-(DevCtl bit 15, which always reads 0) notifies the FLR listener, which resets the device
-(QEMU passes the guest's config write through; it does not turn it into DEVICE_RESET).
+Layout: type-0 header, PCIe Endpoint capability at 0x40, MSI-X capability at 0x80, with
+``pm`` a PCI Power Management capability at 0x90 (last), no extended capabilities. Writes touching
+MSI-X Message Control notify a listener, since that is how the server learns enable and
+function mask (QEMU emulates the rest).  The PCIe capability advertises Function Level
+Reset (DevCap bit 28): a write of Initiate FLR (DevCtl bit 15, which always reads 0)
+notifies the FLR listener, which resets the device (QEMU passes the guest's config write
+through; it does not turn it into DEVICE_RESET).  The PM capability (PM 1.2) offers D0 and
+D3hot only (no D1, D2, PME) with No_Soft_Reset clear (off by default: with it the kernel
+waits, after a secondary bus reset, for a Data Link Layer Link Active that QEMU 11.1.3's
+root port never reports for the vfio-user NIC, and the bus reset fails): a write of PMCSR PowerState that
+changes the state notifies the power listener with the old and new state (the device
+holds its raises in D3hot, and D3hot -> D0 resets the function: "D0uninitialized"); a
+write of D1 or D2 keeps the current state, as the spec asks of an unsupported state.
 """
 
 from __future__ import annotations
@@ -54,6 +61,14 @@ PCI_EXP_DEVCAP = PCIE_CAP + 0x04
 PCI_EXP_DEVCAP_FLR = 0x10000000
 PCI_EXP_DEVCTL = PCIE_CAP + 0x08
 PCI_EXP_DEVCTL_BCR_FLR = 0x8000
+PCI_CAP_ID_PM = 0x01
+PM_CAP = 0x90
+PCI_PM_PMC = PM_CAP + 2
+PCI_PM_CTRL = PM_CAP + 4
+PCI_PM_PMC_VALUE = 0x0003          # version 3 (PM 1.2); no D1, D2, PME, aux current, DSI
+PCI_PM_CTRL_STATE_MASK = 0x0003
+PCI_PM_CTRL_NO_SOFT_RESET = 0x0008  # clear here: D3hot -> D0 resets the function
+PCI_D0, PCI_D3HOT = 0, 3
 
 # (offset, width, initial value, RW mask, RW1C mask) of the PCIe capability body.
 _PCIE_REGS = (
@@ -74,17 +89,21 @@ _PCIE_REGS = (
 
 MsixControlListener = Callable[[bool, bool], None]
 FlrListener = Callable[[], None]
+PowerListener = Callable[[int, int], None]
 
 
 class ConfigSpace:
-    """The device's config space; `bar_sizes[i]` is 0 for an absent BAR."""
+    """The device's config space; `bar_sizes[i]` is 0 for an absent BAR; ``pm`` adds the
+    PM capability."""
 
     def __init__(self, bar_sizes: list[int], msix_vectors: int, table_bir: int,
-                 table_offset: int, pba_bir: int, pba_offset: int) -> None:
+                 table_offset: int, pba_bir: int, pba_offset: int, pm: bool = False) -> None:
         self.bar_sizes = list(bar_sizes)
+        self.pm = pm
         self._msix = (msix_vectors, table_bir, table_offset, pba_bir, pba_offset)
         self.msix_listener: MsixControlListener | None = None
         self.flr_listener: FlrListener | None = None
+        self.power_listener: PowerListener | None = None
         self.data = bytearray(CONFIG_SIZE)
         self.rw = bytearray(CONFIG_SIZE)
         self.rw1c = bytearray(CONFIG_SIZE)
@@ -121,10 +140,20 @@ class ConfigSpace:
             s(off, width, value, rw, rw1c)
         n, tbir, toff, pbir, poff = self._msix
         s(MSIX_CAP, 1, PCI_CAP_ID_MSIX)
-        s(MSIX_CAP + 1, 1, 0)
+        s(MSIX_CAP + 1, 1, PM_CAP if self.pm else 0)
         s(MSIX_FLAGS, 2, n - 1, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
         s(MSIX_TABLE, 4, toff | tbir)
         s(MSIX_PBA, 4, poff | pbir)
+        if self.pm:
+            self._pm_capability()
+
+    def _pm_capability(self) -> None:
+        s = self._set
+        s(PM_CAP, 1, PCI_CAP_ID_PM)
+        s(PM_CAP + 1, 1, 0)                               # the last capability
+        s(PCI_PM_PMC, 2, PCI_PM_PMC_VALUE)
+        s(PCI_PM_CTRL, 2, PCI_D0, PCI_PM_CTRL_STATE_MASK)  # PME_En, PME_Status: no PME
+        s(PCI_PM_CTRL + 2, 2, 0)                          # PMCSR_BSE, Data
 
     # -- access -----------------------------------------------------------------------
     @staticmethod
@@ -146,10 +175,13 @@ class ConfigSpace:
         where ``value`` has 1s are cleared, the rest stays.  A write touching MSI-X Message
         Control calls the MSI-X listener with the new enable and function-mask bits; one
         that sets Initiate FLR calls the FLR listener after it is stored (the reset then
-        overwrites it all).  Out of range raises ``DeviceError`` (EINVAL)."""
+        overwrites it all); one that changes PMCSR PowerState to D0 or D3hot calls the
+        power listener with the old and the new state (D1 and D2 are not supported: such
+        a write keeps the state).  Out of range raises ``DeviceError`` (EINVAL)."""
         count = len(value)
         self.check(offset, count)
         end = offset + count
+        power_before = self.power_state
         old = int.from_bytes(self.data[offset:end], "little")
         new = int.from_bytes(value, "little")
         rw = int.from_bytes(self.rw[offset:end], "little")
@@ -160,6 +192,22 @@ class ConfigSpace:
             self.msix_listener(*self.msix_control())
         if self.flr_listener and self._initiates_flr(offset, value):
             self.flr_listener()
+        elif self.pm and offset <= PCI_PM_CTRL < end:
+            self._power_written(power_before)
+
+    def _power_written(self, before: int) -> None:
+        """PMCSR PowerState was written: an unsupported state (D1, D2) is discarded, a
+        change to D0 or D3hot goes to the power listener."""
+        after = self.power_state
+        if after not in (PCI_D0, PCI_D3HOT):
+            self.data[PCI_PM_CTRL] = (self.data[PCI_PM_CTRL] & ~PCI_PM_CTRL_STATE_MASK) | before
+        elif after != before and self.power_listener:
+            self.power_listener(before, after)
+
+    @property
+    def power_state(self) -> int:
+        """PMCSR PowerState: 0 (D0) or 3 (D3hot)."""
+        return self.data[PCI_PM_CTRL] & PCI_PM_CTRL_STATE_MASK
 
     @staticmethod
     def _initiates_flr(offset: int, value: bytes) -> bool:

@@ -6,9 +6,11 @@ inside the BAR).  ``MsixState`` holds, per vector: the eventfd QEMU gave us (or 
 the client's mask bit, the raised/delivered/dropped counters and the pending bit (the
 PBA).  A raise is delivered (one ``signal`` of the eventfd through the injected
 ``FdPort``) only when the vector has an eventfd, MSI-X is enabled, the function is not
-masked and the vector is not masked; otherwise the PBA bit is set, and the pending
+masked, the vector is not masked and the function is in D0 (``low_power`` is false: a
+function in D3hot sends no message); otherwise the PBA bit is set, and the pending
 interrupt is delivered exactly once when all of that holds again (eventfd assigned,
-enable, function unmask, vector unmask).
+enable, function unmask, vector unmask; the way out of D3hot is a reset, which clears
+the PBA).
 
 Per-vector mask bits exist only when the device advertises ``VFIO_IRQ_INFO_MASKABLE``
 and the client sends ``SET_IRQS`` MASK/UNMASK; they start clear and survive eventfd
@@ -126,6 +128,7 @@ class MsixState:
         self.table = bytearray(layout.table_size)
         self.enabled = False
         self.function_mask = False
+        self.low_power = False                      # D3hot: nothing is delivered
         self.errors = {"raise_out_of_range": 0, "eventfd_write_failed": 0}
         self.requests = {"mask": 0, "unmask": 0, "disable_all": 0}
         self.faults = faults or FaultTable()
@@ -194,12 +197,12 @@ class MsixState:
     def deliverable(self, v: int) -> bool:
         """A raise of v would be delivered now."""
         return (self.enabled and not self.function_mask and not self.masked[v]
-                and self.eventfds[v] is not None)
+                and self.eventfds[v] is not None and not self.low_power)
 
     def _deliver_or_pend(self, v: int, source: str) -> Outcome:
         fd = self.eventfds[v]
         if (fd is not None and self.enabled and not self.function_mask
-                and not self.masked[v]):
+                and not self.masked[v] and not self.low_power):
             if self._signal(v, fd):
                 self._emit("deliver", v, source=source)
                 return Outcome.DELIVERED
@@ -224,7 +227,8 @@ class MsixState:
     def flush_pending(self, vectors: Iterable[int] | None = None) -> list[int]:
         """Deliver every pending vector (of ``vectors``, default all) that can be
         delivered now, each exactly once; return them."""
-        if not (self.enabled and not self.function_mask) or not any(self.pending):
+        if (not (self.enabled and not self.function_mask) or self.low_power
+                or not any(self.pending)):
             return []
         done = []
         for v in range(self.n) if vectors is None else vectors:
@@ -316,6 +320,13 @@ class MsixState:
             self._emit("msix_control", -1, enabled=enabled, function_mask=function_mask)
             self.flush_pending()
 
+    # -- power state (PMCSR writes) ----------------------------------------------------
+    def set_low_power(self, low: bool) -> None:
+        """The function entered D3hot (``low``) or left it: in D3hot every raise is held
+        pending.  Leaving D3hot delivers nothing by itself (the device resets on the way
+        out: ``nic.Device``)."""
+        self.low_power = low
+
     # -- table and PBA as BAR contents --------------------------------------------------
     def reset_table(self) -> None:
         """Zero the table copy with every entry's mask bit set (the reset value)."""
@@ -337,12 +348,13 @@ class MsixState:
 
     # -- lifecycle ----------------------------------------------------------------------
     def reset(self) -> None:
-        """Device reset: MSI-X off, function mask clear, nothing pending (the PBA is
+        """Device reset: MSI-X off, function mask clear, D0, nothing pending (the PBA is
         clear), no per-vector client mask, every table entry masked.  Eventfds and the
         observation counters stay (QEMU owns the IRQ setup: it is not the function's)."""
         self.pending[:] = bytes(len(self.pending))
         self.masked[:] = bytes(self.n)
         self.enabled = self.function_mask = False
+        self.low_power = False
         self.reset_table()
 
     def reset_counters(self) -> None:

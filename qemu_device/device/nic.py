@@ -3,7 +3,9 @@
 Concepts: the whole emulated NIC as vfio-user sees it: nine VFIO PCI regions (BAR0..5,
 ROM, config, VGA) with their sizes and access functions, five IRQ indexes of which only
 MSI-X has vectors (with the MASKABLE and NORESIZE flags the server was told to
-advertise), device reset, and what happens when a client goes away.  Each memory BAR is a
+advertise), device reset, power states (D0 and D3hot through the PM capability's PMCSR:
+in D3hot the function holds its raises, and D3hot -> D0 resets it, No_Soft_Reset being
+clear), and what happens when a client goes away.  Each memory BAR is a
 list of areas (register block, MSI-X table, PBA); BAR sizes are the smallest power of two
 (>= 4 KiB) that holds the areas.  A region access the device refuses (bad count, a region
 that is absent, beyond the region) counts in ``errors["bad_region_access"]``.  The parts
@@ -22,7 +24,7 @@ from ..errors import ConfigurationError, DeviceError
 from ..faults import FaultTable
 from ..protocol import (MAX_DATA_XFER_SIZE, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
                         IrqIndex, IrqInfoFlags, RegionIndex, RegionInfoFlags)
-from .config_space import CONFIG_SIZE, ConfigSpace
+from .config_space import CONFIG_SIZE, PCI_D0, PCI_D3HOT, ConfigSpace
 from .dma import DmaMap
 from .msix import MsixLayout, MsixState
 from .registers import REG_BLOCK_SIZE, NicRegisters
@@ -33,6 +35,7 @@ if TYPE_CHECKING:   # pragma: no cover
 log = logging.getLogger(__name__)
 
 MIN_BAR_SIZE = 4096
+_POWER_NAMES = {PCI_D0: "D0", PCI_D3HOT: "D3hot"}
 _RW = int(RegionInfoFlags.VFIO_REGION_INFO_FLAG_READ | RegionInfoFlags.VFIO_REGION_INFO_FLAG_WRITE)
 _CONFIG = int(RegionIndex.VFIO_PCI_CONFIG_REGION_INDEX)
 
@@ -67,11 +70,13 @@ class Device:
 
     ``fds`` is the port every fd operation goes through (``fdio.OsFdPort`` in the
     server, a fake in unit tests).  ``maskable``/``noresize`` choose the flags MSI-X's
-    GET_IRQ_INFO reports, and with them the path QEMU's client takes."""
+    GET_IRQ_INFO reports, and with them the path QEMU's client takes; ``pm`` gives the
+    function its PCI Power Management capability (config_space.py)."""
 
     def __init__(self, layout: MsixLayout | None = None, *, fds: "FdPort",
-                 maskable: bool = False, noresize: bool = False) -> None:
+                 maskable: bool = False, noresize: bool = False, pm: bool = False) -> None:
         self.layout = layout or MsixLayout()
+        self.pm = pm
         self.maskable, self.noresize = maskable, noresize
         self.layout.validate({0: REG_BLOCK_SIZE})
         self.fds = fds
@@ -94,7 +99,9 @@ class Device:
         self.regs.bus_master = lambda: self.config.bus_master
         self.config.msix_listener = self.msix.set_control
         self.config.flr_listener = lambda: self.reset(source="flr")
+        self.config.power_listener = self._power_changed
         self.resets = 0
+        self.d3hot_entries = 0
         self.errors = {"bad_region_access": 0}
 
     def _build_bars(self) -> None:
@@ -115,7 +122,7 @@ class Device:
                 self.bar_sizes[i] = _pow2_at_least(max(a.end for a in areas))
         if max(self.bar_sizes) > 1 << 28:
             raise ConfigurationError("BAR larger than 256 MiB")
-        self.config = ConfigSpace(self.bar_sizes, lay.vectors, tb, ts, pb, ps)
+        self.config = ConfigSpace(self.bar_sizes, lay.vectors, tb, ts, pb, ps, pm=self.pm)
 
     # -- vfio-user device queries -----------------------------------------------------
     @staticmethod
@@ -201,10 +208,10 @@ class Device:
 
     # -- lifecycle ----------------------------------------------------------------------
     def reset(self, source: str = "device_reset") -> None:
-        """A function reset (vfio-user DEVICE_RESET, or the guest's FLR: ``source``):
-        registers, config space, MSI-X state back to power-on (every table entry masked,
-        MSI-X disabled, function mask clear, PBA clear); DMA maps, eventfds and
-        observation counters stay.  Emits ``device_reset``; then an armed
+        """A function reset (vfio-user DEVICE_RESET, the guest's FLR, or its D3hot -> D0:
+        ``source``): registers, config space (D0), MSI-X state back to power-on (every
+        table entry masked, MSI-X disabled, function mask clear, PBA clear); DMA maps,
+        eventfds and observation counters stay.  Emits ``device_reset``; then an armed
         ``raise_on_reset`` fault raises its vector inside the reset window (held pending:
         MSI-X is off until the guest restores it)."""
         self.resets += 1
@@ -214,6 +221,17 @@ class Device:
         self.msix.emit("device_reset", -1, source=source, resets=self.resets)
         for v in self.faults.on_reset():
             self.msix.raise_vector(v, source="fault")
+
+    def _power_changed(self, before: int, after: int) -> None:
+        """PMCSR moved the function between D0 and D3hot: it holds its raises in D3hot
+        (``power_state`` event); D3hot -> D0 with No_Soft_Reset clear is a reset
+        (``source`` ``d3hot``), as the PCI PM spec's D0uninitialized."""
+        self.msix.set_low_power(after == PCI_D3HOT)
+        self.d3hot_entries += after == PCI_D3HOT
+        self.msix.emit("power_state", -1, state=_POWER_NAMES[after],
+                       before=_POWER_NAMES[before])
+        if before == PCI_D3HOT and after == PCI_D0:
+            self.reset(source="d3hot")
 
     def client_gone(self) -> tuple[int, int]:
         """The client disconnected: drop its DMA maps and eventfds; keep device state.
@@ -227,7 +245,8 @@ class Device:
         """The control channel's ``state``: identity, MSI-X function state and the
         flags advertised, every vector (eventfd, masked, counters, pending), BARs, DMA
         maps, error counters, IRQ_TOTAL, the guest-readable bookkeeping registers, resets,
-        armed faults and the delayed raises waiting (docs/device.md)."""
+        the power state (and how often it entered D3hot), armed faults and the delayed
+        raises waiting (docs/device.md)."""
         lay, m = self.layout, self.msix
         return {
             "identity": {"vendor": 0x1234, "device": 0x11E9, "class": 0x020000},
@@ -246,6 +265,9 @@ class Device:
             "irq_total": self.regs.irq_total,
             "registers": self.regs.observed(),
             "resets": self.resets,
+            "power": {"pm_capability": self.pm,
+                      "state": _POWER_NAMES[self.config.power_state],
+                      "d3hot_entries": self.d3hot_entries},
             "faults": self.faults.list(),
             "delayed": m.delayed_state(),
         }

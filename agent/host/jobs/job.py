@@ -194,6 +194,7 @@ def print_dry_run(options: LabOptions, image: Image, kernel: KernelUnderTest,
                                  msix_maskable=options.msix_maskable,
                                  msix_noresize=options.msix_noresize,
                                  iommu=options.iommu, append=options.append,
+                                 power_management=options.power_management,
                                  extra_shares=tuple(Share(tag, path) for tag, path in shares)):
         print(shlex.join(argv))
     return 0

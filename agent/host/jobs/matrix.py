@@ -23,7 +23,7 @@ from pathlib import Path
 from msixlab_common import atomic
 from msixlab_common.lifetime import die_with_parent
 
-SCENARIOS = ("default", "cpu-hotplug", "remove-rescan")
+SCENARIOS = ("default", "cpu-hotplug", "remove-rescan", "suspend")
 IOMMU = ((), ("--iommu",))
 MODES = ((), ("--msix-maskable",), ("--msix-noresize",))
 CPUS = ("2", "4")

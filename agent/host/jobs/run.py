@@ -65,12 +65,15 @@ def check_options(options: LabOptions,
     """Refuse, before anything starts, options ``msixlab run --scenario name`` cannot run
     with (the options' own problems, ``LabOptions.check``, then the scenario's needs);
     returns the scenario's class and the options it runs with (a scenario that needs
-    the vIOMMU, vfio-pci, adds it itself)."""
+    the vIOMMU, vfio-pci, adds it itself, as suspend adds the NIC's PM capability and
+    sleep-safe virtio devices)."""
     scenario_cls = scenarios.get(name)
     options = options.check()
     scenarios.check_options(scenario_cls, options.cpus, options.nics)
     if getattr(scenario_cls, "NEEDS_IOMMU", False):
         options = dataclasses.replace(options, iommu=True)
+    if getattr(scenario_cls, "NEEDS_POWER_MANAGEMENT", False):
+        options = dataclasses.replace(options, power_management=True)
     return scenario_cls, options
 
 
@@ -142,7 +145,8 @@ class RunJob(Job):
                 "vfio": getattr(runner, "record", None),
                 "steps": runner.steps, "groups": runner.groups,
                 "resets": getattr(runner, "resets", None) or None,
-                "teardowns": getattr(runner, "teardowns", None)}
+                "teardowns": getattr(runner, "teardowns", None),
+                "transitions": getattr(runner, "transitions", None)}
 
     def finish(self, console: Console, dirs: RunDirs, verdict: RunVerdict,
                metadata: dict[str, Any], lab: Lab) -> int:

@@ -46,13 +46,14 @@ class DeviceServer:
 
     @classmethod
     def for_run(cls, dirs, vectors: int = 64, *, msix_maskable: bool = False,
-                msix_noresize: bool = False, nic: int = 0) -> "DeviceServer":
+                msix_noresize: bool = False, nic: int = 0, pm: bool = False) -> "DeviceServer":
         """The NIC of a run: sockets in its runtime dir, logs in its results dir.
         ``msix_maskable``/``msix_noresize`` make the server advertise MASKABLE/NORESIZE
         on MSI-X, which chooses the path QEMU's client takes (docs/device.md).  ``nic``
-        numbers the NICs of ``msixlab run --nics N``."""
+        numbers the NICs of ``msixlab run --nics N``; ``pm`` gives the NIC its PCI PM
+        capability (``--pm``)."""
         extra = (("--msix-maskable",) if msix_maskable else ()) + (
-            ("--msix-noresize",) if msix_noresize else ())
+            ("--msix-noresize",) if msix_noresize else ()) + (("--pm",) if pm else ())
         suffix = f"-nic{nic}" if nic else ""      # NIC 0 keeps the historical names
         server = cls(dirs.runtime / f"nic{nic}.sock", dirs.runtime / f"nic{nic}.ctl",
                      dirs.results / f"device-events{suffix}.jsonl",

@@ -49,14 +49,16 @@ def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mo
                agent: bool = False, trace: tuple[str, ...] = (),
                append: tuple[str, ...] = (), interactive: bool = False,
                iommu: bool = False, qemu: list[str] | None = None,
-               extra_shares: tuple[Share, ...] = (), stage: bool = True) -> GuestSpec:
+               extra_shares: tuple[Share, ...] = (), stage: bool = True,
+               sleep_safe: bool = False) -> GuestSpec:
     """The ``GuestSpec`` of one boot of ``kernel`` from ``image`` with ``dirs``' console log and
     sockets: the rootfs and msixlab's staged guest files shared over 9p (and ``kmod_dir``
     when the driver is to be loaded, the test-only ``extra_share``, then ``extra_shares``,
     which the guest mounts itself), the agent's socket if ``agent``, and the image's QEMU
     unless ``qemu`` is given.  Builds the kernel's initramfs if it is not cached, and
     stages the guest's files unless ``stage`` is false (a dry run: the spec names where
-    they would be)."""
+    they would be); ``sleep_safe`` puts the virtio devices behind No_Soft_Reset root ports
+    (qemu_argv.py)."""
     kernel = as_kernel(image, kernel)
     guest = staging.ensure(image) if stage else staging.staged_dir(image)
     shares = [Share("rootfs", image.rootfs), Share("msixlab", guest)]
@@ -75,5 +77,5 @@ def guest_spec(image: Image, kernel: KernelUnderTest | str, dirs: RunDirs, *, mo
         agent_socket=dirs.runtime / "agent.sock" if agent else None,
         kmod="/opt/kmod/msixlab.ko" if kmod_dir is not None else None,
         trace=trace, trace_log=dirs.results / "qemu-trace.log" if trace else None,
-        append=append, interactive=interactive, iommu=iommu,
+        append=append, interactive=interactive, iommu=iommu, sleep_safe=sleep_safe,
     )

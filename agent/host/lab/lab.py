@@ -97,7 +97,9 @@ class Lab:
     QEMU ``trace`` patterns, another ``qemu`` argv, the MSI-X modes the device advertises
     (``msix_maskable``, ``msix_noresize``), ``iommu`` (intel-iommu with interrupt remapping),
     ``nics`` device servers, ``end_on_splat`` (False for tests that provoke kernel
-    reports) and ``append``: more guest kernel parameters, after the rig's.  Use as a
+    reports), ``append``: more guest kernel parameters, after the rig's, and
+    ``power_management``: the NIC offers D3hot (its PM capability) and the virtio devices
+    are placed to survive system sleep (qemu_argv.py's ``sleep_safe``).  Use as a
     context manager, or call ``stop()`` in ``finally``.  Every call that talks to the
     guest, QEMU or a device first ``guard()``s: once the sentinel has seen the run end, it
     raises that ending (``KernelMisbehaved`` or ``CouldNotJudge``)."""
@@ -106,7 +108,7 @@ class Lab:
                  trace: tuple[str, ...] = (), qemu: list[str] | None = None,
                  msix_maskable: bool = False, msix_noresize: bool = False,
                  iommu: bool = False, nics: int = 1, end_on_splat: bool = True,
-                 append: tuple[str, ...] = ()):
+                 append: tuple[str, ...] = (), power_management: bool = False):
         self.image, self.dirs = image, dirs
         self.kernel = as_kernel(image, kernel)
         self.flavor = self.kernel.flavor or self.kernel.label
@@ -114,9 +116,10 @@ class Lab:
         self.accel, self.vectors, self.cpus, self.trace = accel, vectors, cpus, trace
         self.msix_modes = {"maskable": msix_maskable, "noresize": msix_noresize}
         self.iommu = iommu
+        self.sleep_safe = power_management
         self.append = tuple(append)
         self.device = DeviceServer.for_run(dirs, vectors, msix_maskable=msix_maskable,
-                                           msix_noresize=msix_noresize)
+                                           msix_noresize=msix_noresize, pm=power_management)
         self.machine: Machine | None = None
         self.agent_client = JsonLinesClient(dirs.runtime / "agent.sock", "guest-agent")
         self.hello: dict = {}
@@ -139,6 +142,9 @@ class Lab:
         # build, which it shares with the guest): each called with the lab by start()
         self.before_boot: list = []
         self.extra_shares: list[Share] = []      # more 9p shares (add_share)
+        # how long stop() lets the guest power itself off (0: it cannot, e.g. after an S3
+        # wake-up of QEMU 11.1.3, which leaves the ACPI PM registers unmapped)
+        self.poweroff_grace = 10.0
 
     def add_share(self, tag: str, path: Path) -> None:
         """Share ``path`` with the guest read-only over 9p under ``tag`` from the next boot
@@ -189,7 +195,8 @@ class Lab:
                           qemu=self.qemu, cpus=self.cpus,
                           nic_sockets=tuple(d.socket_path for d in self.devices),
                           kmod_dir=kmod_dir, agent=True, trace=self.trace, iommu=self.iommu,
-                          append=self.append, extra_shares=tuple(self.extra_shares))
+                          append=self.append, extra_shares=tuple(self.extra_shares),
+                          sleep_safe=self.sleep_safe)
         self.machine = Machine(spec, self.dirs.results / "qemu.log")
         self.machine.launch()
         self.sentinel = Sentinel(spec.console_log, qemu=self.machine.poll,
@@ -317,7 +324,7 @@ class Lab:
     def stop(self, ask_guest: bool = True) -> None:
         """Tear down in reverse, each step bounded, whatever state the lab is in: stop the
         sentinel, ask the agent to shut down (5 s; not without ``ask_guest``), then
-        ``Machine.shutdown``: the guest gets 10 s to power off (none if the agent was not
+        ``Machine.shutdown``: the guest gets ``poweroff_grace`` (10 s) to power off (none if the agent was not
         asked or did not answer), then QMP quit, then SIGKILL; then close the agent socket
         and stop every device server.  Safe to call more than once and after a failed
         ``start``."""
@@ -325,7 +332,7 @@ class Lab:
             self.sentinel.stop()
         try:
             if self.machine is not None and self.machine.is_running() and ask_guest:
-                grace = 10.0
+                grace = self.poweroff_grace
                 try:
                     self.agent("shutdown", timeout=5)
                 except Exception as err:   # the guest is gone or wedged: do not wait for it

@@ -122,6 +122,10 @@ class LabOptions:
     iommu: bool = False
     msix_maskable: bool = False
     msix_noresize: bool = False
+    # the NIC's PM capability and sleep-safe virtio devices: set by a scenario that needs
+    # them (NEEDS_POWER_MANAGEMENT, the suspend scenario), never typed; implied by the
+    # scenario, so not recorded apart from it
+    power_management: bool = False
     append: tuple[str, ...] = ()
     device_faults: tuple[Mapping[str, Any], ...] = ()
     results: Path | str = Path("results")
@@ -271,7 +275,7 @@ class LabOptions:
         return Lab(image, kernel, dirs, accel=accel, vectors=self.vectors, cpus=self.cpus,
                    qemu=qemu, msix_maskable=self.msix_maskable,
                    msix_noresize=self.msix_noresize, iommu=self.iommu, nics=self.nics,
-                   append=self.append, **extra)
+                   append=self.append, power_management=self.power_management, **extra)
 
     # --- what a run records -------------------------------------------------------------
     def record(self) -> dict[str, Any]:

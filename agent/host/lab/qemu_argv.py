@@ -6,6 +6,12 @@ attach (vfio-user NICs, the agent's
 virtio-serial port, QMP, the serial console).  ``build_argv`` turns it into argv, never a
 shell string; option values are escaped the way QEMU's option parser wants (a comma is
 doubled).  vfio-user needs guest RAM that the device server can map: a shared memfd.
+With ``sleep_safe`` every virtio device (the 9p shares, the agent's virtio-serial) sits
+behind a PCIe root port of its own with No_Soft_Reset set (``x-pcie-pm-no-soft-reset``),
+so it keeps its state across system sleep: on the root bus it has no PM capability, the
+guest's virtio core resets it on resume (and QEMU's system reset at an S3 wake-up resets
+it too), and 9p has no restore, so the guest's root filesystem would hang
+(docs/scenarios.md, suspend).
 """
 
 from __future__ import annotations
@@ -38,8 +44,8 @@ class GuestSpec:
     """Everything one QEMU boot needs: the QEMU argv prefix, kernel, initramfs, console log,
     QMP socket, 9p shares, the guest's mode, accelerator, CPUs, memory in MiB, the NICs'
     vfio-user sockets, the agent's socket, the driver to load, extra kernel arguments, QEMU
-    trace patterns and their log, an interactive console, the intel-iommu, and extra QEMU
-    arguments."""
+    trace patterns and their log, an interactive console, the intel-iommu, the virtio
+    devices' sleep-safe placement, and extra QEMU arguments."""
     qemu: list[str]                  # argv prefix running the image's QEMU
     kernel: Path
     initramfs: Path
@@ -58,6 +64,7 @@ class GuestSpec:
     trace_log: Path | None = None
     interactive: bool = False        # console (and the HMP monitor, Ctrl-A c) on stdio
     iommu: bool = False              # intel-iommu with interrupt remapping
+    sleep_safe: bool = False         # virtio devices behind No_Soft_Reset root ports
     extra: tuple[str, ...] = field(default=())
 
 
@@ -91,13 +98,35 @@ def _accel(spec: GuestSpec) -> list[str]:
     raise ValueError(f"unknown accelerator {spec.accel!r} (expected 'tcg' or 'kvm')")
 
 
-def _shares(spec: GuestSpec) -> list[str]:
+# Root ports of the sleep-safe virtio devices: pcie.0 slots from here on (the NICs' root
+# ports keep the first free slots, so NIC 0 stays at bus 1) and chassis numbers apart
+# from the NICs' (1..8).
+SLEEP_SAFE_SLOT = 0x10
+SLEEP_SAFE_CHASSIS = 32
+
+
+def _virtio(spec: GuestSpec, device: str, taken: list[str]) -> list[str]:
+    """``-device`` for the virtio device ``device``: on the root bus, or with
+    ``spec.sleep_safe`` behind a root port of its own (No_Soft_Reset); ``taken`` lists
+    the root ports made so far and grows."""
+    if not spec.sleep_safe:
+        return ["-device", device]
+    k = len(taken)
+    port = f"rpsleep{k}"
+    taken.append(port)
+    return ["-device", f"pcie-root-port,id={port},chassis={SLEEP_SAFE_CHASSIS + k},"
+            f"slot={SLEEP_SAFE_CHASSIS + k},addr={SLEEP_SAFE_SLOT + k:#x}",
+            "-device", f"{device},bus={port},x-pcie-pm-no-soft-reset=on"]
+
+
+def _shares(spec: GuestSpec, ports: list[str]) -> list[str]:
     argv = []
     for share in spec.shares:
         opts = f"local,id=fs_{share.tag},path={escape(share.path)},security_model=none"
         if share.readonly:
             opts += ",readonly=on"
-        argv += ["-fsdev", opts, "-device", f"virtio-9p-pci,fsdev=fs_{share.tag},mount_tag={share.tag}"]
+        argv += ["-fsdev", opts] + _virtio(
+            spec, f"virtio-9p-pci,fsdev=fs_{share.tag},mount_tag={share.tag}", ports)
     return argv
 
 
@@ -119,11 +148,11 @@ def _console(spec: GuestSpec) -> list[str]:
             "-serial", "chardev:console0"]
 
 
-def _agent(spec: GuestSpec) -> list[str]:
+def _agent(spec: GuestSpec, ports: list[str]) -> list[str]:
     if spec.agent_socket is None:
         return []
     return [
-        "-device", "virtio-serial-pci,id=vser0",
+        *_virtio(spec, "virtio-serial-pci,id=vser0", ports),
         "-chardev", f"socket,id=agent0,path={escape(spec.agent_socket)},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}",
     ]
@@ -148,6 +177,7 @@ def build_argv(spec: GuestSpec) -> list[str]:
     """QEMU's argv for ``spec``: an argv list (never a shell string), option values escaped for
     QEMU."""
     mem = f"{spec.memory_mb}M"
+    ports: list[str] = []
     argv = list(spec.qemu) + [
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", _machine(spec),
@@ -158,7 +188,7 @@ def build_argv(spec: GuestSpec) -> list[str]:
         "-append", kernel_cmdline(spec),
         *_console(spec),
         "-qmp", f"unix:{escape(spec.qmp_socket)},server=on,wait=off",
-        *_iommu(spec), *_shares(spec), *_agent(spec), *_nics(spec),
+        *_iommu(spec), *_shares(spec, ports), *_agent(spec, ports), *_nics(spec),
     ]
     if spec.trace:
         for pattern in spec.trace:

@@ -17,13 +17,14 @@ from agent.host.scenarios.default import Scenario
 from agent.host.scenarios.hotplug import Hotplug
 from agent.host.scenarios.nics import PerNic  # noqa: F401  (re-exported for main_job)
 from agent.host.scenarios.remove_rescan import RemoveRescan
+from agent.host.scenarios.suspend import Suspend
 from agent.host.scenarios.vfio_pci import VfioPci
 from agent.host.scenarios.vfio_selftests import VfioSelftests
 from agent.host.verdict.outcome import CouldNotJudge, Outcome
 
 REGISTRY: dict[str, type[Scenario]] = {cls.NAME: cls for cls in (Scenario, CpuHotplug, Hotplug,
                                                                  RemoveRescan, VfioPci,
-                                                                 VfioSelftests)}
+                                                                 VfioSelftests, Suspend)}
 DEFAULT = Scenario.NAME
 
 
@@ -44,7 +45,8 @@ def listing() -> list[tuple[str, str]]:
 
 def check_options(cls: type[Scenario], cpus: int, nics: int = 1) -> None:
     """Refuse options the scenario cannot run with, before anything starts."""
-    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci", "vfio-selftests"):
+    if nics > 1 and cls.NAME in ("hotplug", "remove-rescan", "vfio-pci", "vfio-selftests",
+                                 "suspend"):
         raise CouldNotJudge(Outcome.BAD_OPTION, f"scenario {cls.NAME!r} runs on nic0 only: it "
                             "takes no --nics", scenario=cls.NAME, nics=nics)
     if cpus < cls.MIN_CPUS:
