@@ -82,8 +82,8 @@ def test_reset_function_writes_the_reset_file(root):
 def test_reset_function_with_a_method_allows_only_it_then_the_default(root, monkeypatch):
     device = sysfs_device(root)
     writes = []
-    real = binding._write
-    monkeypatch.setattr(binding, "_write", lambda path, value: (writes.append(
+    real = binding.write_sysfs
+    monkeypatch.setattr(binding, "write_sysfs", lambda path, value: (writes.append(
         (path.rsplit("/", 1)[1], value)), real(path, value)))
     assert binding.reset_function("0000:01:00.0", str(root), "bus")["method"] == "bus"
     assert writes == [("reset_method", "bus"), ("reset", "1"), ("reset_method", "default")]

@@ -23,19 +23,12 @@ from msixlab_common.errors import WaitTimeout
 
 from .driver import find_devices
 from .errors import GuestError
-from .sysview import run_tool
+from .sysview import run_tool, write_sysfs
 
 DRIVER_DIR = "sys/bus/pci/drivers/msixlab"
 FAULT_INJECTION = "sys/module/msixlab/parameters/fault_injection"
 WAIT_S = 5.0
 
-
-def _write(path: str, value: str) -> None:
-    try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write(value)
-    except OSError as err:
-        raise GuestError(err.errno or errno.EIO, f"write {value!r} to {path}: {err.strerror}") from err
 
 
 def wait_devices(present: bool, root: str = "/", timeout: float | None = None,
@@ -72,7 +65,7 @@ def unbind(bdf: str, root: str = "/", path: str | None = None) -> None:
     """Unbind ``bdf`` from the msixlab driver (sysfs) and wait, at most ``WAIT_S``, for its
     misc device ``path`` to go (without ``path``: every /dev/msixlab<N>).  ``GuestError`` if
     the write fails or the wait expires."""
-    _write(os.path.join(root, DRIVER_DIR, "unbind"), bdf)
+    write_sysfs(os.path.join(root, DRIVER_DIR, "unbind"), bdf)
     if path is None:
         wait_devices(False, root)
     else:
@@ -83,7 +76,7 @@ def bind(bdf: str, root: str = "/", known: tuple[str, ...] | list[str] = ()) -> 
     """Bind ``bdf`` to the msixlab driver (sysfs) and wait, at most ``WAIT_S``, for a misc
     device that is not in ``known`` (the other NICs' devices); return its path.
     ``GuestError`` if the write fails or the wait expires."""
-    _write(os.path.join(root, DRIVER_DIR, "bind"), bdf)
+    write_sysfs(os.path.join(root, DRIVER_DIR, "bind"), bdf)
     return wait_devices(True, root, known=known)[0]
 
 
@@ -91,7 +84,7 @@ def remove(bdf: str, root: str = "/", path: str | None = None) -> None:
     """Remove the PCI device ``bdf`` (its sysfs ``remove``: the driver's remove runs, MSI-X
     is disabled, the device leaves the bus) and wait, at most ``WAIT_S``, for its misc
     device ``path`` to go.  ``GuestError`` if the write fails or the wait expires."""
-    _write(os.path.join(root, "sys/bus/pci/devices", bdf, "remove"), "1")
+    write_sysfs(os.path.join(root, "sys/bus/pci/devices", bdf, "remove"), "1")
     if path is None:
         wait_devices(False, root)
     else:
@@ -102,7 +95,7 @@ def rescan(root: str = "/", known: tuple[str, ...] | list[str] = ()) -> str:
     """Rescan every PCI bus (``/sys/bus/pci/rescan``) and wait, at most ``WAIT_S``, for a
     misc device that is not in ``known``; return its path.  ``GuestError`` if the write
     fails or no device appears."""
-    _write(os.path.join(root, "sys/bus/pci/rescan"), "1")
+    write_sysfs(os.path.join(root, "sys/bus/pci/rescan"), "1")
     return wait_devices(True, root, known=known)[0]
 
 
@@ -134,11 +127,11 @@ def reset_function(bdf: str, root: str = "/", method: str | None = None) -> dict
     started = time.monotonic()
     try:
         if method is not None:
-            _write(methods_file, method)
-        _write(os.path.join(device, "reset"), "1")
+            write_sysfs(methods_file, method)
+        write_sysfs(os.path.join(device, "reset"), "1")
     finally:
         if method is not None:
-            _write(methods_file, "default")
+            write_sysfs(methods_file, "default")
     return {"bdf": bdf, "reset_method": methods, "method": method or methods[0],
             "seconds": round(time.monotonic() - started, 3)}
 

@@ -33,6 +33,7 @@ from msixlab_common.errors import WaitTimeout
 
 from .errors import GuestError, RequestError
 from .protocol import Arg, Command
+from .sysview import write_sysfs
 
 SLEEP_STATES = ("mem", "freeze")
 RUNTIME_CONTROLS = ("auto", "on")
@@ -50,14 +51,6 @@ def _read(path: str) -> str | None:
     except OSError:
         return None
 
-
-def _write(path: str, value: str) -> None:
-    try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write(value)
-    except OSError as err:
-        raise GuestError(err.errno or errno.EIO, f"write {value!r} to {path}: "
-                         f"{err.strerror}") from err
 
 
 def device_power(root: str, bdf: str) -> dict[str, object]:
@@ -161,7 +154,7 @@ class PowerCommands:
                              "no runtime PM (CONFIG_PM)")
         want = "suspended" if control == "auto" else "active"
         started = time.monotonic()
-        _write(path, control)
+        write_sysfs(path, control)
         try:
             wait_until(lambda: device_power(self.root, bdf)["runtime_status"] == want,
                        float(timeout_s), f"{bdf}'s runtime_status to become {want}",
@@ -221,7 +214,7 @@ class PowerCommands:
                 raise GuestError(errno.ENOTSUP, f"system_sleep: the kernel offers no S3 "
                                  f"(state {offered['states']}, mem_sleep "
                                  f"{offered['mem_sleep']})")
-            _write(os.path.join(self.root, "sys/power/mem_sleep"), "deep")
+            write_sysfs(os.path.join(self.root, "sys/power/mem_sleep"), "deep")
             return None
         if not offered["s2idle"]:
             raise GuestError(errno.ENOTSUP, f"system_sleep: the kernel offers no "
@@ -230,7 +223,7 @@ class PowerCommands:
             raise GuestError(errno.ENOTSUP, "system_sleep: no keyboard (serio0) to wake a "
                              "suspend-to-idle guest with")
         path = os.path.join(self.root, KEYBOARD_WAKEUP)
-        _write(path, "enabled")
+        write_sysfs(path, "enabled")
         return path, offered["keyboard_wakeup"]
 
     def sleep_result(self, timeout_s: int) -> dict[str, object]:
@@ -252,7 +245,7 @@ class PowerCommands:
         with os.fdopen(child["pipe"], "rb") as pipe:
             line = pipe.readline()
         if child["restore"] is not None:
-            _write(*child["restore"])
+            write_sysfs(*child["restore"])
         try:
             result = json.loads(line)
         except ValueError:

@@ -151,6 +151,17 @@ def msi_irqs(bdf: str, root: str = "/") -> dict[str, object]:
                      for irq in irqs]}
 
 
+def write_sysfs(path: str, value: str) -> None:
+    """Write ``value`` to the sysfs (or procfs) file ``path``; a refusal is a ``GuestError``
+    with the kernel's errno, naming the file and the value."""
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value)
+    except OSError as err:
+        raise GuestError(err.errno or errno.EIO, f"write {value!r} to {path}: "
+                         f"{err.strerror}") from err
+
+
 def write_affinity(irq: int, cpus: list[int], root: str = "/") -> None:
     """Ask the kernel to route IRQ ``irq`` to ``cpus`` (/proc/irq/N/smp_affinity_list)."""
     path = os.path.join(root, "proc/irq", str(irq), "smp_affinity_list")

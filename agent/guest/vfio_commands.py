@@ -22,17 +22,10 @@ import os
 from . import sysview, vfio
 from .errors import DriverError, GuestError
 from .protocol import Arg, Command
+from .sysview import write_sysfs
 
 VFIO_DRIVER = "vfio-pci"
 
-
-def _write(path: str, value: str) -> None:
-    try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write(value)
-    except OSError as err:
-        raise GuestError(err.errno or errno.EIO, f"write {value!r} to {path}: "
-                         f"{err.strerror}") from err
 
 
 class VfioCommands:
@@ -82,8 +75,8 @@ class VfioCommands:
         modprobe = sysview.run_tool(self.modprobe)
         missing = self._missing(modprobe)
         if not missing and self._driver() != VFIO_DRIVER:
-            _write(self._sys("devices", self.bdf, "driver_override"), VFIO_DRIVER)
-            _write(self._sys("drivers_probe"), self.bdf)
+            write_sysfs(self._sys("devices", self.bdf, "driver_override"), VFIO_DRIVER)
+            write_sysfs(self._sys("drivers_probe"), self.bdf)
         group = os.path.join(self._sys("devices", self.bdf), "iommu_group")
         return {"bdf": self.bdf, "driver": self._driver(), "missing": missing,
                 "modprobe": {"returncode": modprobe["returncode"],

@@ -90,6 +90,19 @@ def check_hello(hello: dict) -> None:
                             "is false)", kernel=hello.get("kernel"))
 
 
+
+def agent_result(cmd: str, args: dict, reply: dict):
+    """The result of the guest agent's ``reply`` to ``cmd`` with ``args``; an error reply
+    raises ``DriverCallFailed`` when the driver refused (the kernel's say), else
+    ``GuestAgentError`` (the agent's)."""
+    if not reply.get("ok"):
+        error = reply.get("error", {})
+        if error.get("source") == "driver":
+            raise DriverCallFailed(cmd, args, error.get("errno"), error.get("code"),
+                                   error.get("message", ""))
+        raise GuestAgentError(cmd, error)
+    return reply["result"]
+
 class Lab:
     """One guest and its NICs, for one run or one test module.  Built from the image, the
     kernel under test (a ``KernelUnderTest`` or a flavor name) and the run's directories;
@@ -378,13 +391,7 @@ class Lab:
                 self._no_answer(f"answer to {cmd!r} within {timeout:g} s", since=asked)
             raise CouldNotJudge(Outcome.PROCESS_FAILED, f"the guest agent's channel broke "
                                 f"on {cmd!r}: {err}") from err
-        if not reply.get("ok"):
-            error = reply.get("error", {})
-            if error.get("source") == "driver":
-                raise DriverCallFailed(cmd, args, error.get("errno"), error.get("code"),
-                                       error.get("message", ""))
-            raise GuestAgentError(cmd, error)
-        return reply["result"]
+        return agent_result(cmd, args, reply)
 
     def device_command(self, cmd: str, **fields):
         """A device control request, guarded like ``agent``."""

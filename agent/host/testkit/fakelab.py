@@ -47,7 +47,8 @@ from agent.guest.protocol import Session
 from qemu_device.control import ControlContext, ControlSession
 from qemu_device.eventlog import EventBus
 
-from agent.host.errors import DeviceControlError, GuestAgentError, HostError
+from agent.host.errors import DeviceControlError, HostError
+from agent.host.lab.lab import agent_result
 from agent.host.scenarios import cpu_hotplug, default, irq_fault, nics, remove_rescan, reset_step
 from agent.host.scenarios.default import Scenario
 from agent.host.scenarios.nics import PerNic
@@ -56,7 +57,6 @@ from agent.host.testkit.simdriver import SimGuest, Waits
 from agent.host.testkit.simkernel import SimKernel
 from agent.host.testkit.simqemu import SimQemu
 from agent.host.verdict import routing
-from agent.host.verdict.outcome import DriverCallFailed
 
 log = logging.getLogger(__name__)
 
@@ -265,13 +265,7 @@ class FakeLab:
         line = jsonlines.dumps({"id": next(self._ids), "cmd": cmd, "args": args})
         with self.lock:
             reply = json.loads(self.session.receive_data(line))
-        if not reply.get("ok"):
-            error = reply.get("error", {})
-            if error.get("source") == "driver":
-                raise DriverCallFailed(cmd, args, error.get("errno"), error.get("code"),
-                                       error.get("message", ""))
-            raise GuestAgentError(cmd, error)
-        return reply["result"]
+        return agent_result(cmd, args, reply)
 
     def device_command(self, cmd: str, **fields):
         """A control request to NIC 0's device."""
