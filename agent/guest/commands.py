@@ -42,6 +42,16 @@ CRASH_CHILD_S = 10.0               # an oops kills the child at once; bound the 
 _INDEX_KEY = re.compile(r"[0-9]{1,4}")   # a table index as a JSON object key (0..TABLE_MAX)
 
 
+def affinity_cpus(cpus) -> list[int]:
+    """``set_affinity``'s ``cpus``, checked (a non-empty list of CPU numbers, else a
+    ``RequestError`` EINVAL naming the argument) and sorted without repeats."""
+    if not cpus or any(type(c) is not int or not 0 <= c <= CPU_MAX for c in cpus):
+        raise RequestError(errno.EINVAL, f"set_affinity: argument 'cpus' must be a "
+                           f"non-empty list of CPU numbers, got {cpus!r}",
+                           command="set_affinity", argument="cpus")
+    return sorted(set(cpus))
+
+
 class Agent:
     """The guest agent's command handlers over one open driver device (or the reason there
     is none).  ``commands()`` is the command table the session dispatches on; every handler
@@ -193,11 +203,7 @@ class Agent:
     def set_affinity(self, index: int, cpus: list) -> dict[str, object]:
         """Write ``cpus`` to /proc/irq/<irq>/smp_affinity_list of the vector at ``index``;
         return the vector afterwards (requested = ``cpus``)."""
-        if not cpus or any(type(c) is not int or not 0 <= c <= CPU_MAX for c in cpus):
-            raise RequestError(errno.EINVAL, f"set_affinity: argument 'cpus' must be a "
-                               f"non-empty list of CPU numbers, got {cpus!r}",
-                               command="set_affinity", argument="cpus")
-        cpus = sorted(set(cpus))
+        cpus = affinity_cpus(cpus)
         vector = self._need_driver().vector(index)
         sysview.write_affinity(vector["irq"], cpus, self.root)
         self.asked[index] = (vector["group"], cpus)

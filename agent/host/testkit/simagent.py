@@ -19,7 +19,7 @@ import os
 
 from agent.guest import sysview
 from agent.guest.binding import RESET_METHODS as AGENT_RESET_METHODS
-from agent.guest.commands import CPU_MAX, Agent
+from agent.guest.commands import Agent, affinity_cpus
 from agent.guest.errors import GuestError, RequestError
 from agent.guest.protocol import Command
 
@@ -68,11 +68,7 @@ class SimAgent(Agent):
 
     def set_affinity(self, index: int, cpus: list) -> dict[str, object]:
         """``Agent.set_affinity``, writing the simulated /proc/irq/N/smp_affinity_list."""
-        if not cpus or any(type(c) is not int or not 0 <= c <= CPU_MAX for c in cpus):
-            raise RequestError(errno.EINVAL, f"set_affinity: argument 'cpus' must be a "
-                               f"non-empty list of CPU numbers, got {cpus!r}",
-                               command="set_affinity", argument="cpus")
-        cpus = sorted(set(cpus))
+        cpus = affinity_cpus(cpus)
         vector = self._need_driver().vector(index)
         try:
             self.guest.kernel.set_affinity(vector["irq"], cpus)
